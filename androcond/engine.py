@@ -1,0 +1,149 @@
+"""A typed client of one Docker engine, over aiodocker.
+
+Only what androcond needs, each call with a timeout. aiodocker's own event channel runs an unowned
+background task, so the event stream is read here directly from the HTTP response instead.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+import aiodocker
+import aiohttp
+
+from .errors import AndrocondError
+
+CALL_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=5)
+# A checkpoint or a restore through the engine takes seconds per hundred MB of memory.
+LONG_CALL_TIMEOUT = aiohttp.ClientTimeout(total=600, sock_connect=5)
+# The event stream is open-ended; a dead engine shows up as EOF or a connection error.
+STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None)
+
+
+class EngineError(AndrocondError):
+    """The Docker engine answered with an error."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+class EngineUnreachable(EngineError):
+    """The Docker engine could not be reached (socket missing, refused, connection dropped)."""
+
+
+Json = dict[str, Any]
+
+
+class Engine:
+    def __init__(self, host: str) -> None:
+        self.host = host
+        self._docker = aiodocker.Docker(url=host)
+
+    async def close(self) -> None:
+        await self._docker.close()
+
+    async def __aenter__(self) -> Engine:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _call(self, path: str, method: str = "GET", *, params: Mapping[str, Any] | None = None,
+                    data: Any = None, limits: aiohttp.ClientTimeout = CALL_TIMEOUT) -> Any:
+        try:
+            return await self._docker._query_json(path, method, params=dict(params or {}), data=data,
+                                                  timeout=limits)
+        except aiodocker.DockerError as exc:
+            if exc.status == 900:
+                raise EngineUnreachable(f"Docker engine at {self.host} is unreachable: {exc.message}") from exc
+            raise EngineError(f"Docker engine at {self.host}: {method} {path}: {exc.message}",
+                              exc.status) from exc
+        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise EngineUnreachable(
+                f"Docker engine at {self.host} is unreachable: {exc.__class__.__name__}: {exc}") from exc
+
+    async def version(self) -> Json:
+        result: Json = await self._call("version")
+        return result
+
+    async def info(self) -> Json:
+        result: Json = await self._call("info")
+        return result
+
+    async def list_containers(self, *, label: str | None = None, all_states: bool = False) -> list[Json]:
+        params: dict[str, Any] = {"all": all_states}
+        if label is not None:
+            params["filters"] = json.dumps({"label": [label]})
+        result: list[Json] = await self._call("containers/json", params=params)
+        return result
+
+    async def inspect_container(self, ref: str) -> Json:
+        result: Json = await self._call(f"containers/{ref}/json")
+        return result
+
+    async def create_container(self, config: Json, *, name: str | None = None) -> str:
+        params = {"name": name} if name else {}
+        result: Json = await self._call("containers/create", "POST", params=params, data=config)
+        return str(result["Id"])
+
+    async def start_container(self, ref: str, *, checkpoint: str | None = None) -> None:
+        params = {"checkpoint": checkpoint} if checkpoint else {}
+        await self._call(f"containers/{ref}/start", "POST", params=params, limits=LONG_CALL_TIMEOUT)
+
+    async def stop_container(self, ref: str, *, timeout_s: int = 10) -> None:
+        await self._call(f"containers/{ref}/stop", "POST", params={"t": timeout_s}, limits=LONG_CALL_TIMEOUT)
+
+    async def remove_container(self, ref: str, *, force: bool = False) -> None:
+        await self._call(f"containers/{ref}", "DELETE", params={"force": force, "v": True})
+
+    async def create_checkpoint(self, ref: str, name: str, *, leave_running: bool = False) -> None:
+        """CRIU-checkpoint a running container through the engine's (experimental) checkpoint API."""
+        await self._call(f"containers/{ref}/checkpoints", "POST",
+                         data={"CheckpointID": name, "Exit": not leave_running},
+                         limits=LONG_CALL_TIMEOUT)
+
+    async def container_logs(self, ref: str) -> str:
+        """stdout+stderr of a container without a TTY, demultiplexed."""
+        try:
+            async with self._docker._query(f"containers/{ref}/logs", params={"stdout": True, "stderr": True},
+                                           timeout=CALL_TIMEOUT) as response:
+                raw = await response.read()
+        except aiodocker.DockerError as exc:
+            raise EngineError(f"Docker engine at {self.host}: logs of {ref}: {exc.message}", exc.status) from exc
+        return _demux(raw).decode(errors="replace")
+
+    async def events(self, *, since: str | None = None,
+                     filters: Mapping[str, list[str]] | None = None) -> AsyncIterator[Json]:
+        """Yield engine events as they happen. Ends (or raises EngineUnreachable) when the stream breaks."""
+        params: dict[str, Any] = {}
+        if since is not None:
+            params["since"] = since
+        if filters:
+            params["filters"] = json.dumps(dict(filters))
+        try:
+            async with self._docker._query("events", params=params, timeout=STREAM_TIMEOUT) as response:
+                while line := await response.content.readline():
+                    if line.strip():
+                        yield json.loads(line)
+        except aiodocker.DockerError as exc:
+            raise EngineUnreachable(f"Docker engine at {self.host}: event stream: {exc.message}") from exc
+        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
+            raise EngineUnreachable(
+                f"Docker engine at {self.host}: event stream broke: {exc.__class__.__name__}: {exc}") from exc
+        except json.JSONDecodeError as exc:
+            raise EngineError(f"Docker engine at {self.host}: event stream sent invalid JSON: {exc}") from exc
+
+
+def _demux(raw: bytes) -> bytes:
+    """Strip Docker's 8-byte stream headers (stream type, 3 zero bytes, big-endian length)."""
+    out = bytearray()
+    pos = 0
+    while pos + 8 <= len(raw) and raw[pos] in (0, 1, 2) and raw[pos + 1:pos + 4] == b"\0\0\0":
+        size = int.from_bytes(raw[pos + 4:pos + 8], "big")
+        out += raw[pos + 8:pos + 8 + size]
+        pos += 8 + size
+    return bytes(out) if pos else raw

@@ -1,0 +1,171 @@
+"""Follow the Docker event stream and report the containers labelled for migration.
+
+At connect it lists the labelled containers already running, then follows ``start`` events. After a broken
+stream or an engine restart it reconnects with backoff and resumes with ``since`` at the last event it
+handled, so no event is lost; replayed events it already handled are skipped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable, Collection
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Literal
+
+from .engine import Engine, EngineError, EngineUnreachable, Json
+from .labels import MIGRATE_LABEL, LabelError, MigrationLabels, parse_labels
+from .logging import get_logger
+
+log = get_logger(__name__)
+
+Origin = Literal["start-event", "running-at-startup"]
+
+
+@dataclass(frozen=True)
+class ContainerSeen:
+    container_id: str
+    name: str
+    origin: Origin
+    labels: MigrationLabels | None = None
+    rejection: str | None = None
+
+
+@dataclass(frozen=True)
+class Backoff:
+    initial_s: float = 0.5
+    maximum_s: float = 30.0
+    factor: float = 2.0
+
+    def delays(self) -> _Delays:
+        return _Delays(self)
+
+
+class _Delays:
+    def __init__(self, policy: Backoff) -> None:
+        self._policy = policy
+        self._next = policy.initial_s
+
+    def reset(self) -> None:
+        self._next = self._policy.initial_s
+
+    def next(self) -> float:
+        # Full jitter keeps many daemons from hammering a restarted engine in step.
+        delay = random.uniform(self._next / 2, self._next)  # noqa: S311 - not cryptographic
+        self._next = min(self._next * self._policy.factor, self._policy.maximum_s)
+        return delay
+
+
+def engine_time_ns(rfc3339: str) -> int:
+    """Nanoseconds since the epoch from the engine's RFC 3339 time (which has 9 fractional digits)."""
+    text = rfc3339.replace("Z", "+00:00")
+    main, _, rest = text.partition(".")
+    frac = ""
+    tz = ""
+    if rest:
+        digits = len(rest) - len(rest.lstrip("0123456789"))
+        frac, tz = rest[:digits], rest[digits:]
+    else:
+        main, tz = main[:19], main[19:]
+    stamp = datetime.fromisoformat(main + (tz or "+00:00")).astimezone(UTC)
+    return int(stamp.timestamp()) * 1_000_000_000 + int((frac or "0")[:9].ljust(9, "0"))
+
+
+def since_param(time_ns: int) -> str:
+    return f"{time_ns // 1_000_000_000}.{time_ns % 1_000_000_000:09d}"
+
+
+class Watcher:
+    def __init__(self, host: str, devices: Collection[str],
+                 on_seen: Callable[[ContainerSeen], Awaitable[None]],
+                 on_ready: Callable[[], None] | None = None,
+                 backoff: Backoff = Backoff()) -> None:
+        self._host = host
+        self._devices = devices
+        self._on_seen = on_seen
+        self._on_ready = on_ready
+        self._backoff = backoff
+        self._last_ns: int | None = None
+        self._handled_at_last: set[str] = set()
+        self.reconnects = 0
+
+    async def run(self) -> None:
+        """Follow the engine until cancelled; never returns on its own."""
+        delays = self._backoff.delays()
+        first = True
+        while True:
+            try:
+                async with Engine(self._host) as engine:
+                    await self._follow(engine, delays)
+                reason = "event stream ended"
+            except EngineUnreachable as exc:
+                reason = str(exc)
+            except EngineError as exc:
+                reason = str(exc)
+            delay = delays.next()
+            if not first:
+                self.reconnects += 1
+            log.warning("docker engine unreachable, retrying", reason=reason, retry_in_s=round(delay, 2),
+                        docker_host=self._host)
+            first = False
+            await asyncio.sleep(delay)
+
+    async def _follow(self, engine: Engine, delays: _Delays) -> None:
+        info = await engine.info()
+        version = await engine.version()
+        if self._last_ns is None:
+            # First connection: scan what already runs, then replay from just before the scan.
+            start_ns = engine_time_ns(str(info["SystemTime"]))
+            scanned = await self._scan_running(engine)
+            self._last_ns = start_ns
+            self._handled_at_last = set()
+            skip_before_scan = scanned
+        else:
+            skip_before_scan = set()
+        scan_ns = self._last_ns
+        events = engine.events(since=since_param(self._last_ns),
+                               filters={"type": ["container"], "event": ["start"], "label": [MIGRATE_LABEL]})
+        log.info("following docker events", docker_host=self._host, engine_version=version.get("Version"),
+                 api_version=version.get("ApiVersion"))
+        if self._on_ready is not None:
+            self._on_ready()
+        delays.reset()
+        async for event in events:
+            await self._handle_event(event, scan_ns, skip_before_scan)
+
+    async def _scan_running(self, engine: Engine) -> set[str]:
+        seen: set[str] = set()
+        for summary in await engine.list_containers(label=MIGRATE_LABEL):
+            cid = str(summary["Id"])
+            names = summary.get("Names") or [cid[:12]]
+            await self._report(cid, str(names[0]).lstrip("/"), summary.get("Labels") or {}, "running-at-startup")
+            seen.add(cid)
+        return seen
+
+    async def _handle_event(self, event: Json, scan_ns: int, scanned: set[str]) -> None:
+        actor = event.get("Actor") or {}
+        cid = str(actor.get("ID") or event.get("id") or "")
+        time_ns = int(event.get("timeNano") or int(event.get("time", 0)) * 1_000_000_000)
+        if not cid:
+            return
+        if cid in scanned and time_ns <= scan_ns:
+            return  # the start that the startup scan already reported
+        assert self._last_ns is not None
+        if time_ns < self._last_ns or (time_ns == self._last_ns and cid in self._handled_at_last):
+            return  # replayed after a reconnect
+        if time_ns > self._last_ns:
+            self._last_ns, self._handled_at_last = time_ns, set()
+        self._handled_at_last.add(cid)
+        attributes = dict(actor.get("Attributes") or {})
+        name = attributes.pop("name", cid[:12])
+        await self._report(cid, name, attributes, "start-event")
+
+    async def _report(self, cid: str, name: str, labels: dict[str, str], origin: Origin) -> None:
+        try:
+            parsed = parse_labels(labels, self._devices)
+        except LabelError as exc:
+            await self._on_seen(ContainerSeen(cid, name, origin, rejection=str(exc)))
+            return
+        if parsed is not None:
+            await self._on_seen(ContainerSeen(cid, name, origin, labels=parsed))

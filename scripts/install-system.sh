@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Install the system parts androcond's test bed needs on a fresh Debian 12 machine (run as root).
+# Idempotent: a second run only checks. See docs/testbed.md for why each part is here.
+set -euo pipefail
+export DEBIAN_FRONTEND=noninteractive
+
+CRIU_ROOT=${ANDROCOND_CRIU_ROOT:-/opt/androcond/criu-trixie}
+MIRROR=${ANDROCOND_DEBIAN_MIRROR:-http://deb.debian.org/debian}
+
+log() { printf '[install-system] %s\n' "$*" >&2; }
+
+if [ "$(id -u)" != 0 ]; then
+    log "must run as root"; exit 2
+fi
+
+# adb/adbd 34 live in bookworm-backports; Debian 12's own adb has no adbd.
+backports=/etc/apt/sources.list.d/androcond-backports.sources
+if [ ! -e "$backports" ]; then
+    cat >"$backports" <<SRC
+Types: deb
+URIs: $MIRROR
+Suites: bookworm-backports
+Components: main
+Signed-By: /usr/share/keyrings/debian-archive-keyring.gpg
+SRC
+    apt_updated=0
+fi
+
+packages=(docker.io busybox-static openssh-server openssh-client iproute2 debootstrap
+          gcc libc6-dev make util-linux procps criu)
+missing=()
+for p in "${packages[@]}" adb adbd; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if [ "${#missing[@]}" -gt 0 ] || [ "${apt_updated:-1}" = 0 ]; then
+    log "installing: ${missing[*]:-none}"
+    apt-get update -q
+    apt-get install -y -q --no-install-recommends "${packages[@]}"
+    apt-get install -y -q --no-install-recommends -t bookworm-backports adb adbd
+fi
+
+# Debian 12's criu (3.17) fails `criu check` on current kernels; CRIU 4 from trixie works.
+# It needs a newer libc than bookworm's, so it lives in its own root and runs through that root's loader.
+# Debian 12's criu package stays installed for `crit`, our independent decoding oracle in tests.
+if [ ! -x "$CRIU_ROOT/usr/sbin/criu" ]; then
+    log "bootstrapping CRIU 4 (trixie) into $CRIU_ROOT"
+    rm -rf "$CRIU_ROOT.partial"
+    mkdir -p "$(dirname "$CRIU_ROOT")"
+    debootstrap --variant=minbase --include=criu trixie "$CRIU_ROOT.partial" "$MIRROR" >/dev/null
+    mv "$CRIU_ROOT.partial" "$CRIU_ROOT"
+fi
+cat >/usr/local/sbin/criu <<WRAP
+#!/bin/sh
+# CRIU 4 from its own trixie root (installed by androcond's scripts/install-system.sh).
+exec $CRIU_ROOT/lib64/ld-linux-x86-64.so.2 --library-path $CRIU_ROOT/usr/lib/x86_64-linux-gnu:$CRIU_ROOT/lib/x86_64-linux-gnu $CRIU_ROOT/usr/sbin/criu "\$@"
+WRAP
+chmod 755 /usr/local/sbin/criu
+/usr/local/sbin/criu --version | head -1 >&2
+
+# The engine's checkpoint API is experimental in Docker 20.10.
+mkdir -p /etc/docker
+if [ ! -e /etc/docker/daemon.json ]; then
+    printf '{"experimental": true}\n' >/etc/docker/daemon.json
+fi
+log "done"

@@ -1,0 +1,47 @@
+"""Session fixtures: the real test bed, brought up once, torn down at the end (only what it started)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator, Iterator
+
+import pytest
+
+from androcond.engine import Engine
+
+from .testbed import TestBed
+from .testbed.bed import TEST_LABEL
+
+
+@pytest.fixture(scope="session")
+def testbed() -> Iterator[TestBed]:
+    bed = TestBed()
+    try:
+        bed.up()
+    except BaseException:
+        bed.down(only=bed.started_now)
+        raise
+    try:
+        yield bed
+    finally:
+        # Only what this session started: a bed brought up by hand (scripts/testbed up) stays up.
+        bed.down(only=bed.started_now)
+
+
+@pytest.fixture
+async def engine_a(testbed: TestBed) -> AsyncIterator[Engine]:
+    async with Engine(testbed.engine_a.host) as engine:
+        yield engine
+    testbed.engine_a.remove_containers(TEST_LABEL)
+
+
+@pytest.fixture
+async def engine_b(testbed: TestBed) -> AsyncIterator[Engine]:
+    async with Engine(testbed.engine_b.host) as engine:
+        yield engine
+    testbed.engine_b.remove_containers(TEST_LABEL)
+
+
+@pytest.fixture
+def unique_name() -> str:
+    return f"acd-test-{uuid.uuid4().hex[:8]}"

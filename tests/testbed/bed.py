@@ -1,0 +1,146 @@
+"""The whole test bed: engine A (host), the device namespace with engine B, adbd and sshd, the adb server.
+
+``up()`` is idempotent: what already runs is reused, and what this bed started is recorded in
+``state.json`` so that ``down()`` stops exactly that (by pid) and nothing else.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .device import ADBD_PORT, SSHD_PORT, AdbServer, DeviceNamespace, stop_recorded
+from .engines import DockerEngine
+from .images import TEST_IMAGE, build_programs, import_test_image, rootfs_tar
+from .proc import TestBedError, run
+
+RUN_ROOT = Path(os.environ.get("ANDROCOND_TESTBED_RUN", "/run/androcond-testbed"))
+DATA_ROOT = Path(os.environ.get("ANDROCOND_TESTBED_DATA", "/var/lib/androcond-testbed"))
+TEST_LABEL = "androcond-testbed"
+
+
+@dataclass
+class TestBed:
+    __test__ = False  # not a pytest class
+
+    run_root: Path = RUN_ROOT
+    data_root: Path = DATA_ROOT
+    engine_a: DockerEngine = field(init=False)
+    engine_b: DockerEngine = field(init=False)
+    device: DeviceNamespace = field(init=False)
+    adb: AdbServer = field(init=False)
+    started: dict[str, Any] = field(default_factory=dict)
+    started_now: set[str] = field(default_factory=set)
+
+    def __post_init__(self) -> None:
+        self.engine_a = DockerEngine("a", self.data_root / "engine-a", self.run_root / "engine-a")
+        self.device = DeviceNamespace(netns="androcond-dev0", host_if="acd0-host", device_if="acd0-dev",
+                                      host_ip="10.231.7.1", device_ip="10.231.7.2",
+                                      run_dir=self.run_root / "device")
+        self.engine_b = DockerEngine("b", self.data_root / "engine-b", self.run_root / "engine-b",
+                                     netns=self.device.netns)
+        self.adb = AdbServer(self.run_root)
+
+    @property
+    def state_file(self) -> Path:
+        return self.run_root / "state.json"
+
+    @property
+    def adb_serial(self) -> str:
+        return f"{self.device.device_ip}:{ADBD_PORT}"
+
+    @property
+    def sshd_port(self) -> int:
+        return SSHD_PORT
+
+    def _load_state(self) -> None:
+        try:
+            self.started = json.loads(self.state_file.read_text())
+        except (OSError, ValueError):
+            self.started = {}
+
+    def _save_state(self) -> None:
+        self.run_root.mkdir(parents=True, exist_ok=True)
+        self.state_file.write_text(json.dumps(self.started, indent=2))
+
+    def _record(self, key: str, value: Any) -> None:
+        if value:
+            self.started[key] = value
+            self.started_now.add(key)
+            self._save_state()
+
+    def check_prerequisites(self) -> None:
+        if os.geteuid() != 0:
+            raise TestBedError("the test bed needs root (network namespaces, dockerd, CRIU)")
+        missing = [p for p in ("/usr/sbin/dockerd", "/usr/bin/docker", "/usr/local/sbin/criu", "/usr/bin/adb",
+                               "/usr/sbin/adbd", "/usr/sbin/sshd", "/bin/busybox")
+                   if not Path(p).exists()]
+        if missing:
+            raise TestBedError(f"missing {', '.join(missing)}: run scripts/install-system.sh first")
+        check = run(["/usr/local/sbin/criu", "check"], check=False)
+        if check.returncode != 0:
+            raise TestBedError(f"criu check failed: {check.stderr.decode(errors='replace')[-500:]}")
+
+    def up(self) -> TestBed:
+        self.check_prerequisites()
+        self._load_state()
+        # Recorded before starting, so that a start that fails half-way is still cleaned up by down().
+        if not self.engine_a.answers():
+            self._record("engine_a", True)
+            self.engine_a.start()
+        self._record("netns", self.device.create())
+        if not self.engine_b.answers():
+            self._record("engine_b", True)
+            self.engine_b.start()
+        self._record("adbd_pid", self.device.start_adbd())
+        self._record("sshd_pid", self.device.start_sshd())
+        self._record("adb_server", self.adb.start())
+        self.adb.connect(self.adb_serial)
+        programs = build_programs(self.run_root / "programs")
+        tar_bytes = rootfs_tar(programs)
+        for engine in (self.engine_a, self.engine_b):
+            import_test_image(engine, tar_bytes)
+        return self
+
+    def down(self, *, only: set[str] | None = None, everything: bool = False) -> None:
+        """Stop what the bed started: the parts named in ``only`` (what one ``up()`` started), else every part
+        recorded in the state file; with ``everything``, all its parts whoever started them."""
+        self._load_state()
+        if only is not None:
+            self.started = {k: v for k, v in self.started.items() if k in only}
+        for engine in (self.engine_a, self.engine_b):
+            if engine.answers():
+                engine.remove_containers(TEST_LABEL)
+        if self.started.get("adb_server") or everything:
+            self.adb.disconnect(self.adb_serial)
+            self.adb.stop()
+        else:
+            self.adb.disconnect(self.adb_serial)
+        stop_recorded(self.started.get("sshd_pid"), "sshd")
+        stop_recorded(self.started.get("adbd_pid"), "adbd")
+        if self.started.get("engine_b") or everything:
+            self.engine_b.stop()
+        if self.started.get("netns") or everything:
+            self.device.delete()
+        if self.started.get("engine_a") or everything:
+            self.engine_a.stop()
+        self._load_state()
+        remaining = {} if only is None else {k: v for k, v in self.started.items() if k not in only}
+        self.started = remaining
+        if remaining:
+            self._save_state()
+        else:
+            self.state_file.unlink(missing_ok=True)
+
+    def status(self) -> dict[str, Any]:
+        return {
+            "engine_a": self.engine_a.answers(),
+            "engine_b": self.engine_b.answers(),
+            "device_netns": self.device.exists(),
+            "adb_server": self.adb.answers(),
+            "test_image": TEST_IMAGE,
+            "started_by_bed": self.started,
+        }
