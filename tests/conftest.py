@@ -2,15 +2,23 @@
 
 from __future__ import annotations
 
+import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
 
 import pytest
+from hypothesis import settings
 
 from androcond.engine import Engine
 
 from .testbed import TestBed
 from .testbed.bed import TEST_LABEL
+
+# In CI the property tests run a fixed, reproducible sample (a red CI must be reproducible); locally they
+# explore new inputs on every run.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+if os.environ.get("CI"):
+    settings.load_profile("ci")
 
 
 @pytest.fixture(scope="session")
