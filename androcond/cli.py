@@ -1,11 +1,17 @@
-"""The ``androcond`` command line. Exit codes: 0 ok, 1 operation failed, 2 usage or config error."""
+"""The ``androcond`` command line. Exit codes: 0 ok, 1 operation failed, 2 usage or config error.
+
+Each verb lives with the part of androcond it drives and registers itself through a ``register(commands)``
+function listed in :data:`COMMANDS`; its handler takes the parsed arguments and returns the exit code.
+Only verbs that work are offered.
+"""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 from . import __version__
 from .config import load_settings
@@ -17,6 +23,28 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_USAGE = 2
 
+Registrar = Callable[[Any], None]
+
+
+def add_config_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE",
+                        help="config file (default: $ANDROCOND_CONFIG, else /etc/androcond/androcond.toml)")
+
+
+def _register_run(commands: Any) -> None:
+    run = commands.add_parser("run", help="run the daemon in the foreground (systemd runs it this way)")
+    add_config_option(run)
+    run.set_defaults(handler=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    configure_logging(settings.daemon.log_level, settings.daemon.log_format)
+    return asyncio.run(serve(settings))
+
+
+COMMANDS: tuple[Registrar, ...] = (_register_run,)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -25,18 +53,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"androcond {__version__}")
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    run = commands.add_parser("run", help="run the daemon in the foreground (systemd runs it this way)")
-    run.add_argument("--config", metavar="FILE",
-                     help="config file (default: $ANDROCOND_CONFIG, else /etc/androcond/androcond.toml)")
-    run.set_defaults(handler=_cmd_run)
+    for register in COMMANDS:
+        register(commands)
     return parser
-
-
-def _cmd_run(args: argparse.Namespace) -> int:
-    settings = load_settings(args.config)
-    configure_logging(settings.daemon.log_level, settings.daemon.log_format)
-    return asyncio.run(serve(settings))
 
 
 def main(argv: Sequence[str] | None = None) -> int:
