@@ -14,21 +14,14 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from . import __version__
+from .agent import cli as agent_cli
+from .cli_common import EXIT_FAILED, EXIT_USAGE, add_config_option
 from .config import load_settings
 from .daemon import serve
 from .errors import AndrocondError, ConfigError
 from .logging import configure_logging
 
-EXIT_OK = 0
-EXIT_FAILED = 1
-EXIT_USAGE = 2
-
 Registrar = Callable[[Any], None]
-
-
-def add_config_option(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--config", metavar="FILE",
-                        help="config file (default: $ANDROCOND_CONFIG, else /etc/androcond/androcond.toml)")
 
 
 def _register_run(commands: Any) -> None:
@@ -43,7 +36,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(serve(settings))
 
 
-COMMANDS: tuple[Registrar, ...] = (_register_run,)
+COMMANDS: tuple[Registrar, ...] = (_register_run, agent_cli.register)
 
 
 def build_parser() -> argparse.ArgumentParser:

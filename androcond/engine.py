@@ -106,6 +106,43 @@ class Engine:
                          data={"CheckpointID": name, "Exit": not leave_running},
                          limits=LONG_CALL_TIMEOUT)
 
+    async def image_exists(self, ref: str) -> bool:
+        try:
+            await self._call(f"images/{ref}/json")
+        except EngineError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return True
+
+    async def load_image(self, tar_stream: AsyncIterator[bytes]) -> str:
+        """`docker load` from a streamed `docker save` tar; returns the engine's report."""
+        try:
+            async with self._docker._query("images/load", "POST", params={"quiet": True}, data=tar_stream,
+                                           headers={"Content-Type": "application/x-tar"},
+                                           timeout=LONG_CALL_TIMEOUT) as response:
+                report = (await response.read()).decode(errors="replace")
+        except aiodocker.DockerError as exc:
+            raise EngineError(f"Docker engine at {self.host}: image load: {exc.message}", exc.status) from exc
+        except (aiohttp.ClientError, OSError) as exc:
+            raise EngineUnreachable(f"Docker engine at {self.host}: image load: {exc}") from exc
+        if '"error"' in report:
+            raise EngineError(f"Docker engine at {self.host}: image load failed: {report.strip()[:500]}")
+        return report
+
+    async def save_image(self, ref: str) -> AsyncIterator[bytes]:
+        """`docker save` of one image as a stream of chunks."""
+        try:
+            async with self._docker._query(f"images/{ref}/get", timeout=LONG_CALL_TIMEOUT) as response:
+                async for chunk in response.content.iter_chunked(256 * 1024):
+                    yield chunk
+        except aiodocker.DockerError as exc:
+            raise EngineError(f"Docker engine at {self.host}: image save {ref}: {exc.message}", exc.status) from exc
+
+    async def inspect_volume(self, name: str) -> Json:
+        result: Json = await self._call(f"volumes/{name}")
+        return result
+
     async def container_logs(self, ref: str) -> str:
         """stdout+stderr of a container without a TTY, demultiplexed."""
         try:

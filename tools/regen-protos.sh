@@ -1,5 +1,5 @@
 #!/bin/sh
-# Regenerate androcond/images/criu_pb2.py and .pyi from criu.proto.
+# Regenerate the *_pb2.py and .pyi files of androcond's .proto schemas.
 #
 # Uses protoc from grpcio-tools in a throwaway venv so the generated code matches the protobuf runtime
 # (protobuf 7.x needs gencode from protoc >= 30; grpcio-tools 1.85 ships libprotoc 35.1, which emits
@@ -13,5 +13,8 @@ if [ ! -x "$venv/bin/python" ]; then
     "$venv/bin/pip" install --quiet "$tools"
 fi
 cd "$root"
-"$venv/bin/python" -m grpc_tools.protoc -I. --python_out=. --pyi_out=. androcond/images/criu.proto
-echo "generated: androcond/images/criu_pb2.py androcond/images/criu_pb2.pyi ($("$venv/bin/python" -m grpc_tools.protoc --version))"
+for proto in androcond/images/criu.proto androcond/agent/protocol.proto; do
+    "$venv/bin/python" -m grpc_tools.protoc -I. --python_out=. --pyi_out=. "$proto"
+    echo "generated: ${proto%.proto}_pb2.py ${proto%.proto}_pb2.pyi"
+done
+"$venv/bin/python" -m grpc_tools.protoc --version

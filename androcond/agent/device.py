@@ -1,0 +1,136 @@
+"""What the agent does to the device's Docker engine: prepare the target container, place files, restore.
+
+The target container is created from the same image as the source while the images are still streaming, so
+that at commit only `docker start --checkpoint` is left. Its checkpoint directory and writable layer are
+where the files land (see DESIGN.md, "Restore on a device with Docker").
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import platform
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .. import __version__
+from ..engine import Engine, EngineError
+from ..errors import AndrocondError
+
+
+class RestoreError(AndrocondError):
+    """The device could not prepare or restore the container; the message is the engine's own text."""
+
+
+@dataclass(frozen=True)
+class DeviceFacts:
+    isa: str
+    page_size: int
+    criu_version: str
+    engine_version: str
+    data_root: Path
+
+    @property
+    def agent_version(self) -> str:
+        return __version__
+
+
+async def _criu_version() -> str:
+    criu = shutil.which("criu", path="/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin")
+    if criu is None:
+        return ""
+    proc = await asyncio.create_subprocess_exec(criu, "--version", stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.DEVNULL)
+    try:
+        async with asyncio.timeout(10):
+            out, _ = await proc.communicate()
+    except TimeoutError:
+        proc.kill()
+        await proc.wait()
+        return ""
+    first = out.decode(errors="replace").splitlines()[:1]
+    return first[0].removeprefix("Version: ").strip() if first else ""
+
+
+async def gather_facts(engine: Engine) -> DeviceFacts:
+    info = await engine.info()
+    version = await engine.version()
+    return DeviceFacts(isa=platform.machine(), page_size=os.sysconf("SC_PAGE_SIZE"),
+                       criu_version=await _criu_version(), engine_version=str(version.get("Version", "")),
+                       data_root=Path(str(info["DockerRootDir"])))
+
+
+@dataclass
+class TargetContainer:
+    container_id: str
+    checkpoint_dir: Path
+    upper_dir: Path
+
+
+class DeviceEngine:
+    def __init__(self, engine: Engine, facts: DeviceFacts) -> None:
+        self.engine = engine
+        self.facts = facts
+
+    async def has_image(self, ref: str) -> bool:
+        return await self.engine.image_exists(ref)
+
+    async def load_image(self, chunks: AsyncIterator[bytes]) -> None:
+        try:
+            await self.engine.load_image(chunks)
+        except EngineError as exc:
+            raise RestoreError(f"loading the image failed: {exc}") from exc
+
+    async def create(self, name: str, config: dict[str, Any], checkpoint_name: str) -> TargetContainer:
+        try:
+            cid = await self.engine.create_container(config, name=name or None)
+            inspect = await self.engine.inspect_container(cid)
+        except EngineError as exc:
+            raise RestoreError(f"creating the target container failed: {exc}") from exc
+        driver = inspect.get("GraphDriver") or {}
+        upper = (driver.get("Data") or {}).get("UpperDir")
+        if driver.get("Name") != "overlay2" or not upper:
+            await self.discard(cid)
+            raise RestoreError(f"the device engine uses the {driver.get('Name')!r} storage driver; "
+                               "androcond needs overlay2 to place the writable layer")
+        checkpoint_dir = self.facts.data_root / "containers" / cid / "checkpoints" / checkpoint_name
+        checkpoint_dir.mkdir(parents=True, exist_ok=False)
+        return TargetContainer(cid, checkpoint_dir, Path(upper))
+
+    async def volume_dir(self, name: str) -> Path:
+        try:
+            volume = await self.engine.inspect_volume(name)
+        except EngineError as exc:
+            raise RestoreError(f"volume {name!r} is not on the device: {exc}") from exc
+        return Path(str(volume["Mountpoint"]))
+
+    async def restore(self, target: TargetContainer, checkpoint_name: str) -> None:
+        try:
+            await self.engine.start_container(target.container_id, checkpoint=checkpoint_name)
+            state = (await self.engine.inspect_container(target.container_id))["State"]
+        except EngineError as exc:
+            raise RestoreError(f"restore refused by the device engine: {exc}") from exc
+        if not state.get("Running"):
+            raise RestoreError(f"restored container is not running (status {state.get('Status')}, "
+                               f"exit code {state.get('ExitCode')}, error {state.get('Error')!r})")
+
+    async def discard(self, container_id: str) -> None:
+        try:
+            await self.engine.remove_container(container_id, force=True)
+        except EngineError as exc:
+            if exc.status != 404:
+                raise
+
+
+def parse_create_config(text: str) -> dict[str, Any]:
+    try:
+        config = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise RestoreError(f"the create config is not JSON: {exc}") from exc
+    if not isinstance(config, dict):
+        raise RestoreError("the create config is not a JSON object")
+    return config

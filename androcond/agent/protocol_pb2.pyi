@@ -1,0 +1,205 @@
+from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
+from google.protobuf import descriptor as _descriptor
+from google.protobuf import message as _message
+from collections.abc import Mapping as _Mapping
+from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
+
+DESCRIPTOR: _descriptor.FileDescriptor
+
+class Destination(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    DEST_UNSPECIFIED: _ClassVar[Destination]
+    CHECKPOINT: _ClassVar[Destination]
+    ROOTFS: _ClassVar[Destination]
+    VOLUME: _ClassVar[Destination]
+    IMAGE_TAR: _ClassVar[Destination]
+
+class FileKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    REGULAR: _ClassVar[FileKind]
+    DIRECTORY: _ClassVar[FileKind]
+    SYMLINK: _ClassVar[FileKind]
+    WHITEOUT: _ClassVar[FileKind]
+DEST_UNSPECIFIED: Destination
+CHECKPOINT: Destination
+ROOTFS: Destination
+VOLUME: Destination
+IMAGE_TAR: Destination
+REGULAR: FileKind
+DIRECTORY: FileKind
+SYMLINK: FileKind
+WHITEOUT: FileKind
+
+class ClientHello(_message.Message):
+    __slots__ = ("protocol_version", "client_version")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    CLIENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: int
+    client_version: str
+    def __init__(self, protocol_version: _Optional[int] = ..., client_version: _Optional[str] = ...) -> None: ...
+
+class AgentHello(_message.Message):
+    __slots__ = ("protocol_version", "agent_version", "isa", "page_size", "criu_version", "engine_version", "free_bytes")
+    PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ISA_FIELD_NUMBER: _ClassVar[int]
+    PAGE_SIZE_FIELD_NUMBER: _ClassVar[int]
+    CRIU_VERSION_FIELD_NUMBER: _ClassVar[int]
+    ENGINE_VERSION_FIELD_NUMBER: _ClassVar[int]
+    FREE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    protocol_version: int
+    agent_version: str
+    isa: str
+    page_size: int
+    criu_version: str
+    engine_version: str
+    free_bytes: int
+    def __init__(self, protocol_version: _Optional[int] = ..., agent_version: _Optional[str] = ..., isa: _Optional[str] = ..., page_size: _Optional[int] = ..., criu_version: _Optional[str] = ..., engine_version: _Optional[str] = ..., free_bytes: _Optional[int] = ...) -> None: ...
+
+class Begin(_message.Message):
+    __slots__ = ("migration_id", "container_name", "image", "create_config_json", "checkpoint_name", "total_bytes", "file_count")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_NAME_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_FIELD_NUMBER: _ClassVar[int]
+    CREATE_CONFIG_JSON_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_NAME_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    FILE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    container_name: str
+    image: str
+    create_config_json: str
+    checkpoint_name: str
+    total_bytes: int
+    file_count: int
+    def __init__(self, migration_id: _Optional[str] = ..., container_name: _Optional[str] = ..., image: _Optional[str] = ..., create_config_json: _Optional[str] = ..., checkpoint_name: _Optional[str] = ..., total_bytes: _Optional[int] = ..., file_count: _Optional[int] = ...) -> None: ...
+
+class BeginAck(_message.Message):
+    __slots__ = ("need_image", "container_id")
+    NEED_IMAGE_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    need_image: bool
+    container_id: str
+    def __init__(self, need_image: _Optional[bool] = ..., container_id: _Optional[str] = ...) -> None: ...
+
+class FileStart(_message.Message):
+    __slots__ = ("stream_id", "destination", "path", "volume", "kind", "size", "mode", "link_target", "uid", "gid", "mtime_ns", "opaque")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    DESTINATION_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    VOLUME_FIELD_NUMBER: _ClassVar[int]
+    KIND_FIELD_NUMBER: _ClassVar[int]
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    MODE_FIELD_NUMBER: _ClassVar[int]
+    LINK_TARGET_FIELD_NUMBER: _ClassVar[int]
+    UID_FIELD_NUMBER: _ClassVar[int]
+    GID_FIELD_NUMBER: _ClassVar[int]
+    MTIME_NS_FIELD_NUMBER: _ClassVar[int]
+    OPAQUE_FIELD_NUMBER: _ClassVar[int]
+    stream_id: int
+    destination: Destination
+    path: str
+    volume: str
+    kind: FileKind
+    size: int
+    mode: int
+    link_target: str
+    uid: int
+    gid: int
+    mtime_ns: int
+    opaque: bool
+    def __init__(self, stream_id: _Optional[int] = ..., destination: _Optional[_Union[Destination, str]] = ..., path: _Optional[str] = ..., volume: _Optional[str] = ..., kind: _Optional[_Union[FileKind, str]] = ..., size: _Optional[int] = ..., mode: _Optional[int] = ..., link_target: _Optional[str] = ..., uid: _Optional[int] = ..., gid: _Optional[int] = ..., mtime_ns: _Optional[int] = ..., opaque: _Optional[bool] = ...) -> None: ...
+
+class FileData(_message.Message):
+    __slots__ = ("stream_id", "data")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    stream_id: int
+    data: bytes
+    def __init__(self, stream_id: _Optional[int] = ..., data: _Optional[bytes] = ...) -> None: ...
+
+class FileEnd(_message.Message):
+    __slots__ = ("stream_id", "sha256")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    stream_id: int
+    sha256: bytes
+    def __init__(self, stream_id: _Optional[int] = ..., sha256: _Optional[bytes] = ...) -> None: ...
+
+class FileAck(_message.Message):
+    __slots__ = ("stream_id", "ok", "error")
+    STREAM_ID_FIELD_NUMBER: _ClassVar[int]
+    OK_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    stream_id: int
+    ok: bool
+    error: str
+    def __init__(self, stream_id: _Optional[int] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
+
+class Commit(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Outcome(_message.Message):
+    __slots__ = ("migration_id", "state", "container_id", "error", "restore_seconds", "bytes_received")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    state: str
+    container_id: str
+    error: str
+    restore_seconds: float
+    bytes_received: int
+    def __init__(self, migration_id: _Optional[str] = ..., state: _Optional[str] = ..., container_id: _Optional[str] = ..., error: _Optional[str] = ..., restore_seconds: _Optional[float] = ..., bytes_received: _Optional[int] = ...) -> None: ...
+
+class Query(_message.Message):
+    __slots__ = ("migration_id",)
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    def __init__(self, migration_id: _Optional[str] = ...) -> None: ...
+
+class Abort(_message.Message):
+    __slots__ = ("reason",)
+    REASON_FIELD_NUMBER: _ClassVar[int]
+    reason: str
+    def __init__(self, reason: _Optional[str] = ...) -> None: ...
+
+class Error(_message.Message):
+    __slots__ = ("message",)
+    MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    message: str
+    def __init__(self, message: _Optional[str] = ...) -> None: ...
+
+class Frame(_message.Message):
+    __slots__ = ("client_hello", "agent_hello", "begin", "begin_ack", "file_start", "file_data", "file_end", "file_ack", "commit", "outcome", "query", "abort", "error")
+    CLIENT_HELLO_FIELD_NUMBER: _ClassVar[int]
+    AGENT_HELLO_FIELD_NUMBER: _ClassVar[int]
+    BEGIN_FIELD_NUMBER: _ClassVar[int]
+    BEGIN_ACK_FIELD_NUMBER: _ClassVar[int]
+    FILE_START_FIELD_NUMBER: _ClassVar[int]
+    FILE_DATA_FIELD_NUMBER: _ClassVar[int]
+    FILE_END_FIELD_NUMBER: _ClassVar[int]
+    FILE_ACK_FIELD_NUMBER: _ClassVar[int]
+    COMMIT_FIELD_NUMBER: _ClassVar[int]
+    OUTCOME_FIELD_NUMBER: _ClassVar[int]
+    QUERY_FIELD_NUMBER: _ClassVar[int]
+    ABORT_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    client_hello: ClientHello
+    agent_hello: AgentHello
+    begin: Begin
+    begin_ack: BeginAck
+    file_start: FileStart
+    file_data: FileData
+    file_end: FileEnd
+    file_ack: FileAck
+    commit: Commit
+    outcome: Outcome
+    query: Query
+    abort: Abort
+    error: Error
+    def __init__(self, client_hello: _Optional[_Union[ClientHello, _Mapping]] = ..., agent_hello: _Optional[_Union[AgentHello, _Mapping]] = ..., begin: _Optional[_Union[Begin, _Mapping]] = ..., begin_ack: _Optional[_Union[BeginAck, _Mapping]] = ..., file_start: _Optional[_Union[FileStart, _Mapping]] = ..., file_data: _Optional[_Union[FileData, _Mapping]] = ..., file_end: _Optional[_Union[FileEnd, _Mapping]] = ..., file_ack: _Optional[_Union[FileAck, _Mapping]] = ..., commit: _Optional[_Union[Commit, _Mapping]] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...

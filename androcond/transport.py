@@ -1,0 +1,359 @@
+"""The daemon's side of the device link: one asyncssh connection per migration, one channel, our framed
+protocol (androcond/agent/protocol.proto).
+
+Host keys are always checked against the device's known_hosts; key authentication only. Every phase has its
+own timeout. Files stream with a SHA-256 each, a bounded window of files in flight awaiting the agent's
+verdict, and the channel's drain() for backpressure, so a slow link slows the producer, never memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import os
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TypeVar
+
+import asyncssh
+
+from . import __version__
+from .agent import protocol_pb2 as pb
+from .agent.wire import CHUNK, PROTOCOL_VERSION, ChannelClosed, WireError, body, read_frame, write_frame
+from .errors import AndrocondError
+from .logging import get_logger
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+
+class TransportError(AndrocondError):
+    """Root of the transport's errors."""
+
+
+class HostKeyRejected(TransportError):
+    """The device's host key is unknown or changed; nothing was sent."""
+
+
+class AuthenticationFailed(TransportError):
+    pass
+
+
+class PhaseTimeout(TransportError):
+    def __init__(self, phase: str, seconds: float) -> None:
+        super().__init__(f"timed out after {seconds:g}s in phase {phase!r}")
+        self.phase = phase
+
+
+class AgentRefused(TransportError):
+    """The agent answered with an error; its text is the message."""
+
+
+class FileRejected(TransportError):
+    """The agent refused a file (digest mismatch, short data); nothing will be restored."""
+
+
+@dataclass(frozen=True)
+class PhaseTimeouts:
+    connect: float = 20.0
+    hello: float = 20.0
+    begin: float = 120.0       # includes creating the target container
+    file_ack: float = 120.0    # includes a `docker load` of a shipped image
+    commit: float = 600.0      # `docker start --checkpoint` of a large container
+    query: float = 20.0
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+    user: str
+    identity: Path
+    known_hosts: Path
+    # Run under a stock OpenSSH server; our own `agent serve` ignores the command.
+    agent_command: str = "androcond agent stdio"
+
+
+@dataclass(frozen=True)
+class OutgoingFile:
+    destination: int  # pb.Destination
+    path: str
+    kind: int = pb.REGULAR
+    source: Path | None = None
+    size: int = 0
+    mode: int = 0o644
+    uid: int = 0
+    gid: int = 0
+    mtime_ns: int = 0
+    link_target: str = ""
+    volume: str = ""
+    opaque: bool = False
+
+    @classmethod
+    def from_path(cls, destination: int, name: str, path: Path, volume: str = "") -> OutgoingFile:
+        st = path.lstat()
+        return cls(destination, name, pb.REGULAR, path, st.st_size, st.st_mode & 0o7777, st.st_uid, st.st_gid,
+                   st.st_mtime_ns, volume=volume)
+
+
+@dataclass
+class Progress:
+    bytes_sent: int = 0
+    files_sent: int = 0
+    files_verified: int = 0
+
+
+ProgressCallback = Callable[[Progress], None]
+
+
+@dataclass
+class _Pending:
+    acks: dict[int, asyncio.Future[pb.FileAck]] = field(default_factory=dict)
+    replies: asyncio.Queue[pb.Frame] = field(default_factory=asyncio.Queue)
+
+
+class AgentConnection:
+    """An open channel to the agent, after the hello exchange."""
+
+    def __init__(self, conn: asyncssh.SSHClientConnection,
+                 writer: asyncssh.SSHWriter[bytes], reader: asyncssh.SSHReader[bytes],
+                 stderr: asyncssh.SSHReader[bytes], timeouts: PhaseTimeouts) -> None:
+        self._conn = conn
+        self._writer = writer
+        self._reader = reader
+        self._stderr = stderr
+        self.timeouts = timeouts
+        self.hello = pb.AgentHello()
+        self._pending = _Pending()
+        self._failure: BaseException | None = None
+        self._next_stream = 1
+        self._tasks: list[asyncio.Task[None]] = []
+
+    # --- connection ------------------------------------------------------------------------------------
+    @classmethod
+    async def open(cls, endpoint: Endpoint, timeouts: PhaseTimeouts = PhaseTimeouts()) -> AgentConnection:
+        conn = await _connect(endpoint, timeouts)
+        try:
+            writer, reader, stderr = await _phase("connect", timeouts.connect,
+                                                  conn.open_session(endpoint.agent_command, encoding=None))
+            self = cls(conn, writer, reader, stderr, timeouts)
+            await self._hello()
+        except BaseException:
+            conn.close()
+            raise
+        return self
+
+    async def _hello(self) -> None:
+        await write_frame(self._writer, pb.Frame(client_hello=pb.ClientHello(
+            protocol_version=PROTOCOL_VERSION, client_version=__version__)))
+        frame = await _phase("hello", self.timeouts.hello, self._read())
+        if body(frame) == "error":
+            raise AgentRefused(f"agent refused the hello: {frame.error.message}")
+        if body(frame) != "agent_hello":
+            raise TransportError(f"expected agent_hello, got {body(frame)}")
+        if frame.agent_hello.protocol_version != PROTOCOL_VERSION:
+            raise TransportError(f"agent speaks protocol {frame.agent_hello.protocol_version}, "
+                                 f"we speak {PROTOCOL_VERSION}")
+        self.hello = frame.agent_hello
+        # Owned tasks: the reader dispatches replies; the stderr relay keeps the agent's logs flowing.
+        self._tasks = [asyncio.create_task(self._read_loop(), name="agent-reader"),
+                       asyncio.create_task(self._relay_stderr(), name="agent-stderr")]
+
+    async def close(self) -> None:
+        with contextlib.suppress(OSError, ConnectionError, asyncssh.Error):
+            self._writer.write_eof()
+        self._conn.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self._conn.wait_closed()
+
+    async def __aenter__(self) -> AgentConnection:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _read(self) -> pb.Frame:
+        try:
+            return await read_frame(self._reader)
+        except ChannelClosed as exc:
+            raise TransportError("the agent closed the channel") from exc
+        except WireError as exc:
+            raise TransportError(f"link to the agent broke: {exc}") from exc
+        except (asyncssh.Error, OSError, ConnectionError) as exc:
+            raise TransportError(f"link to the agent broke: {exc}") from exc
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                frame = await self._read()
+                kind = body(frame)
+                if kind == "file_ack":
+                    future = self._pending.acks.pop(frame.file_ack.stream_id, None)
+                    if future is not None and not future.done():
+                        future.set_result(frame.file_ack)
+                elif kind == "error":
+                    raise AgentRefused(frame.error.message)
+                else:
+                    self._pending.replies.put_nowait(frame)
+        except (TransportError, asyncio.CancelledError) as exc:
+            self._fail(exc if isinstance(exc, TransportError) else TransportError("connection closed"))
+            if isinstance(exc, asyncio.CancelledError):
+                raise
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+        for future in self._pending.acks.values():
+            if not future.done():
+                future.set_exception(exc)
+        self._pending.acks.clear()
+        # Wake a waiter on replies: it re-raises the failure.
+        self._pending.replies.put_nowait(pb.Frame(error=pb.Error(message=str(exc))))
+
+    async def _relay_stderr(self) -> None:
+        with contextlib.suppress(asyncssh.Error, OSError, ConnectionError):
+            async for line in self._stderr:
+                log.debug("agent", line=line.decode(errors="replace").rstrip())
+
+    async def _reply(self, phase: str, seconds: float, expected: str) -> pb.Frame:
+        frame = await _phase(phase, seconds, self._pending.replies.get())
+        if body(frame) == "error":
+            if isinstance(self._failure, TransportError) and not isinstance(self._failure, AgentRefused):
+                raise self._failure
+            raise AgentRefused(frame.error.message)
+        if body(frame) != expected:
+            raise TransportError(f"expected {expected} in phase {phase!r}, got {body(frame)}")
+        return frame
+
+    async def _send(self, frame: pb.Frame) -> None:
+        if self._failure is not None:
+            raise self._failure
+        try:
+            await write_frame(self._writer, frame)
+        except (asyncssh.Error, OSError, ConnectionError) as exc:
+            raise TransportError(f"link to the agent broke while sending: {exc}") from exc
+
+    # --- protocol ----------------------------------------------------------------------------------------
+    async def begin(self, begin: pb.Begin) -> pb.BeginAck:
+        await self._send(pb.Frame(begin=begin))
+        return (await self._reply("begin", self.timeouts.begin, "begin_ack")).begin_ack
+
+    async def send_files(self, files: list[OutgoingFile], *, window: int = 8,
+                         progress: ProgressCallback | None = None,
+                         chunks: Callable[[OutgoingFile], AsyncIterator[bytes]] | None = None) -> Progress:
+        """Stream files in order; up to `window` of them may await the agent's digest verdict at once."""
+        state = Progress()
+        slots = asyncio.Semaphore(window)
+        acks: list[asyncio.Future[pb.FileAck]] = []
+        read = chunks or read_file_chunks
+        for spec in files:
+            await slots.acquire()
+            ack = await self._send_one(spec, read, state, progress)
+            ack.add_done_callback(lambda _f: slots.release())
+            acks.append(ack)
+        for ack in acks:
+            verdict = await _phase("file_ack", self.timeouts.file_ack, asyncio.shield(ack))
+            if not verdict.ok:
+                raise FileRejected(f"agent rejected a file: {verdict.error}")
+            state.files_verified += 1
+            if progress is not None:
+                progress(state)
+        return state
+
+    async def _send_one(self, spec: OutgoingFile, read: Callable[[OutgoingFile], AsyncIterator[bytes]],
+                        state: Progress, progress: ProgressCallback | None) -> asyncio.Future[pb.FileAck]:
+        stream_id = self._next_stream
+        self._next_stream += 1
+        ack: asyncio.Future[pb.FileAck] = asyncio.get_running_loop().create_future()
+        self._pending.acks[stream_id] = ack
+        await self._send(pb.Frame(file_start=pb.FileStart(
+            stream_id=stream_id, destination=spec.destination, path=spec.path, volume=spec.volume,  # type: ignore[arg-type]
+            kind=spec.kind, size=spec.size, mode=spec.mode, link_target=spec.link_target,  # type: ignore[arg-type]
+            uid=spec.uid, gid=spec.gid, mtime_ns=spec.mtime_ns, opaque=spec.opaque)))
+        digest = hashlib.sha256()
+        if spec.kind == pb.REGULAR:
+            async for chunk in read(spec):
+                # Hash in a worker thread (hashlib releases the GIL) while the chunk goes out.
+                hashing = asyncio.ensure_future(asyncio.to_thread(digest.update, chunk))
+                try:
+                    await self._send(pb.Frame(file_data=pb.FileData(stream_id=stream_id, data=chunk)))
+                finally:
+                    await hashing
+                state.bytes_sent += len(chunk)
+                if progress is not None:
+                    progress(state)
+        await self._send(pb.Frame(file_end=pb.FileEnd(stream_id=stream_id, sha256=digest.digest())))
+        state.files_sent += 1
+        return ack
+
+    async def commit(self) -> pb.Outcome:
+        await self._send(pb.Frame(commit=pb.Commit()))
+        return (await self._reply("commit", self.timeouts.commit, "outcome")).outcome
+
+    async def abort(self, reason: str) -> pb.Outcome:
+        await self._send(pb.Frame(abort=pb.Abort(reason=reason)))
+        return (await self._reply("abort", self.timeouts.query, "outcome")).outcome
+
+    async def query(self, migration_id: str) -> pb.Outcome:
+        await self._send(pb.Frame(query=pb.Query(migration_id=migration_id)))
+        return (await self._reply("query", self.timeouts.query, "outcome")).outcome
+
+
+async def read_file_chunks(spec: OutgoingFile) -> AsyncIterator[bytes]:
+    """Read a local file in CHUNK pieces in a worker thread (disk reads never stall the loop)."""
+    assert spec.source is not None
+    fd = await asyncio.to_thread(os.open, spec.source, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        remaining = spec.size
+        while remaining > 0:
+            chunk = await asyncio.to_thread(os.read, fd, min(CHUNK, remaining))
+            if not chunk:
+                raise TransportError(f"{spec.source} shrank while being sent ({remaining} bytes missing)")
+            remaining -= len(chunk)
+            yield chunk
+    finally:
+        os.close(fd)
+
+
+async def _connect(endpoint: Endpoint, timeouts: PhaseTimeouts) -> asyncssh.SSHClientConnection:
+    where = f"{endpoint.host}:{endpoint.port}"
+    try:
+        known_hosts = asyncssh.read_known_hosts(str(endpoint.known_hosts))
+    except (OSError, ValueError) as exc:
+        raise TransportError(f"cannot read known_hosts {endpoint.known_hosts}: {exc}") from exc
+    try:
+        return await _phase("connect", timeouts.connect, asyncssh.connect(
+            endpoint.host, endpoint.port, username=endpoint.user, known_hosts=known_hosts,
+            client_keys=[str(endpoint.identity)], agent_path=None, preferred_auth="publickey",
+            keepalive_interval=15, keepalive_count_max=4))
+    except asyncssh.HostKeyNotVerifiable as exc:
+        offered = await _offered_fingerprint(endpoint, timeouts)
+        raise HostKeyRejected(f"host key of the agent at {where} is unknown or changed (server offers "
+                              f"{offered}; known_hosts: {endpoint.known_hosts}); refusing to connect") from exc
+    except asyncssh.PermissionDenied as exc:
+        raise AuthenticationFailed(f"the agent at {where} refused key {endpoint.identity} for user "
+                                   f"{endpoint.user!r}: {exc.reason}") from exc
+    except (asyncssh.Error, OSError) as exc:
+        raise TransportError(f"cannot connect to the agent at {where}: {exc}") from exc
+
+
+async def _offered_fingerprint(endpoint: Endpoint, timeouts: PhaseTimeouts) -> str:
+    """The fingerprint the server presents, for the error message (a second, key-only handshake)."""
+    try:
+        async with asyncio.timeout(timeouts.connect):
+            key = await asyncssh.get_server_host_key(endpoint.host, endpoint.port)
+    except (asyncssh.Error, OSError, TimeoutError):
+        return "an unknown key"
+    return key.get_fingerprint() if key is not None else "no key"
+
+
+async def _phase(phase: str, seconds: float, awaitable: Awaitable[T]) -> T:
+    try:
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    except TimeoutError as exc:
+        raise PhaseTimeout(phase, seconds) from exc
