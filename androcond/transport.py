@@ -15,7 +15,7 @@ import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TypeVar
+from typing import Self, TypeVar
 
 import asyncssh
 
@@ -90,6 +90,8 @@ class OutgoingFile:
     link_target: str = ""
     volume: str = ""
     opaque: bool = False
+    # Content from a stream instead of `source` (e.g. `docker save`); size 0 when not known up front.
+    stream: Callable[[], AsyncIterator[bytes]] | None = None
 
     @classmethod
     def from_path(cls, destination: int, name: str, path: Path, volume: str = "") -> OutgoingFile:
@@ -133,7 +135,7 @@ class AgentConnection:
 
     # --- connection ------------------------------------------------------------------------------------
     @classmethod
-    async def open(cls, endpoint: Endpoint, timeouts: PhaseTimeouts = PhaseTimeouts()) -> AgentConnection:
+    async def open(cls, endpoint: Endpoint, timeouts: PhaseTimeouts = PhaseTimeouts()) -> Self:
         conn = await _connect(endpoint, timeouts)
         try:
             writer, reader, stderr = await _phase("connect", timeouts.connect,
@@ -195,6 +197,9 @@ class AgentConnection:
                     future = self._pending.acks.pop(frame.file_ack.stream_id, None)
                     if future is not None and not future.done():
                         future.set_result(frame.file_ack)
+                    if not frame.file_ack.ok:
+                        # The agent has discarded the migration: stop sending at once.
+                        self._fail(FileRejected(f"agent rejected a file: {frame.file_ack.error}"))
                 elif kind == "error":
                     raise AgentRefused(frame.error.message)
                 else:
@@ -243,16 +248,14 @@ class AgentConnection:
         return (await self._reply("begin", self.timeouts.begin, "begin_ack")).begin_ack
 
     async def send_files(self, files: list[OutgoingFile], *, window: int = 8,
-                         progress: ProgressCallback | None = None,
-                         chunks: Callable[[OutgoingFile], AsyncIterator[bytes]] | None = None) -> Progress:
+                         progress: ProgressCallback | None = None) -> Progress:
         """Stream files in order; up to `window` of them may await the agent's digest verdict at once."""
         state = Progress()
         slots = asyncio.Semaphore(window)
         acks: list[asyncio.Future[pb.FileAck]] = []
-        read = chunks or read_file_chunks
         for spec in files:
             await slots.acquire()
-            ack = await self._send_one(spec, read, state, progress)
+            ack = await self._send_one(spec, state, progress)
             ack.add_done_callback(lambda _f: slots.release())
             acks.append(ack)
         for ack in acks:
@@ -264,11 +267,13 @@ class AgentConnection:
                 progress(state)
         return state
 
-    async def _send_one(self, spec: OutgoingFile, read: Callable[[OutgoingFile], AsyncIterator[bytes]],
-                        state: Progress, progress: ProgressCallback | None) -> asyncio.Future[pb.FileAck]:
+    async def _send_one(self, spec: OutgoingFile, state: Progress,
+                        progress: ProgressCallback | None) -> asyncio.Future[pb.FileAck]:
         stream_id = self._next_stream
         self._next_stream += 1
         ack: asyncio.Future[pb.FileAck] = asyncio.get_running_loop().create_future()
+        # When the link fails, acks nobody waits for any more still count as seen (no "never retrieved").
+        ack.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._pending.acks[stream_id] = ack
         await self._send(pb.Frame(file_start=pb.FileStart(
             stream_id=stream_id, destination=spec.destination, path=spec.path, volume=spec.volume,  # type: ignore[arg-type]
@@ -276,16 +281,18 @@ class AgentConnection:
             uid=spec.uid, gid=spec.gid, mtime_ns=spec.mtime_ns, opaque=spec.opaque)))
         digest = hashlib.sha256()
         if spec.kind == pb.REGULAR:
-            async for chunk in read(spec):
-                # Hash in a worker thread (hashlib releases the GIL) while the chunk goes out.
-                hashing = asyncio.ensure_future(asyncio.to_thread(digest.update, chunk))
-                try:
-                    await self._send(pb.Frame(file_data=pb.FileData(stream_id=stream_id, data=chunk)))
-                finally:
-                    await hashing
-                state.bytes_sent += len(chunk)
-                if progress is not None:
-                    progress(state)
+            async for block in (spec.stream() if spec.stream is not None else read_file_chunks(spec)):
+                for start in range(0, len(block), CHUNK):  # a stream may hand out blocks above the frame limit
+                    chunk = block[start:start + CHUNK]
+                    # Hash in a worker thread (hashlib releases the GIL) while the chunk goes out.
+                    hashing = asyncio.ensure_future(asyncio.to_thread(digest.update, chunk))
+                    try:
+                        await self._send(pb.Frame(file_data=pb.FileData(stream_id=stream_id, data=chunk)))
+                    finally:
+                        await hashing
+                    state.bytes_sent += len(chunk)
+                    if progress is not None:
+                        progress(state)
         await self._send(pb.Frame(file_end=pb.FileEnd(stream_id=stream_id, sha256=digest.digest())))
         state.files_sent += 1
         return ack

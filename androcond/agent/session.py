@@ -273,7 +273,7 @@ class AgentSession:
         if error:
             migration.failed = error
             log.warning("file failed verification", error=error)
-        else:
+        elif start.destination != pb.IMAGE_TAR:  # the image is not one of the migration's announced files
             migration.files_verified += 1
         await self.send(pb.Frame(file_ack=pb.FileAck(stream_id=start.stream_id, ok=not error, error=error)))
         if error:
