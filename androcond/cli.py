@@ -18,6 +18,7 @@ from .agent import cli as agent_cli
 from .cli_common import EXIT_FAILED, EXIT_USAGE, add_config_option
 from .config import load_settings
 from .daemon import serve
+from .devices_cli import register as _register_devices
 from .errors import AndrocondError, ConfigError
 from .logging import configure_logging
 
@@ -36,7 +37,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(serve(settings))
 
 
-COMMANDS: tuple[Registrar, ...] = (_register_run, agent_cli.register)
+COMMANDS: tuple[Registrar, ...] = (_register_run, _register_devices, agent_cli.register)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -54,6 +54,7 @@ class DeviceSettings:
     adb_serial: str | None = None
     address: str | None = None
     agent_port: int = 8022
+    agent_command: str = "androcond agent stdio"
     user: str = "root"
     identity: Path | None = None
     known_hosts: Path | None = None
@@ -266,12 +267,13 @@ def parse_settings(doc: Mapping[str, Any], file: Path) -> Settings:
         if not _DEVICE_NAME.match(name):
             raise top.error(where, "device names are 1-63 letters, digits, '.', '_' or '-'")
         r = _Reader(file, where, table, frozenset(
-            {"adb_serial", "address", "agent_port", "user", "identity", "known_hosts"}))
+            {"adb_serial", "address", "agent_port", "agent_command", "user", "identity", "known_hosts"}))
         device = DeviceSettings(
             name=name,
             adb_serial=r.opt_str("adb_serial"),
             address=_address(r, "address"),
             agent_port=r.port("agent_port", DeviceSettings.agent_port),
+            agent_command=r.text("agent_command", DeviceSettings.agent_command),
             user=r.text("user", DeviceSettings.user),
             identity=r.readable_file("identity"),
             known_hosts=r.readable_file("known_hosts"),

@@ -55,6 +55,13 @@ class FileRejected(TransportError):
     """The agent refused a file (digest mismatch, short data); nothing will be restored."""
 
 
+PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
+                     "aes128-ctr", "aes256-ctr")
+# A wide channel window keeps the link busy while acks travel back; big packets cut per-packet overhead.
+CHANNEL_WINDOW = 8 * 1024 * 1024
+CHANNEL_PACKET = 256 * 1024
+
+
 @dataclass(frozen=True)
 class PhaseTimeouts:
     connect: float = 20.0
@@ -74,6 +81,8 @@ class Endpoint:
     known_hosts: Path
     # Run under a stock OpenSSH server; our own `agent serve` ignores the command.
     agent_command: str = "androcond agent stdio"
+    # Name to look up in known_hosts instead of host:port (an adb forward's local port changes every time).
+    host_key_alias: str | None = None
 
 
 @dataclass(frozen=True)
@@ -138,8 +147,8 @@ class AgentConnection:
     async def open(cls, endpoint: Endpoint, timeouts: PhaseTimeouts = PhaseTimeouts()) -> Self:
         conn = await _connect(endpoint, timeouts)
         try:
-            writer, reader, stderr = await _phase("connect", timeouts.connect,
-                                                  conn.open_session(endpoint.agent_command, encoding=None))
+            writer, reader, stderr = await _phase("connect", timeouts.connect, conn.open_session(
+                endpoint.agent_command, encoding=None, window=CHANNEL_WINDOW, max_pktsize=CHANNEL_PACKET))
             self = cls(conn, writer, reader, stderr, timeouts)
             await self._hello()
         except BaseException:
@@ -336,6 +345,9 @@ async def _connect(endpoint: Endpoint, timeouts: PhaseTimeouts) -> asyncssh.SSHC
         return await _phase("connect", timeouts.connect, asyncssh.connect(
             endpoint.host, endpoint.port, username=endpoint.user, known_hosts=known_hosts,
             client_keys=[str(endpoint.identity)], agent_path=None, preferred_auth="publickey",
+            host_key_alias=endpoint.host_key_alias,
+            # AES-GCM runs in OpenSSL with AES-NI; asyncssh's chacha20-poly1305 costs far more CPU per byte.
+            encryption_algs=PREFERRED_CIPHERS,
             keepalive_interval=15, keepalive_count_max=4))
     except asyncssh.HostKeyNotVerifiable as exc:
         offered = await _offered_fingerprint(endpoint, timeouts)

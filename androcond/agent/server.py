@@ -86,6 +86,10 @@ async def start_ssh_server(agent: Agent) -> asyncssh.SSHAcceptor:
         # Only our protocol: no shells, port forwarding, agent or X11 forwarding, SFTP or SCP.
         allow_scp=False, agent_forwarding=False, x11_forwarding=False, allow_pty=False,
         keepalive_interval=30,
+        # Same throughput settings as the client (transport.py): wide window, big packets, AES-GCM first.
+        window=8 * 1024 * 1024, max_pktsize=256 * 1024,
+        encryption_algs=("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
+                         "aes128-ctr", "aes256-ctr"),
     )
 
 

@@ -1,0 +1,84 @@
+"""Configured devices: how each is reached (adb forward or address), and what it is (probe).
+
+Host keys of a device reached through adb are looked up in known_hosts under its adb serial (the forward's
+local port changes every time); a device reached by address under `[host]:port` as usual.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import asdict, dataclass
+
+from .adb_link import AdbClient, AdbError
+from .config import DeviceSettings
+from .errors import AndrocondError
+from .transport import AgentConnection, Endpoint, PhaseTimeouts, TransportError
+
+PROBE_TIMEOUTS = PhaseTimeouts(connect=10.0, hello=10.0)
+
+
+class DeviceError(AndrocondError):
+    pass
+
+
+@asynccontextmanager
+async def agent_endpoint(device: DeviceSettings, adb: AdbClient) -> AsyncIterator[Endpoint]:
+    """The agent's ssh endpoint for as long as the block runs (an adb forward is removed afterwards)."""
+    if device.identity is None or device.known_hosts is None:
+        raise DeviceError(f"device {device.name}: identity and known_hosts are needed to reach its agent")
+    if device.adb_serial is not None:
+        port = await adb.forward(device.adb_serial, device.agent_port)
+        try:
+            yield Endpoint("127.0.0.1", port, device.user, device.identity, device.known_hosts,
+                           device.agent_command, host_key_alias=device.adb_serial)
+        finally:
+            await asyncio.shield(adb.killforward(device.adb_serial, port))
+        return
+    assert device.address is not None
+    host, _, port_text = device.address.rpartition(":")
+    yield Endpoint(host.strip("[]"), int(port_text), device.user, device.identity, device.known_hosts,
+                   device.agent_command)
+
+
+@dataclass(frozen=True)
+class DeviceStatus:
+    name: str
+    reached_by: str
+    reachable: bool
+    adb_state: str = ""
+    isa: str = ""
+    agent_version: str = ""
+    engine_version: str = ""
+    error: str = ""
+
+    def as_json(self) -> dict[str, object]:
+        return asdict(self)
+
+
+async def probe(device: DeviceSettings, adb: AdbClient) -> DeviceStatus:
+    reached_by = f"adb {device.adb_serial}" if device.adb_serial else f"ssh {device.address}"
+    adb_state = ""
+    if device.adb_serial is not None:
+        try:
+            states = {d.serial: d.state for d in await adb.devices()}
+        except AdbError as exc:
+            return DeviceStatus(device.name, reached_by, False, error=str(exc))
+        adb_state = states.get(device.adb_serial, "absent")
+        if adb_state != "device":
+            return DeviceStatus(device.name, reached_by, False, adb_state, error=f"adb state: {adb_state}")
+    try:
+        async with agent_endpoint(device, adb) as endpoint, \
+                await AgentConnection.open(endpoint, PROBE_TIMEOUTS) as link:
+            hello = link.hello
+    except (TransportError, AdbError, DeviceError) as exc:
+        return DeviceStatus(device.name, reached_by, False, adb_state, error=str(exc))
+    return DeviceStatus(device.name, reached_by, True, adb_state, hello.isa, hello.agent_version,
+                        hello.engine_version)
+
+
+async def probe_all(devices: list[DeviceSettings], adb: AdbClient) -> list[DeviceStatus]:
+    async with asyncio.TaskGroup() as tg:
+        tasks = [tg.create_task(probe(device, adb)) for device in devices]
+    return [task.result() for task in tasks]

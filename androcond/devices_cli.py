@@ -1,0 +1,35 @@
+"""`androcond devices [--json]`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+from typing import Any
+
+from .adb_link import AdbClient
+from .cli_common import EXIT_OK, add_config_option
+from .config import load_settings
+from .devices import probe_all
+
+
+def register(commands: Any) -> None:
+    devices = commands.add_parser("devices", help="list configured devices, how each is reached, and its state")
+    add_config_option(devices)
+    devices.add_argument("--json", action="store_true", help="one JSON document")
+    devices.set_defaults(handler=_cmd_devices)
+
+
+def _cmd_devices(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    statuses = asyncio.run(probe_all(list(settings.devices.values()), AdbClient()))
+    if args.json:
+        print(json.dumps({"devices": [s.as_json() for s in statuses]}, indent=2))
+        return EXIT_OK
+    if not statuses:
+        print("no devices configured")
+    for s in statuses:
+        state = (f"reachable  {s.isa}  agent {s.agent_version}  engine {s.engine_version or '-'}"
+                 if s.reachable else f"UNREACHABLE  {s.error}")
+        print(f"{s.name:<16} {s.reached_by:<28} {state}")
+    return EXIT_OK

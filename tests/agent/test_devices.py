@@ -1,0 +1,59 @@
+"""`androcond devices` against the test bed: one device through adb, one by address, one that is away."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+from androcond import __version__
+
+from .conftest import AGENT_PORT, AgentBed
+
+pytestmark = pytest.mark.testbed
+
+
+async def test_devices_json(agent_server: AgentBed, tmp_path: Path) -> None:
+    bed = agent_server.bed
+    public = agent_server.host_key.export_public_key().decode().strip()
+    known_hosts = tmp_path / "known_hosts"
+    # Through adb the agent is found under its adb serial; by address under [host]:port.
+    known_hosts.write_text(f"{bed.adb_serial} {public}\n[{bed.device.device_ip}]:{AGENT_PORT} {public}\n")
+    config = tmp_path / "androcond.toml"
+    config.write_text(f"""
+[devices.usb]
+adb_serial = "{bed.adb_serial}"
+agent_port = {AGENT_PORT}
+identity = "{bed.device.client_key}"
+known_hosts = "{known_hosts}"
+[devices.net]
+address = "{bed.device.device_ip}:{AGENT_PORT}"
+identity = "{bed.device.client_key}"
+known_hosts = "{known_hosts}"
+[devices.away]
+address = "{bed.device.device_ip}:1"
+identity = "{bed.device.client_key}"
+known_hosts = "{known_hosts}"
+""")
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "androcond", "devices", "--json",
+                                                "--config", str(config), stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(60):
+        out, err = await proc.communicate()
+    assert proc.returncode == 0, err.decode()
+    devices = {d["name"]: d for d in json.loads(out)["devices"]}
+    assert devices["usb"]["reachable"], devices["usb"]["error"]
+    assert devices["usb"]["adb_state"] == "device"
+    assert devices["usb"]["reached_by"] == f"adb {bed.adb_serial}"
+    for name in ("usb", "net"):
+        assert devices[name]["isa"] == "x86_64"
+        assert devices[name]["agent_version"] == __version__
+        assert devices[name]["engine_version"].startswith("20.10")
+    assert not devices["away"]["reachable"]
+    assert "cannot connect" in devices["away"]["error"]
+    # The adb forward made for the probe is gone again.
+    forwards = await asyncio.to_thread(bed.adb.adb, "forward", "--list")
+    assert f"tcp:{AGENT_PORT}" not in forwards
