@@ -39,6 +39,7 @@ class DaemonSettings:
     api: str = "unix:/run/androcond/api.sock"
     api_token: str | None = field(default=None, repr=False)
     shutdown_timeout: float = 8.0
+    max_migrations: int = 2
     log_level: str = "info"
     log_format: LogFormat = "auto"
 
@@ -242,12 +243,13 @@ def parse_settings(doc: Mapping[str, Any], file: Path) -> Settings:
     top = _Reader(file, "", doc, frozenset({"daemon", "docker", "devices", "webhooks", "agent"}))
 
     d = _Reader(file, "daemon", top.sub_table("daemon"), frozenset(
-        {"state_dir", "api", "api_token", "shutdown_timeout", "log_level", "log_format"}))
+        {"state_dir", "api", "api_token", "shutdown_timeout", "max_migrations", "log_level", "log_format"}))
     daemon = DaemonSettings(
         state_dir=d.path("state_dir", DaemonSettings.state_dir) or DaemonSettings.state_dir,
         api=_api(d),
         api_token=d.opt_str("api_token"),
         shutdown_timeout=d.number("shutdown_timeout", DaemonSettings.shutdown_timeout, minimum=0.0),
+        max_migrations=int(d.number("max_migrations", DaemonSettings.max_migrations, minimum=1)),
         log_level=d.choice("log_level", DaemonSettings.log_level, _LOG_LEVELS),
         log_format=_log_format(d),
     )

@@ -1,7 +1,9 @@
 """``androcond run``: the daemon's life cycle.
 
-Signals follow uvicorn's rule: the first SIGTERM/SIGINT starts a graceful shutdown under a time budget
-(``daemon.shutdown_timeout``); a second one forces an immediate exit.
+Start: open the journal, settle migrations a previous run left unfinished, follow the Docker events.
+Stop (SIGTERM/SIGINT), in phases under ``daemon.shutdown_timeout``: stop taking new migrations, let those in
+flight finish, then cancel what is left — a cancelled migration restores its container at the source, so
+nothing is left frozen. A second signal forces an immediate exit (uvicorn's rule).
 """
 
 from __future__ import annotations
@@ -11,59 +13,141 @@ import os
 import signal
 import sys
 
+from .adb_link import AdbClient
 from .config import Settings
+from .engine import Engine
+from .journal import Journal, MigrationRecord
 from .logging import get_logger, log_context
+from .pipeline import Context, Unresolved, new_record, resolve
+from .scheduler import AlreadyMigrating, Scheduler, SchedulerClosed
+from .systemd import Notifier, watchdog_loop
 from .watcher import ContainerSeen, Watcher
 
 log = get_logger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
+RESOLVE_RETRY_S = 5.0
 
 
 class Daemon:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, notifier: Notifier | None = None) -> None:
         self.settings = settings
+        self.notifier = notifier or Notifier()
         self.stop_requested = asyncio.Event()
         self.ready = asyncio.Event()
         self.watcher = Watcher(settings.docker.host, settings.devices.keys(), self._on_container,
                                on_ready=self.ready.set)
+        self.engine = Engine(settings.docker.host)
+        self.adb = AdbClient()
+        self.journal: Journal | None = None
+        self.scheduler: Scheduler | None = None
+        self._background: list[asyncio.Task[None]] = []
 
     def request_stop(self) -> None:
         self.stop_requested.set()
 
     async def _on_container(self, seen: ContainerSeen) -> None:
         with log_context(container=seen.name, container_id=seen.container_id[:12]):
+            assert self.journal is not None
+            assert self.scheduler is not None
             if seen.rejection is not None:
                 log.warning("migration label rejected; container left running", origin=seen.origin,
                             reason=seen.rejection)
-            elif seen.labels is not None:
-                # Migration itself is a later stage of the pipeline; for now the daemon reports what it would do.
-                log.info("labelled container seen", origin=seen.origin, device=seen.labels.device,
-                         delay_s=seen.labels.delay_s, keep_source=seen.labels.keep_source)
+                record = new_record(seen.container_id, seen.name, "", "label", False)
+                record.state, record.error = "rejected", seen.rejection
+                await self.journal.create(record)
+                return
+            if seen.labels is None:
+                return
+            log.info("labelled container seen", origin=seen.origin, device=seen.labels.device,
+                     delay_s=seen.labels.delay_s, keep_source=seen.labels.keep_source)
+            last = await self.journal.last_for_container(seen.container_id)
+            if last is not None and last.state in ("rolled-back", "failed", "rejected"):
+                # A rollback restarts the container at the source, which replays its label: migrating again
+                # on our own would loop. `androcond migrate` asks explicitly.
+                log.info("not migrating again on its own after an unsuccessful migration",
+                         last_migration=last.id, last_state=last.state)
+                return
+            try:
+                await self.scheduler.submit(seen.container_id, seen.name, seen.labels.device, origin="label",
+                                            keep_source=seen.labels.keep_source, delay_s=seen.labels.delay_s)
+            except AlreadyMigrating as exc:
+                log.info("already being migrated", migration_id=exc.record.id)
+            except SchedulerClosed:
+                log.info("shutting down; not starting a migration")
 
     async def run(self) -> int:
-        log.info("androcond starting", config=str(self.settings.source or "built-in defaults"),
-                 docker_host=self.settings.docker.host, devices=sorted(self.settings.devices), pid=os.getpid())
+        settings = self.settings
+        log.info("androcond starting", config=str(settings.source or "built-in defaults"),
+                 docker_host=settings.docker.host, devices=sorted(settings.devices), pid=os.getpid())
+        self.journal = await Journal.open(settings.daemon.state_dir / "journal.sqlite3")
+        try:
+            return await self._run(self.journal)
+        finally:
+            await self.engine.close()
+            await self.journal.close()
+
+    async def _run(self, journal: Journal) -> int:
         async with asyncio.TaskGroup() as tg:
-            watcher = tg.create_task(self.watcher.run(), name="watcher")
-            ready = tg.create_task(self._log_ready(), name="ready-reporter")
+            started = tg.create_task(self._start(tg, journal), name="startup")
             await self.stop_requested.wait()
-            log.info("shutting down", budget_s=self.settings.daemon.shutdown_timeout)
-            # Phase 1: stop taking new work. (Later phases drain in-flight migrations within the budget.)
-            watcher.cancel()
-            ready.cancel()
+            started.cancel()
+            budget = self.settings.daemon.shutdown_timeout
+            in_flight = len(self.scheduler.active) if self.scheduler is not None else 0
+            log.info("shutting down", budget_s=budget, in_flight=in_flight)
+            self.notifier.stopping(status=f"shutting down, {in_flight} migration(s) in flight")
+            # Phase 1: no new work.
+            for task in self._background:
+                task.cancel()
+            # Phase 2: let migrations in flight finish within the budget; phase 3: cancel (they roll back).
+            if self.scheduler is not None:
+                try:
+                    async with asyncio.timeout(budget):
+                        await self.scheduler.drain()
+                except TimeoutError:
+                    log.warning("shutdown budget spent; rolling back migrations still in flight",
+                                in_flight=len(self.scheduler.active))
+                    self.scheduler.cancel_all()
         log.info("stopped")
         return EXIT_OK
+
+    async def _start(self, tg: asyncio.TaskGroup, journal: Journal) -> None:
+        ctx = Context(self.settings, journal, self.engine, self.adb, on_change=self._on_migration_change)
+        self.scheduler = Scheduler(ctx, journal, self.settings.daemon.max_migrations, tg.create_task)
+        self._background = [tg.create_task(self._resolve_unfinished(ctx), name="resolver"),
+                            tg.create_task(self.watcher.run(), name="watcher"),
+                            tg.create_task(self._log_ready(), name="ready-reporter")]
+
+    async def _resolve_unfinished(self, ctx: Context) -> None:
+        assert self.journal is not None
+        pending: list[MigrationRecord] = await self.journal.unfinished()
+        while pending:
+            retry = []
+            for record in pending:
+                try:
+                    await resolve(ctx, record)
+                except Unresolved:
+                    retry.append(record)
+            pending = retry
+            if pending:
+                await asyncio.sleep(RESOLVE_RETRY_S)
+
+    def _on_migration_change(self, _record: MigrationRecord) -> None:
+        in_flight = len(self.scheduler.active) if self.scheduler is not None else 0
+        self.notifier.status(f"following Docker events; {in_flight} migration(s) in flight")
 
     async def _log_ready(self) -> None:
         await self.ready.wait()
         log.info("ready")
+        self.notifier.ready(status="following Docker events; 0 migration(s) in flight")
 
 
 async def serve(settings: Settings) -> int:
     """Run the daemon until a signal asks it to stop; return the process exit code."""
-    daemon = Daemon(settings)
+    # Read and cleared before anything starts a subprocess, which must not inherit our systemd socket.
+    notifier = Notifier.from_environ(unset=True)
+    daemon = Daemon(settings, notifier)
     loop = asyncio.get_running_loop()
     signals_seen = 0
 
@@ -80,22 +164,14 @@ async def serve(settings: Settings) -> int:
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, on_signal, signum)
+    # Pings from the event loop itself: a stuck loop stops them and systemd restarts us. It runs until the
+    # very end, so a long drain at shutdown is not mistaken for a hang.
+    watchdog = asyncio.create_task(watchdog_loop(notifier), name="systemd-watchdog")
     try:
-        run = asyncio.ensure_future(daemon.run())
-        # The budget starts only once a stop was requested; until then the daemon runs indefinitely.
-        stop_requested = asyncio.ensure_future(daemon.stop_requested.wait())
-        await asyncio.wait({run, stop_requested}, return_when=asyncio.FIRST_COMPLETED)
-        if not run.done():
-            try:
-                async with asyncio.timeout(settings.daemon.shutdown_timeout):
-                    return await asyncio.shield(run)
-            except TimeoutError:
-                log.error("shutdown budget exceeded, cancelling what is left",
-                          budget_s=settings.daemon.shutdown_timeout)
-                run.cancel()
-                return EXIT_FAILED
-        stop_requested.cancel()
-        return run.result()
+        return await daemon.run()
     finally:
+        watchdog.cancel()
+        await asyncio.gather(watchdog, return_exceptions=True)
+        notifier.close()
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)

@@ -139,6 +139,10 @@ class Engine:
         except aiodocker.DockerError as exc:
             raise EngineError(f"Docker engine at {self.host}: image save {ref}: {exc.message}", exc.status) from exc
 
+    async def stats(self, ref: str) -> Json:
+        result: Json = await self._call(f"containers/{ref}/stats", params={"stream": False})
+        return result
+
     async def inspect_volume(self, name: str) -> Json:
         result: Json = await self._call(f"volumes/{name}")
         return result

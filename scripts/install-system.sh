@@ -27,7 +27,8 @@ SRC
 fi
 
 packages=(docker.io busybox-static openssh-server openssh-client iproute2 debootstrap
-          gcc libc6-dev make util-linux procps criu)
+          gcc libc6-dev make util-linux procps criu systemd
+          gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
 missing=()
 for p in "${packages[@]}" adb adbd; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

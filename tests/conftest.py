@@ -12,7 +12,7 @@ from hypothesis import settings
 from androcond.engine import Engine
 
 from .testbed import TestBed
-from .testbed.bed import TEST_LABEL
+from .testbed.bed import RUN_FILTER
 
 # In CI the property tests run a fixed, reproducible sample (a red CI must be reproducible); locally they
 # explore new inputs on every run.
@@ -40,14 +40,14 @@ def testbed() -> Iterator[TestBed]:
 async def engine_a(testbed: TestBed) -> AsyncIterator[Engine]:
     async with Engine(testbed.engine_a.host) as engine:
         yield engine
-    testbed.engine_a.remove_containers(TEST_LABEL)
+    testbed.engine_a.remove_containers(RUN_FILTER)
 
 
 @pytest.fixture
 async def engine_b(testbed: TestBed) -> AsyncIterator[Engine]:
     async with Engine(testbed.engine_b.host) as engine:
         yield engine
-    testbed.engine_b.remove_containers(TEST_LABEL)
+    testbed.engine_b.remove_containers(RUN_FILTER)
 
 
 @pytest.fixture

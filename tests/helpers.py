@@ -13,14 +13,14 @@ from typing import Any
 
 from androcond.engine import Engine
 
-from .testbed.bed import TEST_LABEL
+from .testbed.bed import TEST_LABEL, TEST_RUN
 from .testbed.images import TEST_IMAGE
 
-_COUNT = re.compile(r"^count (\d+)$", re.MULTILINE)
+_COUNT = re.compile(r"^count (\d+)\b", re.MULTILINE)
 
 
 def counter_config(**labels: str) -> dict[str, Any]:
-    return {"Image": TEST_IMAGE, "Cmd": ["/bin/counter"], "Labels": {TEST_LABEL: "1", **labels}}
+    return {"Image": TEST_IMAGE, "Cmd": ["/bin/counter"], "Labels": {TEST_LABEL: TEST_RUN, **labels}}
 
 
 def counts(logs: str) -> list[int]:
@@ -40,8 +40,9 @@ async def wait_for_count(engine: Engine, ref: str, at_least: int, timeout: float
 class DaemonProcess:
     """`androcond run` as a real subprocess; its JSON log lines are collected as they arrive."""
 
-    def __init__(self, config: Path) -> None:
+    def __init__(self, config: Path, env: dict[str, str] | None = None) -> None:
         self.config = config
+        self.env = env
         self.proc: asyncio.subprocess.Process | None = None
         self.lines: list[dict[str, Any]] = []
         self.raw: list[str] = []
@@ -52,7 +53,8 @@ class DaemonProcess:
     async def start(self) -> None:
         self.proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "androcond", "run", "--config", str(self.config),
-            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+            env=self.env)
         self._reader = asyncio.create_task(self._read())
 
     async def _read(self) -> None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
+import socket
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -64,8 +67,15 @@ async def test_run_follows_labelled_containers_and_stops_on_sigterm(
         assert entry["keep_source"] is True
         assert entry["container_id"] == late_id[:12]
         # The startup scan and the replayed start event are one container: reported once, and its context
-        # does not leak into later log lines.
-        assert sum(1 for e in daemon.lines if e.get("container") == early) == 1
+        # does not leak into log lines about other things.
+        reports = [e for e in daemon.lines if e.get("msg") == "labelled container seen" and e.get("container") == early]
+        assert len(reports) == 1
+        assert not any(e.get("container") for e in daemon.lines if e.get("msg") == "following docker events")
+        # This config gives the device no known_hosts: preflight refuses before freezing anything.
+        refused = await daemon.wait_for_log(lambda e: (e.get("msg"), e.get("state"), e.get("container")) == (
+            "migration state", "rejected", early))
+        assert "known_hosts" in refused["detail"]
+        assert (await engine_a.inspect_container(early_id))["State"]["Running"]
 
         bad = f"{unique_name}-bad"
         bad_id = await engine_a.create_container(counter_config(**{"androcond.migrate": "iphone"}), name=bad)
@@ -103,3 +113,36 @@ async def test_unreachable_engine_is_retried_with_backoff(testbed: TestBed, tmp_
         assert await daemon.stop() == 0
     finally:
         await daemon.kill()
+
+
+async def test_sd_notify_ready_status_watchdog_stopping(testbed: TestBed, tmp_path: Path) -> None:
+    """systemd's side of `Type=notify` + `WatchdogSec=`: a datagram socket the test reads, as systemd would."""
+    path = tmp_path / "notify.sock"
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    sock.bind(str(path))
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    received: list[str] = []
+
+    async def until(prefix: str) -> str:
+        async with asyncio.timeout(30):
+            while True:
+                for message in received:
+                    if message.startswith(prefix) or f"\n{prefix}" in message:
+                        return message
+                received.append((await loop.sock_recv(sock, 4096)).decode())
+
+    env = dict(os.environ, NOTIFY_SOCKET=str(path), WATCHDOG_USEC="400000")
+    env.pop("WATCHDOG_PID", None)
+    daemon = DaemonProcess(daemon_config(tmp_path, testbed, testbed.engine_a.host), env=env)
+    await daemon.start()
+    try:
+        ready = await until("READY=1")
+        assert "STATUS=following Docker events" in ready
+        await until("WATCHDOG=1")
+        assert await daemon.stop() == 0
+        stopping = await until("STOPPING=1")
+        assert "STATUS=shutting down" in stopping
+    finally:
+        await daemon.kill()
+        sock.close()

@@ -24,6 +24,8 @@ log = get_logger(__name__)
 class Agent:
     """What every session shares: the device engine, its facts, and the outcome store."""
 
+    session_class: type[AgentSession] = AgentSession  # tests inject faults through a subclass
+
     def __init__(self, settings: AgentSettings, engine: Engine, device: DeviceEngine) -> None:
         self.settings = settings
         self.engine = engine
@@ -48,7 +50,7 @@ class Agent:
 
     async def handle(self, reader: FrameReader, writer: FrameWriter, peer: str) -> None:
         with log_context(peer=peer):
-            await AgentSession(self.device, self.outcomes, reader, writer).run()
+            await self.session_class(self.device, self.outcomes, reader, writer).run()
 
 
 def _parse_listen(listen: str) -> tuple[str, int]:

@@ -68,6 +68,8 @@ authorized_keys = "{testbed.device.authorized_keys}"
 @pytest.fixture(scope="session")
 def agent_server(agent_bed: AgentBed) -> Iterator[AgentBed]:
     """`androcond agent serve` inside the device namespace, as a process this fixture owns."""
+    if _listening(agent_bed.bed.device.device_ip, AGENT_PORT):
+        raise RuntimeError(f"port {AGENT_PORT} on the device is taken (a stale agent?); it would answer for ours")
     log = agent_bed.config.parent / "agent-serve.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(agent_bed.bed.device.nsenter(

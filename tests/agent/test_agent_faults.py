@@ -23,6 +23,7 @@ from androcond.transport import (
     TransportError,
 )
 
+from ..testbed.bed import RUN_FILTER
 from ..testbed.images import rootfs_tar
 from .conftest import AgentBed
 from .scenario import assert_running_on_device, checkpointed_source
@@ -225,7 +226,7 @@ async def test_missing_image_is_shipped_and_loaded(agent_server: AgentBed, engin
         assert await engine_b.image_exists(image)
         await assert_running_on_device(bed, engine_b, outcome.container_id, source.last_count)
     finally:
-        bed.engine_a.remove_containers("androcond-testbed")
-        bed.engine_b.remove_containers("androcond-testbed")
+        bed.engine_a.remove_containers(RUN_FILTER)
+        bed.engine_b.remove_containers(RUN_FILTER)
         for engine in (bed.engine_a, bed.engine_b):
             engine.cli("rmi", "-f", image, check=False)

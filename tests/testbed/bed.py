@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,9 @@ from .proc import TestBedError, run
 RUN_ROOT = Path(os.environ.get("ANDROCOND_TESTBED_RUN", "/run/androcond-testbed"))
 DATA_ROOT = Path(os.environ.get("ANDROCOND_TESTBED_DATA", "/var/lib/androcond-testbed"))
 TEST_LABEL = "androcond-testbed"
+# Containers a test run makes carry TEST_LABEL=TEST_RUN, so a run removes its own and never another's.
+TEST_RUN = os.environ.get("ANDROCOND_TEST_RUN") or uuid.uuid4().hex[:8]
+RUN_FILTER = f"{TEST_LABEL}={TEST_RUN}"
 
 
 @dataclass

@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import io
 import tarfile
 from pathlib import Path
@@ -14,8 +15,18 @@ from .proc import run
 
 BUSYBOX = Path("/bin/busybox")
 PROGRAMS_DIR = Path(__file__).parent / "programs"
-TEST_IMAGE = "androcond-test/busybox:1"
 PROGRAMS = ("counter",)
+
+
+def _sources_digest() -> str:
+    digest = hashlib.sha256()
+    for name in PROGRAMS:
+        digest.update((PROGRAMS_DIR / f"{name}.c").read_bytes())
+    return digest.hexdigest()[:12]
+
+
+# The tag follows the test programs' sources, so an edited program gets a fresh image on every engine.
+TEST_IMAGE = f"androcond-test/busybox:{_sources_digest()}"
 
 
 def build_programs(out_dir: Path) -> dict[str, Path]:
