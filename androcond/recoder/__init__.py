@@ -1,0 +1,165 @@
+"""Image transforms between a CRIU dump and what the target device can restore.
+
+A recode reads a dump directory and writes a new one. It is a list of stages, each a function of the
+image set (`Stage`): `Aarch64Recode` (x86_64 → aarch64, after the Popcorn notify), `AndroidProfile`
+(seccomp, LSM, mountpoints). With no stage — same ISA, no profile — it is the identity: every file is
+copied unchanged in the kernel (copy_file_range).
+
+`prepare()` runs the stages (small images only); the result is written to a directory (`recode()`, pages
+copied in the kernel) or streamed in chunks (`Recoded.chunks()`, `stream_async()` for the link). All of it
+is synchronous and bounded in memory: run it in a thread from asyncio (`recode_async()` does).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..images.files import StrPath
+from .android import DEFAULT_DROPPED_MOUNTS, AndroidProfile
+from .arch import Aarch64Recode, AArch64Regs, VdsoTemplate, core_isa
+from .elf import ElfInfo, read_elf
+from .imageset import ImageSet, OutputFile, RecodeError, WriteStats, write_outputs
+from .preflight import ISAS, Problem, RecodeRefused, check_executable, preflight_processes
+
+Stage = Callable[[ImageSet], None]
+PROFILES = ("android",)
+STREAM_CHUNK = 1 << 20
+
+
+@dataclass(frozen=True)
+class RecodeOptions:
+    target: str  # "x86_64" or "aarch64"
+    root: Path = Path("/")  # where the tasks' paths resolve: the container's root filesystem
+    profile: str | None = None  # "android" or None
+    vdso: VdsoTemplate | None = None  # the target's vdso; needed for a cross-ISA recode
+    dropped_mounts: tuple[str, ...] = DEFAULT_DROPPED_MOUNTS
+
+
+@dataclass(frozen=True)
+class RecodeReport:
+    source: str
+    target: str
+    stages: list[str]
+    stats: WriteStats
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Recoded:
+    """A recode planned and its small images encoded; the bulk (pages) is read only when written or
+    streamed. The source directory must stay as it is until then."""
+
+    source: str
+    target: str
+    stages: list[str]
+    files: list[OutputFile]
+
+    @property
+    def size(self) -> int:
+        return sum(f.size for f in self.files)
+
+    def write(self, out: StrPath, progress: Callable[[int], None] | None = None) -> WriteStats:
+        return write_outputs(self.files, out, progress=progress)
+
+    def chunks(self, chunk_size: int = STREAM_CHUNK) -> Iterator[tuple[OutputFile, memoryview]]:
+        """Every file's bytes in order, as views into one reused buffer: consume each before the next."""
+        buffer = bytearray(chunk_size)
+        for output in self.files:
+            for chunk in output.chunks(buffer):
+                yield output, chunk
+
+
+def plan(images: ImageSet, options: RecodeOptions) -> list[Stage]:
+    """The stages that take this dump to `options.target` (empty: identity)."""
+    if options.target not in ISAS:
+        raise RecodeError(f"unknown target ISA {options.target!r} (one of {', '.join(ISAS)})")
+    if options.profile is not None and options.profile not in PROFILES:
+        raise RecodeError(f"unknown profile {options.profile!r} (one of {', '.join(PROFILES)})")
+    source = core_isa(images)
+    stages: list[Stage] = []
+    if source != options.target:
+        if (source, options.target) != ("x86_64", "aarch64"):
+            raise RecodeError(f"recode {source} -> {options.target} is not implemented")
+        if options.vdso is None:
+            raise RecodeError("a cross-ISA recode needs the target's vdso image")
+        stages.append(Aarch64Recode(options.vdso, options.root))
+    if options.profile == "android":
+        stages.append(AndroidProfile(options.dropped_mounts))
+    return stages
+
+
+def prepare(src: StrPath, options: RecodeOptions) -> Recoded:
+    """Run the stages over the dump in `src` (blocking, small reads only). Raises RecodeError or
+    ImageFormatError; nothing is written."""
+    images = ImageSet(src)
+    stages = plan(images, options)
+    for stage in stages:
+        stage(images)
+    return Recoded(core_isa(images), options.target, [type(s).__name__ for s in stages], images.outputs())
+
+
+def recode(src: StrPath, out: StrPath, options: RecodeOptions,
+           progress: Callable[[int], None] | None = None) -> RecodeReport:
+    """Recode the dump in `src` into the new directory `out` (blocking). Raises RecodeError or
+    ImageFormatError. `progress` gets the byte count of each file written (from the calling thread)."""
+    started = time.monotonic()
+    recoded = prepare(src, options)
+    stats = recoded.write(out, progress)
+    return RecodeReport(recoded.source, recoded.target, recoded.stages, stats, time.monotonic() - started)
+
+
+async def recode_async(src: StrPath, out: StrPath, options: RecodeOptions,
+                       progress: Callable[[int], None] | None = None) -> RecodeReport:
+    """recode() in a worker thread, so the event loop keeps running."""
+    return await asyncio.to_thread(recode, src, out, options, progress)
+
+
+async def stream_async(recoded: Recoded, chunk_size: int = STREAM_CHUNK) -> AsyncIterator[tuple[str, bytes]]:
+    """(file name, bytes) chunks of a prepared recode, each read in a worker thread: one chunk in memory
+    at a time, and a slow consumer (the link) slows the reading (backpressure)."""
+    iterator = recoded.chunks(chunk_size)
+    end = object()
+
+    def step() -> tuple[str, bytes] | object:
+        item = next(iterator, None)
+        if item is None:
+            return end
+        output, chunk = item
+        return output.name, bytes(chunk)  # a copy: the buffer is reused by the next step
+
+    while (item := await asyncio.to_thread(step)) is not end:
+        assert isinstance(item, tuple)
+        yield item
+
+
+__all__ = [
+    "DEFAULT_DROPPED_MOUNTS",
+    "ISAS",
+    "PROFILES",
+    "AArch64Regs",
+    "Aarch64Recode",
+    "AndroidProfile",
+    "ElfInfo",
+    "ImageSet",
+    "Problem",
+    "RecodeError",
+    "RecodeOptions",
+    "RecodeRefused",
+    "RecodeReport",
+    "Recoded",
+    "Stage",
+    "VdsoTemplate",
+    "check_executable",
+    "core_isa",
+    "plan",
+    "preflight_processes",
+    "prepare",
+    "read_elf",
+    "recode",
+    "recode_async",
+    "stream_async",
+]

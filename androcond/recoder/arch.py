@@ -1,0 +1,349 @@
+"""x86_64 → aarch64 recode of a dump taken after the Popcorn notify (CRIU-IMAGES.md section 7).
+
+Per task: the aarch64 registers and TLS the Popcorn runtime left in `regs_dst` / `tls_dst` are read from the
+dumped memory (located through the executable's symbols and the pagemap, PRESENT pages only, magic
+checked); every core is rewritten to AARCH64; the x86 vdso, vvar and vsyscall areas are replaced by the
+target's vdso and vvar; the executable's files.img entry takes the `<bin>_aarch64` binary's size and build
+id. Every other image and every other page is copied unchanged.
+"""
+
+from __future__ import annotations
+
+import bisect
+import itertools
+import struct
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Final
+
+from ..images import Entry, Image, ImageFormatError, Pagemap, pb
+from ..images.pagemap import PE_PRESENT
+from .elf import REGS_DST, TLS_DST, ElfInfo, build_id_words, popcorn_problems, read_elf
+from .imageset import CopyRange, ImageSet, NewBytes, RecodeError, Segment, iter_tasks
+
+MTYPE_X86_64: Final = 1
+MTYPE_AARCH64: Final = 3
+MTYPE_NAMES: Final = {MTYPE_X86_64: "x86_64", MTYPE_AARCH64: "aarch64"}
+
+# VMA status bits and flags (CRIU-IMAGES.md section 4).
+VMA_AREA_REGULAR: Final = 1 << 0
+VMA_AREA_VSYSCALL: Final = 1 << 2
+VMA_AREA_VDSO: Final = 1 << 3
+VMA_ANON_PRIVATE: Final = 1 << 9
+VMA_AREA_VVAR: Final = 1 << 12
+SPECIAL_AREAS: Final = VMA_AREA_VSYSCALL | VMA_AREA_VDSO | VMA_AREA_VVAR
+PROT_READ, PROT_EXEC = 1, 4
+MAP_PRIVATE, MAP_ANONYMOUS = 0x02, 0x20
+AT_SYSINFO_EHDR: Final = 33
+
+# The Popcorn runtime's aarch64 register set: magic@0, sp@8, pc@16, x0..x30@24, v0..v31 (16 bytes each)@272.
+AARCH64_REGSET_MAGIC: Final = 0xAABCBDEADBEAF
+X86_64_REGSET_MAGIC: Final = 0xA8664DEADBEAF
+AARCH64_REGSET: Final = struct.Struct("<3Q31Q512s")
+AARCH64_REGSET_SIZE: Final = 784
+assert AARCH64_REGSET.size == AARCH64_REGSET_SIZE
+# What the kernel shows in PSTATE for EL0 user code after a syscall (N and Z set, as criu-het writes).
+AARCH64_PSTATE: Final = 0x60000000
+
+X86_64_PAGE_SIZE: Final = 4096
+VARIANT_SUFFIX: Final = {"x86_64": "_x86-64", "aarch64": "_aarch64"}
+
+
+@dataclass(frozen=True)
+class AArch64Regs:
+    sp: int
+    pc: int
+    x: tuple[int, ...]  # x0..x30
+    v: tuple[bytes, ...]  # v0..v31, 16 bytes each
+    tls: int
+
+    @classmethod
+    def unpack(cls, regset: bytes, tls: bytes, where: str) -> AArch64Regs:
+        if len(regset) != AARCH64_REGSET_SIZE or len(tls) != 8:
+            raise RecodeError(f"{where}: short register set")
+        fields = AARCH64_REGSET.unpack(regset)
+        magic, sp, pc = fields[0], fields[1], fields[2]
+        if magic != AARCH64_REGSET_MAGIC:
+            hint = " (an x86_64 register set: notified for the wrong target?)" if magic == X86_64_REGSET_MAGIC else ""
+            raise RecodeError(
+                f"{where}: regs_dst magic is 0x{magic:x}, not the aarch64 0x{AARCH64_REGSET_MAGIC:x}{hint}; "
+                "was the task notified (Popcorn) before the dump?"
+            )
+        vbytes: bytes = fields[34]
+        return cls(
+            sp=sp,
+            pc=pc,
+            x=tuple(fields[3:34]),
+            v=tuple(vbytes[i * 16 : (i + 1) * 16] for i in range(32)),
+            tls=int.from_bytes(tls, "little"),
+        )
+
+    def vregs(self) -> list[int]:
+        """fpsimd.vregs as CRIU stores them: [2i] the low, [2i+1] the high 64 bits of Vi."""
+        out: list[int] = []
+        for reg in self.v:
+            out += [int.from_bytes(reg[:8], "little"), int.from_bytes(reg[8:], "little")]
+        return out
+
+
+@dataclass(frozen=True)
+class VdsoTemplate:
+    """The target's vdso and vvar: the vdso image (an ELF of the target ISA, a whole number of pages) and the
+    vvar size. Best taken from the device itself (the agent's hello); tests use a stand-in ELF."""
+
+    image: bytes
+    vvar_size: int
+    page_size: int
+
+    def __post_init__(self) -> None:
+        if not self.image.startswith(b"\x7fELF"):
+            raise RecodeError("target vdso image is not an ELF file")
+        if self.page_size <= 0 or self.page_size & (self.page_size - 1):
+            raise RecodeError(f"target page size {self.page_size} is not a power of two")
+        if self.vvar_size % self.page_size:
+            raise RecodeError(f"target vvar size {self.vvar_size} is not a multiple of the page size")
+
+    @property
+    def vdso_pages(self) -> bytes:
+        """The vdso padded with zeros to whole pages."""
+        return self.image + b"\0" * (-len(self.image) % self.page_size)
+
+    @classmethod
+    def load(cls, path: str | Path, *, vvar_pages: int, page_size: int) -> VdsoTemplate:
+        try:
+            image = Path(path).read_bytes()
+        except OSError as exc:
+            raise RecodeError(f"{path}: cannot read the target vdso: {exc.strerror or exc}") from exc
+        return cls(image, vvar_pages * page_size, page_size)
+
+
+def core_isa(images: ImageSet) -> str:
+    """The ISA of a dump, from its first task's core mtype."""
+    pid, _ = next(iter_tasks(images))
+    core = images.read(f"core-{pid}.img").entries[0].get(pb.core_entry)
+    return MTYPE_NAMES.get(core.mtype, f"mtype {core.mtype}")
+
+
+def exe_path(root: Path, name: str) -> Path:
+    """`name` (a path as the task saw it) under `root`, never escaping it through '..'."""
+    parts = [p for p in PurePosixPath(name).parts if p not in ("/", ".", "")]
+    if ".." in parts:
+        raise RecodeError(f"executable path {name!r} contains '..'")
+    return root.joinpath(*parts)
+
+
+class Aarch64Recode:
+    """The stage: call it on an ImageSet. `root` is where the tasks' paths resolve (the container's root
+    filesystem, "/" for a plain process)."""
+
+    def __init__(self, target: VdsoTemplate, root: str | Path = "/") -> None:
+        self.target = target
+        self.root = Path(root)
+        self._elves: dict[Path, ElfInfo] = {}  # tasks of one container mostly share their executables
+
+    def _elf(self, path: Path) -> ElfInfo:
+        if path not in self._elves:
+            self._elves[path] = read_elf(path)
+        return self._elves[path]
+
+    def __call__(self, images: ImageSet) -> None:
+        source = core_isa(images)
+        if source != "x86_64":
+            raise RecodeError(f"{images.src}: recode to aarch64 needs an x86_64 dump, this one is {source}")
+        if self.target.page_size != X86_64_PAGE_SIZE:
+            # Every pagemap entry and VMA would have to be re-cut to the larger page: not done (yet).
+            raise RecodeError(f"target page size {self.target.page_size} differs from x86_64's {X86_64_PAGE_SIZE}")
+        files = images.edit("files.img")
+        for pid, threads in iter_tasks(images):
+            self._task(images, files, pid, threads)
+
+    def _task(self, images: ImageSet, files: Image, pid: int, threads: list[int]) -> None:
+        if len(threads) > 1:
+            # Popcorn's regs_dst holds one register set per process: other threads' state has nowhere to go.
+            raise RecodeError(f"task {pid} has {len(threads)} threads; only single-threaded tasks can be recoded")
+        mm_image = images.edit(f"mm-{pid}.img")
+        mm = mm_image.entries[0].get(pb.mm_entry)
+        exe_entry = _exe_entry(files, mm.exe_file_id, pid)
+        exe = exe_path(self.root, exe_entry.reg.name)
+        source_elf = self._elf(exe.with_name(exe.name + VARIANT_SUFFIX["x86_64"]))
+        target_elf = self._elf(exe.with_name(exe.name + VARIANT_SUFFIX["aarch64"]))
+        problems = popcorn_problems(source_elf, "x86_64", (REGS_DST, TLS_DST)) + popcorn_problems(
+            target_elf, "aarch64", ())
+        if problems:
+            raise RecodeError(f"task {pid} ({exe_entry.reg.name}): {'; '.join(problems)}")
+
+        pagemap_name = f"pagemap-{pid}.img"
+        pagemap_image = images.edit(pagemap_name)
+        page_size = self.target.page_size
+        pagemap = Pagemap.from_entries(pagemap_image.entries, pagemap_name, page_size)
+        regs = _read_regs(images, pagemap, source_elf.symbols[REGS_DST].address,
+                          source_elf.symbols[TLS_DST].address, pid)
+
+        for tid in threads:
+            core_image = images.edit(f"core-{tid}.img")
+            _rewrite_core(core_image.entries[0].get(pb.core_entry), regs)
+
+        removed = [(v.start, v.end) for v in mm.vmas if v.status & SPECIAL_AREAS]
+        template_vma = next((v for v in mm.vmas if v.status & VMA_AREA_VDSO), None)
+        vvar_start = _place(mm, removed, self.target.vvar_size + len(self.target.vdso_pages), page_size, pid)
+        vdso_start = vvar_start + self.target.vvar_size
+        _rewrite_vmas(mm, self.target, vvar_start, vdso_start, template_vma)
+        _set_auxv(mm, AT_SYSINFO_EHDR, vdso_start)
+        segments = _rewrite_pagemap(pagemap_image, pagemap, removed, vdso_start, self.target.vdso_pages)
+        images.plan_pages(pagemap.pages_name, segments)
+
+        exe_entry.reg.size = target_elf.size
+        del exe_entry.reg.build_id[:]
+        exe_entry.reg.build_id.extend(build_id_words(target_elf.build_id))
+
+
+def _exe_entry(files: Image, file_id: int, pid: int) -> pb.file_entry:
+    for entry in files.entries:
+        msg = entry.get(pb.file_entry)
+        if msg.id == file_id and msg.HasField("reg"):
+            return msg
+    raise RecodeError(f"files.img: no regular file {file_id}, the executable of task {pid}")
+
+
+def _read_regs(images: ImageSet, pagemap: Pagemap, regs_addr: int, tls_addr: int, pid: int) -> AArch64Regs:
+    where = f"task {pid}"
+    try:
+        with images.path(pagemap.pages_name).open("rb") as pages:
+            regset = pagemap.read(pages, regs_addr, AARCH64_REGSET_SIZE)
+            tls = pagemap.read(pages, tls_addr, 8)
+    except OSError as exc:
+        raise RecodeError(f"{where}: cannot read {pagemap.pages_name}: {exc.strerror or exc}") from exc
+    except ImageFormatError as exc:
+        raise RecodeError(f"{where}: regs_dst/tls_dst not in the dumped pages ({exc})") from exc
+    return AArch64Regs.unpack(regset, tls, where)
+
+
+def _rewrite_core(core: pb.core_entry, regs: AArch64Regs) -> None:
+    clear_tid = core.thread_info.clear_tid_addr
+    core.mtype = MTYPE_AARCH64
+    core.ClearField("thread_info")
+    ti = core.ti_aarch64
+    ti.clear_tid_addr = clear_tid
+    ti.tls = regs.tls
+    ti.gpregs.regs.extend(regs.x)
+    ti.gpregs.sp = regs.sp
+    ti.gpregs.pc = regs.pc
+    ti.gpregs.pstate = AARCH64_PSTATE
+    ti.fpsimd.vregs.extend(regs.vregs())
+    ti.fpsimd.fpsr = 0
+    ti.fpsimd.fpcr = 0
+
+
+def _overlaps(start: int, end: int, ranges: list[tuple[int, int]]) -> bool:
+    return any(s < end and start < e for s, e in ranges)
+
+
+def _place(mm: pb.mm_entry, removed: list[tuple[int, int]], size: int, page_size: int, pid: int) -> int:
+    """Start of the target's [vvar][vdso] block: where the source's vvar/vdso were if the block fits there,
+    else the highest free gap below them (the kernel maps top-down), else the lowest one above."""
+    kept = sorted((v.start, v.end) for v in mm.vmas if not v.status & SPECIAL_AREAS)
+    anchor = min((s for s, _ in removed if s < 1 << 47), default=None)
+    if anchor is not None and anchor % page_size == 0 and not _overlaps(anchor, anchor + size, kept):
+        return anchor
+    candidates = []
+    for (_, gap_start), (gap_end, _) in itertools.pairwise(kept):
+        low = (gap_start + page_size - 1) // page_size * page_size
+        top = (gap_end - size) // page_size * page_size
+        if top >= low and top > 0:
+            candidates.append(top)
+    if not candidates:
+        raise RecodeError(f"task {pid}: no free {size}-byte gap in the address space for the target vdso")
+    pivot = anchor if anchor is not None else 1 << 47
+    below = [c for c in candidates if c < pivot]
+    return max(below) if below else min(candidates)
+
+
+def _rewrite_vmas(mm: pb.mm_entry, target: VdsoTemplate, vvar_start: int, vdso_start: int,
+                  template: pb.vma_entry | None) -> None:
+    kept = [v for v in mm.vmas if not v.status & SPECIAL_AREAS]
+    new: list[pb.vma_entry] = []
+    if target.vvar_size:
+        status = VMA_AREA_REGULAR | VMA_ANON_PRIVATE | VMA_AREA_VVAR
+        vvar = pb.vma_entry(start=vvar_start, end=vdso_start, pgoff=0, shmid=0, prot=PROT_READ,
+                            flags=MAP_PRIVATE | MAP_ANONYMOUS, status=status, fd=-1)
+        new.append(vvar)
+    vdso = pb.vma_entry()
+    if template is not None:
+        vdso.CopyFrom(template)  # keeps fields we do not declare (madv, fdflags, future ones)
+    vdso.start, vdso.end = vdso_start, vdso_start + len(target.vdso_pages)
+    vdso.pgoff, vdso.shmid, vdso.fd = 0, 0, -1
+    vdso.prot = PROT_READ | PROT_EXEC
+    vdso.flags = MAP_PRIVATE | MAP_ANONYMOUS
+    vdso.status = VMA_AREA_REGULAR | VMA_AREA_VDSO | VMA_ANON_PRIVATE
+    new.append(vdso)
+    merged = sorted([*kept, *new], key=lambda v: v.start)
+    copies = []
+    for vma in merged:
+        copy = pb.vma_entry()
+        copy.CopyFrom(vma)
+        copies.append(copy)
+    del mm.vmas[:]
+    mm.vmas.extend(copies)
+
+
+def _set_auxv(mm: pb.mm_entry, key: int, value: int) -> None:
+    """Point auxv entry `key` at `value`; a dump without it (the program never learnt where its vdso was)
+    needs no fix."""
+    auxv = mm.mm_saved_auxv
+    for i in range(0, len(auxv) - 1, 2):
+        if auxv[i] == key:
+            auxv[i + 1] = value
+            return
+
+
+def _rewrite_pagemap(image: Image, pagemap: Pagemap, removed: list[tuple[int, int]], vdso_start: int,
+                     vdso_pages: bytes) -> list[Segment]:
+    """Drop the removed areas' pages (splitting entries that straddle them), insert the target vdso's pages,
+    and return the plan of the new pages file. Only PRESENT entries own bytes in the pages file."""
+    page = pagemap.page_size
+    head, *entries = image.entries
+    placed: list[tuple[int, Entry, Segment | None]] = []  # (vaddr, entry, its bytes)
+    for entry, run in zip(entries, pagemap.runs, strict=True):
+        start, end = run.vaddr, run.vaddr + run.nr_pages * page
+        pieces = _subtract(start, end, removed)
+        if pieces == [(start, end)]:
+            seg = CopyRange(run.pages_offset, end - start) if run.pages_offset is not None else None
+            placed.append((start, entry, seg))
+            continue
+        msg = entry.get(pb.pagemap_entry)
+        for lo, hi in pieces:
+            piece = pb.pagemap_entry()
+            piece.CopyFrom(msg)
+            piece.vaddr = lo
+            _set_nr_pages(piece, (hi - lo) // page)
+            seg = CopyRange(run.pages_offset + (lo - start), hi - lo) if run.pages_offset is not None else None
+            placed.append((lo, Entry.from_message(piece), seg))
+    vdso = pb.pagemap_entry(vaddr=vdso_start, nr_pages=len(vdso_pages) // page, flags=PE_PRESENT)
+    bisect.insort(placed, (vdso_start, Entry.from_message(vdso), NewBytes(vdso_pages)), key=lambda p: p[0])
+    image.entries = [head, *(entry for _, entry, _ in placed)]
+    return [seg for _, _, seg in placed if seg is not None]
+
+
+def _subtract(start: int, end: int, removed: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    pieces = [(start, end)]
+    for r_start, r_end in removed:
+        next_pieces: list[tuple[int, int]] = []
+        for lo, hi in pieces:
+            if r_end <= lo or hi <= r_start:
+                next_pieces.append((lo, hi))
+                continue
+            if lo < r_start:
+                next_pieces.append((lo, r_start))
+            if r_end < hi:
+                next_pieces.append((r_end, hi))
+        pieces = next_pieces
+    return pieces
+
+
+def _set_nr_pages(entry: pb.pagemap_entry, count: int) -> None:
+    # Keep the entry's own convention: CRIU >= 4.2 writes the count in field 5 and 0 in field 2.
+    if entry.HasField("nr_pages64"):
+        entry.nr_pages64 = count
+    else:
+        entry.nr_pages = count
+
