@@ -16,10 +16,12 @@ from typing import Any
 from . import __version__
 from .agent import cli as agent_cli
 from .cli_common import EXIT_FAILED, EXIT_USAGE, add_config_option
+from .client_cli import register as _register_client
 from .config import load_settings
 from .daemon import serve
 from .devices_cli import register as _register_devices
 from .errors import AndrocondError, ConfigError
+from .images.cli import register as _register_images
 from .logging import configure_logging
 
 Registrar = Callable[[Any], None]
@@ -37,7 +39,13 @@ def _cmd_run(args: argparse.Namespace) -> int:
     return asyncio.run(serve(settings))
 
 
-COMMANDS: tuple[Registrar, ...] = (_register_run, _register_devices, agent_cli.register)
+COMMANDS: tuple[Registrar, ...] = (
+    _register_run,
+    _register_client,
+    _register_devices,
+    agent_cli.register,
+    _register_images,
+)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -13,11 +13,16 @@ import os
 import signal
 import sys
 
+from aiohttp import web
+
 from .adb_link import AdbClient
+from .api import ApiState, build_app, start_api
 from .config import Settings
 from .engine import Engine
 from .journal import Journal, MigrationRecord
 from .logging import get_logger, log_context
+from .metrics import Metrics
+from .notify import NotifyError, Webhooks, event_kind_for_state
 from .pipeline import Context, Unresolved, new_record, resolve
 from .scheduler import AlreadyMigrating, Scheduler, SchedulerClosed
 from .systemd import Notifier, watchdog_loop
@@ -28,6 +33,7 @@ log = get_logger(__name__)
 EXIT_OK = 0
 EXIT_FAILED = 1
 RESOLVE_RETRY_S = 5.0
+WEBHOOK_FLUSH_S = 2.0
 
 
 class Daemon:
@@ -43,6 +49,11 @@ class Daemon:
         self.journal: Journal | None = None
         self.scheduler: Scheduler | None = None
         self._background: list[asyncio.Task[None]] = []
+        self._api: web.AppRunner | None = None
+        self.exit_code = EXIT_OK
+        self.webhooks: Webhooks | None = None
+        self._delivery: asyncio.Task[None] | None = None
+        self.metrics = Metrics(self._live_state)
 
     def request_stop(self) -> None:
         self.stop_requested.set()
@@ -57,6 +68,8 @@ class Daemon:
                 record = new_record(seen.container_id, seen.name, "", "label", False)
                 record.state, record.error = "rejected", seen.rejection
                 await self.journal.create(record)
+                await self._on_migration_change(record)
+                self.metrics.migration_ended(record)
                 return
             if seen.labels is None:
                 return
@@ -83,8 +96,11 @@ class Daemon:
                  docker_host=settings.docker.host, devices=sorted(settings.devices), pid=os.getpid())
         self.journal = await Journal.open(settings.daemon.state_dir / "journal.sqlite3")
         try:
+            self.webhooks = await Webhooks.open(settings)
             return await self._run(self.journal)
         finally:
+            if self.webhooks is not None:
+                await self.webhooks.close()
             await self.engine.close()
             await self.journal.close()
 
@@ -109,12 +125,38 @@ class Daemon:
                     log.warning("shutdown budget spent; rolling back migrations still in flight",
                                 in_flight=len(self.scheduler.active))
                     self.scheduler.cancel_all()
-        log.info("stopped")
-        return EXIT_OK
+            # Phase 4: a moment for the last events to go out; the outbox keeps the rest for the next start.
+            if self.webhooks is not None and self._delivery is not None:
+                try:
+                    async with asyncio.timeout(WEBHOOK_FLUSH_S):
+                        await self.webhooks.drain()
+                except TimeoutError:
+                    log.info("webhook events left in the outbox for the next start",
+                             queued=self.webhooks.stats().get("queue_depth", 0))
+                self._delivery.cancel()
+        if self._api is not None:
+            await self._api.cleanup()
+        log.info("stopped", exit_code=self.exit_code)
+        return self.exit_code
 
     async def _start(self, tg: asyncio.TaskGroup, journal: Journal) -> None:
-        ctx = Context(self.settings, journal, self.engine, self.adb, on_change=self._on_migration_change)
+        ctx = Context(self.settings, journal, self.engine, self.adb, on_change=self._on_migration_change,
+                      on_end=self.metrics.migration_ended)
         self.scheduler = Scheduler(ctx, journal, self.settings.daemon.max_migrations, tg.create_task)
+        try:
+            self._api = await start_api(build_app(ApiState(self.settings, journal, self.engine, self.adb,
+                                                           self.scheduler, lambda: self.watcher.following,
+                                                           self.metrics)),
+                                        self.settings.daemon.api)
+        except OSError as exc:
+            log.error("cannot serve the API", address=self.settings.daemon.api, error=str(exc))
+            self.exit_code = EXIT_FAILED
+            self.request_stop()
+            return
+        assert self.webhooks is not None
+        # Webhook delivery runs until the very end of the daemon (closed after the task group), so events of
+        # migrations that finish during shutdown still go out; what is left waits in the outbox.
+        self._delivery = tg.create_task(self.webhooks.run(), name="webhooks")
         self._background = [tg.create_task(self._resolve_unfinished(ctx), name="resolver"),
                             tg.create_task(self.watcher.run(), name="watcher"),
                             tg.create_task(self._log_ready(), name="ready-reporter")]
@@ -129,13 +171,27 @@ class Daemon:
                     await resolve(ctx, record)
                 except Unresolved:
                     retry.append(record)
+                else:
+                    self.metrics.migration_ended(record)
             pending = retry
             if pending:
                 await asyncio.sleep(RESOLVE_RETRY_S)
 
-    def _on_migration_change(self, _record: MigrationRecord) -> None:
+    async def _on_migration_change(self, record: MigrationRecord) -> None:
         in_flight = len(self.scheduler.active) if self.scheduler is not None else 0
         self.notifier.status(f"following Docker events; {in_flight} migration(s) in flight")
+        kind = event_kind_for_state(record.state)
+        if kind is not None and self.webhooks is not None:
+            try:
+                await self.webhooks.publish(record, kind)
+            except NotifyError as exc:  # a broken outbox must never fail a migration
+                log.error("could not queue a webhook event", error=str(exc), kind=kind)
+
+    def _live_state(self) -> dict[str, int]:
+        live = dict(self.webhooks.stats()) if self.webhooks is not None else {}
+        live["in_flight"] = len(self.scheduler.active) if self.scheduler is not None else 0
+        live["reconnects"] = self.watcher.reconnects
+        return live
 
     async def _log_ready(self) -> None:
         await self.ready.wait()

@@ -21,6 +21,7 @@ CALL_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=5)
 LONG_CALL_TIMEOUT = aiohttp.ClientTimeout(total=600, sock_connect=5)
 # The event stream is open-ended; a dead engine shows up as EOF or a connection error.
 STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None)
+CHECKPOINT_BLOB_RETRIES = 8
 
 
 class EngineError(AndrocondError):
@@ -92,7 +93,16 @@ class Engine:
 
     async def start_container(self, ref: str, *, checkpoint: str | None = None) -> None:
         params = {"checkpoint": checkpoint} if checkpoint else {}
-        await self._call(f"containers/{ref}/start", "POST", params=params, limits=LONG_CALL_TIMEOUT)
+        for attempt in range(CHECKPOINT_BLOB_RETRIES + 1):
+            try:
+                await self._call(f"containers/{ref}/start", "POST", params=params, limits=LONG_CALL_TIMEOUT)
+                return
+            except EngineError as exc:
+                # Docker 20.10: a restore soon after a checkpoint of the same container can find the
+                # checkpoint's blob still in containerd's content store (cleaned up ~0.5 s later).
+                if checkpoint is None or "already exists" not in str(exc) or attempt == CHECKPOINT_BLOB_RETRIES:
+                    raise
+                await asyncio.sleep(0.25 * (attempt + 1))
 
     async def stop_container(self, ref: str, *, timeout_s: int = 10) -> None:
         await self._call(f"containers/{ref}/stop", "POST", params={"t": timeout_s}, limits=LONG_CALL_TIMEOUT)
@@ -140,7 +150,8 @@ class Engine:
             raise EngineError(f"Docker engine at {self.host}: image save {ref}: {exc.message}", exc.status) from exc
 
     async def stats(self, ref: str) -> Json:
-        result: Json = await self._call(f"containers/{ref}/stats", params={"stream": False})
+        # one-shot: no second sample for CPU percentages (that costs a second).
+        result: Json = await self._call(f"containers/{ref}/stats", params={"stream": False, "one-shot": True})
         return result
 
     async def inspect_volume(self, name: str) -> Json:

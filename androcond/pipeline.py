@@ -15,7 +15,7 @@ import os
 import platform
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,7 +29,7 @@ from .errors import AndrocondError
 from .journal import FROZEN, Journal, MigrationRecord
 from .layer import LayerError, checkpoint_files, tree_files
 from .logging import get_logger, log_context
-from .transport import AgentConnection, OutgoingFile, Progress, TransportError
+from .transport import AgentConnection, AgentRefused, OutgoingFile, Progress, TransportError
 
 log = get_logger(__name__)
 
@@ -52,7 +52,9 @@ class Context:
     journal: Journal
     engine: Engine
     adb: AdbClient
-    on_change: Callable[[MigrationRecord], None] | None = None
+    # Called after each journaled transition (webhooks, systemd status) and when a migration ends (metrics).
+    on_change: Callable[[MigrationRecord], Awaitable[None]] | None = None
+    on_end: Callable[[MigrationRecord], None] | None = None
 
 
 def new_record(container_id: str, container_name: str, device: str, origin: str, keep_source: bool) -> MigrationRecord:
@@ -101,7 +103,7 @@ class Migration:
         await self.ctx.journal.save(self.record, detail)
         log.info("migration state", state=state, **({"detail": detail} if detail else {}))
         if self.ctx.on_change is not None:
-            self.ctx.on_change(self.record)
+            await self.ctx.on_change(self.record)
 
     def _time(self, name: str, since: float) -> None:
         self.record.timings[name] = round(time.monotonic() - since, 3)
@@ -126,6 +128,8 @@ class Migration:
                 await self._recover(str(exc))
             self._time("total_s", self._started)
             await self.ctx.journal.save(self.record)
+            if self.ctx.on_end is not None:
+                self.ctx.on_end(self.record)
             return self.record
 
     async def _migrate(self) -> None:
@@ -145,11 +149,14 @@ class Migration:
                 except TransportError as exc:
                     raise Rejected(f"device {record.device} is not reachable: {exc}") from exc
                 async with link:
-                    await self._preflight(link, inspect)
+                    estimate = await self._preflight(link, inspect)
+                    # The target container is made (and the image shipped) while the source still runs:
+                    # none of that belongs in the downtime.
+                    await self._prepare(link, inspect, estimate)
                     self._time("preflight_s", t0)
                     await self._checkpoint()
-                    await self._stream(link, inspect)
-                    await self._commit(link)
+                    sent = await self._stream(link, inspect)
+                    await self._commit(link, sent)
         except (AdbError, DeviceError) as exc:
             if record.state == "preflight":
                 raise Rejected(f"device {record.device} is not reachable: {exc}") from exc
@@ -164,7 +171,8 @@ class Migration:
             raise Rejected(f"the container is not running (status {inspect['State'].get('Status')})")
         return inspect
 
-    async def _preflight(self, link: AgentConnection, inspect: dict[str, Any]) -> None:
+    async def _preflight(self, link: AgentConnection, inspect: dict[str, Any]) -> int:
+        """Refuse what cannot land, before anything is frozen; return the bytes it will take on the device."""
         binds = [m.get("Source", "?") for m in inspect.get("Mounts") or [] if m.get("Type") == "bind"]
         if binds:
             raise Rejected(f"bind mount {binds[0]} cannot move with the container (its data lives on this host); "
@@ -183,6 +191,7 @@ class Migration:
         if needed > link.hello.free_bytes:
             raise Rejected(f"the device has {link.hello.free_bytes} bytes free; this container needs about "
                            f"{needed} (memory {memory}, files {disk})")
+        return disk + memory
 
     async def _memory_usage(self) -> int:
         try:
@@ -201,10 +210,25 @@ class Migration:
         return self._source_root / "containers" / self.record.container_id / "checkpoints" / \
             self.record.checkpoint_name
 
-    async def _stream(self, link: AgentConnection, inspect: dict[str, Any]) -> None:
+    async def _prepare(self, link: AgentConnection, inspect: dict[str, Any], estimate: int) -> None:
+        config = target_config(inspect)
+        begin = pb.Begin(migration_id=self.record.id, container_name=self.record.container_name,
+                         image=str(config["Image"]), create_config_json=json.dumps(config),
+                         checkpoint_name=self.record.checkpoint_name, total_bytes=estimate)
+        try:
+            ack = await link.begin(begin)
+        except AgentRefused as exc:
+            raise Rejected(f"the device refused: {exc}") from exc
+        if ack.need_image:
+            image = str(config["Image"])
+            log.info("shipping the image to the device", image=image)
+            await link.send_files([OutgoingFile(pb.IMAGE_TAR, "image.tar",
+                                                stream=lambda: self.ctx.engine.save_image(image))])
+
+    async def _stream(self, link: AgentConnection, inspect: dict[str, Any]) -> int:
+        """Send the checkpoint, the writable layer and the volumes (read now that the container is stopped)."""
         await self._set("streaming")
         t0 = time.monotonic()
-        config = target_config(inspect)
         upper = Path(inspect["GraphDriver"]["Data"]["UpperDir"])
         volumes = [(str(m["Name"]), Path(m["Source"]))
                    for m in inspect.get("Mounts") or [] if m.get("Type") == "volume"]
@@ -219,28 +243,19 @@ class Migration:
             files = await asyncio.to_thread(collect)
         except LayerError as exc:
             raise TransportError(f"cannot read what must move: {exc}") from exc
-        begin = pb.Begin(migration_id=self.record.id, container_name=self.record.container_name,
-                         image=str(config["Image"]), create_config_json=json.dumps(config),
-                         checkpoint_name=self.record.checkpoint_name, total_bytes=sum(f.size for f in files),
-                         file_count=len(files))
-        ack = await link.begin(begin)
-        if ack.need_image:
-            image = str(config["Image"])
-            log.info("shipping the image to the device", image=image)
-            await link.send_files([OutgoingFile(pb.IMAGE_TAR, "image.tar",
-                                                stream=lambda: self.ctx.engine.save_image(image))])
         await link.send_files(files, progress=self._on_progress)
         self.record.bytes_sent = self.progress.bytes_sent
         self._time("stream_s", t0)
+        return len(files)
 
     def _on_progress(self, progress: Progress) -> None:
         self.progress = progress
 
-    async def _commit(self, link: AgentConnection) -> None:
+    async def _commit(self, link: AgentConnection, file_count: int) -> None:
         await self._set("restoring")
         t0 = time.monotonic()
         try:
-            outcome = await link.commit()
+            outcome = await link.commit(file_count)
         except TransportError as exc:
             # The device may have restored before the link broke: only the agent can say.
             outcome = await self._ask_agent(exc)

@@ -31,6 +31,7 @@ class Scheduler:
         self._slots = asyncio.Semaphore(limit)
         self._spawn = spawn
         self.active: dict[str, MigrationRecord] = {}  # by container id
+        self.running_migrations: dict[str, Migration] = {}  # by migration id, for live progress
         self._tasks: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
@@ -50,6 +51,8 @@ class Scheduler:
         except BaseException:
             del self.active[container_id]
             raise
+        if self.ctx.on_change is not None:
+            await self.ctx.on_change(record)
         self._idle.clear()
         task = self._spawn(self._run(record, delay_s), name=f"migration-{record.id[:8]}")
         self._tasks.add(task)
@@ -64,10 +67,13 @@ class Scheduler:
                     await asyncio.sleep(delay_s)
                 async with self._slots:
                     self.running += 1
+                    migration = Migration(self.ctx, record)
+                    self.running_migrations[record.id] = migration
                     try:
-                        await Migration(self.ctx, record).run()
+                        await migration.run()
                     finally:
                         self.running -= 1
+                        del self.running_migrations[record.id]
             except asyncio.CancelledError:
                 if record.state == "requested":  # cancelled while queued: nothing happened
                     record.state, record.error = "failed", "cancelled before it started (daemon shutting down)"

@@ -306,8 +306,8 @@ class AgentConnection:
         state.files_sent += 1
         return ack
 
-    async def commit(self) -> pb.Outcome:
-        await self._send(pb.Frame(commit=pb.Commit()))
+    async def commit(self, file_count: int = 0) -> pb.Outcome:
+        await self._send(pb.Frame(commit=pb.Commit(file_count=file_count)))
         return (await self._reply("commit", self.timeouts.commit, "outcome")).outcome
 
     async def abort(self, reason: str) -> pb.Outcome:

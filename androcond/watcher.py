@@ -89,6 +89,7 @@ class Watcher:
         self._last_ns: int | None = None
         self._handled_at_last: set[str] = set()
         self.reconnects = 0
+        self.following = False
 
     async def run(self) -> None:
         """Follow the engine until cancelled; never returns on its own."""
@@ -103,6 +104,7 @@ class Watcher:
                 reason = str(exc)
             except EngineError as exc:
                 reason = str(exc)
+            self.following = False
             delay = delays.next()
             if not first:
                 self.reconnects += 1
@@ -128,6 +130,7 @@ class Watcher:
                                filters={"type": ["container"], "event": ["start"], "label": [MIGRATE_LABEL]})
         log.info("following docker events", docker_host=self._host, engine_version=version.get("Version"),
                  api_version=version.get("ApiVersion"))
+        self.following = True
         if self._on_ready is not None:
             self._on_ready()
         delays.reset()

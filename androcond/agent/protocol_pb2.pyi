@@ -137,8 +137,10 @@ class FileAck(_message.Message):
     def __init__(self, stream_id: _Optional[int] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
 class Commit(_message.Message):
-    __slots__ = ()
-    def __init__(self) -> None: ...
+    __slots__ = ("file_count",)
+    FILE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    file_count: int
+    def __init__(self, file_count: _Optional[int] = ...) -> None: ...
 
 class Outcome(_message.Message):
     __slots__ = ("migration_id", "state", "container_id", "error", "restore_seconds", "bytes_received")

@@ -132,7 +132,7 @@ class AgentSession:
         elif kind == "begin":
             await self._begin(frame.begin)
         elif kind == "commit":
-            await self._commit()
+            await self._commit(frame.commit.file_count)
         elif kind == "query":
             await self._query(frame.query.migration_id)
         elif kind == "abort":
@@ -280,15 +280,16 @@ class AgentSession:
             await self._discard(migration, "failed", error)
 
     # --- commit, query, abort --------------------------------------------------------------------------
-    async def _commit(self) -> None:
+    async def _commit(self, file_count: int = 0) -> None:
         migration = self._active()
         begin = migration.begin
         if self.current is not None:
             raise ProtocolViolation("commit while a file is still open")
         if migration.failed or migration.target is None:
             raise ProtocolViolation(f"nothing to restore: {migration.failed or 'no container was prepared'}")
-        if begin.file_count and migration.files_verified != begin.file_count:
-            raise ProtocolViolation(f"commit after {migration.files_verified} of {begin.file_count} files")
+        expected = file_count or begin.file_count
+        if expected and migration.files_verified != expected:
+            raise ProtocolViolation(f"commit after {migration.files_verified} of {expected} files")
         record = OutcomeRecord(begin.migration_id, "restoring", migration.target.container_id,
                                bytes_received=migration.bytes_received)
         self.outcomes.put(record)

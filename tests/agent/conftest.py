@@ -14,9 +14,11 @@ import pytest
 from androcond.transport import Endpoint
 
 from ..testbed import TestBed
+from ..testbed.bed import TEST_RUN
 from ..testbed.proc import alive, stop_pid, tail, wait_for
 
-AGENT_PORT = 8023
+# A port of this test run's own, so that a second run on the same bed does not talk to our agent.
+AGENT_PORT = 20000 + int(TEST_RUN, 16) % 10000
 
 
 @dataclass(frozen=True)

@@ -19,14 +19,16 @@ TERMINAL = ("done", "rolled-back", "failed", "rejected")
 
 
 def write_daemon_config(agent: AgentBed, directory: Path, *, port: int = AGENT_PORT, max_migrations: int = 2,
-                        shutdown_timeout: float = 8.0) -> Path:
+                        shutdown_timeout: float = 8.0, api: str | None = None, api_token: str | None = None,
+                        extra: str = "") -> Path:
     bed = agent.bed
     known = agent.known_hosts(directory, bed.device.device_ip, port)
     path = directory / f"androcond-{port}.toml"
     path.write_text(f"""
 [daemon]
 state_dir = "{directory / 'state'}"
-api = "unix:{directory / 'api.sock'}"
+api = "{api or f"unix:{directory / 'api.sock'}"}"
+{f'api_token = "{api_token}"' if api_token else ""}
 log_format = "json"
 max_migrations = {max_migrations}
 shutdown_timeout = {shutdown_timeout}
@@ -36,6 +38,7 @@ host = "{bed.engine_a.host}"
 address = "{bed.device.device_ip}:{port}"
 identity = "{bed.device.client_key}"
 known_hosts = "{known}"
+{extra}
 """)
     return path
 

@@ -38,11 +38,11 @@ class FlipByte(AgentSession):
 
 
 class RefuseRestore(AgentSession):
-    async def _commit(self) -> None:
+    async def _commit(self, file_count: int = 0) -> None:
         migration = self._active()
         if migration.target is not None:
             (migration.target.checkpoint_dir / "pstree.img").unlink()
-        await super()._commit()
+        await super()._commit(file_count)
 
 
 class SlowOutcome(AgentSession):

@@ -19,7 +19,7 @@ from ..helpers import DaemonProcess, counter_config, counts, wait_for_count
 from ..testbed.bed import RUN_FILTER
 from ..testbed.engines import DOCKER_CLI
 from ..testbed.proc import run
-from .conftest import AgentBed
+from .conftest import AGENT_PORT, AgentBed
 from .daemon_bed import FaultyAgent, finished, running, state_of, write_daemon_config
 
 pytestmark = pytest.mark.testbed
@@ -145,7 +145,7 @@ async def test_bad_labels_and_bind_mounts_are_rejected_before_freezing(
 async def test_device_faults_roll_back_to_a_continuing_source(
         agent_server: AgentBed, engine_a: Engine, engine_b: Engine, tmp_path: Path, unique_name: str,
         volume: str, fault: str) -> None:
-    agent = FaultyAgent(agent_server, fault, 8031, tmp_path).start()
+    agent = FaultyAgent(agent_server, fault, AGENT_PORT + 1, tmp_path).start()
     daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, port=agent.port))
     await daemon.start()
     try:
@@ -165,7 +165,7 @@ async def test_device_faults_roll_back_to_a_continuing_source(
 
 async def test_agent_killed_mid_stream(agent_server: AgentBed, engine_a: Engine, engine_b: Engine,
                                        tmp_path: Path, unique_name: str, volume: str) -> None:
-    agent = FaultyAgent(agent_server, "none", 8032, tmp_path).start()
+    agent = FaultyAgent(agent_server, "none", AGENT_PORT + 2, tmp_path).start()
     daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, port=agent.port))
     await daemon.start()
     try:
@@ -212,7 +212,7 @@ async def test_daemon_killed_mid_stream_rolls_back_after_restart(
 async def test_daemon_killed_after_the_device_restored_does_not_restore_twice(
         agent_server: AgentBed, engine_a: Engine, engine_b: Engine, tmp_path: Path, unique_name: str,
         volume: str) -> None:
-    agent = FaultyAgent(agent_server, "slow-outcome", 8033, tmp_path).start()
+    agent = FaultyAgent(agent_server, "slow-outcome", AGENT_PORT + 3, tmp_path).start()
     config = write_daemon_config(agent_server, tmp_path, port=agent.port)
     daemon = DaemonProcess(config)
     await daemon.start()
@@ -269,3 +269,50 @@ async def test_ten_at_once_respect_the_limit(agent_server: AgentBed, engine_a: E
             active.discard(mid)
         peak = max(peak, len(active))
     assert peak == 3
+
+
+async def test_engine_restart_is_survived(agent_server: AgentBed, engine_a: Engine, engine_b: Engine,
+                                          tmp_path: Path, unique_name: str) -> None:
+    """Engine A restarts under the running daemon: it reconnects, and a container labelled afterwards moves."""
+    bed = agent_server.bed
+    daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path))
+    await daemon.start()
+    try:
+        await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
+        await asyncio.to_thread(bed.engine_a.stop)
+        lost = await daemon.wait_for_log(lambda e: e.get("msg") == "docker engine unreachable, retrying")
+        await asyncio.to_thread(bed.engine_a.start)
+        await daemon.wait_for_log(lambda e: e.get("msg") == "following docker events" and
+                                  daemon.lines.index(e) > daemon.lines.index(lost))
+        await start_workload_plain(engine_a, unique_name)
+        end = await finished(daemon, unique_name)
+        assert end["state"] == "done", end
+        assert await running(engine_b, unique_name)
+    finally:
+        await daemon.kill()
+
+
+async def start_workload_plain(engine: Engine, name: str) -> None:
+    cid = await engine.create_container(counter_config(**{"androcond.migrate": "pixel"}), name=name)
+    await engine.start_container(cid)
+
+
+async def test_sigterm_mid_migration_leaves_it_running_exactly_once(
+        agent_server: AgentBed, engine_a: Engine, engine_b: Engine, tmp_path: Path, unique_name: str,
+        volume: str) -> None:
+    daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, shutdown_timeout=0.2))
+    await daemon.start()
+    try:
+        await start_workload(engine_a, unique_name, {"androcond.migrate": "pixel"}, volume, mb=96)
+        await daemon.wait_for_log(state_of(unique_name, "streaming"), timeout=60)
+        assert await daemon.stop(timeout=30) == 0
+        on_source, on_device = await running(engine_a, unique_name), await running(engine_b, unique_name)
+        assert on_source != on_device, f"running on source: {on_source}, on device: {on_device}"
+        where = engine_a if on_source else engine_b
+        last = counts(await where.container_logs(unique_name))[-1]
+        seen = await wait_for_count(where, unique_name, at_least=last + 2)
+        assert continuous(seen[-3:])
+        assert any(e.get("msg") == "shutdown budget spent; rolling back migrations still in flight"
+                   for e in daemon.lines) or on_device
+    finally:
+        await daemon.kill()

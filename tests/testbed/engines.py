@@ -116,6 +116,9 @@ class DockerEngine:
     def has_image(self, ref: str) -> bool:
         return run([DOCKER_CLI, "-H", self.host, "image", "inspect", ref], check=False).returncode == 0
 
+    def has_container(self, name: str) -> bool:
+        return run([DOCKER_CLI, "-H", self.host, "container", "inspect", name], check=False).returncode == 0
+
     def remove_containers(self, label: str) -> None:
         ids = self.cli("ps", "-aq", "--filter", f"label={label}").split()
         if ids:

@@ -1,6 +1,6 @@
 """Test images, made with `docker import` from a tiny root filesystem (no registry is reachable).
 
-``androcond-test/busybox:1``: a static busybox with its applets, and test programs built with ``gcc -static``.
+``androcond-test/busybox:<hash>``: a static busybox with its applets, and test programs built with ``gcc -static``.
 """
 
 from __future__ import annotations

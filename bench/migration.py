@@ -1,0 +1,189 @@
+"""Downtime and total time of moving a running container to the device: androcond against the seeds'
+sequential flow (`docker checkpoint create` → `tar czf` → `scp` → untar into engine B's checkpoint dir →
+`docker start --checkpoint`), on the same test bed, in the same run, interleaved.
+
+Downtime is read from the container's own output: the gap between its last line at the source and its first
+line on the device (Docker's log timestamps, one host clock), less one 100 ms tick of the counter.
+
+Run as root:  .venv/bin/python -m bench.migration [--sizes 16,256] [--runs 5]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from datetime import datetime
+from pathlib import Path
+
+import asyncssh
+
+from tests.testbed import TestBed
+from tests.testbed.engines import DOCKER_CLI, DockerEngine
+from tests.testbed.images import TEST_IMAGE
+from tests.testbed.proc import stop_pid, wait_for
+
+AGENT_PORT = 8199
+TICK_S = 0.1
+LABEL = "androcond-bench"
+
+
+def _listening(host: str, port: int) -> bool:
+    import socket
+
+    try:
+        with socket.create_connection((host, port), timeout=1):
+            return True
+    except OSError:
+        return False
+
+
+def log_times(engine: DockerEngine, name: str) -> list[tuple[float, int]]:
+    out = subprocess.run([DOCKER_CLI, "-H", engine.host, "logs", "-t", name], capture_output=True, text=True,
+                         check=True).stdout
+    rows = []
+    for line in out.splitlines():
+        stamp, _, text = line.partition(" ")
+        if text.startswith("count "):
+            when = datetime.fromisoformat(stamp[:26] + "+00:00").timestamp()
+            rows.append((when, int(text.split()[1])))
+    return rows
+
+
+def start_counter(bed: TestBed, name: str, mb: int) -> None:
+    bed.engine_a.cli("run", "-d", "--name", name, "--label", f"{LABEL}=1", TEST_IMAGE, "/bin/counter", str(mb))
+    wait_for(lambda: len(log_times(bed.engine_a, name)) >= 3, timeout=120, what=f"{name} counting")
+
+
+def downtime(bed: TestBed, name: str) -> float:
+    wait_for(lambda: len(log_times(bed.engine_b, name)) >= 2, timeout=120, what=f"{name} counting on the device")
+    source = log_times(bed.engine_a, name) if bed.engine_a.has_container(name) else []
+    device = log_times(bed.engine_b, name)
+    last_source = source[-1][0] if source else None
+    first_device, first_count = device[0]
+    if last_source is None:
+        raise RuntimeError("source logs are gone; use keep-source")
+    assert source[-1][1] + 1 == first_count, "the counter did not continue"
+    return first_device - last_source - TICK_S
+
+
+def seeds_flow(bed: TestBed, name: str, mb: int, work: Path) -> float:
+    """What people do by hand today, step after step."""
+    started = time.perf_counter()
+    cid = bed.engine_a.cli("inspect", "-f", "{{.Id}}", name).strip()
+    bed.engine_a.cli("checkpoint", "create", name, "cp")
+    source_dir = bed.engine_a.data_root / "containers" / cid / "checkpoints" / "cp"
+    tarball = work / f"{name}.tgz"
+    subprocess.run(["tar", "czf", str(tarball), "-C", str(source_dir), "."], check=True)
+    ssh = ["-i", str(bed.device.client_key), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
+           "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
+    remote_tar = f"/tmp/{name}.tgz"
+    subprocess.run(["scp", "-P", str(bed.sshd_port), *ssh, str(tarball), f"root@{bed.device.device_ip}:{remote_tar}"],
+                   check=True)
+    b = f"{DOCKER_CLI} -H {bed.engine_b.host}"
+    script = (f"set -e; id=$({b} create --name {name} --label {LABEL}=1 {TEST_IMAGE} /bin/counter {mb}); "
+              f"d={bed.engine_b.data_root}/containers/$id/checkpoints/cp; "
+              f"mkdir -p $d; tar xzf {remote_tar} -C $d; rm {remote_tar}; {b} start --checkpoint cp $id >/dev/null")
+    subprocess.run(["ssh", "-p", str(bed.sshd_port), *ssh, f"root@{bed.device.device_ip}", script], check=True)
+    total = time.perf_counter() - started
+    tarball.unlink()
+    return total
+
+
+def androcond_flow(config: Path, name: str) -> tuple[float, dict[str, float]]:
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "androcond", "migrate", name, "--to", "pixel", "--keep-source",
+                          "--wait", "--json", "--config", str(config)], capture_output=True, text=True, check=True)
+    total = time.perf_counter() - started
+    record = json.loads(out.stdout)
+    assert record["state"] == "done", record
+    return total, record["timings"]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="16,256", help="touched memory of the container, MB (comma list)")
+    parser.add_argument("--runs", type=int, default=5)
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    bed = TestBed().up()
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        key = asyncssh.generate_private_key("ssh-ed25519")
+        key.write_private_key(work / "host_key")
+        (work / "known_hosts").write_text(f"[{bed.device.device_ip}]:{AGENT_PORT} "
+                                          f"{key.export_public_key().decode()}")
+        (work / "agent.toml").write_text(f"""
+[agent]
+docker_host = "{bed.engine_b.host}"
+spool_dir = "{work / 'spool'}"
+listen = "0.0.0.0:{AGENT_PORT}"
+host_key = "{work / 'host_key'}"
+authorized_keys = "{bed.device.authorized_keys}"
+""")
+        config = work / "androcond.toml"
+        config.write_text(f"""
+[daemon]
+state_dir = "{work / 'state'}"
+api = "unix:{work / 'api.sock'}"
+log_level = "warning"
+[docker]
+host = "{bed.engine_a.host}"
+[devices.pixel]
+address = "{bed.device.device_ip}:{AGENT_PORT}"
+identity = "{bed.device.client_key}"
+known_hosts = "{work / 'known_hosts'}"
+""")
+        agent = subprocess.Popen(bed.device.nsenter(sys.executable, "-m", "androcond", "agent", "serve", "--config",
+                                                    str(work / "agent.toml")), stderr=subprocess.DEVNULL)
+        daemon = subprocess.Popen([sys.executable, "-m", "androcond", "run", "--config", str(config)],
+                                  stderr=(work / "daemon.log").open("wb"))
+        results: dict[tuple[int, str], dict[str, list[float]]] = {}
+        try:
+            wait_for(lambda: _listening(bed.device.device_ip, AGENT_PORT), timeout=30, what="agent")
+            wait_for((work / "api.sock").exists, timeout=30, what="daemon API")
+            for mb in sizes:
+                for _ in range(args.runs):
+                    for flow in ("seeds", "androcond"):  # interleaved: drift hits both alike
+                        name = f"bench-{flow}-{mb}-{uuid.uuid4().hex[:6]}"
+                        start_counter(bed, name, mb)
+                        row = results.setdefault((mb, flow), {})
+                        if flow == "seeds":
+                            row.setdefault("total", []).append(seeds_flow(bed, name, mb, work))
+                        else:
+                            total, timings = androcond_flow(config, name)
+                            row.setdefault("total", []).append(total)
+                            for key_name in ("checkpoint_s", "stream_s", "restore_s"):
+                                row.setdefault(key_name, []).append(timings.get(key_name, 0.0))
+                        row.setdefault("downtime", []).append(downtime(bed, name))
+                        bed.engine_a.remove_containers(f"{LABEL}=1")
+                        bed.engine_b.remove_containers(f"{LABEL}=1")
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=30)
+            stop_pid(agent.pid, what="agent")
+            bed.engine_a.remove_containers(f"{LABEL}=1")
+            bed.engine_b.remove_containers(f"{LABEL}=1")
+    med = statistics.median
+    print(f"| touched memory | flow | downtime (s) | total (s) | downtime vs seeds | engine checkpoint | "
+          f"transfer | engine restore |   (median of {args.runs})")
+    print("|---|---|---|---|---|---|---|---|")
+    for mb in sizes:
+        seeds = results[(mb, "seeds")]
+        ours = results[(mb, "androcond")]
+        print(f"| {mb} MB | seeds' sequential flow | {med(seeds['downtime']):.2f} | {med(seeds['total']):.2f} | "
+              f"1.00× | | | |")
+        print(f"| {mb} MB | androcond | {med(ours['downtime']):.2f} | {med(ours['total']):.2f} | "
+              f"{med(ours['downtime']) / med(seeds['downtime']):.2f}× | {med(ours['checkpoint_s']):.2f} | "
+              f"{med(ours['stream_s']):.2f} | {med(ours['restore_s']):.2f} |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
