@@ -22,26 +22,15 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
-import asyncssh
-
 from tests.testbed import TestBed
+from tests.testbed.agent import DeviceAgent
 from tests.testbed.engines import DOCKER_CLI, DockerEngine
 from tests.testbed.images import TEST_IMAGE
-from tests.testbed.proc import stop_pid, wait_for
+from tests.testbed.proc import wait_for
 
 AGENT_PORT = 8199
 TICK_S = 0.1
 LABEL = "androcond-bench"
-
-
-def _listening(host: str, port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def log_times(engine: DockerEngine, name: str) -> list[tuple[float, int]]:
@@ -115,18 +104,7 @@ def main() -> int:
     bed = TestBed().up()
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        key = asyncssh.generate_private_key("ssh-ed25519")
-        key.write_private_key(work / "host_key")
-        (work / "known_hosts").write_text(f"[{bed.device.device_ip}]:{AGENT_PORT} "
-                                          f"{key.export_public_key().decode()}")
-        (work / "agent.toml").write_text(f"""
-[agent]
-docker_host = "{bed.engine_b.host}"
-spool_dir = "{work / 'spool'}"
-listen = "0.0.0.0:{AGENT_PORT}"
-host_key = "{work / 'host_key'}"
-authorized_keys = "{bed.device.authorized_keys}"
-""")
+        agent = DeviceAgent(bed, work, AGENT_PORT)
         config = work / "androcond.toml"
         config.write_text(f"""
 [daemon]
@@ -138,15 +116,13 @@ host = "{bed.engine_a.host}"
 [devices.pixel]
 address = "{bed.device.device_ip}:{AGENT_PORT}"
 identity = "{bed.device.client_key}"
-known_hosts = "{work / 'known_hosts'}"
+known_hosts = "{agent.known_hosts(work / 'known_hosts')}"
 """)
-        agent = subprocess.Popen(bed.device.nsenter(sys.executable, "-m", "androcond", "agent", "serve", "--config",
-                                                    str(work / "agent.toml")), stderr=subprocess.DEVNULL)
+        agent.start()
         daemon = subprocess.Popen([sys.executable, "-m", "androcond", "run", "--config", str(config)],
                                   stderr=(work / "daemon.log").open("wb"))
         results: dict[tuple[int, str], dict[str, list[float]]] = {}
         try:
-            wait_for(lambda: _listening(bed.device.device_ip, AGENT_PORT), timeout=30, what="agent")
             wait_for((work / "api.sock").exists, timeout=30, what="daemon API")
             for mb in sizes:
                 for _ in range(args.runs):
@@ -167,7 +143,7 @@ known_hosts = "{work / 'known_hosts'}"
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=30)
-            stop_pid(agent.pid, what="agent")
+            agent.stop()
             bed.engine_a.remove_containers(f"{LABEL}=1")
             bed.engine_b.remove_containers(f"{LABEL}=1")
     med = statistics.median

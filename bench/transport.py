@@ -19,47 +19,13 @@ import time
 import uuid
 from pathlib import Path
 
-import asyncssh
-
 from androcond.agent import protocol_pb2 as pb
 from androcond.transport import AgentConnection, Endpoint, OutgoingFile
 from tests.testbed import TestBed
+from tests.testbed.agent import DeviceAgent
 from tests.testbed.images import TEST_IMAGE
-from tests.testbed.proc import stop_pid, wait_for
 
 AGENT_PORT = 8024
-
-
-def start_agent(bed: TestBed, work: Path) -> tuple[subprocess.Popen[bytes], Endpoint]:
-    key = asyncssh.generate_private_key("ssh-ed25519")
-    key.write_private_key(work / "host_key")
-    (work / "host_key").chmod(0o600)
-    config = work / "agent.toml"
-    config.write_text(f"""
-[agent]
-docker_host = "{bed.engine_b.host}"
-spool_dir = "{work / 'spool'}"
-listen = "0.0.0.0:{AGENT_PORT}"
-host_key = "{work / 'host_key'}"
-authorized_keys = "{bed.device.authorized_keys}"
-""")
-    log = (work / "agent.log").open("wb")
-    proc = subprocess.Popen(bed.device.nsenter(sys.executable, "-m", "androcond", "agent", "serve", "--config",
-                                               str(config)), stdout=log, stderr=subprocess.STDOUT)
-    wait_for(lambda: _listening(bed.device.device_ip, AGENT_PORT), timeout=30, what="agent serve")
-    known = work / "known_hosts"
-    known.write_text(f"[{bed.device.device_ip}]:{AGENT_PORT} {key.export_public_key().decode()}")
-    return proc, Endpoint(bed.device.device_ip, AGENT_PORT, "root", bed.device.client_key, known)
-
-
-def _listening(host: str, port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 async def push_once(endpoint: Endpoint, payload: Path) -> tuple[float, str]:
@@ -99,7 +65,9 @@ def main() -> int:
         with payload.open("wb") as f:
             for _ in range(args.size_mb):
                 f.write(os.urandom(1 << 20))
-        proc, endpoint = start_agent(bed, Path(work_dir))
+        agent = DeviceAgent(bed, Path(work_dir), AGENT_PORT).start()
+        endpoint = Endpoint(bed.device.device_ip, AGENT_PORT, "root", bed.device.client_key,
+                            agent.known_hosts(Path(work_dir) / "known_hosts"))
         disk_target = bed.engine_b.data_root / f"bench-{uuid.uuid4().hex}"
         try:
             ours, plain, to_disk, cipher = [], [], [], ""
@@ -110,7 +78,7 @@ def main() -> int:
                 to_disk.append(openssh_once(bed, payload, str(disk_target)))
         finally:
             disk_target.unlink(missing_ok=True)
-            stop_pid(proc.pid, what="agent serve")
+            agent.stop()
     mb = args.size_mb * 1048576 / 1e6
     base = statistics.median(plain)
     rows = [("OpenSSH `cat > /dev/null` (baseline)", plain), ("OpenSSH `cat > FILE` (writes to disk)", to_disk),

@@ -17,7 +17,7 @@ from . import protocol_pb2 as pb
 
 PROTOCOL_VERSION = 1
 # File data travels in chunks of at most CHUNK bytes; a frame carries one chunk plus a few bytes of header.
-CHUNK = 256 * 1024
+CHUNK = 1024 * 1024
 MAX_FRAME = CHUNK + 64 * 1024
 _LENGTH = struct.Struct(">I")
 

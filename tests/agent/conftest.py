@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -14,8 +13,8 @@ import pytest
 from androcond.transport import Endpoint
 
 from ..testbed import TestBed
+from ..testbed.agent import DeviceAgent
 from ..testbed.bed import TEST_RUN
-from ..testbed.proc import alive, stop_pid, tail, wait_for
 
 # A port of this test run's own, so that a second run on the same bed does not talk to our agent.
 AGENT_PORT = 20000 + int(TEST_RUN, 16) % 10000
@@ -23,10 +22,16 @@ AGENT_PORT = 20000 + int(TEST_RUN, 16) % 10000
 
 @dataclass(frozen=True)
 class AgentBed:
-    config: Path
-    spool: Path
-    host_key: asyncssh.SSHKey
+    agent: DeviceAgent
     bed: TestBed
+
+    @property
+    def config(self) -> Path:
+        return self.agent.config
+
+    @property
+    def host_key(self) -> asyncssh.SSHKey:
+        return self.agent.host_key
 
     def known_hosts(self, directory: Path, host: str, port: int, key: asyncssh.SSHKey | None = None) -> Path:
         path = directory / f"known_hosts-{host}-{port}"
@@ -48,50 +53,14 @@ class AgentBed:
 
 @pytest.fixture(scope="session")
 def agent_bed(testbed: TestBed, tmp_path_factory: pytest.TempPathFactory) -> AgentBed:
-    root = tmp_path_factory.mktemp("agent")
-    host_key = asyncssh.generate_private_key("ssh-ed25519")
-    host_key.write_private_key(root / "host_key")
-    (root / "host_key").chmod(0o600)
-    config = root / "agent.toml"
-    config.write_text(f"""
-[daemon]
-log_format = "json"
-log_level = "debug"
-[agent]
-docker_host = "{testbed.engine_b.host}"
-spool_dir = "{root / 'spool'}"
-listen = "0.0.0.0:{AGENT_PORT}"  # inside the namespace: its veth and its loopback (adb forward)
-host_key = "{root / 'host_key'}"
-authorized_keys = "{testbed.device.authorized_keys}"
-""")
-    return AgentBed(config, root / "spool", host_key, testbed)
+    return AgentBed(DeviceAgent(testbed, tmp_path_factory.mktemp("agent"), AGENT_PORT), testbed)
 
 
 @pytest.fixture(scope="session")
 def agent_server(agent_bed: AgentBed) -> Iterator[AgentBed]:
     """`androcond agent serve` inside the device namespace, as a process this fixture owns."""
-    if _listening(agent_bed.bed.device.device_ip, AGENT_PORT):
-        raise RuntimeError(f"port {AGENT_PORT} on the device is taken (a stale agent?); it would answer for ours")
-    log = agent_bed.config.parent / "agent-serve.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(agent_bed.bed.device.nsenter(
-            sys.executable, "-m", "androcond", "agent", "serve", "--config", str(agent_bed.config)),
-            stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+    agent_bed.agent.start()
     try:
-        wait_for(lambda: _listening(agent_bed.bed.device.device_ip, AGENT_PORT), timeout=30,
-                 what="androcond agent serve",
-                 diagnose=lambda: tail(log) if alive(proc.pid) else f"exited:\n{tail(log)}")
         yield agent_bed
     finally:
-        stop_pid(proc.pid, what="agent serve")
-        proc.wait(timeout=10)
-
-
-def _listening(host: str, port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
+        agent_bed.agent.stop()

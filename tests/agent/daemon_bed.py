@@ -3,8 +3,6 @@ checks that a container runs exactly once."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -12,8 +10,8 @@ from typing import Any
 from androcond.engine import Engine, EngineError
 
 from ..helpers import DaemonProcess
-from ..testbed.proc import alive, stop_pid, tail, wait_for
-from .conftest import AGENT_PORT, AgentBed, _listening
+from ..testbed.agent import DeviceAgent
+from .conftest import AGENT_PORT, AgentBed
 
 TERMINAL = ("done", "rolled-back", "failed", "rejected")
 
@@ -43,37 +41,10 @@ known_hosts = "{known}"
     return path
 
 
-class FaultyAgent:
+def faulty_agent(agent: AgentBed, fault: str, port: int, directory: Path) -> DeviceAgent:
     """An agent with one fault (tests/agent/faulty_agent.py) on its own port, owned by the test."""
-
-    def __init__(self, agent: AgentBed, fault: str, port: int, directory: Path) -> None:
-        self.agent, self.fault, self.port = agent, fault, port
-        self.config = directory / f"agent-{fault}.toml"
-        self.config.write_text(agent.config.read_text().replace(f":{AGENT_PORT}\"", f":{port}\"")
-                               .replace("/spool", f"/spool-{fault}"))
-        self.log = directory / f"agent-{fault}.log"
-        self.proc: subprocess.Popen[bytes] | None = None
-
-    def start(self) -> FaultyAgent:
-        bed = self.agent.bed
-        with self.log.open("wb") as out:
-            self.proc = subprocess.Popen(bed.device.nsenter(sys.executable, "-m", "tests.agent.faulty_agent",
-                                                            self.fault, "--config", str(self.config)),
-                                         stdout=out, stderr=subprocess.STDOUT)
-        pid = self.proc.pid
-        wait_for(lambda: _listening(bed.device.device_ip, self.port), timeout=30, what=f"agent ({self.fault})",
-                 diagnose=lambda: tail(self.log) if alive(pid) else f"exited:\n{tail(self.log)}")
-        return self
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-    def stop(self) -> None:
-        if self.proc is not None:
-            stop_pid(self.proc.pid, what=f"agent ({self.fault})")
-            self.proc.wait()
+    return DeviceAgent(agent.bed, directory, port, module=("tests.agent.faulty_agent", fault),
+                       name=f"agent-{fault}", host_key=agent.agent.host_key_path).start()
 
 
 def state_of(name: str, *states: str) -> Callable[[dict[str, Any]], bool]:

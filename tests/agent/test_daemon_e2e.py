@@ -20,7 +20,7 @@ from ..testbed.bed import RUN_FILTER
 from ..testbed.engines import DOCKER_CLI
 from ..testbed.proc import run
 from .conftest import AGENT_PORT, AgentBed
-from .daemon_bed import FaultyAgent, finished, running, state_of, write_daemon_config
+from .daemon_bed import faulty_agent, finished, running, state_of, write_daemon_config
 
 pytestmark = pytest.mark.testbed
 
@@ -145,7 +145,7 @@ async def test_bad_labels_and_bind_mounts_are_rejected_before_freezing(
 async def test_device_faults_roll_back_to_a_continuing_source(
         agent_server: AgentBed, engine_a: Engine, engine_b: Engine, tmp_path: Path, unique_name: str,
         volume: str, fault: str) -> None:
-    agent = FaultyAgent(agent_server, fault, AGENT_PORT + 1, tmp_path).start()
+    agent = faulty_agent(agent_server, fault, AGENT_PORT + 1, tmp_path)
     daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, port=agent.port))
     await daemon.start()
     try:
@@ -165,7 +165,7 @@ async def test_device_faults_roll_back_to_a_continuing_source(
 
 async def test_agent_killed_mid_stream(agent_server: AgentBed, engine_a: Engine, engine_b: Engine,
                                        tmp_path: Path, unique_name: str, volume: str) -> None:
-    agent = FaultyAgent(agent_server, "none", AGENT_PORT + 2, tmp_path).start()
+    agent = faulty_agent(agent_server, "none", AGENT_PORT + 2, tmp_path)
     daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, port=agent.port))
     await daemon.start()
     try:
@@ -212,7 +212,7 @@ async def test_daemon_killed_mid_stream_rolls_back_after_restart(
 async def test_daemon_killed_after_the_device_restored_does_not_restore_twice(
         agent_server: AgentBed, engine_a: Engine, engine_b: Engine, tmp_path: Path, unique_name: str,
         volume: str) -> None:
-    agent = FaultyAgent(agent_server, "slow-outcome", AGENT_PORT + 3, tmp_path).start()
+    agent = faulty_agent(agent_server, "slow-outcome", AGENT_PORT + 3, tmp_path)
     config = write_daemon_config(agent_server, tmp_path, port=agent.port)
     daemon = DaemonProcess(config)
     await daemon.start()

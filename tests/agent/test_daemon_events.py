@@ -21,7 +21,7 @@ from androcond.engine import Engine
 
 from ..helpers import DaemonProcess, counter_config
 from .conftest import AGENT_PORT, AgentBed
-from .daemon_bed import FaultyAgent, finished, write_daemon_config
+from .daemon_bed import faulty_agent, finished, write_daemon_config
 
 pytestmark = pytest.mark.testbed
 
@@ -68,7 +68,7 @@ async def test_events_metrics_and_secrecy(agent_server: AgentBed, engine_a: Engi
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
     port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    broken = FaultyAgent(agent_server, "flip-byte", AGENT_PORT + 4, tmp_path).start()
+    broken = faulty_agent(agent_server, "flip-byte", AGENT_PORT + 4, tmp_path)
     known = agent_server.known_hosts(tmp_path, agent_server.bed.device.device_ip, broken.port)
     extra = f"""
 [devices.broken]

@@ -13,11 +13,10 @@ import sys
 import uuid
 from pathlib import Path
 
-import asyncssh
-
+from .agent import DeviceAgent
 from .bed import TestBed
 from .images import TEST_IMAGE
-from .proc import stop_pid, wait_for
+from .proc import wait_for
 
 AGENT_PORT = 8022 + 100
 DEMO_DIR = Path("/run/androcond-testbed/demo")
@@ -33,22 +32,9 @@ def counts(text: str) -> list[int]:
 
 def main() -> int:
     bed = TestBed().up()
-    DEMO_DIR.mkdir(parents=True, exist_ok=True)
-    key_path = DEMO_DIR / "agent_host_key"
-    if not key_path.exists():
-        asyncssh.generate_private_key("ssh-ed25519").write_private_key(key_path)
-        key_path.chmod(0o600)
-    public = asyncssh.read_private_key(key_path).export_public_key().decode().strip()
-    (DEMO_DIR / "known_hosts").write_text(f"[{bed.device.device_ip}]:{AGENT_PORT} {public}\n")
-    (DEMO_DIR / "agent.toml").write_text(f"""
-[agent]
-docker_host = "{bed.engine_b.host}"
-spool_dir = "{DEMO_DIR / 'spool'}"
-listen = "0.0.0.0:{AGENT_PORT}"
-host_key = "{key_path}"
-authorized_keys = "{bed.device.authorized_keys}"
-""")
-    (DEMO_DIR / "androcond.toml").write_text(f"""
+    agent = DeviceAgent(bed, DEMO_DIR, AGENT_PORT)
+    config = DEMO_DIR / "androcond.toml"
+    config.write_text(f"""
 [daemon]
 state_dir = "{DEMO_DIR / 'state'}"
 api = "unix:{DEMO_DIR / 'api.sock'}"
@@ -58,54 +44,33 @@ host = "{bed.engine_a.host}"
 [devices.pixel]
 address = "{bed.device.device_ip}:{AGENT_PORT}"
 identity = "{bed.device.client_key}"
-known_hosts = "{DEMO_DIR / 'known_hosts'}"
+known_hosts = "{agent.known_hosts(DEMO_DIR / 'known_hosts')}"
 """)
     say(f"the device `pixel` is the network namespace {bed.device.netns} ({bed.device.device_ip}) with its own "
         "Docker engine; starting androcond's agent there")
-    agent = subprocess.Popen(bed.device.nsenter(sys.executable, "-m", "androcond", "agent", "serve", "--config",
-                                                str(DEMO_DIR / "agent.toml")),
-                             stdout=(DEMO_DIR / "agent.log").open("wb"), stderr=subprocess.STDOUT)
+    agent.start()
     daemon: subprocess.Popen[bytes] | None = None
     try:
-        wait_for(lambda: _listening(bed.device.device_ip, AGENT_PORT), timeout=30, what="the agent")
         say("starting the daemon (`androcond run`); its log follows")
-        daemon = subprocess.Popen([sys.executable, "-m", "androcond", "run", "--config",
-                                   str(DEMO_DIR / "androcond.toml")])
+        daemon = subprocess.Popen([sys.executable, "-m", "androcond", "run", "--config", str(config)])
         name = f"androcond-demo-{uuid.uuid4().hex[:6]}"
         say(f"starting container {name} on the host with the label androcond.migrate=pixel")
         bed.engine_a.cli("run", "-d", "--name", name, "--label", "androcond.migrate=pixel",
                          "--label", "androcond.delay=2s", TEST_IMAGE, "/bin/counter")
         wait_for(lambda: _running(bed, "b", name), timeout=120, interval=0.2, what="the container on the device")
-        host_counts = counts(bed.engine_a.cli("logs", name, check=False)) if _exists(bed, "a", name) else []
         wait_for(lambda: len(counts(bed.engine_b.cli("logs", name))) >= 10, timeout=30, what="counting on the device")
         device_counts = counts(bed.engine_b.cli("logs", name))
         say(f"{name} now runs on the device; its counter went on from {device_counts[0]} "
-            f"(a fresh start would print 1){' after ' + str(host_counts[-1]) + ' on the host' if host_counts else ''}")
+            "(a fresh start would print 1)")
         say(f"see it: docker -H {bed.engine_b.host} logs -f {name}")
-        say(f"the migration: .venv/bin/androcond migrations --config {DEMO_DIR / 'androcond.toml'}")
+        say(f"the migration: .venv/bin/androcond migrations --config {config}")
         say("remove the test bed when done: scripts/testbed.sh down")
         return 0
     finally:
         if daemon is not None:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=30)
-        stop_pid(agent.pid, what="agent")
-        agent.wait(timeout=10)
-
-
-def _listening(host: str, port: int) -> bool:
-    import socket
-
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-def _exists(bed: TestBed, which: str, name: str) -> bool:
-    engine = bed.engine_a if which == "a" else bed.engine_b
-    return engine.has_container(name)
+        agent.stop()
 
 
 def _running(bed: TestBed, which: str, name: str) -> bool:

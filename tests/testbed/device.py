@@ -18,7 +18,7 @@ ADBD_PORT = 5555
 SSHD_PORT = 8022
 
 
-def _port_open(address: str, port: int) -> bool:
+def port_open(address: str, port: int) -> bool:
     try:
         with socket.create_connection((address, port), timeout=1):
             return True
@@ -66,11 +66,11 @@ class DeviceNamespace:
 
     # --- adbd -------------------------------------------------------------------------------------------
     def start_adbd(self) -> int | None:
-        if _port_open(self.device_ip, ADBD_PORT):
+        if port_open(self.device_ip, ADBD_PORT):
             return None
         log = self.run_dir / "adbd.log"
         pid = start_daemon(self.nsenter(ADBD), log)
-        wait_for(lambda: _port_open(self.device_ip, ADBD_PORT), timeout=30, what="adbd on tcp:5555",
+        wait_for(lambda: port_open(self.device_ip, ADBD_PORT), timeout=30, what="adbd on tcp:5555",
                  diagnose=lambda: tail(log) if alive(pid) else f"adbd exited:\n{tail(log)}")
         return pid
 
@@ -105,7 +105,7 @@ class DeviceNamespace:
         return f"[{host}]:{port} {key[0]} {key[1]}\n"
 
     def start_sshd(self) -> int | None:
-        if _port_open(self.device_ip, SSHD_PORT):
+        if port_open(self.device_ip, SSHD_PORT):
             return None
         self.make_ssh_keys()
         Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)  # sshd's privilege separation directory
@@ -127,7 +127,7 @@ class DeviceNamespace:
         run([SSHD, "-t", "-f", str(config)])
         log = self.run_dir / "sshd.log"
         pid = start_daemon(self.nsenter(SSHD, "-D", "-e", "-f", str(config)), log)
-        wait_for(lambda: _port_open(self.device_ip, SSHD_PORT), timeout=30, what="sshd on tcp:8022",
+        wait_for(lambda: port_open(self.device_ip, SSHD_PORT), timeout=30, what="sshd on tcp:8022",
                  diagnose=lambda: tail(log) if alive(pid) else f"sshd exited:\n{tail(log)}")
         return pid
 
@@ -139,7 +139,7 @@ class AdbServer:
         self.run_dir = run_dir
 
     def answers(self) -> bool:
-        return _port_open("127.0.0.1", 5037)
+        return port_open("127.0.0.1", 5037)
 
     def start(self) -> bool:
         if self.answers():

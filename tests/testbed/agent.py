@@ -1,0 +1,76 @@
+"""androcond's agent on the test bed's device: its config, host key and `agent serve` process (owned by
+whoever starts it, stopped by pid)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import asyncssh
+
+from .bed import TestBed
+from .device import port_open
+from .proc import TestBedError, alive, stop_pid, tail, wait_for
+
+
+class DeviceAgent:
+    """`python -m <module...> --config FILE` inside the device namespace, listening on `port` there (on all
+    of its interfaces, so an adb forward, which arrives on its loopback, reaches it too)."""
+
+    def __init__(self, bed: TestBed, directory: Path, port: int,
+                 module: tuple[str, ...] = ("androcond", "agent", "serve"), name: str = "agent",
+                 host_key: Path | None = None) -> None:
+        self.bed = bed
+        self.directory = directory
+        self.port = port
+        self.module = module
+        self.name = name
+        self.config = directory / f"{name}.toml"
+        self.host_key_path = host_key or directory / f"{name}_host_key"  # shared: one known_hosts for all
+        self.log = directory / f"{name}.log"
+        self.proc: subprocess.Popen[bytes] | None = None
+        directory.mkdir(parents=True, exist_ok=True)
+        if not self.host_key_path.exists():
+            asyncssh.generate_private_key("ssh-ed25519").write_private_key(self.host_key_path)
+            self.host_key_path.chmod(0o600)
+        self.host_key = asyncssh.read_private_key(self.host_key_path)
+        self.config.write_text(f"""
+[daemon]
+log_format = "json"
+log_level = "debug"
+[agent]
+docker_host = "{bed.engine_b.host}"
+spool_dir = "{directory / f'{name}-spool'}"
+listen = "0.0.0.0:{port}"
+host_key = "{self.host_key_path}"
+authorized_keys = "{bed.device.authorized_keys}"
+""")
+
+    def known_hosts(self, path: Path, host: str | None = None, port: int | None = None) -> Path:
+        public = self.host_key.export_public_key().decode().strip()
+        path.write_text(f"[{host or self.bed.device.device_ip}]:{port or self.port} {public}\n")
+        return path
+
+    def start(self) -> DeviceAgent:
+        device_ip = self.bed.device.device_ip
+        if port_open(device_ip, self.port):
+            raise TestBedError(f"port {self.port} on the device is taken (a stale agent?); it would answer for ours")
+        with self.log.open("wb") as out:
+            self.proc = subprocess.Popen(
+                self.bed.device.nsenter(sys.executable, "-m", *self.module, "--config", str(self.config)),
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        pid = self.proc.pid
+        wait_for(lambda: port_open(device_ip, self.port), timeout=30, what=f"{self.name} on port {self.port}",
+                 diagnose=lambda: tail(self.log) if alive(pid) else f"exited:\n{tail(self.log)}")
+        return self
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            stop_pid(self.proc.pid, what=self.name)
+            self.proc.wait(timeout=10)
