@@ -47,6 +47,9 @@ class DaemonSettings:
 @dataclass(frozen=True)
 class DockerSettings:
     host: str = "unix:///var/run/docker.sock"
+    # "runc": freeze through runc directly when safe (much faster), else the engine; "engine": always the engine.
+    checkpoint: Literal["runc", "engine"] = "runc"
+    runc_root: Path = Path("/run/docker/runtime-runc/moby")  # <exec-root>/runtime-runc/<containerd namespace>
 
 
 @dataclass(frozen=True)
@@ -256,8 +259,11 @@ def parse_settings(doc: Mapping[str, Any], file: Path) -> Settings:
     if not daemon.api.startswith("unix:") and daemon.api_token is None:
         raise d.error("api_token", "required when api is a TCP address (the API can move containers)")
 
-    dk = _Reader(file, "docker", top.sub_table("docker"), frozenset({"host"}))
-    docker = DockerSettings(host=dk.text("host", DockerSettings.host))
+    dk = _Reader(file, "docker", top.sub_table("docker"), frozenset({"host", "checkpoint", "runc_root"}))
+    docker = DockerSettings(host=dk.text("host", DockerSettings.host),
+                            checkpoint="engine" if dk.choice("checkpoint", "runc", ("runc", "engine")) == "engine"
+                            else "runc",
+                            runc_root=dk.path("runc_root", DockerSettings.runc_root) or DockerSettings.runc_root)
     if not docker.host.startswith(("unix://", "tcp://", "http://", "https://")):
         raise dk.error("host", "expected a unix:// or tcp:// URL")
 

@@ -76,10 +76,11 @@ class Daemon:
             log.info("labelled container seen", origin=seen.origin, device=seen.labels.device,
                      delay_s=seen.labels.delay_s, keep_source=seen.labels.keep_source)
             last = await self.journal.last_for_container(seen.container_id)
-            if last is not None and last.state in ("rolled-back", "failed", "rejected"):
-                # A rollback restarts the container at the source, which replays its label: migrating again
-                # on our own would loop. `androcond migrate` asks explicitly.
-                log.info("not migrating again on its own after an unsuccessful migration",
+            if last is not None and last.state != "done":
+                # A rollback restarts the container at the source, which replays its label (its start event
+                # can even arrive before the rollback is journaled): migrating again on our own would loop.
+                # `androcond migrate` asks explicitly.
+                log.info("not migrating again on its own after an unsuccessful or unfinished migration",
                          last_migration=last.id, last_state=last.state)
                 return
             try:

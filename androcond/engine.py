@@ -107,6 +107,10 @@ class Engine:
     async def stop_container(self, ref: str, *, timeout_s: int = 10) -> None:
         await self._call(f"containers/{ref}/stop", "POST", params={"t": timeout_s}, limits=LONG_CALL_TIMEOUT)
 
+    async def wait_stopped(self, ref: str) -> None:
+        """Return once the engine sees the container not running (its wait endpoint, no polling)."""
+        await self._call(f"containers/{ref}/wait", "POST", params={"condition": "not-running"})
+
     async def remove_container(self, ref: str, *, force: bool = False) -> None:
         await self._call(f"containers/{ref}", "DELETE", params={"force": force, "v": True})
 

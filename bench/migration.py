@@ -113,6 +113,7 @@ api = "unix:{work / 'api.sock'}"
 log_level = "warning"
 [docker]
 host = "{bed.engine_a.host}"
+runc_root = "{bed.engine_a.runc_root}"
 [devices.pixel]
 address = "{bed.device.device_ip}:{AGENT_PORT}"
 identity = "{bed.device.client_key}"

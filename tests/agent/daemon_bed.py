@@ -18,7 +18,7 @@ TERMINAL = ("done", "rolled-back", "failed", "rejected")
 
 def write_daemon_config(agent: AgentBed, directory: Path, *, port: int = AGENT_PORT, max_migrations: int = 2,
                         shutdown_timeout: float = 8.0, api: str | None = None, api_token: str | None = None,
-                        extra: str = "") -> Path:
+                        extra: str = "", checkpoint: str = "runc") -> Path:
     bed = agent.bed
     known = agent.known_hosts(directory, bed.device.device_ip, port)
     path = directory / f"androcond-{port}.toml"
@@ -32,6 +32,8 @@ max_migrations = {max_migrations}
 shutdown_timeout = {shutdown_timeout}
 [docker]
 host = "{bed.engine_a.host}"
+checkpoint = "{checkpoint}"
+runc_root = "{bed.engine_a.runc_root}"
 [devices.pixel]
 address = "{bed.device.device_ip}:{port}"
 identity = "{bed.device.client_key}"

@@ -77,6 +77,7 @@ async def test_labelled_container_moves_with_memory_files_and_volume(
         await start_workload(engine_a, unique_name, {"androcond.migrate": "pixel"}, volume)
         done = await finished(daemon, unique_name)
         assert done["state"] == "done", done
+        assert any(e.get("msg") == "checkpointed" and e.get("via") == "runc" for e in daemon.lines)
         assert not await running(engine_a, unique_name)
         with pytest.raises(Exception, match="No such container"):
             await engine_a.inspect_container(unique_name)  # removed at the source (no keep-source)
@@ -95,12 +96,14 @@ async def test_labelled_container_moves_with_memory_files_and_volume(
 
 async def test_keep_source_leaves_the_stopped_source(agent_server: AgentBed, engine_a: Engine, engine_b: Engine,
                                                      tmp_path: Path, unique_name: str, volume: str) -> None:
-    daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path))
+    # Also the engine's own checkpoint path (the other tests freeze through runc directly).
+    daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, checkpoint="engine"))
     await daemon.start()
     try:
         await start_workload(engine_a, unique_name,
                              {"androcond.migrate": "pixel", "androcond.keep-source": "true"}, volume)
         assert (await finished(daemon, unique_name))["state"] == "done"
+        assert any(e.get("msg") == "checkpointed" and e.get("via") == "engine" for e in daemon.lines)
         source = await engine_a.inspect_container(unique_name)
         assert not source["State"]["Running"]
         before = counts(await engine_a.container_logs(unique_name))

@@ -41,6 +41,7 @@ api = "unix:{DEMO_DIR / 'api.sock'}"
 log_format = "console"
 [docker]
 host = "{bed.engine_a.host}"
+runc_root = "{bed.engine_a.runc_root}"
 [devices.pixel]
 address = "{bed.device.device_ip}:{AGENT_PORT}"
 identity = "{bed.device.client_key}"

@@ -46,6 +46,11 @@ class DockerEngine:
         return f"unix://{self.socket_path}"
 
     @property
+    def runc_root(self) -> Path:
+        """Where runc keeps this engine's container states: <exec-root>/runtime-runc/<containerd namespace>."""
+        return self.run_dir / "exec" / "runtime-runc" / f"androcond-{self.name}"
+
+    @property
     def pidfile(self) -> Path:
         return self.run_dir / "docker.pid"
 
