@@ -148,7 +148,7 @@ known_hosts = "{agent.known_hosts(work / 'known_hosts')}"
             bed.engine_a.remove_containers(f"{LABEL}=1")
             bed.engine_b.remove_containers(f"{LABEL}=1")
     med = statistics.median
-    print(f"| touched memory | flow | downtime (s) | total (s) | downtime vs seeds | engine checkpoint | "
+    print(f"| touched memory | flow | downtime (s) | total (s) | downtime vs seeds | checkpoint (runc) | "
           f"transfer | engine restore |   (median of {args.runs})")
     print("|---|---|---|---|---|---|---|---|")
     for mb in sizes:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import pty
 import socket
 import stat
 import sys
@@ -105,5 +107,41 @@ async def test_tcp_api_needs_the_token(agent_server: AgentBed, tmp_path: Path) -
         code, out, err = await cli(config, "migrations", "--json")  # the CLI sends the token from the config
         assert code == 0, err
         assert "migrations" in json.loads(out)
+    finally:
+        await daemon.kill()
+
+
+async def test_migrate_wait_on_a_terminal_shows_progress(agent_server: AgentBed, engine_a: Engine,
+                                                         tmp_path: Path, unique_name: str) -> None:
+    """On a terminal `--wait` draws a progress line (phase and bytes) and ends with the downtime."""
+    config = write_daemon_config(agent_server, tmp_path)
+    daemon = DaemonProcess(config)
+    await daemon.start()
+    try:
+        await daemon.wait_for_log(lambda e: e.get("msg") == "API listening")
+        cid = await engine_a.create_container(counter_config(), name=unique_name)
+        await engine_a.start_container(cid)
+        await wait_for_count(engine_a, cid, at_least=2)
+        main, child = pty.openpty()
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "androcond", "migrate", unique_name, "--to", "pixel", "--wait",
+            "--config", str(config), stdin=child, stdout=child, stderr=child)
+        os.close(child)
+        screen = bytearray()
+        loop = asyncio.get_running_loop()
+        async with asyncio.timeout(120):
+            while True:
+                try:
+                    chunk = await loop.run_in_executor(None, os.read, main, 4096)
+                except OSError:  # EIO: the child side closed
+                    break
+                if not chunk:
+                    break
+                screen += chunk
+            assert await proc.wait() == 0
+        os.close(main)
+        text = screen.decode(errors="replace")
+        assert "MB sent" in text and "\r" in text, text  # the progress line redrawn in place
+        assert f"{unique_name} → pixel: done, downtime " in text
     finally:
         await daemon.kill()
