@@ -62,6 +62,7 @@ class DeviceSettings:
     user: str = "root"
     identity: Path | None = None
     known_hosts: Path | None = None
+    profile: str | None = None  # "android": seccomp and LSM fields and mounts Android kernels lack removed
 
 
 @dataclass(frozen=True)
@@ -275,7 +276,8 @@ def parse_settings(doc: Mapping[str, Any], file: Path) -> Settings:
         if not _DEVICE_NAME.match(name):
             raise top.error(where, "device names are 1-63 letters, digits, '.', '_' or '-'")
         r = _Reader(file, where, table, frozenset(
-            {"adb_serial", "address", "agent_port", "agent_command", "user", "identity", "known_hosts"}))
+            {"adb_serial", "address", "agent_port", "agent_command", "user", "identity", "known_hosts",
+             "profile"}))
         device = DeviceSettings(
             name=name,
             adb_serial=r.opt_str("adb_serial"),
@@ -285,6 +287,7 @@ def parse_settings(doc: Mapping[str, Any], file: Path) -> Settings:
             user=r.text("user", DeviceSettings.user),
             identity=r.readable_file("identity"),
             known_hosts=r.readable_file("known_hosts"),
+            profile=r.choice("profile", "android", ("android",)) if "profile" in table else None,
         )
         if device.adb_serial is None and device.address is None:
             raise top.error(where, "a device needs adb_serial or address (neither is set)")

@@ -13,14 +13,15 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 import time
 import uuid
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from . import runc
+from . import popcorn, runc
 from .adb_link import AdbClient, AdbError
 from .agent import protocol_pb2 as pb
 from .config import Settings
@@ -30,6 +31,9 @@ from .errors import AndrocondError
 from .journal import FROZEN, Journal, MigrationRecord
 from .layer import LayerError, checkpoint_files, tree_files
 from .logging import get_logger, log_context
+from .popcorn import PopcornError
+from .recoder import RecodeOptions, RecodeRefused, VdsoTemplate, preflight_processes, recode_async
+from .rootfs import container_root
 from .transport import AgentConnection, AgentRefused, OutgoingFile, Progress, TransportError
 
 log = get_logger(__name__)
@@ -45,6 +49,12 @@ class Rejected(AndrocondError):
 class Unresolved(AndrocondError):
     """The device may or may not run the container (no answer from the agent): never restore at the source
     on a guess. The journal keeps the migration open for the resolver."""
+
+
+@dataclass(frozen=True)
+class CrossIsa:
+    pids: list[int]  # every task of the container (host pids), for the Popcorn notify
+    vdso: VdsoTemplate  # the device kernel's, from the agent's hello
 
 
 @dataclass
@@ -98,6 +108,8 @@ class Migration:
         self._started = time.monotonic()
         self._frozen_at: float | None = None
         self._source_root = Path("/var/lib/docker")
+        self._cross: CrossIsa | None = None  # set by preflight for an x86_64 → aarch64 move
+        self._profile: str | None = None
 
     async def _set(self, state: str, detail: str = "") -> None:
         self.record.state = state
@@ -127,6 +139,8 @@ class Migration:
                 raise
             except (AndrocondError, OSError) as exc:
                 await self._recover(str(exc))
+            finally:
+                await asyncio.to_thread(shutil.rmtree, self._recode_dir(), True)
             self._time("total_s", self._started)
             await self.ctx.journal.save(self.record)
             if self.ctx.on_end is not None:
@@ -155,6 +169,8 @@ class Migration:
                     # none of that belongs in the downtime.
                     await self._prepare(link, inspect, estimate)
                     self._time("preflight_s", t0)
+                    if self._cross is not None:
+                        await self._notify(self._cross)
                     await self._checkpoint(inspect)
                     sent = await self._stream(link, inspect)
                     await self._commit(link, sent)
@@ -178,10 +194,10 @@ class Migration:
         if binds:
             raise Rejected(f"bind mount {binds[0]} cannot move with the container (its data lives on this host); "
                            "use a named volume")
+        self._profile = self.ctx.settings.devices[self.record.device].profile
         host_isa = platform.machine()
         if link.hello.isa != host_isa:
-            raise Rejected(f"the device is {link.hello.isa} and this host {host_isa}: cross-ISA migration "
-                           "needs the recoder, which the pipeline does not use yet")
+            self._cross = await self._cross_isa_preflight(link.hello, host_isa, inspect)
         if inspect.get("GraphDriver", {}).get("Name") != "overlay2":
             raise Rejected("the source engine's storage driver is not overlay2")
         upper = Path(inspect["GraphDriver"]["Data"]["UpperDir"])
@@ -193,6 +209,49 @@ class Migration:
             raise Rejected(f"the device has {link.hello.free_bytes} bytes free; this container needs about "
                            f"{needed} (memory {memory}, files {disk})")
         return disk + memory
+
+    async def _cross_isa_preflight(self, hello: pb.AgentHello, host_isa: str, inspect: dict[str, Any]) -> CrossIsa:
+        """x86_64 → aarch64 in the manner of criu-het: every task must be a Popcorn binary with both variants."""
+        if (host_isa, hello.isa) != ("x86_64", "aarch64"):
+            raise Rejected(f"cannot move from {host_isa} to a {hello.isa} device (only x86_64 → aarch64 is recoded)")
+        if not hello.vdso:
+            raise Rejected("the aarch64 device did not report its vdso (agent too old?)")
+        pids = await asyncio.to_thread(popcorn.task_tree, int(inspect["State"]["Pid"]))
+        try:
+            await asyncio.to_thread(preflight_processes, pids, "x86_64", "aarch64")
+        except RecodeRefused as exc:
+            raise Rejected(f"cannot move to an aarch64 device: {exc}") from exc
+        return CrossIsa(pids, VdsoTemplate(hello.vdso, hello.vvar_size, hello.page_size))
+
+    async def _notify(self, cross: CrossIsa) -> None:
+        """The Popcorn protocol: every task reaches a migration point with its aarch64 registers ready."""
+        t0 = time.monotonic()
+        try:
+            await popcorn.notify(cross.pids, "aarch64")
+        except PopcornError as exc:
+            raise Rejected(f"the container did not reach a migration point: {exc}") from exc
+        self._time("notify_s", t0)
+
+    def _recode_dir(self) -> Path:
+        return self.ctx.settings.daemon.state_dir / "recode" / self.record.id
+
+    async def _recode(self, inspect: dict[str, Any]) -> Path:
+        """The images as the device needs them: recoded for its ISA and/or its profile, else as dumped."""
+        source = self._checkpoint_dir()
+        if self._cross is None and self._profile is None:
+            return source
+        t0 = time.monotonic()
+        out = self._recode_dir()
+        await asyncio.to_thread(shutil.rmtree, out, True)
+        options = RecodeOptions(target="aarch64" if self._cross else platform.machine(), profile=self._profile,
+                                vdso=self._cross.vdso if self._cross else None)
+        if self._cross is not None:
+            async with container_root(inspect) as root:
+                await recode_async(source, out, replace(options, root=root))
+        else:
+            await recode_async(source, out, options)
+        self._time("recode_s", t0)
+        return out
 
     async def _memory_usage(self) -> int:
         try:
@@ -244,8 +303,10 @@ class Migration:
         volumes = [(str(m["Name"]), Path(m["Source"]))
                    for m in inspect.get("Mounts") or [] if m.get("Type") == "volume"]
 
+        images = await self._recode(inspect)
+
         def collect() -> list[OutgoingFile]:
-            files = checkpoint_files(self._checkpoint_dir()) + tree_files(upper, pb.ROOTFS)
+            files = checkpoint_files(images) + tree_files(upper, pb.ROOTFS)
             for name, source in volumes:
                 files += tree_files(source, pb.VOLUME, volume=name)
             return files

@@ -33,6 +33,8 @@ class DeviceFacts:
     criu_version: str
     engine_version: str
     data_root: Path
+    vdso: bytes = b""  # what a cross-ISA recode lays out for this kernel (no vdso proxy needed on restore)
+    vvar_size: int = 0
 
     @property
     def agent_version(self) -> str:
@@ -56,12 +58,34 @@ async def _criu_version() -> str:
     return first[0].removeprefix("Version: ").strip() if first else ""
 
 
+def read_vdso(maps: Path = Path("/proc/self/maps"), mem: Path = Path("/proc/self/mem")) -> tuple[bytes, int]:
+    """This process's [vdso] bytes and the size of its [vvar*] areas: the kernel's own, as a restored
+    process on this device will get them."""
+    vdso: tuple[int, int] | None = None
+    vvar = 0
+    for line in maps.read_text().splitlines():
+        fields = line.split()
+        if len(fields) < 6:
+            continue
+        start, end = (int(x, 16) for x in fields[0].split("-"))
+        if fields[5] == "[vdso]":
+            vdso = (start, end)
+        elif fields[5].startswith("[vvar"):
+            vvar += end - start
+    if vdso is None:
+        return b"", 0
+    with mem.open("rb") as f:
+        f.seek(vdso[0])
+        return f.read(vdso[1] - vdso[0]), vvar
+
+
 async def gather_facts(engine: Engine) -> DeviceFacts:
     info = await engine.info()
     version = await engine.version()
+    vdso, vvar_size = await asyncio.to_thread(read_vdso)
     return DeviceFacts(isa=platform.machine(), page_size=os.sysconf("SC_PAGE_SIZE"),
                        criu_version=await _criu_version(), engine_version=str(version.get("Version", "")),
-                       data_root=Path(str(info["DockerRootDir"])))
+                       data_root=Path(str(info["DockerRootDir"])), vdso=vdso, vvar_size=vvar_size)
 
 
 @dataclass

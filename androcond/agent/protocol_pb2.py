@@ -24,43 +24,43 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61ndrocond/agent/protocol.proto\x12\x0f\x61ndrocond.agent\"?\n\x0b\x43lientHello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x16\n\x0e\x63lient_version\x18\x02 \x01(\t\"\x9f\x01\n\nAgentHello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x0b\n\x03isa\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x14\n\x0c\x63riu_version\x18\x05 \x01(\t\x12\x16\n\x0e\x65ngine_version\x18\x06 \x01(\t\x12\x12\n\nfree_bytes\x18\x07 \x01(\x04\"\xa2\x01\n\x05\x42\x65gin\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontainer_name\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\t\x12\x1a\n\x12\x63reate_config_json\x18\x04 \x01(\t\x12\x17\n\x0f\x63heckpoint_name\x18\x05 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x06 \x01(\x04\x12\x12\n\nfile_count\x18\x07 \x01(\r\"4\n\x08\x42\x65ginAck\x12\x12\n\nneed_image\x18\x01 \x01(\x08\x12\x14\n\x0c\x63ontainer_id\x18\x02 \x01(\t\"\x85\x02\n\tFileStart\x12\x11\n\tstream_id\x18\x01 \x01(\r\x12\x31\n\x0b\x64\x65stination\x18\x02 \x01(\x0e\x32\x1c.androcond.agent.Destination\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0e\n\x06volume\x18\x04 \x01(\t\x12\'\n\x04kind\x18\x05 \x01(\x0e\x32\x19.androcond.agent.FileKind\x12\x0c\n\x04size\x18\x06 \x01(\x04\x12\x0c\n\x04mode\x18\x07 \x01(\r\x12\x13\n\x0blink_target\x18\x08 \x01(\t\x12\x0b\n\x03uid\x18\t \x01(\r\x12\x0b\n\x03gid\x18\n \x01(\r\x12\x10\n\x08mtime_ns\x18\x0b \x01(\x03\x12\x0e\n\x06opaque\x18\x0c \x01(\x08\"+\n\x08\x46ileData\x12\x11\n\tstream_id\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\",\n\x07\x46ileEnd\x12\x11\n\tstream_id\x18\x01 \x01(\r\x12\x0e\n\x06sha256\x18\x02 \x01(\x0c\"7\n\x07\x46ileAck\x12\x11\n\tstream_id\x18\x01 \x01(\r\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\x1c\n\x06\x43ommit\x12\x12\n\nfile_count\x18\x01 \x01(\r\"\x84\x01\n\x07Outcome\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x17\n\x0frestore_seconds\x18\x05 \x01(\x01\x12\x16\n\x0e\x62ytes_received\x18\x06 \x01(\x04\"\x1d\n\x05Query\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\"\x17\n\x05\x41\x62ort\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x18\n\x05\x45rror\x12\x0f\n\x07message\x18\x01 \x01(\t\"\xe3\x04\n\x05\x46rame\x12\x34\n\x0c\x63lient_hello\x18\x01 \x01(\x0b\x32\x1c.androcond.agent.ClientHelloH\x00\x12\x32\n\x0b\x61gent_hello\x18\x02 \x01(\x0b\x32\x1b.androcond.agent.AgentHelloH\x00\x12\'\n\x05\x62\x65gin\x18\x03 \x01(\x0b\x32\x16.androcond.agent.BeginH\x00\x12.\n\tbegin_ack\x18\x04 \x01(\x0b\x32\x19.androcond.agent.BeginAckH\x00\x12\x30\n\nfile_start\x18\x05 \x01(\x0b\x32\x1a.androcond.agent.FileStartH\x00\x12.\n\tfile_data\x18\x06 \x01(\x0b\x32\x19.androcond.agent.FileDataH\x00\x12,\n\x08\x66ile_end\x18\x07 \x01(\x0b\x32\x18.androcond.agent.FileEndH\x00\x12,\n\x08\x66ile_ack\x18\x08 \x01(\x0b\x32\x18.androcond.agent.FileAckH\x00\x12)\n\x06\x63ommit\x18\t \x01(\x0b\x32\x17.androcond.agent.CommitH\x00\x12+\n\x07outcome\x18\n \x01(\x0b\x32\x18.androcond.agent.OutcomeH\x00\x12\'\n\x05query\x18\x0b \x01(\x0b\x32\x16.androcond.agent.QueryH\x00\x12\'\n\x05\x61\x62ort\x18\x0c \x01(\x0b\x32\x16.androcond.agent.AbortH\x00\x12\'\n\x05\x65rror\x18\r \x01(\x0b\x32\x16.androcond.agent.ErrorH\x00\x42\x06\n\x04\x62ody*Z\n\x0b\x44\x65stination\x12\x14\n\x10\x44\x45ST_UNSPECIFIED\x10\x00\x12\x0e\n\nCHECKPOINT\x10\x01\x12\n\n\x06ROOTFS\x10\x02\x12\n\n\x06VOLUME\x10\x03\x12\r\n\tIMAGE_TAR\x10\x04*A\n\x08\x46ileKind\x12\x0b\n\x07REGULAR\x10\x00\x12\r\n\tDIRECTORY\x10\x01\x12\x0b\n\x07SYMLINK\x10\x02\x12\x0c\n\x08WHITEOUT\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x61ndrocond/agent/protocol.proto\x12\x0f\x61ndrocond.agent\"?\n\x0b\x43lientHello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x16\n\x0e\x63lient_version\x18\x02 \x01(\t\"\xc0\x01\n\nAgentHello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x0b\n\x03isa\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x14\n\x0c\x63riu_version\x18\x05 \x01(\t\x12\x16\n\x0e\x65ngine_version\x18\x06 \x01(\t\x12\x12\n\nfree_bytes\x18\x07 \x01(\x04\x12\x0c\n\x04vdso\x18\x08 \x01(\x0c\x12\x11\n\tvvar_size\x18\t \x01(\x04\"\xa2\x01\n\x05\x42\x65gin\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontainer_name\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\t\x12\x1a\n\x12\x63reate_config_json\x18\x04 \x01(\t\x12\x17\n\x0f\x63heckpoint_name\x18\x05 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x06 \x01(\x04\x12\x12\n\nfile_count\x18\x07 \x01(\r\"4\n\x08\x42\x65ginAck\x12\x12\n\nneed_image\x18\x01 \x01(\x08\x12\x14\n\x0c\x63ontainer_id\x18\x02 \x01(\t\"\x85\x02\n\tFileStart\x12\x11\n\tstream_id\x18\x01 \x01(\r\x12\x31\n\x0b\x64\x65stination\x18\x02 \x01(\x0e\x32\x1c.androcond.agent.Destination\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0e\n\x06volume\x18\x04 \x01(\t\x12\'\n\x04kind\x18\x05 \x01(\x0e\x32\x19.androcond.agent.FileKind\x12\x0c\n\x04size\x18\x06 \x01(\x04\x12\x0c\n\x04mode\x18\x07 \x01(\r\x12\x13\n\x0blink_target\x18\x08 \x01(\t\x12\x0b\n\x03uid\x18\t \x01(\r\x12\x0b\n\x03gid\x18\n \x01(\r\x12\x10\n\x08mtime_ns\x18\x0b \x01(\x03\x12\x0e\n\x06opaque\x18\x0c \x01(\x08\"+\n\x08\x46ileData\x12\x11\n\tstream_id\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\",\n\x07\x46ileEnd\x12\x11\n\tstream_id\x18\x01 \x01(\r\x12\x0e\n\x06sha256\x18\x02 \x01(\x0c\"7\n\x07\x46ileAck\x12\x11\n\tstream_id\x18\x01 \x01(\r\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\x1c\n\x06\x43ommit\x12\x12\n\nfile_count\x18\x01 \x01(\r\"\x84\x01\n\x07Outcome\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x17\n\x0frestore_seconds\x18\x05 \x01(\x01\x12\x16\n\x0e\x62ytes_received\x18\x06 \x01(\x04\"\x1d\n\x05Query\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\"\x17\n\x05\x41\x62ort\x12\x0e\n\x06reason\x18\x01 \x01(\t\"\x18\n\x05\x45rror\x12\x0f\n\x07message\x18\x01 \x01(\t\"\xe3\x04\n\x05\x46rame\x12\x34\n\x0c\x63lient_hello\x18\x01 \x01(\x0b\x32\x1c.androcond.agent.ClientHelloH\x00\x12\x32\n\x0b\x61gent_hello\x18\x02 \x01(\x0b\x32\x1b.androcond.agent.AgentHelloH\x00\x12\'\n\x05\x62\x65gin\x18\x03 \x01(\x0b\x32\x16.androcond.agent.BeginH\x00\x12.\n\tbegin_ack\x18\x04 \x01(\x0b\x32\x19.androcond.agent.BeginAckH\x00\x12\x30\n\nfile_start\x18\x05 \x01(\x0b\x32\x1a.androcond.agent.FileStartH\x00\x12.\n\tfile_data\x18\x06 \x01(\x0b\x32\x19.androcond.agent.FileDataH\x00\x12,\n\x08\x66ile_end\x18\x07 \x01(\x0b\x32\x18.androcond.agent.FileEndH\x00\x12,\n\x08\x66ile_ack\x18\x08 \x01(\x0b\x32\x18.androcond.agent.FileAckH\x00\x12)\n\x06\x63ommit\x18\t \x01(\x0b\x32\x17.androcond.agent.CommitH\x00\x12+\n\x07outcome\x18\n \x01(\x0b\x32\x18.androcond.agent.OutcomeH\x00\x12\'\n\x05query\x18\x0b \x01(\x0b\x32\x16.androcond.agent.QueryH\x00\x12\'\n\x05\x61\x62ort\x18\x0c \x01(\x0b\x32\x16.androcond.agent.AbortH\x00\x12\'\n\x05\x65rror\x18\r \x01(\x0b\x32\x16.androcond.agent.ErrorH\x00\x42\x06\n\x04\x62ody*Z\n\x0b\x44\x65stination\x12\x14\n\x10\x44\x45ST_UNSPECIFIED\x10\x00\x12\x0e\n\nCHECKPOINT\x10\x01\x12\n\n\x06ROOTFS\x10\x02\x12\n\n\x06VOLUME\x10\x03\x12\r\n\tIMAGE_TAR\x10\x04*A\n\x08\x46ileKind\x12\x0b\n\x07REGULAR\x10\x00\x12\r\n\tDIRECTORY\x10\x01\x12\x0b\n\x07SYMLINK\x10\x02\x12\x0c\n\x08WHITEOUT\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'androcond.agent.protocol_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DESTINATION']._serialized_start=1770
-  _globals['_DESTINATION']._serialized_end=1860
-  _globals['_FILEKIND']._serialized_start=1862
-  _globals['_FILEKIND']._serialized_end=1927
+  _globals['_DESTINATION']._serialized_start=1803
+  _globals['_DESTINATION']._serialized_end=1893
+  _globals['_FILEKIND']._serialized_start=1895
+  _globals['_FILEKIND']._serialized_end=1960
   _globals['_CLIENTHELLO']._serialized_start=51
   _globals['_CLIENTHELLO']._serialized_end=114
   _globals['_AGENTHELLO']._serialized_start=117
-  _globals['_AGENTHELLO']._serialized_end=276
-  _globals['_BEGIN']._serialized_start=279
-  _globals['_BEGIN']._serialized_end=441
-  _globals['_BEGINACK']._serialized_start=443
-  _globals['_BEGINACK']._serialized_end=495
-  _globals['_FILESTART']._serialized_start=498
-  _globals['_FILESTART']._serialized_end=759
-  _globals['_FILEDATA']._serialized_start=761
-  _globals['_FILEDATA']._serialized_end=804
-  _globals['_FILEEND']._serialized_start=806
-  _globals['_FILEEND']._serialized_end=850
-  _globals['_FILEACK']._serialized_start=852
-  _globals['_FILEACK']._serialized_end=907
-  _globals['_COMMIT']._serialized_start=909
-  _globals['_COMMIT']._serialized_end=937
-  _globals['_OUTCOME']._serialized_start=940
-  _globals['_OUTCOME']._serialized_end=1072
-  _globals['_QUERY']._serialized_start=1074
-  _globals['_QUERY']._serialized_end=1103
-  _globals['_ABORT']._serialized_start=1105
-  _globals['_ABORT']._serialized_end=1128
-  _globals['_ERROR']._serialized_start=1130
-  _globals['_ERROR']._serialized_end=1154
-  _globals['_FRAME']._serialized_start=1157
-  _globals['_FRAME']._serialized_end=1768
+  _globals['_AGENTHELLO']._serialized_end=309
+  _globals['_BEGIN']._serialized_start=312
+  _globals['_BEGIN']._serialized_end=474
+  _globals['_BEGINACK']._serialized_start=476
+  _globals['_BEGINACK']._serialized_end=528
+  _globals['_FILESTART']._serialized_start=531
+  _globals['_FILESTART']._serialized_end=792
+  _globals['_FILEDATA']._serialized_start=794
+  _globals['_FILEDATA']._serialized_end=837
+  _globals['_FILEEND']._serialized_start=839
+  _globals['_FILEEND']._serialized_end=883
+  _globals['_FILEACK']._serialized_start=885
+  _globals['_FILEACK']._serialized_end=940
+  _globals['_COMMIT']._serialized_start=942
+  _globals['_COMMIT']._serialized_end=970
+  _globals['_OUTCOME']._serialized_start=973
+  _globals['_OUTCOME']._serialized_end=1105
+  _globals['_QUERY']._serialized_start=1107
+  _globals['_QUERY']._serialized_end=1136
+  _globals['_ABORT']._serialized_start=1138
+  _globals['_ABORT']._serialized_end=1161
+  _globals['_ERROR']._serialized_start=1163
+  _globals['_ERROR']._serialized_end=1187
+  _globals['_FRAME']._serialized_start=1190
+  _globals['_FRAME']._serialized_end=1801
 # @@protoc_insertion_point(module_scope)

@@ -119,7 +119,7 @@ class AgentSession:
         await self.send(pb.Frame(agent_hello=pb.AgentHello(
             protocol_version=PROTOCOL_VERSION, agent_version=facts.agent_version, isa=facts.isa,
             page_size=facts.page_size, criu_version=facts.criu_version, engine_version=facts.engine_version,
-            free_bytes=_free_bytes(facts.data_root))))
+            free_bytes=_free_bytes(facts.data_root), vdso=facts.vdso, vvar_size=facts.vvar_size)))
 
     async def _dispatch(self, frame: pb.Frame) -> None:
         kind = body(frame)

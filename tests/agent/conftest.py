@@ -12,6 +12,7 @@ import pytest
 
 from androcond.transport import Endpoint
 
+from ..recoder.conftest import builds, recoder_image  # noqa: F401 - shared with the cross-ISA tests
 from ..testbed import TestBed
 from ..testbed.agent import DeviceAgent
 from ..testbed.bed import TEST_RUN

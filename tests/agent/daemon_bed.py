@@ -43,10 +43,11 @@ known_hosts = "{known}"
     return path
 
 
-def faulty_agent(agent: AgentBed, fault: str, port: int, directory: Path) -> DeviceAgent:
+def faulty_agent(agent: AgentBed, fault: str, port: int, directory: Path,
+                 env: dict[str, str] | None = None) -> DeviceAgent:
     """An agent with one fault (tests/agent/faulty_agent.py) on its own port, owned by the test."""
     return DeviceAgent(agent.bed, directory, port, module=("tests.agent.faulty_agent", fault),
-                       name=f"agent-{fault}", host_key=agent.agent.host_key_path).start()
+                       name=f"agent-{fault}", host_key=agent.agent.host_key_path, env=env).start()
 
 
 def state_of(name: str, *states: str) -> Callable[[dict[str, Any]], bool]:

@@ -5,18 +5,26 @@ Faults:
   flip-byte        one byte of pages-1.img changes on arrival (damage in transit)
   refuse-restore   the device engine is asked to restore a checkpoint without pstree.img (CRIU refuses)
   slow-outcome     the restore happens, then the answer is held back until the connection drops
+  fake-aarch64     says it is an aarch64 device (see FakeAarch64)
 """
 
 from __future__ import annotations
 
 import asyncio
+import os
 import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
 
 from androcond.agent import protocol_pb2 as pb
 from androcond.agent import server
+from androcond.agent.device import DeviceEngine
 from androcond.agent.session import AgentSession
 from androcond.config import load_settings
-from androcond.logging import configure_logging
+from androcond.images import pb as criu
+from androcond.images import read_image
+from androcond.logging import configure_logging, get_logger
 
 
 class FlipByte(AgentSession):
@@ -54,8 +62,29 @@ class SlowOutcome(AgentSession):
         await super()._query(migration_id)
 
 
-FAULTS: dict[str, type[AgentSession]] = {"none": AgentSession, "flip-byte": FlipByte, "refuse-restore": RefuseRestore,
-                                         "slow-outcome": SlowOutcome}
+class FakeAarch64(AgentSession):
+    """NOT an arm64 device (none can exist here): this x86_64 agent says it is aarch64 and hands out the
+    stand-in aarch64 vdso (path in ANDROCOND_TEST_VDSO), so the daemon's cross-ISA path runs for real up to
+    the device's restore — which this x86_64 kernel refuses. It logs the ISA of the cores it received."""
+
+    def __init__(self, device: DeviceEngine, *args: Any) -> None:
+        device.facts = replace(device.facts, isa="aarch64", page_size=4096, vvar_size=2 * 4096,
+                               vdso=Path(os.environ["ANDROCOND_TEST_VDSO"]).read_bytes())
+        super().__init__(device, *args)
+
+    async def _commit(self, file_count: int = 0) -> None:
+        migration = self._active()
+        if migration.target is not None:
+            cores = sorted(migration.target.checkpoint_dir.glob("core-*.img"))
+            mtypes = [read_image(path).entries[0].get(criu.core_entry).mtype for path in cores]
+            get_logger("fake-aarch64").info("received cores", mtypes=mtypes)
+        await super()._commit(file_count)
+
+
+FAULTS: dict[str, type[AgentSession]] = {
+    "none": AgentSession, "flip-byte": FlipByte, "refuse-restore": RefuseRestore, "slow-outcome": SlowOutcome,
+    "fake-aarch64": FakeAarch64,
+}
 
 
 def main(argv: list[str]) -> int:

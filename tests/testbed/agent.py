@@ -3,6 +3,7 @@ whoever starts it, stopped by pid)."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -20,7 +21,7 @@ class DeviceAgent:
 
     def __init__(self, bed: TestBed, directory: Path, port: int,
                  module: tuple[str, ...] = ("androcond", "agent", "serve"), name: str = "agent",
-                 host_key: Path | None = None) -> None:
+                 host_key: Path | None = None, env: dict[str, str] | None = None) -> None:
         self.bed = bed
         self.directory = directory
         self.port = port
@@ -30,6 +31,7 @@ class DeviceAgent:
         self.host_key_path = host_key or directory / f"{name}_host_key"  # shared: one known_hosts for all
         self.log = directory / f"{name}.log"
         self.proc: subprocess.Popen[bytes] | None = None
+        self.env = env
         directory.mkdir(parents=True, exist_ok=True)
         if not self.host_key_path.exists():
             asyncssh.generate_private_key("ssh-ed25519").write_private_key(self.host_key_path)
@@ -59,7 +61,8 @@ authorized_keys = "{bed.device.authorized_keys}"
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
                 self.bed.device.nsenter(sys.executable, "-m", *self.module, "--config", str(self.config)),
-                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+                stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env=None if self.env is None else {**os.environ, **self.env})
         pid = self.proc.pid
         wait_for(lambda: port_open(device_ip, self.port), timeout=30, what=f"{self.name} on port {self.port}",
                  diagnose=lambda: tail(self.log) if alive(pid) else f"exited:\n{tail(self.log)}")
