@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import socket
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -128,4 +129,44 @@ secret = "{SECRET}"
     finally:
         await daemon.kill()
         broken.stop()
+        await runner.cleanup()
+
+
+async def test_undelivered_events_go_out_after_a_daemon_restart(agent_server: AgentBed, engine_a: Engine,
+                                                                tmp_path: Path, unique_name: str) -> None:
+    with socket.socket() as probe:  # a port with no receiver yet
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    extra = f"""
+[[webhooks]]
+url = "http://127.0.0.1:{port}/hook"
+secret = "{SECRET}"
+"""
+    config = write_daemon_config(agent_server, tmp_path, extra=extra)
+    daemon = DaemonProcess(config)
+    await daemon.start()
+    try:
+        await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
+        cid = await engine_a.create_container(counter_config(**{"androcond.migrate": "pixel"}), name=unique_name)
+        await engine_a.start_container(cid)
+        assert (await finished(daemon, unique_name))["state"] == "done"
+        assert await daemon.stop() == 0  # the receiver never answered: the events wait in the outbox
+    finally:
+        await daemon.kill()
+
+    receiver = Receiver()
+    app = web.Application()
+    app.router.add_post("/hook", receiver.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    again = DaemonProcess(config)
+    await again.start()
+    try:
+        await receiver.wait_for(unique_name, "restored")
+        assert receiver.kinds_by_subject()[unique_name] == ["requested", "checkpointed", "restored"]
+        assert receiver.bad_signatures == 0
+        assert len({e["id"] for e in receiver.events}) == len(receiver.events), "each event once"
+    finally:
+        await again.kill()
         await runner.cleanup()
