@@ -7,19 +7,15 @@ on the disk, and the connection is only ever used from that thread.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import sqlite3
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from .errors import AndrocondError
-
-T = TypeVar("T")
+from .sqlite_thread import SqliteThread
 
 STATES = ("requested", "preflight", "checkpointing", "streaming", "restoring", "done", "rolling-back",
           "rolled-back", "rejected", "failed")
@@ -100,43 +96,21 @@ def _row_to_record(row: sqlite3.Row) -> MigrationRecord:
 class Journal:
     def __init__(self, path: Path) -> None:
         self.path = path
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="journal")
-        self._db: sqlite3.Connection | None = None
+        self._sqlite = SqliteThread(path, _SCHEMA, JournalError, "journal")
+        self._run = self._sqlite.run
 
     @classmethod
     async def open(cls, path: Path) -> Journal:
         journal = cls(path)
-        await journal._run(journal._open)
+        await journal._sqlite.open()
         return journal
 
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.row_factory = sqlite3.Row
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")  # a transition must survive power loss, not just a crash
-        db.executescript(_SCHEMA)
-        self._db = db
-
-    async def _run(self, fn: Callable[[], T]) -> T:
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-        except sqlite3.Error as exc:
-            raise JournalError(f"journal {self.path}: {exc}") from exc
-
     async def close(self) -> None:
-        def close() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-        await self._run(close)
-        self._executor.shutdown(wait=True)
+        await self._sqlite.close()
 
     @property
     def db(self) -> sqlite3.Connection:
-        assert self._db is not None, "journal is closed"
-        return self._db
+        return self._sqlite.db
 
     async def create(self, record: MigrationRecord) -> None:
         def insert() -> None:

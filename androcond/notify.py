@@ -28,7 +28,6 @@ import sqlite3
 import time
 import uuid
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any, TypeVar
@@ -40,6 +39,7 @@ from .config import Settings, WebhookSettings
 from .errors import AndrocondError
 from .journal import MigrationRecord
 from .logging import get_logger
+from .sqlite_thread import SqliteThread
 
 log = get_logger(__name__)
 
@@ -169,8 +169,7 @@ class Webhooks:
         self.request_timeout = request_timeout
         self._hooks = _hooks(settings.webhooks)
         self._source = f"androcond://{socket.gethostname()}"
-        self._executor: ThreadPoolExecutor | None = None
-        self._db: sqlite3.Connection | None = None
+        self._sqlite = SqliteThread(self.path, _SCHEMA, NotifyError, "outbox")
         # Undelivered rows by (webhook, migration), ordered by seq; only the head of a chain may be sent.
         self._chains: dict[tuple[str, str], list[_Pending]] = {}
         self._in_flight: set[tuple[str, str]] = set()
@@ -192,31 +191,16 @@ class Webhooks:
         hooks = cls(settings, base_delay=base_delay, max_delay=max_delay, max_age=max_age,
                     request_timeout=request_timeout)
         if hooks._hooks:
-            hooks._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="outbox")
-            await hooks._run(hooks._open)
+            await hooks._sqlite.open()
             await hooks._load()
         return hooks
 
-    def _open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        db.execute("PRAGMA journal_mode=WAL")
-        db.execute("PRAGMA synchronous=FULL")  # an accepted event must survive power loss, not just a crash
-        db.executescript(_SCHEMA)
-        self._db = db
-
     @property
     def db(self) -> sqlite3.Connection:
-        assert self._db is not None, "outbox is closed"
-        return self._db
+        return self._sqlite.db
 
     async def _run(self, fn: Callable[[], T]) -> T:
-        if self._executor is None:
-            raise NotifyError(f"outbox {self.path} is closed")
-        try:
-            return await asyncio.get_running_loop().run_in_executor(self._executor, fn)
-        except sqlite3.Error as exc:
-            raise NotifyError(f"outbox {self.path}: {exc}") from exc
+        return await self._sqlite.run(fn)
 
     async def _load(self) -> None:
         def fetch() -> list[_Pending]:
@@ -246,17 +230,7 @@ class Webhooks:
         if task is not None and task is not asyncio.current_task() and not task.done():
             task.cancel()
             await asyncio.wait([task])
-        if self._executor is None:
-            return
-
-        def close() -> None:
-            if self._db is not None:
-                self._db.close()
-                self._db = None
-
-        await self._run(close)
-        self._executor.shutdown(wait=True)
-        self._executor = None
+        await self._sqlite.close()
 
     # -- publishing ------------------------------------------------------------------------------------------
 

@@ -127,8 +127,11 @@ class Migration:
             try:
                 await self._migrate()
             except Rejected as exc:
-                self.record.error = str(exc)
-                await self._set("rejected", str(exc))
+                if self.record.state in FROZEN:  # a refusal can only mean "nothing frozen" before the freeze
+                    await self._recover(str(exc))
+                else:
+                    self.record.error = str(exc)
+                    await self._set("rejected", str(exc))
             except Unresolved as exc:
                 self.record.error = str(exc)
                 await self.ctx.journal.save(self.record, str(exc))
