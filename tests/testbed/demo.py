@@ -64,7 +64,8 @@ known_hosts = "{agent.known_hosts(DEMO_DIR / 'known_hosts')}"
         say(f"{name} now runs on the device; its counter went on from {device_counts[0]} "
             "(a fresh start would print 1)")
         say(f"see it: docker -H {bed.engine_b.host} logs -f {name}")
-        say(f"the migration: .venv/bin/androcond migrations --config {config}")
+        say("the daemon's journal (`androcond migrations`):")
+        subprocess.run([sys.executable, "-m", "androcond", "migrations", "--config", str(config)], check=False)
         say("remove the test bed when done: scripts/testbed.sh down")
         return 0
     finally:
