@@ -23,7 +23,7 @@ from datetime import datetime
 from pathlib import Path
 
 from tests.testbed import TestBed
-from tests.testbed.agent import DeviceAgent
+from tests.testbed.agent import DeviceAgent, daemon_config
 from tests.testbed.engines import DOCKER_CLI, DockerEngine
 from tests.testbed.images import TEST_IMAGE
 from tests.testbed.proc import wait_for
@@ -105,20 +105,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         agent = DeviceAgent(bed, work, AGENT_PORT)
-        config = work / "androcond.toml"
-        config.write_text(f"""
-[daemon]
-state_dir = "{work / 'state'}"
-api = "unix:{work / 'api.sock'}"
-log_level = "warning"
-[docker]
-host = "{bed.engine_a.host}"
-runc_root = "{bed.engine_a.runc_root}"
-[devices.pixel]
-address = "{bed.device.device_ip}:{AGENT_PORT}"
-identity = "{bed.device.client_key}"
-known_hosts = "{agent.known_hosts(work / 'known_hosts')}"
-""")
+        config = daemon_config(agent, work, daemon=f'api = "unix:{work / "api.sock"}"\nlog_level = "warning"')
         agent.start()
         daemon = subprocess.Popen([sys.executable, "-m", "androcond", "run", "--config", str(config)],
                                   stderr=(work / "daemon.log").open("wb"))

@@ -10,7 +10,7 @@ from typing import Any
 from androcond.engine import Engine, EngineError
 
 from ..helpers import DaemonProcess
-from ..testbed.agent import DeviceAgent
+from ..testbed.agent import DeviceAgent, daemon_config
 from .conftest import AGENT_PORT, AgentBed
 
 TERMINAL = ("done", "rolled-back", "failed", "rejected")
@@ -19,28 +19,14 @@ TERMINAL = ("done", "rolled-back", "failed", "rejected")
 def write_daemon_config(agent: AgentBed, directory: Path, *, port: int = AGENT_PORT, max_migrations: int = 2,
                         shutdown_timeout: float = 8.0, api: str | None = None, api_token: str | None = None,
                         extra: str = "", checkpoint: str = "runc") -> Path:
-    bed = agent.bed
-    known = agent.known_hosts(directory, bed.device.device_ip, port)
-    path = directory / f"androcond-{port}.toml"
-    path.write_text(f"""
-[daemon]
-state_dir = "{directory / 'state'}"
+    """`extra` lands in the device's table (and may open tables of its own after it)."""
+    token = f'api_token = "{api_token}"' if api_token else ""
+    return daemon_config(agent.agent, directory, port=port, daemon=f"""
 api = "{api or f"unix:{directory / 'api.sock'}"}"
-{f'api_token = "{api_token}"' if api_token else ""}
+{token}
 log_format = "json"
 max_migrations = {max_migrations}
-shutdown_timeout = {shutdown_timeout}
-[docker]
-host = "{bed.engine_a.host}"
-checkpoint = "{checkpoint}"
-runc_root = "{bed.engine_a.runc_root}"
-[devices.pixel]
-address = "{bed.device.device_ip}:{port}"
-identity = "{bed.device.client_key}"
-known_hosts = "{known}"
-{extra}
-""")
-    return path
+shutdown_timeout = {shutdown_timeout}""", docker=f'checkpoint = "{checkpoint}"', device=extra)
 
 
 def faulty_agent(agent: AgentBed, fault: str, port: int, directory: Path,

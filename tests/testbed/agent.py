@@ -77,3 +77,28 @@ authorized_keys = "{bed.device.authorized_keys}"
         if self.proc is not None:
             stop_pid(self.proc.pid, what=self.name)
             self.proc.wait(timeout=10)
+
+
+def daemon_config(agent: DeviceAgent, directory: Path, *, daemon: str = "", docker: str = "",
+                  device: str = "", extra: str = "", port: int | None = None) -> Path:
+    """A config for `androcond run` on the bed: engine A as the source, `agent` as the device `pixel`
+    (on `port`, default the agent's own). The keyword strings add TOML lines to their tables."""
+    bed = agent.bed
+    port = port or agent.port
+    path = directory / f"androcond-{port}.toml"
+    path.write_text(f"""
+[daemon]
+state_dir = "{directory / 'state'}"
+{daemon}
+[docker]
+host = "{bed.engine_a.host}"
+runc_root = "{bed.engine_a.runc_root}"
+{docker}
+[devices.pixel]
+address = "{bed.device.device_ip}:{port}"
+identity = "{bed.device.client_key}"
+known_hosts = "{agent.known_hosts(directory / f'known_hosts-{port}', port=port)}"
+{device}
+{extra}
+""")
+    return path

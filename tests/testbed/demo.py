@@ -13,7 +13,7 @@ import sys
 import uuid
 from pathlib import Path
 
-from .agent import DeviceAgent
+from .agent import DeviceAgent, daemon_config
 from .bed import TestBed
 from .images import TEST_IMAGE
 from .proc import wait_for
@@ -33,20 +33,7 @@ def counts(text: str) -> list[int]:
 def main() -> int:
     bed = TestBed().up()
     agent = DeviceAgent(bed, DEMO_DIR, AGENT_PORT)
-    config = DEMO_DIR / "androcond.toml"
-    config.write_text(f"""
-[daemon]
-state_dir = "{DEMO_DIR / 'state'}"
-api = "unix:{DEMO_DIR / 'api.sock'}"
-log_format = "console"
-[docker]
-host = "{bed.engine_a.host}"
-runc_root = "{bed.engine_a.runc_root}"
-[devices.pixel]
-address = "{bed.device.device_ip}:{AGENT_PORT}"
-identity = "{bed.device.client_key}"
-known_hosts = "{agent.known_hosts(DEMO_DIR / 'known_hosts')}"
-""")
+    config = daemon_config(agent, DEMO_DIR, daemon=f'api = "unix:{DEMO_DIR / "api.sock"}"\nlog_format = "console"')
     say(f"the device `pixel` is the network namespace {bed.device.netns} ({bed.device.device_ip}) with its own "
         "Docker engine; starting androcond's agent there")
     agent.start()
