@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import email.utils
 import hashlib
 import hmac
 import json
@@ -300,7 +301,7 @@ class Webhooks:
             if time.time() - item.created_at >= self.max_age:
                 await self._drop(item, hook, reason="too old", max_age_s=self.max_age)
                 return
-            outcome, detail = await self._post(session, hook, item)
+            outcome, detail, retry_after = await self._post(session, hook, item)
             if outcome == "delivered":
                 await self._delete(item)
                 self._pop(item)
@@ -311,7 +312,7 @@ class Webhooks:
             elif outcome == "dropped":
                 await self._drop(item, hook, reason=detail, attempts=item.attempts + 1)
             else:
-                await self._reschedule(item, hook, detail)
+                await self._reschedule(item, hook, detail, retry_after)
         except Exception as exc:
             # The outbox itself failed (or a bug): keep the event and try again later rather than lose it or stop
             # delivering to everyone else. Cancellation is not an Exception and goes through.
@@ -323,8 +324,9 @@ class Webhooks:
             self._wake.set()
             self._notify_changed()
 
-    async def _post(self, session: aiohttp.ClientSession, hook: _Hook, item: _Pending) -> tuple[str, str]:
-        """One attempt: ("delivered" | "dropped" | "retry", why)."""
+    async def _post(self, session: aiohttp.ClientSession, hook: _Hook,
+                    item: _Pending) -> tuple[str, str, float | None]:
+        """One attempt: ("delivered" | "dropped" | "retry", why, the receiver's Retry-After in seconds)."""
         headers = {"Content-Type": CONTENT_TYPE}
         if hook.secret is not None:
             headers[SIGNATURE_HEADER] = sign(item.body, hook.secret)
@@ -332,21 +334,24 @@ class Webhooks:
             # No redirects: the signed body goes to the configured URL only.
             async with session.post(hook.url, data=item.body, headers=headers, allow_redirects=False) as resp:
                 status = resp.status
+                retry_after = _retry_after(resp.headers.get("Retry-After"))
         except TimeoutError:
-            return "retry", f"no answer within {self.request_timeout:g} s"
+            return "retry", f"no answer within {self.request_timeout:g} s", None
         except (aiohttp.ClientError, OSError) as exc:
             # aiohttp's messages may carry the URL; show its origin only.
-            return "retry", f"{type(exc).__name__}: {exc}".replace(hook.url, hook.origin)
+            return "retry", f"{type(exc).__name__}: {exc}".replace(hook.url, hook.origin), None
         if 200 <= status < 300:
-            return "delivered", f"http {status}"
+            return "delivered", f"http {status}", None
         if status in _RETRY_STATUSES or status >= 500:
-            return "retry", f"http {status}"
-        return "dropped", f"http {status}"
+            return "retry", f"http {status}", retry_after
+        return "dropped", f"http {status}", None
 
-    async def _reschedule(self, item: _Pending, hook: _Hook, why: str) -> None:
+    async def _reschedule(self, item: _Pending, hook: _Hook, why: str, retry_after: float | None = None) -> None:
         attempts = item.attempts + 1
-        # Never wait past the event's expiry: it is then dropped on time, with its log line.
-        next_at = min(time.time() + self._backoff(attempts), item.created_at + self.max_age)
+        # A receiver's Retry-After (429/503) is honoured up to max_delay; never wait past the event's expiry:
+        # it is then dropped on time, with its log line.
+        delay = max(self._backoff(attempts), min(retry_after or 0.0, self.max_delay))
+        next_at = min(time.time() + delay, item.created_at + self.max_age)
 
         def update() -> None:
             with self.db:
@@ -409,6 +414,19 @@ class Webhooks:
     async def drain(self) -> None:
         """Return once the outbox is empty (e.g. to flush at shutdown, within a time budget)."""
         await self.wait_until(lambda s: s["queue_depth"] == 0)
+
+
+def _retry_after(value: str | None) -> float | None:
+    """Retry-After as seconds: delta-seconds or an HTTP date (RFC 9110); None when absent or unreadable."""
+    if not value:
+        return None
+    if value.strip().isdigit():
+        return float(value.strip())
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
 
 
 def _lastrowid(cursor: sqlite3.Cursor) -> int:

@@ -9,6 +9,7 @@ import hmac
 import io
 import json
 import socket
+import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -51,6 +52,7 @@ class Receiver:
     hits: list[Hit] = field(default_factory=list)
     accepted: list[Hit] = field(default_factory=list)
     hang: asyncio.Event | None = None  # set: the first request waits for it (a receiver that does not answer)
+    retry_after: str | None = None  # sent with every 429/503
     arrived: asyncio.Event = field(default_factory=asyncio.Event)  # set on every request
     runner: web.AppRunner | None = None
 
@@ -68,7 +70,8 @@ class Receiver:
         status = self.answer(n)
         if 200 <= status < 300:
             self.accepted.append(hit)
-        return web.Response(status=status)
+        headers = {"Retry-After": self.retry_after} if self.retry_after and status in (429, 503) else {}
+        return web.Response(status=status, headers=headers)
 
     async def listen(self) -> None:
         """Start accepting on the socket; until then connections are refused (it is bound, not listening)."""
@@ -421,3 +424,17 @@ async def test_unknown_kind_is_refused(tmp_path: Path, receivers: Callable[..., 
         await hooks.publish(record(), "rolled-back")
     assert hooks.stats()["queue_depth"] == 0
     await hooks.close()
+
+
+async def test_retry_after_is_honoured(tmp_path: Path, receivers: Callable[..., Receiver]) -> None:
+    receiver = receivers(lambda n: 429 if n == 0 else 204)
+    receiver.retry_after = "1"
+    await receiver.listen()
+    cfg = settings(tmp_path, WebhookSettings(receiver.url))
+    async with running(cfg, base_delay=0.01, max_delay=5.0) as hooks:
+        started = time.monotonic()
+        await hooks.publish(record(), "requested")
+        await until(hooks, lambda s: s["delivered"] == 1)
+        # Backoff alone would retry within 10 ms; the receiver asked for a second.
+        assert time.monotonic() - started >= 0.9
+    assert len(receiver.hits) == 2
