@@ -36,7 +36,6 @@ class Scheduler:
         self._idle = asyncio.Event()
         self._idle.set()
         self.closed = False
-        self.running = 0
 
     async def submit(self, container_id: str, container_name: str, device: str, *, origin: str,
                      keep_source: bool = False, delay_s: float = 0.0) -> MigrationRecord:
@@ -66,13 +65,11 @@ class Scheduler:
                     log.info("waiting before migrating", delay_s=delay_s)
                     await asyncio.sleep(delay_s)
                 async with self._slots:
-                    self.running += 1
                     migration = Migration(self.ctx, record)
                     self.running_migrations[record.id] = migration
                     try:
                         await migration.run()
                     finally:
-                        self.running -= 1
                         del self.running_migrations[record.id]
             except asyncio.CancelledError:
                 if record.state == "requested":  # cancelled while queued: nothing happened

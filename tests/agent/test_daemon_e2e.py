@@ -51,6 +51,14 @@ def label_rejected(name: str) -> Callable[[dict[str, Any]], bool]:
     return match
 
 
+async def assert_back_at_source(engine_a: Engine, engine_b: Engine, name: str) -> None:
+    """Rolled back: running at the source, counting on from where it was (no restart), not on the device."""
+    last = counts(await engine_a.container_logs(name))[-1]
+    seen = await wait_for_count(engine_a, name, at_least=last + 3)
+    assert continuous(seen), "the source restarted instead of continuing"
+    assert not await running(engine_b, name)
+
+
 def continuous(seen: list[int]) -> bool:
     return seen == list(range(seen[0], seen[0] + len(seen)))
 
@@ -155,10 +163,7 @@ async def test_device_faults_roll_back_to_a_continuing_source(
         await start_workload(engine_a, unique_name, {"androcond.migrate": "pixel"}, volume)
         end = await finished(daemon, unique_name)
         assert end["state"] == "rolled-back", end
-        seen = await wait_for_count(engine_a, unique_name, at_least=counts(
-            await engine_a.container_logs(unique_name))[-1] + 3)
-        assert continuous(seen), "the source restarted instead of continuing"
-        assert not await running(engine_b, unique_name)
+        await assert_back_at_source(engine_a, engine_b, unique_name)
         expected = "SHA-256 mismatch" if fault == "flip-byte" else "restore refused by the device engine"
         assert expected in end["detail"]
     finally:
@@ -177,10 +182,7 @@ async def test_agent_killed_mid_stream(agent_server: AgentBed, engine_a: Engine,
         agent.kill()
         end = await finished(daemon, unique_name)
         assert end["state"] == "rolled-back", end
-        seen = await wait_for_count(engine_a, unique_name, at_least=counts(
-            await engine_a.container_logs(unique_name))[-1] + 3)
-        assert continuous(seen)
-        assert not await running(engine_b, unique_name)
+        await assert_back_at_source(engine_a, engine_b, unique_name)
     finally:
         await daemon.kill()
         agent.stop()
@@ -202,10 +204,7 @@ async def test_daemon_killed_mid_stream_rolls_back_after_restart(
         try:
             end = await finished(again, unique_name)
             assert end["state"] == "rolled-back", end
-            seen = await wait_for_count(engine_a, unique_name, at_least=counts(
-                await engine_a.container_logs(unique_name))[-1] + 3)
-            assert continuous(seen)
-            assert not await running(engine_b, unique_name)
+            await assert_back_at_source(engine_a, engine_b, unique_name)
         finally:
             await again.kill()
     finally:
