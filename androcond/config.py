@@ -79,6 +79,8 @@ class AgentSettings:
     listen: str = "0.0.0.0:8022"
     host_key: Path = Path("/data/androcond/ssh_host_ed25519_key")
     authorized_keys: Path = Path("/data/androcond/authorized_keys")
+    # On SIGTERM, sessions in flight get this long to finish before they are cancelled (and discard).
+    shutdown_timeout: float = 30.0
 
 
 @dataclass(frozen=True)
@@ -311,7 +313,7 @@ def parse_settings(doc: Mapping[str, Any], file: Path) -> Settings:
         webhooks.append(WebhookSettings(url=url, secret=r.opt_str("secret"), events=r.str_list("events")))
 
     a = _Reader(file, "agent", top.sub_table("agent"), frozenset(
-        {"docker_host", "spool_dir", "listen", "host_key", "authorized_keys"}))
+        {"docker_host", "spool_dir", "listen", "host_key", "authorized_keys", "shutdown_timeout"}))
     defaults = AgentSettings()
     agent = AgentSettings(
         docker_host=a.text("docker_host", defaults.docker_host),
@@ -319,6 +321,7 @@ def parse_settings(doc: Mapping[str, Any], file: Path) -> Settings:
         listen=_address(a, "listen") or defaults.listen,
         host_key=a.path("host_key", defaults.host_key) or defaults.host_key,
         authorized_keys=a.path("authorized_keys", defaults.authorized_keys) or defaults.authorized_keys,
+        shutdown_timeout=a.number("shutdown_timeout", defaults.shutdown_timeout, minimum=0.0),
     )
     return Settings(source=file, daemon=daemon, docker=docker, devices=devices,
                     webhooks=tuple(webhooks), agent=agent)

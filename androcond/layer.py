@@ -11,9 +11,9 @@ import os
 import stat
 from pathlib import Path
 
-from .agent import protocol_pb2 as pb
 from .errors import AndrocondError
-from .transport import OutgoingFile
+from .payload import OutgoingFile
+from .protocol import protocol_pb2 as pb
 
 
 class LayerError(AndrocondError):

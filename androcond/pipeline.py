@@ -23,7 +23,6 @@ from typing import Any
 
 from . import popcorn, runc
 from .adb_link import AdbClient, AdbError
-from .agent import protocol_pb2 as pb
 from .config import Settings
 from .devices import DeviceError, agent_endpoint
 from .engine import Engine, EngineError
@@ -31,10 +30,12 @@ from .errors import AndrocondError
 from .journal import FROZEN, Journal, MigrationRecord
 from .layer import LayerError, checkpoint_files, tree_files
 from .logging import get_logger, log_context
+from .payload import OutgoingFile, Progress
 from .popcorn import PopcornError
+from .protocol import protocol_pb2 as pb
 from .recoder import RecodeOptions, RecodeRefused, VdsoTemplate, preflight_processes, recode_async
 from .rootfs import container_root
-from .transport import AgentConnection, AgentRefused, OutgoingFile, Progress, TransportError
+from .transport import AgentConnection, AgentRefused, TransportError
 
 log = get_logger(__name__)
 

@@ -1,5 +1,5 @@
 """The daemon's side of the device link: one asyncssh connection per migration, one channel, our framed
-protocol (androcond/agent/protocol.proto).
+protocol (androcond/protocol/protocol.proto).
 
 Host keys are always checked against the device's known_hosts; key authentication only. Every phase has its
 own timeout. Files stream with a SHA-256 each, a bounded window of files in flight awaiting the agent's
@@ -11,8 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-import os
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Self, TypeVar
@@ -20,10 +19,11 @@ from typing import Self, TypeVar
 import asyncssh
 
 from . import __version__
-from .agent import protocol_pb2 as pb
-from .agent.wire import CHUNK, PROTOCOL_VERSION, ChannelClosed, WireError, body, read_frame, write_frame
 from .errors import AndrocondError
 from .logging import get_logger
+from .payload import OutgoingFile, Progress, ProgressCallback, read_file_chunks
+from .protocol import protocol_pb2 as pb
+from .protocol.wire import CHUNK, PROTOCOL_VERSION, ChannelClosed, WireError, body, read_frame, write_frame
 
 log = get_logger(__name__)
 T = TypeVar("T")
@@ -83,40 +83,6 @@ class Endpoint:
     agent_command: str = "androcond agent stdio"
     # Name to look up in known_hosts instead of host:port (an adb forward's local port changes every time).
     host_key_alias: str | None = None
-
-
-@dataclass(frozen=True)
-class OutgoingFile:
-    destination: int  # pb.Destination
-    path: str
-    kind: int = pb.REGULAR
-    source: Path | None = None
-    size: int = 0
-    mode: int = 0o644
-    uid: int = 0
-    gid: int = 0
-    mtime_ns: int = 0
-    link_target: str = ""
-    volume: str = ""
-    opaque: bool = False
-    # Content from a stream instead of `source` (e.g. `docker save`); size 0 when not known up front.
-    stream: Callable[[], AsyncIterator[bytes]] | None = None
-
-    @classmethod
-    def from_path(cls, destination: int, name: str, path: Path, volume: str = "") -> OutgoingFile:
-        st = path.lstat()
-        return cls(destination, name, pb.REGULAR, path, st.st_size, st.st_mode & 0o7777, st.st_uid, st.st_gid,
-                   st.st_mtime_ns, volume=volume)
-
-
-@dataclass
-class Progress:
-    bytes_sent: int = 0
-    files_sent: int = 0
-    files_verified: int = 0
-
-
-ProgressCallback = Callable[[Progress], None]
 
 
 @dataclass
@@ -317,22 +283,6 @@ class AgentConnection:
     async def query(self, migration_id: str) -> pb.Outcome:
         await self._send(pb.Frame(query=pb.Query(migration_id=migration_id)))
         return (await self._reply("query", self.timeouts.query, "outcome")).outcome
-
-
-async def read_file_chunks(spec: OutgoingFile) -> AsyncIterator[bytes]:
-    """Read a local file in CHUNK pieces in a worker thread (disk reads never stall the loop)."""
-    assert spec.source is not None
-    fd = await asyncio.to_thread(os.open, spec.source, os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        remaining = spec.size
-        while remaining > 0:
-            chunk = await asyncio.to_thread(os.read, fd, min(CHUNK, remaining))
-            if not chunk:
-                raise TransportError(f"{spec.source} shrank while being sent ({remaining} bytes missing)")
-            remaining -= len(chunk)
-            yield chunk
-    finally:
-        os.close(fd)
 
 
 async def _connect(endpoint: Endpoint, timeouts: PhaseTimeouts) -> asyncssh.SSHClientConnection:

@@ -19,8 +19,9 @@ import time
 import uuid
 from pathlib import Path
 
-from androcond.agent import protocol_pb2 as pb
-from androcond.transport import AgentConnection, Endpoint, OutgoingFile
+from androcond.payload import OutgoingFile
+from androcond.protocol import protocol_pb2 as pb
+from androcond.transport import AgentConnection, Endpoint
 from tests.testbed import TestBed
 from tests.testbed.agent import DeviceAgent
 from tests.testbed.images import TEST_IMAGE

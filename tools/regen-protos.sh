@@ -13,7 +13,7 @@ if [ ! -x "$venv/bin/python" ]; then
     "$venv/bin/pip" install --quiet "$tools"
 fi
 cd "$root"
-for proto in androcond/images/criu.proto androcond/agent/protocol.proto; do
+for proto in androcond/images/criu.proto androcond/protocol/protocol.proto; do
     "$venv/bin/python" -m grpc_tools.protoc -I. --python_out=. --pyi_out=. "$proto"
     echo "generated: ${proto%.proto}_pb2.py ${proto%.proto}_pb2.pyi"
 done

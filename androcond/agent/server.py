@@ -13,10 +13,10 @@ import asyncssh
 from ..config import AgentSettings
 from ..engine import Engine
 from ..logging import get_logger, log_context
+from ..protocol.wire import FrameReader, FrameWriter
 from .device import DeviceEngine, gather_facts
 from .outcomes import OutcomeStore
 from .session import AgentSession
-from .wire import FrameReader, FrameWriter
 
 log = get_logger(__name__)
 

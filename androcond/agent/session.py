@@ -20,11 +20,20 @@ from pathlib import Path
 
 from ..errors import AndrocondError
 from ..logging import get_logger, log_context
-from . import protocol_pb2 as pb
+from ..protocol import protocol_pb2 as pb
+from ..protocol.wire import (
+    PROTOCOL_VERSION,
+    ChannelClosed,
+    FrameReader,
+    FrameWriter,
+    WireError,
+    body,
+    read_frame,
+    write_frame,
+)
 from .device import DeviceEngine, RestoreError, TargetContainer, parse_create_config
 from .outcomes import OutcomeRecord, OutcomeStore, check_id
 from .paths import UnsafePath, open_new_file, place_beneath
-from .wire import PROTOCOL_VERSION, ChannelClosed, FrameReader, FrameWriter, WireError, body, read_frame, write_frame
 
 log = get_logger(__name__)
 

@@ -17,7 +17,6 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from androcond.agent import protocol_pb2 as pb
 from androcond.agent import server
 from androcond.agent.device import DeviceEngine
 from androcond.agent.session import AgentSession
@@ -25,6 +24,7 @@ from androcond.config import load_settings
 from androcond.images import pb as criu
 from androcond.images import read_image
 from androcond.logging import configure_logging, get_logger
+from androcond.protocol import protocol_pb2 as pb
 
 
 class FlipByte(AgentSession):

@@ -9,10 +9,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from androcond.agent import protocol_pb2 as pb
 from androcond.engine import Engine
 from androcond.layer import checkpoint_files, tree_files
-from androcond.transport import OutgoingFile
+from androcond.payload import OutgoingFile
+from androcond.protocol import protocol_pb2 as pb
 
 from ..helpers import counter_config, counts, wait_for_count
 from ..testbed import TestBed

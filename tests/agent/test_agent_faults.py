@@ -10,8 +10,9 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from androcond.agent import protocol_pb2 as pb
 from androcond.engine import Engine, EngineError
+from androcond.payload import OutgoingFile
+from androcond.protocol import protocol_pb2 as pb
 from androcond.transport import (
     AgentConnection,
     AgentRefused,
@@ -19,7 +20,6 @@ from androcond.transport import (
     Endpoint,
     FileRejected,
     HostKeyRejected,
-    OutgoingFile,
     TransportError,
 )
 

@@ -175,10 +175,14 @@ class Abort(_message.Message):
     def __init__(self, reason: _Optional[str] = ...) -> None: ...
 
 class Error(_message.Message):
-    __slots__ = ("message",)
+    __slots__ = ("message", "phase", "code")
     MESSAGE_FIELD_NUMBER: _ClassVar[int]
+    PHASE_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
     message: str
-    def __init__(self, message: _Optional[str] = ...) -> None: ...
+    phase: str
+    code: str
+    def __init__(self, message: _Optional[str] = ..., phase: _Optional[str] = ..., code: _Optional[str] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("client_hello", "agent_hello", "begin", "begin_ack", "file_start", "file_data", "file_end", "file_ack", "commit", "outcome", "query", "abort", "error")

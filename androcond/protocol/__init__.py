@@ -1,0 +1,3 @@
+"""The daemon–agent protocol: the framed messages of ``protocol.proto`` and how they travel.
+
+Both sides import it; neither imports the other."""
