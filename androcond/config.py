@@ -18,7 +18,7 @@ import os
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
@@ -42,6 +42,25 @@ class DaemonSettings:
     max_migrations: int = 2
     log_level: str = "info"
     log_format: LogFormat = "auto"
+
+
+@dataclass(frozen=True)
+class TimeoutSettings:
+    """Deadlines of a migration's phases, in seconds (table `[timeouts]`). Every wait a peer can stall has
+    one; what a deadline ends before the freeze is refused, after it rolled back (or asked of the device)."""
+
+    connect: float = 20.0       # ssh connect and the hello exchange
+    preflight: float = 300.0    # inspect, reach the device, its checks, create the target container
+    image: float = 3600.0       # ship an image the device lacks (while the source still runs)
+    checkpoint: float = 600.0   # the freeze (CRIU dump)
+    recode: float = 600.0
+    stream: float = 3600.0      # the whole stream, all files
+    stream_idle: float = 30.0   # no byte taken by the link and no verdict from the agent for this long
+    file_ack: float = 120.0     # the agent's verdict on a file once all of it was sent
+    commit: float = 600.0       # the restore on the device
+    query: float = 20.0         # one question to the agent ("what became of migration X?")
+    settle: float = 60.0        # waiting for a device still busy with a migration before asking again later
+    resolve_backoff_max: float = 60.0  # unresolved migrations are asked again, backing off up to this
 
 
 @dataclass(frozen=True)
@@ -91,6 +110,7 @@ class Settings:
     devices: Mapping[str, DeviceSettings] = field(default_factory=dict)
     webhooks: tuple[WebhookSettings, ...] = ()
     agent: AgentSettings = field(default_factory=AgentSettings)
+    timeouts: TimeoutSettings = field(default_factory=TimeoutSettings)
 
 
 def locate_config(cli_path: str | os.PathLike[str] | None, environ: Mapping[str, str]) -> Path | None:
@@ -246,7 +266,7 @@ def _api(reader: _Reader) -> str:
 
 def parse_settings(doc: Mapping[str, Any], file: Path) -> Settings:
     """Validate a parsed TOML document into :class:`Settings`."""
-    top = _Reader(file, "", doc, frozenset({"daemon", "docker", "devices", "webhooks", "agent"}))
+    top = _Reader(file, "", doc, frozenset({"daemon", "docker", "devices", "webhooks", "agent", "timeouts"}))
 
     d = _Reader(file, "daemon", top.sub_table("daemon"), frozenset(
         {"state_dir", "api", "api_token", "shutdown_timeout", "max_migrations", "log_level", "log_format"}))
@@ -324,7 +344,15 @@ def parse_settings(doc: Mapping[str, Any], file: Path) -> Settings:
         shutdown_timeout=a.number("shutdown_timeout", defaults.shutdown_timeout, minimum=0.0),
     )
     return Settings(source=file, daemon=daemon, docker=docker, devices=devices,
-                    webhooks=tuple(webhooks), agent=agent)
+                    webhooks=tuple(webhooks), agent=agent, timeouts=_timeouts(top))
+
+
+def _timeouts(top: _Reader) -> TimeoutSettings:
+    names = frozenset(f.name for f in fields(TimeoutSettings))
+    t = _Reader(top.file, "timeouts", top.sub_table("timeouts"), names)
+    defaults = TimeoutSettings()
+    # A zero deadline would fail every migration at once: at least a tenth of a second.
+    return TimeoutSettings(**{name: t.number(name, getattr(defaults, name), minimum=0.1) for name in sorted(names)})
 
 
 def _log_format(reader: _Reader) -> LogFormat:

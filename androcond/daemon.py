@@ -19,12 +19,15 @@ from .adb_link import AdbClient
 from .api import ApiState, build_app, start_api
 from .config import Settings
 from .engine import Engine
+from .engine_lock import EngineLock
 from .journal import Journal, MigrationRecord
 from .logging import get_logger, log_context
 from .metrics import Metrics
 from .notify import NotifyError, Webhooks, event_kind_for_state
-from .pipeline import Context, Unresolved, new_record, resolve
+from .pipeline import Context, cancel_settling, new_record, wait_for_settling
+from .resolver import Resolver
 from .scheduler import AlreadyMigrating, Scheduler, SchedulerClosed
+from .states import MigrationState
 from .systemd import Notifier, watchdog_loop
 from .watcher import ContainerSeen, Watcher
 
@@ -32,8 +35,9 @@ log = get_logger(__name__)
 
 EXIT_OK = 0
 EXIT_FAILED = 1
-RESOLVE_RETRY_S = 5.0
 WEBHOOK_FLUSH_S = 2.0
+# After the shutdown budget, rollbacks of cancelled migrations still get this long to finish.
+SETTLE_AT_SHUTDOWN_S = 30.0
 
 
 class Daemon:
@@ -48,6 +52,7 @@ class Daemon:
         self.adb = AdbClient()
         self.journal: Journal | None = None
         self.scheduler: Scheduler | None = None
+        self.resolver: Resolver | None = None
         self._background: list[asyncio.Task[None]] = []
         self._api: web.AppRunner | None = None
         self.exit_code = EXIT_OK
@@ -59,6 +64,13 @@ class Daemon:
         self.stop_requested.set()
 
     async def _on_container(self, seen: ContainerSeen) -> None:
+        # The watcher's callback: nothing it raises may end the event stream (or the daemon with it).
+        try:
+            await self._admit(seen)
+        except Exception as exc:
+            log.error("could not act on a labelled container", container=seen.name, error=str(exc), exc_info=exc)
+
+    async def _admit(self, seen: ContainerSeen) -> None:
         with log_context(container=seen.name, container_id=seen.container_id[:12]):
             assert self.journal is not None
             assert self.scheduler is not None
@@ -66,7 +78,7 @@ class Daemon:
                 log.warning("migration label rejected; container left running", origin=seen.origin,
                             reason=seen.rejection)
                 record = new_record(seen.container_id, seen.name, "", "label", False)
-                record.state, record.error = "rejected", seen.rejection
+                record.state, record.error = MigrationState.REJECTED, seen.rejection
                 await self.journal.create(record)
                 await self._on_migration_change(record)
                 self.metrics.migration_ended(record)
@@ -95,15 +107,20 @@ class Daemon:
         settings = self.settings
         log.info("androcond starting", config=str(settings.source or "built-in defaults"),
                  docker_host=settings.docker.host, devices=sorted(settings.devices), pid=os.getpid())
-        self.journal = await Journal.open(settings.daemon.state_dir / "journal.sqlite3")
+        lock = EngineLock(settings.docker.host)
+        lock.acquire(settings.source, settings.daemon.api)  # EngineTaken: exit 2, nothing started
         try:
-            self.webhooks = await Webhooks.open(settings)
-            return await self._run(self.journal)
+            self.journal = await Journal.open(settings.daemon.state_dir / "journal.sqlite3")
+            try:
+                self.webhooks = await Webhooks.open(settings)
+                return await self._run(self.journal)
+            finally:
+                if self.webhooks is not None:
+                    await self.webhooks.close()
+                await self.engine.close()
+                await self.journal.close()
         finally:
-            if self.webhooks is not None:
-                await self.webhooks.close()
-            await self.engine.close()
-            await self.journal.close()
+            lock.release()
 
     async def _run(self, journal: Journal) -> int:
         async with asyncio.TaskGroup() as tg:
@@ -126,6 +143,12 @@ class Daemon:
                     log.warning("shutdown budget spent; rolling back migrations still in flight",
                                 in_flight=len(self.scheduler.active))
                     self.scheduler.cancel_all()
+            # Phase 3b: the rollbacks those cancels started, within a bound of their own; what is left is
+            # cancelled too and stays in the journal for the next start to resolve.
+            left = await wait_for_settling(SETTLE_AT_SHUTDOWN_S)
+            if left:
+                log.error("rollbacks still running at exit; the next start resolves them", count=left)
+                cancel_settling()
             # Phase 4: a moment for the last events to go out; the outbox keeps the rest for the next start.
             if self.webhooks is not None and self._delivery is not None:
                 try:
@@ -143,7 +166,9 @@ class Daemon:
     async def _start(self, tg: asyncio.TaskGroup, journal: Journal) -> None:
         ctx = Context(self.settings, journal, self.engine, self.adb, on_change=self._on_migration_change,
                       on_end=self.metrics.migration_ended)
-        self.scheduler = Scheduler(ctx, journal, self.settings.daemon.max_migrations, tg.create_task)
+        self.scheduler = Scheduler(ctx, journal, self.settings.daemon.max_migrations, tg.create_task,
+                                   on_released=self._on_released)
+        self.resolver = Resolver(ctx, journal, self.scheduler.running, self.settings.timeouts.resolve_backoff_max)
         try:
             self._api = await start_api(build_app(ApiState(self.settings, journal, self.engine, self.adb,
                                                            self.scheduler, lambda: self.watcher.following,
@@ -158,25 +183,13 @@ class Daemon:
         # Webhook delivery runs until the very end of the daemon (closed after the task group), so events of
         # migrations that finish during shutdown still go out; what is left waits in the outbox.
         self._delivery = tg.create_task(self.webhooks.run(), name="webhooks")
-        self._background = [tg.create_task(self._resolve_unfinished(ctx), name="resolver"),
+        self._background = [tg.create_task(self.resolver.run(), name="resolver"),
                             tg.create_task(self.watcher.run(), name="watcher"),
                             tg.create_task(self._log_ready(), name="ready-reporter")]
 
-    async def _resolve_unfinished(self, ctx: Context) -> None:
-        assert self.journal is not None
-        pending: list[MigrationRecord] = await self.journal.unfinished()
-        while pending:
-            retry = []
-            for record in pending:
-                try:
-                    await resolve(ctx, record)
-                except Unresolved:
-                    retry.append(record)
-                else:
-                    self.metrics.migration_ended(record)
-            pending = retry
-            if pending:
-                await asyncio.sleep(RESOLVE_RETRY_S)
+    def _on_released(self, record: MigrationRecord) -> None:
+        if not record.finished and self.resolver is not None:
+            self.resolver.wake()  # ended unresolved: the resolver asks the device again from now on
 
     async def _on_migration_change(self, record: MigrationRecord) -> None:
         in_flight = len(self.scheduler.active) if self.scheduler is not None else 0

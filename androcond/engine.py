@@ -7,8 +7,9 @@ background task, so the event stream is read here directly from the HTTP respons
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
 
 import aiodocker
@@ -19,21 +20,28 @@ from .errors import AndrocondError
 CALL_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=5)
 # A checkpoint or a restore through the engine takes seconds per hundred MB of memory.
 LONG_CALL_TIMEOUT = aiohttp.ClientTimeout(total=600, sock_connect=5)
+# `docker save`/`load` of a big image over a slow link may take long but must keep moving: no total limit,
+# only a deadline on silence (no byte read for this long).
+TRANSFER_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=120)
 # The event stream is open-ended; a dead engine shows up as EOF or a connection error.
 STREAM_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=5, sock_read=None)
 CHECKPOINT_BLOB_RETRIES = 8
 
 
 class EngineError(AndrocondError):
-    """The Docker engine answered with an error."""
+    """The Docker engine answered with an error (or with something that is not the answer we asked for)."""
 
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
 
 
-class EngineUnreachable(EngineError):
-    """The Docker engine could not be reached (socket missing, refused, connection dropped)."""
+class EngineUnreachable(EngineError, ConnectionError):
+    """The Docker engine could not be reached (socket missing, refused, connection dropped mid-answer)."""
+
+
+class EngineTimeout(EngineUnreachable, TimeoutError):
+    """The Docker engine did not answer in time."""
 
 
 Json = dict[str, Any]
@@ -53,42 +61,65 @@ class Engine:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    async def _call(self, path: str, method: str = "GET", *, params: Mapping[str, Any] | None = None,
-                    data: Any = None, limits: aiohttp.ClientTimeout = CALL_TIMEOUT) -> Any:
+    @contextlib.contextmanager
+    def _errors(self, what: str) -> Iterator[None]:
+        """Every failure of the library below as one of ours (aiohttp's ClientPayloadError and
+        ServerDisconnectedError are not OSErrors; a bad JSON answer is not an EngineError by itself)."""
         try:
-            return await self._docker._query_json(path, method, params=dict(params or {}), data=data,
-                                                  timeout=limits)
+            yield
         except aiodocker.DockerError as exc:
             if exc.status == 900:
                 raise EngineUnreachable(f"Docker engine at {self.host} is unreachable: {exc.message}") from exc
-            raise EngineError(f"Docker engine at {self.host}: {method} {path}: {exc.message}",
-                              exc.status) from exc
-        except (aiohttp.ClientError, OSError, TimeoutError) as exc:
+            raise EngineError(f"Docker engine at {self.host}: {what}: {exc.message}", exc.status) from exc
+        except (TimeoutError, aiohttp.ServerTimeoutError) as exc:
+            raise EngineTimeout(f"Docker engine at {self.host}: {what}: no answer in time") from exc
+        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
             raise EngineUnreachable(
-                f"Docker engine at {self.host} is unreachable: {exc.__class__.__name__}: {exc}") from exc
+                f"Docker engine at {self.host}: {what}: {exc.__class__.__name__}: {exc}") from exc
+        except ValueError as exc:  # json.JSONDecodeError, UnicodeDecodeError
+            raise EngineError(f"Docker engine at {self.host}: {what}: unreadable answer: {exc}") from exc
+
+    async def _call(self, path: str, method: str = "GET", *, params: Mapping[str, Any] | None = None,
+                    data: Any = None, limits: aiohttp.ClientTimeout = CALL_TIMEOUT) -> Any:
+        with self._errors(f"{method} {path}"):
+            return await self._docker._query_json(path, method, params=dict(params or {}), data=data,
+                                                  timeout=limits)
+
+    async def _object(self, path: str, method: str = "GET", **kwargs: Any) -> Json:
+        """A call whose answer must be a JSON object (an engine may answer `null`, e.g. stats of a container
+        that stopped a moment ago)."""
+        result = await self._call(path, method, **kwargs)
+        if not isinstance(result, dict):
+            raise EngineError(f"Docker engine at {self.host}: {method} {path}: expected an object, got "
+                              f"{type(result).__name__}")
+        return result
 
     async def version(self) -> Json:
-        result: Json = await self._call("version")
-        return result
+        return await self._object("version")
 
     async def info(self) -> Json:
-        result: Json = await self._call("info")
-        return result
+        return await self._object("info")
 
     async def list_containers(self, *, label: str | None = None, all_states: bool = False) -> list[Json]:
         params: dict[str, Any] = {"all": all_states}
         if label is not None:
             params["filters"] = json.dumps({"label": [label]})
-        result: list[Json] = await self._call("containers/json", params=params)
-        return result
+        result = await self._call("containers/json", params=params)
+        if not isinstance(result, list):
+            raise EngineError(f"Docker engine at {self.host}: containers/json: expected a list")
+        return [c for c in result if isinstance(c, dict)]
 
     async def inspect_container(self, ref: str) -> Json:
-        result: Json = await self._call(f"containers/{ref}/json")
+        result = await self._object(f"containers/{ref}/json")
+        if not isinstance(result.get("State"), dict):
+            raise EngineError(f"Docker engine at {self.host}: containers/{ref}/json: no State in the answer")
         return result
 
     async def create_container(self, config: Json, *, name: str | None = None) -> str:
         params = {"name": name} if name else {}
-        result: Json = await self._call("containers/create", "POST", params=params, data=config)
+        result = await self._object("containers/create", "POST", params=params, data=config)
+        if not isinstance(result.get("Id"), str):
+            raise EngineError(f"Docker engine at {self.host}: containers/create: no Id in the answer")
         return str(result["Id"])
 
     async def start_container(self, ref: str, *, checkpoint: str | None = None) -> None:
@@ -131,45 +162,35 @@ class Engine:
 
     async def load_image(self, tar_stream: AsyncIterator[bytes]) -> str:
         """`docker load` from a streamed `docker save` tar; returns the engine's report."""
-        try:
+        with self._errors("image load"):
             async with self._docker._query("images/load", "POST", params={"quiet": True}, data=tar_stream,
                                            headers={"Content-Type": "application/x-tar"},
-                                           timeout=LONG_CALL_TIMEOUT) as response:
+                                           timeout=TRANSFER_TIMEOUT) as response:
                 report = (await response.read()).decode(errors="replace")
-        except aiodocker.DockerError as exc:
-            raise EngineError(f"Docker engine at {self.host}: image load: {exc.message}", exc.status) from exc
-        except (aiohttp.ClientError, OSError) as exc:
-            raise EngineUnreachable(f"Docker engine at {self.host}: image load: {exc}") from exc
         if '"error"' in report:
             raise EngineError(f"Docker engine at {self.host}: image load failed: {report.strip()[:500]}")
         return report
 
     async def save_image(self, ref: str) -> AsyncIterator[bytes]:
         """`docker save` of one image as a stream of chunks."""
-        try:
-            async with self._docker._query(f"images/{ref}/get", timeout=LONG_CALL_TIMEOUT) as response:
+        with self._errors(f"image save {ref}"):
+            async with self._docker._query(f"images/{ref}/get", timeout=TRANSFER_TIMEOUT) as response:
                 async for chunk in response.content.iter_chunked(256 * 1024):
                     yield chunk
-        except aiodocker.DockerError as exc:
-            raise EngineError(f"Docker engine at {self.host}: image save {ref}: {exc.message}", exc.status) from exc
 
     async def stats(self, ref: str) -> Json:
         # one-shot: no second sample for CPU percentages (that costs a second).
-        result: Json = await self._call(f"containers/{ref}/stats", params={"stream": False, "one-shot": True})
-        return result
+        return await self._object(f"containers/{ref}/stats", params={"stream": False, "one-shot": True})
 
     async def inspect_volume(self, name: str) -> Json:
-        result: Json = await self._call(f"volumes/{name}")
-        return result
+        return await self._object(f"volumes/{name}")
 
     async def container_logs(self, ref: str) -> str:
         """stdout+stderr of a container without a TTY, demultiplexed."""
-        try:
+        with self._errors(f"logs of {ref}"):
             async with self._docker._query(f"containers/{ref}/logs", params={"stdout": True, "stderr": True},
                                            timeout=CALL_TIMEOUT) as response:
                 raw = await response.read()
-        except aiodocker.DockerError as exc:
-            raise EngineError(f"Docker engine at {self.host}: logs of {ref}: {exc.message}", exc.status) from exc
         return _demux(raw).decode(errors="replace")
 
     async def events(self, *, since: str | None = None,
@@ -181,17 +202,17 @@ class Engine:
         if filters:
             params["filters"] = json.dumps(dict(filters))
         try:
-            async with self._docker._query("events", params=params, timeout=STREAM_TIMEOUT) as response:
-                while line := await response.content.readline():
-                    if line.strip():
-                        yield json.loads(line)
-        except aiodocker.DockerError as exc:
-            raise EngineUnreachable(f"Docker engine at {self.host}: event stream: {exc.message}") from exc
-        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError) as exc:
-            raise EngineUnreachable(
-                f"Docker engine at {self.host}: event stream broke: {exc.__class__.__name__}: {exc}") from exc
-        except json.JSONDecodeError as exc:
-            raise EngineError(f"Docker engine at {self.host}: event stream sent invalid JSON: {exc}") from exc
+            with self._errors("event stream"):
+                async with self._docker._query("events", params=params, timeout=STREAM_TIMEOUT) as response:
+                    while line := await response.content.readline():
+                        if line.strip():
+                            yield json.loads(line)
+        except EngineUnreachable:
+            raise
+        except EngineError as exc:
+            if exc.status is not None:  # the engine refused the stream itself: as unreachable, retried
+                raise EngineUnreachable(str(exc), exc.status) from exc
+            raise
 
 
 def _demux(raw: bytes) -> bytes:

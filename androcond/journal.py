@@ -16,12 +16,11 @@ from typing import Any
 
 from .errors import AndrocondError
 from .sqlite_thread import SqliteThread
+from .states import FROZEN, INITIAL, TERMINAL, IllegalTransition, MigrationState, allowed
 
-STATES = ("requested", "preflight", "checkpointing", "streaming", "restoring", "done", "rolling-back",
-          "rolled-back", "rejected", "failed")
-TERMINAL = frozenset({"done", "rolled-back", "rejected", "failed"})
-# States in which the source container may be frozen (checkpointed and stopped).
-FROZEN = frozenset({"checkpointing", "streaming", "restoring", "rolling-back"})
+__all__ = ["FROZEN", "TERMINAL", "IllegalTransition", "Journal", "JournalError", "MigrationRecord",
+           "MigrationState"]
+
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS migrations (
@@ -54,6 +53,10 @@ class JournalError(AndrocondError):
     pass
 
 
+class TransitionRefused(JournalError, IllegalTransition):
+    """The journal refused a transition the state machine does not allow (a bug, never a user error)."""
+
+
 @dataclass
 class MigrationRecord:
     id: str
@@ -61,7 +64,7 @@ class MigrationRecord:
     container_name: str
     device: str
     origin: str  # label, api
-    state: str = "requested"
+    state: MigrationState = MigrationState.REQUESTED
     keep_source: bool = False
     checkpoint_name: str = ""
     target_container_id: str = ""
@@ -90,6 +93,7 @@ def _row_to_record(row: sqlite3.Row) -> MigrationRecord:
     data = dict(row)
     data["keep_source"] = bool(data["keep_source"])
     data["timings"] = json.loads(data["timings"])
+    data["state"] = MigrationState(data["state"])
     return MigrationRecord(**data)
 
 
@@ -113,6 +117,9 @@ class Journal:
         return self._sqlite.db
 
     async def create(self, record: MigrationRecord) -> None:
+        if record.state not in INITIAL:
+            raise TransitionRefused(record.id, "(new)", record.state)
+
         def insert() -> None:
             values = record.as_json()
             values["timings"] = json.dumps(values["timings"])
@@ -134,6 +141,8 @@ class Journal:
                 previous = self.db.execute("SELECT state FROM migrations WHERE id = ?", (record.id,)).fetchone()
                 if previous is None:
                     raise sqlite3.IntegrityError(f"no migration {record.id}")
+                if not allowed(MigrationState(previous["state"]), record.state):
+                    raise TransitionRefused(record.id, previous["state"], record.state)
                 self.db.execute(
                     "UPDATE migrations SET state=?, target_container_id=?, error=?, bytes_sent=?, timings=?, "
                     "updated_at=? WHERE id=?",

@@ -1,10 +1,11 @@
 """One migration, end to end: preflight → checkpoint → stream → restore on the device → done, or a rollback
 that restores the container at the source. Every transition is journaled before it takes effect.
 
-Exactly once: the source checkpoint is kept until the agent confirms the container runs on the device. A
-migration that fails before the commit was sent is rolled back at the source at once; one that fails after
-(the link broke while the device restored) asks the agent first and rolls back only on its word that the
-container is not running there. Without an answer it stays unresolved and :func:`resolve` retries later.
+Exactly once: the source checkpoint is kept until the agent confirms the container runs on the device.
+Whatever a migration raises — our errors, a library's, a bug — :meth:`Migration.run` contains it and settles
+the container with one decision (:func:`androcond.states.decide`), the same one :func:`resolve` applies
+after a restart: nothing frozen → failed; frozen, no commit sent → roll back at the source; commit sent →
+ask the device, and without its answer stay unresolved (the daemon's resolver asks again), never guess.
 """
 
 from __future__ import annotations
@@ -16,18 +17,20 @@ import platform
 import shutil
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 from . import popcorn, runc
 from .adb_link import AdbClient, AdbError
-from .config import Settings
+from .config import Settings, TimeoutSettings
 from .devices import DeviceError, agent_endpoint
 from .engine import Engine, EngineError
 from .errors import AndrocondError
-from .journal import FROZEN, Journal, MigrationRecord
+from .faults import inject
+from .journal import Journal, MigrationRecord
 from .layer import LayerError, checkpoint_files, tree_files
 from .logging import get_logger, log_context
 from .payload import OutgoingFile, Progress
@@ -35,21 +38,33 @@ from .popcorn import PopcornError
 from .protocol import protocol_pb2 as pb
 from .recoder import RecodeOptions, RecodeRefused, VdsoTemplate, preflight_processes, recode_async
 from .rootfs import container_root
-from .transport import AgentConnection, AgentRefused, TransportError
+from .states import FROZEN, Action, DeviceAnswer, MigrationState, allowed, decide, device_answer, needs_device
+from .transport import AgentConnection, AgentRefused, PhaseTimeouts, TransportError
 
 log = get_logger(__name__)
+S = MigrationState
 
 # Room kept on the device beyond the estimate (CRIU work files, engine metadata).
 SPACE_MARGIN = 128 * 1024 * 1024
+# How often a device that is still busy with a migration (receiving, restoring) is asked again.
+BUSY_POLL_S = 0.2
 
 
 class Rejected(AndrocondError):
     """Preflight refused the migration; nothing was frozen and the container keeps running at the source."""
 
 
-class Unresolved(AndrocondError):
-    """The device may or may not run the container (no answer from the agent): never restore at the source
-    on a guess. The journal keeps the migration open for the resolver."""
+class PhaseBudgetSpent(AndrocondError, TimeoutError):
+    """A phase of the migration ran past its deadline (`[timeouts]`)."""
+
+    def __init__(self, phase: str, seconds: float) -> None:
+        super().__init__(f"the {phase} phase did not finish within {seconds:g}s")
+        self.phase = phase
+        self.seconds = seconds
+
+
+class DeviceDidNotRestore(TransportError):
+    """The agent answered the commit: it did not restore the container (its own error is the message)."""
 
 
 @dataclass(frozen=True)
@@ -64,7 +79,8 @@ class Context:
     journal: Journal
     engine: Engine
     adb: AdbClient
-    # Called after each journaled transition (webhooks, systemd status) and when a migration ends (metrics).
+    # Called after each journaled transition (webhooks, systemd status) and when a migration ends (metrics,
+    # or the resolver when it ended unresolved).
     on_change: Callable[[MigrationRecord], Awaitable[None]] | None = None
     on_end: Callable[[MigrationRecord], None] | None = None
 
@@ -75,19 +91,49 @@ def new_record(container_id: str, container_name: str, device: str, origin: str,
                            origin=origin, keep_source=keep_source, checkpoint_name=f"androcond-{mid[:12]}")
 
 
+def phase_timeouts(t: TimeoutSettings) -> PhaseTimeouts:
+    return PhaseTimeouts(connect=t.connect, hello=t.connect, begin=t.preflight, file_ack=t.file_ack,
+                         image_ack=t.image, commit=t.commit, query=t.query, stream_idle=t.stream_idle)
+
+
 def target_config(inspect: dict[str, Any]) -> dict[str, Any]:
     """The device's `containers/create` body: the same image, command and environment, named volumes."""
-    cfg = inspect["Config"]
+    cfg = inspect.get("Config") or {}
     host = inspect.get("HostConfig") or {}
+    if not cfg.get("Image"):
+        raise Rejected("the engine did not say which image the container runs")
     labels = {k: v for k, v in (cfg.get("Labels") or {}).items() if not k.startswith("androcond.")}
     mounts = [{"Type": "volume", "Source": m["Name"], "Target": m["Destination"], "ReadOnly": not m.get("RW", True)}
-              for m in inspect.get("Mounts") or [] if m.get("Type") == "volume"]
+              for m in inspect.get("Mounts") or [] if m.get("Type") == "volume" and m.get("Name")]
     config: dict[str, Any] = {key: cfg[key] for key in ("Image", "Cmd", "Entrypoint", "Env", "WorkingDir", "User",
                                                         "Tty", "OpenStdin", "StdinOnce", "StopSignal", "Hostname")
                               if cfg.get(key) not in (None, "")}
     config["Labels"] = labels
     config["HostConfig"] = {"Mounts": mounts, "NetworkMode": host.get("NetworkMode") or "default"}
     return config
+
+
+def upper_dir(inspect: dict[str, Any]) -> Path:
+    driver = inspect.get("GraphDriver") or {}
+    upper = (driver.get("Data") or {}).get("UpperDir")
+    if driver.get("Name") != "overlay2" or not upper:
+        raise Rejected("the source engine's storage driver is not overlay2")
+    return Path(str(upper))
+
+
+def named_volumes(inspect: dict[str, Any]) -> list[tuple[str, Path]]:
+    return [(str(m["Name"]), Path(str(m["Source"])))
+            for m in inspect.get("Mounts") or [] if m.get("Type") == "volume" and m.get("Name") and m.get("Source")]
+
+
+def memory_usage(stats: object) -> int:
+    """Bytes of memory in use from the engine's stats, 0 when it does not say (a container that stopped a
+    moment ago, e.g. frozen by another tool, answers without memory_stats)."""
+    if not isinstance(stats, dict):
+        return 0
+    memory = stats.get("memory_stats")
+    usage = memory.get("usage") if isinstance(memory, dict) else None
+    return usage if isinstance(usage, int) and usage > 0 else 0
 
 
 def _tree_size(root: Path) -> int:
@@ -101,10 +147,40 @@ def _tree_size(root: Path) -> int:
     return total
 
 
+@asynccontextmanager
+async def _budget(phase: str, seconds: float) -> AsyncIterator[None]:
+    try:
+        async with asyncio.timeout(seconds):
+            yield
+    except TimeoutError as exc:
+        if isinstance(exc, AndrocondError):  # a deadline of a layer below, already named
+            raise
+        raise PhaseBudgetSpent(phase, seconds) from exc
+
+
+# Settle tasks that outlive a cancelled migration (shutdown): owned here until they end; the daemon waits
+# for them within its shutdown budget.
+_settling: set[asyncio.Task[None]] = set()
+
+
+async def wait_for_settling(budget_s: float) -> int:
+    """Wait (bounded) for rollbacks started by cancelled migrations; return how many are still running."""
+    pending = set(_settling)
+    if pending:
+        await asyncio.wait(pending, timeout=budget_s)
+    return sum(1 for task in pending if not task.done())
+
+
+def cancel_settling() -> None:
+    for task in _settling:
+        task.cancel()
+
+
 class Migration:
     def __init__(self, ctx: Context, record: MigrationRecord) -> None:
         self.ctx = ctx
         self.record = record
+        self.timeouts = ctx.settings.timeouts
         self.progress = Progress()
         self._started = time.monotonic()
         self._frozen_at: float | None = None
@@ -112,74 +188,208 @@ class Migration:
         self._cross: CrossIsa | None = None  # set by preflight for an x86_64 → aarch64 move
         self._profile: str | None = None
 
-    async def _set(self, state: str, detail: str = "") -> None:
+    async def _set(self, state: MigrationState, detail: str = "") -> None:
+        if not allowed(self.record.state, state):
+            raise AssertionError(f"{self.record.state} → {state} is not a legal transition")
         self.record.state = state
         await self.ctx.journal.save(self.record, detail)
-        log.info("migration state", state=state, **({"detail": detail} if detail else {}))
+        log.info("migration state", state=str(state), **({"detail": detail} if detail else {}))
         if self.ctx.on_change is not None:
             await self.ctx.on_change(self.record)
 
     def _time(self, name: str, since: float) -> None:
         self.record.timings[name] = round(time.monotonic() - since, 3)
 
+    # --- the supervisor ------------------------------------------------------------------------------------
     async def run(self) -> MigrationRecord:
+        """Never raises but CancelledError: any failure ends in a settled (or knowingly unresolved) record."""
         with log_context(migration_id=self.record.id, container=self.record.container_name,
                          device=self.record.device):
             try:
                 await self._migrate()
-            except Rejected as exc:
-                if self.record.state in FROZEN:  # a refusal can only mean "nothing frozen" before the freeze
-                    await self._recover(str(exc))
-                else:
-                    self.record.error = str(exc)
-                    await self._set("rejected", str(exc))
-            except Unresolved as exc:
-                self.record.error = str(exc)
-                await self.ctx.journal.save(self.record, str(exc))
-                log.error("migration unresolved; will ask the device again", error=str(exc))
             except asyncio.CancelledError:
-                # Shutdown or an outside cancel: never leave the container frozen.
-                await asyncio.shield(self._recover("cancelled (daemon shutting down)"))
+                # Shutdown or an outside cancel: never leave the container frozen. The settle task is owned
+                # by _settling, so a second cancel cannot orphan it half-way.
+                task = asyncio.create_task(self._settle_safely("cancelled (daemon shutting down)"),
+                                           name=f"settle-{self.record.id[:8]}")
+                _settling.add(task)
+                task.add_done_callback(_settling.discard)
+                await asyncio.shield(task)
                 raise
-            except (AndrocondError, OSError) as exc:
-                await self._recover(str(exc))
+            except Exception as exc:
+                await self._contain(exc)
             finally:
                 await asyncio.to_thread(shutil.rmtree, self._recode_dir(), True)
-            self._time("total_s", self._started)
-            await self.ctx.journal.save(self.record)
-            if self.ctx.on_end is not None:
-                self.ctx.on_end(self.record)
+            await self._end()
             return self.record
 
+    async def _contain(self, exc: Exception) -> None:
+        record = self.record
+        if record.finished:
+            # E.g. the adb forward could not be removed after "done": the migration stays done.
+            log.warning("error after the migration finished; it stays finished", state=str(record.state),
+                        error=str(exc))
+            return
+        expected = isinstance(exc, AndrocondError | OSError)
+        if expected:
+            reason = str(exc)
+        else:
+            reason = f"internal error in {record.state}: {exc.__class__.__name__}: {exc}"
+            log.error("migration hit an unexpected error", state=str(record.state), error=reason, exc_info=exc)
+        rejected = isinstance(exc, Rejected) or (expected and record.state == S.PREFLIGHT)
+        known = DeviceAnswer.NOT_RUNNING if isinstance(exc, DeviceDidNotRestore) else None
+        await self._settle_safely(reason, rejected=rejected, known=known)
+
+    async def _settle_safely(self, reason: str, *, rejected: bool = False,
+                             known: DeviceAnswer | None = None) -> None:
+        try:
+            await self.settle(reason, rejected=rejected, known=known)
+        except Exception as exc:  # the journal or the engine failed while settling: the resolver retries
+            log.error("could not settle the migration; the resolver will", error=str(exc), exc_info=exc)
+            self.record.error = f"{reason}; settling failed: {exc}"
+
+    async def _end(self) -> None:
+        self._time("total_s", self._started)
+        try:
+            await self.ctx.journal.save(self.record)
+        except Exception as exc:
+            log.error("could not save the migration's timings", error=str(exc))
+        if self.ctx.on_end is not None:
+            try:
+                self.ctx.on_end(self.record)
+            except Exception as exc:
+                log.error("migration end hook failed", error=str(exc), exc_info=exc)
+
+    # --- settling: one decision, in flight and after a restart ----------------------------------------------
+    async def settle(self, reason: str, *, rejected: bool = False, known: DeviceAnswer | None = None) -> bool:
+        """Bring the container to exactly once after `reason`; True once the migration is finished."""
+        record = self.record
+        state = record.state
+        answer, outcome = DeviceAnswer.NOT_ASKED, None
+        if needs_device(state):
+            if known is not None:
+                answer = known
+            else:
+                answer, outcome = await self._ask_device()
+        action = decide(state, answer)
+        log.info("settling", state=str(state), device_says=str(answer), action=str(action), reason=reason)
+        if action == Action.NOTHING:
+            return True
+        if action == Action.FAIL:
+            record.error = reason
+            await self._set(S.REJECTED if rejected else S.FAILED, reason)
+        elif action == Action.ROLL_BACK:
+            record.error = reason
+            await self.rollback(reason)
+        elif action == Action.FINISH:
+            assert outcome is not None
+            await self._finish(outcome, "the device confirmed the restore after: " + reason)
+        else:
+            record.error = f"{reason}; the device could not say whether it runs the container ({answer})"
+            await self.ctx.journal.save(record, record.error)
+            log.error("migration unresolved; will ask the device again", error=record.error)
+            return False
+        return True
+
+    async def _ask_device(self) -> tuple[DeviceAnswer, pb.Outcome | None]:
+        """What the agent says of this migration; waits (bounded) while it is still receiving or restoring."""
+        device = self.ctx.settings.devices.get(self.record.device)
+        if device is None:
+            log.error("the device is no longer configured; cannot ask it", device=self.record.device)
+            return DeviceAnswer.NO_ANSWER, None
+        outcome: pb.Outcome | None = None
+        try:
+            async with asyncio.timeout(self.timeouts.settle), agent_endpoint(device, self.ctx.adb) as endpoint, \
+                    await AgentConnection.open(endpoint, phase_timeouts(self.timeouts)) as link:
+                while True:
+                    outcome = await link.query(self.record.id)
+                    answer = device_answer(outcome.state)
+                    if answer != DeviceAnswer.BUSY:
+                        return answer, outcome
+                    await asyncio.sleep(BUSY_POLL_S)  # the agent is finishing what it started; ask again
+        except TimeoutError:
+            return (DeviceAnswer.BUSY if outcome is not None else DeviceAnswer.NO_ANSWER), outcome
+        except (TransportError, AdbError, DeviceError) as exc:
+            log.warning("cannot ask the device", error=str(exc))
+            return DeviceAnswer.NO_ANSWER, None
+
+    async def _finish(self, outcome: pb.Outcome, detail: str) -> None:
+        self.record.target_container_id = outcome.container_id
+        if self._frozen_at is not None:
+            self._time("downtime_s", self._frozen_at)
+        # "done" means all is settled: the source goes first (a crash in between is resolved as done too).
+        await self._finish_source()
+        await self._set(S.DONE, detail)
+
+    async def _finish_source(self) -> None:
+        """Remove the stopped source (unless kept). It runs on the device already: a failure here is logged
+        and recorded, never a reason to call the migration failed."""
+        if self.record.keep_source:
+            return
+        try:
+            inject("finish-source")
+            await self.ctx.engine.remove_container(self.record.container_id, force=True)
+        except Exception as exc:
+            log.warning("could not remove the source container; remove it by hand", error=str(exc),
+                        exc_info=not isinstance(exc, AndrocondError))
+            self.record.error = f"the source container was not removed: {exc}"
+
+    async def rollback(self, reason: str) -> None:
+        if self.record.state != S.ROLLING_BACK:
+            await self._set(S.ROLLING_BACK, reason)
+        try:
+            state = (await self.ctx.engine.inspect_container(self.record.container_id))["State"]
+            if not state.get("Running"):
+                await self.ctx.engine.start_container(self.record.container_id,
+                                                      checkpoint=self.record.checkpoint_name)
+        except EngineError as exc:
+            self.record.error = (f"{reason}; restoring at the source also failed: {exc} (checkpoint "
+                                 f"{self.record.checkpoint_name} kept: docker start --checkpoint "
+                                 f"{self.record.checkpoint_name} {self.record.container_name})")
+            await self._set(S.FAILED, self.record.error)
+            return
+        await self._set(S.ROLLED_BACK, reason)
+
+    # --- the way there ---------------------------------------------------------------------------------------
     async def _migrate(self) -> None:
         record = self.record
         ctx = self.ctx
+        t = self.timeouts
         device = ctx.settings.devices.get(record.device)
         if device is None:
             raise Rejected(f"unknown device {record.device!r}")
-        await self._set("preflight")
+        await self._set(S.PREFLIGHT)
         t0 = time.monotonic()
-        inspect = await self._inspect_source()
-        self._source_root = Path(str((await ctx.engine.info())["DockerRootDir"]))
         try:
             async with agent_endpoint(device, ctx.adb) as endpoint:
-                try:
-                    link = await AgentConnection.open(endpoint)
-                except TransportError as exc:
-                    raise Rejected(f"device {record.device} is not reachable: {exc}") from exc
+                async with _budget("preflight", t.preflight):
+                    inspect = await self._inspect_source()
+                    self._source_root = Path(str((await ctx.engine.info()).get("DockerRootDir") or
+                                                 "/var/lib/docker"))
+                    try:
+                        link = await AgentConnection.open(endpoint, phase_timeouts(t))
+                    except TransportError as exc:
+                        raise Rejected(f"device {record.device} is not reachable: {exc}") from exc
                 async with link:
-                    estimate = await self._preflight(link, inspect)
-                    # The target container is made (and the image shipped) while the source still runs:
-                    # none of that belongs in the downtime.
-                    await self._prepare(link, inspect, estimate)
+                    async with _budget("preflight", t.preflight):
+                        inject("preflight")
+                        estimate = await self._preflight(link, inspect)
+                        # The target container is made (and the image shipped) while the source still runs:
+                        # none of that belongs in the downtime.
+                        need_image = await self._prepare(link, inspect, estimate)
+                    if need_image:
+                        async with _budget("image", t.image):
+                            await self._ship_image(link, str(inspect["Config"]["Image"]))
                     self._time("preflight_s", t0)
                     if self._cross is not None:
                         await self._notify(self._cross)
-                    await self._checkpoint(inspect)
-                    sent = await self._stream(link, inspect)
+                    async with _budget("checkpoint", t.checkpoint):
+                        await self._checkpoint(inspect)
+                    async with _budget("stream", t.stream):
+                        sent = await self._stream(link, inspect)
                     await self._commit(link, sent)
         except (AdbError, DeviceError) as exc:
-            if record.state == "preflight":
+            if record.state == S.PREFLIGHT:
                 raise Rejected(f"device {record.device} is not reachable: {exc}") from exc
             raise
 
@@ -202,10 +412,8 @@ class Migration:
         host_isa = platform.machine()
         if link.hello.isa != host_isa:
             self._cross = await self._cross_isa_preflight(link.hello, host_isa, inspect)
-        if inspect.get("GraphDriver", {}).get("Name") != "overlay2":
-            raise Rejected("the source engine's storage driver is not overlay2")
-        upper = Path(inspect["GraphDriver"]["Data"]["UpperDir"])
-        volumes = [Path(m["Source"]) for m in inspect.get("Mounts") or [] if m.get("Type") == "volume"]
+        upper = upper_dir(inspect)
+        volumes = [source for _name, source in named_volumes(inspect)]
         disk = await asyncio.to_thread(lambda: sum(_tree_size(p) for p in [upper, *volumes]))
         memory = await self._memory_usage()
         needed = disk + memory + SPACE_MARGIN
@@ -220,7 +428,7 @@ class Migration:
             raise Rejected(f"cannot move from {host_isa} to a {hello.isa} device (only x86_64 → aarch64 is recoded)")
         if not hello.vdso:
             raise Rejected("the aarch64 device did not report its vdso (agent too old?)")
-        pids = await asyncio.to_thread(popcorn.task_tree, int(inspect["State"]["Pid"]))
+        pids = await asyncio.to_thread(popcorn.task_tree, int(inspect["State"].get("Pid") or 0))
         try:
             await asyncio.to_thread(preflight_processes, pids, "x86_64", "aarch64")
         except RecodeRefused as exc:
@@ -241,6 +449,7 @@ class Migration:
 
     async def _recode(self, inspect: dict[str, Any]) -> Path:
         """The images as the device needs them: recoded for its ISA and/or its profile, else as dumped."""
+        inject("recode")
         source = self._checkpoint_dir()
         if self._cross is None and self._profile is None:
             return source
@@ -249,25 +458,26 @@ class Migration:
         await asyncio.to_thread(shutil.rmtree, out, True)
         options = RecodeOptions(target="aarch64" if self._cross else platform.machine(), profile=self._profile,
                                 vdso=self._cross.vdso if self._cross else None)
-        if self._cross is not None:
-            async with container_root(inspect) as root:
-                await recode_async(source, out, replace(options, root=root))
-        else:
-            await recode_async(source, out, options)
+        async with _budget("recode", self.timeouts.recode):
+            if self._cross is not None:
+                async with container_root(inspect) as root:
+                    await recode_async(source, out, replace(options, root=root))
+            else:
+                await recode_async(source, out, options)
         self._time("recode_s", t0)
         return out
 
     async def _memory_usage(self) -> int:
         try:
-            stats = await self.ctx.engine.stats(self.record.container_id)
-        except EngineError:
+            return memory_usage(await self.ctx.engine.stats(self.record.container_id))
+        except EngineError as exc:
+            log.info("no memory figure from the engine; estimating without it", error=str(exc))
             return 0
-        return int((stats.get("memory_stats") or {}).get("usage") or 0)
 
     async def _checkpoint(self, inspect: dict[str, Any]) -> None:
-        await self._set("checkpointing")
+        await self._set(S.CHECKPOINTING)
         docker = self.ctx.settings.docker
-        restart = str((inspect.get("HostConfig") or {}).get("RestartPolicy", {}).get("Name") or "")
+        restart = str(((inspect.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name") or "")
         fast = docker.checkpoint == "runc" and runc.usable(docker.runc_root, self.record.container_id, restart)
         self._frozen_at = time.monotonic()
         if fast:
@@ -279,12 +489,14 @@ class Migration:
             await self.ctx.engine.create_checkpoint(self.record.container_id, self.record.checkpoint_name)
             self._time("checkpoint_s", self._frozen_at)
         log.info("checkpointed", via="runc" if fast else "engine", seconds=self.record.timings["checkpoint_s"])
+        inject("checkpoint")
 
     def _checkpoint_dir(self) -> Path:
         return self._source_root / "containers" / self.record.container_id / "checkpoints" / \
             self.record.checkpoint_name
 
-    async def _prepare(self, link: AgentConnection, inspect: dict[str, Any], estimate: int) -> None:
+    async def _prepare(self, link: AgentConnection, inspect: dict[str, Any], estimate: int) -> bool:
+        """Begin on the device: it creates the target container now. True when it lacks the image."""
         config = target_config(inspect)
         begin = pb.Begin(migration_id=self.record.id, container_name=self.record.container_name,
                          image=str(config["Image"]), create_config_json=json.dumps(config),
@@ -293,19 +505,23 @@ class Migration:
             ack = await link.begin(begin)
         except AgentRefused as exc:
             raise Rejected(f"the device refused: {exc}") from exc
-        if ack.need_image:
-            image = str(config["Image"])
-            log.info("shipping the image to the device", image=image)
+        return bool(ack.need_image)
+
+    async def _ship_image(self, link: AgentConnection, image: str) -> None:
+        log.info("shipping the image to the device", image=image)
+        try:
             await link.send_files([OutgoingFile(pb.IMAGE_TAR, "image.tar",
                                                 stream=lambda: self.ctx.engine.save_image(image))])
+        except TransportError as exc:
+            raise Rejected(f"shipping the image {image} to the device failed: {exc}") from exc
 
     async def _stream(self, link: AgentConnection, inspect: dict[str, Any]) -> int:
         """Send the checkpoint, the writable layer and the volumes (read now that the container is stopped)."""
-        await self._set("streaming")
+        await self._set(S.STREAMING)
+        inject("stream")
         t0 = time.monotonic()
-        upper = Path(inspect["GraphDriver"]["Data"]["UpperDir"])
-        volumes = [(str(m["Name"]), Path(m["Source"]))
-                   for m in inspect.get("Mounts") or [] if m.get("Type") == "volume"]
+        upper = upper_dir(inspect)
+        volumes = named_volumes(inspect)
 
         images = await self._recode(inspect)
 
@@ -328,106 +544,29 @@ class Migration:
         self.progress = progress
 
     async def _commit(self, link: AgentConnection, file_count: int) -> None:
-        await self._set("restoring")
+        await self._set(S.RESTORING)
+        inject("commit")
         t0 = time.monotonic()
-        try:
-            outcome = await link.commit(file_count)
-        except TransportError as exc:
-            # The device may have restored before the link broke: only the agent can say.
-            outcome = await self._ask_agent(exc)
+        outcome = await link.commit(file_count)  # a broken link here is settled by asking the device
         self._time("restore_s", t0)
         if outcome.state != "running":
-            raise TransportError(f"the device did not restore the container: {outcome.error or outcome.state}")
-        self.record.target_container_id = outcome.container_id
-        if self._frozen_at is not None:
-            self._time("downtime_s", self._frozen_at)
-        # "done" means all is settled: the source goes first (a crash in between is resolved as done too).
-        await self._finish_source()
-        await self._set("done", f"running on {self.record.device} as {outcome.container_id[:12]}")
-
-    async def _ask_agent(self, cause: BaseException) -> pb.Outcome:
-        device = self.ctx.settings.devices[self.record.device]
-        try:
-            async with agent_endpoint(device, self.ctx.adb) as endpoint, \
-                    await AgentConnection.open(endpoint) as link:
-                async with asyncio.timeout(60):
-                    while True:
-                        outcome = await link.query(self.record.id)
-                        if outcome.state not in ("receiving", "restoring"):
-                            return outcome
-                        await asyncio.sleep(0.2)  # the agent is still finishing the restore it started
-        except (TransportError, AdbError, DeviceError, TimeoutError) as exc:
-            raise Unresolved(f"lost the device during the restore ({cause}) and cannot ask it: {exc}") from exc
-
-    async def _finish_source(self) -> None:
-        if self.record.keep_source:
-            return
-        try:
-            await self.ctx.engine.remove_container(self.record.container_id, force=True)
-        except EngineError as exc:
-            log.warning("could not remove the source container", error=str(exc))
-
-    async def _recover(self, reason: str) -> None:
-        """After a failure: restore at the source if (and only if) the device does not run the container."""
-        record = self.record
-        record.error = reason
-        log.warning("migration failed", state=record.state, error=reason)
-        if record.state == "restoring":
-            try:
-                outcome = await self._ask_agent(TransportError(reason))
-            except Unresolved as exc:
-                record.error = str(exc)
-                await self.ctx.journal.save(record, str(exc))
-                return
-            if outcome.state == "running":
-                record.target_container_id = outcome.container_id
-                await self._finish_source()
-                await self._set("done", "the device confirmed the restore after an error")
-                return
-        if record.state not in FROZEN:
-            # Nothing was frozen: the container never stopped running at the source.
-            await self._set("failed" if record.state != "preflight" else "rejected", reason)
-            return
-        await self.rollback(reason)
-
-    async def rollback(self, reason: str) -> None:
-        await self._set("rolling-back", reason)
-        try:
-            state = (await self.ctx.engine.inspect_container(self.record.container_id))["State"]
-            if not state.get("Running"):
-                await self.ctx.engine.start_container(self.record.container_id,
-                                                      checkpoint=self.record.checkpoint_name)
-        except EngineError as exc:
-            self.record.error = (f"{reason}; restoring at the source also failed: {exc} (checkpoint "
-                                 f"{self.record.checkpoint_name} kept: docker start --checkpoint "
-                                 f"{self.record.checkpoint_name} {self.record.container_name})")
-            await self._set("failed", self.record.error)
-            return
-        await self._set("rolled-back", reason)
+            raise DeviceDidNotRestore(f"the device did not restore the container: {outcome.error or outcome.state}")
+        await self._finish(outcome, f"running on {self.record.device} as {outcome.container_id[:12]}")
 
 
-async def resolve(ctx: Context, record: MigrationRecord) -> MigrationRecord:
-    """Settle a migration a previous daemon left unfinished (crash, SIGKILL, power loss)."""
+async def resolve(ctx: Context, record: MigrationRecord) -> bool:
+    """Settle a migration left unfinished (a previous daemon's crash, or one that ended unresolved): the
+    same decision as in flight. True once it is finished."""
     migration = Migration(ctx, record)
     with log_context(migration_id=record.id, container=record.container_name, device=record.device):
-        log.info("resolving an unfinished migration", state=record.state)
-        if record.state not in FROZEN:
-            await migration._set("failed", "the daemon stopped before anything was frozen")
-            return record
-        if record.state != "restoring":
-            # No commit was sent: the device cannot be running it (its agent discards what it received).
-            await migration.rollback("the daemon restarted before the device was asked to restore")
-            return record
-        try:
-            outcome = await migration._ask_agent(TransportError("the daemon restarted"))
-        except Unresolved as exc:
-            log.error("cannot resolve yet", error=str(exc))
-            raise
-        if outcome.state == "running":
-            record.target_container_id = outcome.container_id
-            await migration._finish_source()
-            await migration._set("done", "the device had restored it before the daemon restarted")
+        log.info("resolving an unfinished migration", state=str(record.state))
+        if record.state == S.RESTORING:
+            reason = record.error or "the outcome of the restore on the device was not known"
+        elif record.state in FROZEN:
+            reason = "the daemon stopped before the device was asked to restore"
         else:
-            await migration.rollback(f"the daemon restarted mid-migration; device says {outcome.state}")
-        return record
-
+            reason = "the daemon stopped before anything was frozen"
+        finished = await migration.settle(reason)
+        if finished and ctx.on_end is not None:
+            ctx.on_end(record)
+        return finished

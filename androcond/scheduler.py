@@ -1,5 +1,6 @@
 """Which migrations run when: at most `max_migrations` at once overall and one per container; requests
-beyond the limit wait (they do not fail). Every migration is a task of the daemon's task group."""
+beyond the limit wait (they do not fail). Every migration is a task of the daemon's task group, run under a
+supervisor: whatever one migration raises stays in that migration."""
 
 from __future__ import annotations
 
@@ -10,13 +11,16 @@ from .errors import AndrocondError
 from .journal import Journal, MigrationRecord
 from .logging import get_logger, log_context
 from .pipeline import Context, Migration, new_record
+from .states import MigrationState
 
 log = get_logger(__name__)
 
 
 class AlreadyMigrating(AndrocondError):
     def __init__(self, record: MigrationRecord) -> None:
-        super().__init__(f"container {record.container_name} is already being migrated ({record.id})")
+        what = "being migrated" if record.state != MigrationState.RESTORING or not record.error else \
+            "waiting for its device to say whether it runs there"
+        super().__init__(f"container {record.container_name} is already {what} ({record.id})")
         self.record = record
 
 
@@ -25,38 +29,59 @@ class SchedulerClosed(AndrocondError):
 
 
 class Scheduler:
-    def __init__(self, ctx: Context, journal: Journal, limit: int, spawn: Callable[..., asyncio.Task[None]]) -> None:
+    def __init__(self, ctx: Context, journal: Journal, limit: int, spawn: Callable[..., asyncio.Task[None]],
+                 on_released: Callable[[MigrationRecord], None] | None = None) -> None:
         self.ctx = ctx
         self.journal = journal
         self._slots = asyncio.Semaphore(limit)
         self._spawn = spawn
+        self._on_released = on_released  # a migration left our hands (finished or unresolved)
         self.active: dict[str, MigrationRecord] = {}  # by container id
         self.running_migrations: dict[str, Migration] = {}  # by migration id, for live progress
         self._tasks: set[asyncio.Task[None]] = set()
+        self._saves: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self.closed = False
 
+    def running(self, migration_id: str) -> bool:
+        return any(record.id == migration_id for record in self.active.values())
+
     async def submit(self, container_id: str, container_name: str, device: str, *, origin: str,
                      keep_source: bool = False, delay_s: float = 0.0) -> MigrationRecord:
+        # Checks and the reservation happen before the first await: drain() and a second submit of the
+        # same container see this admission at once.
         if self.closed:
             raise SchedulerClosed("the daemon is shutting down; no new migrations")
         if container_id in self.active:
             raise AlreadyMigrating(self.active[container_id])
         record = new_record(container_id, container_name, device, origin, keep_source)
         self.active[container_id] = record
+        self._idle.clear()
+        spawned = False
         try:
+            last = await self.journal.last_for_container(container_id)
+            if last is not None and not last.finished:
+                raise AlreadyMigrating(last)  # unresolved: only the device can say where it runs
+            if self.closed:
+                raise SchedulerClosed("the daemon is shutting down; no new migrations")
             await self.journal.create(record)
-        except BaseException:
-            del self.active[container_id]
-            raise
+            task = self._spawn(self._run(record, delay_s), name=f"migration-{record.id[:8]}")
+            spawned = True
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        finally:
+            if not spawned:
+                self._release(record)
         if self.ctx.on_change is not None:
             await self.ctx.on_change(record)
-        self._idle.clear()
-        task = self._spawn(self._run(record, delay_s), name=f"migration-{record.id[:8]}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
         return record
+
+    def _release(self, record: MigrationRecord) -> None:
+        if self.active.get(record.container_id) is record:
+            del self.active[record.container_id]
+        if not self.active:
+            self._idle.set()
 
     async def _run(self, record: MigrationRecord, delay_s: float) -> None:
         with log_context(migration_id=record.id, container=record.container_name):
@@ -72,17 +97,22 @@ class Scheduler:
                     finally:
                         del self.running_migrations[record.id]
             except asyncio.CancelledError:
-                if record.state == "requested":  # cancelled while queued: nothing happened
-                    record.state, record.error = "failed", "cancelled before it started (daemon shutting down)"
-                    await asyncio.shield(self.journal.save(record, record.error))
+                if record.state == MigrationState.REQUESTED:  # cancelled while queued: nothing happened
+                    record.state, record.error = MigrationState.FAILED, "cancelled before it started (shutdown)"
+                    saving = asyncio.create_task(self.journal.save(record, record.error))
+                    self._saves.add(saving)  # owned even if we are cancelled again meanwhile
+                    saving.add_done_callback(self._saves.discard)
+                    await asyncio.shield(saving)
                 raise
+            except Exception as exc:  # Migration.run contains its failures; this is the last line of defence
+                log.error("migration task failed", error=str(exc), exc_info=exc)
             finally:
-                self.active.pop(record.container_id, None)
-                if not self.active:
-                    self._idle.set()
+                self._release(record)
+                if self._on_released is not None:
+                    self._on_released(record)
 
     async def drain(self) -> None:
-        """Stop taking new migrations and wait for the ones in flight."""
+        """Stop taking new migrations and wait for the ones in flight (and any still being admitted)."""
         self.closed = True
         await self._idle.wait()
 

@@ -41,14 +41,30 @@ class AuthenticationFailed(TransportError):
     pass
 
 
-class PhaseTimeout(TransportError):
-    def __init__(self, phase: str, seconds: float) -> None:
-        super().__init__(f"timed out after {seconds:g}s in phase {phase!r}")
+class PhaseTimeout(TransportError, TimeoutError):
+    def __init__(self, phase: str, seconds: float, what: str = "") -> None:
+        super().__init__(f"timed out after {seconds:g}s in phase {phase!r}{f' ({what})' if what else ''}")
         self.phase = phase
+        self.seconds = seconds
+
+
+class StreamStalled(PhaseTimeout):
+    """Nothing moved for the idle deadline: the link took no byte and the agent sent no verdict (a hung
+    agent behind a live sshd answers keepalives, so only progress tells)."""
 
 
 class AgentRefused(TransportError):
-    """The agent answered with an error; its text is the message."""
+    """The agent answered with an error frame; its text is the message, its phase and code are kept."""
+
+    def __init__(self, message: str, phase: str = "", code: str = "") -> None:
+        super().__init__(message)
+        self.phase = phase
+        self.code = code
+
+    @classmethod
+    def from_frame(cls, error: pb.Error, prefix: str = "") -> AgentRefused:
+        where = f" (agent, phase {error.phase}, {error.code})" if error.phase else ""
+        return cls(f"{prefix}{error.message}{where}", error.phase, error.code)
 
 
 class FileRejected(TransportError):
@@ -60,6 +76,7 @@ PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha
 # A wide channel window keeps the link busy while acks travel back; big packets cut per-packet overhead.
 CHANNEL_WINDOW = 8 * 1024 * 1024
 CHANNEL_PACKET = 256 * 1024
+CLOSE_TIMEOUT_S = 5.0
 
 
 @dataclass(frozen=True)
@@ -67,9 +84,11 @@ class PhaseTimeouts:
     connect: float = 20.0
     hello: float = 20.0
     begin: float = 120.0       # includes creating the target container
-    file_ack: float = 120.0    # includes a `docker load` of a shipped image
+    file_ack: float = 120.0    # the verdict on a file after its last byte
+    image_ack: float = 600.0   # the verdict on a shipped image: the device's `docker load` finishing
     commit: float = 600.0      # `docker start --checkpoint` of a large container
     query: float = 20.0
+    stream_idle: float = 30.0  # no progress at all (no byte taken, no verdict) for this long
 
 
 @dataclass(frozen=True)
@@ -113,8 +132,11 @@ class AgentConnection:
     async def open(cls, endpoint: Endpoint, timeouts: PhaseTimeouts = PhaseTimeouts()) -> Self:
         conn = await _connect(endpoint, timeouts)
         try:
-            writer, reader, stderr = await _phase("connect", timeouts.connect, conn.open_session(
-                endpoint.agent_command, encoding=None, window=CHANNEL_WINDOW, max_pktsize=CHANNEL_PACKET))
+            try:
+                writer, reader, stderr = await _phase("connect", timeouts.connect, conn.open_session(
+                    endpoint.agent_command, encoding=None, window=CHANNEL_WINDOW, max_pktsize=CHANNEL_PACKET))
+            except (asyncssh.Error, OSError) as exc:
+                raise TransportError(f"the device refused a session for the agent: {exc}") from exc
             self = cls(conn, writer, reader, stderr, timeouts)
             await self._hello()
         except BaseException:
@@ -123,11 +145,11 @@ class AgentConnection:
         return self
 
     async def _hello(self) -> None:
-        await write_frame(self._writer, pb.Frame(client_hello=pb.ClientHello(
-            protocol_version=PROTOCOL_VERSION, client_version=__version__)))
+        hello = pb.Frame(client_hello=pb.ClientHello(protocol_version=PROTOCOL_VERSION, client_version=__version__))
+        await _phase("hello", self.timeouts.hello, self._send(hello))
         frame = await _phase("hello", self.timeouts.hello, self._read())
         if body(frame) == "error":
-            raise AgentRefused(f"agent refused the hello: {frame.error.message}")
+            raise AgentRefused.from_frame(frame.error, "agent refused the hello: ")
         if body(frame) != "agent_hello":
             raise TransportError(f"expected agent_hello, got {body(frame)}")
         if frame.agent_hello.protocol_version != PROTOCOL_VERSION:
@@ -145,7 +167,9 @@ class AgentConnection:
         for task in self._tasks:
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self._conn.wait_closed()
+        with contextlib.suppress(TimeoutError):  # closing is best effort; never a reason to hang
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self._conn.wait_closed()
 
     async def __aenter__(self) -> AgentConnection:
         return self
@@ -176,7 +200,7 @@ class AgentConnection:
                         # The agent has discarded the migration: stop sending at once.
                         self._fail(FileRejected(f"agent rejected a file: {frame.file_ack.error}"))
                 elif kind == "error":
-                    raise AgentRefused(frame.error.message)
+                    raise AgentRefused.from_frame(frame.error)
                 else:
                     self._pending.replies.put_nowait(frame)
         except (TransportError, asyncio.CancelledError) as exc:
@@ -199,12 +223,18 @@ class AgentConnection:
             async for line in self._stderr:
                 log.debug("agent", line=line.decode(errors="replace").rstrip())
 
-    async def _reply(self, phase: str, seconds: float, expected: str) -> pb.Frame:
-        frame = await _phase(phase, seconds, self._pending.replies.get())
+    async def _request(self, frame: pb.Frame, phase: str, seconds: float, expected: str) -> pb.Frame:
+        """Send a request and await its reply, both under the phase's deadline (an agent that stopped
+        reading blocks the send as surely as one that stopped answering blocks the reply)."""
+        return await _phase(phase, seconds, self._send_and_reply(frame, phase, expected))
+
+    async def _send_and_reply(self, request: pb.Frame, phase: str, expected: str) -> pb.Frame:
+        await self._send(request)
+        frame = await self._pending.replies.get()
         if body(frame) == "error":
-            if isinstance(self._failure, TransportError) and not isinstance(self._failure, AgentRefused):
+            if isinstance(self._failure, TransportError):
                 raise self._failure
-            raise AgentRefused(frame.error.message)
+            raise AgentRefused.from_frame(frame.error)
         if body(frame) != expected:
             raise TransportError(f"expected {expected} in phase {phase!r}, got {body(frame)}")
         return frame
@@ -217,24 +247,40 @@ class AgentConnection:
         except (asyncssh.Error, OSError, ConnectionError) as exc:
             raise TransportError(f"link to the agent broke while sending: {exc}") from exc
 
+    async def _send_within(self, frame: pb.Frame, idle: float) -> None:
+        """Send one frame, failing if the link takes none of it for `idle` seconds (no progress)."""
+        try:
+            async with asyncio.timeout(idle):
+                await self._send(frame)
+        except TimeoutError as exc:
+            raise self._stalled(idle, "the link took no data: the agent stopped reading") from exc
+
     # --- protocol ----------------------------------------------------------------------------------------
     async def begin(self, begin: pb.Begin) -> pb.BeginAck:
-        await self._send(pb.Frame(begin=begin))
-        return (await self._reply("begin", self.timeouts.begin, "begin_ack")).begin_ack
+        return (await self._request(pb.Frame(begin=begin), "begin", self.timeouts.begin, "begin_ack")).begin_ack
 
     async def send_files(self, files: list[OutgoingFile], *, window: int = 8,
                          progress: ProgressCallback | None = None) -> Progress:
-        """Stream files in order; up to `window` of them may await the agent's digest verdict at once."""
+        """Stream files in order; up to `window` of them may await the agent's digest verdict at once.
+
+        Every wait has a deadline: a frame the link does not take, a window slot no verdict frees, or a
+        stream that yields nothing for `stream_idle` seconds ends the stream with StreamStalled."""
+        idle = self.timeouts.stream_idle
         state = Progress()
         slots = asyncio.Semaphore(window)
-        acks: list[asyncio.Future[pb.FileAck]] = []
+        acks: list[tuple[OutgoingFile, asyncio.Future[pb.FileAck]]] = []
         for spec in files:
-            await slots.acquire()
+            try:
+                async with asyncio.timeout(idle):
+                    await slots.acquire()  # a link failure fails every pending ack, which frees the slots
+            except TimeoutError as exc:
+                raise self._stalled(idle, "no verdict from the agent on the files in flight") from exc
             ack = await self._send_one(spec, state, progress)
             ack.add_done_callback(lambda _f: slots.release())
-            acks.append(ack)
-        for ack in acks:
-            verdict = await _phase("file_ack", self.timeouts.file_ack, asyncio.shield(ack))
+            acks.append((spec, ack))
+        for spec, ack in acks:
+            limit = self.timeouts.image_ack if spec.destination == pb.IMAGE_TAR else self.timeouts.file_ack
+            verdict = await _phase("file_ack", limit, asyncio.shield(ack))
             if not verdict.ok:
                 raise FileRejected(f"agent rejected a file: {verdict.error}")
             state.files_verified += 1
@@ -242,47 +288,61 @@ class AgentConnection:
                 progress(state)
         return state
 
+    def _stalled(self, idle: float, what: str) -> StreamStalled:
+        stalled = StreamStalled("stream", idle, what)
+        self._fail(stalled)
+        return stalled
+
     async def _send_one(self, spec: OutgoingFile, state: Progress,
                         progress: ProgressCallback | None) -> asyncio.Future[pb.FileAck]:
+        idle = self.timeouts.stream_idle
         stream_id = self._next_stream
         self._next_stream += 1
         ack: asyncio.Future[pb.FileAck] = asyncio.get_running_loop().create_future()
         # When the link fails, acks nobody waits for any more still count as seen (no "never retrieved").
         ack.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._pending.acks[stream_id] = ack
-        await self._send(pb.Frame(file_start=pb.FileStart(
+        await self._send_within(pb.Frame(file_start=pb.FileStart(
             stream_id=stream_id, destination=spec.destination, path=spec.path, volume=spec.volume,  # type: ignore[arg-type]
             kind=spec.kind, size=spec.size, mode=spec.mode, link_target=spec.link_target,  # type: ignore[arg-type]
-            uid=spec.uid, gid=spec.gid, mtime_ns=spec.mtime_ns, opaque=spec.opaque)))
+            uid=spec.uid, gid=spec.gid, mtime_ns=spec.mtime_ns, opaque=spec.opaque)), idle)
         digest = hashlib.sha256()
         if spec.kind == pb.REGULAR:
-            async for block in (spec.stream() if spec.stream is not None else read_file_chunks(spec)):
+            blocks = aiter(spec.stream() if spec.stream is not None else read_file_chunks(spec))
+            while True:
+                try:
+                    async with asyncio.timeout(idle):  # a source (e.g. `docker save`) that stops yielding
+                        block = await anext(blocks)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError as exc:
+                    raise self._stalled(idle, f"{spec.path} yielded no data") from exc
                 for start in range(0, len(block), CHUNK):  # a stream may hand out blocks above the frame limit
                     chunk = block[start:start + CHUNK]
                     # Hash in a worker thread (hashlib releases the GIL) while the chunk goes out.
                     hashing = asyncio.ensure_future(asyncio.to_thread(digest.update, chunk))
                     try:
-                        await self._send(pb.Frame(file_data=pb.FileData(stream_id=stream_id, data=chunk)))
+                        await self._send_within(pb.Frame(file_data=pb.FileData(stream_id=stream_id, data=chunk)), idle)
                     finally:
                         await hashing
                     state.bytes_sent += len(chunk)
                     if progress is not None:
                         progress(state)
-        await self._send(pb.Frame(file_end=pb.FileEnd(stream_id=stream_id, sha256=digest.digest())))
+        await self._send_within(pb.Frame(file_end=pb.FileEnd(stream_id=stream_id, sha256=digest.digest())), idle)
         state.files_sent += 1
         return ack
 
     async def commit(self, file_count: int = 0) -> pb.Outcome:
-        await self._send(pb.Frame(commit=pb.Commit(file_count=file_count)))
-        return (await self._reply("commit", self.timeouts.commit, "outcome")).outcome
+        frame = pb.Frame(commit=pb.Commit(file_count=file_count))
+        return (await self._request(frame, "commit", self.timeouts.commit, "outcome")).outcome
 
     async def abort(self, reason: str) -> pb.Outcome:
-        await self._send(pb.Frame(abort=pb.Abort(reason=reason)))
-        return (await self._reply("abort", self.timeouts.query, "outcome")).outcome
+        return (await self._request(pb.Frame(abort=pb.Abort(reason=reason)), "abort", self.timeouts.query,
+                                    "outcome")).outcome
 
     async def query(self, migration_id: str) -> pb.Outcome:
-        await self._send(pb.Frame(query=pb.Query(migration_id=migration_id)))
-        return (await self._reply("query", self.timeouts.query, "outcome")).outcome
+        frame = pb.Frame(query=pb.Query(migration_id=migration_id))
+        return (await self._request(frame, "query", self.timeouts.query, "outcome")).outcome
 
 
 async def _connect(endpoint: Endpoint, timeouts: PhaseTimeouts) -> asyncssh.SSHClientConnection:

@@ -23,7 +23,7 @@ import structlog
 from aiohttp import web
 
 from androcond.config import DaemonSettings, Settings, WebhookSettings
-from androcond.journal import STATES, MigrationRecord
+from androcond.journal import MigrationRecord, MigrationState
 from androcond.logging import configure_logging
 from androcond.notify import OUTBOX_FILE, Webhooks, event_kind_for_state
 
@@ -157,7 +157,7 @@ def kinds_by_migration(hits: list[Hit]) -> dict[str, list[str]]:
 def test_event_kind_for_state() -> None:
     expected = {"requested": "requested", "rejected": "rejected", "streaming": "checkpointed", "done": "restored",
                 "rolled-back": "rolled_back", "failed": "failed"}
-    assert {s: event_kind_for_state(s) for s in STATES if event_kind_for_state(s)} == expected
+    assert {s: event_kind_for_state(s) for s in tuple(MigrationState) if event_kind_for_state(s)} == expected
     assert event_kind_for_state("preflight") is None
     assert event_kind_for_state("nonsense") is None
 
@@ -173,7 +173,7 @@ async def test_cloudevents_signature_and_filter(tmp_path: Path, receivers: Calla
     async with running(cfg, **FAST) as hooks:
         assert SECRET not in repr(hooks) and SECRET not in repr(cfg)
         for state, kind in (("requested", "requested"), ("streaming", "checkpointed"), ("failed", "failed")):
-            rec.state = state
+            rec.state = MigrationState(state)
             rec.error = "boom" if state == "failed" else ""
             await hooks.publish(rec, kind)
         await until(hooks, lambda s: s["delivered"] == 4 and s["queue_depth"] == 0)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from ..errors import AndrocondError
 
-class ImageFormatError(Exception):
+
+class ImageFormatError(AndrocondError, ValueError):
     """A CRIU image is malformed: names the file and the byte offset where decoding failed."""
 
     def __init__(self, file: str, offset: int, reason: str) -> None:
