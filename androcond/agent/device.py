@@ -19,11 +19,11 @@ from typing import Any
 
 from .. import __version__
 from ..engine import Engine, EngineError
-from ..errors import AndrocondError
+from ..logging import get_logger
+from .aio import complete
+from .errors import RestoreError as RestoreError  # noqa: PLC0414 - re-exported, importable here as before
 
-
-class RestoreError(AndrocondError):
-    """The device could not prepare or restore the container; the message is the engine's own text."""
+log = get_logger(__name__)
 
 
 @dataclass(frozen=True)
@@ -112,18 +112,41 @@ class DeviceEngine:
     async def create(self, name: str, config: dict[str, Any], checkpoint_name: str) -> TargetContainer:
         try:
             cid = await self.engine.create_container(config, name=name or None)
-            inspect = await self.engine.inspect_container(cid)
         except EngineError as exc:
             raise RestoreError(f"creating the target container failed: {exc}") from exc
+        except asyncio.CancelledError:
+            if name:  # the engine may have made it before we stopped listening: the name is ours
+                await self._remove_quietly(name)
+            raise
+        # From here on the container is ours: whatever fails (or cancels us), it must not stay behind.
+        try:
+            return await self._prepare(cid, checkpoint_name)
+        except BaseException as exc:
+            await self._remove_quietly(cid)
+            if isinstance(exc, EngineError):
+                raise RestoreError(f"inspecting the target container failed: {exc}") from exc
+            if isinstance(exc, OSError):
+                raise RestoreError(f"making the checkpoint directory of the target container failed: {exc}") \
+                    from exc
+            raise
+
+    async def _prepare(self, cid: str, checkpoint_name: str) -> TargetContainer:
+        inspect = await self.engine.inspect_container(cid)
         driver = inspect.get("GraphDriver") or {}
         upper = (driver.get("Data") or {}).get("UpperDir")
         if driver.get("Name") != "overlay2" or not upper:
-            await self.discard(cid)
             raise RestoreError(f"the device engine uses the {driver.get('Name')!r} storage driver; "
                                "androcond needs overlay2 to place the writable layer")
         checkpoint_dir = self.facts.data_root / "containers" / cid / "checkpoints" / checkpoint_name
-        checkpoint_dir.mkdir(parents=True, exist_ok=False)
+        await asyncio.to_thread(checkpoint_dir.mkdir, parents=True, exist_ok=False)
         return TargetContainer(cid, checkpoint_dir, Path(upper))
+
+    async def _remove_quietly(self, cid: str) -> None:
+        """Remove a container we just made, even while being cancelled."""
+        try:
+            await complete(self.discard(cid))
+        except EngineError as exc:
+            log.error("could not remove the target container", container_id=cid, error=str(exc))
 
     async def volume_dir(self, name: str) -> Path:
         try:
@@ -141,6 +164,16 @@ class DeviceEngine:
         if not state.get("Running"):
             raise RestoreError(f"restored container is not running (status {state.get('Status')}, "
                                f"exit code {state.get('ExitCode')}, error {state.get('Error')!r})")
+
+    async def is_running(self, container_id: str) -> bool:
+        """Whether the container runs; False if it does not exist."""
+        try:
+            state = (await self.engine.inspect_container(container_id))["State"]
+        except EngineError as exc:
+            if exc.status == 404:
+                return False
+            raise
+        return bool(state.get("Running"))
 
     async def discard(self, container_id: str) -> None:
         try:

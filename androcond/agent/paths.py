@@ -11,11 +11,7 @@ import os
 import stat
 from pathlib import Path, PurePosixPath
 
-from ..errors import AndrocondError
-
-
-class UnsafePath(AndrocondError):
-    """A name from the wire that would escape its root or is not a plain relative path."""
+from .errors import UnsafePath as UnsafePath  # noqa: PLC0414 - re-exported, importable here as before
 
 
 def check_name(name: str) -> PurePosixPath:

@@ -1,56 +1,129 @@
 """Where agent sessions come from: its own asyncssh server (`agent serve`) or stdin/stdout under a stock
-OpenSSH server (`agent stdio`)."""
+OpenSSH server (`agent stdio`).
+
+Every live session is a task the Agent knows of. On SIGTERM/SIGINT `agent serve` stops listening, gives the
+sessions `[agent] shutdown_timeout` seconds to finish, then cancels the rest (each discards its unfinished
+migration and tells its client "shutting-down"); a second signal cuts the wait short.
+"""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import sys
 from pathlib import Path
+from typing import Any
 
 import asyncssh
 
 from ..config import AgentSettings
 from ..engine import Engine
 from ..logging import get_logger, log_context
-from ..protocol.wire import FrameReader, FrameWriter
+from ..protocol import protocol_pb2 as pb
+from ..protocol.wire import FrameReader, FrameWriter, write_frame
 from .device import DeviceEngine, gather_facts
+from .errors import ShuttingDown, classify
 from .outcomes import OutcomeStore
-from .session import AgentSession
+from .recovery import settle_all
+from .session import HELLO, AgentSession
 
 log = get_logger(__name__)
 
+# Cancelled sessions still discard (engine calls, each with its own timeout): wait this long for them.
+CANCEL_GRACE_S = 60.0
+# Closing an ssh connection or telling a client no is best effort, never a reason to hang.
+CLOSE_TIMEOUT_S = 5.0
+
 
 class Agent:
-    """What every session shares: the device engine, its facts, and the outcome store."""
+    """What every session shares: the device engine, its facts, the outcome store, the live sessions."""
 
     session_class: type[AgentSession] = AgentSession  # tests inject faults through a subclass
+    device_class: type[DeviceEngine] = DeviceEngine  # and faults of the device engine through this one
 
     def __init__(self, settings: AgentSettings, engine: Engine, device: DeviceEngine) -> None:
         self.settings = settings
         self.engine = engine
         self.device = device
         self.outcomes = OutcomeStore(settings.spool_dir / "outcomes")
+        self.sessions: set[asyncio.Task[Any]] = set()
+        self.accepting = True
 
     @classmethod
     async def open(cls, settings: AgentSettings) -> Agent:
         engine = Engine(settings.docker_host)
         try:
             facts = await gather_facts(engine)
+            await asyncio.to_thread(settings.spool_dir.mkdir, parents=True, exist_ok=True)
+            agent = cls(settings, engine, cls.device_class(engine, facts))
+            # What an agent killed mid-migration left in flight gets its final answer now.
+            settled = await settle_all(agent.outcomes, agent.device)
         except BaseException:
             await engine.close()
             raise
-        settings.spool_dir.mkdir(parents=True, exist_ok=True)
         log.info("agent ready", isa=facts.isa, page_size=facts.page_size, criu=facts.criu_version,
-                 engine=facts.engine_version, data_root=str(facts.data_root))
-        return cls(settings, engine, DeviceEngine(engine, facts))
+                 engine=facts.engine_version, data_root=str(facts.data_root), settled_stale=settled)
+        return agent
 
     async def close(self) -> None:
         await self.engine.close()
 
     async def handle(self, reader: FrameReader, writer: FrameWriter, peer: str) -> None:
+        """One session, in the calling task (registered while it runs)."""
+        task = asyncio.current_task()
+        assert task is not None
         with log_context(peer=peer):
-            await self.session_class(self.device, self.outcomes, reader, writer).run()
+            if not self.accepting:
+                log.info("session refused: the agent is shutting down")
+                await _refuse(writer, ShuttingDown("agent: shutting down"))
+                return
+            self.sessions.add(task)
+            try:
+                await self.session_class(self.device, self.outcomes, reader, writer).run()
+            finally:
+                self.sessions.discard(task)
+
+    async def shut_down(self, force: asyncio.Event) -> None:
+        """Take no new session; let the live ones finish within shutdown_timeout, then cancel the rest."""
+        self.accepting = False
+        live = set(self.sessions)
+        if not live:
+            log.info("no session in flight")
+            return
+        timeout = self.settings.shutdown_timeout
+        log.info("waiting for sessions to finish", sessions=len(live), timeout_s=timeout)
+        left = await _wait_for(live, timeout, force)
+        for task in left:
+            task.cancel()
+        stuck = await _wait_for(left, CANCEL_GRACE_S, force) if left else set()
+        log.info("sessions ended", drained=len(live) - len(left), cancelled=len(left) - len(stuck),
+                 still_running=len(stuck), forced=force.is_set())
+
+
+async def _wait_for(tasks: set[asyncio.Task[Any]], seconds: float, force: asyncio.Event) -> set[asyncio.Task[Any]]:
+    """Wait until the tasks are done, `seconds` passed or `force` is set; returns those not done."""
+    forced = asyncio.create_task(force.wait(), name="forced-stop")
+    try:
+        async with asyncio.timeout(seconds):
+            pending = {t for t in tasks if not t.done()}
+            while pending and not forced.done():
+                await asyncio.wait(pending | {forced}, return_when=asyncio.FIRST_COMPLETED)
+                pending = {t for t in pending if not t.done()}
+    except TimeoutError:
+        pass
+    finally:
+        forced.cancel()
+        await asyncio.gather(forced, return_exceptions=True)
+    return {t for t in tasks if not t.done()}
+
+
+async def _refuse(writer: FrameWriter, exc: Exception) -> None:
+    """Tell a client that connects now why it gets no session (best effort, bounded)."""
+    code, message = classify(exc)
+    with contextlib.suppress(Exception):
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            await write_frame(writer, pb.Frame(error=pb.Error(message=message, phase=HELLO, code=code)))
 
 
 def _parse_listen(listen: str) -> tuple[str, int]:
@@ -69,11 +142,30 @@ def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
     return key
 
 
-async def start_ssh_server(agent: Agent) -> asyncssh.SSHAcceptor:
+class _Server(asyncssh.SSHServer):
+    """Keeps the set of open connections, so that shutdown can close what is left."""
+
+    def __init__(self, connections: set[asyncssh.SSHServerConnection]) -> None:
+        self._connections = connections
+        self._conn: asyncssh.SSHServerConnection | None = None
+
+    def connection_made(self, conn: asyncssh.SSHServerConnection) -> None:
+        self._conn = conn
+        self._connections.add(conn)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self._conn is not None:
+            self._connections.discard(self._conn)
+
+
+async def start_ssh_server(agent: Agent, connections: set[asyncssh.SSHServerConnection] | None = None
+                           ) -> asyncssh.SSHAcceptor:
     settings = agent.settings
     host, port = _parse_listen(settings.listen)
+    open_connections: set[asyncssh.SSHServerConnection] = set() if connections is None else connections
 
     async def on_process(process: asyncssh.SSHServerProcess[bytes]) -> None:
+        # Runs in a task of the connection's own (asyncssh keeps it); the Agent registers it as a session.
         peer = process.get_extra_info("peername")
         try:
             await agent.handle(process.stdin, process.stdout, f"{peer[0]}:{peer[1]}" if peer else "?")
@@ -81,7 +173,7 @@ async def start_ssh_server(agent: Agent) -> asyncssh.SSHAcceptor:
             process.exit(0)
 
     return await asyncssh.create_server(
-        asyncssh.SSHServer, host, port,
+        lambda: _Server(open_connections), host, port,
         server_host_keys=[load_or_create_host_key(settings.host_key)],
         authorized_client_keys=str(settings.authorized_keys),
         process_factory=on_process, encoding=None,
@@ -97,35 +189,75 @@ async def start_ssh_server(agent: Agent) -> asyncssh.SSHAcceptor:
 
 async def serve(settings: AgentSettings) -> int:
     agent = await Agent.open(settings)
-    stop = asyncio.Event()
+    stop, force = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_signal() -> None:
+        (force if stop.is_set() else stop).set()  # a second signal: stop waiting for sessions
+
     for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop.set)
+        loop.add_signal_handler(signum, on_signal)
+    connections: set[asyncssh.SSHServerConnection] = set()
     try:
-        server = await start_ssh_server(agent)
+        server = await start_ssh_server(agent, connections)
         log.info("agent listening", listen=settings.listen)
         await stop.wait()
-        log.info("agent stopping")
+        log.info("agent stopping: no new connections")
         server.close()
-        await server.wait_closed()
+        await agent.shut_down(force)
+        await _close_all(connections)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await server.wait_closed()
     finally:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.remove_signal_handler(signum)
         await agent.close()
+    log.info("agent stopped")
     return 0
 
 
+async def _close_all(connections: set[asyncssh.SSHServerConnection]) -> None:
+    for conn in list(connections):
+        conn.close()
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(CLOSE_TIMEOUT_S):
+            await asyncio.gather(*(conn.wait_closed() for conn in list(connections)), return_exceptions=True)
+
+
 async def stdio(settings: AgentSettings) -> int:
-    """One session over stdin/stdout (the ssh channel when run by OpenSSH)."""
+    """One session over stdin/stdout (the ssh channel when run by OpenSSH). SIGTERM/SIGINT cancel it: the
+    unfinished migration is discarded and the client told so."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=2**20)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin.buffer)
     transport, protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, sys.stdout.buffer)
     writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-    agent = await Agent.open(settings)
     try:
-        await agent.handle(reader, writer, "stdio")
+        agent = await Agent.open(settings)
+    except Exception as exc:
+        # The client is waiting for a hello: tell it why there is none.
+        log.error("agent could not start", error=str(exc))
+        await _refuse(writer, exc)
+        writer.close()
+        raise
+    session = asyncio.create_task(agent.handle(reader, writer, "stdio"), name="session")
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, session.cancel)
+    try:
+        try:
+            await asyncio.wait([session])
+        except asyncio.CancelledError:
+            session.cancel()
+            await asyncio.wait([session])
+            raise
     finally:
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.remove_signal_handler(signum)
         await agent.close()
         writer.close()
+    if session.cancelled():
+        log.info("session ended by a signal")
+        return 0
+    session.result()
     return 0

@@ -4,6 +4,12 @@ number of queries.
 Every file is written straight into place as it arrives and its SHA-256 is checked as it lands. Until a
 commit succeeds, everything written and the prepared container are recorded so that a broken stream, a bad
 digest or an abort removes them: a set that did not verify is never restored.
+
+Whatever ends a session early, the client hears it as one `Error` frame naming the phase and a code
+(errors.classify), unless the client itself is gone; the unfinished migration is discarded first, so what the
+client then asks about is already settled. File work runs in worker threads (the loop keeps serving the
+channel), and work on a file descriptor is always awaited to its end, so a cancelled session never closes an
+fd a thread still writes to.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any, TypeVar
 
 from ..errors import AndrocondError
 from ..logging import get_logger, log_context
@@ -26,16 +33,21 @@ from ..protocol.wire import (
     ChannelClosed,
     FrameReader,
     FrameWriter,
-    WireError,
     body,
     read_frame,
     write_frame,
 )
-from .device import DeviceEngine, RestoreError, TargetContainer, parse_create_config
+from .aio import complete
+from .device import DeviceEngine, TargetContainer, parse_create_config
+from .errors import INTERNAL, PEER_GONE, IdleTimeout, NoSpace, RestoreError, ShuttingDown, UnsafePath, classify
+from .errors import ProtocolViolation as ProtocolViolation  # noqa: PLC0414 - re-exported, importable here as before
 from .outcomes import OutcomeRecord, OutcomeStore, check_id
-from .paths import UnsafePath, open_new_file, place_beneath
+from .paths import open_new_file, place_beneath
+from .recovery import settle_if_stale
 
 log = get_logger(__name__)
+
+T = TypeVar("T")
 
 HELLO_TIMEOUT_S = 30.0
 # A client that goes silent mid-migration for this long is treated as gone.
@@ -43,10 +55,16 @@ IDLE_TIMEOUT_S = 300.0
 # Space kept free on the device beyond what a migration announces.
 FREE_SPACE_MARGIN = 64 * 1024 * 1024
 IMAGE_QUEUE_CHUNKS = 16
+# The device engine's `docker load` must take image data at least this often: a load that stalls is a failure.
+IMAGE_STALL_TIMEOUT_S = 120.0
+# After the image's last byte, the device engine gets this long to finish the load.
+IMAGE_LOAD_TIMEOUT_S = 600.0
+# How long an error frame may take to go out (a client that reads nothing must not hold the session).
+ERROR_SEND_TIMEOUT_S = 5.0
 
-
-class ProtocolViolation(AndrocondError):
-    pass
+# Phases, as named in Error.phase.
+HELLO, BEGIN, IMAGE, FILES, COMMIT, QUERY, ABORT = "hello", "begin", "image", "files", "commit", "query", "abort"
+_PHASE_OF_FRAME = {"begin": BEGIN, "commit": COMMIT, "query": QUERY, "abort": ABORT}
 
 
 @dataclass
@@ -72,9 +90,13 @@ class _Migration:
     finished: bool = False
 
 
-def _free_bytes(path: Path) -> int:
+def _statvfs_free(path: Path) -> int:
     st = os.statvfs(path)
     return st.f_bavail * st.f_frsize
+
+
+async def _free_bytes(path: Path) -> int:
+    return await asyncio.to_thread(_statvfs_free, path)
 
 
 class AgentSession:
@@ -86,39 +108,88 @@ class AgentSession:
         self.writer = writer
         self.migration: _Migration | None = None
         self.current: _OpenFile | None = None
+        self.phase = HELLO
+        self._task: asyncio.Task[Any] | None = None
 
     async def send(self, frame: pb.Frame) -> None:
         await write_frame(self.writer, frame)
 
-    async def send_error(self, message: str) -> None:
-        # The peer may be gone already; the error is logged by the caller either way.
-        with contextlib.suppress(OSError, ConnectionError, WireError):
-            await self.send(pb.Frame(error=pb.Error(message=message)))
+    async def send_error(self, code: str, message: str) -> None:
+        """Best effort and bounded: the peer may be gone or not reading; the failure is logged either way."""
+        frame = pb.Frame(error=pb.Error(message=message, phase=self.phase, code=code))
+        with contextlib.suppress(Exception):
+            async with asyncio.timeout(ERROR_SEND_TIMEOUT_S):
+                await self.send(frame)
+
+    def _context(self) -> dict[str, str]:
+        context = {"phase": self.phase}
+        if self.migration is not None:
+            context["migration_id"] = self.migration.begin.migration_id
+        return context
 
     async def run(self) -> None:
+        """Serve the connection to its end. Never raises, except CancelledError (after discarding)."""
+        self._task = asyncio.current_task()
         try:
-            await self._hello()
-            while True:
+            await self._serve()
+        except ChannelClosed:
+            with log_context(**self._context()):
+                log.info("client closed the connection")
+        except asyncio.CancelledError:
+            with log_context(**self._context()):
+                log.warning("session cancelled: the agent is shutting down")
+                discarded = await self._end_unfinished("aborted", "the agent shut down before the commit")
+            await self.send_error(ShuttingDown.code, "agent: shutting down" +
+                                  ("; the migration was discarded" if discarded else ""))
+            raise
+        except Exception as exc:
+            await self._fail(exc)
+        finally:
+            with log_context(**self._context()):
+                await self._end_unfinished("aborted", "connection ended before commit")
+
+    async def _fail(self, exc: Exception) -> None:
+        """Log the failure, discard the unfinished migration, then tell the client (if it is still there)."""
+        code, message = classify(exc)
+        with log_context(**self._context(), code=code):
+            if code == PEER_GONE:
+                log.warning("connection lost", error=message)
+            elif code == INTERNAL:
+                log.exception("session failed", error=message)
+            else:
+                log.warning("session failed", error=message)
+            state = "aborted" if code in (PEER_GONE, IdleTimeout.code) else "failed"
+            await self._end_unfinished(state, message)
+        if code != PEER_GONE:
+            await self.send_error(code, message)
+
+    async def _end_unfinished(self, state: str, reason: str) -> bool:
+        """Discard a migration that did not finish; True if there was one. Never raises an Exception."""
+        migration = self.migration
+        if migration is None or migration.finished:
+            return False
+        try:
+            await self._discard(migration, state, reason)
+        except Exception:
+            log.exception("could not discard the migration", migration_id=migration.begin.migration_id)
+        return True
+
+    async def _serve(self) -> None:
+        await self._hello()
+        while True:
+            try:
                 async with asyncio.timeout(IDLE_TIMEOUT_S):
                     frame = await read_frame(self.reader)
-                await self._dispatch(frame)
-        except ChannelClosed:
-            log.info("client closed the connection")
-        except TimeoutError:
-            log.warning("client went silent; closing", idle_timeout_s=IDLE_TIMEOUT_S)
-            await self.send_error("agent: idle timeout")
-        except (WireError, ProtocolViolation, UnsafePath, RestoreError) as exc:
-            log.warning("session failed", error=str(exc))
-            await self.send_error(str(exc))
-        except (OSError, ConnectionError) as exc:
-            log.warning("connection lost", error=str(exc))
-        finally:
-            if self.migration is not None and not self.migration.finished:
-                await asyncio.shield(self._discard(self.migration, "aborted", "connection ended before commit"))
+            except TimeoutError as exc:
+                raise IdleTimeout(f"agent: the client sent nothing for {IDLE_TIMEOUT_S:g} s") from exc
+            await self._dispatch(frame)
 
     async def _hello(self) -> None:
-        async with asyncio.timeout(HELLO_TIMEOUT_S):
-            frame = await read_frame(self.reader)
+        try:
+            async with asyncio.timeout(HELLO_TIMEOUT_S):
+                frame = await read_frame(self.reader)
+        except TimeoutError as exc:
+            raise IdleTimeout(f"agent: no hello within {HELLO_TIMEOUT_S:g} s") from exc
         if body(frame) != "client_hello":
             raise ProtocolViolation(f"expected client_hello, got {body(frame)}")
         if frame.client_hello.protocol_version != PROTOCOL_VERSION:
@@ -128,42 +199,60 @@ class AgentSession:
         await self.send(pb.Frame(agent_hello=pb.AgentHello(
             protocol_version=PROTOCOL_VERSION, agent_version=facts.agent_version, isa=facts.isa,
             page_size=facts.page_size, criu_version=facts.criu_version, engine_version=facts.engine_version,
-            free_bytes=_free_bytes(facts.data_root), vdso=facts.vdso, vvar_size=facts.vvar_size)))
+            free_bytes=await _free_bytes(facts.data_root), vdso=facts.vdso, vvar_size=facts.vvar_size)))
+
+    def _phase_of(self, frame: pb.Frame) -> str:
+        kind = body(frame)
+        if kind == "file_start":
+            return IMAGE if frame.file_start.destination == pb.IMAGE_TAR else FILES
+        if kind in ("file_data", "file_end"):
+            image = self.current is not None and self.current.start.destination == pb.IMAGE_TAR
+            return IMAGE if image else FILES
+        return _PHASE_OF_FRAME.get(kind, self.phase)
 
     async def _dispatch(self, frame: pb.Frame) -> None:
         kind = body(frame)
-        if kind == "file_data":
-            await self._file_data(frame.file_data)
-        elif kind == "file_start":
-            await self._file_start(frame.file_start)
-        elif kind == "file_end":
-            await self._file_end(frame.file_end)
-        elif kind == "begin":
-            await self._begin(frame.begin)
-        elif kind == "commit":
-            await self._commit(frame.commit.file_count)
-        elif kind == "query":
-            await self._query(frame.query.migration_id)
-        elif kind == "abort":
-            await self._abort(frame.abort.reason)
-        else:
-            raise ProtocolViolation(f"unexpected {kind} frame")
+        self.phase = self._phase_of(frame)
+        with log_context(**self._context()):
+            if kind == "file_data":
+                await self._file_data(frame.file_data)
+            elif kind == "file_start":
+                await self._file_start(frame.file_start)
+            elif kind == "file_end":
+                await self._file_end(frame.file_end)
+            elif kind == "begin":
+                await self._begin(frame.begin)
+            elif kind == "commit":
+                await self._commit(frame.commit.file_count)
+            elif kind == "query":
+                await self._query(frame.query.migration_id)
+            elif kind == "abort":
+                await self._abort(frame.abort.reason)
+            else:
+                raise ProtocolViolation(f"unexpected {kind} frame")
+
+    async def _settled(self, migration_id: str) -> OutcomeRecord | None:
+        """The stored outcome, settled first if an agent that died left it in flight."""
+        record = await self.outcomes.get(migration_id)
+        if record is None:
+            return None
+        return await settle_if_stale(self.outcomes, self.device, record)
 
     # --- begin ----------------------------------------------------------------------------------------
     async def _begin(self, begin: pb.Begin) -> None:
         if self.migration is not None:
             raise ProtocolViolation("one migration per connection")
         check_id(begin.migration_id)
-        previous = self.outcomes.get(begin.migration_id)
+        previous = await self._settled(begin.migration_id)
         if previous is not None and previous.state in ("running", "restoring"):
             raise ProtocolViolation(f"migration {begin.migration_id} is already {previous.state} here")
-        free = _free_bytes(self.device.facts.data_root)
+        free = await _free_bytes(self.device.facts.data_root)
         if begin.total_bytes + FREE_SPACE_MARGIN > free:
-            raise ProtocolViolation(f"not enough space on the device: {begin.total_bytes} bytes announced, "
-                                    f"{free} free (keeping {FREE_SPACE_MARGIN} spare)")
+            raise NoSpace(f"not enough space on the device: {begin.total_bytes} bytes announced, "
+                          f"{free} free (keeping {FREE_SPACE_MARGIN} spare)")
         parse_create_config(begin.create_config_json)
         self.migration = _Migration(begin)
-        self.outcomes.put(OutcomeRecord(begin.migration_id, "receiving"))
+        await self.outcomes.put(OutcomeRecord(begin.migration_id, "receiving"))
         with log_context(migration_id=begin.migration_id):
             log.info("migration begins", container=begin.container_name, image=begin.image,
                      total_bytes=begin.total_bytes, files=begin.file_count)
@@ -179,6 +268,9 @@ class AgentSession:
         migration.target = await self.device.create(begin.container_name,
                                                     parse_create_config(begin.create_config_json),
                                                     begin.checkpoint_name)
+        # Should this process die now, whoever settles the record knows which container to remove.
+        await self.outcomes.put(OutcomeRecord(begin.migration_id, "receiving", migration.target.container_id,
+                                              bytes_received=migration.bytes_received))
 
     # --- files ----------------------------------------------------------------------------------------
     def _active(self) -> _Migration:
@@ -203,38 +295,24 @@ class AgentSession:
         migration = self._active()
         if self.current is not None:
             raise ProtocolViolation(f"file {start.stream_id} started while {self.current.start.stream_id} is open")
-        if start.kind == pb.REGULAR and start.size + FREE_SPACE_MARGIN > _free_bytes(self.device.facts.data_root):
-            raise ProtocolViolation(f"not enough space on the device for {start.path!r} ({start.size} bytes)")
         current = _OpenFile(start)
+        data_root = self.device.facts.data_root
         if start.destination == pb.IMAGE_TAR:
             if migration.target is not None:
                 raise ProtocolViolation("image sent although the device has it")
+            free = await _free_bytes(data_root)
+            if start.size + FREE_SPACE_MARGIN > free:
+                raise NoSpace(f"not enough space on the device for the image ({start.size} bytes, {free} free)")
+            assert self._task is not None
             current.image_queue = asyncio.Queue(IMAGE_QUEUE_CHUNKS)
-            current.image_load = asyncio.create_task(self.device.load_image(_drain(current.image_queue)))
+            current.image_load = asyncio.create_task(
+                self.device.load_image(_drain(current.image_queue, self._task)), name="image-load")
             self.current = current
             return
         root = await self._root_for(migration, start)
-        path = place_beneath(root, start.path)
-        current.path = path
-        if start.kind == pb.REGULAR:
-            current.fd = open_new_file(path, start.mode)
-            migration.written.append(path)
-        elif start.kind == pb.DIRECTORY:
-            path.mkdir(mode=start.mode & 0o7777 or 0o755, exist_ok=True)
-            if start.opaque:
-                os.setxattr(path, "trusted.overlay.opaque", b"y")
-        elif start.kind == pb.SYMLINK:
-            if start.destination == pb.CHECKPOINT:
-                raise UnsafePath(f"refused symbolic link {start.path!r} in a checkpoint")
-            path.unlink(missing_ok=True)
-            os.symlink(start.link_target, path)
-            migration.written.append(path)
-        elif start.kind == pb.WHITEOUT:
-            if start.destination != pb.ROOTFS:
-                raise UnsafePath(f"refused whiteout {start.path!r} outside the writable layer")
-            os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
-            migration.written.append(path)
+        # Known before the thread runs: a discard must see (and close, and remove) whatever it makes.
         self.current = current
+        await complete(asyncio.to_thread(_place, root, start, current, migration.written, data_root))
 
     async def _file_data(self, data: pb.FileData) -> None:
         current = self.current
@@ -247,24 +325,20 @@ class AgentSession:
         if current.start.kind != pb.REGULAR or (bounded and current.received > current.start.size):
             raise ProtocolViolation(f"{current.start.path!r}: more data than its announced {current.start.size} bytes")
         if current.image_queue is not None:
-            current.hasher.update(chunk)
-            await current.image_queue.put(chunk)
+            assert current.image_load is not None
+            await asyncio.to_thread(current.hasher.update, chunk)  # hashlib releases the GIL
+            await put_unless_failed(current.image_queue, chunk, current.image_load)
             return
         assert current.fd is not None
-        # Disk writes and hashing in a worker thread: the event loop keeps serving the channel.
-        await asyncio.to_thread(_write_and_hash, current.fd, chunk, current.hasher)
+        await complete(asyncio.to_thread(_write_and_hash, current.fd, chunk, current.hasher))
 
     async def _file_end(self, end: pb.FileEnd) -> None:
         migration = self._active()
         current = self.current
         if current is None or end.stream_id != current.start.stream_id:
             raise ProtocolViolation(f"end of stream {end.stream_id}, which is not open")
-        self.current = None
         start = current.start
         error = ""
-        if current.fd is not None:
-            os.close(current.fd)
-            current.fd = None
         if start.kind == pb.REGULAR:
             if current.received != start.size and (start.destination != pb.IMAGE_TAR or start.size):
                 error = f"{start.path!r}: received {current.received} of {start.size} bytes"
@@ -272,12 +346,16 @@ class AgentSession:
                 error = (f"{start.path!r}: SHA-256 mismatch (sent {end.sha256.hex()[:16]}…, "
                          f"received {current.hasher.hexdigest()[:16]}…)")
         if current.image_load is not None and current.image_queue is not None:
-            await current.image_queue.put(None)
-            await current.image_load  # a failed load raises RestoreError, ending the session
+            await put_unless_failed(current.image_queue, None, current.image_load)
+            await _finish_load(current.image_load)  # a failed load raises RestoreError, ending the session
+            self.current = None
             if not error:
                 await self._prepare(migration)
-        if current.path is not None and not error:
-            _apply_metadata(current.path, start)
+        else:
+            # The fd goes to the thread, which closes it whatever happens.
+            fd, current.fd = current.fd, None
+            self.current = None
+            await complete(asyncio.to_thread(_finish_file, fd, None if error else current.path, start))
         migration.bytes_received += current.received
         if error:
             migration.failed = error
@@ -301,7 +379,7 @@ class AgentSession:
             raise ProtocolViolation(f"commit after {migration.files_verified} of {expected} files")
         record = OutcomeRecord(begin.migration_id, "restoring", migration.target.container_id,
                                bytes_received=migration.bytes_received)
-        self.outcomes.put(record)
+        await self.outcomes.put(record)
         started = time.monotonic()
         try:
             await self.device.restore(migration.target, begin.checkpoint_name)
@@ -311,13 +389,13 @@ class AgentSession:
             migration.finished = True
             record.state = "running"
             record.restore_seconds = time.monotonic() - started
-            self.outcomes.put(record)
-            log.info("restored", migration_id=begin.migration_id, container_id=record.container_id,
-                     restore_s=round(record.restore_seconds, 3))
+            await self.outcomes.put(record)
+            log.info("restored", container_id=record.container_id, restore_s=round(record.restore_seconds, 3))
         await self._query(begin.migration_id)
 
     async def _query(self, migration_id: str) -> None:
-        record = self.outcomes.get(migration_id)
+        check_id(migration_id)
+        record = await self._settled(migration_id)
         if record is None:
             record = OutcomeRecord(migration_id, "unknown")
         await self.send(pb.Frame(outcome=pb.Outcome(
@@ -330,32 +408,140 @@ class AgentSession:
         await self._query(migration.begin.migration_id)
 
     async def _discard(self, migration: _Migration, state: str, error: str) -> None:
-        """Remove every file written and the prepared container; record why."""
+        """Remove every file written and the prepared container; record why. Not interrupted by a
+        cancellation (each step is bounded: thread work, engine calls with their timeouts)."""
         migration.finished = True
+        await complete(self._discard_now(migration, state, error))
+
+    async def _discard_now(self, migration: _Migration, state: str, error: str) -> None:
         current, self.current = self.current, None
+        fd = None
         if current is not None:
-            if current.fd is not None:
-                os.close(current.fd)
+            fd, current.fd = current.fd, None
             if current.image_load is not None:
                 current.image_load.cancel()
                 await asyncio.gather(current.image_load, return_exceptions=True)
-        for path in reversed(migration.written):
-            with contextlib.suppress(FileNotFoundError):
-                path.unlink()
+        failures = await asyncio.to_thread(_remove_files, fd, list(reversed(migration.written)))
+        for path, problem in failures:
+            log.error("could not remove a received file", path=str(path), error=problem)
         if migration.target is not None:
             try:
                 await self.device.discard(migration.target.container_id)
             except AndrocondError as exc:
                 log.error("could not remove the prepared container", error=str(exc),
                           container_id=migration.target.container_id)
-        self.outcomes.put(OutcomeRecord(migration.begin.migration_id, state,
-                                        error=error, bytes_received=migration.bytes_received))
-        log.warning("migration discarded", migration_id=migration.begin.migration_id, state=state, error=error)
+        await self.outcomes.put(OutcomeRecord(migration.begin.migration_id, state,
+                                              error=error, bytes_received=migration.bytes_received))
+        log.warning("migration discarded", state=state, error=error)
 
 
-async def _drain(queue: asyncio.Queue[bytes | None]) -> AsyncIterator[bytes]:
-    while (chunk := await queue.get()) is not None:
+# --- the image queue: each side gives up when the other is gone ------------------------------------------
+
+def _load_failure(load: asyncio.Task[Any]) -> RestoreError:
+    if load.cancelled():
+        return RestoreError("loading the image failed: the load was cancelled")
+    exc = load.exception()
+    if exc is None:
+        return RestoreError("loading the image failed: the device engine ended the load before the image did")
+    if isinstance(exc, RestoreError):
+        return exc
+    failure = RestoreError(f"loading the image failed: {exc}")
+    failure.__cause__ = exc
+    return failure
+
+
+async def put_unless_failed(queue: asyncio.Queue[T], item: T, counterpart: asyncio.Task[Any],
+                            stall_timeout: float = IMAGE_STALL_TIMEOUT_S) -> None:
+    """Put `item` unless the consumer `counterpart` ends first: a dead consumer never frees a slot, so a
+    plain put would wait forever. Its failure is raised as a RestoreError; so is a consumer that takes
+    nothing for `stall_timeout` seconds."""
+    if counterpart.done():
+        raise _load_failure(counterpart)
+    if not queue.full():
+        queue.put_nowait(item)
+        return
+    putter = asyncio.ensure_future(queue.put(item))
+    try:
+        await asyncio.wait([putter, counterpart], timeout=stall_timeout, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not putter.done():
+            putter.cancel()
+            await asyncio.gather(putter, return_exceptions=True)
+    if not putter.cancelled():
+        putter.result()
+        return
+    if counterpart.done():
+        raise _load_failure(counterpart)
+    raise RestoreError(f"loading the image failed: the device engine took no data for {stall_timeout:g} s")
+
+
+async def get_unless_failed(queue: asyncio.Queue[T], counterpart: asyncio.Task[Any]) -> T:
+    """Get an item unless the producer `counterpart` (the session) ends first: then raise RestoreError so
+    the consumer stops instead of waiting for data that will never come."""
+    if not queue.empty():
+        return queue.get_nowait()
+    if counterpart.done():
+        raise RestoreError("the session ended before the image was complete")
+    getter = asyncio.ensure_future(queue.get())
+    try:
+        await asyncio.wait([getter, counterpart], return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        if not getter.done():
+            getter.cancel()
+            await asyncio.gather(getter, return_exceptions=True)
+    if not getter.cancelled():
+        return getter.result()
+    raise RestoreError("the session ended before the image was complete")
+
+
+async def _drain(queue: asyncio.Queue[bytes | None], session: asyncio.Task[Any]) -> AsyncIterator[bytes]:
+    while (chunk := await get_unless_failed(queue, session)) is not None:
         yield chunk
+
+
+async def _finish_load(load: asyncio.Task[None]) -> None:
+    """Wait for the image load after its last byte, bounded; every failure as a RestoreError."""
+    try:
+        async with asyncio.timeout(IMAGE_LOAD_TIMEOUT_S):
+            await asyncio.wait([load])
+    except TimeoutError:
+        load.cancel()
+        await asyncio.gather(load, return_exceptions=True)
+        raise RestoreError(f"loading the image failed: the device engine did not finish within "
+                           f"{IMAGE_LOAD_TIMEOUT_S:g} s") from None
+    if load.cancelled() or load.exception() is not None:
+        raise _load_failure(load)
+
+
+# --- file work, run in worker threads --------------------------------------------------------------------
+
+def _place(root: Path, start: pb.FileStart, current: _OpenFile, written: list[Path], data_root: Path) -> None:
+    """Make the file, directory, link or whiteout `start` names beneath `root`, recording what was made in
+    `current` and `written` (the caller waits for this to finish even if cancelled, so a discard sees it)."""
+    if start.kind == pb.REGULAR:
+        free = _statvfs_free(data_root)
+        if start.size + FREE_SPACE_MARGIN > free:
+            raise NoSpace(f"not enough space on the device for {start.path!r} ({start.size} bytes, {free} free)")
+    path = place_beneath(root, start.path)
+    current.path = path
+    if start.kind == pb.REGULAR:
+        current.fd = open_new_file(path, start.mode)
+        written.append(path)
+    elif start.kind == pb.DIRECTORY:
+        path.mkdir(mode=start.mode & 0o7777 or 0o755, exist_ok=True)
+        if start.opaque:
+            os.setxattr(path, "trusted.overlay.opaque", b"y")
+    elif start.kind == pb.SYMLINK:
+        if start.destination == pb.CHECKPOINT:
+            raise UnsafePath(f"refused symbolic link {start.path!r} in a checkpoint")
+        path.unlink(missing_ok=True)
+        os.symlink(start.link_target, path)
+        written.append(path)
+    elif start.kind == pb.WHITEOUT:
+        if start.destination != pb.ROOTFS:
+            raise UnsafePath(f"refused whiteout {start.path!r} outside the writable layer")
+        os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
+        written.append(path)
 
 
 def _write_and_hash(fd: int, chunk: bytes, hasher: hashlib._Hash) -> None:
@@ -366,9 +552,33 @@ def _write_and_hash(fd: int, chunk: bytes, hasher: hashlib._Hash) -> None:
     hasher.update(chunk)
 
 
+def _finish_file(fd: int | None, path: Path | None, start: pb.FileStart) -> None:
+    """Close the file (if one is open) and, for a verified one (`path` given), set its owner, mode, mtime."""
+    if fd is not None:
+        os.close(fd)
+    if path is not None:
+        _apply_metadata(path, start)
+
+
 def _apply_metadata(path: Path, start: pb.FileStart) -> None:
     os.chown(path, start.uid, start.gid, follow_symlinks=False)
     if start.kind != pb.SYMLINK:
         os.chmod(path, start.mode & 0o7777 or (0o755 if start.kind == pb.DIRECTORY else 0o644))
     if start.mtime_ns:
         os.utime(path, ns=(start.mtime_ns, start.mtime_ns), follow_symlinks=False)
+
+
+def _remove_files(fd: int | None, paths: list[Path]) -> list[tuple[Path, str]]:
+    """Close the open file and unlink `paths`; returns what could not be removed (and why)."""
+    failures: list[tuple[Path, str]] = []
+    if fd is not None:
+        with contextlib.suppress(OSError):
+            os.close(fd)
+    for path in paths:
+        try:
+            path.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            failures.append((path, str(exc)))
+    return failures

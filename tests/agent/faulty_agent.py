@@ -6,6 +6,10 @@ Faults:
   refuse-restore   the device engine is asked to restore a checkpoint without pstree.img (CRIU refuses)
   slow-outcome     the restore happens, then the answer is held back until the connection drops
   fake-aarch64     says it is an aarch64 device (see FakeAarch64)
+  load-dies        the device's `docker load` takes two chunks of a shipped image, then its connection dies
+                   and it reads no more (the session's image queue fills up: the old deadlock)
+  hold-restore     at commit, once the outcome file says "restoring", the restore is held forever (log line
+                   "holding the restore"): a test can SIGKILL the agent at exactly that point
 """
 
 from __future__ import annotations
@@ -13,14 +17,17 @@ from __future__ import annotations
 import asyncio
 import os
 import sys
+from collections.abc import AsyncIterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from androcond.agent import server
-from androcond.agent.device import DeviceEngine
+from androcond.agent.device import DeviceEngine, TargetContainer
+from androcond.agent.errors import RestoreError
 from androcond.agent.session import AgentSession
 from androcond.config import load_settings
+from androcond.engine import EngineUnreachable
 from androcond.images import pb as criu
 from androcond.images import read_image
 from androcond.logging import configure_logging, get_logger
@@ -55,7 +62,7 @@ class RefuseRestore(AgentSession):
 
 class SlowOutcome(AgentSession):
     async def _query(self, migration_id: str) -> None:
-        record = self.outcomes.get(migration_id)
+        record = await self.outcomes.get(migration_id)
         if record is not None and record.state == "running" and self.migration is not None \
                 and self.migration.begin.migration_id == migration_id:
             await asyncio.Event().wait()  # restored, but the commit's answer never comes on this connection
@@ -81,9 +88,33 @@ class FakeAarch64(AgentSession):
         await super()._commit(file_count)
 
 
-FAULTS: dict[str, type[AgentSession]] = {
-    "none": AgentSession, "flip-byte": FlipByte, "refuse-restore": RefuseRestore, "slow-outcome": SlowOutcome,
-    "fake-aarch64": FakeAarch64,
+class LoadDies(DeviceEngine):
+    """`docker load` reads two chunks, then fails as if its connection to the device engine was reset, and
+    takes nothing more from the session's queue."""
+
+    async def load_image(self, chunks: AsyncIterator[bytes]) -> None:
+        stream = aiter(chunks)
+        for _ in range(2):
+            await anext(stream)
+        get_logger("load-dies").info("image load dies", chunks_read=2)
+        cause = EngineUnreachable(f"Docker engine at {self.engine.host}: image load: ClientOSError: "
+                                  "[Errno 104] Connection reset by peer (injected)")
+        raise RestoreError(f"loading the image failed: {cause}") from cause
+
+
+class HoldRestore(DeviceEngine):
+    """The session has written the outcome "restoring" and asks for the restore: it never happens."""
+
+    async def restore(self, target: TargetContainer, checkpoint_name: str) -> None:
+        get_logger("hold-restore").info("holding the restore", container_id=target.container_id)
+        await asyncio.Event().wait()
+
+
+FAULTS: dict[str, tuple[type[AgentSession], type[DeviceEngine]]] = {
+    "none": (AgentSession, DeviceEngine), "flip-byte": (FlipByte, DeviceEngine),
+    "refuse-restore": (RefuseRestore, DeviceEngine), "slow-outcome": (SlowOutcome, DeviceEngine),
+    "fake-aarch64": (FakeAarch64, DeviceEngine), "load-dies": (AgentSession, LoadDies),
+    "hold-restore": (AgentSession, HoldRestore),
 }
 
 
@@ -91,7 +122,7 @@ def main(argv: list[str]) -> int:
     fault, _, config = argv[0], argv[1], argv[2]
     settings = load_settings(config)
     configure_logging("debug", "json")
-    server.Agent.session_class = FAULTS[fault]
+    server.Agent.session_class, server.Agent.device_class = FAULTS[fault]
     return asyncio.run(server.serve(settings.agent))
 
 

@@ -1,0 +1,55 @@
+"""Settling stale outcomes: what an agent killed mid-migration left "receiving" or "restoring".
+
+Done when an agent starts (for every record) and when a query or a Begin asks about one. The device engine
+decides: a restore that came up is "running"; anything else is removed and recorded as failed or aborted, so
+the daemon gets a final answer instead of "restoring" forever.
+"""
+
+from __future__ import annotations
+
+from ..errors import AndrocondError
+from ..logging import get_logger
+from .device import DeviceEngine
+from .outcomes import OutcomeRecord, OutcomeStore
+
+log = get_logger(__name__)
+
+RESTORE_DIED = "the agent stopped during the restore; the container did not come up"
+RECEIVE_DIED = "the agent stopped while receiving the migration's files"
+
+
+async def settle_if_stale(store: OutcomeStore, device: DeviceEngine, record: OutcomeRecord) -> OutcomeRecord:
+    """The record itself if it is not stale; else the settled record (written to the store)."""
+    if not record.is_stale(store.owner):
+        return record
+    before = record.state
+    cid = record.container_id
+    if before == "restoring" and cid and await device.is_running(cid):
+        settled = OutcomeRecord(record.migration_id, "running", cid, bytes_received=record.bytes_received)
+    else:
+        if cid:
+            await device.discard(cid)
+        if before == "restoring":
+            settled = OutcomeRecord(record.migration_id, "failed", error=RESTORE_DIED,
+                                    bytes_received=record.bytes_received)
+        else:
+            removed = "; the prepared container was removed" if cid else ""
+            settled = OutcomeRecord(record.migration_id, "aborted", error=RECEIVE_DIED + removed,
+                                    bytes_received=record.bytes_received)
+    await store.put(settled)
+    log.warning("settled a stale outcome", migration_id=record.migration_id, was=before, now=settled.state,
+                container_id=cid, dead_owner_pid=record.owner_pid)
+    return settled
+
+
+async def settle_all(store: OutcomeStore, device: DeviceEngine) -> int:
+    """Settle every stale record in the store; returns how many were settled. One that cannot be settled
+    now is logged and left for a later query (the agent starts anyway)."""
+    settled = 0
+    for record in await store.in_flight():
+        try:
+            if (await settle_if_stale(store, device, record)) is not record:
+                settled += 1
+        except (AndrocondError, OSError) as exc:
+            log.error("could not settle a stale outcome", migration_id=record.migration_id, error=str(exc))
+    return settled

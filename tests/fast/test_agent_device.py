@@ -1,0 +1,79 @@
+"""The agent never leaves a container it made behind when preparing it fails (no test bed: a stand-in
+engine records the calls)."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from androcond.agent.device import DeviceEngine, DeviceFacts
+from androcond.agent.errors import RestoreError
+from androcond.engine import Engine
+
+
+class RecordingEngine(Engine):
+    """Answers like an overlay2 engine; `create_started` is set once a create is under way."""
+
+    def __init__(self, upper: Path, hold_create: bool = False) -> None:
+        super().__init__("unix:///nonexistent.sock")
+        self.upper = upper
+        self.hold_create = hold_create
+        self.create_started = asyncio.Event()
+        self.removed: list[tuple[str, bool]] = []
+
+    async def create_container(self, config: dict[str, Any], *, name: str | None = None) -> str:
+        self.create_started.set()
+        if self.hold_create:
+            await asyncio.Event().wait()
+        return "c0ffee"
+
+    async def inspect_container(self, ref: str) -> dict[str, Any]:
+        return {"State": {}, "GraphDriver": {"Name": "overlay2", "Data": {"UpperDir": str(self.upper)}}}
+
+    async def remove_container(self, ref: str, *, force: bool = False) -> None:
+        self.removed.append((ref, force))
+
+
+@pytest.fixture
+async def engine(tmp_path: Path) -> AsyncIterator[RecordingEngine]:
+    engine = RecordingEngine(tmp_path / "upper")
+    yield engine
+    await engine.close()
+
+
+def device(engine: Engine, data_root: Path) -> DeviceEngine:
+    return DeviceEngine(engine, DeviceFacts(isa="x86_64", page_size=4096, criu_version="4.1",
+                                            engine_version="20.10", data_root=data_root))
+
+
+async def test_a_failed_checkpoint_directory_removes_the_container(engine: RecordingEngine, tmp_path: Path) -> None:
+    data_root = tmp_path / "docker"
+    data_root.mkdir()
+    (data_root / "containers").write_text("not a directory")  # the mkdir beneath it fails
+    with pytest.raises(RestoreError, match="making the checkpoint directory"):
+        await device(engine, data_root).create("target", {"Image": "x"}, "androcond")
+    assert engine.removed == [("c0ffee", True)]
+
+
+async def test_a_prepared_container_is_kept_when_all_went_well(engine: RecordingEngine, tmp_path: Path) -> None:
+    target = await device(engine, tmp_path).create("target", {"Image": "x"}, "androcond")
+    assert target.checkpoint_dir == tmp_path / "containers" / "c0ffee" / "checkpoints" / "androcond"
+    assert target.checkpoint_dir.is_dir()
+    assert engine.removed == []
+
+
+async def test_a_create_cancelled_midway_removes_the_container_by_name(tmp_path: Path) -> None:
+    engine = RecordingEngine(tmp_path / "upper", hold_create=True)
+    try:
+        creating = asyncio.create_task(device(engine, tmp_path).create("target", {"Image": "x"}, "androcond"))
+        await engine.create_started.wait()
+        creating.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await creating
+        assert engine.removed == [("target", True)]
+    finally:
+        await engine.close()
