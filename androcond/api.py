@@ -27,7 +27,8 @@ from .engine import Engine, EngineError
 from .journal import Journal, JournalError
 from .logging import get_logger
 from .metrics import CONTENT_TYPE, Metrics
-from .scheduler import AlreadyMigrating, Scheduler, SchedulerClosed
+from .payload import Progress
+from .requests import AlreadyMigrating, MigrationRequest, NotAccepting, Submit
 
 log = get_logger(__name__)
 
@@ -41,7 +42,9 @@ class ApiState:
     journal: Journal
     engine: Engine
     adb: AdbClient
-    scheduler: Scheduler
+    submit: Submit  # an input beside the watcher: the API asks, the scheduler decides
+    in_flight: Callable[[], int]
+    live_progress: Callable[[str], Progress | None]
     following: Callable[[], bool]
     metrics: Metrics
 
@@ -95,15 +98,15 @@ async def healthz(request: web.Request) -> web.Response:
     return web.json_response({"status": "ok" if healthy else "degraded", "version": __version__,
                               "engine": engine_ok, "journal": journal_ok,
                               "following_events": state.following(),
-                              "migrations_in_flight": len(state.scheduler.active)},
+                              "migrations_in_flight": state.in_flight()},
                              status=200 if healthy else 503)
 
 
 def _with_progress(state: ApiState, record: dict[str, Any]) -> dict[str, Any]:
-    migration = state.scheduler.running_migrations.get(record["id"])
-    if migration is not None:
-        record["bytes_sent"] = migration.progress.bytes_sent
-        record["files_sent"] = migration.progress.files_sent
+    progress = state.live_progress(record["id"])
+    if progress is not None:
+        record["bytes_sent"] = progress.bytes_sent
+        record["files_sent"] = progress.files_sent
     return record
 
 
@@ -144,11 +147,11 @@ async def create_migration(request: web.Request) -> web.Response:
         return web.json_response({"error": str(exc)}, status=status)
     keep = bool(body.get("keep_source", False))
     try:
-        record = await state.scheduler.submit(str(inspect["Id"]), str(inspect["Name"]).lstrip("/"), device,
-                                              origin="api", keep_source=keep)
+        record = await state.submit(MigrationRequest(str(inspect["Id"]), str(inspect["Name"]).lstrip("/"), device,
+                                                     origin="api", keep_source=keep))
     except AlreadyMigrating as exc:
         return web.json_response({"error": str(exc), "migration": exc.record.as_json()}, status=409)
-    except SchedulerClosed as exc:
+    except NotAccepting as exc:
         return web.json_response({"error": str(exc)}, status=503)
     return web.json_response(record.as_json(), status=202)
 

@@ -25,8 +25,9 @@ from .logging import get_logger, log_context
 from .metrics import Metrics
 from .notify import NotifyError, Webhooks, event_kind_for_state
 from .pipeline import Context, cancel_settling, new_record, wait_for_settling
+from .requests import AlreadyMigrating, MigrationRequest, NotAccepting
 from .resolver import Resolver
-from .scheduler import AlreadyMigrating, Scheduler, SchedulerClosed
+from .scheduler import Scheduler
 from .states import MigrationState
 from .systemd import Notifier, watchdog_loop
 from .watcher import ContainerSeen, Watcher
@@ -96,11 +97,12 @@ class Daemon:
                          last_migration=last.id, last_state=last.state)
                 return
             try:
-                await self.scheduler.submit(seen.container_id, seen.name, seen.labels.device, origin="label",
-                                            keep_source=seen.labels.keep_source, delay_s=seen.labels.delay_s)
+                await self.scheduler.submit(MigrationRequest(
+                    seen.container_id, seen.name, seen.labels.device, origin="label",
+                    keep_source=seen.labels.keep_source, delay_s=seen.labels.delay_s))
             except AlreadyMigrating as exc:
                 log.info("already being migrated", migration_id=exc.record.id)
-            except SchedulerClosed:
+            except NotAccepting:
                 log.info("shutting down; not starting a migration")
 
     async def run(self) -> int:
@@ -128,7 +130,7 @@ class Daemon:
             await self.stop_requested.wait()
             started.cancel()
             budget = self.settings.daemon.shutdown_timeout
-            in_flight = len(self.scheduler.active) if self.scheduler is not None else 0
+            in_flight = self.scheduler.in_flight if self.scheduler is not None else 0
             log.info("shutting down", budget_s=budget, in_flight=in_flight)
             self.notifier.stopping(status=f"shutting down, {in_flight} migration(s) in flight")
             # Phase 1: no new work.
@@ -141,7 +143,7 @@ class Daemon:
                         await self.scheduler.drain()
                 except TimeoutError:
                     log.warning("shutdown budget spent; rolling back migrations still in flight",
-                                in_flight=len(self.scheduler.active))
+                                in_flight=self.scheduler.in_flight)
                     self.scheduler.cancel_all()
             # Phase 3b: the rollbacks those cancels started, within a bound of their own; what is left is
             # cancelled too and stays in the journal for the next start to resolve.
@@ -170,10 +172,11 @@ class Daemon:
                                    on_released=self._on_released)
         self.resolver = Resolver(ctx, journal, self.scheduler.running, self.settings.timeouts.resolve_backoff_max)
         try:
-            self._api = await start_api(build_app(ApiState(self.settings, journal, self.engine, self.adb,
-                                                           self.scheduler, lambda: self.watcher.following,
-                                                           self.metrics)),
-                                        self.settings.daemon.api)
+            scheduler = self.scheduler
+            api = ApiState(self.settings, journal, self.engine, self.adb, submit=scheduler.submit,
+                           in_flight=lambda: scheduler.in_flight, live_progress=scheduler.live_progress,
+                           following=lambda: self.watcher.following, metrics=self.metrics)
+            self._api = await start_api(build_app(api), self.settings.daemon.api)
         except OSError as exc:
             log.error("cannot serve the API", address=self.settings.daemon.api, error=str(exc))
             self.exit_code = EXIT_FAILED
@@ -192,7 +195,7 @@ class Daemon:
             self.resolver.wake()  # ended unresolved: the resolver asks the device again from now on
 
     async def _on_migration_change(self, record: MigrationRecord) -> None:
-        in_flight = len(self.scheduler.active) if self.scheduler is not None else 0
+        in_flight = self.scheduler.in_flight if self.scheduler is not None else 0
         self.notifier.status(f"following Docker events; {in_flight} migration(s) in flight")
         kind = event_kind_for_state(record.state)
         if kind is not None and self.webhooks is not None:
@@ -203,7 +206,7 @@ class Daemon:
 
     def _live_state(self) -> dict[str, int]:
         live = dict(self.webhooks.stats()) if self.webhooks is not None else {}
-        live["in_flight"] = len(self.scheduler.active) if self.scheduler is not None else 0
+        live["in_flight"] = self.scheduler.in_flight if self.scheduler is not None else 0
         live["reconnects"] = self.watcher.reconnects
         return live
 

@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 
+from . import faults
 from .adb_link import AdbClient, AdbError
 from .config import DeviceSettings
 from .errors import AndrocondError
@@ -37,6 +38,8 @@ async def agent_endpoint(device: DeviceSettings, adb: AdbClient) -> AsyncIterato
             yield Endpoint("127.0.0.1", port, device.user, device.identity, device.known_hosts,
                            device.agent_command, host_key_alias=device.adb_serial)
         finally:
+            if faults.armed("forward-gone"):  # test bed only: the forward vanished under us
+                await adb.killforward(device.adb_serial, port)
             await _remove_forward(adb, device.adb_serial, port)
         return
     assert device.address is not None

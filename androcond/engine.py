@@ -48,8 +48,9 @@ Json = dict[str, Any]
 
 
 class Engine:
-    def __init__(self, host: str) -> None:
+    def __init__(self, host: str, call_timeout: aiohttp.ClientTimeout = CALL_TIMEOUT) -> None:
         self.host = host
+        self._call_timeout = call_timeout  # for the short calls (inspect, info, stats, ...)
         self._docker = aiodocker.Docker(url=host)
 
     async def close(self) -> None:
@@ -80,10 +81,10 @@ class Engine:
             raise EngineError(f"Docker engine at {self.host}: {what}: unreadable answer: {exc}") from exc
 
     async def _call(self, path: str, method: str = "GET", *, params: Mapping[str, Any] | None = None,
-                    data: Any = None, limits: aiohttp.ClientTimeout = CALL_TIMEOUT) -> Any:
+                    data: Any = None, limits: aiohttp.ClientTimeout | None = None) -> Any:
         with self._errors(f"{method} {path}"):
             return await self._docker._query_json(path, method, params=dict(params or {}), data=data,
-                                                  timeout=limits)
+                                                  timeout=limits or self._call_timeout)
 
     async def _object(self, path: str, method: str = "GET", **kwargs: Any) -> Json:
         """A call whose answer must be a JSON object (an engine may answer `null`, e.g. stats of a container
@@ -189,7 +190,7 @@ class Engine:
         """stdout+stderr of a container without a TTY, demultiplexed."""
         with self._errors(f"logs of {ref}"):
             async with self._docker._query(f"containers/{ref}/logs", params={"stdout": True, "stderr": True},
-                                           timeout=CALL_TIMEOUT) as response:
+                                           timeout=self._call_timeout) as response:
                 raw = await response.read()
         return _demux(raw).decode(errors="replace")
 

@@ -1,9 +1,11 @@
 """Fault injection for the test bed: the failure nobody expected, on demand.
 
-With ``ANDROCOND_INJECT_FAULT=<point>[,<point>...]`` in the daemon's environment, :func:`inject` raises
-:class:`InjectedFault` at those points of a migration. It is a ``RuntimeError`` on purpose, not one of our
-errors: it stands for a bug, so the tests prove the supervisor contains what no ``except`` clause names.
-Unset (always, outside tests), it does nothing.
+With ``ANDROCOND_INJECT_FAULT=<point>[@<container>][,...]`` in the daemon's environment, :func:`inject`
+raises :class:`InjectedFault` at those points of a migration (of that container only, when one is named).
+It is a ``RuntimeError`` on purpose, not one of our errors: it stands for a bug, so the tests prove that the
+supervisor contains what no ``except`` clause names. ``forward-gone`` instead makes the adb forward of a
+migration vanish (through the real adb server) just before the daemon removes it, as when the phone is
+unplugged right after the restore. Unset — always, outside tests — nothing happens.
 """
 
 from __future__ import annotations
@@ -11,18 +13,22 @@ from __future__ import annotations
 import os
 
 ENV = "ANDROCOND_INJECT_FAULT"
-POINTS = frozenset({"preflight", "checkpoint", "recode", "stream", "commit", "finish-source"})
+POINTS = frozenset({"preflight", "checkpoint", "recode", "stream", "commit", "finish-source", "forward-gone"})
 
 
 class InjectedFault(RuntimeError):
     pass
 
 
-def _armed() -> frozenset[str]:
-    return frozenset(p.strip() for p in os.environ.get(ENV, "").split(",") if p.strip())
-
-
-def inject(point: str) -> None:
+def armed(point: str, container: str = "") -> bool:
     assert point in POINTS, point
-    if point in _armed():
+    for item in os.environ.get(ENV, "").split(","):
+        name, _, scope = item.strip().partition("@")
+        if name == point and (not scope or scope == container):
+            return True
+    return False
+
+
+def inject(point: str, container: str = "") -> None:
+    if armed(point, container):
         raise InjectedFault(f"injected fault at {point} ({ENV})")

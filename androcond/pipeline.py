@@ -327,12 +327,13 @@ class Migration:
         if self.record.keep_source:
             return
         try:
-            inject("finish-source")
+            inject("finish-source", self.record.container_name)
             await self.ctx.engine.remove_container(self.record.container_id, force=True)
         except Exception as exc:
             log.warning("could not remove the source container; remove it by hand", error=str(exc),
                         exc_info=not isinstance(exc, AndrocondError))
-            self.record.error = f"the source container was not removed: {exc}"
+            what = str(exc) if isinstance(exc, AndrocondError) else f"{exc.__class__.__name__}: {exc}"
+            self.record.error = f"the source container was not removed: {what}"
 
     async def rollback(self, reason: str) -> None:
         if self.record.state != S.ROLLING_BACK:
@@ -372,7 +373,7 @@ class Migration:
                         raise Rejected(f"device {record.device} is not reachable: {exc}") from exc
                 async with link:
                     async with _budget("preflight", t.preflight):
-                        inject("preflight")
+                        inject("preflight", self.record.container_name)
                         estimate = await self._preflight(link, inspect)
                         # The target container is made (and the image shipped) while the source still runs:
                         # none of that belongs in the downtime.
@@ -449,7 +450,7 @@ class Migration:
 
     async def _recode(self, inspect: dict[str, Any]) -> Path:
         """The images as the device needs them: recoded for its ISA and/or its profile, else as dumped."""
-        inject("recode")
+        inject("recode", self.record.container_name)
         source = self._checkpoint_dir()
         if self._cross is None and self._profile is None:
             return source
@@ -489,7 +490,7 @@ class Migration:
             await self.ctx.engine.create_checkpoint(self.record.container_id, self.record.checkpoint_name)
             self._time("checkpoint_s", self._frozen_at)
         log.info("checkpointed", via="runc" if fast else "engine", seconds=self.record.timings["checkpoint_s"])
-        inject("checkpoint")
+        inject("checkpoint", self.record.container_name)
 
     def _checkpoint_dir(self) -> Path:
         return self._source_root / "containers" / self.record.container_id / "checkpoints" / \
@@ -518,7 +519,7 @@ class Migration:
     async def _stream(self, link: AgentConnection, inspect: dict[str, Any]) -> int:
         """Send the checkpoint, the writable layer and the volumes (read now that the container is stopped)."""
         await self._set(S.STREAMING)
-        inject("stream")
+        inject("stream", self.record.container_name)
         t0 = time.monotonic()
         upper = upper_dir(inspect)
         volumes = named_volumes(inspect)
@@ -545,7 +546,7 @@ class Migration:
 
     async def _commit(self, link: AgentConnection, file_count: int) -> None:
         await self._set(S.RESTORING)
-        inject("commit")
+        inject("commit", self.record.container_name)
         t0 = time.monotonic()
         outcome = await link.commit(file_count)  # a broken link here is settled by asking the device
         self._time("restore_s", t0)

@@ -17,6 +17,7 @@ from typing import Any
 from .errors import AndrocondError
 
 MOUNT_TIMEOUT_S = 30.0
+_unmounts: set[asyncio.Future[None]] = set()
 
 
 class RootfsError(AndrocondError):
@@ -29,8 +30,17 @@ async def _run(*argv: str) -> None:
         raise RootfsError(f"{argv[0]} is not installed")
     proc = await asyncio.create_subprocess_exec(binary, *argv[1:], stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.STDOUT)
-    async with asyncio.timeout(MOUNT_TIMEOUT_S):
-        output, _ = await proc.communicate()
+    try:
+        async with asyncio.timeout(MOUNT_TIMEOUT_S):
+            output, _ = await proc.communicate()
+    except BaseException as exc:
+        # Timed out or cancelled: the mount must not go on behind our back (nor linger as a zombie).
+        if proc.returncode is None:
+            proc.kill()
+            await asyncio.shield(proc.wait())
+        if isinstance(exc, TimeoutError):
+            raise RootfsError(f"{' '.join(argv[:3])}… did not finish within {MOUNT_TIMEOUT_S:g}s") from exc
+        raise
     if proc.returncode != 0:
         raise RootfsError(f"{' '.join(argv[:3])}…: {output.decode(errors='replace').strip()[-300:]}")
 
@@ -49,6 +59,9 @@ async def container_root(inspect: dict[str, Any]) -> AsyncIterator[Path]:
         try:
             yield mountpoint
         finally:
-            await asyncio.shield(_run("umount", str(mountpoint)))
+            unmount = asyncio.ensure_future(_run("umount", str(mountpoint)))
+            _unmounts.add(unmount)  # owned: it finishes even if we are cancelled while it runs
+            unmount.add_done_callback(_unmounts.discard)
+            await asyncio.shield(unmount)
     finally:
         await asyncio.to_thread(mountpoint.rmdir)

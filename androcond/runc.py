@@ -37,9 +37,10 @@ async def checkpoint(runc_root: Path, container_id: str, image_dir: Path) -> Non
     if runc is None:
         raise RuncError("runc is not installed")
     await asyncio.to_thread(image_dir.mkdir, parents=True, exist_ok=False)
-    with tempfile.TemporaryDirectory(prefix="androcond-criu-") as work:
+    work = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="androcond-criu-"))
+    try:
         proc = await asyncio.create_subprocess_exec(
-            runc, "--root", str(runc_root), "checkpoint", "--image-path", str(image_dir), "--work-path", work,
+            runc, "--root", str(runc_root), "checkpoint", "--image-path", str(image_dir), "--work-path", str(work),
             container_id, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
             env={"PATH": RUNC_PATH})
         try:
@@ -48,13 +49,16 @@ async def checkpoint(runc_root: Path, container_id: str, image_dir: Path) -> Non
         except BaseException:
             if proc.returncode is None:
                 proc.kill()
-                await proc.wait()
+                await asyncio.shield(proc.wait())
             raise
         if proc.returncode != 0:
-            log_tail = _tail(Path(work) / "dump.log")
-            shutil.rmtree(image_dir, ignore_errors=True)
+            log_tail = await asyncio.to_thread(_tail, work / "dump.log")
+            # A half-written dump is never restored: remove it (off the loop: it can be hundreds of MB).
+            await asyncio.to_thread(shutil.rmtree, image_dir, True)
             raise RuncError(f"runc checkpoint failed ({proc.returncode}): "
                             f"{output.decode(errors='replace').strip()[-500:]} {log_tail}")
+    finally:
+        await asyncio.shield(asyncio.to_thread(shutil.rmtree, work, True))
 
 
 def _tail(path: Path, lines: int = 5) -> str:

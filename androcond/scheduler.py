@@ -7,25 +7,14 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
-from .errors import AndrocondError
 from .journal import Journal, MigrationRecord
 from .logging import get_logger, log_context
+from .payload import Progress
 from .pipeline import Context, Migration, new_record
+from .requests import AlreadyMigrating, MigrationRequest, NotAccepting
 from .states import MigrationState
 
 log = get_logger(__name__)
-
-
-class AlreadyMigrating(AndrocondError):
-    def __init__(self, record: MigrationRecord) -> None:
-        what = "being migrated" if record.state != MigrationState.RESTORING or not record.error else \
-            "waiting for its device to say whether it runs there"
-        super().__init__(f"container {record.container_name} is already {what} ({record.id})")
-        self.record = record
-
-
-class SchedulerClosed(AndrocondError):
-    pass
 
 
 class Scheduler:
@@ -44,29 +33,38 @@ class Scheduler:
         self._idle.set()
         self.closed = False
 
+    @property
+    def in_flight(self) -> int:
+        return len(self.active)
+
+    def live_progress(self, migration_id: str) -> Progress | None:
+        migration = self.running_migrations.get(migration_id)
+        return migration.progress if migration is not None else None
+
     def running(self, migration_id: str) -> bool:
         return any(record.id == migration_id for record in self.active.values())
 
-    async def submit(self, container_id: str, container_name: str, device: str, *, origin: str,
-                     keep_source: bool = False, delay_s: float = 0.0) -> MigrationRecord:
+    async def submit(self, request: MigrationRequest) -> MigrationRecord:
         # Checks and the reservation happen before the first await: drain() and a second submit of the
         # same container see this admission at once.
+        container_id = request.container_id
         if self.closed:
-            raise SchedulerClosed("the daemon is shutting down; no new migrations")
+            raise NotAccepting("the daemon is shutting down; no new migrations")
         if container_id in self.active:
             raise AlreadyMigrating(self.active[container_id])
-        record = new_record(container_id, container_name, device, origin, keep_source)
+        record = new_record(container_id, request.container_name, request.device, request.origin,
+                            request.keep_source)
         self.active[container_id] = record
         self._idle.clear()
         spawned = False
         try:
             last = await self.journal.last_for_container(container_id)
             if last is not None and not last.finished:
-                raise AlreadyMigrating(last)  # unresolved: only the device can say where it runs
+                raise AlreadyMigrating(last, unresolved=True)  # only the device can say where it runs
             if self.closed:
-                raise SchedulerClosed("the daemon is shutting down; no new migrations")
+                raise NotAccepting("the daemon is shutting down; no new migrations")
             await self.journal.create(record)
-            task = self._spawn(self._run(record, delay_s), name=f"migration-{record.id[:8]}")
+            task = self._spawn(self._run(record, request.delay_s), name=f"migration-{record.id[:8]}")
             spawned = True
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
