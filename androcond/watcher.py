@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
-from .engine import Engine, EngineError, EngineUnreachable, Json
+from .engine import Engine, EngineError, Json
 from .labels import MIGRATE_LABEL, LabelError, MigrationLabels, parse_labels
 from .logging import get_logger
 
@@ -100,10 +100,12 @@ class Watcher:
                 async with Engine(self._host) as engine:
                     await self._follow(engine, delays)
                 reason = "event stream ended"
-            except EngineUnreachable as exc:
+            except EngineError as exc:  # EngineUnreachable included
                 reason = str(exc)
-            except EngineError as exc:
-                reason = str(exc)
+            except Exception as exc:  # an answer we did not expect (a missing key, a bad timestamp): a bug of
+                # ours or a new engine — said loudly, then retried like a broken stream, never fatal
+                reason = f"{exc.__class__.__name__}: {exc}"
+                log.error("unexpected error while following the engine", error=reason, exc_info=exc)
             self.following = False
             delay = delays.next()
             if not first:

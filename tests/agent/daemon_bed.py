@@ -3,13 +3,20 @@ checks that a container runs exactly once."""
 
 from __future__ import annotations
 
+import asyncio
+import hashlib
+import hmac
+import json
+from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from aiohttp import web
+
 from androcond.engine import Engine, EngineError
 
-from ..helpers import DaemonProcess
+from ..helpers import DaemonProcess, counts, wait_for_count
 from ..testbed.agent import DeviceAgent, daemon_config
 from .conftest import AGENT_PORT, AgentBed
 
@@ -55,3 +62,46 @@ async def running(engine: Engine, name: str) -> bool:
         if exc.status == 404:
             return False
         raise
+
+
+async def assert_back_at_source(engine_a: Engine, engine_b: Engine, name: str) -> None:
+    """Rolled back: running at the source, counting on from where it was (no restart), not on the device."""
+    last = counts(await engine_a.container_logs(name))[-1]
+    seen = await wait_for_count(engine_a, name, at_least=last + 3)
+    assert continuous(seen), "the source restarted instead of continuing"
+    assert not await running(engine_b, name)
+
+
+def continuous(seen: list[int]) -> bool:
+    return seen == list(range(seen[0], seen[0] + len(seen)))
+
+
+class Receiver:
+    """A webhook receiver that checks every signature as it arrives."""
+
+    def __init__(self, secret: str) -> None:
+        self.secret = secret
+        self.events: list[dict[str, Any]] = []
+        self.bad_signatures = 0
+        self.arrived = asyncio.Condition()
+
+    async def handle(self, request: web.Request) -> web.Response:
+        body = await request.read()
+        expected = "sha256=" + hmac.new(self.secret.encode(), body, hashlib.sha256).hexdigest()
+        if not hmac.compare_digest(request.headers.get("X-Androcond-Signature", ""), expected):
+            self.bad_signatures += 1
+            return web.Response(status=401)
+        async with self.arrived:
+            self.events.append(json.loads(body))
+            self.arrived.notify_all()
+        return web.Response(status=204)
+
+    def kinds_by_subject(self) -> dict[str, list[str]]:
+        kinds: dict[str, list[str]] = defaultdict(list)
+        for event in self.events:
+            kinds[event["subject"]].append(event["type"].removeprefix("io.androcond.migration."))
+        return dict(kinds)
+
+    async def wait_for(self, subject: str, last_kind: str) -> None:
+        async with asyncio.timeout(60), self.arrived:
+            await self.arrived.wait_for(lambda: last_kind in self.kinds_by_subject().get(subject, []))

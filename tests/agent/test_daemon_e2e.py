@@ -20,7 +20,15 @@ from ..testbed.bed import RUN_FILTER
 from ..testbed.engines import DOCKER_CLI
 from ..testbed.proc import run
 from .conftest import AGENT_PORT, AgentBed
-from .daemon_bed import faulty_agent, finished, running, state_of, write_daemon_config
+from .daemon_bed import (
+    assert_back_at_source,
+    continuous,
+    faulty_agent,
+    finished,
+    running,
+    state_of,
+    write_daemon_config,
+)
 
 pytestmark = pytest.mark.testbed
 
@@ -49,18 +57,6 @@ def label_rejected(name: str) -> Callable[[dict[str, Any]], bool]:
         return str(entry.get("msg", "")).startswith("migration label rejected") and entry.get("container") == name
 
     return match
-
-
-async def assert_back_at_source(engine_a: Engine, engine_b: Engine, name: str) -> None:
-    """Rolled back: running at the source, counting on from where it was (no restart), not on the device."""
-    last = counts(await engine_a.container_logs(name))[-1]
-    seen = await wait_for_count(engine_a, name, at_least=last + 3)
-    assert continuous(seen), "the source restarted instead of continuing"
-    assert not await running(engine_b, name)
-
-
-def continuous(seen: list[int]) -> bool:
-    return seen == list(range(seen[0], seen[0] + len(seen)))
 
 
 @pytest.fixture

@@ -4,14 +4,9 @@ delivered in order to a real receiver; /metrics parses and moves; the secret app
 from __future__ import annotations
 
 import asyncio
-import hashlib
-import hmac
-import json
 import socket
 import uuid
-from collections import defaultdict
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
@@ -22,46 +17,16 @@ from androcond.engine import Engine
 
 from ..helpers import DaemonProcess, counter_config
 from .conftest import AGENT_PORT, AgentBed
-from .daemon_bed import faulty_agent, finished, write_daemon_config
+from .daemon_bed import Receiver, faulty_agent, finished, write_daemon_config
 
 pytestmark = pytest.mark.testbed
 
 SECRET = f"hook-secret-{uuid.uuid4().hex}"
 
 
-class Receiver:
-    """A webhook receiver that checks every signature as it arrives."""
-
-    def __init__(self) -> None:
-        self.events: list[dict[str, Any]] = []
-        self.bad_signatures = 0
-        self.arrived = asyncio.Condition()
-
-    async def handle(self, request: web.Request) -> web.Response:
-        body = await request.read()
-        expected = "sha256=" + hmac.new(SECRET.encode(), body, hashlib.sha256).hexdigest()
-        if not hmac.compare_digest(request.headers.get("X-Androcond-Signature", ""), expected):
-            self.bad_signatures += 1
-            return web.Response(status=401)
-        async with self.arrived:
-            self.events.append(json.loads(body))
-            self.arrived.notify_all()
-        return web.Response(status=204)
-
-    def kinds_by_subject(self) -> dict[str, list[str]]:
-        kinds: dict[str, list[str]] = defaultdict(list)
-        for event in self.events:
-            kinds[event["subject"]].append(event["type"].removeprefix("io.androcond.migration."))
-        return dict(kinds)
-
-    async def wait_for(self, subject: str, last_kind: str) -> None:
-        async with asyncio.timeout(60), self.arrived:
-            await self.arrived.wait_for(lambda: last_kind in self.kinds_by_subject().get(subject, []))
-
-
 async def test_events_metrics_and_secrecy(agent_server: AgentBed, engine_a: Engine, tmp_path: Path,
                                           unique_name: str) -> None:
-    receiver = Receiver()
+    receiver = Receiver(SECRET)
     app = web.Application()
     app.router.add_post("/hook", receiver.handle)
     runner = web.AppRunner(app)
@@ -154,7 +119,7 @@ secret = "{SECRET}"
     finally:
         await daemon.kill()
 
-    receiver = Receiver()
+    receiver = Receiver(SECRET)
     app = web.Application()
     app.router.add_post("/hook", receiver.handle)
     runner = web.AppRunner(app)

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 
 from androcond.engine import Engine
 from androcond.faults import ENV
@@ -26,11 +27,21 @@ from ..testbed.bed import RUN_FILTER
 from ..testbed.images import TEST_IMAGE
 from ..testbed.proc import wait_for
 from .conftest import AGENT_PORT, AgentBed
-from .daemon_bed import faulty_agent, finished, running, state_of, write_daemon_config
+from .daemon_bed import (
+    Receiver,
+    assert_back_at_source,
+    continuous,
+    faulty_agent,
+    finished,
+    running,
+    state_of,
+    write_daemon_config,
+)
 from .engine_proxy import NullStatsProxy
-from .test_daemon_e2e import assert_back_at_source, continuous
 
 pytestmark = pytest.mark.testbed
+
+SECRET = f"hook-secret-{os.getpid()}"
 
 
 def injected(point: str, container: str) -> dict[str, str]:
@@ -74,13 +85,29 @@ async def another_moves(daemon: DaemonProcess, engine_a: Engine, engine_b: Engin
 
 OUTCOME = {"preflight": "failed", "checkpoint": "rolled-back", "recode": "rolled-back", "stream": "rolled-back",
            "commit": "rolled-back", "finish-source": "done"}
+# The webhook events each migration announces (streaming is announced as "checkpointed").
+EVENTS = {"preflight": ["requested", "failed"], "checkpoint": ["requested", "rolled_back"],
+          "recode": ["requested", "checkpointed", "rolled_back"],
+          "stream": ["requested", "checkpointed", "rolled_back"],
+          "commit": ["requested", "checkpointed", "rolled_back"],
+          "finish-source": ["requested", "checkpointed", "restored"]}
 
 
 @pytest.mark.parametrize("point", list(OUTCOME))
 async def test_an_unexpected_exception_in_any_phase_is_contained(
         agent_server: AgentBed, engine_a: Engine, engine_b: Engine, tmp_path: Path, unique_name: str,
         point: str) -> None:
-    daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path), env=injected(point, unique_name))
+    receiver = Receiver(SECRET)
+    app = web.Application()
+    app.router.add_post("/hook", receiver.handle)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    hooks = f'[[webhooks]]\nurl = "http://127.0.0.1:{port}/hook"\nsecret = "{SECRET}"'
+    daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, extra=hooks),
+                           env=injected(point, unique_name))
     await daemon.start()
     try:
         await start_counter(engine_a, unique_name)
@@ -105,10 +132,14 @@ async def test_an_unexpected_exception_in_any_phase_is_contained(
                 assert "checkpointing" not in record["states"], "frozen although preflight failed"
             else:
                 assert record["states"][-2:] == ["rolling-back", "rolled-back"]
+        # The webhooks tell the same story: no "failed" for a container that runs on the device.
+        await receiver.wait_for(unique_name, EVENTS[point][-1])
+        assert receiver.kinds_by_subject()[unique_name] == EVENTS[point]
         await another_moves(daemon, engine_a, engine_b, f"{unique_name}-next")
         assert await daemon.stop() == 0
     finally:
         await daemon.kill()
+        await runner.cleanup()
 
 
 async def test_engine_stats_answering_null(agent_server: AgentBed, engine_a: Engine, engine_b: Engine,
