@@ -81,6 +81,7 @@ class Receiver:
 
     def __init__(self, secret: str) -> None:
         self.secret = secret
+        self._runner: web.AppRunner | None = None
         self.events: list[dict[str, Any]] = []
         self.bad_signatures = 0
         self.arrived = asyncio.Condition()
@@ -105,3 +106,18 @@ class Receiver:
     async def wait_for(self, subject: str, last_kind: str) -> None:
         async with asyncio.timeout(60), self.arrived:
             await self.arrived.wait_for(lambda: last_kind in self.kinds_by_subject().get(subject, []))
+
+    async def start(self, port: int = 0) -> str:
+        """Serve on a loopback port (our own by default); returns the URL for the daemon's [[webhooks]]."""
+        app = web.Application()
+        app.router.add_post("/hook", self.handle)
+        self._runner = web.AppRunner(app)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", port)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        return f"http://127.0.0.1:{port}/hook"
+
+    async def stop(self) -> None:
+        if self._runner is not None:
+            await self._runner.cleanup()

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import aiohttp
 import pytest
-from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
 from androcond.engine import Engine
@@ -27,13 +26,7 @@ SECRET = f"hook-secret-{uuid.uuid4().hex}"
 async def test_events_metrics_and_secrecy(agent_server: AgentBed, engine_a: Engine, tmp_path: Path,
                                           unique_name: str) -> None:
     receiver = Receiver(SECRET)
-    app = web.Application()
-    app.router.add_post("/hook", receiver.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    hook_url = await receiver.start()
     broken = faulty_agent(agent_server, "flip-byte", AGENT_PORT + 4, tmp_path)
     known = agent_server.known_hosts(tmp_path, agent_server.bed.device.device_ip, broken.port)
     extra = f"""
@@ -42,7 +35,7 @@ address = "{agent_server.bed.device.device_ip}:{broken.port}"
 identity = "{agent_server.bed.device.client_key}"
 known_hosts = "{known}"
 [[webhooks]]
-url = "http://127.0.0.1:{port}/hook"
+url = "{hook_url}"
 secret = "{SECRET}"
 """
     daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, extra=extra))
@@ -94,7 +87,7 @@ secret = "{SECRET}"
     finally:
         await daemon.kill()
         broken.stop()
-        await runner.cleanup()
+        await receiver.stop()
 
 
 async def test_undelivered_events_go_out_after_a_daemon_restart(agent_server: AgentBed, engine_a: Engine,
@@ -120,11 +113,7 @@ secret = "{SECRET}"
         await daemon.kill()
 
     receiver = Receiver(SECRET)
-    app = web.Application()
-    app.router.add_post("/hook", receiver.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", port).start()
+    await receiver.start(port)
     again = DaemonProcess(config)
     await again.start()
     try:
@@ -134,4 +123,4 @@ secret = "{SECRET}"
         assert len({e["id"] for e in receiver.events}) == len(receiver.events), "each event once"
     finally:
         await again.kill()
-        await runner.cleanup()
+        await receiver.stop()

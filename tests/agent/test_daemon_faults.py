@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 
 from androcond.engine import Engine
 from androcond.faults import ENV
@@ -98,14 +97,7 @@ async def test_an_unexpected_exception_in_any_phase_is_contained(
         agent_server: AgentBed, engine_a: Engine, engine_b: Engine, tmp_path: Path, unique_name: str,
         point: str) -> None:
     receiver = Receiver(SECRET)
-    app = web.Application()
-    app.router.add_post("/hook", receiver.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    hooks = f'[[webhooks]]\nurl = "http://127.0.0.1:{port}/hook"\nsecret = "{SECRET}"'
+    hooks = f'[[webhooks]]\nurl = "{await receiver.start()}"\nsecret = "{SECRET}"'
     daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, extra=hooks),
                            env=injected(point, unique_name))
     await daemon.start()
@@ -139,7 +131,7 @@ async def test_an_unexpected_exception_in_any_phase_is_contained(
         assert await daemon.stop() == 0
     finally:
         await daemon.kill()
-        await runner.cleanup()
+        await receiver.stop()
 
 
 async def test_engine_stats_answering_null(agent_server: AgentBed, engine_a: Engine, engine_b: Engine,
