@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 
-from . import faults
+from . import criu_compat, faults
 from .adb_link import AdbClient, AdbError
 from .config import DeviceSettings
 from .errors import AndrocondError
@@ -72,6 +72,9 @@ class DeviceStatus:
     isa: str = ""
     agent_version: str = ""
     engine_version: str = ""
+    kernel: str = ""
+    criu_version: str = ""
+    criu_dumps_sockets: bool | None = None  # None: not reached, so not known
     error: str = ""
 
     def as_json(self) -> dict[str, object]:
@@ -96,7 +99,8 @@ async def probe(device: DeviceSettings, adb: AdbClient) -> DeviceStatus:
     except (TransportError, AdbError, DeviceError) as exc:
         return DeviceStatus(device.name, reached_by, False, adb_state, error=str(exc))
     return DeviceStatus(device.name, reached_by, True, adb_state, hello.isa, hello.agent_version,
-                        hello.engine_version)
+                        hello.engine_version, hello.kernel_release, hello.criu_version,
+                        criu_compat.dumps_inet_sockets(hello.criu_version, hello.kernel_release))
 
 
 async def probe_all(devices: list[DeviceSettings], adb: AdbClient) -> list[DeviceStatus]:

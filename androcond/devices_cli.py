@@ -29,7 +29,9 @@ def _cmd_devices(args: argparse.Namespace) -> int:
     if not statuses:
         print("no devices configured")
     for s in statuses:
-        state = (f"reachable  {s.isa}  agent {s.agent_version}  engine {s.engine_version or '-'}"
+        sockets = "" if s.criu_dumps_sockets else "  (its CRIU cannot move network sockets)"
+        state = (f"reachable  {s.isa}  agent {s.agent_version}  engine {s.engine_version or '-'}  "
+                 f"criu {s.criu_version or '-'}  kernel {s.kernel or '?'}{sockets}"
                  if s.reachable else f"UNREACHABLE  {s.error}")
         print(f"{s.name:<16} {s.reached_by:<28} {state}")
     return EXIT_OK

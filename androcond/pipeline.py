@@ -23,7 +23,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from . import popcorn, runc
+from . import criu_compat, popcorn, runc
 from .adb_link import AdbClient, AdbError
 from .config import Settings, TimeoutSettings
 from .devices import DeviceError, agent_endpoint
@@ -174,6 +174,17 @@ async def wait_for_settling(budget_s: float) -> int:
 def cancel_settling() -> None:
     for task in _settling:
         task.cancel()
+
+
+_source_criu: str | None = None
+
+
+async def source_criu_version() -> str:
+    """The CRIU runc runs on this host (asked once per daemon)."""
+    global _source_criu  # noqa: PLW0603 - a process-wide fact, asked once
+    if _source_criu is None:
+        _source_criu = await criu_compat.local_criu_version()
+    return _source_criu
 
 
 class Migration:
@@ -409,6 +420,10 @@ class Migration:
         if binds:
             raise Rejected(f"bind mount {binds[0]} cannot move with the container (its data lives on this host); "
                            "use a named volume")
+        pids = await asyncio.to_thread(popcorn.task_tree, int(inspect["State"].get("Pid") or 0))
+        sockets = await asyncio.to_thread(criu_compat.inet_sockets, pids)
+        if sockets:
+            await self._check_criu_sockets(link.hello, sockets)
         self._profile = self.ctx.settings.devices[self.record.device].profile
         host_isa = platform.machine()
         if link.hello.isa != host_isa:
@@ -422,6 +437,16 @@ class Migration:
             raise Rejected(f"the device has {link.hello.free_bytes} bytes free; this container needs about "
                            f"{needed} (memory {memory}, files {disk})")
         return disk + memory
+
+    async def _check_criu_sockets(self, hello: pb.AgentHello, count: int) -> None:
+        """A CRIU too old for its kernel fails on the first INET socket: say so now, not after the freeze."""
+        here, release = await source_criu_version(), criu_compat.kernel_release()
+        if not criu_compat.dumps_inet_sockets(here, release):
+            raise Rejected(f"the container holds {count} network socket(s), and this host's "
+                           f"{criu_compat.socket_advice(here, release)}")
+        if not criu_compat.dumps_inet_sockets(hello.criu_version, hello.kernel_release):
+            raise Rejected(f"the container holds {count} network socket(s), and device {self.record.device}'s "
+                           f"{criu_compat.socket_advice(hello.criu_version, hello.kernel_release)}")
 
     async def _cross_isa_preflight(self, hello: pb.AgentHello, host_isa: str, inspect: dict[str, Any]) -> CrossIsa:
         """x86_64 → aarch64 in the manner of criu-het: every task must be a Popcorn binary with both variants."""

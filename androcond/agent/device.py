@@ -11,13 +11,12 @@ import asyncio
 import json
 import os
 import platform
-import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__
+from .. import __version__, criu_compat
 from ..engine import Engine, EngineError
 from ..logging import get_logger
 from .aio import complete
@@ -35,27 +34,15 @@ class DeviceFacts:
     data_root: Path
     vdso: bytes = b""  # what a cross-ISA recode lays out for this kernel (no vdso proxy needed on restore)
     vvar_size: int = 0
+    kernel_release: str = ""
+
+    @property
+    def criu_dumps_sockets(self) -> bool:
+        return criu_compat.dumps_inet_sockets(self.criu_version, self.kernel_release)
 
     @property
     def agent_version(self) -> str:
         return __version__
-
-
-async def _criu_version() -> str:
-    criu = shutil.which("criu", path="/usr/local/sbin:/usr/sbin:/usr/bin:/sbin:/bin")
-    if criu is None:
-        return ""
-    proc = await asyncio.create_subprocess_exec(criu, "--version", stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.DEVNULL)
-    try:
-        async with asyncio.timeout(10):
-            out, _ = await proc.communicate()
-    except TimeoutError:
-        proc.kill()
-        await proc.wait()
-        return ""
-    first = out.decode(errors="replace").splitlines()[:1]
-    return first[0].removeprefix("Version: ").strip() if first else ""
 
 
 def read_vdso(maps: Path = Path("/proc/self/maps"), mem: Path = Path("/proc/self/mem")) -> tuple[bytes, int]:
@@ -84,8 +71,10 @@ async def gather_facts(engine: Engine) -> DeviceFacts:
     version = await engine.version()
     vdso, vvar_size = await asyncio.to_thread(read_vdso)
     return DeviceFacts(isa=platform.machine(), page_size=os.sysconf("SC_PAGE_SIZE"),
-                       criu_version=await _criu_version(), engine_version=str(version.get("Version", "")),
-                       data_root=Path(str(info["DockerRootDir"])), vdso=vdso, vvar_size=vvar_size)
+                       criu_version=await criu_compat.local_criu_version(),
+                       engine_version=str(version.get("Version", "")),
+                       data_root=Path(str(info["DockerRootDir"])), vdso=vdso, vvar_size=vvar_size,
+                       kernel_release=criu_compat.kernel_release())
 
 
 @dataclass

@@ -63,6 +63,7 @@ class Agent:
             await engine.close()
             raise
         log.info("agent ready", isa=facts.isa, page_size=facts.page_size, criu=facts.criu_version,
+                 kernel=facts.kernel_release, criu_dumps_sockets=facts.criu_dumps_sockets,
                  engine=facts.engine_version, data_root=str(facts.data_root), settled_stale=settled)
         return agent
 

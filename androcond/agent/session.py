@@ -199,7 +199,8 @@ class AgentSession:
         await self.send(pb.Frame(agent_hello=pb.AgentHello(
             protocol_version=PROTOCOL_VERSION, agent_version=facts.agent_version, isa=facts.isa,
             page_size=facts.page_size, criu_version=facts.criu_version, engine_version=facts.engine_version,
-            free_bytes=await _free_bytes(facts.data_root), vdso=facts.vdso, vvar_size=facts.vvar_size)))
+            free_bytes=await _free_bytes(facts.data_root), vdso=facts.vdso, vvar_size=facts.vvar_size,
+            kernel_release=facts.kernel_release, criu_dumps_sockets=facts.criu_dumps_sockets)))
 
     def _phase_of(self, frame: pb.Frame) -> str:
         kind = body(frame)

@@ -10,6 +10,8 @@ Faults:
                    and it reads no more (the session's image queue fills up: the old deadlock)
   hold-restore     at commit, once the outcome file says "restoring", the restore is held forever (log line
                    "holding the restore"): a test can SIGKILL the agent at exactly that point
+  old-criu         reports CRIU 4.1.1 with its real kernel (>= 6.16 here): a device whose CRIU cannot handle
+                   network sockets (criu#2705)
 """
 
 from __future__ import annotations
@@ -88,6 +90,14 @@ class FakeAarch64(AgentSession):
         await super()._commit(file_count)
 
 
+class OldCriu(AgentSession):
+    """Says its CRIU is 4.1.1 (the kernel it reports is its real one)."""
+
+    def __init__(self, device: DeviceEngine, *args: Any) -> None:
+        device.facts = replace(device.facts, criu_version="4.1.1")
+        super().__init__(device, *args)
+
+
 class LoadDies(DeviceEngine):
     """`docker load` reads two chunks, then fails as if its connection to the device engine was reset, and
     takes nothing more from the session's queue."""
@@ -114,7 +124,7 @@ FAULTS: dict[str, tuple[type[AgentSession], type[DeviceEngine]]] = {
     "none": (AgentSession, DeviceEngine), "flip-byte": (FlipByte, DeviceEngine),
     "refuse-restore": (RefuseRestore, DeviceEngine), "slow-outcome": (SlowOutcome, DeviceEngine),
     "fake-aarch64": (FakeAarch64, DeviceEngine), "load-dies": (AgentSession, LoadDies),
-    "hold-restore": (AgentSession, HoldRestore),
+    "hold-restore": (AgentSession, HoldRestore), "old-criu": (OldCriu, DeviceEngine),
 }
 
 

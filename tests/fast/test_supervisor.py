@@ -42,7 +42,7 @@ class FakeEngine:
     async def inspect_container(self, ref: str) -> dict[str, Any]:
         if self.inspect_error is not None:
             raise self.inspect_error
-        return {"Id": CID, "State": {"Running": self.running, "Pid": 1, "Status": "running"},
+        return {"Id": CID, "State": {"Running": self.running, "Pid": 0, "Status": "running"},
                 "Config": {"Image": "img", "Cmd": ["/bin/counter"]}, "HostConfig": {}, "Mounts": [],
                 "GraphDriver": {"Name": "overlay2", "Data": {"UpperDir": str(self.root / "upper")}}}
 

@@ -1,0 +1,105 @@
+"""Which CRIU can checkpoint what on which kernel, and what a container holds that it matters for.
+
+Shared by the daemon (its own CRIU, the source container) and the agent (the device's CRIU, in its hello).
+Linux 6.16 restricted SO_PASSCRED/SO_PASSSEC to unix and netlink sockets; CRIU before 4.2 still asks for
+them on every socket, so it fails the dump of any process with an INET socket there (criu#2705).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import re
+import shutil
+from pathlib import Path
+
+# Where runc looks for criu (our own wrapper in /usr/local/sbin comes first).
+CRIU_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+SOCKET_KERNEL = (6, 16)  # from this kernel on, CRIU needs SOCKET_CRIU to dump INET sockets
+SOCKET_CRIU = (4, 2)
+_NUMBERS = re.compile(r"^(\d+)(?:\.(\d+))?(?:\.(\d+))?")
+_NET_TABLES = ("tcp", "tcp6", "udp", "udp6", "raw", "raw6", "udplite", "udplite6")
+
+
+def version_tuple(text: str) -> tuple[int, int, int] | None:
+    """`4.2.1`, `6.18.44-fc-v669`, `4.1` → numbers; None when there are none."""
+    match = _NUMBERS.match(text.strip())
+    if match is None:
+        return None
+    major, minor, patch = (int(part or 0) for part in match.groups())
+    return major, minor, patch
+
+
+def dumps_inet_sockets(criu_version: str, kernel_release: str) -> bool:
+    """Can this CRIU checkpoint a process with INET sockets on this kernel? An unknown kernel (an agent too
+    old to say) is not held against it; an unknown or missing CRIU is."""
+    kernel = version_tuple(kernel_release)
+    if kernel is None:
+        return True
+    if kernel[:2] < SOCKET_KERNEL:
+        return version_tuple(criu_version) is not None
+    criu = version_tuple(criu_version)
+    return criu is not None and criu[:2] >= SOCKET_CRIU
+
+
+def socket_advice(criu_version: str, kernel_release: str) -> str:
+    return (f"CRIU {criu_version or '(none)'} cannot checkpoint network sockets on Linux {kernel_release} "
+            f"(criu#2705); CRIU {'.'.join(map(str, SOCKET_CRIU))}.1 or later can")
+
+
+async def local_criu_version() -> str:
+    """The version of the criu that runc will run here, '' if there is none or it does not answer."""
+    criu = shutil.which("criu", path=CRIU_PATH)
+    if criu is None:
+        return ""
+    proc = await asyncio.create_subprocess_exec(criu, "--version", stdout=asyncio.subprocess.PIPE,
+                                                stderr=asyncio.subprocess.DEVNULL)
+    try:
+        async with asyncio.timeout(10):
+            out, _ = await proc.communicate()
+    except BaseException:
+        if proc.returncode is None:
+            proc.kill()
+            await asyncio.shield(proc.wait())
+        return ""
+    first = out.decode(errors="replace").splitlines()[:1]
+    return first[0].removeprefix("Version: ").strip() if first else ""
+
+
+def kernel_release() -> str:
+    return os.uname().release
+
+
+def inet_sockets(pids: list[int], proc: Path = Path("/proc")) -> int:
+    """How many INET sockets (TCP, UDP, raw; v4 and v6) the given tasks hold open. Blocking: run in a thread.
+
+    Socket inodes from the tasks' fds, matched against their network namespace's tables, so a container on
+    the host's network does not count the host's sockets."""
+    inodes: set[str] = set()
+    for pid in pids:
+        fd_dir = proc / str(pid) / "fd"
+        try:
+            names = os.listdir(fd_dir)
+        except OSError:
+            continue  # the task ended meanwhile
+        for name in names:
+            try:
+                target = os.readlink(fd_dir / name)
+            except OSError:
+                continue
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:["):-1])
+    if not inodes:
+        return 0
+    found: set[str] = set()
+    for pid in pids[:1]:  # the tasks of a container share one network namespace
+        for table in _NET_TABLES:
+            try:
+                lines = (proc / str(pid) / "net" / table).read_text().splitlines()[1:]
+            except OSError:
+                continue
+            for line in lines:
+                fields = line.split()
+                if len(fields) > 9 and fields[9] in inodes:
+                    found.add(fields[9])
+    return len(found)
