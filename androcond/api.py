@@ -107,6 +107,7 @@ def _with_progress(state: ApiState, record: dict[str, Any]) -> dict[str, Any]:
     if progress is not None:
         record["bytes_sent"] = progress.bytes_sent
         record["files_sent"] = progress.files_sent
+        record["bytes_expected"] = progress.bytes_expected
     return record
 
 

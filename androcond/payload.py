@@ -49,6 +49,7 @@ class Progress:
     bytes_sent: int = 0
     files_sent: int = 0
     files_verified: int = 0
+    bytes_expected: int = 0  # preflight's estimate of what the stream will carry (0: not known yet)
 
 
 ProgressCallback = Callable[[Progress], None]

@@ -386,6 +386,7 @@ class Migration:
                     async with _budget("preflight", t.preflight):
                         inject("preflight", self.record.container_name)
                         estimate = await self._preflight(link, inspect)
+                        self.progress.bytes_expected = estimate
                         # The target container is made (and the image shipped) while the source still runs:
                         # none of that belongs in the downtime.
                         need_image = await self._prepare(link, inspect, estimate)
@@ -567,6 +568,7 @@ class Migration:
         return len(files)
 
     def _on_progress(self, progress: Progress) -> None:
+        progress.bytes_expected = self.progress.bytes_expected
         self.progress = progress
 
     async def _commit(self, link: AgentConnection, file_count: int) -> None:
