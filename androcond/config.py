@@ -82,6 +82,7 @@ class DeviceSettings:
     identity: Path | None = None
     known_hosts: Path | None = None
     profile: str | None = None  # "android": seccomp and LSM fields and mounts Android kernels lack removed
+    allow_privileged: bool = False  # a --privileged container may move here (it gets the device's devices)
 
 
 @dataclass(frozen=True)
@@ -199,6 +200,12 @@ class _Reader:
             raise self.error(name, f"expected a number >= {minimum}")
         return value
 
+    def flag(self, name: str, default: bool) -> bool:
+        if name not in self.table:
+            return default
+        value: bool = self._typed(name, (bool,), "true or false")
+        return value
+
     def port(self, name: str, default: int) -> int:
         if name not in self.table:
             return default
@@ -299,7 +306,7 @@ def parse_settings(doc: Mapping[str, Any], file: Path) -> Settings:
             raise top.error(where, "device names are 1-63 letters, digits, '.', '_' or '-'")
         r = _Reader(file, where, table, frozenset(
             {"adb_serial", "address", "agent_port", "agent_command", "user", "identity", "known_hosts",
-             "profile"}))
+             "profile", "allow_privileged"}))
         device = DeviceSettings(
             name=name,
             adb_serial=r.opt_str("adb_serial"),
@@ -310,6 +317,7 @@ def parse_settings(doc: Mapping[str, Any], file: Path) -> Settings:
             identity=r.readable_file("identity"),
             known_hosts=r.readable_file("known_hosts"),
             profile=r.choice("profile", "android", ("android",)) if "profile" in table else None,
+            allow_privileged=r.flag("allow_privileged", False),
         )
         if device.adb_serial is None and device.address is None:
             raise top.error(where, "a device needs adb_serial or address (neither is set)")

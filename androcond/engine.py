@@ -183,6 +183,21 @@ class Engine:
         # one-shot: no second sample for CPU percentages (that costs a second).
         return await self._object(f"containers/{ref}/stats", params={"stream": False, "one-shot": True})
 
+    async def update_container(self, ref: str, update: Json) -> None:
+        """`docker update` (restart policy, resources) of an existing container."""
+        await self._call(f"containers/{ref}/update", "POST", data=update)
+
+    async def inspect_network(self, name: str) -> Json:
+        return await self._object(f"networks/{name}")
+
+    async def create_network(self, name: str, driver: str) -> str:
+        result = await self._object("networks/create", "POST",
+                                    data={"Name": name, "Driver": driver, "CheckDuplicate": True})
+        return str(result.get("Id", ""))
+
+    async def remove_network(self, name: str) -> None:
+        await self._call(f"networks/{name}", "DELETE")
+
     async def inspect_volume(self, name: str) -> Json:
         return await self._object(f"volumes/{name}")
 

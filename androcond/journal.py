@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS migrations (
     error TEXT NOT NULL DEFAULT '',
     bytes_sent INTEGER NOT NULL DEFAULT 0,
     timings TEXT NOT NULL DEFAULT '{}',
+    adjusted TEXT NOT NULL DEFAULT '{}',
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
@@ -71,6 +72,8 @@ class MigrationRecord:
     error: str = ""
     bytes_sent: int = 0
     timings: dict[str, float] = field(default_factory=dict)
+    # Configuration changed on the way to the device: field → {"from", "to", "why"}.
+    adjusted: dict[str, dict[str, Any]] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
 
@@ -93,6 +96,7 @@ def _row_to_record(row: sqlite3.Row) -> MigrationRecord:
     data = dict(row)
     data["keep_source"] = bool(data["keep_source"])
     data["timings"] = json.loads(data["timings"])
+    data["adjusted"] = json.loads(data["adjusted"])
     data["state"] = MigrationState(data["state"])
     return MigrationRecord(**data)
 
@@ -107,7 +111,14 @@ class Journal:
     async def open(cls, path: Path) -> Journal:
         journal = cls(path)
         await journal._sqlite.open()
+        await journal._run(journal._upgrade)
         return journal
+
+    def _upgrade(self) -> None:
+        """Columns added since the first release, for journals made by an older androcond."""
+        columns = {row["name"] for row in self.db.execute("PRAGMA table_info(migrations)")}
+        if "adjusted" not in columns:
+            self.db.execute("ALTER TABLE migrations ADD COLUMN adjusted TEXT NOT NULL DEFAULT '{}'")
 
     async def close(self) -> None:
         await self._sqlite.close()
@@ -123,6 +134,7 @@ class Journal:
         def insert() -> None:
             values = record.as_json()
             values["timings"] = json.dumps(values["timings"])
+            values["adjusted"] = json.dumps(values["adjusted"])
             with self.db:
                 self.db.execute("BEGIN")
                 self.db.execute(_INSERT, [values[c] for c in _COLUMNS])
@@ -145,9 +157,9 @@ class Journal:
                     raise TransitionRefused(record.id, previous["state"], record.state)
                 self.db.execute(
                     "UPDATE migrations SET state=?, target_container_id=?, error=?, bytes_sent=?, timings=?, "
-                    "updated_at=? WHERE id=?",
+                    "adjusted=?, updated_at=? WHERE id=?",
                     (record.state, record.target_container_id, record.error, record.bytes_sent,
-                     json.dumps(record.timings), record.updated_at, record.id))
+                     json.dumps(record.timings), json.dumps(record.adjusted), record.updated_at, record.id))
                 if previous["state"] != record.state:
                     self.db.execute("INSERT INTO transitions VALUES (?, ?, ?, ?)",
                                     (record.id, record.state, record.updated_at, detail))

@@ -23,9 +23,10 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from . import criu_compat, popcorn, runc
+from . import container_config, criu_compat, popcorn, runc
 from .adb_link import AdbClient, AdbError
 from .config import Settings, TimeoutSettings
+from .container_config import TargetPlan
 from .devices import DeviceError, agent_endpoint
 from .engine import Engine, EngineError
 from .errors import AndrocondError
@@ -94,23 +95,6 @@ def new_record(container_id: str, container_name: str, device: str, origin: str,
 def phase_timeouts(t: TimeoutSettings) -> PhaseTimeouts:
     return PhaseTimeouts(connect=t.connect, hello=t.connect, begin=t.preflight, file_ack=t.file_ack,
                          image_ack=t.image, commit=t.commit, query=t.query, stream_idle=t.stream_idle)
-
-
-def target_config(inspect: dict[str, Any]) -> dict[str, Any]:
-    """The device's `containers/create` body: the same image, command and environment, named volumes."""
-    cfg = inspect.get("Config") or {}
-    host = inspect.get("HostConfig") or {}
-    if not cfg.get("Image"):
-        raise Rejected("the engine did not say which image the container runs")
-    labels = {k: v for k, v in (cfg.get("Labels") or {}).items() if not k.startswith("androcond.")}
-    mounts = [{"Type": "volume", "Source": m["Name"], "Target": m["Destination"], "ReadOnly": not m.get("RW", True)}
-              for m in inspect.get("Mounts") or [] if m.get("Type") == "volume" and m.get("Name")]
-    config: dict[str, Any] = {key: cfg[key] for key in ("Image", "Cmd", "Entrypoint", "Env", "WorkingDir", "User",
-                                                        "Tty", "OpenStdin", "StdinOnce", "StopSignal", "Hostname")
-                              if cfg.get(key) not in (None, "")}
-    config["Labels"] = labels
-    config["HostConfig"] = {"Mounts": mounts, "NetworkMode": host.get("NetworkMode") or "default"}
-    return config
 
 
 def upper_dir(inspect: dict[str, Any]) -> Path:
@@ -522,9 +506,30 @@ class Migration:
         return self._source_root / "containers" / self.record.container_id / "checkpoints" / \
             self.record.checkpoint_name
 
+    async def _target_plan(self, inspect: dict[str, Any]) -> TargetPlan:
+        """The device's create body; a field the device cannot honour refuses the migration here."""
+        drivers = {}
+        for name in ((inspect.get("NetworkSettings") or {}).get("Networks") or {}):
+            if name not in container_config.BUILTIN_NETWORKS:
+                drivers[name] = str((await self.ctx.engine.inspect_network(name)).get("Driver") or "bridge")
+        device = self.ctx.settings.devices[self.record.device]
+        try:
+            return container_config.plan(inspect, allow_privileged=device.allow_privileged,
+                                         network_drivers=drivers)
+        except container_config.ConfigRefused as exc:
+            raise Rejected(f"the container's configuration cannot move: {exc}") from exc
+
+    def _adjusted(self, changes: dict[str, dict[str, Any]], where: str) -> None:
+        for name, change in changes.items():
+            log.warning("configuration adjusted", field=name, by=where, change_from=change.get("from"),
+                        change_to=change.get("to"), why=change.get("why"))
+        self.record.adjusted.update(changes)
+
     async def _prepare(self, link: AgentConnection, inspect: dict[str, Any], estimate: int) -> bool:
         """Begin on the device: it creates the target container now. True when it lacks the image."""
-        config = target_config(inspect)
+        target = await self._target_plan(inspect)
+        self._adjusted(target.adjusted, "daemon")
+        config = target.body
         begin = pb.Begin(migration_id=self.record.id, container_name=self.record.container_name,
                          image=str(config["Image"]), create_config_json=json.dumps(config),
                          checkpoint_name=self.record.checkpoint_name, total_bytes=estimate)
@@ -532,6 +537,14 @@ class Migration:
             ack = await link.begin(begin)
         except AgentRefused as exc:
             raise Rejected(f"the device refused: {exc}") from exc
+        if ack.adjusted_json:
+            try:
+                device_changes = json.loads(ack.adjusted_json)
+            except ValueError:
+                device_changes = {"(device)": {"why": "the agent sent unreadable adjustments"}}
+            if isinstance(device_changes, dict):
+                self._adjusted(device_changes, "device")
+        await self.ctx.journal.save(self.record)
         return bool(ack.need_image)
 
     async def _ship_image(self, link: AgentConnection, image: str) -> None:

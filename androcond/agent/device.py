@@ -154,6 +154,14 @@ class DeviceEngine:
             raise RestoreError(f"restored container is not running (status {state.get('Status')}, "
                                f"exit code {state.get('ExitCode')}, error {state.get('Error')!r})")
 
+    async def apply_restart_policy(self, container_id: str, policy: dict[str, Any]) -> None:
+        """After a successful restore; a failure leaves the container running without it, and says so."""
+        try:
+            await self.engine.update_container(container_id, {"RestartPolicy": policy})
+        except EngineError as exc:
+            log.error("the restored container runs, but its restart policy could not be applied",
+                      container_id=container_id, policy=policy, error=str(exc))
+
     async def is_running(self, container_id: str) -> bool:
         """Whether the container runs; False if it does not exist."""
         try:

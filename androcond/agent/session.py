@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import json
 import os
 import stat
 import time
@@ -41,6 +42,7 @@ from .aio import complete
 from .device import DeviceEngine, TargetContainer, parse_create_config
 from .errors import INTERNAL, PEER_GONE, IdleTimeout, NoSpace, RestoreError, ShuttingDown, UnsafePath, classify
 from .errors import ProtocolViolation as ProtocolViolation  # noqa: PLC0414 - re-exported, importable here as before
+from .fit import Fitted, fit
 from .outcomes import OutcomeRecord, OutcomeStore, check_id
 from .paths import open_new_file, place_beneath
 from .recovery import settle_if_stale
@@ -88,6 +90,7 @@ class _Migration:
     files_verified: int = 0
     failed: str = ""
     finished: bool = False
+    fitted: Fitted | None = None  # the create body as this device can honour it
 
 
 def _statvfs_free(path: Path) -> int:
@@ -251,8 +254,11 @@ class AgentSession:
         if begin.total_bytes + FREE_SPACE_MARGIN > free:
             raise NoSpace(f"not enough space on the device: {begin.total_bytes} bytes announced, "
                           f"{free} free (keeping {FREE_SPACE_MARGIN} spare)")
-        parse_create_config(begin.create_config_json)
-        self.migration = _Migration(begin)
+        # Fitted now, before the daemon freezes anything: a host port taken here refuses the migration.
+        fitted = await fit(self.device.engine, parse_create_config(begin.create_config_json))
+        for name, change in fitted.adjusted.items():
+            log.info("configuration adjusted for this device", field=name, why=change.get("why"))
+        self.migration = _Migration(begin, fitted=fitted)
         await self.outcomes.put(OutcomeRecord(begin.migration_id, "receiving"))
         with log_context(migration_id=begin.migration_id):
             log.info("migration begins", container=begin.container_name, image=begin.image,
@@ -260,14 +266,15 @@ class AgentSession:
         if await self.device.has_image(begin.image):
             await self._prepare(self.migration)
             assert self.migration.target is not None
-            await self.send(pb.Frame(begin_ack=pb.BeginAck(container_id=self.migration.target.container_id)))
+            await self.send(pb.Frame(begin_ack=pb.BeginAck(container_id=self.migration.target.container_id,
+                                                           adjusted_json=json.dumps(fitted.adjusted))))
         else:
-            await self.send(pb.Frame(begin_ack=pb.BeginAck(need_image=True)))
+            await self.send(pb.Frame(begin_ack=pb.BeginAck(need_image=True, adjusted_json=json.dumps(fitted.adjusted))))
 
     async def _prepare(self, migration: _Migration) -> None:
         begin = migration.begin
-        migration.target = await self.device.create(begin.container_name,
-                                                    parse_create_config(begin.create_config_json),
+        assert migration.fitted is not None
+        migration.target = await self.device.create(begin.container_name, migration.fitted.body,
                                                     begin.checkpoint_name)
         # Should this process die now, whoever settles the record knows which container to remove.
         await self.outcomes.put(OutcomeRecord(begin.migration_id, "receiving", migration.target.container_id,
@@ -392,6 +399,9 @@ class AgentSession:
             record.restore_seconds = time.monotonic() - started
             await self.outcomes.put(record)
             log.info("restored", container_id=record.container_id, restore_s=round(record.restore_seconds, 3))
+            if migration.fitted is not None and migration.fitted.restart_policy:
+                # Only now: a policy on a container whose restore failed would start it afresh, a second copy.
+                await self.device.apply_restart_policy(record.container_id, migration.fitted.restart_policy)
         await self._query(begin.migration_id)
 
     async def _query(self, migration_id: str) -> None:

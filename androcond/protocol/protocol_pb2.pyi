@@ -83,12 +83,14 @@ class Begin(_message.Message):
     def __init__(self, migration_id: _Optional[str] = ..., container_name: _Optional[str] = ..., image: _Optional[str] = ..., create_config_json: _Optional[str] = ..., checkpoint_name: _Optional[str] = ..., total_bytes: _Optional[int] = ..., file_count: _Optional[int] = ...) -> None: ...
 
 class BeginAck(_message.Message):
-    __slots__ = ("need_image", "container_id")
+    __slots__ = ("need_image", "container_id", "adjusted_json")
     NEED_IMAGE_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    ADJUSTED_JSON_FIELD_NUMBER: _ClassVar[int]
     need_image: bool
     container_id: str
-    def __init__(self, need_image: _Optional[bool] = ..., container_id: _Optional[str] = ...) -> None: ...
+    adjusted_json: str
+    def __init__(self, need_image: _Optional[bool] = ..., container_id: _Optional[str] = ..., adjusted_json: _Optional[str] = ...) -> None: ...
 
 class FileStart(_message.Message):
     __slots__ = ("stream_id", "destination", "path", "volume", "kind", "size", "mode", "link_target", "uid", "gid", "mtime_ns", "opaque")

@@ -1,5 +1,5 @@
-"""Pure parts of a migration: the device's create body, the source's layers and volumes, the memory figure
-from whatever the engine's stats say."""
+"""Pure parts of a migration: the source's layers and volumes, the memory figure from whatever the engine's
+stats say (the device's create body: test_container_config.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from typing import Any
 
 import pytest
 
-from androcond.pipeline import Rejected, memory_usage, named_volumes, target_config, upper_dir
+from androcond.pipeline import Rejected, memory_usage, named_volumes, upper_dir
 
 
 def inspect(**over: Any) -> dict[str, Any]:
@@ -24,28 +24,6 @@ def inspect(**over: Any) -> dict[str, Any]:
     }
     base.update(over)
     return base
-
-
-def test_target_config_carries_what_the_device_needs() -> None:
-    config = target_config(inspect())
-    assert config["Image"] == "busybox:1"
-    assert config["Cmd"] == ["/bin/counter"] and config["Env"] == ["FOO=bar"] and config["Hostname"] == "abc"
-    assert config["Tty"] is False  # a false value is still carried; only None and "" are left out
-    assert "WorkingDir" not in config and "User" not in config
-    assert config["Labels"] == {"app": "web"}, "our own labels must not follow it (it would migrate again)"
-    assert config["HostConfig"] == {"NetworkMode": "bridge", "Mounts": [
-        {"Type": "volume", "Source": "vol", "Target": "/data", "ReadOnly": False},
-        {"Type": "volume", "Source": "ro", "Target": "/ro", "ReadOnly": True}]}
-
-
-def test_target_config_copes_with_missing_sections() -> None:
-    config = target_config({"Config": {"Image": "x"}})
-    assert config == {"Image": "x", "Labels": {}, "HostConfig": {"Mounts": [], "NetworkMode": "default"}}
-
-
-def test_target_config_without_an_image_is_a_refusal_not_a_crash() -> None:
-    with pytest.raises(Rejected, match="which image"):
-        target_config({"Config": None})
 
 
 def test_upper_dir_and_volumes() -> None:
