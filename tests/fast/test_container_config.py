@@ -4,6 +4,7 @@ device's create body built from a real-looking inspect; and the device's own fit
 from __future__ import annotations
 
 import copy
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -152,3 +153,9 @@ def test_ports_on_the_device() -> None:
     assert kept["80/tcp"][0]["HostIp"] == "10.231.7.2" and none == {}
     with pytest.raises(PortTaken, match="18080/tcp"):
         fit_ports(bindings, set(), lambda _ip, port, _proto: port != 18080)
+
+
+def test_the_documented_table_is_the_table() -> None:
+    doc = (Path(__file__).parents[2] / "docs" / "container-config.md").read_text()
+    for name, rule in {**CONFIG, **HOST_CONFIG}.items():
+        assert f"| `{name}` | {rule.cls} |" in doc, f"docs/container-config.md is missing {name} ({rule.cls})"
