@@ -7,6 +7,7 @@ import asyncio
 import hashlib
 import hmac
 import json
+import sys
 from collections import defaultdict
 from collections.abc import Callable
 from pathlib import Path
@@ -121,3 +122,18 @@ class Receiver:
     async def stop(self) -> None:
         if self._runner is not None:
             await self._runner.cleanup()
+
+
+async def migrate_by_cli(config: Path, name: str, device: str = "pixel") -> tuple[int, dict[str, Any]]:
+    """`androcond migrate NAME --to DEVICE --wait --json`, as a user runs it: its exit code and record."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "androcond", "migrate", name, "--to", device, "--wait", "--json",
+        "--config", str(config), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(180):
+        out, err = await proc.communicate()
+    assert proc.returncode is not None
+    try:
+        record: dict[str, Any] = json.loads(out)
+    except json.JSONDecodeError:
+        raise AssertionError(f"migrate printed no JSON: {out!r} {err!r}") from None
+    return proc.returncode, record

@@ -5,9 +5,6 @@ adjusted and recorded; what cannot move is refused by name before anything is fr
 from __future__ import annotations
 
 import asyncio
-import json
-import socket
-import sys
 import urllib.request
 import uuid
 from pathlib import Path
@@ -19,10 +16,11 @@ from androcond.engine import Engine
 
 from ..helpers import DaemonProcess
 from ..testbed.bed import RUN_FILTER, TEST_LABEL, TEST_RUN
+from ..testbed.device import port_open
 from ..testbed.images import TEST_IMAGE
 from ..testbed.proc import wait_for
 from .conftest import AgentBed
-from .daemon_bed import running, write_daemon_config
+from .daemon_bed import migrate_by_cli, running, write_daemon_config
 
 pytestmark = pytest.mark.testbed
 
@@ -57,28 +55,6 @@ def page(url: str) -> str:
         return str(response.read().decode().strip())
 
 
-def answers(host: str, port: int) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=1):
-            return True
-    except OSError:
-        return False
-
-
-async def migrate(config: Path, name: str) -> tuple[int, dict[str, Any]]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "androcond", "migrate", name, "--to", "pixel", "--wait", "--json",
-        "--config", str(config), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    async with asyncio.timeout(180):
-        out, err = await proc.communicate()
-    assert proc.returncode is not None
-    try:
-        record: dict[str, Any] = json.loads(out)
-    except json.JSONDecodeError:
-        raise AssertionError(f"migrate printed no JSON: {out!r} {err!r}") from None
-    return proc.returncode, record
-
-
 @pytest.fixture
 def network(agent_server: AgentBed) -> Any:
     name = f"acd-net-{uuid.uuid4().hex[:8]}"
@@ -97,7 +73,7 @@ async def test_carried_configuration_matches_and_the_port_answers_on_the_device(
     ports = {"8080/tcp": [{"HostIp": "", "HostPort": str(port)}, {"HostIp": HOST_SIDE, "HostPort": str(pinned)}]}
     cid = await engine_a.create_container(serving(unique_name, network, ports), name=unique_name)
     await engine_a.start_container(cid)
-    await asyncio.to_thread(wait_for, lambda: answers("127.0.0.1", port), timeout=30, what="the published port")
+    await asyncio.to_thread(wait_for, lambda: port_open("127.0.0.1", port), timeout=30, what="the published port")
     expected_page = f"page-of-{unique_name}"
     assert page(f"http://127.0.0.1:{port}/") == expected_page
     source = await engine_a.inspect_container(cid)
@@ -106,7 +82,7 @@ async def test_carried_configuration_matches_and_the_port_answers_on_the_device(
     await daemon.start()
     try:
         await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
-        code, record = await migrate(config, unique_name)
+        code, record = await migrate_by_cli(config, unique_name)
         assert code == 0 and record["state"] == "done", record
         moved = await engine_b.inspect_container(unique_name)
         for key in CARRIED_CONFIG:
@@ -125,7 +101,7 @@ async def test_carried_configuration_matches_and_the_port_answers_on_the_device(
                    for e in daemon.lines)
         # Published on the device's address, the same page.
         device_ip = bed.device.device_ip
-        await asyncio.to_thread(wait_for, lambda: answers(device_ip, port), timeout=30, what="the port on the device")
+        await asyncio.to_thread(wait_for, lambda: port_open(device_ip, port), timeout=30, what="the port on the device")
         assert page(f"http://{device_ip}:{port}/") == expected_page
         assert page(f"http://{device_ip}:{pinned}/") == expected_page
         assert not await running(engine_a, unique_name)
@@ -145,7 +121,7 @@ async def test_what_cannot_move_is_refused_by_name_before_the_freeze(
          "ExposedPorts": {"8080/tcp": {}},
          "HostConfig": {"PortBindings": {"8080/tcp": [{"HostPort": str(taken)}]}}}, name=f"{unique_name}-holder")
     await engine_b.start_container(holder)
-    await asyncio.to_thread(wait_for, lambda: answers(bed.device.device_ip, taken), timeout=30,
+    await asyncio.to_thread(wait_for, lambda: port_open(bed.device.device_ip, taken), timeout=30,
                             what="the device's own container on its port")
     cases: dict[str, tuple[dict[str, Any], str]] = {
         f"{unique_name}-dev": ({"Devices": [{"PathOnHost": "/dev/zero", "PathInContainer": "/dev/zz",
@@ -166,7 +142,7 @@ async def test_what_cannot_move_is_refused_by_name_before_the_freeze(
     try:
         await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
         for name, (_, named) in cases.items():
-            code, record = await migrate(config, name)
+            code, record = await migrate_by_cli(config, name)
             assert code == 1 and record["state"] == "rejected", record
             assert named in record["error"], record["error"]
             assert await running(engine_a, name), f"{name} stopped at the source"

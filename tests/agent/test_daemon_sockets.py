@@ -19,11 +19,12 @@ from androcond.popcorn import task_tree
 
 from ..helpers import DaemonProcess
 from ..testbed.bed import RUN_FILTER, TEST_LABEL, TEST_RUN
+from ..testbed.device import port_open
 from ..testbed.engines import DOCKER_CLI
 from ..testbed.images import TEST_IMAGE
 from ..testbed.proc import run, wait_for
 from .conftest import AGENT_PORT, AgentBed
-from .daemon_bed import faulty_agent, running, write_daemon_config
+from .daemon_bed import faulty_agent, migrate_by_cli, running, write_daemon_config
 
 pytestmark = pytest.mark.testbed
 
@@ -39,35 +40,14 @@ async def start_httpd(engine: Engine, name: str) -> str:
     await engine.start_container(cid)
     inspect = await engine.inspect_container(cid)
     address = str(inspect["NetworkSettings"]["IPAddress"])
-    await asyncio.to_thread(wait_for, lambda: _answers(address), timeout=30, what=f"httpd on {address}:{PORT}")
+    await asyncio.to_thread(wait_for, lambda: port_open(address, PORT), timeout=30, what=f"httpd on {address}:{PORT}")
     return address
-
-
-def _answers(address: str) -> bool:
-    try:
-        with socket.create_connection((address, PORT), timeout=1):
-            return True
-    except OSError:
-        return False
 
 
 def fetch_inside(engine_host: str, name: str) -> str:
     """The page, fetched from inside the container's own network namespace on that engine."""
     out = run([DOCKER_CLI, "-H", engine_host, "exec", name, "wget", "-qO-", f"http://127.0.0.1:{PORT}/"])
     return out.stdout.decode().strip()
-
-
-async def migrate(config: Path, name: str) -> tuple[int, dict[str, object]]:
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "androcond", "migrate", name, "--to", "pixel", "--wait", "--json",
-        "--config", str(config), stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    async with asyncio.timeout(120):
-        out, err = await proc.communicate()
-    assert proc.returncode is not None
-    try:
-        return proc.returncode, json.loads(out)
-    except json.JSONDecodeError:
-        raise AssertionError(f"migrate printed no JSON: {out!r} {err!r}") from None
 
 
 async def test_a_serving_container_with_a_client_connected_moves(
@@ -85,7 +65,7 @@ async def test_a_serving_container_with_a_client_connected_moves(
     await daemon.start()
     try:
         await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
-        code, record = await migrate(config, unique_name)
+        code, record = await migrate_by_cli(config, unique_name)
         assert code == 0 and record["state"] == "done", record
         assert not await running(engine_a, unique_name)
         assert await running(engine_b, unique_name)
@@ -111,12 +91,12 @@ async def test_a_device_whose_criu_cannot_move_sockets_is_refused_before_the_fre
     await daemon.start()
     try:
         await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
-        code, record = await migrate(config, unique_name)
+        code, record = await migrate_by_cli(config, unique_name)
         assert code == 1 and record["state"] == "rejected", record
         error = str(record["error"])
         assert "device pixel's CRIU 4.1.1 cannot checkpoint network sockets" in error and "criu#2705" in error
         assert not any(e.get("state") == "checkpointing" for e in daemon.lines), "frozen before refusing"
-        assert await running(engine_a, unique_name) and await asyncio.to_thread(_answers, address)
+        assert await running(engine_a, unique_name) and await asyncio.to_thread(port_open, address, PORT)
         assert not await running(engine_b, unique_name)
         devices = run([sys.executable, "-m", "androcond", "devices", "--json", "--config", str(config)])
         pixel = json.loads(devices.stdout)["devices"][0]
