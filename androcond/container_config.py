@@ -18,6 +18,8 @@ from .errors import AndrocondError
 
 # Networks every engine has: the container joins the device's own.
 BUILTIN_NETWORKS = frozenset({"default", "bridge", "none"})
+# A field no row decides (a newer engine's): refused, so that it can never be dropped without a word.
+UNKNOWN = "a field androcond does not know: refused rather than dropped silently (see docs/container-config.md)"
 # The create body's private section, read and removed by the agent before it calls the engine.
 PRIVATE_KEY = "Androcond"
 
@@ -26,7 +28,6 @@ class Class(StrEnum):
     CARRIED = "carried"    # passed to the device's create call as it is (or as the row's function shapes it)
     REFUSED = "refused"    # when set: preflight refuses, nothing is frozen
     ADJUSTED = "adjusted"  # changed or left out on the way, said in the log and the migration record
-    ENGINE = "engine"      # the device engine derives it itself (defaults, runtime state): not passed
 
 
 class ConfigRefused(AndrocondError):
@@ -44,7 +45,7 @@ class Rule:
     why: str = ""
 
 
-C, R, A, E = Class.CARRIED, Class.REFUSED, Class.ADJUSTED, Class.ENGINE
+C, R, A = Class.CARRIED, Class.REFUSED, Class.ADJUSTED
 
 # Config: https://docs.docker.com/engine/api/v1.41/#operation/ContainerCreate
 CONFIG: dict[str, Rule] = {
@@ -55,7 +56,7 @@ CONFIG: dict[str, Rule] = {
     "Shell": Rule(C), "ArgsEscaped": Rule(C), "MacAddress": Rule(C), "NetworkDisabled": Rule(C),
     "Labels": Rule(C, "without androcond.* labels: the container must not migrate again from the device"),
     "Volumes": Rule(C, "the image's anonymous volumes; their data travels as volumes"),
-    "OnBuild": Rule(E, "a build-time trigger of the image, not of the container"),
+    "OnBuild": Rule(C, "the image's build triggers, as the engine reports them"),
 }
 
 # HostConfig: the same reference.
@@ -99,9 +100,9 @@ HOST_CONFIG: dict[str, Rule] = {
     "ContainerIDFile": Rule(A, "a path on this host: left out"),
     "CgroupParent": Rule(A, "a cgroup of this host: left out (the device engine's default)"),
     "Cgroup": Rule(A, "another container's cgroup: left out"),
-    "ConsoleSize": Rule(E, "the terminal's size, set when one attaches"),
-    "MaskedPaths": Rule(E, "the engine's defaults for unprivileged containers"),
-    "ReadonlyPaths": Rule(E, "the engine's defaults for unprivileged containers"),
+    "ConsoleSize": Rule(C, "the terminal's size"),
+    "MaskedPaths": Rule(C, "the paths hidden from the container, as on the source"),
+    "ReadonlyPaths": Rule(C, "the paths read-only in the container, as on the source"),
 }
 
 
@@ -141,7 +142,7 @@ _REFUSALS: dict[str, Refusal] = {
 def plan(inspect: Mapping[str, Any], *, allow_privileged: bool = False,
          network_drivers: Mapping[str, str] | None = None) -> TargetPlan:
     """The device's create body from the source's inspect, or ConfigRefused naming the first field that
-    cannot move. Unknown fields (a newer engine) are carried as they are and said in the record."""
+    cannot move (a field unknown to the table included)."""
     cfg: Mapping[str, Any] = inspect.get("Config") or {}
     host: Mapping[str, Any] = inspect.get("HostConfig") or {}
     if not cfg.get("Image"):
@@ -151,12 +152,11 @@ def plan(inspect: Mapping[str, Any], *, allow_privileged: bool = False,
     for name, value in cfg.items():
         rule = CONFIG.get(name)
         if rule is None:
-            if not _set(value):
-                continue
-            adjusted[f"Config.{name}"] = {"from": value, "to": value, "why": "unknown to androcond: carried as is"}
-        elif rule.cls == Class.ENGINE or not _set(value):
+            if _set(value):
+                raise ConfigRefused(f"Config.{name}", UNKNOWN)
             continue
-        body[name] = value
+        if _set(value):
+            body[name] = value
     if "Labels" in body:
         body["Labels"] = {k: v for k, v in body["Labels"].items() if not k.startswith("androcond.")}
     hc: dict[str, Any] = {}
@@ -164,11 +164,9 @@ def plan(inspect: Mapping[str, Any], *, allow_privileged: bool = False,
         rule = HOST_CONFIG.get(name)
         if rule is None:
             if _set(value):
-                hc[name] = value
-                adjusted[f"HostConfig.{name}"] = {"from": value, "to": value,
-                                                  "why": "unknown to androcond: carried as is"}
+                raise ConfigRefused(f"HostConfig.{name}", UNKNOWN)
             continue
-        if not _set(value) or rule.cls == Class.ENGINE:
+        if not _set(value):
             continue
         if name == "Privileged":
             if not allow_privileged:

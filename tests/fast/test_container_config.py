@@ -74,7 +74,7 @@ def test_the_create_body_carries_the_container() -> None:
         assert hc[name] == source()["HostConfig"][name], name
     assert "RestartPolicy" not in hc, "a restart policy on the create would fight a failed restore"
     assert body[PRIVATE_KEY]["restart_policy"] == {"Name": "on-failure", "MaximumRetryCount": 3}
-    assert "MaskedPaths" not in hc and "ConsoleSize" not in hc  # the device engine's own
+    assert hc["MaskedPaths"] == ["/proc/kcore"]
     assert hc["NetworkMode"] == "shop"
     assert body["NetworkingConfig"] == {"EndpointsConfig": {"shop": {"Aliases": ["web"]}}}
     assert body[PRIVATE_KEY]["networks"] == [{"name": "shop", "driver": "bridge"}]
@@ -121,11 +121,14 @@ def test_host_specific_fields_are_adjusted_and_said() -> None:
     assert "CgroupParent" not in target.body["HostConfig"]
 
 
-def test_an_unknown_field_is_carried_and_said() -> None:
-    inspect = source(FancyNewThing={"x": 1})
-    target = plan(inspect)
-    assert target.body["HostConfig"]["FancyNewThing"] == {"x": 1}
-    assert "HostConfig.FancyNewThing" in target.adjusted
+def test_an_unknown_field_is_refused_not_dropped() -> None:
+    with pytest.raises(ConfigRefused, match=r"HostConfig\.FancyNewThing: a field androcond does not know"):
+        plan(source(FancyNewThing={"x": 1}))
+    inspect = source()
+    inspect["Config"]["Brandnew"] = True
+    with pytest.raises(ConfigRefused, match=r"Config\.Brandnew"):
+        plan(inspect)
+    assert plan(source(FancyNewThing=None)).body  # unset, it decides nothing
 
 
 def test_the_plan_does_not_touch_the_inspect() -> None:
