@@ -1,4 +1,5 @@
-"""Webhook notifications: every state change of a migration as a signed CloudEvents 1.0 event.
+"""Webhook notifications: every state change of a migration as a signed CloudEvents 1.0 event (built and
+written in structured JSON mode by the CloudEvents SDK).
 
 An event is first written to a durable outbox (its own SQLite file under `state_dir`, one row per webhook it
 goes to), then a delivery loop POSTs it. A migration never waits on a receiver: :meth:`Webhooks.publish` only
@@ -21,7 +22,6 @@ import contextlib
 import email.utils
 import hashlib
 import hmac
-import json
 import math
 import random
 import socket
@@ -34,6 +34,9 @@ from datetime import UTC, datetime
 from typing import Any, TypeVar
 
 import aiohttp
+from cloudevents.core.bindings.http import to_structured_event
+from cloudevents.core.formats.json import JSONFormat
+from cloudevents.core.v1.event import CloudEvent
 from yarl import URL
 
 from .config import Settings, WebhookSettings
@@ -48,7 +51,7 @@ T = TypeVar("T")
 
 EVENT_KINDS = ("requested", "rejected", "checkpointed", "restored", "rolled_back", "failed")
 EVENT_TYPE_PREFIX = "io.androcond.migration."
-CONTENT_TYPE = "application/cloudevents+json"
+CONTENT_TYPE = JSONFormat.CONTENT_TYPE  # application/cloudevents+json: structured mode
 SIGNATURE_HEADER = "X-Androcond-Signature"
 OUTBOX_FILE = "outbox.sqlite3"
 
@@ -89,32 +92,39 @@ def event_kind_for_state(state: str) -> str | None:
     return _KIND_FOR_STATE.get(state)
 
 
-def build_event(record: MigrationRecord, kind: str, *, source: str | None = None) -> dict[str, Any]:
-    """A CloudEvents 1.0 structured-mode event for `record` having reached `kind`."""
+def build_event(record: MigrationRecord, kind: str, *, source: str | None = None) -> CloudEvent:
+    """A CloudEvents 1.0 event for `record` having reached `kind` (the SDK validates its attributes)."""
     if kind not in EVENT_KINDS:
         raise ValueError(f"unknown event kind {kind!r} (known: {', '.join(EVENT_KINDS)})")
-    when = datetime.fromtimestamp(record.updated_at, UTC).isoformat(timespec="milliseconds")
-    return {
+    attributes: dict[str, Any] = {
         "specversion": "1.0",
         "type": EVENT_TYPE_PREFIX + kind,
         "source": source or f"androcond://{socket.gethostname()}",
         "id": str(uuid.uuid4()),
-        "time": when.replace("+00:00", "Z"),
+        # When the journal recorded the change, not when the event is built (it may wait in the outbox).
+        "time": datetime.fromtimestamp(record.updated_at, UTC),
         "subject": record.container_name,
         "datacontenttype": "application/json",
-        "data": {
-            "migration_id": record.id,
-            "container_id": record.container_id,
-            "container_name": record.container_name,
-            "device": record.device,
-            "state": record.state,
-            "error": record.error or None,
-            "target_container_id": record.target_container_id or None,
-            "bytes_sent": record.bytes_sent,
-            "timings": dict(record.timings),
-            "origin": record.origin,
-        },
     }
+    data = {
+        "migration_id": record.id,
+        "container_id": record.container_id,
+        "container_name": record.container_name,
+        "device": record.device,
+        "state": record.state,
+        "error": record.error or None,
+        "target_container_id": record.target_container_id or None,
+        "bytes_sent": record.bytes_sent,
+        "timings": dict(record.timings),
+        "origin": record.origin,
+    }
+    return CloudEvent(attributes, data)
+
+
+def encode_event(event: CloudEvent) -> bytes:
+    """The body of the POST: the event in structured JSON mode, as the SDK writes it. It is stored in the
+    outbox as is, so every try, and every webhook, gets the same bytes (and so the same signature)."""
+    return to_structured_event(event).body
 
 
 def sign(body: bytes, secret: str) -> str:
@@ -246,7 +256,8 @@ class Webhooks:
         if not targets:
             return
         event = build_event(record, kind, source=self._source)
-        body = json.dumps(event, separators=(",", ":"), ensure_ascii=False).encode()
+        event_id = event.get_id()
+        body = encode_event(event)
         now = time.time()
 
         def insert() -> list[int]:
@@ -254,12 +265,12 @@ class Webhooks:
                 self.db.execute("BEGIN")
                 return [_lastrowid(self.db.execute(
                     "INSERT INTO outbox (webhook, migration_id, event_id, kind, body, created_at, attempts, next_at) "
-                    "VALUES (?, ?, ?, ?, ?, ?, 0, ?)", (url, record.id, event["id"], kind, body, now, now)))
+                    "VALUES (?, ?, ?, ?, ?, ?, 0, ?)", (url, record.id, event_id, kind, body, now, now)))
                     for url in targets]
 
         seqs = await self._run(insert)
         for url, seq in zip(targets, seqs, strict=True):
-            item = _Pending(seq, url, record.id, event["id"], kind, body, now, 0, now)
+            item = _Pending(seq, url, record.id, event_id, kind, body, now, 0, now)
             # By seq, not by arrival: seqs follow the order publish() was called in.
             bisect.insort(self._chains.setdefault(item.chain, []), item, key=lambda p: p.seq)
         self._wake.set()

@@ -21,6 +21,8 @@ from typing import Any
 import pytest
 import structlog
 from aiohttp import web
+from cloudevents.core.bindings.http import HTTPMessage, from_http_event
+from cloudevents.v1.http import from_http as from_http_v1
 
 from androcond.config import DaemonSettings, Settings, WebhookSettings
 from androcond.journal import MigrationRecord, MigrationState
@@ -438,3 +440,40 @@ async def test_retry_after_is_honoured(tmp_path: Path, receivers: Callable[..., 
         # Backoff alone would retry within 10 ms; the receiver asked for a second.
         assert time.monotonic() - started >= 0.9
     assert len(receiver.hits) == 2
+
+
+async def test_a_received_body_parses_with_the_cloudevents_sdk(tmp_path: Path,
+                                                               receivers: Callable[..., Receiver]) -> None:
+    """What a receiver gets is a CloudEvent to the SDK too, with every attribute as we meant it; both the SDK's
+    current API and its classic one (cloudevents.v1.http.from_http) read it."""
+    receiver = receivers()
+    await receiver.listen()
+    cfg = settings(tmp_path, WebhookSettings(receiver.url, secret=SECRET))
+    rec = record("db", state=MigrationState.FAILED, error="stream: agent → gone", bytes_sent=123,
+                 timings={"total_s": 2.5})
+    async with running(cfg, **FAST) as hooks:
+        await hooks.publish(rec, "failed")
+        await until(hooks, lambda s: s["delivered"] == 1)
+    hit = receiver.accepted[0]
+    expected_sig = "sha256=" + hmac.new(SECRET.encode(), hit.body, hashlib.sha256).hexdigest()
+    assert hit.headers["X-Androcond-Signature"] == expected_sig
+
+    event = from_http_event(HTTPMessage(hit.headers, hit.body))
+    assert event.get_specversion() == "1.0"
+    assert event.get_type() == "io.androcond.migration.failed"
+    assert event.get_source() == f"androcond://{socket.gethostname()}"
+    assert event.get_subject() == "db"
+    assert event.get_id() == hit.event["id"]
+    assert event.get_time() == datetime.fromtimestamp(rec.updated_at, UTC)
+    assert event.get_datacontenttype() == "application/json"
+    data = event.get_data()
+    assert isinstance(data, dict)
+    assert data == {"migration_id": rec.id, "container_id": rec.container_id, "container_name": "db",
+                    "device": "pixel", "state": "failed", "error": "stream: agent → gone",
+                    "target_container_id": None, "bytes_sent": 123, "timings": {"total_s": 2.5},
+                    "origin": "label"}
+
+    classic = from_http_v1(hit.headers, hit.body)
+    assert (classic["type"], classic["source"], classic["subject"], classic["id"]) == (
+        "io.androcond.migration.failed", f"androcond://{socket.gethostname()}", "db", hit.event["id"])
+    assert classic.data == data
