@@ -7,6 +7,7 @@ import json
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from typing import Any
+from urllib.parse import quote
 
 import aiohttp
 
@@ -58,12 +59,35 @@ async def call(settings: Settings, method: str, path: str, body: Any = None) -> 
 
 
 async def wait_for(settings: Settings, migration_id: str,
-                   on_update: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-    """Poll one migration until it reaches a final state."""
+                   on_update: Callable[[dict[str, Any]], None] | None = None,
+                   *, interval: float = POLL_S) -> dict[str, Any]:
+    """Poll one migration until it reaches a final state; `on_update` sees every record polled, the last
+    (final) one included, before it is returned."""
     while True:
-        record: dict[str, Any] = await call(settings, "GET", f"/migrations/{migration_id}")
+        record: dict[str, Any] = await call(settings, "GET", f"/migrations/{quote(migration_id, safe='')}")
         if on_update is not None:
             on_update(record)
         if record["state"] in TERMINAL:
             return record
-        await asyncio.sleep(POLL_S)
+        await asyncio.sleep(interval)
+
+
+async def find_migration(settings: Settings, id_or_prefix: str) -> dict[str, Any]:
+    """One migration's record (with its transitions) by id, or by the first characters of its id as
+    `androcond migrations` shows them. Raises ApiError (status 404) when none or several match."""
+    try:
+        record: dict[str, Any] = await call(settings, "GET", f"/migrations/{quote(id_or_prefix, safe='')}")
+        return record
+    except ApiError as exc:
+        if exc.status != 404:
+            raise
+    listed: dict[str, Any] = await call(settings, "GET", "/migrations")
+    matches = [str(r["id"]) for r in listed["migrations"] if str(r["id"]).startswith(id_or_prefix)] \
+        if id_or_prefix else []
+    if not matches:
+        raise ApiError(f"no migration with id {id_or_prefix!r} (`androcond migrations` lists them)", 404)
+    if len(matches) > 1:
+        raise ApiError(f"{id_or_prefix!r} is the start of {len(matches)} migration ids "
+                       f"({', '.join(m[:16] for m in matches[:5])}): give more of it", 404)
+    found: dict[str, Any] = await call(settings, "GET", f"/migrations/{matches[0]}")
+    return found

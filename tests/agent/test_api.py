@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import pty
+import re
 import socket
 import stat
+import struct
 import sys
+import termios
 from pathlib import Path
 from typing import Any
 
@@ -113,7 +117,8 @@ async def test_tcp_api_needs_the_token(agent_server: AgentBed, tmp_path: Path) -
 
 async def test_migrate_wait_on_a_terminal_shows_progress(agent_server: AgentBed, engine_a: Engine,
                                                          tmp_path: Path, unique_name: str) -> None:
-    """On a terminal `--wait` draws a progress line (phase and bytes) and ends with the downtime."""
+    """On a terminal `--wait` draws rich's progress bar on stderr, redrawn in place on every poll (phase, a
+    percentage once preflight's estimate is served), stops it cleanly and ends with the downtime and total."""
     config = write_daemon_config(agent_server, tmp_path)
     daemon = DaemonProcess(config)
     await daemon.start()
@@ -123,9 +128,14 @@ async def test_migrate_wait_on_a_terminal_shows_progress(agent_server: AgentBed,
         await engine_a.start_container(cid)
         await wait_for_count(engine_a, cid, at_least=2)
         main, child = pty.openpty()
+        fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 160, 0, 0))
+        # A terminal rich draws on whatever the environment running the tests says (TERM=dumb: no redraws).
+        env = {k: v for k, v in os.environ.items()
+               if k not in ("NO_COLOR", "FORCE_COLOR", "TTY_COMPATIBLE", "TTY_INTERACTIVE", "COLUMNS")}
+        env["TERM"] = "xterm-256color"
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "androcond", "migrate", unique_name, "--to", "pixel", "--wait",
-            "--config", str(config), stdin=child, stdout=child, stderr=child)
+            "--config", str(config), stdin=child, stdout=child, stderr=child, env=env)
         os.close(child)
         screen = bytearray()
         loop = asyncio.get_running_loop()
@@ -140,8 +150,16 @@ async def test_migrate_wait_on_a_terminal_shows_progress(agent_server: AgentBed,
                 screen += chunk
             assert await proc.wait() == 0
         os.close(main)
-        text = screen.decode(errors="replace")
-        assert "MB sent" in text and "\r" in text, text  # the progress line redrawn in place
-        assert f"{unique_name} → pixel: done, downtime " in text
+        text = re.sub(r"\x1b\[[0-9;]*m", "", screen.decode(errors="replace"))  # without colours
+        hide, show, redraw = "\x1b[?25l", "\x1b[?25h", "\r\x1b[2K"
+        frames = [f.strip() for f in text.removeprefix(hide).split(redraw)]
+        assert len(frames) >= 3, text  # redrawn in place, once per poll
+        phases = [m.group(1) for f in frames if (m := re.match(rf"{unique_name} → pixel (\S+)", f))]
+        assert phases[-1] == "done" and len(set(phases)) >= 2, text
+        size = r"[\d.]+ (bytes|[kMGT]B)"
+        assert any(re.search(rf"\b\d{{1,3}}% +{size} / {size}", f) for f in frames), text  # the estimate served
+        assert text.count(hide) == 1 and text.rindex(show) > text.rindex(hide), text  # the cursor is back
+        assert re.search(rf"{unique_name} → pixel: done, downtime [\dhm.]+s, total [\dhm.]+s", text), text
+        assert "Traceback" not in text
     finally:
         await daemon.kill()
