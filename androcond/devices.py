@@ -75,6 +75,7 @@ class DeviceStatus:
     kernel: str = ""
     criu_version: str = ""
     criu_dumps_sockets: bool | None = None  # None: not reached, so not known
+    fast_restore: bool | None = None  # its engine has androcond's runtime (restores read images in place)
     error: str = ""
 
     def as_json(self) -> dict[str, object]:
@@ -100,7 +101,8 @@ async def probe(device: DeviceSettings, adb: AdbClient) -> DeviceStatus:
         return DeviceStatus(device.name, reached_by, False, adb_state, error=str(exc))
     return DeviceStatus(device.name, reached_by, True, adb_state, hello.isa, hello.agent_version,
                         hello.engine_version, hello.kernel_release, hello.criu_version,
-                        criu_compat.dumps_inet_sockets(hello.criu_version, hello.kernel_release))
+                        criu_compat.dumps_inet_sockets(hello.criu_version, hello.kernel_release),
+                        hello.androcond_runtime)
 
 
 async def probe_all(devices: list[DeviceSettings], adb: AdbClient) -> list[DeviceStatus]:

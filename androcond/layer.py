@@ -11,6 +11,7 @@ import os
 import stat
 from pathlib import Path
 
+from .checkpoint_leftovers import NONCE_FILE
 from .errors import AndrocondError
 from .payload import OutgoingFile
 from .protocol import protocol_pb2 as pb
@@ -57,7 +58,8 @@ def tree_files(root: Path, destination: int, volume: str = "") -> list[OutgoingF
 
 
 def checkpoint_files(directory: Path) -> list[OutgoingFile]:
-    files = tree_files(directory, pb.CHECKPOINT)
+    # The source's nonce marks its own checkpoint (for its rollback's cleanup); the device places its own.
+    files = [f for f in tree_files(directory, pb.CHECKPOINT) if f.path != NONCE_FILE]
     odd = [f.path for f in files if f.kind != pb.REGULAR]
     if odd:
         raise LayerError(f"checkpoint {directory} holds non-regular files: {', '.join(odd[:5])}")

@@ -25,6 +25,7 @@ from typing import Any
 
 from . import container_config, criu_compat, popcorn, runc
 from .adb_link import AdbClient, AdbError
+from .checkpoint_leftovers import place_nonce, remove_extractions
 from .config import Settings, TimeoutSettings
 from .container_config import TargetPlan
 from .devices import DeviceError, agent_endpoint
@@ -181,6 +182,7 @@ class Migration:
         self._frozen_at: float | None = None
         self._source_root = Path("/var/lib/docker")
         self._cross: CrossIsa | None = None  # set by preflight for an x86_64 → aarch64 move
+        self._nonce = ""
         self._profile: str | None = None
 
     async def _set(self, state: MigrationState, detail: str = "") -> None:
@@ -345,6 +347,19 @@ class Migration:
             await self._set(S.FAILED, self.record.error)
             return
         await self._set(S.ROLLED_BACK, reason)
+        await self._clean_after_rollback()
+
+    async def _clean_after_rollback(self) -> None:
+        """The container runs again at the source: its checkpoint and containerd's extraction of it (the
+        whole memory, twice) are not needed any more. Best effort: a leftover is logged, never a failure."""
+        try:
+            removed = await asyncio.to_thread(remove_extractions, self._nonce) if self._nonce else []
+            await asyncio.to_thread(shutil.rmtree, self._checkpoint_dir(), True)
+        except OSError as exc:
+            log.warning("could not remove the checkpoint after the rollback", error=str(exc))
+            return
+        if removed:
+            log.info("removed containerd's copy of the checkpoint", paths=[str(p) for p in removed])
 
     # --- the way there ---------------------------------------------------------------------------------------
     async def _migrate(self) -> None:
@@ -500,6 +515,8 @@ class Migration:
             await self.ctx.engine.create_checkpoint(self.record.container_id, self.record.checkpoint_name)
             self._time("checkpoint_s", self._frozen_at)
         log.info("checkpointed", via="runc" if fast else "engine", seconds=self.record.timings["checkpoint_s"])
+        # Marks this checkpoint, so a rollback can find containerd's copy of it again (and remove it).
+        self._nonce = await asyncio.to_thread(place_nonce, self._checkpoint_dir())
         inject("checkpoint", self.record.container_name)
 
     def _checkpoint_dir(self) -> Path:

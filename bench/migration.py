@@ -1,6 +1,8 @@
 """Downtime and total time of moving a running container to the device: androcond against the seeds'
 sequential flow (`docker checkpoint create` → `tar czf` → `scp` → untar into engine B's checkpoint dir →
-`docker start --checkpoint`), on the same test bed, in the same run, interleaved.
+`docker start --checkpoint`), on the same test bed, in the same run, interleaved. androcond runs twice: to a
+device whose engine has androcond's runtime (the engine restores from the images in place) and to one whose
+agent ignores it (the plain engine restore, containerd copying the images twice).
 
 Downtime is read from the container's own output: the gap between its last line at the source and its first
 line on the device (Docker's log timestamps, one host clock), less one 100 ms tick of the counter.
@@ -29,6 +31,8 @@ from tests.testbed.images import TEST_IMAGE
 from tests.testbed.proc import wait_for
 
 AGENT_PORT = 8199
+# flow → the daemon's device it moves to ("seeds" is the hand-made flow, no device entry)
+FLOWS = {"seeds": "", "androcond-plain": "plain", "androcond": "pixel"}
 TICK_S = 0.1
 LABEL = "androcond-bench"
 
@@ -85,9 +89,9 @@ def seeds_flow(bed: TestBed, name: str, mb: int, work: Path) -> float:
     return total
 
 
-def androcond_flow(config: Path, name: str) -> tuple[float, dict[str, float]]:
+def androcond_flow(config: Path, name: str, device: str) -> tuple[float, dict[str, float]]:
     started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "androcond", "migrate", name, "--to", "pixel", "--keep-source",
+    out = subprocess.run([sys.executable, "-m", "androcond", "migrate", name, "--to", device, "--keep-source",
                           "--wait", "--json", "--config", str(config)], capture_output=True, text=True, check=True)
     total = time.perf_counter() - started
     record = json.loads(out.stdout)
@@ -105,8 +109,17 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         agent = DeviceAgent(bed, work, AGENT_PORT)
-        config = daemon_config(agent, work, daemon=f'api = "unix:{work / "api.sock"}"\nlog_level = "warning"')
+        plain = DeviceAgent(bed, work, AGENT_PORT + 1, module=("tests.agent.faulty_agent", "no-runtime"),
+                            name="agent-plain", host_key=agent.host_key_path)
+        config = daemon_config(agent, work, daemon=f'api = "unix:{work / "api.sock"}"\nlog_level = "warning"',
+                               extra=f"""
+[devices.plain]
+address = "{bed.device.device_ip}:{plain.port}"
+identity = "{bed.device.client_key}"
+known_hosts = "{agent.known_hosts(work / 'known_hosts-plain', port=plain.port)}"
+""")
         agent.start()
+        plain.start()
         daemon = subprocess.Popen([sys.executable, "-m", "androcond", "run", "--config", str(config)],
                                   stderr=(work / "daemon.log").open("wb"))
         results: dict[tuple[int, str], dict[str, list[float]]] = {}
@@ -114,14 +127,14 @@ def main() -> int:
             wait_for((work / "api.sock").exists, timeout=30, what="daemon API")
             for mb in sizes:
                 for _ in range(args.runs):
-                    for flow in ("seeds", "androcond"):  # interleaved: drift hits both alike
+                    for flow, device in FLOWS.items():  # interleaved: drift hits them all alike
                         name = f"bench-{flow}-{mb}-{uuid.uuid4().hex[:6]}"
                         start_counter(bed, name, mb)
                         row = results.setdefault((mb, flow), {})
                         if flow == "seeds":
                             row.setdefault("total", []).append(seeds_flow(bed, name, mb, work))
                         else:
-                            total, timings = androcond_flow(config, name)
+                            total, timings = androcond_flow(config, name, device)
                             row.setdefault("total", []).append(total)
                             for key_name in ("checkpoint_s", "stream_s", "restore_s"):
                                 row.setdefault(key_name, []).append(timings.get(key_name, 0.0))
@@ -132,6 +145,7 @@ def main() -> int:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=30)
             agent.stop()
+            plain.stop()
             bed.engine_a.remove_containers(f"{LABEL}=1")
             bed.engine_b.remove_containers(f"{LABEL}=1")
     med = statistics.median
@@ -140,12 +154,14 @@ def main() -> int:
     print("|---|---|---|---|---|---|---|---|")
     for mb in sizes:
         seeds = results[(mb, "seeds")]
-        ours = results[(mb, "androcond")]
         print(f"| {mb} MB | seeds' sequential flow | {med(seeds['downtime']):.2f} | {med(seeds['total']):.2f} | "
               f"1.00× | | | |")
-        print(f"| {mb} MB | androcond | {med(ours['downtime']):.2f} | {med(ours['total']):.2f} | "
-              f"{med(ours['downtime']) / med(seeds['downtime']):.2f}× | {med(ours['checkpoint_s']):.2f} | "
-              f"{med(ours['stream_s']):.2f} | {med(ours['restore_s']):.2f} |")
+        for flow, label in (("androcond-plain", "androcond, plain engine restore"),
+                            ("androcond", "androcond, engine restore in place (runtime)")):
+            ours = results[(mb, flow)]
+            print(f"| {mb} MB | {label} | {med(ours['downtime']):.2f} | {med(ours['total']):.2f} | "
+                  f"{med(ours['downtime']) / med(seeds['downtime']):.2f}× | {med(ours['checkpoint_s']):.2f} | "
+                  f"{med(ours['stream_s']):.2f} | {med(ours['restore_s']):.2f} |")
     return 0
 
 

@@ -11,12 +11,14 @@ import asyncio
 import json
 import os
 import platform
+import shutil
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .. import __version__, criu_compat
+from ..checkpoint_leftovers import place_nonce, remove_extractions
 from ..engine import Engine, EngineError
 from ..logging import get_logger
 from .aio import complete
@@ -35,6 +37,7 @@ class DeviceFacts:
     vdso: bytes = b""  # what a cross-ISA recode lays out for this kernel (no vdso proxy needed on restore)
     vvar_size: int = 0
     kernel_release: str = ""
+    runtime: str = ""  # RUNTIME_NAME when the engine has androcond's runc wrapper (fast restore), else ""
 
     @property
     def criu_dumps_sockets(self) -> bool:
@@ -74,20 +77,26 @@ async def gather_facts(engine: Engine) -> DeviceFacts:
                        criu_version=await criu_compat.local_criu_version(),
                        engine_version=str(version.get("Version", "")),
                        data_root=Path(str(info["DockerRootDir"])), vdso=vdso, vvar_size=vvar_size,
-                       kernel_release=criu_compat.kernel_release())
+                       kernel_release=criu_compat.kernel_release(),
+                       runtime=RUNTIME_NAME if RUNTIME_NAME in (info.get("Runtimes") or {}) else "")
 
 
 @dataclass
 class TargetContainer:
     container_id: str
-    checkpoint_dir: Path
+    checkpoint_dir: Path  # where the CRIU images land
     upper_dir: Path
+    # The checkpoint directory the engine sees. With androcond's runtime only a stub (descriptors.json, the
+    # images' path, a nonce); on the plain path the same directory as checkpoint_dir.
+    stub_dir: Path | None = None
+    nonce: str = ""
 
 
 class DeviceEngine:
-    def __init__(self, engine: Engine, facts: DeviceFacts) -> None:
+    def __init__(self, engine: Engine, facts: DeviceFacts, spool_dir: Path | None = None) -> None:
         self.engine = engine
         self.facts = facts
+        self.spool_dir = spool_dir  # images land under it when the engine has androcond's runtime
 
     async def has_image(self, ref: str) -> bool:
         return await self.engine.image_exists(ref)
@@ -98,7 +107,14 @@ class DeviceEngine:
         except EngineError as exc:
             raise RestoreError(f"loading the image failed: {exc}") from exc
 
-    async def create(self, name: str, config: dict[str, Any], checkpoint_name: str) -> TargetContainer:
+    @property
+    def fast_restore(self) -> bool:
+        return bool(self.facts.runtime) and self.spool_dir is not None
+
+    async def create(self, name: str, config: dict[str, Any], checkpoint_name: str,
+                     migration_id: str = "") -> TargetContainer:
+        if self.fast_restore:
+            config = {**config, "HostConfig": {**(config.get("HostConfig") or {}), "Runtime": self.facts.runtime}}
         try:
             cid = await self.engine.create_container(config, name=name or None)
         except EngineError as exc:
@@ -109,7 +125,7 @@ class DeviceEngine:
             raise
         # From here on the container is ours: whatever fails (or cancels us), it must not stay behind.
         try:
-            return await self._prepare(cid, checkpoint_name)
+            return await self._prepare(cid, checkpoint_name, migration_id)
         except BaseException as exc:
             await self._remove_quietly(cid)
             if isinstance(exc, EngineError):
@@ -119,16 +135,20 @@ class DeviceEngine:
                     from exc
             raise
 
-    async def _prepare(self, cid: str, checkpoint_name: str) -> TargetContainer:
+    async def _prepare(self, cid: str, checkpoint_name: str, migration_id: str) -> TargetContainer:
         inspect = await self.engine.inspect_container(cid)
         driver = inspect.get("GraphDriver") or {}
         upper = (driver.get("Data") or {}).get("UpperDir")
         if driver.get("Name") != "overlay2" or not upper:
             raise RestoreError(f"the device engine uses the {driver.get('Name')!r} storage driver; "
                                "androcond needs overlay2 to place the writable layer")
-        checkpoint_dir = self.facts.data_root / "containers" / cid / "checkpoints" / checkpoint_name
-        await asyncio.to_thread(checkpoint_dir.mkdir, parents=True, exist_ok=False)
-        return TargetContainer(cid, checkpoint_dir, Path(upper))
+        stub_dir = self.facts.data_root / "containers" / cid / "checkpoints" / checkpoint_name
+        images_dir = stub_dir
+        if self.fast_restore:
+            assert self.spool_dir is not None
+            images_dir = self.spool_dir / "images" / (migration_id or cid)
+        nonce = await asyncio.to_thread(_make_checkpoint_dirs, stub_dir, images_dir)
+        return TargetContainer(cid, images_dir, Path(upper), stub_dir, nonce)
 
     async def _remove_quietly(self, cid: str) -> None:
         """Remove a container we just made, even while being cancelled."""
@@ -146,13 +166,28 @@ class DeviceEngine:
 
     async def restore(self, target: TargetContainer, checkpoint_name: str) -> None:
         try:
+            if target.stub_dir is not None and target.stub_dir != target.checkpoint_dir:
+                # runc reads descriptors.json from the path the engine gives it: the stub's copy.
+                await asyncio.to_thread(shutil.copyfile, target.checkpoint_dir / "descriptors.json",
+                                        target.stub_dir / "descriptors.json")
             await self.engine.start_container(target.container_id, checkpoint=checkpoint_name)
             state = (await self.engine.inspect_container(target.container_id))["State"]
-        except EngineError as exc:
+        except (EngineError, OSError) as exc:
             raise RestoreError(f"restore refused by the device engine: {exc}") from exc
+        finally:
+            await self.clean_after_restore(target)
         if not state.get("Running"):
             raise RestoreError(f"restored container is not running (status {state.get('Status')}, "
                                f"exit code {state.get('ExitCode')}, error {state.get('Error')!r})")
+
+    async def clean_after_restore(self, target: TargetContainer) -> None:
+        """What a restore leaves on the device: containerd's extraction of the checkpoint (it never removes
+        it), the images (spooled or in the checkpoint directory) and the stub. The images are no longer
+        needed once CRIU has read them, whatever it answered."""
+        removed = await asyncio.to_thread(_remove_leftovers, target)
+        if removed:
+            log.info("removed what the restore left", container_id=target.container_id,
+                     paths=[str(p) for p in removed])
 
     async def apply_restart_policy(self, container_id: str, policy: dict[str, Any]) -> None:
         """After a successful restore; a failure leaves the container running without it, and says so."""
@@ -178,6 +213,33 @@ class DeviceEngine:
         except EngineError as exc:
             if exc.status != 404:
                 raise
+
+
+RUNTIME_NAME = "androcond"
+RUNTIME_STUB = "androcond-images"  # in the stub: the directory where the images are (read by androcond-runc)
+
+
+def runtime_path() -> Path:
+    """The runc wrapper shipped with the agent, to register as the device engine's `androcond` runtime."""
+    return Path(__file__).parent / "runtime" / "androcond-runc"
+
+
+def _make_checkpoint_dirs(stub_dir: Path, images_dir: Path) -> str:
+    stub_dir.mkdir(parents=True, exist_ok=False)
+    nonce = place_nonce(stub_dir)
+    if images_dir != stub_dir:
+        images_dir.mkdir(parents=True, exist_ok=True)
+        (stub_dir / RUNTIME_STUB).write_text(str(images_dir))
+    return nonce
+
+
+def _remove_leftovers(target: TargetContainer) -> list[Path]:
+    removed = remove_extractions(target.nonce) if target.nonce else []
+    for directory in {target.checkpoint_dir, *([target.stub_dir] if target.stub_dir else [])}:
+        if directory.exists():
+            shutil.rmtree(directory, ignore_errors=True)
+            removed.append(directory)
+    return removed
 
 
 def parse_create_config(text: str) -> dict[str, Any]:

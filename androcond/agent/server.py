@@ -56,7 +56,7 @@ class Agent:
         try:
             facts = await gather_facts(engine)
             await asyncio.to_thread(settings.spool_dir.mkdir, parents=True, exist_ok=True)
-            agent = cls(settings, engine, cls.device_class(engine, facts))
+            agent = cls(settings, engine, cls.device_class(engine, facts, settings.spool_dir))
             # What an agent killed mid-migration left in flight gets its final answer now.
             settled = await settle_all(agent.outcomes, agent.device)
         except BaseException:
@@ -64,6 +64,7 @@ class Agent:
             raise
         log.info("agent ready", isa=facts.isa, page_size=facts.page_size, criu=facts.criu_version,
                  kernel=facts.kernel_release, criu_dumps_sockets=facts.criu_dumps_sockets,
+                 fast_restore_runtime=facts.runtime or "none (plain engine restore)",
                  engine=facts.engine_version, data_root=str(facts.data_root), settled_stale=settled)
         return agent
 

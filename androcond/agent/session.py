@@ -203,7 +203,8 @@ class AgentSession:
             protocol_version=PROTOCOL_VERSION, agent_version=facts.agent_version, isa=facts.isa,
             page_size=facts.page_size, criu_version=facts.criu_version, engine_version=facts.engine_version,
             free_bytes=await _free_bytes(facts.data_root), vdso=facts.vdso, vvar_size=facts.vvar_size,
-            kernel_release=facts.kernel_release, criu_dumps_sockets=facts.criu_dumps_sockets)))
+            kernel_release=facts.kernel_release, criu_dumps_sockets=facts.criu_dumps_sockets,
+            androcond_runtime=self.device.fast_restore)))
 
     def _phase_of(self, frame: pb.Frame) -> str:
         kind = body(frame)
@@ -275,7 +276,7 @@ class AgentSession:
         begin = migration.begin
         assert migration.fitted is not None
         migration.target = await self.device.create(begin.container_name, migration.fitted.body,
-                                                    begin.checkpoint_name)
+                                                    begin.checkpoint_name, begin.migration_id)
         # Should this process die now, whoever settles the record knows which container to remove.
         await self.outcomes.put(OutcomeRecord(begin.migration_id, "receiving", migration.target.container_id,
                                               bytes_received=migration.bytes_received))
@@ -436,6 +437,7 @@ class AgentSession:
         for path, problem in failures:
             log.error("could not remove a received file", path=str(path), error=problem)
         if migration.target is not None:
+            await self.device.clean_after_restore(migration.target)  # spooled images, stub, containerd's copy
             try:
                 await self.device.discard(migration.target.container_id)
             except AndrocondError as exc:

@@ -12,6 +12,7 @@ Faults:
                    "holding the restore"): a test can SIGKILL the agent at exactly that point
   old-criu         reports CRIU 4.1.1 with its real kernel (>= 6.16 here): a device whose CRIU cannot handle
                    network sockets (criu#2705)
+  no-runtime       ignores androcond's runtime on the device engine: the plain engine restore
 """
 
 from __future__ import annotations
@@ -98,6 +99,13 @@ class OldCriu(AgentSession):
         super().__init__(device, *args)
 
 
+class NoRuntime(DeviceEngine):
+    """As on a device whose engine was never given androcond's runtime."""
+
+    def __init__(self, engine: Any, facts: Any, spool_dir: Path | None = None) -> None:
+        super().__init__(engine, replace(facts, runtime=""), spool_dir)
+
+
 class LoadDies(DeviceEngine):
     """`docker load` reads two chunks, then fails as if its connection to the device engine was reset, and
     takes nothing more from the session's queue."""
@@ -125,6 +133,7 @@ FAULTS: dict[str, tuple[type[AgentSession], type[DeviceEngine]]] = {
     "refuse-restore": (RefuseRestore, DeviceEngine), "slow-outcome": (SlowOutcome, DeviceEngine),
     "fake-aarch64": (FakeAarch64, DeviceEngine), "load-dies": (AgentSession, LoadDies),
     "hold-restore": (AgentSession, HoldRestore), "old-criu": (OldCriu, DeviceEngine),
+    "no-runtime": (AgentSession, NoRuntime),
 }
 
 

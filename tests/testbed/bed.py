@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from androcond.agent.device import RUNTIME_NAME, runtime_path
+
 from .device import ADBD_PORT, SSHD_PORT, AdbServer, DeviceNamespace, stop_recorded
 from .engines import DockerEngine
 from .images import TEST_IMAGE, build_programs, import_test_image, rootfs_tar
@@ -45,7 +47,7 @@ class TestBed:
                                       host_ip="10.231.7.1", device_ip="10.231.7.2",
                                       run_dir=self.run_root / "device")
         self.engine_b = DockerEngine("b", self.data_root / "engine-b", self.run_root / "engine-b",
-                                     netns=self.device.netns)
+                                     netns=self.device.netns, runtimes={RUNTIME_NAME: str(runtime_path())})
         self.adb = AdbServer(self.run_root)
 
     @property
@@ -99,6 +101,8 @@ class TestBed:
         if not self.engine_b.answers():
             self._record("engine_b", True)
             self.engine_b.start()
+        else:
+            self.engine_b.reconfigure()
         self._record("adbd_pid", self.device.start_adbd())
         self._record("sshd_pid", self.device.start_sshd())
         self._record("adb_server", self.adb.start())

@@ -5,6 +5,7 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import signal
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,8 @@ class DockerEngine:
     data_root: Path
     run_dir: Path
     netns: str | None = None
+    # Runtimes to register besides runc (name → path): the device engine gets androcond's runc wrapper.
+    runtimes: dict[str, str] | None = None
 
     @property
     def socket_path(self) -> Path:
@@ -92,8 +95,7 @@ class DockerEngine:
             return False
         self.run_dir.mkdir(parents=True, exist_ok=True)
         self.data_root.mkdir(parents=True, exist_ok=True)
-        config = self.run_dir / "daemon.json"
-        config.write_text(json.dumps({"experimental": True}))
+        config = self.write_config()
         cmd = [DOCKERD, "--config-file", str(config), "--data-root", str(self.data_root),
                "--exec-root", str(self.run_dir / "exec"), "--pidfile", str(self.pidfile),
                "-H", self.host, "--containerd-namespace", f"androcond-{self.name}",
@@ -107,6 +109,37 @@ class DockerEngine:
         pid = start_daemon(cmd, self.log_path, env)
         wait_for(self.answers, timeout=90, what=f"Docker engine {self.name} on {self.socket_path}",
                  diagnose=lambda: tail(self.log_path) if alive(pid) else f"dockerd exited:\n{tail(self.log_path)}")
+        return True
+
+    def config(self) -> dict[str, object]:
+        config: dict[str, object] = {"experimental": True}
+        if self.runtimes:
+            config["runtimes"] = {name: {"path": path} for name, path in self.runtimes.items()}
+        return config
+
+    def write_config(self) -> Path:
+        path = self.run_dir / "daemon.json"
+        path.write_text(json.dumps(self.config()))
+        return path
+
+    def reconfigure(self) -> bool:
+        """A running engine whose daemon.json is not ours any more (an older bed): rewrite it and have the
+        engine reload it (SIGHUP reloads runtimes). True if it had to."""
+        path = self.run_dir / "daemon.json"
+        try:
+            current = json.loads(path.read_text())
+        except (OSError, ValueError):
+            current = None
+        if current == self.config():
+            return False
+        self.write_config()
+        pid = self.pid()
+        if pid is None:
+            raise TestBedError(f"Docker engine {self.name} answers but has no pid file to reload it")
+        os.kill(pid, signal.SIGHUP)
+        names = set(self.runtimes or {})
+        wait_for(lambda: names <= set(json.loads(self.request("GET", "/info", timeout=5)).get("Runtimes", {})),
+                 timeout=30, what=f"Docker engine {self.name} to load runtimes {sorted(names)}")
         return True
 
     def stop(self) -> None:

@@ -1,0 +1,40 @@
+"""What `docker start --checkpoint` leaves behind, and how we find it again.
+
+Docker 20.10 tars a checkpoint directory into containerd's content store, and containerd extracts it into
+its TMPDIR as `ctrd-checkpoint*` before `runc restore` — and never removes that copy: every restore through
+the engine leaves the container's whole memory on disk. Every checkpoint androcond places carries a nonce
+file; after the restore (on the device, or a rollback at the source) the extraction holding that nonce is
+removed. The nonce also makes each checkpoint's tar unique, so containerd's "content … already exists"
+(moby#42900) cannot happen. Blocking (file system walks): run in a thread.
+"""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from pathlib import Path
+
+NONCE_FILE = "androcond-nonce"
+# containerd's TMPDIR when the engine sets none (Debian's docker.io, the bed's engines).
+CONTAINERD_TMP: tuple[Path, ...] = (Path("/tmp"),)
+
+
+def place_nonce(checkpoint_dir: Path) -> str:
+    nonce = uuid.uuid4().hex
+    (checkpoint_dir / NONCE_FILE).write_text(nonce)
+    return nonce
+
+
+def remove_extractions(nonce: str, tmp_dirs: tuple[Path, ...] = CONTAINERD_TMP) -> list[Path]:
+    """Remove containerd's extractions of the checkpoint that carries `nonce`; return what was removed."""
+    removed: list[Path] = []
+    for tmp in tmp_dirs:
+        for extracted in tmp.glob("ctrd-checkpoint*"):
+            try:
+                if (extracted / NONCE_FILE).read_text() != nonce:
+                    continue
+            except OSError:
+                continue
+            shutil.rmtree(extracted, ignore_errors=True)
+            removed.append(extracted)
+    return removed

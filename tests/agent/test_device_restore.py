@@ -1,0 +1,95 @@
+"""The device engine restores without containerd's copies (real bed): with androcond's runtime the engine
+sees only a stub checkpoint and CRIU reads the images where the agent wrote them; with or without it, nothing
+a migration brought stays on the device's disk once it runs there — nor at the source after a rollback."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from androcond.checkpoint_leftovers import CONTAINERD_TMP
+from androcond.engine import Engine
+
+from ..helpers import DaemonProcess, counter_config, wait_for_count
+from ..testbed.bed import RUN_FILTER
+from ..testbed.engines import DOCKER_CLI
+from ..testbed.proc import run
+from .conftest import AGENT_PORT, AgentBed
+from .daemon_bed import assert_back_at_source, faulty_agent, finished, write_daemon_config
+
+pytestmark = pytest.mark.testbed
+
+
+def extractions() -> set[Path]:
+    return {p for tmp in CONTAINERD_TMP for p in tmp.glob("ctrd-checkpoint*")}
+
+
+def free_bytes(path: Path) -> int:
+    st = os.statvfs(path)
+    return st.f_bavail * st.f_frsize
+
+
+async def start_counter(engine: Engine, name: str, mb: int) -> None:
+    config = counter_config(**{"androcond.migrate": "pixel"})
+    config["Cmd"] = ["/bin/counter", str(mb)]
+    await engine.start_container(await engine.create_container(config, name=name))
+
+
+@pytest.mark.parametrize("fault", ["none", "no-runtime"])
+async def test_five_migrations_leave_nothing_on_the_device(agent_server: AgentBed, engine_a: Engine,
+                                                           engine_b: Engine, tmp_path: Path, unique_name: str,
+                                                           fault: str) -> None:
+    bed = agent_server.bed
+    agent = faulty_agent(agent_server, fault, AGENT_PORT + (31 if fault == "none" else 32), tmp_path)
+    spool = agent.directory / f"{agent.name}-spool"
+    daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, port=agent.port))
+    before_extractions, before_free = extractions(), free_bytes(bed.engine_b.data_root)
+    await daemon.start()
+    names = [f"{unique_name}-{i}" for i in range(5)]
+    try:
+        for name in names:  # one after the other: each its own restore
+            await start_counter(engine_a, name, mb=64)
+            assert (await finished(daemon, name, timeout=120))["state"] == "done"
+        for name in names:
+            moved = await engine_b.inspect_container(name)
+            assert moved["HostConfig"]["Runtime"] == ("androcond" if fault == "none" else "runc")
+            seen = await wait_for_count(engine_b, name, at_least=3)
+            assert seen[0] > 1, "restarted instead of restored"
+        # The engine still manages it as usual.
+        run([DOCKER_CLI, "-H", bed.engine_b.host, "stop", "-t", "1", names[0]])
+        assert not (await engine_b.inspect_container(names[0]))["State"]["Running"]
+        new = extractions() - before_extractions
+        assert new == set(), f"containerd's copies left behind: {sorted(new)}"
+        assert not any((spool / "images").glob("*/*")), "spooled images left behind"
+        for name in names:
+            cid = (await engine_b.inspect_container(name))["Id"]
+            assert not any((bed.engine_b.data_root / "containers" / cid / "checkpoints").glob("*")), name
+        grown = before_free - free_bytes(bed.engine_b.data_root)
+        assert grown < 64 * 2**20, f"the device's disk lost {grown / 2**20:.0f} MiB over 5 migrations of 64 MB"
+        assert any(e.get("msg") == "checkpointed" for e in daemon.lines)
+    finally:
+        await daemon.kill()
+        agent.stop()
+        bed.engine_b.remove_containers(RUN_FILTER)
+
+
+async def test_a_rollback_leaves_no_copy_at_the_source(agent_server: AgentBed, engine_a: Engine, engine_b: Engine,
+                                                       tmp_path: Path, unique_name: str) -> None:
+    agent = faulty_agent(agent_server, "refuse-restore", AGENT_PORT + 33, tmp_path)
+    daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, port=agent.port))
+    before = extractions()
+    await daemon.start()
+    try:
+        await start_counter(engine_a, unique_name, mb=32)
+        end = await finished(daemon, unique_name)
+        assert end["state"] == "rolled-back", end
+        await assert_back_at_source(engine_a, engine_b, unique_name)
+        assert extractions() - before == set(), "containerd's copy of the rollback's checkpoint is left"
+        cid = (await engine_a.inspect_container(unique_name))["Id"]
+        checkpoints = agent_server.bed.engine_a.data_root / "containers" / cid / "checkpoints"
+        assert not any(checkpoints.glob("*")), "the source's checkpoint is kept after the rollback"
+    finally:
+        await daemon.kill()
+        agent.stop()
