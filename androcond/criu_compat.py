@@ -70,6 +70,47 @@ def kernel_release() -> str:
     return os.uname().release
 
 
+def highest_user_address(maps_text: str) -> int:
+    """The end of the highest user mapping in a /proc/PID/maps text ([vsyscall] is the kernel's, not the
+    process's: CRIU does not restore it as a mapping)."""
+    highest = 0
+    for line in maps_text.splitlines():
+        fields = line.split()
+        if not fields or (len(fields) >= 6 and fields[5] == "[vsyscall]"):
+            continue
+        try:
+            end = int(fields[0].split("-")[1], 16)
+        except (IndexError, ValueError):
+            continue
+        highest = max(highest, end)
+    return highest
+
+
+def address_bits(highest_end: int) -> int:
+    """Bits needed to address every byte below `highest_end`."""
+    return max(highest_end - 1, 0).bit_length()
+
+
+def own_va_bits(maps: Path = Path("/proc/self/maps")) -> int:
+    """This kernel's user address space, read off our own stack: a process's stack sits just below the top
+    (2^47 on x86_64, 2^48 or 2^39 on arm64), so the highest mapping tells the kernel's configuration apart."""
+    try:
+        return address_bits(highest_user_address(maps.read_text()))
+    except OSError:
+        return 0
+
+
+def tasks_va_bits(pids: list[int], proc: Path = Path("/proc")) -> int:
+    """The address bits a set of tasks needs: what a device's kernel must give to map them where they are."""
+    highest = 0
+    for pid in pids:
+        try:
+            highest = max(highest, highest_user_address((proc / str(pid) / "maps").read_text()))
+        except OSError:
+            continue
+    return address_bits(highest) if highest else 0
+
+
 def inet_sockets(pids: list[int], proc: Path = Path("/proc")) -> int:
     """How many INET sockets (TCP, UDP, raw; v4 and v6) the given tasks hold open. Blocking: run in a thread.
 

@@ -7,6 +7,7 @@ local port changes every time); a device reached by address under `[host]:port` 
 from __future__ import annotations
 
 import asyncio
+import platform
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
@@ -76,6 +77,9 @@ class DeviceStatus:
     criu_version: str = ""
     criu_dumps_sockets: bool | None = None  # None: not reached, so not known
     fast_restore: bool | None = None  # its engine has androcond's runtime (restores read images in place)
+    va_bits: int = 0  # user address bits its kernel gives a process (0: not known)
+    # Can it take a move from this host across ISAs (Popcorn-style recode), given its ISA and address space?
+    cross_isa: bool | None = None
     error: str = ""
 
     def as_json(self) -> dict[str, object]:
@@ -102,7 +106,20 @@ async def probe(device: DeviceSettings, adb: AdbClient) -> DeviceStatus:
     return DeviceStatus(device.name, reached_by, True, adb_state, hello.isa, hello.agent_version,
                         hello.engine_version, hello.kernel_release, hello.criu_version,
                         criu_compat.dumps_inet_sockets(hello.criu_version, hello.kernel_release),
-                        hello.androcond_runtime)
+                        hello.androcond_runtime, hello.va_bits, _cross_isa(hello.isa, hello.va_bits))
+
+
+# What the recoder can do (androcond/recoder): x86_64 processes recoded to aarch64. An x86_64 process's stack
+# sits just below 2^47: the device's kernel must give at least that many address bits.
+CROSS_ISA_FROM = {"x86_64": "aarch64"}
+X86_64_VA_BITS = 47
+
+
+def _cross_isa(device_isa: str, va_bits: int) -> bool | None:
+    host = platform.machine()
+    if device_isa == host:
+        return None  # same ISA: no recode needed
+    return CROSS_ISA_FROM.get(host) == device_isa and (va_bits == 0 or va_bits >= X86_64_VA_BITS)
 
 
 async def probe_all(devices: list[DeviceSettings], adb: AdbClient) -> list[DeviceStatus]:

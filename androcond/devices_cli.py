@@ -31,6 +31,8 @@ def _cmd_devices(args: argparse.Namespace) -> int:
     for s in statuses:
         sockets = "" if s.criu_dumps_sockets else "  (its CRIU cannot move network sockets)"
         sockets += "" if s.fast_restore else "  (no androcond runtime: plain, slower restore)"
+        if s.cross_isa is not None:
+            sockets += (f"  cross-ISA: {'yes' if s.cross_isa else 'NO'} ({s.va_bits or '?'}-bit addresses)")
         state = (f"reachable  {s.isa}  agent {s.agent_version}  engine {s.engine_version or '-'}  "
                  f"criu {s.criu_version or '-'}  kernel {s.kernel or '?'}{sockets}"
                  if s.reachable else f"UNREACHABLE  {s.error}")

@@ -421,6 +421,12 @@ class Migration:
             raise Rejected(f"bind mount {binds[0]} cannot move with the container (its data lives on this host); "
                            "use a named volume")
         pids = await asyncio.to_thread(popcorn.task_tree, int(inspect["State"].get("Pid") or 0))
+        needed_bits = await asyncio.to_thread(criu_compat.tasks_va_bits, pids)
+        if link.hello.va_bits and needed_bits > link.hello.va_bits:
+            raise Rejected(f"the container's memory reaches {needed_bits}-bit addresses, and device "
+                           f"{self.record.device}'s kernel gives a process {link.hello.va_bits} bits (CRIU restores "
+                           "every mapping at its address; an Android kernel built with 39-bit addresses cannot "
+                           "hold an x86_64 stack)")
         sockets = await asyncio.to_thread(criu_compat.inet_sockets, pids)
         if sockets:
             await self._check_criu_sockets(link.hello, sockets)

@@ -38,6 +38,7 @@ class DeviceFacts:
     vvar_size: int = 0
     kernel_release: str = ""
     runtime: str = ""  # RUNTIME_NAME when the engine has androcond's runc wrapper (fast restore), else ""
+    va_bits: int = 0  # user address bits this kernel gives a process (0: unknown)
 
     @property
     def criu_dumps_sockets(self) -> bool:
@@ -78,7 +79,8 @@ async def gather_facts(engine: Engine) -> DeviceFacts:
                        engine_version=str(version.get("Version", "")),
                        data_root=Path(str(info["DockerRootDir"])), vdso=vdso, vvar_size=vvar_size,
                        kernel_release=criu_compat.kernel_release(),
-                       runtime=RUNTIME_NAME if RUNTIME_NAME in (info.get("Runtimes") or {}) else "")
+                       runtime=RUNTIME_NAME if RUNTIME_NAME in (info.get("Runtimes") or {}) else "",
+                       va_bits=await asyncio.to_thread(criu_compat.own_va_bits))
 
 
 @dataclass

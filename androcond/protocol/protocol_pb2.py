@@ -24,43 +24,43 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!androcond/protocol/protocol.proto\x12\x12\x61ndrocond.protocol\"?\n\x0b\x43lientHello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x16\n\x0e\x63lient_version\x18\x02 \x01(\t\"\x8f\x02\n\nAgentHello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x0b\n\x03isa\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x14\n\x0c\x63riu_version\x18\x05 \x01(\t\x12\x16\n\x0e\x65ngine_version\x18\x06 \x01(\t\x12\x12\n\nfree_bytes\x18\x07 \x01(\x04\x12\x0c\n\x04vdso\x18\x08 \x01(\x0c\x12\x11\n\tvvar_size\x18\t \x01(\x04\x12\x16\n\x0ekernel_release\x18\n \x01(\t\x12\x1a\n\x12\x63riu_dumps_sockets\x18\x0b \x01(\x08\x12\x19\n\x11\x61ndrocond_runtime\x18\x0c \x01(\x08\"\xa2\x01\n\x05\x42\x65gin\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontainer_name\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\t\x12\x1a\n\x12\x63reate_config_json\x18\x04 \x01(\t\x12\x17\n\x0f\x63heckpoint_name\x18\x05 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x06 \x01(\x04\x12\x12\n\nfile_count\x18\x07 \x01(\r\"K\n\x08\x42\x65ginAck\x12\x12\n\nneed_image\x18\x01 \x01(\x08\x12\x14\n\x0c\x63ontainer_id\x18\x02 \x01(\t\x12\x15\n\radjusted_json\x18\x03 \x01(\t\"\x8b\x02\n\tFileStart\x12\x11\n\tstream_id\x18\x01 \x01(\r\x12\x34\n\x0b\x64\x65stination\x18\x02 \x01(\x0e\x32\x1f.androcond.protocol.Destination\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0e\n\x06volume\x18\x04 \x01(\t\x12*\n\x04kind\x18\x05 \x01(\x0e\x32\x1c.androcond.protocol.FileKind\x12\x0c\n\x04size\x18\x06 \x01(\x04\x12\x0c\n\x04mode\x18\x07 \x01(\r\x12\x13\n\x0blink_target\x18\x08 \x01(\t\x12\x0b\n\x03uid\x18\t \x01(\r\x12\x0b\n\x03gid\x18\n \x01(\r\x12\x10\n\x08mtime_ns\x18\x0b \x01(\x03\x12\x0e\n\x06opaque\x18\x0c \x01(\x08\"+\n\x08\x46ileData\x12\x11\n\tstream_id\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\",\n\x07\x46ileEnd\x12\x11\n\tstream_id\x18\x01 \x01(\r\x12\x0e\n\x06sha256\x18\x02 \x01(\x0c\"7\n\x07\x46ileAck\x12\x11\n\tstream_id\x18\x01 \x01(\r\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\x1c\n\x06\x43ommit\x12\x12\n\nfile_count\x18\x01 \x01(\r\"\x84\x01\n\x07Outcome\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x17\n\x0frestore_seconds\x18\x05 \x01(\x01\x12\x16\n\x0e\x62ytes_received\x18\x06 \x01(\x04\"\x1d\n\x05Query\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\"\x17\n\x05\x41\x62ort\x12\x0e\n\x06reason\x18\x01 \x01(\t\"5\n\x05\x45rror\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\r\n\x05phase\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\"\x8a\x05\n\x05\x46rame\x12\x37\n\x0c\x63lient_hello\x18\x01 \x01(\x0b\x32\x1f.androcond.protocol.ClientHelloH\x00\x12\x35\n\x0b\x61gent_hello\x18\x02 \x01(\x0b\x32\x1e.androcond.protocol.AgentHelloH\x00\x12*\n\x05\x62\x65gin\x18\x03 \x01(\x0b\x32\x19.androcond.protocol.BeginH\x00\x12\x31\n\tbegin_ack\x18\x04 \x01(\x0b\x32\x1c.androcond.protocol.BeginAckH\x00\x12\x33\n\nfile_start\x18\x05 \x01(\x0b\x32\x1d.androcond.protocol.FileStartH\x00\x12\x31\n\tfile_data\x18\x06 \x01(\x0b\x32\x1c.androcond.protocol.FileDataH\x00\x12/\n\x08\x66ile_end\x18\x07 \x01(\x0b\x32\x1b.androcond.protocol.FileEndH\x00\x12/\n\x08\x66ile_ack\x18\x08 \x01(\x0b\x32\x1b.androcond.protocol.FileAckH\x00\x12,\n\x06\x63ommit\x18\t \x01(\x0b\x32\x1a.androcond.protocol.CommitH\x00\x12.\n\x07outcome\x18\n \x01(\x0b\x32\x1b.androcond.protocol.OutcomeH\x00\x12*\n\x05query\x18\x0b \x01(\x0b\x32\x19.androcond.protocol.QueryH\x00\x12*\n\x05\x61\x62ort\x18\x0c \x01(\x0b\x32\x19.androcond.protocol.AbortH\x00\x12*\n\x05\x65rror\x18\r \x01(\x0b\x32\x19.androcond.protocol.ErrorH\x00\x42\x06\n\x04\x62ody*Z\n\x0b\x44\x65stination\x12\x14\n\x10\x44\x45ST_UNSPECIFIED\x10\x00\x12\x0e\n\nCHECKPOINT\x10\x01\x12\n\n\x06ROOTFS\x10\x02\x12\n\n\x06VOLUME\x10\x03\x12\r\n\tIMAGE_TAR\x10\x04*A\n\x08\x46ileKind\x12\x0b\n\x07REGULAR\x10\x00\x12\r\n\tDIRECTORY\x10\x01\x12\x0b\n\x07SYMLINK\x10\x02\x12\x0c\n\x08WHITEOUT\x10\x03\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!androcond/protocol/protocol.proto\x12\x12\x61ndrocond.protocol\"?\n\x0b\x43lientHello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x16\n\x0e\x63lient_version\x18\x02 \x01(\t\"\xa0\x02\n\nAgentHello\x12\x18\n\x10protocol_version\x18\x01 \x01(\r\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x0b\n\x03isa\x18\x03 \x01(\t\x12\x11\n\tpage_size\x18\x04 \x01(\r\x12\x14\n\x0c\x63riu_version\x18\x05 \x01(\t\x12\x16\n\x0e\x65ngine_version\x18\x06 \x01(\t\x12\x12\n\nfree_bytes\x18\x07 \x01(\x04\x12\x0c\n\x04vdso\x18\x08 \x01(\x0c\x12\x11\n\tvvar_size\x18\t \x01(\x04\x12\x16\n\x0ekernel_release\x18\n \x01(\t\x12\x1a\n\x12\x63riu_dumps_sockets\x18\x0b \x01(\x08\x12\x19\n\x11\x61ndrocond_runtime\x18\x0c \x01(\x08\x12\x0f\n\x07va_bits\x18\r \x01(\r\"\xa2\x01\n\x05\x42\x65gin\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\x16\n\x0e\x63ontainer_name\x18\x02 \x01(\t\x12\r\n\x05image\x18\x03 \x01(\t\x12\x1a\n\x12\x63reate_config_json\x18\x04 \x01(\t\x12\x17\n\x0f\x63heckpoint_name\x18\x05 \x01(\t\x12\x13\n\x0btotal_bytes\x18\x06 \x01(\x04\x12\x12\n\nfile_count\x18\x07 \x01(\r\"K\n\x08\x42\x65ginAck\x12\x12\n\nneed_image\x18\x01 \x01(\x08\x12\x14\n\x0c\x63ontainer_id\x18\x02 \x01(\t\x12\x15\n\radjusted_json\x18\x03 \x01(\t\"\x8b\x02\n\tFileStart\x12\x11\n\tstream_id\x18\x01 \x01(\r\x12\x34\n\x0b\x64\x65stination\x18\x02 \x01(\x0e\x32\x1f.androcond.protocol.Destination\x12\x0c\n\x04path\x18\x03 \x01(\t\x12\x0e\n\x06volume\x18\x04 \x01(\t\x12*\n\x04kind\x18\x05 \x01(\x0e\x32\x1c.androcond.protocol.FileKind\x12\x0c\n\x04size\x18\x06 \x01(\x04\x12\x0c\n\x04mode\x18\x07 \x01(\r\x12\x13\n\x0blink_target\x18\x08 \x01(\t\x12\x0b\n\x03uid\x18\t \x01(\r\x12\x0b\n\x03gid\x18\n \x01(\r\x12\x10\n\x08mtime_ns\x18\x0b \x01(\x03\x12\x0e\n\x06opaque\x18\x0c \x01(\x08\"+\n\x08\x46ileData\x12\x11\n\tstream_id\x18\x01 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x02 \x01(\x0c\",\n\x07\x46ileEnd\x12\x11\n\tstream_id\x18\x01 \x01(\r\x12\x0e\n\x06sha256\x18\x02 \x01(\x0c\"7\n\x07\x46ileAck\x12\x11\n\tstream_id\x18\x01 \x01(\r\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\x1c\n\x06\x43ommit\x12\x12\n\nfile_count\x18\x01 \x01(\r\"\x84\x01\n\x07Outcome\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\x12\r\n\x05state\x18\x02 \x01(\t\x12\x14\n\x0c\x63ontainer_id\x18\x03 \x01(\t\x12\r\n\x05\x65rror\x18\x04 \x01(\t\x12\x17\n\x0frestore_seconds\x18\x05 \x01(\x01\x12\x16\n\x0e\x62ytes_received\x18\x06 \x01(\x04\"\x1d\n\x05Query\x12\x14\n\x0cmigration_id\x18\x01 \x01(\t\"\x17\n\x05\x41\x62ort\x12\x0e\n\x06reason\x18\x01 \x01(\t\"5\n\x05\x45rror\x12\x0f\n\x07message\x18\x01 \x01(\t\x12\r\n\x05phase\x18\x02 \x01(\t\x12\x0c\n\x04\x63ode\x18\x03 \x01(\t\"\x8a\x05\n\x05\x46rame\x12\x37\n\x0c\x63lient_hello\x18\x01 \x01(\x0b\x32\x1f.androcond.protocol.ClientHelloH\x00\x12\x35\n\x0b\x61gent_hello\x18\x02 \x01(\x0b\x32\x1e.androcond.protocol.AgentHelloH\x00\x12*\n\x05\x62\x65gin\x18\x03 \x01(\x0b\x32\x19.androcond.protocol.BeginH\x00\x12\x31\n\tbegin_ack\x18\x04 \x01(\x0b\x32\x1c.androcond.protocol.BeginAckH\x00\x12\x33\n\nfile_start\x18\x05 \x01(\x0b\x32\x1d.androcond.protocol.FileStartH\x00\x12\x31\n\tfile_data\x18\x06 \x01(\x0b\x32\x1c.androcond.protocol.FileDataH\x00\x12/\n\x08\x66ile_end\x18\x07 \x01(\x0b\x32\x1b.androcond.protocol.FileEndH\x00\x12/\n\x08\x66ile_ack\x18\x08 \x01(\x0b\x32\x1b.androcond.protocol.FileAckH\x00\x12,\n\x06\x63ommit\x18\t \x01(\x0b\x32\x1a.androcond.protocol.CommitH\x00\x12.\n\x07outcome\x18\n \x01(\x0b\x32\x1b.androcond.protocol.OutcomeH\x00\x12*\n\x05query\x18\x0b \x01(\x0b\x32\x19.androcond.protocol.QueryH\x00\x12*\n\x05\x61\x62ort\x18\x0c \x01(\x0b\x32\x19.androcond.protocol.AbortH\x00\x12*\n\x05\x65rror\x18\r \x01(\x0b\x32\x19.androcond.protocol.ErrorH\x00\x42\x06\n\x04\x62ody*Z\n\x0b\x44\x65stination\x12\x14\n\x10\x44\x45ST_UNSPECIFIED\x10\x00\x12\x0e\n\nCHECKPOINT\x10\x01\x12\n\n\x06ROOTFS\x10\x02\x12\n\n\x06VOLUME\x10\x03\x12\r\n\tIMAGE_TAR\x10\x04*A\n\x08\x46ileKind\x12\x0b\n\x07REGULAR\x10\x00\x12\r\n\tDIRECTORY\x10\x01\x12\x0b\n\x07SYMLINK\x10\x02\x12\x0c\n\x08WHITEOUT\x10\x03\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'androcond.protocol.protocol_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DESTINATION']._serialized_start=1985
-  _globals['_DESTINATION']._serialized_end=2075
-  _globals['_FILEKIND']._serialized_start=2077
-  _globals['_FILEKIND']._serialized_end=2142
+  _globals['_DESTINATION']._serialized_start=2002
+  _globals['_DESTINATION']._serialized_end=2092
+  _globals['_FILEKIND']._serialized_start=2094
+  _globals['_FILEKIND']._serialized_end=2159
   _globals['_CLIENTHELLO']._serialized_start=57
   _globals['_CLIENTHELLO']._serialized_end=120
   _globals['_AGENTHELLO']._serialized_start=123
-  _globals['_AGENTHELLO']._serialized_end=394
-  _globals['_BEGIN']._serialized_start=397
-  _globals['_BEGIN']._serialized_end=559
-  _globals['_BEGINACK']._serialized_start=561
-  _globals['_BEGINACK']._serialized_end=636
-  _globals['_FILESTART']._serialized_start=639
-  _globals['_FILESTART']._serialized_end=906
-  _globals['_FILEDATA']._serialized_start=908
-  _globals['_FILEDATA']._serialized_end=951
-  _globals['_FILEEND']._serialized_start=953
-  _globals['_FILEEND']._serialized_end=997
-  _globals['_FILEACK']._serialized_start=999
-  _globals['_FILEACK']._serialized_end=1054
-  _globals['_COMMIT']._serialized_start=1056
-  _globals['_COMMIT']._serialized_end=1084
-  _globals['_OUTCOME']._serialized_start=1087
-  _globals['_OUTCOME']._serialized_end=1219
-  _globals['_QUERY']._serialized_start=1221
-  _globals['_QUERY']._serialized_end=1250
-  _globals['_ABORT']._serialized_start=1252
-  _globals['_ABORT']._serialized_end=1275
-  _globals['_ERROR']._serialized_start=1277
-  _globals['_ERROR']._serialized_end=1330
-  _globals['_FRAME']._serialized_start=1333
-  _globals['_FRAME']._serialized_end=1983
+  _globals['_AGENTHELLO']._serialized_end=411
+  _globals['_BEGIN']._serialized_start=414
+  _globals['_BEGIN']._serialized_end=576
+  _globals['_BEGINACK']._serialized_start=578
+  _globals['_BEGINACK']._serialized_end=653
+  _globals['_FILESTART']._serialized_start=656
+  _globals['_FILESTART']._serialized_end=923
+  _globals['_FILEDATA']._serialized_start=925
+  _globals['_FILEDATA']._serialized_end=968
+  _globals['_FILEEND']._serialized_start=970
+  _globals['_FILEEND']._serialized_end=1014
+  _globals['_FILEACK']._serialized_start=1016
+  _globals['_FILEACK']._serialized_end=1071
+  _globals['_COMMIT']._serialized_start=1073
+  _globals['_COMMIT']._serialized_end=1101
+  _globals['_OUTCOME']._serialized_start=1104
+  _globals['_OUTCOME']._serialized_end=1236
+  _globals['_QUERY']._serialized_start=1238
+  _globals['_QUERY']._serialized_end=1267
+  _globals['_ABORT']._serialized_start=1269
+  _globals['_ABORT']._serialized_end=1292
+  _globals['_ERROR']._serialized_start=1294
+  _globals['_ERROR']._serialized_end=1347
+  _globals['_FRAME']._serialized_start=1350
+  _globals['_FRAME']._serialized_end=2000
 # @@protoc_insertion_point(module_scope)

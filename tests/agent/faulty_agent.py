@@ -13,6 +13,7 @@ Faults:
   old-criu         reports CRIU 4.1.1 with its real kernel (>= 6.16 here): a device whose CRIU cannot handle
                    network sockets (criu#2705)
   no-runtime       ignores androcond's runtime on the device engine: the plain engine restore
+  small-va         says its kernel gives a process 39-bit addresses, as many Android kernels do
 """
 
 from __future__ import annotations
@@ -106,6 +107,14 @@ class NoRuntime(DeviceEngine):
         super().__init__(engine, replace(facts, runtime=""), spool_dir)
 
 
+class SmallVa(AgentSession):
+    """NOT a 39-bit kernel (this one gives 47 bits): reports 39, as an Android kernel built so would."""
+
+    def __init__(self, device: DeviceEngine, *args: Any) -> None:
+        device.facts = replace(device.facts, va_bits=39)
+        super().__init__(device, *args)
+
+
 class LoadDies(DeviceEngine):
     """`docker load` reads two chunks, then fails as if its connection to the device engine was reset, and
     takes nothing more from the session's queue."""
@@ -133,7 +142,7 @@ FAULTS: dict[str, tuple[type[AgentSession], type[DeviceEngine]]] = {
     "refuse-restore": (RefuseRestore, DeviceEngine), "slow-outcome": (SlowOutcome, DeviceEngine),
     "fake-aarch64": (FakeAarch64, DeviceEngine), "load-dies": (AgentSession, LoadDies),
     "hold-restore": (AgentSession, HoldRestore), "old-criu": (OldCriu, DeviceEngine),
-    "no-runtime": (AgentSession, NoRuntime),
+    "no-runtime": (AgentSession, NoRuntime), "small-va": (SmallVa, DeviceEngine),
 }
 
 

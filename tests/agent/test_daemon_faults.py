@@ -285,6 +285,25 @@ async def test_agent_killed_during_its_restore_is_settled_without_a_daemon_resta
         agent.stop()
 
 
+async def test_a_device_whose_address_space_is_too_small_is_refused_before_the_freeze(
+        agent_server: AgentBed, engine_a: Engine, engine_b: Engine, tmp_path: Path, unique_name: str) -> None:
+    agent = faulty_agent(agent_server, "small-va", AGENT_PORT + 14, tmp_path)
+    daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, port=agent.port))
+    await daemon.start()
+    try:
+        await start_counter(engine_a, unique_name)
+        end = await finished(daemon, unique_name)
+        assert end["state"] == "rejected", end
+        assert "47-bit addresses" in end["detail"] and "gives a process 39 bits" in end["detail"], end
+        assert "checkpointing" not in journal(tmp_path, unique_name)["states"]
+        seen = await wait_for_count(engine_a, unique_name, at_least=3)
+        assert continuous(seen)
+        assert not await running(engine_b, unique_name)
+    finally:
+        await daemon.kill()
+        agent.stop()
+
+
 async def test_a_second_daemon_on_the_same_engine_is_refused(agent_server: AgentBed, tmp_path: Path) -> None:
     (tmp_path / "one").mkdir()
     (tmp_path / "two").mkdir()

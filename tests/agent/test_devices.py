@@ -52,7 +52,11 @@ known_hosts = "{known_hosts}"
         assert devices[name]["isa"] == "x86_64"
         assert devices[name]["agent_version"] == __version__
         assert devices[name]["engine_version"].startswith("20.10")
+        assert devices[name]["va_bits"] == 47 and devices[name]["cross_isa"] is None  # same ISA: no recode
+        assert devices[name]["fast_restore"] is True  # the bed's engine B has androcond's runtime
+        assert devices[name]["criu_dumps_sockets"] is True and devices[name]["criu_version"]
     assert not devices["away"]["reachable"]
+    assert devices["away"]["criu_dumps_sockets"] is None  # not reached: not known, not "no"
     assert "cannot connect" in devices["away"]["error"]
     # The adb forward made for the probe is gone again.
     forwards = await asyncio.to_thread(bed.adb.adb, "forward", "--list")

@@ -9,7 +9,16 @@ from pathlib import Path
 
 import pytest
 
-from androcond.criu_compat import dumps_inet_sockets, inet_sockets, socket_advice, version_tuple
+from androcond.criu_compat import (
+    address_bits,
+    dumps_inet_sockets,
+    highest_user_address,
+    inet_sockets,
+    own_va_bits,
+    socket_advice,
+    tasks_va_bits,
+    version_tuple,
+)
 
 
 @pytest.mark.parametrize(("text", "numbers"), [("4.2.1", (4, 2, 1)), ("4.1", (4, 1, 0)),
@@ -68,3 +77,25 @@ def test_counting_our_own_socket() -> None:
         listener.bind(("127.0.0.1", 0))
         listener.listen()
         assert inet_sockets([os.getpid()]) >= 1
+
+
+MAPS = """\
+00400000-00401000 r-xp 00000000 fe:00 1 /bin/counter
+7ffcfa3cc000-7ffcfa3ed000 rw-p 00000000 00:00 0                          [stack]
+7ffcfa3f0000-7ffcfa3f2000 r-xp 00000000 00:00 0                          [vdso]
+ffffffffff600000-ffffffffff601000 --xp 00000000 00:00 0                  [vsyscall]
+"""
+
+
+def test_the_highest_user_mapping_leaves_the_vsyscall_page_out() -> None:
+    assert highest_user_address(MAPS) == 0x7FFCFA3F2000
+    assert address_bits(0x7FFCFA3F2000) == 47
+    assert address_bits(1 << 39) == 39 and address_bits((1 << 39) + 1) == 40
+    assert address_bits(0) == 0 and highest_user_address("") == 0
+
+
+def test_this_kernel_and_this_process() -> None:
+    bits = own_va_bits()
+    assert bits in (39, 42, 47, 48, 52, 56)
+    assert tasks_va_bits([os.getpid()]) == bits  # our own stack is the highest mapping we have
+    assert tasks_va_bits([2**22 + 12345]) == 0  # no such task
