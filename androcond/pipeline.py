@@ -25,7 +25,7 @@ from typing import Any
 
 from . import container_config, criu_compat, popcorn, runc
 from .adb_link import AdbClient, AdbError
-from .checkpoint_leftovers import place_nonce, remove_extractions
+from .checkpoint_leftovers import NONCE_FILE, place_nonce, remove_extractions
 from .config import Settings, TimeoutSettings
 from .container_config import TargetPlan
 from .devices import DeviceError, agent_endpoint
@@ -141,6 +141,13 @@ async def _budget(phase: str, seconds: float) -> AsyncIterator[None]:
         if isinstance(exc, AndrocondError):  # a deadline of a layer below, already named
             raise
         raise PhaseBudgetSpent(phase, seconds) from exc
+
+
+def _read_nonce(checkpoint_dir: Path) -> str:
+    try:
+        return (checkpoint_dir / NONCE_FILE).read_text().strip()
+    except FileNotFoundError:
+        return ""
 
 
 # Settle tasks that outlive a cancelled migration (shutdown): owned here until they end; the daemon waits
@@ -352,6 +359,14 @@ class Migration:
     async def _clean_after_rollback(self) -> None:
         """The container runs again at the source: its checkpoint and containerd's extraction of it (the
         whole memory, twice) are not needed any more. Best effort: a leftover is logged, never a failure."""
+        if not self._nonce:  # settled after a restart: where the engine keeps checkpoints, ask it again
+            try:
+                self._source_root = Path(str((await self.ctx.engine.info()).get("DockerRootDir") or
+                                             self._source_root))
+                self._nonce = await asyncio.to_thread(_read_nonce, self._checkpoint_dir())
+            except (EngineError, OSError) as exc:
+                log.warning("could not find the checkpoint to remove after the rollback", error=str(exc))
+                return
         try:
             removed = await asyncio.to_thread(remove_extractions, self._nonce) if self._nonce else []
             await asyncio.to_thread(shutil.rmtree, self._checkpoint_dir(), True)
