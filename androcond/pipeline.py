@@ -40,7 +40,7 @@ from .popcorn import PopcornError
 from .protocol import protocol_pb2 as pb
 from .recoder import RecodeOptions, RecodeRefused, VdsoTemplate, preflight_processes, recode_async
 from .rootfs import container_root
-from .states import FROZEN, Action, DeviceAnswer, MigrationState, allowed, decide, device_answer, needs_device
+from .states import FROZEN, TERMINAL, Action, DeviceAnswer, MigrationState, allowed, decide, device_answer, needs_device
 from .transport import AgentConnection, AgentRefused, PhaseTimeouts, TransportError
 
 log = get_logger(__name__)
@@ -185,7 +185,6 @@ class Migration:
         self.record = record
         self.timeouts = ctx.settings.timeouts
         self.progress = Progress()
-        self._started = time.monotonic()
         self._frozen_at: float | None = None
         self._source_root = Path("/var/lib/docker")
         self._cross: CrossIsa | None = None  # set by preflight for an x86_64 → aarch64 move
@@ -195,6 +194,8 @@ class Migration:
     async def _set(self, state: MigrationState, detail: str = "") -> None:
         if not allowed(self.record.state, state):
             raise AssertionError(f"{self.record.state} → {state} is not a legal transition")
+        if state in TERMINAL:  # with the final state, so whoever sees it (migrate --wait) sees the total too
+            self.record.timings["total_s"] = round(time.time() - self.record.created_at, 3)
         self.record.state = state
         await self.ctx.journal.save(self.record, detail)
         log.info("migration state", state=str(state), **({"detail": detail} if detail else {}))
@@ -253,7 +254,6 @@ class Migration:
             self.record.error = f"{reason}; settling failed: {exc}"
 
     async def _end(self) -> None:
-        self._time("total_s", self._started)
         try:
             await self.ctx.journal.save(self.record)
         except Exception as exc:
