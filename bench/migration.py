@@ -99,6 +99,17 @@ def androcond_flow(config: Path, name: str, device: str) -> tuple[float, dict[st
     return total, record["timings"]
 
 
+def peak_rss(pid: int) -> int:
+    """VmHWM of a process in bytes: the most memory it ever held (0 if it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="16,256", help="touched memory of the container, MB (comma list)")
@@ -141,6 +152,7 @@ known_hosts = "{agent.known_hosts(work / 'known_hosts-plain', port=plain.port)}"
                         row.setdefault("downtime", []).append(downtime(bed, name))
                         bed.engine_a.remove_containers(f"{LABEL}=1")
                         bed.engine_b.remove_containers(f"{LABEL}=1")
+            peaks = {"daemon": peak_rss(daemon.pid), "agent": peak_rss(agent.proc.pid if agent.proc else 0)}
         finally:
             daemon.send_signal(signal.SIGTERM)
             daemon.wait(timeout=30)
@@ -162,6 +174,8 @@ known_hosts = "{agent.known_hosts(work / 'known_hosts-plain', port=plain.port)}"
             print(f"| {mb} MB | {label} | {med(ours['downtime']):.2f} | {med(ours['total']):.2f} | "
                   f"{med(ours['downtime']) / med(seeds['downtime']):.2f}× | {med(ours['checkpoint_s']):.2f} | "
                   f"{med(ours['stream_s']):.2f} | {med(ours['restore_s']):.2f} |")
+    print(f"\npeak RSS over this run: daemon {peaks['daemon'] / 2**20:.0f} MiB, "
+          f"agent {peaks['agent'] / 2**20:.0f} MiB (largest container: {max(sizes)} MB)")
     return 0
 
 
