@@ -55,6 +55,14 @@ def openssh_once(bed: TestBed, payload: Path, target: str) -> float:
         return time.perf_counter() - started
 
 
+def peak_rss(pid: int) -> int:
+    """VmHWM of a process in bytes: the most memory it ever held (0 if it is gone)."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mb", type=int, default=256)
@@ -77,6 +85,7 @@ def main() -> int:
                 ours.append(seconds)
                 plain.append(openssh_once(bed, payload, "/dev/null"))
                 to_disk.append(openssh_once(bed, payload, str(disk_target)))
+            agent_peak = peak_rss(agent.proc.pid) if agent.proc is not None else 0
         finally:
             disk_target.unlink(missing_ok=True)
             agent.stop()
@@ -89,6 +98,7 @@ def main() -> int:
     for name, samples in rows:
         med = statistics.median(samples)
         print(f"| {name} | {med:.2f} | {mb / med:.0f} | {base / med:.0%} |")
+    print(f"\nthe agent's peak RSS over the run: {agent_peak / 2**20:.0f} MiB")
     return 0
 
 
