@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -72,6 +73,10 @@ def engine_time_ns(rfc3339: str) -> int:
     return int(stamp.timestamp()) * 1_000_000_000 + int((frac or "0")[:9].ljust(9, "0"))
 
 
+REPLAY_MARGIN_NS = 2_000_000_000
+HANDLED_KEPT = 4096
+
+
 def since_param(time_ns: int) -> str:
     return f"{time_ns // 1_000_000_000}.{time_ns % 1_000_000_000:09d}"
 
@@ -87,7 +92,9 @@ class Watcher:
         self._on_ready = on_ready
         self._backoff = backoff
         self._last_ns: int | None = None
-        self._handled_at_last: set[str] = set()
+        # Start events already handled, by (container, timeNano): a reconnect replays from a little before the
+        # last one, and concurrent starts may arrive slightly out of timestamp order.
+        self._handled: OrderedDict[tuple[str, int], None] = OrderedDict()
         self.reconnects = 0
         self.following = False
 
@@ -123,12 +130,15 @@ class Watcher:
             start_ns = engine_time_ns(str(info["SystemTime"]))
             scanned = await self._scan_running(engine)
             self._last_ns = start_ns
-            self._handled_at_last = set()
             skip_before_scan = scanned
+            since_ns = start_ns
         else:
             skip_before_scan = set()
+            # A little before the last event seen: an event stamped earlier may not have reached us before the
+            # stream broke. What was handled already is recognised by its key.
+            since_ns = max(self._last_ns - REPLAY_MARGIN_NS, 0)
         scan_ns = self._last_ns
-        events = engine.events(since=since_param(self._last_ns),
+        events = engine.events(since=since_param(since_ns),
                                filters={"type": ["container"], "event": ["start"], "label": [MIGRATE_LABEL]})
         log.info("following docker events", docker_host=self._host, engine_version=version.get("Version"),
                  api_version=version.get("ApiVersion"))
@@ -157,11 +167,13 @@ class Watcher:
         if cid in scanned and time_ns <= scan_ns:
             return  # the start that the startup scan already reported
         assert self._last_ns is not None
-        if time_ns < self._last_ns or (time_ns == self._last_ns and cid in self._handled_at_last):
+        key = (cid, time_ns)
+        if key in self._handled:
             return  # replayed after a reconnect
-        if time_ns > self._last_ns:
-            self._last_ns, self._handled_at_last = time_ns, set()
-        self._handled_at_last.add(cid)
+        self._handled[key] = None
+        if len(self._handled) > HANDLED_KEPT:
+            self._handled.popitem(last=False)
+        self._last_ns = max(self._last_ns, time_ns)
         attributes = dict(actor.get("Attributes") or {})
         name = attributes.pop("name", cid[:12])
         await self._report(cid, name, attributes, "start-event")
