@@ -178,6 +178,7 @@ GUEST_FILES: dict[str, tuple[str, int]] = {
     "etc/docker/daemon.json": (json.dumps(DAEMON_JSON, indent=2) + "\n", 0o644),
     "etc/hostname": ("androcond-arm64\n", 0o644),
 }
+MASKED_UNITS = ("adbd.service",)
 ENABLED_UNITS = ("androcond-seed.service", "androcond-adbd.service", "androcond-agent.service",
                  "docker.service", "ssh.service")
 
@@ -254,7 +255,8 @@ def _sources_digest() -> str:
 
 
 def image_key() -> str:
-    recipe = json.dumps({"files": GUEST_FILES, "units": ENABLED_UNITS, "disk": DISK_SIZE}, sort_keys=True)
+    recipe = json.dumps({"files": GUEST_FILES, "units": ENABLED_UNITS, "masked": MASKED_UNITS, "disk": DISK_SIZE},
+                        sort_keys=True)
     return _digest(base_dir().name, _wheels_dir().name, _sources_digest(), recipe)
 
 
@@ -411,6 +413,13 @@ def _lay_over(root: Path, wheels: Path, dist: Path) -> None:
         if not link.is_symlink():
             target = f"/etc/systemd/system/{unit}" if unit.startswith("androcond-") else f"/lib/systemd/system/{unit}"
             link.symlink_to(target)
+    # Debian's adbd.service (USB gadget setup, then a second adbd) is masked: androcond-adbd.service runs the
+    # one adbd, after the seed.
+    for unit in MASKED_UNITS:
+        (wants / unit).unlink(missing_ok=True)
+        masked = root / "etc/systemd/system" / unit
+        masked.unlink(missing_ok=True)
+        masked.symlink_to("/dev/null")
     # Keys are per device (the seed disk), never baked in: drop the ones the packages generated.
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
