@@ -2,7 +2,7 @@
 hello through an adb forward with the facts of an arm64 kernel, and `androcond devices` lists it as a cross-ISA
 target.
 
-Needs the arm64 root tree in the cache (about 21 min to build once): without it, and without ANDROCOND_ARM64 set
+Needs the arm64 root tree in the cache (about 12 min to build once): without it, and without ANDROCOND_ARM64 set
 (which lets the test build it), the test is skipped. The rest of the image is rebuilt in about a minute when
 androcond changes.
 """
@@ -33,7 +33,7 @@ BUILD_ALLOWED = bool(os.environ.get("ANDROCOND_ARM64"))
 pytestmark = [
     pytest.mark.testbed,
     pytest.mark.skipif(not base_built() and not BUILD_ALLOWED,
-                       reason="the arm64 image is not built (about 21 min once: set ANDROCOND_ARM64=1 to build it "
+                       reason="the arm64 image is not built (about 12 min once: set ANDROCOND_ARM64=1 to build it "
                               "here, or run `python -m tests.testbed.arm64 build`)"),
     # Booting under TCG takes 1-2 min; a first build up to 30 min more.
     pytest.mark.timeout(600 if base_built() else 3600),

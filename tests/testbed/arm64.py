@@ -4,7 +4,7 @@ CRIU, adbd, OpenSSH and androcond's agent, reached from the host through qemu's 
 `ensure_image()` builds the disk image once and caches it outside the checkout, under CACHE_DIR:
 
 - `arm64-base-<hash of arm64-rootfs.sh>/rootfs`: the root tree (debootstrap through binfmt, then Docker and
-  adbd; about 21 min on 2 cores). Built once per recipe.
+  adbd; about 11 min on 2 cores). Built once per recipe.
 - `arm64-base-<…>/wheels-<hash of the pins>`: the agent's runtime dependencies as aarch64 wheels for the guest's
   Python 3.13, downloaded on the host (the guest has no network), pinned to the versions the host runs.
 - `arm64-<hash of base, wheels, androcond's sources and this recipe>/`: `disk.img` (8 GiB sparse ext4 made with
@@ -225,7 +225,7 @@ def base_rootfs() -> Path:
 
 
 def base_built() -> bool:
-    """The slow part (the root tree, about 21 min) is in the cache."""
+    """The slow part (the root tree, about 11 min) is in the cache."""
     return (base_rootfs() / ".stage-packages").exists()
 
 
