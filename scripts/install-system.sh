@@ -31,7 +31,8 @@ fi
 
 packages=(docker.io busybox-static openssh-server openssh-client iproute2 debootstrap
           gcc libc6-dev make util-linux procps criu systemd
-          gcc-aarch64-linux-gnu libc6-dev-arm64-cross)
+          gcc-aarch64-linux-gnu libc6-dev-arm64-cross
+          qemu-system-arm qemu-user-static qemu-utils binfmt-support)
 missing=()
 for p in "${packages[@]}" adb adbd; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")

@@ -13,4 +13,7 @@ fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
+# The arm64 device's disk image (tests/testbed/arm64.py): built once (about 12 min on 2 cores), then cached
+# under /var/cache/androcond; a change to androcond rebuilds only its top layer (about 80 s).
+.venv/bin/python -m tests.testbed.arm64 build
 echo "setup: done (.venv/bin/androcond $(.venv/bin/androcond --version | cut -d' ' -f2))" >&2

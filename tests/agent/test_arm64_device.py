@@ -24,9 +24,13 @@ from elftools.elf.sections import SymbolTableSection
 
 from androcond import __version__
 from androcond.adb_link import AdbClient
+from androcond.engine import Engine
 from androcond.transport import AgentConnection, Endpoint, PhaseTimeouts
 
+from ..helpers import DaemonProcess, counter_config, wait_for_count
 from ..testbed.arm64 import Arm64Device, base_built, ensure_image
+from .conftest import AgentBed
+from .daemon_bed import finished, write_daemon_config
 
 BUILD_ALLOWED = bool(os.environ.get("ANDROCOND_ARM64"))
 
@@ -110,3 +114,35 @@ known_hosts = "{known_hosts}"
     assert device["va_bits"] == 48
     assert device["cross_isa"] is True
     assert device["agent_version"] == __version__
+
+
+async def test_a_plain_x86_64_container_is_refused_before_the_freeze(
+        arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, tmp_path: Path, unique_name: str) -> None:
+    """The same image, no Popcorn binaries: an x86_64 process cannot resume on aarch64. Preflight says so and
+    the container keeps running at the source (nothing frozen)."""
+    serial = arm64_device.adb_serial
+    known_hosts = tmp_path / "known_hosts-arm64"
+    known_hosts.write_text(arm64_device.agent_known_hosts_line(serial))
+    config = write_daemon_config(agent_server, tmp_path, extra=f"""
+[devices.arm64]
+adb_serial = "{serial}"
+agent_port = 8022
+identity = "{arm64_device.client_key}"
+known_hosts = "{known_hosts}"
+[timeouts]
+connect = 60
+""")
+    daemon = DaemonProcess(config)
+    await daemon.start()
+    try:
+        await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
+        await engine_a.start_container(await engine_a.create_container(
+            counter_config(**{"androcond.migrate": "arm64"}), name=unique_name))
+        end = await finished(daemon, unique_name, timeout=180)
+        assert end["state"] == "rejected", end
+        assert "cannot move to an aarch64 device" in end["detail"], end
+        assert not any(e.get("state") == "checkpointing" for e in daemon.lines)
+        seen = await wait_for_count(engine_a, unique_name, at_least=3)
+        assert seen == list(range(seen[0], seen[0] + len(seen))), "the source was disturbed"
+    finally:
+        await daemon.kill()
