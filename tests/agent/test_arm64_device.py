@@ -29,6 +29,7 @@ from androcond.transport import AgentConnection, Endpoint, PhaseTimeouts
 
 from ..helpers import DaemonProcess, counter_config, wait_for_count
 from ..testbed.arm64 import Arm64Device, base_built, ensure_image
+from ..testbed.proc import wait_for
 from .conftest import AgentBed
 from .daemon_bed import finished, write_daemon_config
 
@@ -146,3 +147,45 @@ connect = 60
         assert seen == list(range(seen[0], seen[0] + len(seen))), "the source was disturbed"
     finally:
         await daemon.kill()
+
+
+COUNTER = ("i=0; while true; do i=$((i+1)); echo count $i; /bin/busybox sleep 0.2; done")
+
+
+def _counts(device: Arm64Device, name: str) -> list[int]:
+    logs = device.adb_shell(f"docker logs {name} 2>&1", timeout=120)
+    return [int(line.split()[1]) for line in logs.splitlines() if line.startswith("count ")]
+
+
+def _wait_counts(device: Arm64Device, name: str, at_least: int, timeout: float = 180) -> list[int]:
+    seen: list[int] = []
+
+    def counted() -> bool:
+        seen[:] = _counts(device, name)
+        return bool(seen) and seen[-1] >= at_least
+
+    wait_for(counted, timeout=timeout, interval=0.5, what=f"{name} counting to {at_least} on the device")
+    return seen
+
+
+def test_the_devices_own_criu_checkpoints_and_restores_a_counter(arm64_device: Arm64Device) -> None:
+    """A process-level round trip on the device itself: an aarch64 counter (the guest's static busybox) is
+    checkpointed and restored by the VM's CRIU through its Docker engine, and counts on."""
+    sh = arm64_device.adb_shell
+    name = "acd-arm64-roundtrip"
+    sh("set -e; d=/tmp/acd-img; rm -rf $d; mkdir -p $d/bin; cp /bin/busybox $d/bin/busybox; "
+       "tar -C $d -c . | docker import - androcond-test/arm64-busybox >/dev/null; rm -rf $d", timeout=300)
+    sh(f"docker rm -f {name} >/dev/null 2>&1; docker run -d --name {name} androcond-test/arm64-busybox "
+       f"/bin/busybox sh -c '{COUNTER}' >/dev/null", timeout=300)
+    try:
+        before = _wait_counts(arm64_device, name, at_least=3)
+        assert sh(f"docker exec {name} /bin/busybox uname -m", timeout=120).strip() == "aarch64"
+        sh(f"docker checkpoint create {name} cp1 >/dev/null", timeout=300)
+        frozen = _counts(arm64_device, name)
+        assert frozen[-1] >= before[-1]
+        sh(f"docker start --checkpoint cp1 {name}", timeout=300)
+        after = _wait_counts(arm64_device, name, at_least=frozen[-1] + 3)
+        resumed = after[len(frozen):]
+        assert resumed[0] == frozen[-1] + 1, f"restarted instead of restored: {frozen[-2:]} then {resumed[:2]}"
+    finally:
+        sh(f"docker rm -f {name} >/dev/null 2>&1 || true", timeout=120)
