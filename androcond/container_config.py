@@ -178,7 +178,7 @@ def plan(inspect: Mapping[str, Any], *, allow_privileged: bool = False,
                 raise ConfigRefused(f"HostConfig.{name}", reason)
             hc[name] = value  # a private or shareable namespace of its own moves with it
         elif rule.cls == Class.REFUSED:
-            raise ConfigRefused(f"HostConfig.{name}", rule.why)
+            raise ConfigRefused(f"HostConfig.{name}", f"{value!r}: {rule.why}")
         elif rule.cls == Class.ADJUSTED:
             adjusted[f"HostConfig.{name}"] = {"from": value, "to": None, "why": rule.why}
         elif name in ("Mounts", "NetworkMode", "RestartPolicy"):

@@ -189,6 +189,7 @@ class Migration:
         self._source_root = Path("/var/lib/docker")
         self._cross: CrossIsa | None = None  # set by preflight for an x86_64 → aarch64 move
         self._nonce = ""
+        self._plan: TargetPlan | None = None  # the device's create body, decided in preflight
         self._profile: str | None = None
 
     async def _set(self, state: MigrationState, detail: str = "") -> None:
@@ -403,7 +404,7 @@ class Migration:
                         self.progress.bytes_expected = estimate
                         # The target container is made (and the image shipped) while the source still runs:
                         # none of that belongs in the downtime.
-                        need_image = await self._prepare(link, inspect, estimate)
+                        need_image = await self._prepare(link, estimate)
                     if need_image:
                         async with _budget("image", t.image):
                             await self._ship_image(link, str(inspect["Config"]["Image"]))
@@ -431,10 +432,8 @@ class Migration:
 
     async def _preflight(self, link: AgentConnection, inspect: dict[str, Any]) -> int:
         """Refuse what cannot land, before anything is frozen; return the bytes it will take on the device."""
-        binds = [m.get("Source", "?") for m in inspect.get("Mounts") or [] if m.get("Type") == "bind"]
-        if binds:
-            raise Rejected(f"bind mount {binds[0]} cannot move with the container (its data lives on this host); "
-                           "use a named volume")
+        # First the configuration (bind mounts, host devices, host namespaces, …): the device's create body.
+        self._plan = await self._target_plan(inspect)
         pids = await asyncio.to_thread(popcorn.task_tree, int(inspect["State"].get("Pid") or 0))
         needed_bits = await asyncio.to_thread(criu_compat.tasks_va_bits, pids)
         if link.hello.va_bits and needed_bits > link.hello.va_bits:
@@ -448,7 +447,7 @@ class Migration:
         self._profile = self.ctx.settings.devices[self.record.device].profile
         host_isa = platform.machine()
         if link.hello.isa != host_isa:
-            self._cross = await self._cross_isa_preflight(link.hello, host_isa, inspect)
+            self._cross = await self._cross_isa_preflight(link.hello, host_isa, pids)
         upper = upper_dir(inspect)
         volumes = [source for _name, source in named_volumes(inspect)]
         disk = await asyncio.to_thread(lambda: sum(_tree_size(p) for p in [upper, *volumes]))
@@ -469,13 +468,12 @@ class Migration:
             raise Rejected(f"the container holds {count} network socket(s), and device {self.record.device}'s "
                            f"{criu_compat.socket_advice(hello.criu_version, hello.kernel_release)}")
 
-    async def _cross_isa_preflight(self, hello: pb.AgentHello, host_isa: str, inspect: dict[str, Any]) -> CrossIsa:
+    async def _cross_isa_preflight(self, hello: pb.AgentHello, host_isa: str, pids: list[int]) -> CrossIsa:
         """x86_64 → aarch64 in the manner of criu-het: every task must be a Popcorn binary with both variants."""
         if (host_isa, hello.isa) != ("x86_64", "aarch64"):
             raise Rejected(f"cannot move from {host_isa} to a {hello.isa} device (only x86_64 → aarch64 is recoded)")
         if not hello.vdso:
             raise Rejected("the aarch64 device did not report its vdso (agent too old?)")
-        pids = await asyncio.to_thread(popcorn.task_tree, int(inspect["State"].get("Pid") or 0))
         try:
             await asyncio.to_thread(preflight_processes, pids, "x86_64", "aarch64")
         except RecodeRefused as exc:
@@ -563,9 +561,10 @@ class Migration:
                         change_to=change.get("to"), why=change.get("why"))
         self.record.adjusted.update(changes)
 
-    async def _prepare(self, link: AgentConnection, inspect: dict[str, Any], estimate: int) -> bool:
+    async def _prepare(self, link: AgentConnection, estimate: int) -> bool:
         """Begin on the device: it creates the target container now. True when it lacks the image."""
-        target = await self._target_plan(inspect)
+        target = self._plan
+        assert target is not None, "preflight plans the create body"
         self._adjusted(target.adjusted, "daemon")
         config = target.body
         begin = pb.Begin(migration_id=self.record.id, container_name=self.record.container_name,

@@ -24,6 +24,7 @@ import uuid
 from datetime import datetime
 from pathlib import Path
 
+from bench.procfs import peak_rss
 from tests.testbed import TestBed
 from tests.testbed.agent import DeviceAgent, daemon_config
 from tests.testbed.engines import DOCKER_CLI, DockerEngine
@@ -97,17 +98,6 @@ def androcond_flow(config: Path, name: str, device: str) -> tuple[float, dict[st
     record = json.loads(out.stdout)
     assert record["state"] == "done", record
     return total, record["timings"]
-
-
-def peak_rss(pid: int) -> int:
-    """VmHWM of a process in bytes: the most memory it ever held (0 if it is gone)."""
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
 
 
 def main() -> int:

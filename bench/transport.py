@@ -22,6 +22,7 @@ from pathlib import Path
 from androcond.payload import OutgoingFile
 from androcond.protocol import protocol_pb2 as pb
 from androcond.transport import AgentConnection, Endpoint
+from bench.procfs import peak_rss
 from tests.testbed import TestBed
 from tests.testbed.agent import DeviceAgent
 from tests.testbed.images import TEST_IMAGE
@@ -53,14 +54,6 @@ def openssh_once(bed: TestBed, payload: Path, target: str) -> float:
         started = time.perf_counter()
         subprocess.run(cmd, stdin=f, check=True)
         return time.perf_counter() - started
-
-
-def peak_rss(pid: int) -> int:
-    """VmHWM of a process in bytes: the most memory it ever held (0 if it is gone)."""
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) * 1024
-    return 0
 
 
 def main() -> int:

@@ -13,7 +13,6 @@ from typing import Any
 
 import pytest
 
-from androcond.checkpoint_leftovers import CONTAINERD_TMP
 from androcond.engine import Engine
 
 from ..helpers import DaemonProcess, counter_config, counts, wait_for_count
@@ -24,6 +23,7 @@ from .conftest import AGENT_PORT, AgentBed
 from .daemon_bed import (
     assert_back_at_source,
     continuous,
+    extractions,
     faulty_agent,
     finished,
     running,
@@ -190,7 +190,7 @@ async def test_daemon_killed_mid_stream_rolls_back_after_restart(
         volume: str) -> None:
     config = write_daemon_config(agent_server, tmp_path)
     daemon = DaemonProcess(config)
-    extractions = {p.name for tmp in CONTAINERD_TMP for p in tmp.glob("ctrd-checkpoint*")}
+    before = extractions()
     await daemon.start()
     try:
         await start_workload(engine_a, unique_name, {"androcond.migrate": "pixel"}, volume, mb=96)
@@ -204,7 +204,7 @@ async def test_daemon_killed_mid_stream_rolls_back_after_restart(
             assert end["state"] == "rolled-back", end
             await assert_back_at_source(engine_a, engine_b, unique_name)
             # The restarted daemon found the checkpoint again and removed it, with containerd's copy.
-            left = {p.name for tmp in CONTAINERD_TMP for p in tmp.glob("ctrd-checkpoint*")} - extractions
+            left = extractions() - before
             assert left == set(), left
             cid = (await engine_a.inspect_container(unique_name))["Id"]
             assert not any((agent_server.bed.engine_a.data_root / "containers" / cid / "checkpoints").glob("*"))

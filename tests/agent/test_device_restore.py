@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 
-from androcond.checkpoint_leftovers import CONTAINERD_TMP
 from androcond.engine import Engine
 
 from ..helpers import DaemonProcess, counter_config, wait_for_count
@@ -17,13 +16,9 @@ from ..testbed.bed import RUN_FILTER
 from ..testbed.engines import DOCKER_CLI
 from ..testbed.proc import run
 from .conftest import AGENT_PORT, AgentBed
-from .daemon_bed import assert_back_at_source, faulty_agent, finished, write_daemon_config
+from .daemon_bed import assert_back_at_source, extractions, faulty_agent, finished, write_daemon_config
 
 pytestmark = pytest.mark.testbed
-
-
-def extractions() -> set[Path]:
-    return {p for tmp in CONTAINERD_TMP for p in tmp.glob("ctrd-checkpoint*")}
 
 
 def used_bytes(*roots: Path) -> int:

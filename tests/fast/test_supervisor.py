@@ -5,6 +5,7 @@ tests/agent/test_daemon_faults.py). The journal is the real one, on a temporary 
 from __future__ import annotations
 
 import asyncio
+import platform
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -76,7 +77,7 @@ class FakeLink:
     hang = False
 
     def __init__(self) -> None:
-        self.hello = pb.AgentHello(isa=__import__("platform").machine(), free_bytes=1 << 40)
+        self.hello = pb.AgentHello(isa=platform.machine(), free_bytes=1 << 40)
 
     async def __aenter__(self) -> FakeLink:
         return self
