@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 from pathlib import Path
+from typing import Final
 
 # Where runc looks for criu (our own wrapper in /usr/local/sbin comes first).
 CRIU_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -68,6 +69,40 @@ async def local_criu_version() -> str:
 
 def kernel_release() -> str:
     return os.uname().release
+
+
+def cgroup_v2(mountinfo: Path = Path("/proc/self/mountinfo")) -> bool:
+    """Whether /sys/fs/cgroup here is the unified (v2) hierarchy rather than v1 controllers."""
+    for line in mountinfo.read_text().splitlines():
+        fields = line.split(" - ", 1)
+        mount = fields[0].split()
+        if len(mount) > 4 and mount[4] == "/sys/fs/cgroup" and len(fields) == 2:
+            return fields[1].split()[0] == "cgroup2"
+    return False
+
+
+RUNC_CONF: Final = Path("/etc/criu/runc.conf")
+# Options CRIU writes into a dump that its restore then demands ("Need to set the --tcp-close options").
+MUST_MATCH: Final = ("tcp-close",)
+
+
+def runc_options(path: Path = RUNC_CONF) -> list[str]:
+    """The options runc hands CRIU on this machine (its configuration file; none if absent), without dashes."""
+    try:
+        text = path.read_text()
+    except OSError:
+        return []
+    options = []
+    for line in text.splitlines():
+        words = line.split("#", 1)[0].split()
+        if words:
+            options.append(words[0].lstrip("-"))
+    return options
+
+
+def restore_needs(source_options: list[str], device_options: list[str]) -> list[str]:
+    """Options the source's dumps carry that the device's restores lack: CRIU refuses every such restore."""
+    return [o for o in MUST_MATCH if o in source_options and o not in device_options]
 
 
 def highest_user_address(maps_text: str) -> int:

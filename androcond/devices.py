@@ -80,6 +80,8 @@ class DeviceStatus:
     va_bits: int = 0  # user address bits its kernel gives a process (0: not known)
     # Can it take a move from this host across ISAs (Popcorn-style recode), given its ISA and address space?
     cross_isa: bool | None = None
+    # Options this host's dumps carry that its restores lack (CRIU would refuse every move): None when not reached.
+    criu_options_missing: list[str] | None = None
     error: str = ""
 
     def as_json(self) -> dict[str, object]:
@@ -103,10 +105,12 @@ async def probe(device: DeviceSettings, adb: AdbClient) -> DeviceStatus:
             hello = link.hello
     except (TransportError, AdbError, DeviceError) as exc:
         return DeviceStatus(device.name, reached_by, False, adb_state, error=str(exc))
+    here = await asyncio.to_thread(criu_compat.runc_options)
     return DeviceStatus(device.name, reached_by, True, adb_state, hello.isa, hello.agent_version,
                         hello.engine_version, hello.kernel_release, hello.criu_version,
                         criu_compat.dumps_inet_sockets(hello.criu_version, hello.kernel_release),
-                        hello.androcond_runtime, hello.va_bits, _cross_isa(hello.isa, hello.va_bits))
+                        hello.androcond_runtime, hello.va_bits, _cross_isa(hello.isa, hello.va_bits),
+                        criu_compat.restore_needs(here, list(hello.criu_runc_options)))
 
 
 # What the recoder can do (androcond/recoder): x86_64 processes recoded to aarch64. An x86_64 process's stack

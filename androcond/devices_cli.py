@@ -7,6 +7,7 @@ import asyncio
 import json
 from typing import Any
 
+from . import criu_compat
 from .adb_link import AdbClient
 from .cli_common import EXIT_OK, add_config_option
 from .config import load_settings
@@ -31,6 +32,8 @@ def _cmd_devices(args: argparse.Namespace) -> int:
     for s in statuses:
         sockets = "" if s.criu_dumps_sockets else "  (its CRIU cannot move network sockets)"
         sockets += "" if s.fast_restore else "  (no androcond runtime: plain, slower restore)"
+        if s.criu_options_missing:
+            sockets += f"  (NOT READY: its {criu_compat.RUNC_CONF} lacks {', '.join(s.criu_options_missing)})"
         if s.cross_isa is not None:
             sockets += (f"  cross-ISA: {'yes' if s.cross_isa else 'NO'} ({s.va_bits or '?'}-bit addresses)")
         state = (f"reachable  {s.isa}  agent {s.agent_version}  engine {s.engine_version or '-'}  "

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import os
 import stat
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 from .checkpoint_leftovers import NONCE_FILE
 from .errors import AndrocondError
@@ -55,6 +55,34 @@ def tree_files(root: Path, destination: int, volume: str = "") -> list[OutgoingF
         for name in sorted(filenames):
             files.append(_entry(root, here / name, destination, volume))
     return files
+
+
+def executables_for_target(root: Path, executables: list[str], suffix: str) -> list[OutgoingFile]:
+    """Each executable's variant for the target (`<bin><suffix>`, e.g. `_aarch64`), sent to the writable layer at
+    the executable's own path: CRIU maps a task's binary by path, so on the device `<bin>` must be that variant.
+    `root` is the container's merged root (overlayfs has applied whiteouts and opaque directories); the content
+    comes from the variant, the mode and owner from `<bin>` itself."""
+    files = []
+    for name in executables:
+        path = PurePosixPath(name)
+        if not path.is_absolute() or ".." in path.parts:
+            raise LayerError(f"executable path {name!r} is not a plain absolute path")
+        relative = path.relative_to("/").as_posix()
+        binary = root / relative
+        variant = binary.with_name(binary.name + suffix)
+        st, vst = binary.lstat(), variant.lstat()
+        if not (stat.S_ISREG(st.st_mode) and stat.S_ISREG(vst.st_mode)):
+            raise LayerError(f"{name} and {variant.name} must be regular files (not links) in the container")
+        files.append(OutgoingFile(pb.ROOTFS, relative, pb.REGULAR, source=variant, size=vst.st_size,
+                                  mode=st.st_mode & 0o7777, uid=st.st_uid, gid=st.st_gid, mtime_ns=vst.st_mtime_ns))
+    return files
+
+
+def replace_files(files: list[OutgoingFile], replacements: list[OutgoingFile]) -> list[OutgoingFile]:
+    """`files` with `replacements` in place of the entries of the same destination and path (appended: their
+    parent directories come first, or are made by the device)."""
+    replaced = {(f.destination, f.path) for f in replacements}
+    return [f for f in files if (f.destination, f.path) not in replaced] + replacements
 
 
 def checkpoint_files(directory: Path) -> list[OutgoingFile]:

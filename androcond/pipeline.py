@@ -11,6 +11,7 @@ ask the device, and without its answer stay unresolved (the daemon's resolver as
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
@@ -19,7 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -31,14 +32,16 @@ from .container_config import TargetPlan
 from .devices import DeviceError, agent_endpoint
 from .engine import Engine, EngineError
 from .errors import AndrocondError
-from .faults import inject
+from .faults import armed, inject
 from .journal import Journal, MigrationRecord
-from .layer import LayerError, checkpoint_files, tree_files
+from .layer import LayerError, checkpoint_files, executables_for_target, replace_files, tree_files
 from .logging import get_logger, log_context
 from .payload import OutgoingFile, Progress
 from .popcorn import PopcornError
 from .protocol import protocol_pb2 as pb
 from .recoder import RecodeOptions, RecodeRefused, VdsoTemplate, preflight_processes, recode_async
+from .recoder.arch import VARIANT_SUFFIX
+from .recoder.pagemap_compat import reads_only_old_counts
 from .rootfs import container_root
 from .states import FROZEN, TERMINAL, Action, DeviceAnswer, MigrationState, allowed, decide, device_answer, needs_device
 from .transport import AgentConnection, AgentRefused, PhaseTimeouts, TransportError
@@ -73,6 +76,7 @@ class DeviceDidNotRestore(TransportError):
 class CrossIsa:
     pids: list[int]  # every task of the container (host pids), for the Popcorn notify
     vdso: VdsoTemplate  # the device kernel's, from the agent's hello
+    executables: list[str]  # the tasks' binaries as they see them: `<bin>_aarch64` goes there on the device
 
 
 @dataclass
@@ -191,6 +195,8 @@ class Migration:
         self._nonce = ""
         self._plan: TargetPlan | None = None  # the device's create body, decided in preflight
         self._profile: str | None = None
+        self._cgroup_v1_to_v2 = False  # this host's cgroups are v1 and the device's v2 (set by preflight)
+        self._device_criu = ""  # the device's CRIU version (from its hello)
 
     async def _set(self, state: MigrationState, detail: str = "") -> None:
         if not allowed(self.record.state, state):
@@ -441,10 +447,18 @@ class Migration:
                            f"{self.record.device}'s kernel gives a process {link.hello.va_bits} bits (CRIU restores "
                            "every mapping at its address; an Android kernel built with 39-bit addresses cannot "
                            "hold an x86_64 stack)")
+        lacking = criu_compat.restore_needs(await asyncio.to_thread(criu_compat.runc_options),
+                                            list(link.hello.criu_runc_options))
+        if lacking:
+            raise Rejected(f"this host's CRIU dumps with {', '.join(lacking)} ({criu_compat.RUNC_CONF}), and "
+                           f"device {self.record.device}'s does not restore with it, so its CRIU would refuse the "
+                           f"images: add {' and '.join(lacking)} to {criu_compat.RUNC_CONF} on the device")
         sockets = await asyncio.to_thread(criu_compat.inet_sockets, pids)
         if sockets:
             await self._check_criu_sockets(link.hello, sockets)
         self._profile = self.ctx.settings.devices[self.record.device].profile
+        self._cgroup_v1_to_v2 = link.hello.cgroup2 and not await asyncio.to_thread(criu_compat.cgroup_v2)
+        self._device_criu = link.hello.criu_version
         host_isa = platform.machine()
         if link.hello.isa != host_isa:
             self._cross = await self._cross_isa_preflight(link.hello, host_isa, pids)
@@ -475,10 +489,10 @@ class Migration:
         if not hello.vdso:
             raise Rejected("the aarch64 device did not report its vdso (agent too old?)")
         try:
-            await asyncio.to_thread(preflight_processes, pids, "x86_64", "aarch64")
+            executables = await asyncio.to_thread(preflight_processes, pids, "x86_64", "aarch64")
         except RecodeRefused as exc:
             raise Rejected(f"cannot move to an aarch64 device: {exc}") from exc
-        return CrossIsa(pids, VdsoTemplate(hello.vdso, hello.vvar_size, hello.page_size))
+        return CrossIsa(pids, VdsoTemplate(hello.vdso, hello.vvar_size, hello.page_size), executables)
 
     async def _notify(self, cross: CrossIsa) -> None:
         """The Popcorn protocol: every task reaches a migration point with its aarch64 registers ready."""
@@ -492,23 +506,25 @@ class Migration:
     def _recode_dir(self) -> Path:
         return self.ctx.settings.daemon.state_dir / "recode" / self.record.id
 
-    async def _recode(self, inspect: dict[str, Any]) -> Path:
-        """The images as the device needs them: recoded for its ISA and/or its profile, else as dumped."""
+    async def _recode(self, root: Path | None) -> Path:
+        """The images as the device needs them: recoded for its ISA and/or its profile, else as dumped.
+        `root` is the stopped container's root filesystem (a cross-ISA recode reads the binaries there)."""
         inject("recode", self.record.container_name)
         source = self._checkpoint_dir()
-        if self._cross is None and self._profile is None:
+        device_criu = self._device_criu
+        if self._cross is None and self._profile is None and not self._cgroup_v1_to_v2 and \
+                not reads_only_old_counts(device_criu):
             return source
         t0 = time.monotonic()
         out = self._recode_dir()
         await asyncio.to_thread(shutil.rmtree, out, True)
         options = RecodeOptions(target="aarch64" if self._cross else platform.machine(), profile=self._profile,
-                                vdso=self._cross.vdso if self._cross else None)
+                                vdso=self._cross.vdso if self._cross else None, root=root or Path("/"),
+                                cgroup_v1_to_v2=self._cgroup_v1_to_v2, target_criu=device_criu)
         async with _budget("recode", self.timeouts.recode):
-            if self._cross is not None:
-                async with container_root(inspect) as root:
-                    await recode_async(source, out, replace(options, root=root))
-            else:
-                await recode_async(source, out, options)
+            report = await recode_async(source, out, options)
+        for warning in report.warnings:
+            log.warning("recode warning", warning=warning)
         self._time("recode_s", t0)
         return out
 
@@ -593,26 +609,35 @@ class Migration:
             raise Rejected(f"shipping the image {image} to the device failed: {exc}") from exc
 
     async def _stream(self, link: AgentConnection, inspect: dict[str, Any]) -> int:
-        """Send the checkpoint, the writable layer and the volumes (read now that the container is stopped)."""
+        """Send the checkpoint, the writable layer and the volumes (read now that the container is stopped);
+        across ISAs also the target's variant of every task's binary, at the binary's path."""
         await self._set(S.STREAMING)
         inject("stream", self.record.container_name)
         t0 = time.monotonic()
         upper = upper_dir(inspect)
         volumes = named_volumes(inspect)
+        cross = self._cross
+        async with contextlib.AsyncExitStack() as mounted:
+            # The root stays mounted until the binaries placed from it have been sent.
+            root = await mounted.enter_async_context(container_root(inspect)) if cross is not None else None
+            images = await self._recode(root)
 
-        images = await self._recode(inspect)
+            def collect() -> list[OutgoingFile]:
+                files = checkpoint_files(images) + tree_files(upper, pb.ROOTFS)
+                if cross is not None and root is not None:
+                    # Injected: the device keeps the x86_64 binary, as if it was never replaced (its CRIU refuses).
+                    suffix = VARIANT_SUFFIX["x86_64" if armed("wrong-exe", self.record.container_name)
+                                            else "aarch64"]
+                    files = replace_files(files, executables_for_target(root, cross.executables, suffix))
+                for name, source in volumes:
+                    files += tree_files(source, pb.VOLUME, volume=name)
+                return files
 
-        def collect() -> list[OutgoingFile]:
-            files = checkpoint_files(images) + tree_files(upper, pb.ROOTFS)
-            for name, source in volumes:
-                files += tree_files(source, pb.VOLUME, volume=name)
-            return files
-
-        try:
-            files = await asyncio.to_thread(collect)
-        except LayerError as exc:
-            raise TransportError(f"cannot read what must move: {exc}") from exc
-        await link.send_files(files, progress=self._on_progress)
+            try:
+                files = await asyncio.to_thread(collect)
+            except (LayerError, OSError) as exc:
+                raise TransportError(f"cannot read what must move: {exc}") from exc
+            await link.send_files(files, progress=self._on_progress)
         self.record.bytes_sent = self.progress.bytes_sent
         self._time("stream_s", t0)
         return len(files)

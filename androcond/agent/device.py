@@ -11,7 +11,9 @@ import asyncio
 import json
 import os
 import platform
+import re
 import shutil
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -39,6 +41,8 @@ class DeviceFacts:
     kernel_release: str = ""
     runtime: str = ""  # RUNTIME_NAME when the engine has androcond's runc wrapper (fast restore), else ""
     va_bits: int = 0  # user address bits this kernel gives a process (0: unknown)
+    criu_runc_options: tuple[str, ...] = ()  # what /etc/criu/runc.conf hands CRIU here
+    cgroup2: bool = False  # /sys/fs/cgroup is the unified hierarchy
 
     @property
     def criu_dumps_sockets(self) -> bool:
@@ -80,7 +84,9 @@ async def gather_facts(engine: Engine) -> DeviceFacts:
                        data_root=Path(str(info["DockerRootDir"])), vdso=vdso, vvar_size=vvar_size,
                        kernel_release=criu_compat.kernel_release(),
                        runtime=RUNTIME_NAME if RUNTIME_NAME in (info.get("Runtimes") or {}) else "",
-                       va_bits=await asyncio.to_thread(criu_compat.own_va_bits))
+                       va_bits=await asyncio.to_thread(criu_compat.own_va_bits),
+                       criu_runc_options=tuple(await asyncio.to_thread(criu_compat.runc_options)),
+                       cgroup2=await asyncio.to_thread(criu_compat.cgroup_v2))
 
 
 @dataclass
@@ -109,6 +115,9 @@ class DeviceEngine:
         except EngineError as exc:
             raise RestoreError(f"loading the image failed: {exc}") from exc
 
+    def _failed_logs(self) -> Path | None:
+        return self.spool_dir / "failed-restores" if self.spool_dir is not None else None
+
     @property
     def fast_restore(self) -> bool:
         return bool(self.facts.runtime) and self.spool_dir is not None
@@ -116,7 +125,11 @@ class DeviceEngine:
     async def create(self, name: str, config: dict[str, Any], checkpoint_name: str,
                      migration_id: str = "") -> TargetContainer:
         if self.fast_restore:
-            config = {**config, "HostConfig": {**(config.get("HostConfig") or {}), "Runtime": self.facts.runtime}}
+            assert self.spool_dir is not None
+            criu_conf = await asyncio.to_thread(write_restore_config, self.spool_dir)
+            host = config.get("HostConfig") or {}
+            annotations = {**(host.get("Annotations") or {}), CRIU_CONFIG_ANNOTATION: str(criu_conf)}
+            config = {**config, "HostConfig": {**host, "Runtime": self.facts.runtime, "Annotations": annotations}}
         try:
             cid = await self.engine.create_container(config, name=name or None)
         except EngineError as exc:
@@ -175,7 +188,8 @@ class DeviceEngine:
             await self.engine.start_container(target.container_id, checkpoint=checkpoint_name)
             state = (await self.engine.inspect_container(target.container_id))["State"]
         except (EngineError, OSError) as exc:
-            raise RestoreError(f"restore refused by the device engine: {exc}") from exc
+            why = await asyncio.to_thread(criu_log_errors, str(exc), self._failed_logs())
+            raise RestoreError(f"restore refused by the device engine: {exc}{why}") from exc
         finally:
             await self.clean_after_restore(target)
         if not state.get("Running"):
@@ -221,6 +235,31 @@ RUNTIME_NAME = "androcond"
 RUNTIME_STUB = "androcond-images"  # in the stub: the directory where the images are (read by androcond-runc)
 
 
+# runc hands CRIU the configuration file this annotation names instead of /etc/criu/runc.conf (engines with
+# API >= 1.43 pass HostConfig.Annotations on; older ones ignore the field).
+CRIU_CONFIG_ANNOTATION = "org.criu.config"
+RESTORE_CONFIG = "criu-restore.conf"
+# The source's cgroups are not this device's (cgroup v1 controllers on a v2 host, other paths): CRIU is told to
+# leave cgroups alone, and the restored tasks stay in the cgroup runc made for the container, with its limits.
+RESTORE_OPTIONS = ("manage-cgroups=ignore",)  # an optional argument: "=" or CRIU reads no mode
+
+
+def write_restore_config(spool_dir: Path, runc_conf: Path = criu_compat.RUNC_CONF) -> Path:
+    """The CRIU configuration for androcond's restores: this device's runc.conf (it replaces it), plus
+    RESTORE_OPTIONS. Written in place each time (atomically), so an edited runc.conf is seen."""
+    try:
+        own = runc_conf.read_text()
+    except OSError:
+        own = ""
+    text = f"# written by androcond's agent: {runc_conf}, then its own\n{own.rstrip()}\n" + \
+        "".join(f"{option}\n" for option in RESTORE_OPTIONS)
+    path = spool_dir / RESTORE_CONFIG
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+    return path
+
+
 def runtime_path() -> Path:
     """The runc wrapper shipped with the agent, to register as the device engine's `androcond` runtime."""
     return Path(__file__).parent / "runtime" / "androcond-runc"
@@ -252,3 +291,37 @@ def parse_create_config(text: str) -> dict[str, Any]:
     if not isinstance(config, dict):
         raise RestoreError("the create config is not a JSON object")
     return config
+
+
+CRIU_LOG = re.compile(r"(/[^\s:]+/restore\.log)")
+CRIU_LOG_TAIL = 256 * 1024
+KEPT_LOGS = 10  # failed restores' logs kept on the device
+
+
+def criu_log_errors(message: str, keep_in: Path | None = None, lines: int = 3) -> str:
+    """CRIU's own reason, from the restore log an engine error names (its last `Error` lines), as a suffix for
+    the error message; empty when the log is gone or says nothing (the engine itself says only "criu failed").
+    With `keep_in`, the log is moved there (the newest KEPT_LOGS stay) and the suffix names it."""
+    match = CRIU_LOG.search(message)
+    if match is None:
+        return ""
+    log_path = Path(match.group(1))
+    try:
+        with log_path.open("rb") as f:
+            f.seek(max(0, os.fstat(f.fileno()).st_size - CRIU_LOG_TAIL))
+            tail = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    errors = [line.strip() for line in tail.splitlines() if "Error" in line]
+    why = f" (CRIU: {' | '.join(errors[-lines:])})" if errors else ""
+    if keep_in is None:
+        return why
+    try:
+        keep_in.mkdir(parents=True, exist_ok=True)
+        kept = keep_in / f"{time.strftime('%Y%m%dT%H%M%S')}-{log_path.parent.name}-restore.log"
+        shutil.copyfile(log_path, kept)
+        for old in sorted(keep_in.glob("*-restore.log"))[:-KEPT_LOGS]:
+            old.unlink(missing_ok=True)
+    except OSError:
+        return why
+    return f"{why} (log kept: {kept})"

@@ -204,7 +204,8 @@ class AgentSession:
             page_size=facts.page_size, criu_version=facts.criu_version, engine_version=facts.engine_version,
             free_bytes=await _free_bytes(facts.data_root), vdso=facts.vdso, vvar_size=facts.vvar_size,
             kernel_release=facts.kernel_release, criu_dumps_sockets=facts.criu_dumps_sockets,
-            androcond_runtime=self.device.fast_restore, va_bits=facts.va_bits)))
+            androcond_runtime=self.device.fast_restore, va_bits=facts.va_bits,
+            criu_runc_options=list(facts.criu_runc_options), cgroup2=facts.cgroup2)))
 
     def _phase_of(self, frame: pb.Frame) -> str:
         kind = body(frame)

@@ -121,7 +121,10 @@ def _cmd_recode(args: argparse.Namespace) -> int:
         "files_rewritten": report.stats.rewritten,
         "bytes_written": report.stats.bytes_written,
         "seconds": round(report.seconds, 3),
+        "warnings": report.warnings,
     }
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.json:
         print(json.dumps(summary))
     else:

@@ -113,6 +113,10 @@ class Pagemap:
                 f"{size - self.present_bytes} bytes not covered by any PRESENT entry of {self.name}",
             )
 
+    def has_pages(self, start: int, end: int) -> bool:
+        """Whether any dumped page (PRESENT: bytes in the pages file) lies in [start, end)."""
+        return any(r.present and r.vaddr < end and start < r.vaddr + r.nr_pages * self.page_size for r in self.runs)
+
     def find(self, addr: int) -> PageRun | None:
         """The run covering `addr`, present or not (a scan: pagemaps have at most a few thousand runs)."""
         return next((r for r in self.runs if r.vaddr <= addr < r.vaddr + r.nr_pages * self.page_size), None)

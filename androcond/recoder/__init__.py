@@ -2,8 +2,9 @@
 
 A recode reads a dump directory and writes a new one. It is a list of stages, each a function of the
 image set (`Stage`): `Aarch64Recode` (x86_64 → aarch64, after the Popcorn notify), `AndroidProfile`
-(seccomp, LSM, mountpoints). With no stage — same ISA, no profile — it is the identity: every file is
-copied unchanged in the kernel (copy_file_range).
+(seccomp, LSM, mountpoints), `CgroupV1Mounts` (a target with cgroup v2), `PagemapCompat` (a target CRIU older
+than 4.2). With no stage — same ISA, no profile, the same cgroups and CRIU — it is the identity: every file
+is copied unchanged in the kernel (copy_file_range).
 
 `prepare()` runs the stages (small images only); the result is written to a directory (`recode()`, pages
 copied in the kernel) or streamed in chunks (`Recoded.chunks()`, `stream_async()` for the link). All of it
@@ -19,10 +20,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..images.files import StrPath
-from .android import DEFAULT_DROPPED_MOUNTS, AndroidProfile
+from .android import DEFAULT_DROPPED_MOUNTS, AndroidProfile, CgroupV1Mounts
 from .arch import Aarch64Recode, AArch64Regs, VdsoTemplate, core_isa
 from .elf import ElfInfo, read_elf
 from .imageset import ImageSet, OutputFile, RecodeError, WriteStats, write_outputs
+from .pagemap_compat import PagemapCompat, reads_only_old_counts
 from .preflight import ISAS, Problem, RecodeRefused, check_executable, preflight_processes
 
 Stage = Callable[[ImageSet], None]
@@ -37,6 +39,8 @@ class RecodeOptions:
     profile: str | None = None  # "android" or None
     vdso: VdsoTemplate | None = None  # the target's vdso; needed for a cross-ISA recode
     dropped_mounts: tuple[str, ...] = DEFAULT_DROPPED_MOUNTS
+    cgroup_v1_to_v2: bool = False  # the dump's cgroups are v1 and the target's v2: drop the controller mounts
+    target_criu: str = ""  # the target's CRIU version ("": the same as the dump's)
 
 
 @dataclass(frozen=True)
@@ -46,6 +50,7 @@ class RecodeReport:
     stages: list[str]
     stats: WriteStats
     seconds: float
+    warnings: list[str]
 
 
 @dataclass(frozen=True)
@@ -57,6 +62,7 @@ class Recoded:
     target: str
     stages: list[str]
     files: list[OutputFile]
+    warnings: list[str]
 
     @property
     def size(self) -> int:
@@ -89,6 +95,10 @@ def plan(images: ImageSet, options: RecodeOptions) -> list[Stage]:
         stages.append(Aarch64Recode(options.vdso, options.root))
     if options.profile == "android":
         stages.append(AndroidProfile(options.dropped_mounts))
+    if options.cgroup_v1_to_v2:
+        stages.append(CgroupV1Mounts())
+    if reads_only_old_counts(options.target_criu):
+        stages.append(PagemapCompat())
     return stages
 
 
@@ -99,7 +109,8 @@ def prepare(src: StrPath, options: RecodeOptions) -> Recoded:
     stages = plan(images, options)
     for stage in stages:
         stage(images)
-    return Recoded(core_isa(images), options.target, [type(s).__name__ for s in stages], images.outputs())
+    return Recoded(core_isa(images), options.target, [type(s).__name__ for s in stages], images.outputs(),
+                   images.warnings)
 
 
 def recode(src: StrPath, out: StrPath, options: RecodeOptions,
@@ -109,7 +120,8 @@ def recode(src: StrPath, out: StrPath, options: RecodeOptions,
     started = time.monotonic()
     recoded = prepare(src, options)
     stats = recoded.write(out, progress)
-    return RecodeReport(recoded.source, recoded.target, recoded.stages, stats, time.monotonic() - started)
+    return RecodeReport(recoded.source, recoded.target, recoded.stages, stats, time.monotonic() - started,
+                        recoded.warnings)
 
 
 async def recode_async(src: StrPath, out: StrPath, options: RecodeOptions,
@@ -143,8 +155,10 @@ __all__ = [
     "AArch64Regs",
     "Aarch64Recode",
     "AndroidProfile",
+    "CgroupV1Mounts",
     "ElfInfo",
     "ImageSet",
+    "PagemapCompat",
     "Problem",
     "RecodeError",
     "RecodeOptions",

@@ -11,7 +11,7 @@ Only the fields and entries named change: every other entry keeps its original b
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final
 
@@ -53,19 +53,38 @@ class AndroidProfile:
             self._drop_mounts(images, name)
 
     def _drop_mounts(self, images: ImageSet, name: str) -> None:
-        entries = images.read(name).entries
-        mounts = [e.get(pb.mnt_entry) for e in entries]
         prefixes = tuple(_mount_path(p) for p in self.dropped_mounts)
-        dropped = {m.mnt_id for m in mounts if _under(_mount_path(m.mountpoint), prefixes)}
-        # Children of a dropped mount would lose their parent: drop them too (to a fixed point).
-        while True:
-            more = {m.mnt_id for m in mounts if m.parent_mnt_id in dropped and m.mnt_id not in dropped}
-            if not more:
-                break
-            dropped |= more
-        if dropped:
-            image = images.edit(name)
-            image.entries = [e for e, m in zip(entries, mounts, strict=True) if m.mnt_id not in dropped]
+        drop_mounts(images, name, lambda m: _under(_mount_path(m.mountpoint), prefixes))
+
+
+CGROUP_ROOT: Final = "/sys/fs/cgroup"
+
+
+@dataclass(frozen=True)
+class CgroupV1Mounts:
+    """The stage for a device whose cgroups are v2 (one unified hierarchy) when the source's are v1: the
+    per-controller cgroup mounts below /sys/fs/cgroup cannot be made there (CRIU finds no mapping for them and
+    refuses), so they are dropped; /sys/fs/cgroup itself (the source's tmpfs) stays."""
+
+    def __call__(self, images: ImageSet) -> None:
+        for name in images.glob("mountpoints-*.img"):
+            drop_mounts(images, name, lambda m: _mount_path(m.mountpoint).startswith(CGROUP_ROOT + "/"))
+
+
+def drop_mounts(images: ImageSet, name: str, chosen: Callable[[pb.mnt_entry], bool]) -> None:
+    """Remove the mounts `chosen` picks from mountpoints image `name`, with every mount below them."""
+    entries = images.read(name).entries
+    mounts = [e.get(pb.mnt_entry) for e in entries]
+    dropped = {m.mnt_id for m in mounts if chosen(m)}
+    # Children of a dropped mount would lose their parent: drop them too (to a fixed point).
+    while True:
+        more = {m.mnt_id for m in mounts if m.parent_mnt_id in dropped and m.mnt_id not in dropped}
+        if not more:
+            break
+        dropped |= more
+    if dropped:
+        image = images.edit(name)
+        image.entries = [e for e, m in zip(entries, mounts, strict=True) if m.mnt_id not in dropped]
 
 
 def _fix_core(core: pb.core_entry, *, dry_run: bool = False) -> bool:

@@ -3,8 +3,10 @@
 Per task: the aarch64 registers and TLS the Popcorn runtime left in `regs_dst` / `tls_dst` are read from the
 dumped memory (located through the executable's symbols and the pagemap, PRESENT pages only, magic
 checked); every core is rewritten to AARCH64; the x86 vdso, vvar and vsyscall areas are replaced by the
-target's vdso and vvar; the executable's files.img entry takes the `<bin>_aarch64` binary's size and build
-id. Every other image and every other page is copied unchanged.
+target's vdso and vvar; the executable's files.img entries take the `<bin>_aarch64` binary's size and build
+id, and the dumped pages of its executable mappings are dropped: CRIU's parasite made them copy-on-write (the
+first one is where it was injected), so they hold x86_64 code, and the target must map the aarch64 file's own
+text there. Every other image and every other page is copied unchanged.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ MTYPE_NAMES: Final = {MTYPE_X86_64: "x86_64", MTYPE_AARCH64: "aarch64"}
 VMA_AREA_REGULAR: Final = 1 << 0
 VMA_AREA_VSYSCALL: Final = 1 << 2
 VMA_AREA_VDSO: Final = 1 << 3
+VMA_FILE_PRIVATE: Final = 1 << 6
 VMA_ANON_PRIVATE: Final = 1 << 9
 VMA_AREA_VVAR: Final = 1 << 12
 SPECIAL_AREAS: Final = VMA_AREA_VSYSCALL | VMA_AREA_VDSO | VMA_AREA_VVAR
@@ -140,6 +143,7 @@ class Aarch64Recode:
         self.target = target
         self.root = Path(root)
         self._elves: dict[Path, ElfInfo] = {}  # tasks of one container mostly share their executables
+        self._foreign_text: set[str] = set()  # other files' executable mappings with dumped pages
 
     def _elf(self, path: Path) -> ElfInfo:
         if path not in self._elves:
@@ -156,6 +160,10 @@ class Aarch64Recode:
         files = images.edit("files.img")
         for pid, threads in iter_tasks(images):
             self._task(images, files, pid, threads)
+        for vma_file in self._foreign_text:
+            images.warnings.append(
+                f"dumped pages lie in the executable mapping of {vma_file} (not a task's own binary): they are "
+                "x86_64 code or data that the aarch64 task will see as it was dumped")
 
     def _task(self, images: ImageSet, files: Image, pid: int, threads: list[int]) -> None:
         if len(threads) > 1:
@@ -164,6 +172,8 @@ class Aarch64Recode:
         mm_image = images.edit(f"mm-{pid}.img")
         mm = mm_image.entries[0].get(pb.mm_entry)
         exe_entry = _exe_entry(files, mm.exe_file_id, pid)
+        # The executable as CRIU will open it again: as the task's exe and as the file of its mappings.
+        exe_files = [e for e in _regular_files(files) if e.reg.name == exe_entry.reg.name]
         exe = exe_path(self.root, exe_entry.reg.name)
         source_elf = self._elf(exe.with_name(exe.name + VARIANT_SUFFIX["x86_64"]))
         target_elf = self._elf(exe.with_name(exe.name + VARIANT_SUFFIX["aarch64"]))
@@ -184,17 +194,33 @@ class Aarch64Recode:
             _rewrite_core(core_image.entries[0].get(pb.core_entry), regs)
 
         removed = [(v.start, v.end) for v in mm.vmas if v.status & SPECIAL_AREAS]
+        exe_text = self._text_mappings(mm, files, {e.id for e in exe_files}, pagemap)
         template_vma = next((v for v in mm.vmas if v.status & VMA_AREA_VDSO), None)
         vvar_start = _place(mm, removed, self.target.vvar_size + len(self.target.vdso_pages), page_size, pid)
         vdso_start = vvar_start + self.target.vvar_size
         _rewrite_vmas(mm, self.target, vvar_start, vdso_start, template_vma)
         _set_auxv(mm, AT_SYSINFO_EHDR, vdso_start)
-        segments = _rewrite_pagemap(pagemap_image, pagemap, removed, vdso_start, self.target.vdso_pages)
+        segments = _rewrite_pagemap(pagemap_image, pagemap, removed + exe_text, vdso_start, self.target.vdso_pages)
         images.plan_pages(pagemap.pages_name, segments)
 
-        exe_entry.reg.size = target_elf.size
-        del exe_entry.reg.build_id[:]
-        exe_entry.reg.build_id.extend(build_id_words(target_elf.build_id))
+        for entry in exe_files:
+            entry.reg.size = target_elf.size
+            del entry.reg.build_id[:]
+            entry.reg.build_id.extend(build_id_words(target_elf.build_id))
+
+    def _text_mappings(self, mm: pb.mm_entry, files: Image, exe_ids: set[int],
+                       pagemap: Pagemap) -> list[tuple[int, int]]:
+        """The executable's private executable file mappings (their dumped pages are dropped), noting other
+        files' executable mappings that have dumped pages (they cannot be right on the target)."""
+        text = []
+        for vma in mm.vmas:
+            if not (vma.status & VMA_FILE_PRIVATE and vma.prot & PROT_EXEC):
+                continue
+            if vma.shmid in exe_ids:
+                text.append((vma.start, vma.end))
+            elif pagemap.has_pages(vma.start, vma.end):
+                self._foreign_text.add(_file_name(files, vma.shmid))
+        return text
 
 
 def _exe_entry(files: Image, file_id: int, pid: int) -> pb.file_entry:
@@ -203,6 +229,14 @@ def _exe_entry(files: Image, file_id: int, pid: int) -> pb.file_entry:
         if msg.id == file_id and msg.HasField("reg"):
             return msg
     raise RecodeError(f"files.img: no regular file {file_id}, the executable of task {pid}")
+
+
+def _regular_files(files: Image) -> list[pb.file_entry]:
+    return [msg for msg in (e.get(pb.file_entry) for e in files.entries) if msg.HasField("reg")]
+
+
+def _file_name(files: Image, file_id: int) -> str:
+    return next((e.reg.name for e in _regular_files(files) if e.id == file_id), f"file {file_id}")
 
 
 def _read_regs(images: ImageSet, pagemap: Pagemap, regs_addr: int, tls_addr: int, pid: int) -> AArch64Regs:

@@ -107,6 +107,7 @@ class ImageSet:
         self._images: dict[str, Image] = {}
         self._edited: set[str] = set()
         self.pages_plans: dict[str, list[Segment]] = {}
+        self.warnings: list[str] = []  # what the stages could do but the target may not like
 
     def path(self, name: str) -> Path:
         return self.src / name

@@ -71,9 +71,12 @@ def check_executable(root: str | Path, name: str, source: str, target: str, pid:
     return problems
 
 
-def preflight_processes(pids: Iterable[int], source: str, target: str, *, proc: str | Path = "/proc") -> None:
-    """Check live processes (host pids) through /proc; raises RecodeRefused listing every problem."""
+def preflight_processes(pids: Iterable[int], source: str, target: str, *,
+                        proc: str | Path = "/proc") -> list[str]:
+    """Check live processes (host pids) through /proc; raises RecodeRefused listing every problem. Returns
+    their executables as the tasks see them (each once, sorted)."""
     problems: list[Problem] = []
+    names: set[str] = set()
     base = Path(proc)
     for pid in pids:
         try:
@@ -81,6 +84,8 @@ def preflight_processes(pids: Iterable[int], source: str, target: str, *, proc: 
         except OSError as exc:
             problems.append(Problem(pid, "?", f"cannot read its executable: {exc.strerror or exc}"))
             continue
+        names.add(name)
         problems += check_executable(base / str(pid) / "root", name, source, target, pid)
     if problems:
         raise RecodeRefused(target, problems)
+    return sorted(names)

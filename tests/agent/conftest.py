@@ -16,6 +16,7 @@ from ..recoder.conftest import builds, recoder_image  # noqa: F401 - shared with
 from ..testbed import TestBed
 from ..testbed.agent import DeviceAgent
 from ..testbed.bed import TEST_RUN
+from .arm64_bed import arm64_device  # noqa: F401 - one arm64 guest per session, for every module that needs it
 
 # A port of this test run's own, so that a second run on the same bed does not talk to our agent.
 AGENT_PORT = 20000 + int(TEST_RUN, 16) % 10000

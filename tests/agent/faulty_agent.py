@@ -5,7 +5,7 @@ Faults:
   flip-byte        one byte of pages-1.img changes on arrival (damage in transit)
   refuse-restore   the device engine is asked to restore a checkpoint without pstree.img (CRIU refuses)
   slow-outcome     the restore happens, then the answer is held back until the connection drops
-  fake-aarch64     says it is an aarch64 device (see FakeAarch64)
+  no-tcp-close     says its CRIU configuration for runc lacks tcp-close
   load-dies        the device's `docker load` takes two chunks of a shipped image, then its connection dies
                    and it reads no more (the session's image queue fills up: the old deadlock)
   hold-restore     at commit, once the outcome file says "restoring", the restore is held forever (log line
@@ -19,7 +19,6 @@ Faults:
 from __future__ import annotations
 
 import asyncio
-import os
 import sys
 from collections.abc import AsyncIterator
 from dataclasses import replace
@@ -32,8 +31,6 @@ from androcond.agent.errors import RestoreError
 from androcond.agent.session import AgentSession
 from androcond.config import load_settings
 from androcond.engine import EngineUnreachable
-from androcond.images import pb as criu
-from androcond.images import read_image
 from androcond.logging import configure_logging, get_logger
 from androcond.protocol import protocol_pb2 as pb
 
@@ -73,23 +70,13 @@ class SlowOutcome(AgentSession):
         await super()._query(migration_id)
 
 
-class FakeAarch64(AgentSession):
-    """NOT an arm64 device (none can exist here): this x86_64 agent says it is aarch64 and hands out the
-    stand-in aarch64 vdso (path in ANDROCOND_TEST_VDSO), so the daemon's cross-ISA path runs for real up to
-    the device's restore — which this x86_64 kernel refuses. It logs the ISA of the cores it received."""
+class NoTcpClose(AgentSession):
+    """Says its /etc/criu/runc.conf hands CRIU nothing (this machine's says tcp-close), as on a device set up
+    without it: its CRIU would refuse every restore of a dump made with tcp-close."""
 
     def __init__(self, device: DeviceEngine, *args: Any) -> None:
-        device.facts = replace(device.facts, isa="aarch64", page_size=4096, vvar_size=2 * 4096,
-                               vdso=Path(os.environ["ANDROCOND_TEST_VDSO"]).read_bytes())
+        device.facts = replace(device.facts, criu_runc_options=())
         super().__init__(device, *args)
-
-    async def _commit(self, file_count: int = 0) -> None:
-        migration = self._active()
-        if migration.target is not None:
-            cores = sorted(migration.target.checkpoint_dir.glob("core-*.img"))
-            mtypes = [read_image(path).entries[0].get(criu.core_entry).mtype for path in cores]
-            get_logger("fake-aarch64").info("received cores", mtypes=mtypes)
-        await super()._commit(file_count)
 
 
 class OldCriu(AgentSession):
@@ -140,7 +127,7 @@ class HoldRestore(DeviceEngine):
 FAULTS: dict[str, tuple[type[AgentSession], type[DeviceEngine]]] = {
     "none": (AgentSession, DeviceEngine), "flip-byte": (FlipByte, DeviceEngine),
     "refuse-restore": (RefuseRestore, DeviceEngine), "slow-outcome": (SlowOutcome, DeviceEngine),
-    "fake-aarch64": (FakeAarch64, DeviceEngine), "load-dies": (AgentSession, LoadDies),
+    "no-tcp-close": (NoTcpClose, DeviceEngine), "load-dies": (AgentSession, LoadDies),
     "hold-restore": (AgentSession, HoldRestore), "old-criu": (OldCriu, DeviceEngine),
     "no-runtime": (AgentSession, NoRuntime), "small-va": (SmallVa, DeviceEngine),
 }

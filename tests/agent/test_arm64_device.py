@@ -12,10 +12,8 @@ from __future__ import annotations
 import asyncio
 import io
 import json
-import os
 import platform
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -28,34 +26,16 @@ from androcond.engine import Engine
 from androcond.transport import AgentConnection, Endpoint, PhaseTimeouts
 
 from ..helpers import DaemonProcess, counter_config, wait_for_count
-from ..testbed.arm64 import Arm64Device, base_built, ensure_image
+from ..testbed.arm64 import Arm64Device
 from ..testbed.proc import wait_for
+from .arm64_bed import ARM64_MARKS, arm64_device_table
 from .conftest import AgentBed
 from .daemon_bed import finished, write_daemon_config
 
-BUILD_ALLOWED = bool(os.environ.get("ANDROCOND_ARM64"))
-
-pytestmark = [
-    pytest.mark.testbed,
-    pytest.mark.skipif(not base_built() and not BUILD_ALLOWED,
-                       reason="the arm64 image is not built (about 12 min once: set ANDROCOND_ARM64=1 to build it "
-                              "here, or run `python -m tests.testbed.arm64 build`)"),
-    # Booting under TCG takes 1-2 min; a first build up to 30 min more.
-    pytest.mark.timeout(600 if base_built() else 3600),
-]
+pytestmark = ARM64_MARKS
 
 # Everything in the guest is emulated: generous phase timeouts.
 TIMEOUTS = PhaseTimeouts(connect=60.0, hello=60.0)
-
-
-@pytest.fixture(scope="module")
-def arm64_device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Arm64Device]:
-    device = Arm64Device(tmp_path_factory.mktemp("arm64"), ensure_image())
-    device.up()
-    try:
-        yield device
-    finally:
-        device.down()
 
 
 def test_adb_shell_is_aarch64(arm64_device: Arm64Device) -> None:
@@ -92,16 +72,8 @@ async def test_agent_hello_through_adb(arm64_device: Arm64Device, tmp_path: Path
 @pytest.mark.skipif(platform.machine() != "x86_64", reason="cross_isa is judged from an x86_64 host")
 async def test_devices_lists_it_cross_isa(arm64_device: Arm64Device, tmp_path: Path) -> None:
     serial = arm64_device.adb_serial
-    known_hosts = tmp_path / "known_hosts"
-    known_hosts.write_text(arm64_device.agent_known_hosts_line(serial))
     config = tmp_path / "androcond.toml"
-    config.write_text(f"""
-[devices.arm64]
-adb_serial = "{serial}"
-agent_port = 8022
-identity = "{arm64_device.client_key}"
-known_hosts = "{known_hosts}"
-""")
+    config.write_text(arm64_device_table(arm64_device, tmp_path))
     proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "androcond", "devices", "--json",
                                                 "--config", str(config), stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.PIPE)
@@ -121,15 +93,7 @@ async def test_a_plain_x86_64_container_is_refused_before_the_freeze(
         arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, tmp_path: Path, unique_name: str) -> None:
     """The same image, no Popcorn binaries: an x86_64 process cannot resume on aarch64. Preflight says so and
     the container keeps running at the source (nothing frozen)."""
-    serial = arm64_device.adb_serial
-    known_hosts = tmp_path / "known_hosts-arm64"
-    known_hosts.write_text(arm64_device.agent_known_hosts_line(serial))
-    config = write_daemon_config(agent_server, tmp_path, extra=f"""
-[devices.arm64]
-adb_serial = "{serial}"
-agent_port = 8022
-identity = "{arm64_device.client_key}"
-known_hosts = "{known_hosts}"
+    config = write_daemon_config(agent_server, tmp_path, extra=arm64_device_table(arm64_device, tmp_path) + """
 [timeouts]
 connect = 60
 """)

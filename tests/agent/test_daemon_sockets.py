@@ -17,7 +17,7 @@ from androcond import criu_compat
 from androcond.engine import Engine
 from androcond.popcorn import task_tree
 
-from ..helpers import DaemonProcess
+from ..helpers import DaemonProcess, counter_config
 from ..testbed.bed import RUN_FILTER, TEST_LABEL, TEST_RUN
 from ..testbed.device import port_open
 from ..testbed.engines import DOCKER_CLI
@@ -105,3 +105,26 @@ async def test_a_device_whose_criu_cannot_move_sockets_is_refused_before_the_fre
         await daemon.kill()
         agent.stop()
         bed.engine_a.remove_containers(RUN_FILTER)
+
+
+async def test_a_device_that_would_restore_without_tcp_close_is_refused_before_the_freeze(
+        agent_server: AgentBed, engine_a: Engine, engine_b: Engine, tmp_path: Path, unique_name: str) -> None:
+    """This host dumps with tcp-close (its runc.conf); CRIU refuses to restore such a dump without it."""
+    assert "tcp-close" in criu_compat.runc_options(), "scripts/install-system.sh writes it"
+    agent = faulty_agent(agent_server, "no-tcp-close", AGENT_PORT + 22, tmp_path)
+    config = write_daemon_config(agent_server, tmp_path, port=agent.port)
+    daemon = DaemonProcess(config)
+    await daemon.start()
+    try:
+        await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
+        await engine_a.start_container(await engine_a.create_container(counter_config(), name=unique_name))
+        code, record = await migrate_by_cli(config, unique_name)
+        assert code == 1 and record["state"] == "rejected", record
+        assert "add tcp-close to /etc/criu/runc.conf on the device" in str(record["error"])
+        assert not any(e.get("state") == "checkpointing" for e in daemon.lines), "frozen before refusing"
+        assert await running(engine_a, unique_name) and not await running(engine_b, unique_name)
+        devices = run([sys.executable, "-m", "androcond", "devices", "--json", "--config", str(config)])
+        assert json.loads(devices.stdout)["devices"][0]["criu_options_missing"] == ["tcp-close"]
+    finally:
+        await daemon.kill()
+        agent.stop()

@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from androcond.agent.device import DeviceEngine, DeviceFacts
+from androcond.agent.device import CRIU_CONFIG_ANNOTATION, DeviceEngine, DeviceFacts, write_restore_config
 from androcond.agent.errors import RestoreError
 from androcond.engine import Engine
 
@@ -24,8 +24,10 @@ class RecordingEngine(Engine):
         self.hold_create = hold_create
         self.create_started = asyncio.Event()
         self.removed: list[tuple[str, bool]] = []
+        self.created: list[dict[str, Any]] = []
 
     async def create_container(self, config: dict[str, Any], *, name: str | None = None) -> str:
+        self.created.append(config)
         self.create_started.set()
         if self.hold_create:
             await asyncio.Event().wait()
@@ -77,3 +79,32 @@ async def test_a_create_cancelled_midway_removes_the_container_by_name(tmp_path:
         assert engine.removed == [("target", True)]
     finally:
         await engine.close()
+
+
+async def test_with_the_runtime_criu_gets_the_devices_options_and_leaves_cgroups_alone(
+        engine: RecordingEngine, tmp_path: Path) -> None:
+    data_root, spool = tmp_path / "docker", tmp_path / "spool"
+    data_root.mkdir()
+    spool.mkdir()
+    fast = DeviceEngine(engine, DeviceFacts(isa="aarch64", page_size=4096, criu_version="4.1", engine_version="26.1",
+                                            data_root=data_root, runtime="androcond"), spool)
+    body = {"Image": "x", "HostConfig": {"Memory": 1 << 27, "Annotations": {"mine": "kept"}}}
+    await fast.create("target", body, "androcond", "m1")
+    (created,) = engine.created
+    host = created["HostConfig"]
+    assert host["Runtime"] == "androcond" and host["Memory"] == 1 << 27
+    assert host["Annotations"]["mine"] == "kept"
+    conf = Path(host["Annotations"][CRIU_CONFIG_ANNOTATION])
+    assert conf.parent == spool
+    lines = [line for line in conf.read_text().splitlines() if not line.startswith("#")]
+    assert lines[-1] == "manage-cgroups=ignore"
+
+
+def test_the_restore_config_keeps_the_devices_own_options(tmp_path: Path) -> None:
+    runc_conf = tmp_path / "runc.conf"
+    runc_conf.write_text("tcp-close\n")
+    text = write_restore_config(tmp_path, runc_conf).read_text()
+    assert [line for line in text.splitlines() if not line.startswith("#")] == ["tcp-close", "manage-cgroups=ignore"]
+    runc_conf.unlink()
+    text = write_restore_config(tmp_path, runc_conf).read_text()
+    assert "tcp-close" not in text, "rewritten from the device's current file"

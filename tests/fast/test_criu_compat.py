@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from androcond import criu_compat
 from androcond.criu_compat import (
     address_bits,
     dumps_inet_sockets,
@@ -99,3 +100,17 @@ def test_this_kernel_and_this_process() -> None:
     assert bits in (39, 42, 47, 48, 52, 56)
     assert tasks_va_bits([os.getpid()]) == bits  # our own stack is the highest mapping we have
     assert tasks_va_bits([2**22 + 12345]) == 0  # no such task
+
+
+def test_runc_options_are_read_without_dashes_or_comments(tmp_path: Path) -> None:
+    conf = tmp_path / "runc.conf"
+    conf.write_text("# written by hand\ntcp-close\n--skip-in-flight  # trailing\n\nlog-file /x.log\n")
+    assert criu_compat.runc_options(conf) == ["tcp-close", "skip-in-flight", "log-file"]
+    assert criu_compat.runc_options(tmp_path / "absent") == []
+
+
+def test_a_device_that_restores_without_the_sources_tcp_close_is_named() -> None:
+    assert criu_compat.restore_needs(["tcp-close"], []) == ["tcp-close"]
+    assert criu_compat.restore_needs(["tcp-close"], ["tcp-close", "skip-in-flight"]) == []
+    assert criu_compat.restore_needs([], []) == []
+    assert criu_compat.restore_needs(["skip-in-flight"], []) == [], "only what CRIU checks on restore"

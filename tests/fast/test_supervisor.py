@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from androcond import criu_compat
 from androcond.adb_link import AdbClient
 from androcond.config import DaemonSettings, DeviceSettings, DockerSettings, Settings, TimeoutSettings
 from androcond.engine import EngineError
@@ -77,7 +78,9 @@ class FakeLink:
     hang = False
 
     def __init__(self) -> None:
-        self.hello = pb.AgentHello(isa=platform.machine(), free_bytes=1 << 40)
+        # A device configured as this host is (its CRIU restores what this host's dumps).
+        self.hello = pb.AgentHello(isa=platform.machine(), free_bytes=1 << 40,
+                                   criu_runc_options=criu_compat.runc_options())
 
     async def __aenter__(self) -> FakeLink:
         return self

@@ -26,3 +26,24 @@ def build_vdso_standin(out: Path) -> Path:
     flags = ("-shared", "-nostdlib", "-fPIC", f"-Wl,--version-script={PROGRAMS / 'vdso_standin.lds'}",
              "-Wl,-soname=linux-vdso.so.1", "-Wl,-z,max-page-size=4096", "-Wl,--build-id=none", "-s")
     return compile_c("aarch64-linux-gnu-gcc", out, PROGRAMS / "vdso_standin.S", flags=flags)
+
+
+TWOISA_DIR: Final = PROGRAMS / "twoisa"
+COMPILERS: Final = {"x86_64": "gcc", "aarch64": "aarch64-linux-gnu-gcc"}
+# Freestanding, static, non-PIE, one linker script; orphan sections are errors, so nothing lands where the
+# script did not put it (and both binaries keep identical segments).
+TWOISA_FLAGS: Final = (
+    "-static", "-nostdlib", "-fno-pie", "-no-pie", "-ffreestanding", "-fno-builtin", "-fno-stack-protector",
+    "-fno-asynchronous-unwind-tables", "-fno-unwind-tables", "-fno-tree-loop-distribute-patterns", "-O1",
+    "-Wall", "-Wextra", "-Werror", f"-Wl,-T,{TWOISA_DIR / 'twoisa.ld'}", "-Wl,--orphan-handling=error",
+    "-Wl,--build-id=sha1", "-Wl,-z,max-page-size=4096", "-Wl,-z,common-page-size=4096", "-Wl,-z,noexecstack",
+)
+ISA_FLAGS: Final = {"x86_64": (), "aarch64": ("-mgeneral-regs-only",)}
+
+
+def build_twoisa(out_dir: Path) -> dict[str, Path]:
+    """The two-ISA program (programs/twoisa/), one binary per ISA: {"x86_64": path, "aarch64": path}."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return {isa: compile_c(compiler, out_dir / f"twoisa-{isa}", TWOISA_DIR / "twoisa.c",
+                           flags=TWOISA_FLAGS + ISA_FLAGS[isa])
+            for isa, compiler in COMPILERS.items()}

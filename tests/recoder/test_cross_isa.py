@@ -12,9 +12,10 @@ from typing import Any
 
 import pytest
 
-from androcond.images import Pagemap, image_files, roundtrip_dir
+from androcond.images import Pagemap, image_files, pb, read_image, roundtrip_dir
 from androcond.popcorn import notify_tasks
 from androcond.recoder import RecodeError, RecodeOptions, VdsoTemplate, prepare, recode, stream_async
+from androcond.recoder.arch import PROT_EXEC, VMA_FILE_PRIVATE
 
 from ..images.test_real_dump import crit, num
 from .conftest import (
@@ -132,7 +133,7 @@ def test_every_other_page_unchanged_at_its_new_offset(cross_dump: CrossDump, out
     name = f"pagemap-{cross_dump.pid}.img"
     src, dst = Pagemap.load(cross_dump.images / name), Pagemap.load(recoded / name)
     mm = decode(cross_dump.images, f"mm-{cross_dump.pid}.img")
-    removed = [(num(v["start"]), num(v["end"])) for v in mm["vmas"] if special(v)]
+    removed = [(num(v["start"]), num(v["end"])) for v in mm["vmas"] if special(v)] + exe_text(cross_dump)
     kept = [r for r in src.runs if r.present and not any(lo < r.vaddr + r.nr_pages * PAGE and r.vaddr < hi
                                                          for lo, hi in removed)]
     assert sum(r.nr_pages for r in kept) > 5
@@ -144,6 +145,28 @@ def test_every_other_page_unchanged_at_its_new_offset(cross_dump: CrossDump, out
     if output == "recoded_3_pages":
         assert shifted, "a larger vdso moves the pages after it"
     dst.check_pages_size((recoded / dst.pages_name).stat().st_size)
+
+
+def exe_text(dump: CrossDump) -> list[tuple[int, int]]:
+    """The executable's private executable file mappings in the dump (read with our codec)."""
+    files = [e.get(pb.file_entry) for e in read_image(dump.images / "files.img").entries]
+    exe_ids = {f.id for f in files if f.HasField("reg") and f.reg.name == str(dump.exe)}
+    mm = read_image(dump.images / f"mm-{dump.pid}.img").entries[0].get(pb.mm_entry)
+    return [(v.start, v.end) for v in mm.vmas
+            if v.status & VMA_FILE_PRIVATE and v.prot & PROT_EXEC and v.shmid in exe_ids]
+
+
+def test_the_executables_dumped_text_pages_are_dropped(cross_dump: CrossDump, recoded: Path) -> None:
+    """CRIU's parasite made the first page of the executable's text copy-on-write, so it was dumped with x86_64
+    code; the recode drops every dumped page of the exe's text, and the aarch64 file's own text is mapped."""
+    text = exe_text(cross_dump)
+    assert text, "the dump maps the executable's text"
+    name = f"pagemap-{cross_dump.pid}.img"
+    src, dst = Pagemap.load(cross_dump.images / name), Pagemap.load(recoded / name)
+    assert any(src.has_pages(lo, hi) for lo, hi in text), "the parasite's page was dumped"
+    for lo, hi in text:
+        assert not any(r.vaddr < hi and lo < r.vaddr + r.nr_pages * PAGE for r in dst.runs), hex(lo)
+    # Every other page is kept: test_every_other_page_unchanged_at_its_new_offset.
 
 
 def _readelf_build_id(path: Path) -> list[int]:

@@ -176,6 +176,8 @@ GUEST_FILES: dict[str, tuple[str, int]] = {
     "etc/systemd/system/ssh.service.d/androcond.conf": (SSH_DROPIN, 0o644),
     "etc/ssh/sshd_config.d/androcond.conf": (SSHD_CONFIG, 0o644),
     "etc/docker/daemon.json": (json.dumps(DAEMON_JSON, indent=2) + "\n", 0o644),
+    # As on the host (scripts/install-system.sh): runc hands CRIU tcp-close, so dumps made with it restore here.
+    "etc/criu/runc.conf": ("tcp-close\n", 0o644),
     "etc/hostname": ("androcond-arm64\n", 0o644),
 }
 MASKED_UNITS = ("adbd.service",)
@@ -603,6 +605,9 @@ class Arm64Device:
 
     def adb_shell(self, command: str, timeout: float = 60) -> str:
         return run([ADB, "-s", self.adb_serial, "shell", command], timeout=timeout).stdout.decode()
+
+    def adb_push(self, local: Path, remote: str, timeout: float = 300) -> None:
+        run([ADB, "-s", self.adb_serial, "push", str(local), remote], timeout=timeout)
 
 
 def main() -> None:

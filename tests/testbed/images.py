@@ -55,13 +55,14 @@ def _add_dir(tar: tarfile.TarFile, name: str, mode: int = 0o755) -> None:
     tar.addfile(info)
 
 
-def rootfs_tar(programs: dict[str, Path]) -> bytes:
+def rootfs_tar(programs: dict[str, Path], busybox: Path = BUSYBOX) -> bytes:
+    """A busybox root with `programs` in bin/. `busybox` may be another ISA's (its applets are the host's)."""
     applets = run([str(BUSYBOX), "--list"]).stdout.decode().split()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
         for d in ("bin", "etc", "tmp", "proc", "sys", "dev", "data", "var", "root"):
             _add_dir(tar, d, 0o1777 if d == "tmp" else 0o755)
-        _add_file(tar, "bin/busybox", BUSYBOX.read_bytes())
+        _add_file(tar, "bin/busybox", busybox.read_bytes())
         for applet in applets:
             if applet != "busybox":
                 link = tarfile.TarInfo(f"bin/{applet}")

@@ -1,0 +1,59 @@
+"""The arm64 device in the agent tests: one qemu-system-aarch64 guest per test session (booting under TCG takes
+30-60 s), shared by every test that needs it, and the daemon-config table that reaches it over adb."""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from ..testbed.arm64 import Arm64Device, base_built, ensure_image
+
+BUILD_ALLOWED = bool(os.environ.get("ANDROCOND_ARM64"))
+
+# Marks for a module of arm64 tests: skipped without the cached image unless ANDROCOND_ARM64 lets it be built.
+ARM64_MARKS = [
+    pytest.mark.testbed,
+    pytest.mark.skipif(not base_built() and not BUILD_ALLOWED,
+                       reason="the arm64 image is not built (about 12 min once: set ANDROCOND_ARM64=1 to build it "
+                              "here, or run `python -m tests.testbed.arm64 build`)"),
+    # Everything in the guest is emulated; a first build takes up to 30 min more.
+    pytest.mark.timeout(600 if base_built() else 3600),
+]
+
+
+# While working on the tests: attach to a device booted by `python -m tests.testbed.arm64 boot` (the JSON line it
+# prints) instead of booting one; it is left running. Its agent is the one its image was built with.
+ATTACH = os.environ.get("ANDROCOND_ARM64_ATTACH", "")
+
+
+@pytest.fixture(scope="session")
+def arm64_device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Arm64Device]:
+    if ATTACH:
+        booted = json.loads(ATTACH)
+        yield Arm64Device(Path(booted["directory"]), None, booted["ssh_port"],
+                          int(booted["adb_serial"].rpartition(":")[2]), booted["agent_port"], None)
+        return
+    device = Arm64Device(tmp_path_factory.mktemp("arm64"), ensure_image())
+    device.up()
+    try:
+        yield device
+    finally:
+        device.down()
+
+
+def arm64_device_table(device: Arm64Device, directory: Path, name: str = "arm64", extra: str = "") -> str:
+    """A `[devices.<name>]` table for the daemon's config: adb to the guest, the agent's port, its host key."""
+    known_hosts = directory / f"known_hosts-{name}"
+    known_hosts.write_text(device.agent_known_hosts_line(device.adb_serial))
+    return f"""
+[devices.{name}]
+adb_serial = "{device.adb_serial}"
+agent_port = 8022
+identity = "{device.client_key}"
+known_hosts = "{known_hosts}"
+{extra}
+"""

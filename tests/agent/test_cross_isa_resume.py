@@ -1,0 +1,209 @@
+"""x86_64 → aarch64 for real: a container running the two-ISA program (tests/recoder/programs/twoisa/, the
+stand-in for a Popcorn binary) is labelled on engine A and resumes on the arm64 device (a qemu-system-aarch64
+guest, tests/testbed/arm64.py) with its count and its files; and when it cannot, it keeps running at the source.
+
+The image carries the program three times, as H-Container images do: `<bin>` (the x86_64 build), `<bin>_x86-64`
+and `<bin>_aarch64`. The device has an image of the same name whose busybox is aarch64 (so `docker exec` works
+there) and whose `<bin>` is still the x86_64 build: the daemon must place `<bin>_aarch64` at `<bin>` itself.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import re
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from androcond.engine import Engine
+
+from ..helpers import DaemonProcess
+from ..recoder.build import build_twoisa
+from ..testbed import TestBed
+from ..testbed.arm64 import Arm64Device, base_rootfs
+from ..testbed.bed import TEST_LABEL, TEST_RUN
+from ..testbed.images import rootfs_tar
+from ..testbed.proc import wait_for
+from .arm64_bed import ARM64_MARKS, arm64_device_table
+from .conftest import AgentBed
+from .daemon_bed import finished, running, write_daemon_config
+
+pytestmark = ARM64_MARKS
+
+BIN = "twoisa"
+LOG = "/data/count.log"
+LINE = re.compile(r"^(count|resumed at count|started at count) (\d+) on (\w+) \(pid \d+, role (\d+)\)$")
+
+
+@pytest.fixture(scope="module")
+def twoisa_image(testbed: TestBed, arm64_device: Arm64Device, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The same image name on both engines; tagged by the binaries, so a changed program is a new image."""
+    out = tmp_path_factory.mktemp("twoisa")
+    built = build_twoisa(out / "bin")
+    programs = {BIN: built["x86_64"], f"{BIN}_x86-64": built["x86_64"], f"{BIN}_aarch64": built["aarch64"]}
+    digest = hashlib.sha256(b"".join(p.read_bytes() for _, p in sorted(programs.items())))
+    image = f"androcond-test/twoisa:{digest.hexdigest()[:12]}"
+    if not testbed.engine_a.has_image(image):
+        testbed.engine_a.cli("import", "-", image, input_bytes=rootfs_tar(programs))
+    device_tar = out / "twoisa-aarch64.tar"
+    device_tar.write_bytes(rootfs_tar(programs, busybox=base_rootfs() / "bin" / "busybox"))
+    arm64_device.adb_push(device_tar, "/tmp/twoisa.tar")
+    arm64_device.adb_shell(f"docker image inspect {image} >/dev/null 2>&1 || docker import /tmp/twoisa.tar {image} "
+                           ">/dev/null; rm -f /tmp/twoisa.tar", timeout=300)
+    return image
+
+
+@pytest.fixture
+def on_device(arm64_device: Arm64Device, unique_name: str) -> Iterator[str]:
+    """The container's name; whatever a migration left on the device under it is removed afterwards."""
+    yield unique_name
+    arm64_device.adb_shell(f"docker rm -f {unique_name} >/dev/null 2>&1 || true", timeout=120)
+
+
+def _daemon(agent: AgentBed, device: Arm64Device, directory: Path, env: dict[str, str] | None = None) -> DaemonProcess:
+    # The android profile applies on top of the recode; the guest's CPU is emulated, hence the deadlines.
+    table = arm64_device_table(device, directory, extra='profile = "android"')
+    return DaemonProcess(write_daemon_config(agent, directory, extra=table + "[timeouts]\nconnect = 60\n"), env=env)
+
+
+async def _start(engine: Engine, image: str, name: str, *args: str) -> None:
+    labels = {TEST_LABEL: TEST_RUN, "androcond.migrate": "arm64", "androcond.delay": "2s"}
+    cid = await engine.create_container({"Image": image, "Cmd": [f"/bin/{BIN}", LOG, *args], "Labels": labels},
+                                        name=name)
+    await engine.start_container(cid)
+
+
+def _lines(text: str) -> list[tuple[str, int, str, int]]:
+    return [(m[1], int(m[2]), m[3], int(m[4])) for m in map(LINE.match, text.splitlines()) if m]
+
+
+def _device_log(device: Arm64Device, name: str) -> list[tuple[str, int, str, int]]:
+    return _lines(device.adb_shell(f"docker exec {name} cat {LOG}", timeout=120))
+
+
+def _assert_resumed(lines: list[tuple[str, int, str, int]], role: int) -> int:
+    """One role's story in the log: counted on x86_64, resumed on aarch64 from that count, counting on."""
+    mine = [line for line in lines if line[3] == role]
+    x86 = [n for kind, n, isa, _ in mine if kind == "count" and isa == "x86_64"]
+    resumed = [i for i, line in enumerate(mine) if line[0] == "resumed at count"]
+    assert x86 and len(resumed) == 1, mine
+    at = resumed[0]
+    _, count, isa, _ = mine[at]
+    assert isa == "aarch64"
+    # Frozen between telling a count and storing it, the other ISA tells that count again.
+    assert count in (x86[-1], x86[-1] - 1), f"resumed at {count} after x86_64 counted to {x86[-1]}"
+    after = [(n, isa) for kind, n, isa, _ in mine[at + 1:] if kind == "count"]
+    assert after and after[0] == (count + 1, "aarch64"), after[:3]
+    assert [n for n, _ in after] == list(range(count + 1, count + 1 + len(after)))
+    return count
+
+
+async def test_a_two_isa_container_resumes_on_the_arm64_device(
+        arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, twoisa_image: str, tmp_path: Path,
+        on_device: str) -> None:
+    daemon = _daemon(agent_server, arm64_device, tmp_path)
+    await daemon.start()
+    try:
+        await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
+        await _start(engine_a, twoisa_image, on_device)
+        end = await finished(daemon, on_device, timeout=300)
+        assert end["state"] == "done", end.get("detail")
+        assert not await running(engine_a, on_device)
+    finally:
+        await daemon.kill()
+    sh = arm64_device.adb_shell
+    assert sh(f"docker inspect -f '{{{{.State.Running}}}}' {on_device}", timeout=120).strip() == "true"
+    assert sh(f"docker exec {on_device} uname -m", timeout=120).strip() == "aarch64"
+
+    def counted_on() -> bool:
+        return sum(1 for line in _device_log(arm64_device, on_device) if line[2] == "aarch64") >= 3
+
+    wait_for(counted_on, timeout=120, interval=1, what="counting on the device")
+    resumed_at = _assert_resumed(_device_log(arm64_device, on_device), role=0)
+    assert resumed_at >= 3, "resumed from the start, not from where x86_64 stopped"
+    logs = sh(f"docker logs {on_device} 2>&1", timeout=120)
+    assert f"resumed at count {resumed_at} on aarch64" in logs, logs[-500:]
+
+
+async def test_a_parent_and_its_child_both_resume(
+        arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, twoisa_image: str, tmp_path: Path,
+        on_device: str) -> None:
+    daemon = _daemon(agent_server, arm64_device, tmp_path)
+    await daemon.start()
+    try:
+        await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
+        await _start(engine_a, twoisa_image, on_device, "1")  # one child
+        end = await finished(daemon, on_device, timeout=300)
+        assert end["state"] == "done", end.get("detail")
+    finally:
+        await daemon.kill()
+
+    def both_count_on() -> bool:
+        lines = _device_log(arm64_device, on_device)
+        return all(sum(1 for line in lines if line[2] == "aarch64" and line[3] == role) >= 3 for role in (0, 1))
+
+    wait_for(both_count_on, timeout=120, interval=1, what="parent and child counting on the device")
+    lines = _device_log(arm64_device, on_device)
+    for role in (0, 1):
+        _assert_resumed(lines, role)
+    processes = arm64_device.adb_shell(f"docker top {on_device} -o pid,args", timeout=120)
+    assert processes.count(f"/bin/{BIN}") == 2, processes
+
+
+async def _assert_counting_at_source(engine: Engine, name: str) -> None:
+    """Running at the source, still on x86_64, its count going on without a restart."""
+    async def x86_counts() -> list[int]:
+        return [n for kind, n, isa, _ in _lines(await engine.container_logs(name)) if kind == "count"
+                and isa == "x86_64"]
+
+    before = await x86_counts()
+    for _ in range(600):
+        now = await x86_counts()
+        if now and now[-1] >= before[-1] + 3:
+            break
+        await asyncio.sleep(0.1)
+    assert now[-1] >= before[-1] + 3, "not counting at the source"
+    assert now == sorted(now) and len(set(now)) >= len(now) - 1, "the source restarted instead of continuing"
+    assert await running(engine, name)
+
+
+async def test_a_program_that_never_reaches_a_migration_point_stays_at_the_source(
+        arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, twoisa_image: str, tmp_path: Path,
+        on_device: str) -> None:
+    daemon = _daemon(agent_server, arm64_device, tmp_path)
+    await daemon.start()
+    try:
+        await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
+        await _start(engine_a, twoisa_image, on_device, "0", "0", "stubborn")
+        end = await finished(daemon, on_device, timeout=300)
+        assert end["state"] == "rejected", end.get("detail")
+        assert "did not reach a migration point" in end["detail"]
+        assert not any(e.get("state") == "checkpointing" and e.get("container") == on_device for e in daemon.lines)
+        await _assert_counting_at_source(engine_a, on_device)
+    finally:
+        await daemon.kill()
+    assert on_device not in arm64_device.adb_shell("docker ps -a --format '{{.Names}}'", timeout=120)
+
+
+async def test_the_devices_criu_refusing_the_restore_rolls_back(
+        arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, twoisa_image: str, tmp_path: Path,
+        on_device: str) -> None:
+    """Injected (`wrong-exe`): the device keeps the x86_64 binary at `<bin>`; its own CRIU refuses to map it for
+    the aarch64 task, and says why; the container goes on at the source."""
+    env = {**os.environ, "ANDROCOND_INJECT_FAULT": f"wrong-exe@{on_device}"}
+    daemon = _daemon(agent_server, arm64_device, tmp_path, env=env)
+    await daemon.start()
+    try:
+        await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
+        await _start(engine_a, twoisa_image, on_device)
+        end = await finished(daemon, on_device, timeout=300)
+        assert end["state"] == "rolled-back", end.get("detail")
+        assert "restore refused by the device engine" in end["detail"]
+        assert "CRIU: " in end["detail"], "CRIU's own reason is in the message"
+        await _assert_counting_at_source(engine_a, on_device)
+    finally:
+        await daemon.kill()
+    assert on_device not in arm64_device.adb_shell("docker ps -a --format '{{.Names}}'", timeout=120)

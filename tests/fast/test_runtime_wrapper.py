@@ -1,0 +1,51 @@
+"""androcond-runc, the device engine's runtime (androcond/agent/runtime/): what it hands to runc, checked with a
+stand-in runc that prints its arguments (ANDROCOND_RUNC)."""
+
+from __future__ import annotations
+
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from androcond.agent.device import RUNTIME_STUB, runtime_path
+
+
+@pytest.fixture
+def fake_runc(tmp_path: Path) -> Path:
+    runc = tmp_path / "runc"
+    runc.write_text('#!/bin/sh\nfor a in "$@"; do printf "%s\\n" "$a"; done\n')
+    runc.chmod(0o755)
+    return runc
+
+
+def _call(runc: Path, *args: str) -> list[str]:
+    out = subprocess.run([str(runtime_path()), *args], env={"ANDROCOND_RUNC": str(runc), "PATH": "/usr/bin:/bin"},
+                         capture_output=True, text=True, check=True, timeout=10)
+    return out.stdout.splitlines()
+
+
+@pytest.fixture
+def stub(tmp_path: Path) -> tuple[Path, Path]:
+    stub, images = tmp_path / "stub", tmp_path / "spool images"
+    stub.mkdir()
+    images.mkdir()
+    (stub / RUNTIME_STUB).write_text(str(images))
+    return stub, images
+
+
+def test_a_restore_from_a_stub_reads_and_logs_where_the_images_are(fake_runc: Path, stub: tuple[Path, Path]) -> None:
+    directory, images = stub
+    args = ["--root", "/run/r", "restore", "--work-path", "/run/work", "--image-path", str(directory),
+            "--detach", "cid"]
+    assert _call(fake_runc, *args) == ["--root", "/run/r", "restore", "--work-path", str(images), "--image-path",
+                                       str(images), "--detach", "cid"]
+    joined = ["restore", f"--image-path={directory}", "--work-path=/run/work", "cid"]
+    assert _call(fake_runc, *joined) == ["restore", f"--image-path={images}", f"--work-path={images}", "cid"]
+
+
+def test_everything_else_passes_through_unchanged(fake_runc: Path, tmp_path: Path) -> None:
+    plain = ["restore", "--work-path", "/run/work", "--image-path", str(tmp_path), "an arg with spaces", "cid"]
+    assert _call(fake_runc, *plain) == plain
+    for args in (["state", "cid"], ["create", "--bundle", "/b", "cid"], ["delete", "--force", "cid"]):
+        assert _call(fake_runc, *args) == args
