@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -10,7 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from ..testbed.arm64 import Arm64Device, base_built, ensure_image
+from ..recoder.build import build_twoisa
+from ..testbed.arm64 import Arm64Device, base_built, base_rootfs, ensure_image
+from ..testbed.engines import DockerEngine
+from ..testbed.images import rootfs_tar
 
 BUILD_ALLOWED = bool(os.environ.get("ANDROCOND_ARM64"))
 
@@ -57,3 +61,25 @@ identity = "{device.client_key}"
 known_hosts = "{known_hosts}"
 {extra}
 """
+
+
+BIN = "twoisa"
+
+
+def install_twoisa_image(engine_a: DockerEngine, device: Arm64Device, work: Path) -> str:
+    """The two-ISA program's image under one name on engine A (x86_64 busybox) and on the device (its aarch64
+    busybox, so `docker exec` works there), both with `<bin>` = the x86_64 build, `<bin>_x86-64` and
+    `<bin>_aarch64` in bin/. Tagged by the binaries, so a changed program is a new image."""
+    built = build_twoisa(work / "bin")
+    programs = {BIN: built["x86_64"], f"{BIN}_x86-64": built["x86_64"], f"{BIN}_aarch64": built["aarch64"]}
+    digest = hashlib.sha256(b"".join(p.read_bytes() for _, p in sorted(programs.items())))
+    image = f"androcond-test/twoisa:{digest.hexdigest()[:12]}"
+    if not engine_a.has_image(image):
+        engine_a.cli("import", "-", image, input_bytes=rootfs_tar(programs))
+    device_tar = work / "twoisa-aarch64.tar"
+    device_tar.write_bytes(rootfs_tar(programs, busybox=base_rootfs() / "bin" / "busybox"))
+    device.adb_push(device_tar, "/tmp/twoisa.tar")
+    device.adb_shell(f"docker image inspect {image} >/dev/null 2>&1 || docker import /tmp/twoisa.tar {image} "
+                     ">/dev/null; rm -f /tmp/twoisa.tar", timeout=300)
+    device_tar.unlink()
+    return image

@@ -16,6 +16,7 @@ import platform
 import sys
 from pathlib import Path
 
+import asyncssh
 import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
@@ -153,3 +154,30 @@ def test_the_devices_own_criu_checkpoints_and_restores_a_counter(arm64_device: A
         assert resumed[0] == frozen[-1] + 1, f"restarted instead of restored: {frozen[-2:]} then {resumed[:2]}"
     finally:
         sh(f"docker rm -f {name} >/dev/null 2>&1 || true", timeout=120)
+
+
+async def test_the_guests_openssh_through_an_adb_forward_runs_a_shell_and_the_agent(
+        arm64_device: Arm64Device, tmp_path: Path) -> None:
+    """As one reaches a phone's sshd over adb: a forward to the guest's port 22, an ssh session there, and
+    `androcond agent stdio` under that OpenSSH server saying hello from aarch64."""
+    serial = arm64_device.adb_serial
+    known_hosts = tmp_path / "known_hosts"
+    public = arm64_device.host_key.with_suffix(".pub").read_text().split()
+    known_hosts.write_text(f"{serial}-sshd {public[0]} {public[1]}\n")  # the forward's port changes: an alias
+    adb = AdbClient()
+    port = await adb.forward(serial, 22)
+    try:
+        async with asyncssh.connect("127.0.0.1", port, username="root", client_keys=[str(arm64_device.client_key)],
+                                    known_hosts=str(known_hosts), host_key_alias=f"{serial}-sshd") as ssh:
+            banner = await ssh.run("uname -m; cat /proc/sys/kernel/osrelease", check=True, timeout=60)
+        isa, release = str(banner.stdout).split()
+        assert isa == "aarch64"
+        command = "python3 -m androcond agent stdio --config /etc/androcond/agent.toml"
+        endpoint = Endpoint("127.0.0.1", port, "root", arm64_device.client_key, known_hosts,
+                            host_key_alias=f"{serial}-sshd", agent_command=command)
+        async with await AgentConnection.open(endpoint, TIMEOUTS) as link:
+            hello = link.hello
+    finally:
+        await adb.killforward(serial, port)
+    assert (hello.isa, hello.kernel_release, hello.agent_version) == ("aarch64", release, __version__)
+    assert hello.cgroup2 and "tcp-close" in hello.criu_runc_options

@@ -10,7 +10,6 @@ there) and whose `<bin>` is still the x86_64 build: the daemon must place `<bin>
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import os
 import re
 from collections.abc import Iterator
@@ -21,39 +20,23 @@ import pytest
 from androcond.engine import Engine
 
 from ..helpers import DaemonProcess
-from ..recoder.build import build_twoisa
 from ..testbed import TestBed
-from ..testbed.arm64 import Arm64Device, base_rootfs
+from ..testbed.arm64 import Arm64Device
 from ..testbed.bed import TEST_LABEL, TEST_RUN
-from ..testbed.images import rootfs_tar
 from ..testbed.proc import wait_for
-from .arm64_bed import ARM64_MARKS, arm64_device_table
+from .arm64_bed import ARM64_MARKS, BIN, arm64_device_table, install_twoisa_image
 from .conftest import AgentBed
 from .daemon_bed import finished, running, write_daemon_config
 
 pytestmark = ARM64_MARKS
 
-BIN = "twoisa"
 LOG = "/data/count.log"
 LINE = re.compile(r"^(count|resumed at count|started at count) (\d+) on (\w+) \(pid \d+, role (\d+)\)$")
 
 
 @pytest.fixture(scope="module")
 def twoisa_image(testbed: TestBed, arm64_device: Arm64Device, tmp_path_factory: pytest.TempPathFactory) -> str:
-    """The same image name on both engines; tagged by the binaries, so a changed program is a new image."""
-    out = tmp_path_factory.mktemp("twoisa")
-    built = build_twoisa(out / "bin")
-    programs = {BIN: built["x86_64"], f"{BIN}_x86-64": built["x86_64"], f"{BIN}_aarch64": built["aarch64"]}
-    digest = hashlib.sha256(b"".join(p.read_bytes() for _, p in sorted(programs.items())))
-    image = f"androcond-test/twoisa:{digest.hexdigest()[:12]}"
-    if not testbed.engine_a.has_image(image):
-        testbed.engine_a.cli("import", "-", image, input_bytes=rootfs_tar(programs))
-    device_tar = out / "twoisa-aarch64.tar"
-    device_tar.write_bytes(rootfs_tar(programs, busybox=base_rootfs() / "bin" / "busybox"))
-    arm64_device.adb_push(device_tar, "/tmp/twoisa.tar")
-    arm64_device.adb_shell(f"docker image inspect {image} >/dev/null 2>&1 || docker import /tmp/twoisa.tar {image} "
-                           ">/dev/null; rm -f /tmp/twoisa.tar", timeout=300)
-    return image
+    return install_twoisa_image(testbed.engine_a, arm64_device, tmp_path_factory.mktemp("twoisa"))
 
 
 @pytest.fixture

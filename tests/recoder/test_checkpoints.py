@@ -5,6 +5,7 @@ recode to aarch64."""
 from __future__ import annotations
 
 import asyncio
+import platform
 import shutil
 from collections.abc import Awaitable, Callable
 from pathlib import Path
@@ -14,7 +15,7 @@ import pytest
 
 from androcond.cli import main
 from androcond.engine import Engine
-from androcond.images import image_files, pb, read_image, roundtrip_dir, write_image
+from androcond.images import Pagemap, image_files, pb, read_image, roundtrip_dir, write_image
 from androcond.popcorn import notify, task_tree
 from androcond.recoder import DEFAULT_DROPPED_MOUNTS, RecodeOptions, VdsoTemplate, preflight_processes, recode
 
@@ -153,3 +154,29 @@ async def test_popcorn_container_recodes_to_aarch64(testbed: TestBed, engine_a: 
     files = crit(tmp_path / "out" / "files.img")["entries"]
     (exe,) = [f for f in files if f.get("reg", {}).get("name") == f"/bin/{STANDIN}"]
     assert exe["reg"]["size"] == builds.aarch64.stat().st_size
+
+
+async def test_a_cgroup_v2_device_with_an_older_criu_gets_mounts_and_page_counts_it_can_restore(
+        busybox_checkpoint: Path, tmp_path: Path) -> None:
+    """What the arm64 device needed of a dump from this host (cgroup v1, CRIU 4.2): no per-controller cgroup
+    mounts, and page counts where CRIU 4.1 reads them. Debian's crit (CRIU 3.17, older still) is the oracle."""
+    src, out = busybox_checkpoint, tmp_path / "device"
+    report = recode(src, out, RecodeOptions(target=platform.machine(), cgroup_v1_to_v2=True, target_criu="4.1.1"))
+    assert report.stages == ["CgroupV1Mounts", "PagemapCompat"]
+
+    (mounts,) = [p.name for p in image_files(src) if p.name.startswith("mountpoints-")]
+    before, after = crit(src / mounts)["entries"], crit(out / mounts)["entries"]
+    dropped = {m["mountpoint"] for m in before if m not in after}
+    assert "/sys/fs/cgroup/pids" in dropped and all(p.startswith("/sys/fs/cgroup/") for p in dropped)
+    assert "/sys/fs/cgroup" in {m["mountpoint"] for m in after}, "the cgroup tmpfs itself stays"
+
+    for pagemap in (p.name for p in image_files(src) if p.name.startswith("pagemap-")):
+        ours = [run.nr_pages for run in Pagemap.load(src / pagemap).runs]
+        old_reader_before = [e.get("nr_pages", 0) for e in crit(src / pagemap)["entries"][1:]]
+        old_reader_after = [e.get("nr_pages", 0) for e in crit(out / pagemap)["entries"][1:]]
+        assert not any(old_reader_before), "CRIU 4.2 leaves the old count at 0"
+        assert old_reader_after == ours and all(ours)
+        assert [r.nr_pages for r in Pagemap.load(out / pagemap).runs] == ours, "the new count is kept too"
+    for path in image_files(src):
+        if path.name != mounts and not path.name.startswith("pagemap-"):
+            assert (out / path.name).read_bytes() == path.read_bytes(), path.name

@@ -1,0 +1,116 @@
+"""The cross-ISA move on the test bed: the two-ISA program (tests/recoder/programs/twoisa/) with 16 MB of touched
+memory, moved by the daemon from engine A to the arm64 device (qemu-system-aarch64 under TCG, recoded to
+aarch64) and, as the baseline in the same run, to the bed's x86_64 device (engine B, same ISA: no notify, no
+recode), interleaved. Times are the daemon's own (its journal): notify (the program keeps running), checkpoint,
+recode, transfer, restore on the device; downtime is from the freeze to the device's answer that it runs.
+
+Run as root:  .venv/bin/python -m bench.cross_isa [--mb 16] [--runs 3]
+(ANDROCOND_ARM64_ATTACH=<the JSON line of `python -m tests.testbed.arm64 boot`> uses a device booted already.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from tests.agent.arm64_bed import BIN, arm64_device_table, install_twoisa_image
+from tests.testbed import TestBed
+from tests.testbed.agent import DeviceAgent, daemon_config
+from tests.testbed.arm64 import Arm64Device, ensure_image
+from tests.testbed.proc import wait_for
+
+AGENT_PORT = 8197
+LABEL = "androcond-bench"
+PHASES = ("notify_s", "checkpoint_s", "recode_s", "stream_s", "restore_s")
+FROZEN = PHASES[1:]  # notify runs while the program still does
+
+
+def migrate(config: Path, name: str, device: str) -> tuple[float, dict[str, float]]:
+    started = time.perf_counter()
+    out = subprocess.run([sys.executable, "-m", "androcond", "migrate", name, "--to", device, "--wait", "--json",
+                          "--config", str(config)], capture_output=True, text=True, check=False)
+    total = time.perf_counter() - started
+    record: dict[str, Any] = json.loads(out.stdout) if out.stdout.strip() else {"error": out.stderr[-500:]}
+    if record.get("state") != "done":
+        raise RuntimeError(f"{name} to {device}: {record.get('state')}: {record.get('error')}")
+    timings: dict[str, float] = record["timings"]
+    return total, timings
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mb", type=int, default=16, help="touched memory of the program, MB")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    bed = TestBed().up()
+    attach = os.environ.get("ANDROCOND_ARM64_ATTACH")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        if attach:
+            booted = json.loads(attach)
+            device = Arm64Device(Path(booted["directory"]), None, booted["ssh_port"],
+                                 int(booted["adb_serial"].rpartition(":")[2]), booted["agent_port"], None)
+        else:
+            device = Arm64Device(work / "arm64", ensure_image()).up()
+        agent = DeviceAgent(bed, work, AGENT_PORT)
+        config = daemon_config(agent, work, daemon=f'api = "unix:{work / "api.sock"}"\nlog_level = "warning"',
+                               extra=arm64_device_table(device, work) + "[timeouts]\nconnect = 60\n")
+        agent.start()
+        daemon = subprocess.Popen([sys.executable, "-m", "androcond", "run", "--config", str(config)],
+                                  stderr=(work / "daemon.log").open("wb"))
+        results: dict[str, dict[str, list[float]]] = {}
+        try:
+            image = install_twoisa_image(bed.engine_a, device, work)
+            wait_for((work / "api.sock").exists, timeout=30, what="daemon API")
+            for _ in range(args.runs):
+                for target in ("pixel", "arm64"):  # interleaved: drift hits both alike
+                    name = f"bench-twoisa-{target}-{uuid.uuid4().hex[:6]}"
+                    bed.engine_a.cli("run", "-d", "--name", name, "--label", f"{LABEL}=1", image, f"/bin/{BIN}",
+                                     "/data/count.log", "0", str(args.mb))
+                    def counting(n: str = name) -> bool:
+                        return "count 3 " in bed.engine_a.cli("logs", n)
+
+                    wait_for(counting, timeout=60, what=f"{name} counting")
+                    total, timings = migrate(config, name, target)
+                    row = results.setdefault(target, {})
+                    row.setdefault("total", []).append(total)
+                    row.setdefault("downtime", []).append(sum(timings.get(k, 0.0) for k in FROZEN))
+                    for phase in PHASES:
+                        row.setdefault(phase, []).append(timings.get(phase, 0.0))
+                    bed.engine_a.remove_containers(f"{LABEL}=1")
+                    bed.engine_b.remove_containers(f"{LABEL}=1")
+                    device.adb_shell(f"docker rm -f {name} >/dev/null 2>&1 || true", timeout=120)
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=30)
+            agent.stop()
+            bed.engine_a.remove_containers(f"{LABEL}=1")
+            bed.engine_b.remove_containers(f"{LABEL}=1")
+            if not attach:
+                device.down()
+    med = statistics.median
+    base = results["pixel"]
+    print(f"| {args.mb} MB touched, median of {args.runs} | notify | checkpoint | recode | transfer | restore | "
+          f"downtime (s) | total (s) | downtime vs x86_64 device |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for target, label in (("pixel", "x86_64 device (engine B), same ISA"),
+                          ("arm64", "arm64 device (qemu TCG), recoded to aarch64")):
+        row = results[target]
+        print(f"| {label} | " + " | ".join(f"{med(row[p]):.2f}" for p in PHASES) +
+              f" | {med(row['downtime']):.2f} | {med(row['total']):.2f} | "
+              f"{med(row['downtime']) / med(base['downtime']):.2f}× |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
