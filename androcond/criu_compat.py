@@ -81,6 +81,21 @@ def cgroup_v2(mountinfo: Path = Path("/proc/self/mountinfo")) -> bool:
     return False
 
 
+# Paths Docker masks or makes read-only with a mount of their own (moby's default OCI spec). A dump carries
+# those mounts; a device where such a path does not exist (/proc/acpi on arm64) cannot remount it, and CRIU
+# refuses the restore ("Can't stat mountpoint"). The agent says which are absent; the recode drops them.
+DOCKER_MASKED_PATHS: Final = (
+    "/proc/acpi", "/proc/asound", "/proc/interrupts", "/proc/kcore", "/proc/keys", "/proc/latency_stats",
+    "/proc/sched_debug", "/proc/scsi", "/proc/timer_list", "/proc/timer_stats", "/proc/bus", "/proc/fs",
+    "/proc/irq", "/proc/sys", "/proc/sysrq-trigger", "/sys/firmware", "/sys/devices/virtual/powercap",
+)
+
+
+def absent_paths(paths: tuple[str, ...] = DOCKER_MASKED_PATHS, root: Path = Path("/")) -> list[str]:
+    """Those of `paths` that do not exist here."""
+    return [p for p in paths if not (root / p.lstrip("/")).exists()]
+
+
 RUNC_CONF: Final = Path("/etc/criu/runc.conf")
 # Options CRIU writes into a dump that its restore then demands ("Need to set the --tcp-close options").
 MUST_MATCH: Final = ("tcp-close",)

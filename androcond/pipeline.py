@@ -197,6 +197,7 @@ class Migration:
         self._profile: str | None = None
         self._cgroup_v1_to_v2 = False  # this host's cgroups are v1 and the device's v2 (set by preflight)
         self._device_criu = ""  # the device's CRIU version (from its hello)
+        self._absent_mounts: tuple[str, ...] = ()  # mountpoints the device lacks (from its hello)
 
     async def _set(self, state: MigrationState, detail: str = "") -> None:
         if not allowed(self.record.state, state):
@@ -459,6 +460,8 @@ class Migration:
         self._profile = self.ctx.settings.devices[self.record.device].profile
         self._cgroup_v1_to_v2 = link.hello.cgroup2 and not await asyncio.to_thread(criu_compat.cgroup_v2)
         self._device_criu = link.hello.criu_version
+        here = set(await asyncio.to_thread(criu_compat.absent_paths))
+        self._absent_mounts = tuple(p for p in link.hello.absent_masked_paths if p not in here)
         host_isa = platform.machine()
         if link.hello.isa != host_isa:
             self._cross = await self._cross_isa_preflight(link.hello, host_isa, pids)
@@ -513,18 +516,20 @@ class Migration:
         source = self._checkpoint_dir()
         device_criu = self._device_criu
         if self._cross is None and self._profile is None and not self._cgroup_v1_to_v2 and \
-                not reads_only_old_counts(device_criu):
+                not self._absent_mounts and not reads_only_old_counts(device_criu):
             return source
         t0 = time.monotonic()
         out = self._recode_dir()
         await asyncio.to_thread(shutil.rmtree, out, True)
         options = RecodeOptions(target="aarch64" if self._cross else platform.machine(), profile=self._profile,
                                 vdso=self._cross.vdso if self._cross else None, root=root or Path("/"),
-                                cgroup_v1_to_v2=self._cgroup_v1_to_v2, target_criu=device_criu)
+                                cgroup_v1_to_v2=self._cgroup_v1_to_v2, target_criu=device_criu,
+                                absent_mounts=self._absent_mounts)
         async with _budget("recode", self.timeouts.recode):
             report = await recode_async(source, out, options)
-        for warning in report.warnings:
-            log.warning("recode warning", warning=warning)
+        if report.warnings:
+            # Shown with the migration (`migrations show`, the journal), not only in the log.
+            self._adjusted({"(recode)": {"why": "; ".join(report.warnings)}}, "recoder")
         self._time("recode_s", t0)
         return out
 

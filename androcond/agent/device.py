@@ -43,6 +43,7 @@ class DeviceFacts:
     va_bits: int = 0  # user address bits this kernel gives a process (0: unknown)
     criu_runc_options: tuple[str, ...] = ()  # what /etc/criu/runc.conf hands CRIU here
     cgroup2: bool = False  # /sys/fs/cgroup is the unified hierarchy
+    absent_masked_paths: tuple[str, ...] = ()  # Docker's masked paths this kernel lacks
 
     @property
     def criu_dumps_sockets(self) -> bool:
@@ -86,7 +87,8 @@ async def gather_facts(engine: Engine) -> DeviceFacts:
                        runtime=RUNTIME_NAME if RUNTIME_NAME in (info.get("Runtimes") or {}) else "",
                        va_bits=await asyncio.to_thread(criu_compat.own_va_bits),
                        criu_runc_options=tuple(await asyncio.to_thread(criu_compat.runc_options)),
-                       cgroup2=await asyncio.to_thread(criu_compat.cgroup_v2))
+                       cgroup2=await asyncio.to_thread(criu_compat.cgroup_v2),
+                       absent_masked_paths=tuple(await asyncio.to_thread(criu_compat.absent_paths)))
 
 
 @dataclass
@@ -294,26 +296,30 @@ def parse_create_config(text: str) -> dict[str, Any]:
 
 
 CRIU_LOG = re.compile(r"(/[^\s:]+/restore\.log)")
-CRIU_LOG_TAIL = 256 * 1024
+CRIU_LINE_MAX = 300  # characters of one CRIU log line in a message
 KEPT_LOGS = 10  # failed restores' logs kept on the device
 
 
 def criu_log_errors(message: str, keep_in: Path | None = None, lines: int = 3) -> str:
-    """CRIU's own reason, from the restore log an engine error names (its last `Error` lines), as a suffix for
+    """CRIU's own reason, from the restore log an engine error names (its first `Error` lines: the cause comes
+    first, the clean-up's complaints after it), as a suffix for
     the error message; empty when the log is gone or says nothing (the engine itself says only "criu failed").
     With `keep_in`, the log is moved there (the newest KEPT_LOGS stay) and the suffix names it."""
     match = CRIU_LOG.search(message)
     if match is None:
         return ""
     log_path = Path(match.group(1))
+    errors: list[str] = []
     try:
-        with log_path.open("rb") as f:
-            f.seek(max(0, os.fstat(f.fileno()).st_size - CRIU_LOG_TAIL))
-            tail = f.read().decode(errors="replace")
+        with log_path.open(errors="replace") as f:
+            for line in f:
+                if "Error" in line:
+                    errors.append(line.strip()[:CRIU_LINE_MAX])
+                    if len(errors) == lines:
+                        break
     except OSError:
         return ""
-    errors = [line.strip() for line in tail.splitlines() if "Error" in line]
-    why = f" (CRIU: {' | '.join(errors[-lines:])})" if errors else ""
+    why = f" (CRIU: {' | '.join(errors)})" if errors else ""
     if keep_in is None:
         return why
     try:

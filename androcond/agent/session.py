@@ -205,7 +205,8 @@ class AgentSession:
             free_bytes=await _free_bytes(facts.data_root), vdso=facts.vdso, vvar_size=facts.vvar_size,
             kernel_release=facts.kernel_release, criu_dumps_sockets=facts.criu_dumps_sockets,
             androcond_runtime=self.device.fast_restore, va_bits=facts.va_bits,
-            criu_runc_options=list(facts.criu_runc_options), cgroup2=facts.cgroup2)))
+            criu_runc_options=list(facts.criu_runc_options), cgroup2=facts.cgroup2,
+            absent_masked_paths=list(facts.absent_masked_paths))))
 
     def _phase_of(self, frame: pb.Frame) -> str:
         kind = body(frame)

@@ -40,7 +40,7 @@ class ClientHello(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., client_version: _Optional[str] = ...) -> None: ...
 
 class AgentHello(_message.Message):
-    __slots__ = ("protocol_version", "agent_version", "isa", "page_size", "criu_version", "engine_version", "free_bytes", "vdso", "vvar_size", "kernel_release", "criu_dumps_sockets", "androcond_runtime", "va_bits", "criu_runc_options", "cgroup2")
+    __slots__ = ("protocol_version", "agent_version", "isa", "page_size", "criu_version", "engine_version", "free_bytes", "vdso", "vvar_size", "kernel_release", "criu_dumps_sockets", "androcond_runtime", "va_bits", "criu_runc_options", "cgroup2", "absent_masked_paths")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     ISA_FIELD_NUMBER: _ClassVar[int]
@@ -56,6 +56,7 @@ class AgentHello(_message.Message):
     VA_BITS_FIELD_NUMBER: _ClassVar[int]
     CRIU_RUNC_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     CGROUP2_FIELD_NUMBER: _ClassVar[int]
+    ABSENT_MASKED_PATHS_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     agent_version: str
     isa: str
@@ -71,7 +72,8 @@ class AgentHello(_message.Message):
     va_bits: int
     criu_runc_options: _containers.RepeatedScalarFieldContainer[str]
     cgroup2: bool
-    def __init__(self, protocol_version: _Optional[int] = ..., agent_version: _Optional[str] = ..., isa: _Optional[str] = ..., page_size: _Optional[int] = ..., criu_version: _Optional[str] = ..., engine_version: _Optional[str] = ..., free_bytes: _Optional[int] = ..., vdso: _Optional[bytes] = ..., vvar_size: _Optional[int] = ..., kernel_release: _Optional[str] = ..., criu_dumps_sockets: _Optional[bool] = ..., androcond_runtime: _Optional[bool] = ..., va_bits: _Optional[int] = ..., criu_runc_options: _Optional[_Iterable[str]] = ..., cgroup2: _Optional[bool] = ...) -> None: ...
+    absent_masked_paths: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, protocol_version: _Optional[int] = ..., agent_version: _Optional[str] = ..., isa: _Optional[str] = ..., page_size: _Optional[int] = ..., criu_version: _Optional[str] = ..., engine_version: _Optional[str] = ..., free_bytes: _Optional[int] = ..., vdso: _Optional[bytes] = ..., vvar_size: _Optional[int] = ..., kernel_release: _Optional[str] = ..., criu_dumps_sockets: _Optional[bool] = ..., androcond_runtime: _Optional[bool] = ..., va_bits: _Optional[int] = ..., criu_runc_options: _Optional[_Iterable[str]] = ..., cgroup2: _Optional[bool] = ..., absent_masked_paths: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Begin(_message.Message):
     __slots__ = ("migration_id", "container_name", "image", "create_config_json", "checkpoint_name", "total_bytes", "file_count")

@@ -2,9 +2,9 @@
 
 A recode reads a dump directory and writes a new one. It is a list of stages, each a function of the
 image set (`Stage`): `Aarch64Recode` (x86_64 → aarch64, after the Popcorn notify), `AndroidProfile`
-(seccomp, LSM, mountpoints), `CgroupV1Mounts` (a target with cgroup v2), `PagemapCompat` (a target CRIU older
-than 4.2). With no stage — same ISA, no profile, the same cgroups and CRIU — it is the identity: every file
-is copied unchanged in the kernel (copy_file_range).
+(seccomp, LSM, mountpoints), `CgroupV1Mounts` (a target with cgroup v2), `AbsentMountpoints` (paths the
+target lacks), `PagemapCompat` (a target CRIU older than 4.2). With no stage — same ISA, no profile, a
+target like this host — it is the identity: every file is copied unchanged in the kernel (copy_file_range).
 
 `prepare()` runs the stages (small images only); the result is written to a directory (`recode()`, pages
 copied in the kernel) or streamed in chunks (`Recoded.chunks()`, `stream_async()` for the link). All of it
@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..images.files import StrPath
-from .android import DEFAULT_DROPPED_MOUNTS, AndroidProfile, CgroupV1Mounts
+from .android import DEFAULT_DROPPED_MOUNTS, AbsentMountpoints, AndroidProfile, CgroupV1Mounts
 from .arch import Aarch64Recode, AArch64Regs, VdsoTemplate, core_isa
 from .elf import ElfInfo, read_elf
 from .imageset import ImageSet, OutputFile, RecodeError, WriteStats, write_outputs
@@ -41,6 +41,7 @@ class RecodeOptions:
     dropped_mounts: tuple[str, ...] = DEFAULT_DROPPED_MOUNTS
     cgroup_v1_to_v2: bool = False  # the dump's cgroups are v1 and the target's v2: drop the controller mounts
     target_criu: str = ""  # the target's CRIU version ("": the same as the dump's)
+    absent_mounts: tuple[str, ...] = ()  # mountpoints the target lacks (its agent says which)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,8 @@ def plan(images: ImageSet, options: RecodeOptions) -> list[Stage]:
         stages.append(AndroidProfile(options.dropped_mounts))
     if options.cgroup_v1_to_v2:
         stages.append(CgroupV1Mounts())
+    if options.absent_mounts:
+        stages.append(AbsentMountpoints(options.absent_mounts))
     if reads_only_old_counts(options.target_criu):
         stages.append(PagemapCompat())
     return stages
@@ -154,6 +157,7 @@ __all__ = [
     "PROFILES",
     "AArch64Regs",
     "Aarch64Recode",
+    "AbsentMountpoints",
     "AndroidProfile",
     "CgroupV1Mounts",
     "ElfInfo",

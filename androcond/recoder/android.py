@@ -57,6 +57,20 @@ class AndroidProfile:
         drop_mounts(images, name, lambda m: _under(_mount_path(m.mountpoint), prefixes))
 
 
+@dataclass(frozen=True)
+class AbsentMountpoints:
+    """The stage for a target without some of the paths the dump has mounts on (Docker's masked /proc/acpi on an
+    arm64 kernel): those mounts are dropped, with every mount below them (CRIU cannot mount on a path the target
+    lacks)."""
+
+    paths: tuple[str, ...]
+
+    def __call__(self, images: ImageSet) -> None:
+        prefixes = tuple(_mount_path(p) for p in self.paths)
+        for name in images.glob("mountpoints-*.img"):
+            drop_mounts(images, name, lambda m: _under(_mount_path(m.mountpoint), prefixes))
+
+
 CGROUP_ROOT: Final = "/sys/fs/cgroup"
 
 
@@ -85,6 +99,17 @@ def drop_mounts(images: ImageSet, name: str, chosen: Callable[[pb.mnt_entry], bo
     if dropped:
         image = images.edit(name)
         image.entries = [e for e, m in zip(entries, mounts, strict=True) if m.mnt_id not in dropped]
+
+
+def clear_seccomp(core: pb.core_entry) -> bool:
+    """Remove the task's seccomp state (True if it had any)."""
+    thread, task = core.thread_core, core.tc
+    had = bool(thread.seccomp_mode or task.old_seccomp_mode)
+    for message, name in ((thread, "seccomp_mode"), (thread, "seccomp_filter"), (task, "old_seccomp_mode"),
+                          (task, "old_seccomp_filter")):
+        if message.HasField(name) and getattr(message, name):
+            message.ClearField(name)
+    return had
 
 
 def _fix_core(core: pb.core_entry, *, dry_run: bool = False) -> bool:

@@ -20,6 +20,7 @@ from typing import Final
 
 from ..images import Entry, Image, ImageFormatError, Pagemap, pb
 from ..images.pagemap import PE_PRESENT
+from .android import clear_seccomp
 from .elf import REGS_DST, TLS_DST, ElfInfo, build_id_words, popcorn_problems, read_elf
 from .imageset import CopyRange, ImageSet, NewBytes, RecodeError, Segment, iter_tasks
 
@@ -144,6 +145,7 @@ class Aarch64Recode:
         self.root = Path(root)
         self._elves: dict[Path, ElfInfo] = {}  # tasks of one container mostly share their executables
         self._foreign_text: set[str] = set()  # other files' executable mappings with dumped pages
+        self._unfiltered: set[int] = set()  # tasks whose seccomp filter was removed
 
     def _elf(self, path: Path) -> ElfInfo:
         if path not in self._elves:
@@ -160,6 +162,10 @@ class Aarch64Recode:
         files = images.edit("files.img")
         for pid, threads in iter_tasks(images):
             self._task(images, files, pid, threads)
+        if self._unfiltered:
+            images.warnings.append(
+                f"the x86_64 seccomp filter of task(s) {', '.join(map(str, sorted(self._unfiltered)))} cannot "
+                "filter aarch64 system calls and was removed: on the device they run without seccomp")
         for vma_file in self._foreign_text:
             images.warnings.append(
                 f"dumped pages lie in the executable mapping of {vma_file} (not a task's own binary): they are "
@@ -191,7 +197,12 @@ class Aarch64Recode:
 
         for tid in threads:
             core_image = images.edit(f"core-{tid}.img")
-            _rewrite_core(core_image.entries[0].get(pb.core_entry), regs)
+            core = core_image.entries[0].get(pb.core_entry)
+            if clear_seccomp(core):
+                # A seccomp filter is BPF over x86_64 syscall numbers that checks the x86_64 audit arch: on
+                # aarch64 it kills the task at its first system call (SIGSYS), so it cannot come along.
+                self._unfiltered.add(pid)
+            _rewrite_core(core, regs)
 
         removed = [(v.start, v.end) for v in mm.vmas if v.status & SPECIAL_AREAS]
         exe_text = self._text_mappings(mm, files, {e.id for e in exe_files}, pagemap)

@@ -46,9 +46,11 @@ def on_device(arm64_device: Arm64Device, unique_name: str) -> Iterator[str]:
     arm64_device.adb_shell(f"docker rm -f {unique_name} >/dev/null 2>&1 || true", timeout=120)
 
 
-def _daemon(agent: AgentBed, device: Arm64Device, directory: Path, env: dict[str, str] | None = None) -> DaemonProcess:
-    # The android profile applies on top of the recode; the guest's CPU is emulated, hence the deadlines.
-    table = arm64_device_table(device, directory, extra='profile = "android"')
+def _daemon(agent: AgentBed, device: Arm64Device, directory: Path, env: dict[str, str] | None = None,
+            android: bool = False) -> DaemonProcess:
+    # With `android`, the Android profile applies on top of the recode; the guest's CPU is emulated, hence the
+    # deadlines.
+    table = arm64_device_table(device, directory, extra='profile = "android"' if android else "")
     return DaemonProcess(write_daemon_config(agent, directory, extra=table + "[timeouts]\nconnect = 60\n"), env=env)
 
 
@@ -95,6 +97,8 @@ async def test_a_two_isa_container_resumes_on_the_arm64_device(
         end = await finished(daemon, on_device, timeout=300)
         assert end["state"] == "done", end.get("detail")
         assert not await running(engine_a, on_device)
+        recoded = [e for e in daemon.lines if e.get("msg") == "configuration adjusted" and e.get("by") == "recoder"]
+        assert recoded and "seccomp" in recoded[0]["why"], "the dropped x86_64 seccomp filter is reported"
     finally:
         await daemon.kill()
     sh = arm64_device.adb_shell
@@ -114,7 +118,8 @@ async def test_a_two_isa_container_resumes_on_the_arm64_device(
 async def test_a_parent_and_its_child_both_resume(
         arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, twoisa_image: str, tmp_path: Path,
         on_device: str) -> None:
-    daemon = _daemon(agent_server, arm64_device, tmp_path)
+    """Two tasks of one binary, and the Android profile applied on top of the ISA recode."""
+    daemon = _daemon(agent_server, arm64_device, tmp_path, android=True)
     await daemon.start()
     try:
         await daemon.wait_for_log(lambda e: e.get("msg") == "ready")

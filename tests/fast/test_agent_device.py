@@ -10,7 +10,13 @@ from typing import Any
 
 import pytest
 
-from androcond.agent.device import CRIU_CONFIG_ANNOTATION, DeviceEngine, DeviceFacts, write_restore_config
+from androcond.agent.device import (
+    CRIU_CONFIG_ANNOTATION,
+    DeviceEngine,
+    DeviceFacts,
+    criu_log_errors,
+    write_restore_config,
+)
 from androcond.agent.errors import RestoreError
 from androcond.engine import Engine
 
@@ -108,3 +114,20 @@ def test_the_restore_config_keeps_the_devices_own_options(tmp_path: Path) -> Non
     runc_conf.unlink()
     text = write_restore_config(tmp_path, runc_conf).read_text()
     assert "tcp-close" not in text, "rewritten from the device's current file"
+
+
+def test_a_refused_restore_names_crius_first_errors_and_keeps_its_log(tmp_path: Path) -> None:
+    log = tmp_path / "images" / "m1" / "restore.log"
+    log.parent.mkdir(parents=True)
+    log.write_text("(00.1) Version: 4.1.1\n(00.2) Error (criu/files-reg.c:2133): File app/twoisa has bad size\n"
+                   "(00.3) Error (criu/cr-restore.c:2320): Restoring FAILED.\n(00.4) Error (criu/mount.c:1): busy\n")
+    message = f"OCI runtime restore failed: criu failed: type RESTORE errno 0\nlog file: {log}: unknown"
+    kept = tmp_path / "failed-restores"
+    why = criu_log_errors(message, kept, lines=2)
+    assert why.startswith(" (CRIU: (00.2) Error (criu/files-reg.c:2133): File app/twoisa has bad size | (00.3)")
+    assert "busy" not in why
+    (copy,) = kept.glob("*-m1-restore.log")
+    assert f"(log kept: {copy})" in why and copy.read_text() == log.read_text()
+    assert criu_log_errors("criu failed: no log named", kept) == ""
+    log.unlink()
+    assert criu_log_errors(message, kept) == "", "a log already gone adds nothing"

@@ -145,7 +145,12 @@ async def test_popcorn_container_recodes_to_aarch64(testbed: TestBed, engine_a: 
     images = await checkpoint(testbed, engine_a, container, tmp_path / "popcorn")
 
     root = builds.root(tmp_path / "rootfs")  # the same files as in the image
-    recode(images, tmp_path / "out", RecodeOptions(target="aarch64", root=root, profile="android", vdso=vdso))
+    assert crit(images / "core-1.img")["entries"][0]["thread_core"]["seccomp_mode"] == "filter"
+    # No Android profile: the ISA recode alone must drop Docker's x86_64 seccomp filter (on aarch64 it kills
+    # the task at its first system call) and say so.
+    report = recode(images, tmp_path / "out", RecodeOptions(target="aarch64", root=root, vdso=vdso))
+    assert report.stages == ["Aarch64Recode"]
+    assert any("seccomp filter of task(s) 1 cannot filter aarch64" in w for w in report.warnings), report.warnings
     (core,) = crit(tmp_path / "out" / "core-1.img")["entries"]
     assert core["mtype"] == "AARCH64"
     assert [num(r) for r in core["ti_aarch64"]["gpregs"]["regs"]] == list(STANDIN_X)
