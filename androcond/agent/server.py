@@ -24,7 +24,6 @@ from ..protocol import protocol_pb2 as pb
 from ..protocol.wire import FrameReader, FrameWriter, write_frame
 from .device import DeviceEngine, gather_facts
 from .errors import ShuttingDown, classify
-from .memory import keep_chunks_mmapped
 from .outcomes import OutcomeStore
 from .recovery import settle_all
 from .session import HELLO, AgentSession
@@ -53,7 +52,6 @@ class Agent:
 
     @classmethod
     async def open(cls, settings: AgentSettings) -> Agent:
-        chunks_mmapped = keep_chunks_mmapped()
         engine = Engine(settings.docker_host)
         try:
             facts = await gather_facts(engine)
@@ -67,8 +65,7 @@ class Agent:
         log.info("agent ready", isa=facts.isa, page_size=facts.page_size, criu=facts.criu_version,
                  kernel=facts.kernel_release, criu_dumps_sockets=facts.criu_dumps_sockets,
                  fast_restore_runtime=facts.runtime or "none (plain engine restore)",
-                 engine=facts.engine_version, data_root=str(facts.data_root), settled_stale=settled,
-                 chunks_mmapped=chunks_mmapped)
+                 engine=facts.engine_version, data_root=str(facts.data_root), settled_stale=settled)
         return agent
 
     async def close(self) -> None:
