@@ -78,6 +78,9 @@ class DeviceStatus:
     criu_dumps_sockets: bool | None = None  # None: not reached, so not known
     fast_restore: bool | None = None  # its engine has androcond's runtime (restores read images in place)
     va_bits: int = 0  # user address bits its kernel gives a process (0: not known)
+    # Bytes of its kernel's vdso and of the vvar area before it: what a cross-ISA recode lays out for it.
+    vdso_size: int = 0
+    vvar_size: int = 0
     # Can it take a move from this host across ISAs (Popcorn-style recode), given its ISA and address space?
     cross_isa: bool | None = None
     # Options this host's dumps carry that its restores lack (CRIU would refuse every move): None when not reached.
@@ -106,11 +109,13 @@ async def probe(device: DeviceSettings, adb: AdbClient) -> DeviceStatus:
     except (TransportError, AdbError, DeviceError) as exc:
         return DeviceStatus(device.name, reached_by, False, adb_state, error=str(exc))
     here = await asyncio.to_thread(criu_compat.runc_options)
-    return DeviceStatus(device.name, reached_by, True, adb_state, hello.isa, hello.agent_version,
-                        hello.engine_version, hello.kernel_release, hello.criu_version,
-                        criu_compat.dumps_inet_sockets(hello.criu_version, hello.kernel_release),
-                        hello.androcond_runtime, hello.va_bits, _cross_isa(hello.isa, hello.va_bits),
-                        criu_compat.restore_needs(here, list(hello.criu_runc_options)))
+    return DeviceStatus(
+        device.name, reached_by, True, adb_state, isa=hello.isa, agent_version=hello.agent_version,
+        engine_version=hello.engine_version, kernel=hello.kernel_release, criu_version=hello.criu_version,
+        criu_dumps_sockets=criu_compat.dumps_inet_sockets(hello.criu_version, hello.kernel_release),
+        fast_restore=hello.androcond_runtime, va_bits=hello.va_bits, vdso_size=len(hello.vdso),
+        vvar_size=hello.vvar_size, cross_isa=_cross_isa(hello.isa, hello.va_bits),
+        criu_options_missing=criu_compat.restore_needs(here, list(hello.criu_runc_options)))
 
 
 # What the recoder can do (androcond/recoder): x86_64 processes recoded to aarch64. An x86_64 process's stack

@@ -8,11 +8,13 @@ where the files land (see DESIGN.md, "Restore on a device with Docker").
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import platform
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -256,9 +258,17 @@ def write_restore_config(spool_dir: Path, runc_conf: Path = criu_compat.RUNC_CON
     text = f"# written by androcond's agent: {runc_conf}, then its own\n{own.rstrip()}\n" + \
         "".join(f"{option}\n" for option in RESTORE_OPTIONS)
     path = spool_dir / RESTORE_CONFIG
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    # A temporary name of its own: migrations create their containers concurrently.
+    fd, tmp = tempfile.mkstemp(dir=spool_dir, prefix=f".{RESTORE_CONFIG}.")
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
     return path
 
 
@@ -301,10 +311,10 @@ KEPT_LOGS = 10  # failed restores' logs kept on the device
 
 
 def criu_log_errors(message: str, keep_in: Path | None = None, lines: int = 3) -> str:
-    """CRIU's own reason, from the restore log an engine error names (its first `Error` lines: the cause comes
-    first, the clean-up's complaints after it), as a suffix for
-    the error message; empty when the log is gone or says nothing (the engine itself says only "criu failed").
-    With `keep_in`, the log is moved there (the newest KEPT_LOGS stay) and the suffix names it."""
+    """CRIU's own reason, as a suffix for the error message: the first `Error` lines of the restore log the
+    engine's error names (the cause comes first, the clean-up's complaints after it). Empty when the log is gone
+    or says nothing; the engine itself only says "criu failed". With `keep_in`, the log is copied there (the
+    newest KEPT_LOGS stay) and the suffix names the copy."""
     match = CRIU_LOG.search(message)
     if match is None:
         return ""

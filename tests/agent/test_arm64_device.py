@@ -86,6 +86,7 @@ async def test_devices_lists_it_cross_isa(arm64_device: Arm64Device, tmp_path: P
     assert device["reached_by"] == f"adb {serial}"
     assert device["isa"] == "aarch64"
     assert device["va_bits"] == 48
+    assert device["vdso_size"] > 0 and device["vdso_size"] % 4096 == 0 and device["vvar_size"] > 0
     assert device["cross_isa"] is True
     assert device["agent_version"] == __version__
 

@@ -14,6 +14,7 @@ import os
 import re
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -46,19 +47,26 @@ def on_device(arm64_device: Arm64Device, unique_name: str) -> Iterator[str]:
     arm64_device.adb_shell(f"docker rm -f {unique_name} >/dev/null 2>&1 || true", timeout=120)
 
 
-def _daemon(agent: AgentBed, device: Arm64Device, directory: Path, env: dict[str, str] | None = None,
-            android: bool = False) -> DaemonProcess:
-    # With `android`, the Android profile applies on top of the recode; the guest's CPU is emulated, hence the
-    # deadlines.
+async def _move(agent: AgentBed, device: Arm64Device, engine: Engine, image: str, name: str, directory: Path,
+                *args: str, android: bool = False, fault: str = "") -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """Start the program (`args` after its log file) labelled for the arm64 device under a daemon of its own and
+    wait for the migration's end: its last state record and the daemon's log. With `android`, the Android
+    profile applies on top of the recode; `fault` is injected in the daemon (ANDROCOND_INJECT_FAULT)."""
     table = arm64_device_table(device, directory, extra='profile = "android"' if android else "")
-    return DaemonProcess(write_daemon_config(agent, directory, extra=table + "[timeouts]\nconnect = 60\n"), env=env)
-
-
-async def _start(engine: Engine, image: str, name: str, *args: str) -> None:
-    labels = {TEST_LABEL: TEST_RUN, "androcond.migrate": "arm64", "androcond.delay": "2s"}
-    cid = await engine.create_container({"Image": image, "Cmd": [f"/bin/{BIN}", LOG, *args], "Labels": labels},
-                                        name=name)
-    await engine.start_container(cid)
+    # The guest's CPU is emulated: generous deadlines.
+    config = write_daemon_config(agent, directory, extra=table + "[timeouts]\nconnect = 60\n")
+    env = {**os.environ, "ANDROCOND_INJECT_FAULT": f"{fault}@{name}"} if fault else None
+    daemon = DaemonProcess(config, env=env)
+    await daemon.start()
+    try:
+        await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
+        labels = {TEST_LABEL: TEST_RUN, "androcond.migrate": "arm64", "androcond.delay": "2s"}
+        cid = await engine.create_container(
+            {"Image": image, "Cmd": [f"/bin/{BIN}", LOG, *args], "Labels": labels}, name=name)
+        await engine.start_container(cid)
+        return await finished(daemon, name, timeout=300), daemon.lines
+    finally:
+        await daemon.kill()
 
 
 def _lines(text: str) -> list[tuple[str, int, str, int]]:
@@ -89,18 +97,11 @@ def _assert_resumed(lines: list[tuple[str, int, str, int]], role: int) -> int:
 async def test_a_two_isa_container_resumes_on_the_arm64_device(
         arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, twoisa_image: str, tmp_path: Path,
         on_device: str) -> None:
-    daemon = _daemon(agent_server, arm64_device, tmp_path)
-    await daemon.start()
-    try:
-        await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
-        await _start(engine_a, twoisa_image, on_device)
-        end = await finished(daemon, on_device, timeout=300)
-        assert end["state"] == "done", end.get("detail")
-        assert not await running(engine_a, on_device)
-        recoded = [e for e in daemon.lines if e.get("msg") == "configuration adjusted" and e.get("by") == "recoder"]
-        assert recoded and "seccomp" in recoded[0]["why"], "the dropped x86_64 seccomp filter is reported"
-    finally:
-        await daemon.kill()
+    end, lines = await _move(agent_server, arm64_device, engine_a, twoisa_image, on_device, tmp_path)
+    assert end["state"] == "done", end.get("detail")
+    assert not await running(engine_a, on_device)
+    recoded = [e for e in lines if e.get("msg") == "configuration adjusted" and e.get("by") == "recoder"]
+    assert recoded and "seccomp" in recoded[0]["why"], "the dropped x86_64 seccomp filter is reported"
     sh = arm64_device.adb_shell
     assert sh(f"docker inspect -f '{{{{.State.Running}}}}' {on_device}", timeout=120).strip() == "true"
     assert sh(f"docker exec {on_device} uname -m", timeout=120).strip() == "aarch64"
@@ -113,21 +114,16 @@ async def test_a_two_isa_container_resumes_on_the_arm64_device(
     assert resumed_at >= 3, "resumed from the start, not from where x86_64 stopped"
     logs = sh(f"docker logs {on_device} 2>&1", timeout=120)
     assert f"resumed at count {resumed_at} on aarch64" in logs, logs[-500:]
+    sh(f"docker stop -t 1 {on_device} >/dev/null", timeout=120)  # an ordinary container of the device's engine
+    assert sh(f"docker inspect -f '{{{{.State.Running}}}}' {on_device}", timeout=120).strip() == "false"
 
 
 async def test_a_parent_and_its_child_both_resume(
         arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, twoisa_image: str, tmp_path: Path,
         on_device: str) -> None:
     """Two tasks of one binary, and the Android profile applied on top of the ISA recode."""
-    daemon = _daemon(agent_server, arm64_device, tmp_path, android=True)
-    await daemon.start()
-    try:
-        await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
-        await _start(engine_a, twoisa_image, on_device, "1")  # one child
-        end = await finished(daemon, on_device, timeout=300)
-        assert end["state"] == "done", end.get("detail")
-    finally:
-        await daemon.kill()
+    end, _ = await _move(agent_server, arm64_device, engine_a, twoisa_image, on_device, tmp_path, "1", android=True)
+    assert end["state"] == "done", end.get("detail")
 
     def both_count_on() -> bool:
         lines = _device_log(arm64_device, on_device)
@@ -161,18 +157,12 @@ async def _assert_counting_at_source(engine: Engine, name: str) -> None:
 async def test_a_program_that_never_reaches_a_migration_point_stays_at_the_source(
         arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, twoisa_image: str, tmp_path: Path,
         on_device: str) -> None:
-    daemon = _daemon(agent_server, arm64_device, tmp_path)
-    await daemon.start()
-    try:
-        await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
-        await _start(engine_a, twoisa_image, on_device, "0", "0", "stubborn")
-        end = await finished(daemon, on_device, timeout=300)
-        assert end["state"] == "rejected", end.get("detail")
-        assert "did not reach a migration point" in end["detail"]
-        assert not any(e.get("state") == "checkpointing" and e.get("container") == on_device for e in daemon.lines)
-        await _assert_counting_at_source(engine_a, on_device)
-    finally:
-        await daemon.kill()
+    end, lines = await _move(agent_server, arm64_device, engine_a, twoisa_image, on_device, tmp_path,
+                             "0", "0", "stubborn")
+    assert end["state"] == "rejected", end.get("detail")
+    assert "did not reach a migration point" in end["detail"]
+    assert not any(e.get("state") == "checkpointing" and e.get("container") == on_device for e in lines)
+    await _assert_counting_at_source(engine_a, on_device)
     assert on_device not in arm64_device.adb_shell("docker ps -a --format '{{.Names}}'", timeout=120)
 
 
@@ -181,17 +171,10 @@ async def test_the_devices_criu_refusing_the_restore_rolls_back(
         on_device: str) -> None:
     """Injected (`wrong-exe`): the device keeps the x86_64 binary at `<bin>`; its own CRIU refuses to map it for
     the aarch64 task, and says why; the container goes on at the source."""
-    env = {**os.environ, "ANDROCOND_INJECT_FAULT": f"wrong-exe@{on_device}"}
-    daemon = _daemon(agent_server, arm64_device, tmp_path, env=env)
-    await daemon.start()
-    try:
-        await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
-        await _start(engine_a, twoisa_image, on_device)
-        end = await finished(daemon, on_device, timeout=300)
-        assert end["state"] == "rolled-back", end.get("detail")
-        assert "restore refused by the device engine" in end["detail"]
-        assert "CRIU: " in end["detail"], "CRIU's own reason is in the message"
-        await _assert_counting_at_source(engine_a, on_device)
-    finally:
-        await daemon.kill()
+    end, _ = await _move(agent_server, arm64_device, engine_a, twoisa_image, on_device, tmp_path,
+                         fault="wrong-exe")
+    assert end["state"] == "rolled-back", end.get("detail")
+    assert "restore refused by the device engine" in end["detail"]
+    assert "CRIU: " in end["detail"], "CRIU's own reason is in the message"
+    await _assert_counting_at_source(engine_a, on_device)
     assert on_device not in arm64_device.adb_shell("docker ps -a --format '{{.Names}}'", timeout=120)

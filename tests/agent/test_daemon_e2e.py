@@ -256,7 +256,7 @@ async def test_ten_at_once_respect_the_limit(agent_server: AgentBed, engine_a: E
                for n in names]
         await asyncio.gather(*(engine_a.start_container(cid) for cid in ids))
         ends = [await finished(daemon, n, timeout=180) for n in names]
-        assert [e["state"] for e in ends] == ["done"] * 10
+        assert [e["state"] for e in ends] == ["done"] * 10, [e.get("detail") for e in ends if e["state"] != "done"]
         for name in names:
             assert await running(engine_b, name)
             assert not await running(engine_a, name)

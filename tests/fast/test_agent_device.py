@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -131,3 +132,14 @@ def test_a_refused_restore_names_crius_first_errors_and_keeps_its_log(tmp_path: 
     assert criu_log_errors("criu failed: no log named", kept) == ""
     log.unlink()
     assert criu_log_errors(message, kept) == "", "a log already gone adds nothing"
+
+
+def test_concurrent_creates_each_write_the_restore_config_whole(tmp_path: Path) -> None:
+    """Migrations create their containers at once: every writer ends with the whole file in place."""
+    runc_conf = tmp_path / "runc.conf"
+    runc_conf.write_text("tcp-close\n")
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(lambda _: write_restore_config(tmp_path, runc_conf), range(64)))
+    assert set(paths) == {tmp_path / "criu-restore.conf"}
+    assert paths[0].read_text().endswith("tcp-close\nmanage-cgroups=ignore\n")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["criu-restore.conf", "runc.conf"], "no temporaries left"
