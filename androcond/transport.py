@@ -75,6 +75,11 @@ PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha
                      "aes128-ctr", "aes256-ctr")
 # A wide channel window keeps the link busy while acks travel back; big packets cut per-packet overhead.
 CHANNEL_WINDOW = 8 * 1024 * 1024
+# File data sent but not yet stored by the agent (its Stored frames) is kept below this: what bounds the
+# agent's memory when its disk is slower than the link. asyncssh 2.24 reopens a paused channel's full window
+# on the first delivery after a resume, with data still buffered, so the channel window alone let the agent
+# buffer hundreds of MiB (measured: 110 MiB in the channel's buffer for a 512 MiB file).
+UNSTORED_LIMIT = 32 * 1024 * 1024
 CHANNEL_PACKET = 256 * 1024
 CLOSE_TIMEOUT_S = 5.0
 
@@ -126,6 +131,9 @@ class AgentConnection:
         self._failure: BaseException | None = None
         self._next_stream = 1
         self._tasks: list[asyncio.Task[None]] = []
+        self._data_sent = 0  # file-data bytes sent in this session
+        self._data_stored = 0  # of those, what the agent reported stored
+        self._stored_news = asyncio.Event()  # set on each Stored frame and on failure
 
     # --- connection ------------------------------------------------------------------------------------
     @classmethod
@@ -199,6 +207,9 @@ class AgentConnection:
                     if not frame.file_ack.ok:
                         # The agent has discarded the migration: stop sending at once.
                         self._fail(FileRejected(f"agent rejected a file: {frame.file_ack.error}"))
+                elif kind == "stored":
+                    self._data_stored = max(self._data_stored, frame.stored.bytes)
+                    self._stored_news.set()
                 elif kind == "error":
                     raise AgentRefused.from_frame(frame.error)
                 else:
@@ -215,8 +226,9 @@ class AgentConnection:
             if not future.done():
                 future.set_exception(exc)
         self._pending.acks.clear()
-        # Wake a waiter on replies: it re-raises the failure.
+        # Wake a waiter on replies: it re-raises the failure; and one waiting for the agent to store.
         self._pending.replies.put_nowait(pb.Frame(error=pb.Error(message=str(exc))))
+        self._stored_news.set()
 
     async def _relay_stderr(self) -> None:
         with contextlib.suppress(asyncssh.Error, OSError, ConnectionError):
@@ -254,6 +266,21 @@ class AgentConnection:
                 await self._send(frame)
         except TimeoutError as exc:
             raise self._stalled(idle, "the link took no data: the agent stopped reading") from exc
+
+    async def _until_stored(self, size: int, idle: float) -> None:
+        """Wait until `size` more bytes keep the unstored data under UNSTORED_LIMIT (an agent that reports what
+        it stored; older ones are bounded by the channel alone), failing if it stores nothing for `idle` s."""
+        if not self.hello.reports_stored:
+            return
+        while self._data_sent + size - self._data_stored > UNSTORED_LIMIT:
+            if self._failure is not None:
+                raise self._failure
+            self._stored_news.clear()
+            try:
+                async with asyncio.timeout(idle):
+                    await self._stored_news.wait()
+            except TimeoutError as exc:
+                raise self._stalled(idle, "the agent stored no data: its disk or its image load is stuck") from exc
 
     # --- protocol ----------------------------------------------------------------------------------------
     async def begin(self, begin: pb.Begin) -> pb.BeginAck:
@@ -322,9 +349,11 @@ class AgentConnection:
                     # Hash in a worker thread (hashlib releases the GIL) while the chunk goes out.
                     hashing = asyncio.ensure_future(asyncio.to_thread(digest.update, chunk))
                     try:
+                        await self._until_stored(len(chunk), idle)
                         await self._send_within(pb.Frame(file_data=pb.FileData(stream_id=stream_id, data=chunk)), idle)
                     finally:
                         await hashing
+                    self._data_sent += len(chunk)
                     state.bytes_sent += len(chunk)
                     if progress is not None:
                         progress(state)

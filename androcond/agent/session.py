@@ -57,6 +57,8 @@ IDLE_TIMEOUT_S = 300.0
 # Space kept free on the device beyond what a migration announces.
 FREE_SPACE_MARGIN = 64 * 1024 * 1024
 IMAGE_QUEUE_CHUNKS = 16
+# How often the client hears how much file data is stored: well below its UNSTORED_LIMIT (transport.py).
+STORED_STEP = 4 * 1024 * 1024
 # The device engine's `docker load` must take image data at least this often: a load that stalls is a failure.
 IMAGE_STALL_TIMEOUT_S = 120.0
 # After the image's last byte, the device engine gets this long to finish the load.
@@ -113,6 +115,8 @@ class AgentSession:
         self.current: _OpenFile | None = None
         self.phase = HELLO
         self._task: asyncio.Task[Any] | None = None
+        self._bytes_stored = 0  # file data received in this session and written (or handed to the image load)
+        self._stored_reported = 0
 
     async def send(self, frame: pb.Frame) -> None:
         await write_frame(self.writer, frame)
@@ -206,7 +210,7 @@ class AgentSession:
             kernel_release=facts.kernel_release, criu_dumps_sockets=facts.criu_dumps_sockets,
             androcond_runtime=self.device.fast_restore, va_bits=facts.va_bits,
             criu_runc_options=list(facts.criu_runc_options), cgroup2=facts.cgroup2,
-            absent_masked_paths=list(facts.absent_masked_paths))))
+            absent_masked_paths=list(facts.absent_masked_paths), reports_stored=True)))
 
     def _phase_of(self, frame: pb.Frame) -> str:
         kind = body(frame)
@@ -339,9 +343,17 @@ class AgentSession:
             assert current.image_load is not None
             await asyncio.to_thread(current.hasher.update, chunk)  # hashlib releases the GIL
             await put_unless_failed(current.image_queue, chunk, current.image_load)
-            return
-        assert current.fd is not None
-        await complete(asyncio.to_thread(_write_and_hash, current.fd, chunk, current.hasher))
+        else:
+            assert current.fd is not None
+            await complete(asyncio.to_thread(_write_and_hash, current.fd, chunk, current.hasher))
+        await self._stored(len(chunk))
+
+    async def _stored(self, size: int) -> None:
+        """Count stored file data; tell the client every STORED_STEP bytes (it keeps a bounded amount unstored)."""
+        self._bytes_stored += size
+        if self._bytes_stored - self._stored_reported >= STORED_STEP:
+            self._stored_reported = self._bytes_stored
+            await self.send(pb.Frame(stored=pb.Stored(bytes=self._bytes_stored)))
 
     async def _file_end(self, end: pb.FileEnd) -> None:
         migration = self._active()

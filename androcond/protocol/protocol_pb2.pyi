@@ -40,7 +40,7 @@ class ClientHello(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., client_version: _Optional[str] = ...) -> None: ...
 
 class AgentHello(_message.Message):
-    __slots__ = ("protocol_version", "agent_version", "isa", "page_size", "criu_version", "engine_version", "free_bytes", "vdso", "vvar_size", "kernel_release", "criu_dumps_sockets", "androcond_runtime", "va_bits", "criu_runc_options", "cgroup2", "absent_masked_paths")
+    __slots__ = ("protocol_version", "agent_version", "isa", "page_size", "criu_version", "engine_version", "free_bytes", "vdso", "vvar_size", "kernel_release", "criu_dumps_sockets", "androcond_runtime", "va_bits", "criu_runc_options", "cgroup2", "absent_masked_paths", "reports_stored")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     ISA_FIELD_NUMBER: _ClassVar[int]
@@ -57,6 +57,7 @@ class AgentHello(_message.Message):
     CRIU_RUNC_OPTIONS_FIELD_NUMBER: _ClassVar[int]
     CGROUP2_FIELD_NUMBER: _ClassVar[int]
     ABSENT_MASKED_PATHS_FIELD_NUMBER: _ClassVar[int]
+    REPORTS_STORED_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     agent_version: str
     isa: str
@@ -73,7 +74,8 @@ class AgentHello(_message.Message):
     criu_runc_options: _containers.RepeatedScalarFieldContainer[str]
     cgroup2: bool
     absent_masked_paths: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, protocol_version: _Optional[int] = ..., agent_version: _Optional[str] = ..., isa: _Optional[str] = ..., page_size: _Optional[int] = ..., criu_version: _Optional[str] = ..., engine_version: _Optional[str] = ..., free_bytes: _Optional[int] = ..., vdso: _Optional[bytes] = ..., vvar_size: _Optional[int] = ..., kernel_release: _Optional[str] = ..., criu_dumps_sockets: _Optional[bool] = ..., androcond_runtime: _Optional[bool] = ..., va_bits: _Optional[int] = ..., criu_runc_options: _Optional[_Iterable[str]] = ..., cgroup2: _Optional[bool] = ..., absent_masked_paths: _Optional[_Iterable[str]] = ...) -> None: ...
+    reports_stored: bool
+    def __init__(self, protocol_version: _Optional[int] = ..., agent_version: _Optional[str] = ..., isa: _Optional[str] = ..., page_size: _Optional[int] = ..., criu_version: _Optional[str] = ..., engine_version: _Optional[str] = ..., free_bytes: _Optional[int] = ..., vdso: _Optional[bytes] = ..., vvar_size: _Optional[int] = ..., kernel_release: _Optional[str] = ..., criu_dumps_sockets: _Optional[bool] = ..., androcond_runtime: _Optional[bool] = ..., va_bits: _Optional[int] = ..., criu_runc_options: _Optional[_Iterable[str]] = ..., cgroup2: _Optional[bool] = ..., absent_masked_paths: _Optional[_Iterable[str]] = ..., reports_stored: _Optional[bool] = ...) -> None: ...
 
 class Begin(_message.Message):
     __slots__ = ("migration_id", "container_name", "image", "create_config_json", "checkpoint_name", "total_bytes", "file_count")
@@ -157,6 +159,12 @@ class FileAck(_message.Message):
     error: str
     def __init__(self, stream_id: _Optional[int] = ..., ok: _Optional[bool] = ..., error: _Optional[str] = ...) -> None: ...
 
+class Stored(_message.Message):
+    __slots__ = ("bytes",)
+    BYTES_FIELD_NUMBER: _ClassVar[int]
+    bytes: int
+    def __init__(self, bytes: _Optional[int] = ...) -> None: ...
+
 class Commit(_message.Message):
     __slots__ = ("file_count",)
     FILE_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -202,7 +210,7 @@ class Error(_message.Message):
     def __init__(self, message: _Optional[str] = ..., phase: _Optional[str] = ..., code: _Optional[str] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("client_hello", "agent_hello", "begin", "begin_ack", "file_start", "file_data", "file_end", "file_ack", "commit", "outcome", "query", "abort", "error")
+    __slots__ = ("client_hello", "agent_hello", "begin", "begin_ack", "file_start", "file_data", "file_end", "file_ack", "commit", "outcome", "query", "abort", "error", "stored")
     CLIENT_HELLO_FIELD_NUMBER: _ClassVar[int]
     AGENT_HELLO_FIELD_NUMBER: _ClassVar[int]
     BEGIN_FIELD_NUMBER: _ClassVar[int]
@@ -216,6 +224,7 @@ class Frame(_message.Message):
     QUERY_FIELD_NUMBER: _ClassVar[int]
     ABORT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    STORED_FIELD_NUMBER: _ClassVar[int]
     client_hello: ClientHello
     agent_hello: AgentHello
     begin: Begin
@@ -229,4 +238,5 @@ class Frame(_message.Message):
     query: Query
     abort: Abort
     error: Error
-    def __init__(self, client_hello: _Optional[_Union[ClientHello, _Mapping]] = ..., agent_hello: _Optional[_Union[AgentHello, _Mapping]] = ..., begin: _Optional[_Union[Begin, _Mapping]] = ..., begin_ack: _Optional[_Union[BeginAck, _Mapping]] = ..., file_start: _Optional[_Union[FileStart, _Mapping]] = ..., file_data: _Optional[_Union[FileData, _Mapping]] = ..., file_end: _Optional[_Union[FileEnd, _Mapping]] = ..., file_ack: _Optional[_Union[FileAck, _Mapping]] = ..., commit: _Optional[_Union[Commit, _Mapping]] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ...) -> None: ...
+    stored: Stored
+    def __init__(self, client_hello: _Optional[_Union[ClientHello, _Mapping]] = ..., agent_hello: _Optional[_Union[AgentHello, _Mapping]] = ..., begin: _Optional[_Union[Begin, _Mapping]] = ..., begin_ack: _Optional[_Union[BeginAck, _Mapping]] = ..., file_start: _Optional[_Union[FileStart, _Mapping]] = ..., file_data: _Optional[_Union[FileData, _Mapping]] = ..., file_end: _Optional[_Union[FileEnd, _Mapping]] = ..., file_ack: _Optional[_Union[FileAck, _Mapping]] = ..., commit: _Optional[_Union[Commit, _Mapping]] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., stored: _Optional[_Union[Stored, _Mapping]] = ...) -> None: ...

@@ -14,6 +14,7 @@ Faults:
                    network sockets (criu#2705)
   no-runtime       ignores androcond's runtime on the device engine: the plain engine restore
   small-va         says its kernel gives a process 39-bit addresses, as many Android kernels do
+  slow-disk        stores each chunk of file data 20 ms late (a disk slower than the link)
 """
 
 from __future__ import annotations
@@ -102,6 +103,14 @@ class SmallVa(AgentSession):
         super().__init__(device, *args)
 
 
+class SlowDisk(AgentSession):
+    """Stores each chunk of file data 20 ms late, as a device whose flash is slower than its link."""
+
+    async def _stored(self, size: int) -> None:
+        await asyncio.sleep(0.02)
+        await super()._stored(size)
+
+
 class LoadDies(DeviceEngine):
     """`docker load` reads two chunks, then fails as if its connection to the device engine was reset, and
     takes nothing more from the session's queue."""
@@ -130,6 +139,7 @@ FAULTS: dict[str, tuple[type[AgentSession], type[DeviceEngine]]] = {
     "no-tcp-close": (NoTcpClose, DeviceEngine), "load-dies": (AgentSession, LoadDies),
     "hold-restore": (AgentSession, HoldRestore), "old-criu": (OldCriu, DeviceEngine),
     "no-runtime": (AgentSession, NoRuntime), "small-va": (SmallVa, DeviceEngine),
+    "slow-disk": (SlowDisk, DeviceEngine),
 }
 
 
