@@ -166,7 +166,7 @@ class Aarch64Recode:
             images.warnings.append(
                 f"the x86_64 seccomp filter of task(s) {', '.join(map(str, sorted(self._unfiltered)))} cannot "
                 "filter aarch64 system calls and was removed: on the device they run without seccomp")
-        for vma_file in self._foreign_text:
+        for vma_file in sorted(self._foreign_text):
             images.warnings.append(
                 f"dumped pages lie in the executable mapping of {vma_file} (not a task's own binary): they are "
                 "x86_64 code or data that the aarch64 task will see as it was dumped")
