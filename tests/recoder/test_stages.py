@@ -12,7 +12,18 @@ from pathlib import Path
 import pytest
 
 from androcond.images import PE_LAZY, PE_PARENT, PE_PRESENT, ImageHeader, Pagemap, pb, read_image, write_image
-from androcond.recoder import AndroidProfile, ImageSet, RecodeError, RecodeOptions, VdsoTemplate, read_elf, recode
+from androcond.recoder import (
+    AbsentMountpoints,
+    AndroidProfile,
+    CgroupV1Mounts,
+    ImageSet,
+    PagemapCompat,
+    RecodeError,
+    RecodeOptions,
+    VdsoTemplate,
+    read_elf,
+    recode,
+)
 from androcond.recoder.imageset import _copy_range
 
 from ..images.builders import build, common
@@ -208,3 +219,46 @@ def test_range_copy_falls_back_to_a_buffer_where_the_kernel_cannot(tmp_path: Pat
         assert os.read(read_end, 4096) == (bytes(range(256)) * 64)[100:1100]
     finally:
         os.close(read_end)
+
+
+def test_mounts_the_target_lacks_and_v1_cgroup_controllers_are_dropped(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    mounts = [pb.mnt_entry(mnt_id=1, parent_mnt_id=0, mountpoint="/"),
+              pb.mnt_entry(mnt_id=2, parent_mnt_id=1, mountpoint="/proc"),
+              pb.mnt_entry(mnt_id=3, parent_mnt_id=2, mountpoint="/proc/acpi"),
+              pb.mnt_entry(mnt_id=4, parent_mnt_id=2, mountpoint="/proc/acpitools"),
+              pb.mnt_entry(mnt_id=5, parent_mnt_id=1, mountpoint="./sys/fs/cgroup"),
+              pb.mnt_entry(mnt_id=6, parent_mnt_id=5, mountpoint="./sys/fs/cgroup/pids"),
+              pb.mnt_entry(mnt_id=7, parent_mnt_id=5, mountpoint="/sys/fs/cgroup/cpu,cpuacct"),
+              pb.mnt_entry(mnt_id=8, parent_mnt_id=1, mountpoint="/sys/fs/cgroupies")]
+    (src / "inventory.img").write_bytes(build(ImageHeader.inventory(), pb.inventory_entry(img_version=2)))
+    (src / "mountpoints-9.img").write_bytes(common("MNTS", *mounts))
+    images = ImageSet(src)
+    AbsentMountpoints(("/proc/acpi",))(images)
+    CgroupV1Mounts()(images)
+    kept = [e.get(pb.mnt_entry).mnt_id for e in images.read("mountpoints-9.img").entries]
+    assert kept == [1, 2, 4, 5, 8], "exactly the absent path and the controllers below /sys/fs/cgroup"
+
+
+def test_a_dump_by_criu_4_2_gets_page_counts_an_older_criu_reads(tmp_path: Path) -> None:
+    src = tmp_path / "src"
+    src.mkdir()
+    entries = [pb.pagemap_entry(vaddr=0x400000, nr_pages=0, nr_pages64=3, flags=PE_PRESENT),
+               pb.pagemap_entry(vaddr=0x500000, nr_pages=0, nr_pages64=2, flags=PE_PARENT),
+               pb.pagemap_entry(vaddr=0x600000, nr_pages=5, flags=PE_PRESENT)]  # an old entry: left as it is
+    (src / "inventory.img").write_bytes(build(ImageHeader.inventory(), pb.inventory_entry(img_version=2)))
+    (src / "pagemap-1.img").write_bytes(common("PAGEMAP", pb.pagemap_head(pages_id=1), *entries))
+    images = ImageSet(src)
+    PagemapCompat()(images)
+    out = [e.get(pb.pagemap_entry) for e in images.read("pagemap-1.img").entries[1:]]
+    assert [(e.nr_pages, e.nr_pages64) for e in out] == [(3, 3), (2, 2), (5, 0)]
+    assert not out[2].HasField("nr_pages64")
+
+    huge = tmp_path / "huge"
+    huge.mkdir()
+    (huge / "inventory.img").write_bytes((src / "inventory.img").read_bytes())
+    (huge / "pagemap-1.img").write_bytes(common("PAGEMAP", pb.pagemap_head(pages_id=1),
+                                                pb.pagemap_entry(vaddr=0, nr_pages=0, nr_pages64=1 << 33)))
+    with pytest.raises(RecodeError, match="does not fit the older CRIU's 32-bit count"):
+        PagemapCompat()(ImageSet(huge))
