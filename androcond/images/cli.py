@@ -43,7 +43,7 @@ def register(commands: Any) -> None:
     roundtrip.add_argument("--json", action="store_true", help="one JSON document: file -> null or difference")
     roundtrip.set_defaults(handler=_cmd_roundtrip)
 
-    rec = verbs.add_parser("recode", help="recode a dump for a target ISA and/or Android")
+    rec = verbs.add_parser("recode", help="recode a dump for a target ISA, Android and/or the target's setup")
     rec.add_argument("src", type=Path, metavar="SRC_DIR")
     rec.add_argument("out", type=Path, metavar="OUT_DIR", help="created; must be empty if it exists")
     rec.add_argument("--target", required=True, choices=ISAS)
@@ -58,6 +58,12 @@ def register(commands: Any) -> None:
     rec.add_argument("--vvar-pages", type=int, default=2, metavar="N",
                      help="pages of the target's vvar area, placed before the vdso (default: 2)")
     rec.add_argument("--page-size", type=int, default=4096, metavar="BYTES", help="target page size")
+    rec.add_argument("--target-criu", default="", metavar="VERSION",
+                     help="the target's CRIU version: older than 4.2, page counts are written where it reads them")
+    rec.add_argument("--cgroup-v2-target", action="store_true",
+                     help="the dump's cgroups are v1 and the target's v2: drop the controller mounts")
+    rec.add_argument("--absent-mount", action="append", default=[], metavar="PATH", dest="absent_mounts",
+                     help="a mountpoint the target lacks (e.g. /proc/acpi on arm64): dropped (repeat)")
     rec.add_argument("--json", action="store_true", help="print the report as one JSON document")
     rec.set_defaults(handler=_cmd_recode)
 
@@ -106,6 +112,9 @@ def _cmd_recode(args: argparse.Namespace) -> int:
         profile=args.profile,
         vdso=vdso,
         dropped_mounts=tuple(args.drop_mounts) if args.drop_mounts else DEFAULT_DROPPED_MOUNTS,
+        cgroup_v1_to_v2=args.cgroup_v2_target,
+        target_criu=args.target_criu,
+        absent_mounts=tuple(args.absent_mounts),
     )
     try:
         report = recode(args.src, args.out, options)

@@ -5,6 +5,7 @@ recode to aarch64."""
 from __future__ import annotations
 
 import asyncio
+import json
 import platform
 import shutil
 from collections.abc import Awaitable, Callable
@@ -162,12 +163,13 @@ async def test_popcorn_container_recodes_to_aarch64(testbed: TestBed, engine_a: 
 
 
 async def test_a_cgroup_v2_device_with_an_older_criu_gets_mounts_and_page_counts_it_can_restore(
-        busybox_checkpoint: Path, tmp_path: Path) -> None:
+        busybox_checkpoint: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     """What the arm64 device needed of a dump from this host (cgroup v1, CRIU 4.2): no per-controller cgroup
     mounts, and page counts where CRIU 4.1 reads them. Debian's crit (CRIU 3.17, older still) is the oracle."""
     src, out = busybox_checkpoint, tmp_path / "device"
-    report = recode(src, out, RecodeOptions(target=platform.machine(), cgroup_v1_to_v2=True, target_criu="4.1.1"))
-    assert report.stages == ["CgroupV1Mounts", "PagemapCompat"]
+    assert main(["images", "recode", str(src), str(out), "--target", platform.machine(), "--cgroup-v2-target",
+                 "--target-criu", "4.1.1", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["stages"] == ["CgroupV1Mounts", "PagemapCompat"]
 
     (mounts,) = [p.name for p in image_files(src) if p.name.startswith("mountpoints-")]
     before, after = crit(src / mounts)["entries"], crit(out / mounts)["entries"]
