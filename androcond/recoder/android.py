@@ -101,26 +101,30 @@ def drop_mounts(images: ImageSet, name: str, chosen: Callable[[pb.mnt_entry], bo
         image.entries = [e for e, m in zip(entries, mounts, strict=True) if m.mnt_id not in dropped]
 
 
+def _seccomp_fields(core: pb.core_entry) -> list[tuple[Message, str]]:
+    """The task's seccomp state that is set (a mode, with its filter reference)."""
+    thread, task = core.thread_core, core.tc
+    fields: list[tuple[Message, str]] = []
+    if thread.seccomp_mode:
+        fields += [(thread, "seccomp_mode"), (thread, "seccomp_filter")]
+    if task.old_seccomp_mode:
+        fields += [(task, "old_seccomp_mode"), (task, "old_seccomp_filter")]
+    return fields
+
+
 def clear_seccomp(core: pb.core_entry) -> bool:
     """Remove the task's seccomp state (True if it had any)."""
-    thread, task = core.thread_core, core.tc
-    had = bool(thread.seccomp_mode or task.old_seccomp_mode)
-    for message, name in ((thread, "seccomp_mode"), (thread, "seccomp_filter"), (task, "old_seccomp_mode"),
-                          (task, "old_seccomp_filter")):
-        if message.HasField(name) and getattr(message, name):
-            message.ClearField(name)
-    return had
+    fields = _seccomp_fields(core)
+    for message, name in fields:
+        message.ClearField(name)
+    return bool(fields)
 
 
 def _fix_core(core: pb.core_entry, *, dry_run: bool = False) -> bool:
     """Clear seccomp and LSM state that is set (explicit zeros stay as they are). True if any was set."""
-    thread, task = core.thread_core, core.tc
-    changes: list[tuple[Message, str]] = []
-    if thread.seccomp_mode:
-        changes += [(thread, "seccomp_mode"), (thread, "seccomp_filter")]
-    if task.old_seccomp_mode:
-        changes += [(task, "old_seccomp_mode"), (task, "old_seccomp_filter")]
-    changes += [(thread.creds, name) for name in ("lsm_profile", "lsm_sockcreate") if getattr(thread.creds, name)]
+    creds = core.thread_core.creds
+    changes = _seccomp_fields(core) + [(creds, name) for name in ("lsm_profile", "lsm_sockcreate")
+                                       if getattr(creds, name)]
     if not dry_run:
         for message, name in changes:
             message.ClearField(name)
