@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +39,8 @@ from .logging import get_logger, log_context
 from .payload import OutgoingFile, Progress
 from .popcorn import PopcornError
 from .protocol import protocol_pb2 as pb
-from .recoder import RecodeOptions, RecodeRefused, VdsoTemplate, preflight_processes, recode_async
+from .recoder import RecodeOptions, RecodeRefused, VdsoTemplate, preflight_processes, recode_async, stages_for
 from .recoder.arch import VARIANT_SUFFIX
-from .recoder.pagemap_compat import reads_only_old_counts
 from .rootfs import container_root
 from .states import FROZEN, TERMINAL, Action, DeviceAnswer, MigrationState, allowed, decide, device_answer, needs_device
 from .transport import AgentConnection, AgentRefused, PhaseTimeouts, TransportError
@@ -194,10 +193,8 @@ class Migration:
         self._cross: CrossIsa | None = None  # set by preflight for an x86_64 → aarch64 move
         self._nonce = ""
         self._plan: TargetPlan | None = None  # the device's create body, decided in preflight
-        self._profile: str | None = None
-        self._cgroup_v1_to_v2 = False  # this host's cgroups are v1 and the device's v2 (set by preflight)
-        self._device_criu = ""  # the device's CRIU version (from its hello)
-        self._absent_mounts: tuple[str, ...] = ()  # mountpoints the device lacks (from its hello)
+        # What the device needs of the images (ISA, profile, its CRIU, cgroups, paths), decided in preflight.
+        self._recode_options = RecodeOptions(target=platform.machine())
 
     async def _set(self, state: MigrationState, detail: str = "") -> None:
         if not allowed(self.record.state, state):
@@ -457,14 +454,17 @@ class Migration:
         sockets = await asyncio.to_thread(criu_compat.inet_sockets, pids)
         if sockets:
             await self._check_criu_sockets(link.hello, sockets)
-        self._profile = self.ctx.settings.devices[self.record.device].profile
-        self._cgroup_v1_to_v2 = link.hello.cgroup2 and not await asyncio.to_thread(criu_compat.cgroup_v2)
-        self._device_criu = link.hello.criu_version
-        here = set(await asyncio.to_thread(criu_compat.absent_paths))
-        self._absent_mounts = tuple(p for p in link.hello.absent_masked_paths if p not in here)
         host_isa = platform.machine()
         if link.hello.isa != host_isa:
             self._cross = await self._cross_isa_preflight(link.hello, host_isa, pids)
+        here = set(await asyncio.to_thread(criu_compat.absent_paths))
+        self._recode_options = RecodeOptions(
+            target="aarch64" if self._cross else host_isa,
+            profile=self.ctx.settings.devices[self.record.device].profile,
+            vdso=self._cross.vdso if self._cross else None,
+            cgroup_v1_to_v2=link.hello.cgroup2 and not await asyncio.to_thread(criu_compat.cgroup_v2),
+            target_criu=link.hello.criu_version,
+            absent_mounts=tuple(p for p in link.hello.absent_masked_paths if p not in here))
         upper = upper_dir(inspect)
         volumes = [source for _name, source in named_volumes(inspect)]
         disk = await asyncio.to_thread(lambda: sum(_tree_size(p) for p in [upper, *volumes]))
@@ -514,17 +514,12 @@ class Migration:
         `root` is the stopped container's root filesystem (a cross-ISA recode reads the binaries there)."""
         inject("recode", self.record.container_name)
         source = self._checkpoint_dir()
-        device_criu = self._device_criu
-        if self._cross is None and self._profile is None and not self._cgroup_v1_to_v2 and \
-                not self._absent_mounts and not reads_only_old_counts(device_criu):
+        options = replace(self._recode_options, root=root or Path("/"))
+        if not stages_for(platform.machine(), options):
             return source
         t0 = time.monotonic()
         out = self._recode_dir()
         await asyncio.to_thread(shutil.rmtree, out, True)
-        options = RecodeOptions(target="aarch64" if self._cross else platform.machine(), profile=self._profile,
-                                vdso=self._cross.vdso if self._cross else None, root=root or Path("/"),
-                                cgroup_v1_to_v2=self._cgroup_v1_to_v2, target_criu=device_criu,
-                                absent_mounts=self._absent_mounts)
         async with _budget("recode", self.timeouts.recode):
             report = await recode_async(source, out, options)
         if report.warnings:

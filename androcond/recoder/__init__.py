@@ -82,11 +82,15 @@ class Recoded:
 
 def plan(images: ImageSet, options: RecodeOptions) -> list[Stage]:
     """The stages that take this dump to `options.target` (empty: identity)."""
+    return stages_for(core_isa(images), options)
+
+
+def stages_for(source: str, options: RecodeOptions) -> list[Stage]:
+    """The stages that take a dump of ISA `source` to `options.target` (empty: identity, nothing to recode)."""
     if options.target not in ISAS:
         raise RecodeError(f"unknown target ISA {options.target!r} (one of {', '.join(ISAS)})")
     if options.profile is not None and options.profile not in PROFILES:
         raise RecodeError(f"unknown profile {options.profile!r} (one of {', '.join(PROFILES)})")
-    source = core_isa(images)
     stages: list[Stage] = []
     if source != options.target:
         if (source, options.target) != ("x86_64", "aarch64"):
@@ -179,5 +183,6 @@ __all__ = [
     "read_elf",
     "recode",
     "recode_async",
+    "stages_for",
     "stream_async",
 ]
