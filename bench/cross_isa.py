@@ -11,18 +11,16 @@ Run as root:  .venv/bin/python -m bench.cross_isa [--mb 16] [--runs 3]
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import signal
 import statistics
 import subprocess
 import sys
 import tempfile
-import time
 import uuid
 from pathlib import Path
-from typing import Any
 
+from bench.migration import androcond_flow
 from tests.agent.arm64_bed import BIN, arm64_device_table, install_twoisa_image
 from tests.testbed import TestBed
 from tests.testbed.agent import DeviceAgent, daemon_config
@@ -35,18 +33,6 @@ PHASES = ("notify_s", "checkpoint_s", "recode_s", "stream_s", "restore_s")
 FROZEN = PHASES[1:]  # notify runs while the program still does
 
 
-def migrate(config: Path, name: str, device: str) -> tuple[float, dict[str, float]]:
-    started = time.perf_counter()
-    out = subprocess.run([sys.executable, "-m", "androcond", "migrate", name, "--to", device, "--wait", "--json",
-                          "--config", str(config)], capture_output=True, text=True, check=False)
-    total = time.perf_counter() - started
-    record: dict[str, Any] = json.loads(out.stdout) if out.stdout.strip() else {"error": out.stderr[-500:]}
-    if record.get("state") != "done":
-        raise RuntimeError(f"{name} to {device}: {record.get('state')}: {record.get('error')}")
-    timings: dict[str, float] = record["timings"]
-    return total, timings
-
-
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=int, default=16, help="touched memory of the program, MB")
@@ -56,12 +42,7 @@ def main() -> int:
     attach = os.environ.get("ANDROCOND_ARM64_ATTACH")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
-        if attach:
-            booted = json.loads(attach)
-            device = Arm64Device(Path(booted["directory"]), None, booted["ssh_port"],
-                                 int(booted["adb_serial"].rpartition(":")[2]), booted["agent_port"], None)
-        else:
-            device = Arm64Device(work / "arm64", ensure_image()).up()
+        device = Arm64Device.attached(attach) if attach else Arm64Device(work / "arm64", ensure_image()).up()
         agent = DeviceAgent(bed, work, AGENT_PORT)
         config = daemon_config(agent, work, daemon=f'api = "unix:{work / "api.sock"}"\nlog_level = "warning"',
                                extra=arm64_device_table(device, work) + "[timeouts]\nconnect = 60\n")
@@ -81,7 +62,7 @@ def main() -> int:
                         return "count 3 " in bed.engine_a.cli("logs", n)
 
                     wait_for(counting, timeout=60, what=f"{name} counting")
-                    total, timings = migrate(config, name, target)
+                    total, timings = androcond_flow(config, name, target, keep_source=False)
                     row = results.setdefault(target, {})
                     row.setdefault("total", []).append(total)
                     row.setdefault("downtime", []).append(sum(timings.get(k, 0.0) for k in FROZEN))

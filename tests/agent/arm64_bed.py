@@ -4,7 +4,6 @@
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from collections.abc import Iterator
 from pathlib import Path
@@ -37,9 +36,7 @@ ATTACH = os.environ.get("ANDROCOND_ARM64_ATTACH", "")
 @pytest.fixture(scope="session")
 def arm64_device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Arm64Device]:
     if ATTACH:
-        booted = json.loads(ATTACH)
-        yield Arm64Device(Path(booted["directory"]), None, booted["ssh_port"],
-                          int(booted["adb_serial"].rpartition(":")[2]), booted["agent_port"], None)
+        yield Arm64Device.attached(ATTACH)
         return
     device = Arm64Device(tmp_path_factory.mktemp("arm64"), ensure_image())
     device.up()

@@ -550,6 +550,14 @@ class Arm64Device:
             "-device", "virtio-net-pci,netdev=n",
         ]
 
+    @classmethod
+    def attached(cls, booted: str) -> Arm64Device:
+        """A device booted by `python -m tests.testbed.arm64 boot`, from the JSON line it printed: not ours to
+        stop (no pid)."""
+        facts = json.loads(booted)
+        return cls(Path(facts["directory"]), None, facts["ssh_port"], int(facts["adb_serial"].rpartition(":")[2]),
+                   facts["agent_port"], None)
+
     def up(self, timeout: float = BOOT_TIMEOUT_S) -> Arm64Device:
         if self.pid is not None and alive(self.pid):
             return self
