@@ -190,21 +190,28 @@ def test_multi_threaded_task_is_refused(builds: Builds, vdso: VdsoTemplate, tmp_
         recode(tmp_path / "src", tmp_path / "out", options(builds, tmp_path, vdso))
 
 
+def mount_images(directory: Path, *mounts: pb.mnt_entry) -> ImageSet:
+    """A dump directory holding only an inventory and one mountpoints image."""
+    directory.mkdir()
+    (directory / "inventory.img").write_bytes(build(ImageHeader.inventory(), pb.inventory_entry(img_version=2)))
+    (directory / "mountpoints-9.img").write_bytes(common("MNTS", *mounts))
+    return ImageSet(directory)
+
+
+def kept_mounts(images: ImageSet) -> list[int]:
+    return [e.get(pb.mnt_entry).mnt_id for e in images.read("mountpoints-9.img").entries]
+
+
 def test_android_profile_drops_nested_mounts_and_keeps_the_rest(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
     mounts = [pb.mnt_entry(mnt_id=1, parent_mnt_id=0, mountpoint="/"),
               pb.mnt_entry(mnt_id=2, parent_mnt_id=1, mountpoint="/proc"),
               pb.mnt_entry(mnt_id=3, parent_mnt_id=2, mountpoint="/proc/kcore"),
               pb.mnt_entry(mnt_id=4, parent_mnt_id=1, mountpoint="/data/custom"),
               pb.mnt_entry(mnt_id=5, parent_mnt_id=4, mountpoint="/data/custom/inner"),
               pb.mnt_entry(mnt_id=6, parent_mnt_id=1, mountpoint="/data/customer")]
-    (src / "inventory.img").write_bytes(build(ImageHeader.inventory(), pb.inventory_entry(img_version=2)))
-    (src / "mountpoints-9.img").write_bytes(common("MNTS", *mounts))
-    images = ImageSet(src)
+    images = mount_images(tmp_path / "src", *mounts)
     AndroidProfile(("/proc/kcore", "/data/custom/"))(images)
-    kept = [e.get(pb.mnt_entry).mnt_id for e in images.read("mountpoints-9.img").entries]
-    assert kept == [1, 2, 6]
+    assert kept_mounts(images) == [1, 2, 6]
 
 
 def test_range_copy_falls_back_to_a_buffer_where_the_kernel_cannot(tmp_path: Path) -> None:
@@ -222,8 +229,6 @@ def test_range_copy_falls_back_to_a_buffer_where_the_kernel_cannot(tmp_path: Pat
 
 
 def test_mounts_the_target_lacks_and_v1_cgroup_controllers_are_dropped(tmp_path: Path) -> None:
-    src = tmp_path / "src"
-    src.mkdir()
     mounts = [pb.mnt_entry(mnt_id=1, parent_mnt_id=0, mountpoint="/"),
               pb.mnt_entry(mnt_id=2, parent_mnt_id=1, mountpoint="/proc"),
               pb.mnt_entry(mnt_id=3, parent_mnt_id=2, mountpoint="/proc/acpi"),
@@ -232,13 +237,10 @@ def test_mounts_the_target_lacks_and_v1_cgroup_controllers_are_dropped(tmp_path:
               pb.mnt_entry(mnt_id=6, parent_mnt_id=5, mountpoint="./sys/fs/cgroup/pids"),
               pb.mnt_entry(mnt_id=7, parent_mnt_id=5, mountpoint="/sys/fs/cgroup/cpu,cpuacct"),
               pb.mnt_entry(mnt_id=8, parent_mnt_id=1, mountpoint="/sys/fs/cgroupies")]
-    (src / "inventory.img").write_bytes(build(ImageHeader.inventory(), pb.inventory_entry(img_version=2)))
-    (src / "mountpoints-9.img").write_bytes(common("MNTS", *mounts))
-    images = ImageSet(src)
+    images = mount_images(tmp_path / "src", *mounts)
     AbsentMountpoints(("/proc/acpi",))(images)
     CgroupV1Mounts()(images)
-    kept = [e.get(pb.mnt_entry).mnt_id for e in images.read("mountpoints-9.img").entries]
-    assert kept == [1, 2, 4, 5, 8], "exactly the absent path and the controllers below /sys/fs/cgroup"
+    assert kept_mounts(images) == [1, 2, 4, 5, 8], "exactly the absent path and the controllers below /sys/fs/cgroup"
 
 
 def test_a_dump_by_criu_4_2_gets_page_counts_an_older_criu_reads(tmp_path: Path) -> None:
