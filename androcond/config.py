@@ -28,6 +28,7 @@ DEFAULT_CONFIG_PATH = Path("/etc/androcond/androcond.toml")
 CONFIG_ENV = "ANDROCOND_CONFIG"
 
 LogFormat = Literal["auto", "json", "console"]
+LazyMode = Literal["true", "false", "auto"]
 _LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "json", "console")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -58,6 +59,7 @@ class TimeoutSettings:
     stream_idle: float = 30.0   # no byte taken by the link and no verdict from the agent for this long
     file_ack: float = 120.0     # the agent's verdict on a file once all of it was sent
     commit: float = 600.0       # the restore on the device
+    paging: float = 3600.0      # post-copy: from the resume on the device until its last page arrived
     query: float = 20.0         # one question to the agent ("what became of migration X?")
     settle: float = 60.0        # waiting for a device still busy with a migration before asking again later
     resolve_backoff_max: float = 60.0  # unresolved migrations are asked again, backing off up to this
@@ -83,6 +85,9 @@ class DeviceSettings:
     known_hosts: Path | None = None
     profile: str | None = None  # "android": seccomp and LSM fields and mounts Android kernels lack removed
     allow_privileged: bool = False  # a --privileged container may move here (it gets the device's devices)
+    # Post-copy (the container resumes before its memory arrives): "true" requires it, "false" never, "auto"
+    # when both ends can (the device's userfaultfd and runtime, this host's page server).
+    lazy: LazyMode = "false"
 
 
 @dataclass(frozen=True)
@@ -306,7 +311,7 @@ def parse_settings(doc: Mapping[str, Any], file: Path) -> Settings:
             raise top.error(where, "device names are 1-63 letters, digits, '.', '_' or '-'")
         r = _Reader(file, where, table, frozenset(
             {"adb_serial", "address", "agent_port", "agent_command", "user", "identity", "known_hosts",
-             "profile", "allow_privileged"}))
+             "profile", "allow_privileged", "lazy"}))
         device = DeviceSettings(
             name=name,
             adb_serial=r.opt_str("adb_serial"),
@@ -318,6 +323,7 @@ def parse_settings(doc: Mapping[str, Any], file: Path) -> Settings:
             known_hosts=r.readable_file("known_hosts"),
             profile=r.choice("profile", "android", ("android",)) if "profile" in table else None,
             allow_privileged=r.flag("allow_privileged", False),
+            lazy=_lazy_mode(r),
         )
         if device.adb_serial is None and device.address is None:
             raise top.error(where, "a device needs adb_serial or address (neither is set)")
@@ -353,6 +359,17 @@ def parse_settings(doc: Mapping[str, Any], file: Path) -> Settings:
     )
     return Settings(source=file, daemon=daemon, docker=docker, devices=devices,
                     webhooks=tuple(webhooks), agent=agent, timeouts=_timeouts(top))
+
+
+def _lazy_mode(r: _Reader) -> LazyMode:
+    value = r.table.get("lazy", False)
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if value == "auto":
+        return "auto"
+    raise r.error("lazy", "expected true, false or \"auto\"")
 
 
 def _timeouts(top: _Reader) -> TimeoutSettings:

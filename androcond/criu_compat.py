@@ -48,12 +48,12 @@ def socket_advice(criu_version: str, kernel_release: str) -> str:
             f"(criu#2705); CRIU {'.'.join(map(str, SOCKET_CRIU))}.1 or later can")
 
 
-async def local_criu_version() -> str:
-    """The version of the criu that runc will run here, '' if there is none or it does not answer."""
+async def _criu(*args: str) -> tuple[int, str]:
+    """Run the criu that runc will run here: (exit status, stdout); (-1, "") if there is none or it hangs."""
     criu = shutil.which("criu", path=CRIU_PATH)
     if criu is None:
-        return ""
-    proc = await asyncio.create_subprocess_exec(criu, "--version", stdout=asyncio.subprocess.PIPE,
+        return -1, ""
+    proc = await asyncio.create_subprocess_exec(criu, *args, stdout=asyncio.subprocess.PIPE,
                                                 stderr=asyncio.subprocess.DEVNULL)
     try:
         async with asyncio.timeout(10):
@@ -62,9 +62,48 @@ async def local_criu_version() -> str:
         if proc.returncode is None:
             proc.kill()
             await asyncio.shield(proc.wait())
-        return ""
-    first = out.decode(errors="replace").splitlines()[:1]
+        return -1, ""
+    return proc.returncode if proc.returncode is not None else -1, out.decode(errors="replace")
+
+
+async def local_criu_version() -> str:
+    """The version of the criu that runc will run here, '' if there is none or it does not answer."""
+    _code, out = await _criu("--version")
+    first = out.splitlines()[:1]
     return first[0].removeprefix("Version: ").strip() if first else ""
+
+
+async def lazy_restore_supported() -> bool:
+    """Whether CRIU can restore lazily here: userfaultfd with the non-cooperative events (fork, mremap) that
+    a restored process tree needs."""
+    code, _out = await _criu("check", "--feature", "uffd-noncoop")
+    return code == 0
+
+
+# The source's page server moves pages through a pipe of this size; without CAP_SYS_RESOURCE the kernel refuses
+# a pipe above fs.pipe-max-size, and CRIU 4.2 ignores that failure and dies on the first page it serves (EBADF).
+PAGE_SERVER_PIPE = 4 * 1024 * 1024
+CAP_SYS_RESOURCE = 24
+
+
+def page_server_blocker(status: Path = Path("/proc/self/status"),
+                        pipe_max: Path = Path("/proc/sys/fs/pipe-max-size")) -> str:
+    """Why CRIU's page server cannot serve lazily from this process, '' when it can."""
+    try:
+        caps = next(int(line.split()[1], 16) for line in status.read_text().splitlines()
+                    if line.startswith("CapEff:"))
+    except (OSError, StopIteration, ValueError):
+        caps = 0
+    if caps & (1 << CAP_SYS_RESOURCE):
+        return ""
+    try:
+        limit = int(pipe_max.read_text())
+    except (OSError, ValueError):
+        return "fs.pipe-max-size cannot be read"
+    if limit >= PAGE_SERVER_PIPE:
+        return ""
+    return (f"this host lacks CAP_SYS_RESOURCE and fs.pipe-max-size is {limit}: CRIU's page server needs "
+            f"pipes of {PAGE_SERVER_PIPE} bytes (sysctl -w fs.pipe-max-size={PAGE_SERVER_PIPE})")
 
 
 def kernel_release() -> str:

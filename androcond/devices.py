@@ -77,6 +77,8 @@ class DeviceStatus:
     criu_version: str = ""
     criu_dumps_sockets: bool | None = None  # None: not reached, so not known
     fast_restore: bool | None = None  # its engine has androcond's runtime (restores read images in place)
+    post_copy: bool | None = None  # it can restore lazily (runtime and userfaultfd); its `lazy` setting decides
+    lazy: str = "false"  # that setting: "true", "false" or "auto"
     va_bits: int = 0  # user address bits its kernel gives a process (0: not known)
     # Bytes of its kernel's vdso and of the vvar area before it: what a cross-ISA recode lays out for it.
     vdso_size: int = 0
@@ -115,7 +117,8 @@ async def probe(device: DeviceSettings, adb: AdbClient) -> DeviceStatus:
         criu_dumps_sockets=criu_compat.dumps_inet_sockets(hello.criu_version, hello.kernel_release),
         fast_restore=hello.androcond_runtime, va_bits=hello.va_bits, vdso_size=len(hello.vdso),
         vvar_size=hello.vvar_size, cross_isa=_cross_isa(hello.isa, hello.va_bits),
-        criu_options_missing=criu_compat.restore_needs(here, list(hello.criu_runc_options)))
+        criu_options_missing=criu_compat.restore_needs(here, list(hello.criu_runc_options)),
+        post_copy=hello.lazy_pages, lazy=device.lazy)
 
 
 # What the recoder can do (androcond/recoder): x86_64 processes recoded to aarch64. An x86_64 process's stack

@@ -34,6 +34,9 @@ def _cmd_devices(args: argparse.Namespace) -> int:
         sockets += "" if s.fast_restore else "  (no androcond runtime: plain, slower restore)"
         if s.criu_options_missing:
             sockets += f"  (NOT READY: its {criu_compat.RUNC_CONF} lacks {', '.join(s.criu_options_missing)})"
+        if s.post_copy is not None and s.lazy != "false":
+            sockets += f"  post-copy: {'yes' if s.post_copy else 'NO (needs the runtime and userfaultfd)'}"
+            sockets += " (lazy = true: moves refused)" if s.lazy == "true" and not s.post_copy else ""
         if s.cross_isa is not None:
             sockets += (f"  cross-ISA: {'yes' if s.cross_isa else 'NO'} ({s.va_bits or '?'}-bit addresses)")
         state = (f"reachable  {s.isa}  agent {s.agent_version}  engine {s.engine_version or '-'}  "

@@ -6,7 +6,9 @@ It is a ``RuntimeError`` on purpose, not one of our errors: it stands for a bug,
 supervisor contains what no ``except`` clause names. ``forward-gone`` instead makes the adb forward of a
 migration vanish (through the real adb server) just before the daemon removes it, as when the phone is
 unplugged right after the restore. ``wrong-exe`` makes a cross-ISA move send the x86_64 binary where the device needs
-the aarch64 one, so the device's own CRIU refuses the restore. Unset — always, outside tests — nothing happens.
+the aarch64 one, so the device's own CRIU refuses the restore. ``paging`` strikes once a post-copy restore runs on
+the device, before its last page: the daemon's error closes the connection, which cuts the page transfer.
+Unset — always, outside tests — nothing happens.
 """
 
 from __future__ import annotations
@@ -14,8 +16,8 @@ from __future__ import annotations
 import os
 
 ENV = "ANDROCOND_INJECT_FAULT"
-POINTS = frozenset({"preflight", "checkpoint", "recode", "stream", "commit", "finish-source", "forward-gone",
-                    "wrong-exe"})
+POINTS = frozenset({"preflight", "checkpoint", "recode", "stream", "commit", "paging", "finish-source",
+                    "forward-gone", "wrong-exe"})
 
 
 class InjectedFault(RuntimeError):

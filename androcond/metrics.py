@@ -13,6 +13,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .journal import TERMINAL, MigrationRecord
+from .states import MigrationState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _SECONDS = (0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60, 120, 300)
@@ -45,6 +46,9 @@ class Metrics:
         self.downtime = Histogram("androcond_migration_downtime_seconds",
                                   "Source frozen until running on the device", buckets=_SECONDS,
                                   registry=self.registry)
+        self.last_page = Histogram("androcond_migration_last_page_seconds",
+                                   "Post-copy: source frozen until every page arrived on the device",
+                                   buckets=_SECONDS, registry=self.registry)
         self.total = Histogram("androcond_migration_total_seconds", "Request until the migration ended",
                                buckets=_SECONDS, registry=self.registry)
         self.bytes = Counter("androcond_bytes_streamed", "Bytes sent to devices", registry=self.registry)
@@ -55,8 +59,11 @@ class Metrics:
             return
         self.migrations.labels(outcome=record.state).inc()
         self.bytes.inc(record.bytes_sent)
-        if "downtime_s" in record.timings:
+        # A post-copy move that rolled back had resumed on the device: that was no downtime of a finished move.
+        if "downtime_s" in record.timings and record.state == MigrationState.DONE:
             self.downtime.observe(record.timings["downtime_s"])
+        if "last_page_s" in record.timings:
+            self.last_page.observe(record.timings["last_page_s"])
         if "total_s" in record.timings:
             self.total.observe(record.timings["total_s"])
 

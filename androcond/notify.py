@@ -49,18 +49,20 @@ log = get_logger(__name__)
 
 T = TypeVar("T")
 
-EVENT_KINDS = ("requested", "rejected", "checkpointed", "restored", "rolled_back", "failed")
+EVENT_KINDS = ("requested", "rejected", "checkpointed", "resumed", "restored", "rolled_back", "failed")
 EVENT_TYPE_PREFIX = "io.androcond.migration."
 CONTENT_TYPE = JSONFormat.CONTENT_TYPE  # application/cloudevents+json: structured mode
 SIGNATURE_HEADER = "X-Androcond-Signature"
 OUTBOX_FILE = "outbox.sqlite3"
 
-# Journal state → event kind. The checkpoint has just been taken when streaming starts; intermediate states
-# (preflight, checkpointing, restoring, rolling-back) are not worth a notification.
+# Journal state → event kind. The checkpoint has just been taken when streaming starts; post-copy's paging means
+# it runs on the device while its memory arrives; other intermediate states (preflight, checkpointing,
+# restoring, rolling-back) are not worth a notification.
 _KIND_FOR_STATE = {
     "requested": "requested",
     "rejected": "rejected",
     "streaming": "checkpointed",
+    "paging": "resumed",
     "done": "restored",
     "rolled-back": "rolled_back",
     "failed": "failed",

@@ -33,9 +33,11 @@ from .devices import DeviceError, agent_endpoint
 from .engine import Engine, EngineError
 from .errors import AndrocondError
 from .faults import armed, inject
+from .images.lazy import split_lazy
 from .journal import Journal, MigrationRecord
 from .layer import LayerError, checkpoint_files, executables_for_target, replace_files, tree_files
 from .logging import get_logger, log_context
+from .page_server import PageServer, PageServerError
 from .payload import OutgoingFile, Progress
 from .popcorn import PopcornError
 from .protocol import protocol_pb2 as pb
@@ -195,6 +197,8 @@ class Migration:
         self._plan: TargetPlan | None = None  # the device's create body, decided in preflight
         # What the device needs of the images (ISA, profile, its CRIU, cgroups, paths), decided in preflight.
         self._recode_options = RecodeOptions(target=platform.machine())
+        self._lazy = False  # post-copy, decided in preflight
+        self._served = Path()  # post-copy: the images the page server serves (set by the stream)
 
     async def _set(self, state: MigrationState, detail: str = "") -> None:
         if not allowed(self.record.state, state):
@@ -230,6 +234,7 @@ class Migration:
                 await self._contain(exc)
             finally:
                 await asyncio.to_thread(shutil.rmtree, self._recode_dir(), True)
+                await asyncio.to_thread(shutil.rmtree, self._lazy_dir(), True)
             await self._end()
             return self.record
 
@@ -324,7 +329,7 @@ class Migration:
 
     async def _finish(self, outcome: pb.Outcome, detail: str) -> None:
         self.record.target_container_id = outcome.container_id
-        if self._frozen_at is not None:
+        if self._frozen_at is not None and "downtime_s" not in self.record.timings:  # post-copy: at the resume
             self._time("downtime_s", self._frozen_at)
         # "done" means all is settled: the source goes first (a crash in between is resolved as done too).
         await self._finish_source()
@@ -465,6 +470,7 @@ class Migration:
             cgroup_v1_to_v2=link.hello.cgroup2 and not await asyncio.to_thread(criu_compat.cgroup_v2),
             target_criu=link.hello.criu_version,
             absent_mounts=tuple(p for p in link.hello.absent_masked_paths if p not in here))
+        self._lazy = await self._decide_lazy(link.hello)
         upper = upper_dir(inspect)
         volumes = [source for _name, source in named_volumes(inspect)]
         disk = await asyncio.to_thread(lambda: sum(_tree_size(p) for p in [upper, *volumes]))
@@ -474,6 +480,27 @@ class Migration:
             raise Rejected(f"the device has {link.hello.free_bytes} bytes free; this container needs about "
                            f"{needed} (memory {memory}, files {disk})")
         return disk + memory
+
+    async def _decide_lazy(self, hello: pb.AgentHello) -> bool:
+        """Post-copy per the device's `lazy` setting: "true" refuses a move that cannot have it, "auto" takes
+        it when every part can."""
+        mode = self.ctx.settings.devices[self.record.device].lazy
+        if mode == "false":
+            return False
+        why_not = []
+        if not hello.lazy_pages:
+            why_not.append(f"device {self.record.device} cannot restore lazily (it needs androcond's runtime in "
+                           "its engine and userfaultfd in its kernel)")
+        blocker = await asyncio.to_thread(criu_compat.page_server_blocker)
+        if blocker:
+            why_not.append(blocker)
+        if stages_for(platform.machine(), self._recode_options):
+            why_not.append("the images need a recode for this device, and post-copy serves the pages as dumped")
+        if why_not and mode == "true":
+            raise Rejected(f"post-copy (lazy = true) is not possible: {'; '.join(why_not)}")
+        if why_not:
+            log.info("post-copy off for this move", why="; ".join(why_not))
+        return not why_not
 
     async def _check_criu_sockets(self, hello: pb.AgentHello, count: int) -> None:
         """A CRIU too old for its kernel fails on the first INET socket: say so now, not after the freeze."""
@@ -508,6 +535,10 @@ class Migration:
 
     def _recode_dir(self) -> Path:
         return self.ctx.settings.daemon.state_dir / "recode" / self.record.id
+
+    def _lazy_dir(self) -> Path:
+        """The device's pagemaps and pages files for post-copy (images/lazy.py)."""
+        return self.ctx.settings.daemon.state_dir / "lazy" / self.record.id
 
     async def _recode(self, root: Path | None) -> Path:
         """The images as the device needs them: recoded for its ISA and/or its profile, else as dumped.
@@ -585,7 +616,7 @@ class Migration:
         config = target.body
         begin = pb.Begin(migration_id=self.record.id, container_name=self.record.container_name,
                          image=str(config["Image"]), create_config_json=json.dumps(config),
-                         checkpoint_name=self.record.checkpoint_name, total_bytes=estimate)
+                         checkpoint_name=self.record.checkpoint_name, total_bytes=estimate, lazy=self._lazy)
         try:
             ack = await link.begin(begin)
         except AgentRefused as exc:
@@ -621,9 +652,16 @@ class Migration:
             # The root stays mounted until the binaries placed from it have been sent.
             root = await mounted.enter_async_context(container_root(inspect)) if cross is not None else None
             images = await self._recode(root)
+            self._served = images
 
             def collect() -> list[OutgoingFile]:
-                files = checkpoint_files(images) + tree_files(upper, pb.ROOTFS)
+                files = checkpoint_files(images)
+                if self._lazy:  # the device gets the lazy pages later, from the page server
+                    split = split_lazy(images, self._lazy_dir())
+                    log.info("post-copy: pages left to the page server", lazy_bytes=split.lazy_bytes,
+                             eager_bytes=split.eager_bytes)
+                    files = replace_files(files, checkpoint_files(split.directory))
+                files += tree_files(upper, pb.ROOTFS)
                 if cross is not None and root is not None:
                     # Injected: the device keeps the x86_64 binary, as if it was never replaced (its CRIU refuses).
                     suffix = VARIANT_SUFFIX["x86_64" if armed("wrong-exe", self.record.container_name)
@@ -650,11 +688,40 @@ class Migration:
         await self._set(S.RESTORING)
         inject("commit", self.record.container_name)
         t0 = time.monotonic()
-        outcome = await link.commit(file_count)  # a broken link here is settled by asking the device
-        self._time("restore_s", t0)
+        if self._lazy:
+            outcome = await self._commit_lazy(link, file_count, t0)
+        else:
+            outcome = await link.commit(file_count)  # a broken link here is settled by asking the device
+            self._time("restore_s", t0)
         if outcome.state != "running":
             raise DeviceDidNotRestore(f"the device did not restore the container: {outcome.error or outcome.state}")
         await self._finish(outcome, f"running on {self.record.device} as {outcome.container_id[:12]}")
+
+    async def _commit_lazy(self, link: AgentConnection, file_count: int, t0: float) -> pb.Outcome:
+        """Post-copy: the page server answers the device from the dump while the container runs there. The
+        source's checkpoint stays the container until the device reports the last page: until then a failure
+        rolls back at the source (and whatever the container did on the device is lost)."""
+        try:
+            server = await PageServer.start(self._served)
+        except (PageServerError, OSError) as exc:
+            raise TransportError(f"the page server did not start: {exc}") from exc
+
+        async def resumed(outcome: pb.Outcome) -> None:
+            self._time("restore_s", t0)
+            if self._frozen_at is not None:
+                self._time("downtime_s", self._frozen_at)
+            await self._set(S.PAGING, f"running on {self.record.device} as {outcome.container_id[:12]}; "
+                                      "its memory is arriving")
+            inject("paging", self.record.container_name)
+
+        try:
+            outcome = await link.commit_lazy(file_count, server, resumed, self.timeouts.paging)
+        finally:
+            await server.close()
+            self.record.timings["pages_mb"] = round(link.page_bytes / 2**20, 1)
+        if outcome.state == "running" and self._frozen_at is not None:
+            self._time("last_page_s", self._frozen_at)
+        return outcome
 
 
 async def resolve(ctx: Context, record: MigrationRecord) -> bool:

@@ -15,6 +15,7 @@ class MigrationState(StrEnum):
     CHECKPOINTING = "checkpointing"
     STREAMING = "streaming"
     RESTORING = "restoring"
+    PAGING = "paging"  # post-copy: it runs on the device, its memory still arriving from the source
     DONE = "done"
     ROLLING_BACK = "rolling-back"
     ROLLED_BACK = "rolled-back"
@@ -31,7 +32,9 @@ TRANSITIONS: dict[MigrationState, frozenset[MigrationState]] = {
     # From the freeze on, failure means a rollback at the source (or, after the commit, asking the device).
     S.CHECKPOINTING: frozenset({S.STREAMING, S.ROLLING_BACK}),
     S.STREAMING: frozenset({S.RESTORING, S.ROLLING_BACK}),
-    S.RESTORING: frozenset({S.DONE, S.ROLLING_BACK}),
+    S.RESTORING: frozenset({S.DONE, S.PAGING, S.ROLLING_BACK}),
+    # Until the last page has arrived the source's checkpoint is the container: a failure rolls back there.
+    S.PAGING: frozenset({S.DONE, S.ROLLING_BACK}),
     # The source could not be restarted: failed, with the checkpoint kept and named in the error.
     S.ROLLING_BACK: frozenset({S.ROLLED_BACK, S.FAILED}),
     S.DONE: frozenset(),
@@ -43,7 +46,7 @@ TRANSITIONS: dict[MigrationState, frozenset[MigrationState]] = {
 INITIAL = frozenset({S.REQUESTED, S.REJECTED})
 TERMINAL = frozenset(state for state, nexts in TRANSITIONS.items() if not nexts)
 # States in which the source container may be frozen (checkpointed and stopped).
-FROZEN = frozenset({S.CHECKPOINTING, S.STREAMING, S.RESTORING, S.ROLLING_BACK})
+FROZEN = frozenset({S.CHECKPOINTING, S.STREAMING, S.RESTORING, S.PAGING, S.ROLLING_BACK})
 
 
 def allowed(current: MigrationState, new: MigrationState) -> bool:
@@ -64,7 +67,7 @@ class DeviceAnswer(StrEnum):
 
     RUNNING = "running"          # it restored the container and it runs
     NOT_RUNNING = "not-running"  # failed, aborted, or it never heard of the migration
-    BUSY = "busy"                # still receiving or restoring: ask again
+    BUSY = "busy"                # still receiving, restoring or paging: ask again
     NO_ANSWER = "no-answer"      # unreachable, or it did not answer in time
     NOT_ASKED = "not-asked"      # the decision does not need the device
 
@@ -72,7 +75,7 @@ class DeviceAnswer(StrEnum):
 def device_answer(outcome_state: str) -> DeviceAnswer:
     if outcome_state == "running":
         return DeviceAnswer.RUNNING
-    if outcome_state in ("receiving", "restoring"):
+    if outcome_state in ("receiving", "restoring", "paging"):
         return DeviceAnswer.BUSY
     return DeviceAnswer.NOT_RUNNING
 
@@ -87,7 +90,7 @@ class Action(StrEnum):
 
 def needs_device(state: MigrationState) -> bool:
     """Only after the commit may the device run the container; before it, the agent discards what it got."""
-    return state == S.RESTORING
+    return state in (S.RESTORING, S.PAGING)
 
 
 def decide(state: MigrationState, answer: DeviceAnswer) -> Action:

@@ -11,10 +11,10 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
-from collections.abc import Awaitable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Self, TypeVar
+from typing import Protocol, Self, TypeVar
 
 import asyncssh
 
@@ -109,6 +109,14 @@ class Endpoint:
     host_key_alias: str | None = None
 
 
+class PageSource(Protocol):
+    """The source's page server as post-copy needs it (page_server.PageServer)."""
+
+    async def feed(self, data: bytes) -> None: ...
+
+    def replies(self) -> AsyncIterator[bytes]: ...
+
+
 @dataclass
 class _Pending:
     acks: dict[int, asyncio.Future[pb.FileAck]] = field(default_factory=dict)
@@ -134,6 +142,8 @@ class AgentConnection:
         self._data_sent = 0  # file-data bytes sent in this session
         self._data_stored = 0  # of those, what the agent reported stored
         self._stored_news = asyncio.Event()  # set on each Stored frame and on failure
+        self._pages: PageSource | None = None  # post-copy: where the device's page requests go
+        self.page_bytes = 0  # page-protocol bytes carried, both ways
 
     # --- connection ------------------------------------------------------------------------------------
     @classmethod
@@ -210,6 +220,8 @@ class AgentConnection:
                 elif kind == "stored":
                     self._data_stored = max(self._data_stored, frame.stored.bytes)
                     self._stored_news.set()
+                elif kind == "pages":
+                    await self._page_request(frame.pages.data)
                 elif kind == "error":
                     raise AgentRefused.from_frame(frame.error)
                 else:
@@ -242,6 +254,9 @@ class AgentConnection:
 
     async def _send_and_reply(self, request: pb.Frame, phase: str, expected: str) -> pb.Frame:
         await self._send(request)
+        return await self._reply(phase, expected)
+
+    async def _reply(self, phase: str, expected: str) -> pb.Frame:
         frame = await self._pending.replies.get()
         if body(frame) == "error":
             if isinstance(self._failure, TransportError):
@@ -365,6 +380,40 @@ class AgentConnection:
         frame = pb.Frame(commit=pb.Commit(file_count=file_count))
         return (await self._request(frame, "commit", self.timeouts.commit, "outcome")).outcome
 
+    async def commit_lazy(self, file_count: int, pages: PageSource,
+                          on_resumed: Callable[[pb.Outcome], Awaitable[None]], paging_s: float) -> pb.Outcome:
+        """Post-copy: commit while `pages` answers the device's page requests over this channel. The device
+        answers twice: "paging" once the container runs (`on_resumed` is called), then "running" once the last
+        page has arrived, under the `paging` deadline. Any other first answer is returned as it is."""
+        self._pages = pages
+        self._tasks.append(asyncio.create_task(self._page_replies(pages), name="page-replies"))
+        first = await self.commit(file_count)
+        if first.state != "paging":
+            return first
+        await on_resumed(first)
+        return (await _phase("paging", paging_s, self._reply("paging", "outcome"))).outcome
+
+    async def _page_request(self, data: bytes) -> None:
+        if self._pages is None:
+            raise TransportError("the agent sent pages outside a post-copy commit")
+        self.page_bytes += len(data)
+        try:
+            await self._pages.feed(data)
+        except (OSError, ConnectionError) as exc:
+            # The page server is gone: the device's lazy-pages fails, and the agent says so in its outcome.
+            log.warning("the page server took no more requests", error=str(exc))
+            self._pages = _Drain()
+
+    async def _page_replies(self, pages: PageSource) -> None:
+        try:
+            async for data in pages.replies():
+                self.page_bytes += len(data)
+                await self._send(pb.Frame(pages=pb.Pages(data=data)))
+        except TransportError as exc:
+            self._fail(exc)
+        except (OSError, ConnectionError) as exc:
+            log.warning("the page server stopped answering", error=str(exc))
+
     async def abort(self, reason: str) -> pb.Outcome:
         return (await self._request(pb.Frame(abort=pb.Abort(reason=reason)), "abort", self.timeouts.query,
                                     "outcome")).outcome
@@ -372,6 +421,17 @@ class AgentConnection:
     async def query(self, migration_id: str) -> pb.Outcome:
         frame = pb.Frame(query=pb.Query(migration_id=migration_id))
         return (await self._request(frame, "query", self.timeouts.query, "outcome")).outcome
+
+
+class _Drain:
+    """Where page requests go once the page server is gone."""
+
+    async def feed(self, data: bytes) -> None:
+        return None
+
+    async def replies(self) -> AsyncIterator[bytes]:
+        return
+        yield b""
 
 
 async def _connect(endpoint: Endpoint, timeouts: PhaseTimeouts) -> asyncssh.SSHClientConnection:

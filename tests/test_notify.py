@@ -157,8 +157,8 @@ def kinds_by_migration(hits: list[Hit]) -> dict[str, list[str]]:
 
 
 def test_event_kind_for_state() -> None:
-    expected = {"requested": "requested", "rejected": "rejected", "streaming": "checkpointed", "done": "restored",
-                "rolled-back": "rolled_back", "failed": "failed"}
+    expected = {"requested": "requested", "rejected": "rejected", "streaming": "checkpointed", "paging": "resumed",
+                "done": "restored", "rolled-back": "rolled_back", "failed": "failed"}
     assert {s: event_kind_for_state(s) for s in tuple(MigrationState) if event_kind_for_state(s)} == expected
     assert event_kind_for_state("preflight") is None
     assert event_kind_for_state("nonsense") is None

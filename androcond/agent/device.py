@@ -46,6 +46,7 @@ class DeviceFacts:
     criu_runc_options: tuple[str, ...] = ()  # what /etc/criu/runc.conf hands CRIU here
     cgroup2: bool = False  # /sys/fs/cgroup is the unified hierarchy
     absent_masked_paths: tuple[str, ...] = ()  # Docker's masked paths this kernel lacks
+    lazy_restore: bool = False  # its CRIU can restore lazily here (userfaultfd with non-cooperative events)
 
     @property
     def criu_dumps_sockets(self) -> bool:
@@ -90,7 +91,8 @@ async def gather_facts(engine: Engine) -> DeviceFacts:
                        va_bits=await asyncio.to_thread(criu_compat.own_va_bits),
                        criu_runc_options=tuple(await asyncio.to_thread(criu_compat.runc_options)),
                        cgroup2=await asyncio.to_thread(criu_compat.cgroup_v2),
-                       absent_masked_paths=tuple(await asyncio.to_thread(criu_compat.absent_paths)))
+                       absent_masked_paths=tuple(await asyncio.to_thread(criu_compat.absent_paths)),
+                       lazy_restore=await criu_compat.lazy_restore_supported())
 
 
 @dataclass
@@ -126,8 +128,16 @@ class DeviceEngine:
     def fast_restore(self) -> bool:
         return bool(self.facts.runtime) and self.spool_dir is not None
 
+    @property
+    def post_copy(self) -> bool:
+        """Lazy restores need androcond's runtime (the engine cannot pass --lazy-pages) and userfaultfd."""
+        return self.fast_restore and self.facts.lazy_restore
+
     async def create(self, name: str, config: dict[str, Any], checkpoint_name: str,
-                     migration_id: str = "") -> TargetContainer:
+                     migration_id: str = "", lazy: bool = False) -> TargetContainer:
+        if lazy and not self.post_copy:
+            raise RestoreError("this device cannot restore lazily (it needs androcond's runtime and "
+                               "userfaultfd): migrate without post-copy")
         if self.fast_restore:
             assert self.spool_dir is not None
             criu_conf = await asyncio.to_thread(write_restore_config, self.spool_dir)
@@ -144,7 +154,7 @@ class DeviceEngine:
             raise
         # From here on the container is ours: whatever fails (or cancels us), it must not stay behind.
         try:
-            return await self._prepare(cid, checkpoint_name, migration_id)
+            return await self._prepare(cid, checkpoint_name, migration_id, lazy)
         except BaseException as exc:
             await self._remove_quietly(cid)
             if isinstance(exc, EngineError):
@@ -154,7 +164,7 @@ class DeviceEngine:
                     from exc
             raise
 
-    async def _prepare(self, cid: str, checkpoint_name: str, migration_id: str) -> TargetContainer:
+    async def _prepare(self, cid: str, checkpoint_name: str, migration_id: str, lazy: bool) -> TargetContainer:
         inspect = await self.engine.inspect_container(cid)
         driver = inspect.get("GraphDriver") or {}
         upper = (driver.get("Data") or {}).get("UpperDir")
@@ -166,7 +176,7 @@ class DeviceEngine:
         if self.fast_restore:
             assert self.spool_dir is not None
             images_dir = self.spool_dir / "images" / (migration_id or cid)
-        nonce = await asyncio.to_thread(_make_checkpoint_dirs, stub_dir, images_dir)
+        nonce = await asyncio.to_thread(_make_checkpoint_dirs, stub_dir, images_dir, lazy)
         return TargetContainer(cid, images_dir, Path(upper), stub_dir, nonce)
 
     async def _remove_quietly(self, cid: str) -> None:
@@ -183,22 +193,32 @@ class DeviceEngine:
             raise RestoreError(f"volume {name!r} is not on the device: {exc}") from exc
         return Path(str(volume["Mountpoint"]))
 
-    async def restore(self, target: TargetContainer, checkpoint_name: str) -> None:
+    async def restore(self, target: TargetContainer, checkpoint_name: str, *, clean: bool = True) -> None:
+        """Start the container from its checkpoint. With `clean`, what the restore leaves is removed at once
+        (a lazy restore keeps it until its pages have arrived: lazy-pages works in the images directory)."""
+        try:
+            state = await self._start_from_checkpoint(target, checkpoint_name)
+        except BaseException:
+            await self.clean_after_restore(target)
+            raise
+        if clean:
+            await self.clean_after_restore(target)
+        if not state.get("Running"):
+            raise RestoreError(f"restored container is not running (status {state.get('Status')}, "
+                               f"exit code {state.get('ExitCode')}, error {state.get('Error')!r})")
+
+    async def _start_from_checkpoint(self, target: TargetContainer, checkpoint_name: str) -> dict[str, Any]:
         try:
             if target.stub_dir is not None and target.stub_dir != target.checkpoint_dir:
                 # runc reads descriptors.json from the path the engine gives it: the stub's copy.
                 await asyncio.to_thread(shutil.copyfile, target.checkpoint_dir / "descriptors.json",
                                         target.stub_dir / "descriptors.json")
             await self.engine.start_container(target.container_id, checkpoint=checkpoint_name)
-            state = (await self.engine.inspect_container(target.container_id))["State"]
+            state: dict[str, Any] = (await self.engine.inspect_container(target.container_id))["State"]
         except (EngineError, OSError) as exc:
             why = await asyncio.to_thread(criu_log_errors, str(exc), self._failed_logs())
             raise RestoreError(f"restore refused by the device engine: {exc}{why}") from exc
-        finally:
-            await self.clean_after_restore(target)
-        if not state.get("Running"):
-            raise RestoreError(f"restored container is not running (status {state.get('Status')}, "
-                               f"exit code {state.get('ExitCode')}, error {state.get('Error')!r})")
+        return state
 
     async def clean_after_restore(self, target: TargetContainer) -> None:
         """What a restore leaves on the device: containerd's extraction of the checkpoint (it never removes
@@ -208,6 +228,17 @@ class DeviceEngine:
         if removed:
             log.info("removed what the restore left", container_id=target.container_id,
                      paths=[str(p) for p in removed])
+
+    async def remove_spooled(self, migration_id: str) -> bool:
+        """The images a migration spooled here (settling it after the agent died: no TargetContainer is left
+        to say where they are). True if there were some."""
+        if self.spool_dir is None:
+            return False
+        images = self.spool_dir / "images" / migration_id
+        if not images.exists():
+            return False
+        await asyncio.to_thread(shutil.rmtree, images, True)
+        return True
 
     async def apply_restart_policy(self, container_id: str, policy: dict[str, Any]) -> None:
         """After a successful restore; a failure leaves the container running without it, and says so."""
@@ -237,6 +268,7 @@ class DeviceEngine:
 
 RUNTIME_NAME = "androcond"
 RUNTIME_STUB = "androcond-images"  # in the stub: the directory where the images are (read by androcond-runc)
+RUNTIME_LAZY = "androcond-lazy"  # in the stub: androcond-runc restores with --lazy-pages
 
 
 # runc hands CRIU the configuration file this annotation names instead of /etc/criu/runc.conf (engines with
@@ -277,12 +309,14 @@ def runtime_path() -> Path:
     return Path(__file__).parent / "runtime" / "androcond-runc"
 
 
-def _make_checkpoint_dirs(stub_dir: Path, images_dir: Path) -> str:
+def _make_checkpoint_dirs(stub_dir: Path, images_dir: Path, lazy: bool = False) -> str:
     stub_dir.mkdir(parents=True, exist_ok=False)
     nonce = place_nonce(stub_dir)
     if images_dir != stub_dir:
         images_dir.mkdir(parents=True, exist_ok=True)
         (stub_dir / RUNTIME_STUB).write_text(str(images_dir))
+        if lazy:
+            (stub_dir / RUNTIME_LAZY).write_text("")
     return nonce
 
 

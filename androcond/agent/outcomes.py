@@ -22,7 +22,7 @@ from .errors import BadMigrationId as BadMigrationId  # noqa: PLC0414 - re-expor
 log = get_logger(__name__)
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-IN_FLIGHT = ("receiving", "restoring")
+IN_FLIGHT = ("receiving", "restoring", "paging")
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class ProcessIdentity:
 @dataclass
 class OutcomeRecord:
     migration_id: str
-    state: str  # receiving, restoring, running, failed, aborted
+    state: str  # receiving, restoring, paging (post-copy: resumed, pages arriving), running, failed, aborted
     container_id: str = ""
     error: str = ""
     restore_seconds: float = 0.0
@@ -69,6 +69,13 @@ class OutcomeRecord:
     # The agent process that wrote the record (0: a file from before owners were recorded).
     owner_pid: int = 0
     owner_start: int = 0
+    # Post-copy: the page keeper guarding the restored container until its last page (page_keeper.py).
+    pager_pid: int = 0
+    pager_start: int = 0
+
+    @property
+    def pager(self) -> ProcessIdentity | None:
+        return ProcessIdentity(self.pager_pid, self.pager_start) if self.pager_pid else None
 
     @property
     def owner(self) -> ProcessIdentity:

@@ -10,12 +10,15 @@ from __future__ import annotations
 from ..errors import AndrocondError
 from ..logging import get_logger
 from .device import DeviceEngine
+from .lazy_pages import kill_group
 from .outcomes import OutcomeRecord, OutcomeStore
 
 log = get_logger(__name__)
 
 RESTORE_DIED = "the agent stopped during the restore; the container did not come up"
 RECEIVE_DIED = "the agent stopped while receiving the migration's files"
+PAGING_DIED = ("the agent stopped before every page of the post-copy restore had arrived; the container was "
+               "removed")
 
 
 async def settle_if_stale(store: OutcomeStore, device: DeviceEngine, record: OutcomeRecord) -> OutcomeRecord:
@@ -24,7 +27,15 @@ async def settle_if_stale(store: OutcomeStore, device: DeviceEngine, record: Out
         return record
     before = record.state
     cid = record.container_id
-    if before == "restoring" and cid and await device.is_running(cid):
+    pager = record.pager
+    if pager is not None:
+        # Post-copy that did not see its last page: the container (blocked on its missing pages while the
+        # keeper lives) is removed first, and only then the keeper, so no task ever reads a missing page.
+        if cid:
+            await device.discard(cid)
+        kill_group(pager)
+        settled = OutcomeRecord(record.migration_id, "failed", error=PAGING_DIED, bytes_received=record.bytes_received)
+    elif before == "restoring" and cid and await device.is_running(cid):
         settled = OutcomeRecord(record.migration_id, "running", cid, bytes_received=record.bytes_received)
     else:
         if cid:
@@ -37,6 +48,8 @@ async def settle_if_stale(store: OutcomeStore, device: DeviceEngine, record: Out
             settled = OutcomeRecord(record.migration_id, "aborted", error=RECEIVE_DIED + removed,
                                     bytes_received=record.bytes_received)
     await store.put(settled)
+    # Whatever the answer, the spooled images are of no more use (CRIU read them, or never will).
+    await device.remove_spooled(record.migration_id)
     log.warning("settled a stale outcome", migration_id=record.migration_id, was=before, now=settled.state,
                 container_id=cid, dead_owner_pid=record.owner_pid)
     return settled

@@ -21,7 +21,7 @@ import json
 import os
 import stat
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Coroutine
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
@@ -43,6 +43,7 @@ from .device import DeviceEngine, TargetContainer, parse_create_config
 from .errors import INTERNAL, PEER_GONE, IdleTimeout, NoSpace, RestoreError, ShuttingDown, UnsafePath, classify
 from .errors import ProtocolViolation as ProtocolViolation  # noqa: PLC0414 - re-exported, importable here as before
 from .fit import Fitted, fit
+from .lazy_pages import PageKeeper
 from .outcomes import OutcomeRecord, OutcomeStore, check_id
 from .paths import open_new_file, place_beneath
 from .recovery import settle_if_stale
@@ -93,6 +94,7 @@ class _Migration:
     failed: str = ""
     finished: bool = False
     fitted: Fitted | None = None  # the create body as this device can honour it
+    keeper: PageKeeper | None = None  # post-copy, from the commit until the last page (or the discard)
 
 
 def _statvfs_free(path: Path) -> int:
@@ -117,6 +119,7 @@ class AgentSession:
         self._task: asyncio.Task[Any] | None = None
         self._bytes_stored = 0  # file data received in this session and written (or handed to the image load)
         self._stored_reported = 0
+        self._paging: set[asyncio.Task[None]] = set()  # post-copy's relay and its wait for the last page
 
     async def send(self, frame: pb.Frame) -> None:
         await write_frame(self.writer, frame)
@@ -153,7 +156,11 @@ class AgentSession:
             await self._fail(exc)
         finally:
             with log_context(**self._context()):
-                await self._end_unfinished("aborted", "connection ended before commit")
+                await self._end_unfinished("aborted", "connection ended before the migration finished")
+                # Post-copy's tasks end with the keeper (discarded above, or done): reap them.
+                for task in list(self._paging):
+                    task.cancel()
+                await asyncio.gather(*self._paging, return_exceptions=True)
 
     async def _fail(self, exc: Exception) -> None:
         """Log the failure, discard the unfinished migration, then tell the client (if it is still there)."""
@@ -210,7 +217,8 @@ class AgentSession:
             kernel_release=facts.kernel_release, criu_dumps_sockets=facts.criu_dumps_sockets,
             androcond_runtime=self.device.fast_restore, va_bits=facts.va_bits,
             criu_runc_options=list(facts.criu_runc_options), cgroup2=facts.cgroup2,
-            absent_masked_paths=list(facts.absent_masked_paths), reports_stored=True)))
+            absent_masked_paths=list(facts.absent_masked_paths), reports_stored=True,
+            lazy_pages=self.device.post_copy)))
 
     def _phase_of(self, frame: pb.Frame) -> str:
         kind = body(frame)
@@ -235,6 +243,8 @@ class AgentSession:
                 await self._begin(frame.begin)
             elif kind == "commit":
                 await self._commit(frame.commit.file_count)
+            elif kind == "pages":
+                await self._pages(frame.pages.data)
             elif kind == "query":
                 await self._query(frame.query.migration_id)
             elif kind == "abort":
@@ -282,7 +292,7 @@ class AgentSession:
         begin = migration.begin
         assert migration.fitted is not None
         migration.target = await self.device.create(begin.container_name, migration.fitted.body,
-                                                    begin.checkpoint_name, begin.migration_id)
+                                                    begin.checkpoint_name, begin.migration_id, lazy=begin.lazy)
         # Should this process die now, whoever settles the record knows which container to remove.
         await self.outcomes.put(OutcomeRecord(begin.migration_id, "receiving", migration.target.container_id,
                                               bytes_received=migration.bytes_received))
@@ -402,6 +412,9 @@ class AgentSession:
             raise ProtocolViolation(f"commit after {migration.files_verified} of {expected} files")
         record = OutcomeRecord(begin.migration_id, "restoring", migration.target.container_id,
                                bytes_received=migration.bytes_received)
+        if begin.lazy:
+            await self._commit_lazy(migration, record)
+            return
         await self.outcomes.put(record)
         started = time.monotonic()
         try:
@@ -409,15 +422,114 @@ class AgentSession:
         except RestoreError as exc:
             await self._discard(migration, "failed", str(exc))
         else:
-            migration.finished = True
-            record.state = "running"
-            record.restore_seconds = time.monotonic() - started
-            await self.outcomes.put(record)
-            log.info("restored", container_id=record.container_id, restore_s=round(record.restore_seconds, 3))
-            if migration.fitted is not None and migration.fitted.restart_policy:
-                # Only now: a policy on a container whose restore failed would start it afresh, a second copy.
-                await self.device.apply_restart_policy(record.container_id, migration.fitted.restart_policy)
+            await self._running(migration, record, time.monotonic() - started)
         await self._query(begin.migration_id)
+
+    async def _running(self, migration: _Migration, record: OutcomeRecord, restore_seconds: float) -> None:
+        migration.finished = True
+        record.state = "running"
+        record.restore_seconds = restore_seconds
+        record.pager_pid = record.pager_start = 0
+        await self.outcomes.put(record)
+        log.info("restored", container_id=record.container_id, restore_s=round(record.restore_seconds, 3))
+        if migration.fitted is not None and migration.fitted.restart_policy:
+            # Only now: a policy on a container whose restore failed would start it afresh, a second copy.
+            await self.device.apply_restart_policy(record.container_id, migration.fitted.restart_policy)
+
+    # --- post-copy -----------------------------------------------------------------------------------------
+    async def _commit_lazy(self, migration: _Migration, record: OutcomeRecord) -> None:
+        """Restore with the memory still at the source: `criu lazy-pages` (in its keeper) first, then the
+        engine's restore through androcond's runtime. The client hears "paging" once the container runs, and
+        "running" (or "failed") once every page has arrived. The restore itself runs in a task of its own:
+        the restoring tasks fault on lazy pages already, and their pages arrive as Pages frames, which only
+        this session's reader takes."""
+        target = migration.target
+        assert target is not None
+        started = time.monotonic()
+        try:
+            migration.keeper = await PageKeeper.start(target.checkpoint_dir)
+        except (RestoreError, OSError) as exc:
+            await self._discard(migration, "failed", f"post-copy could not start: {exc}")
+            await self._query(record.migration_id)
+            return
+        # From here on a dead agent leaves a record that names the keeper to kill (recovery.py).
+        record.pager_pid, record.pager_start = migration.keeper.identity.pid, migration.keeper.identity.start
+        await self.outcomes.put(record)
+        self._own(self._relay_replies(migration.keeper), "pages-out")
+        self._own(self._restore_lazily(migration, record, started), "lazy-restore")
+
+    async def _restore_lazily(self, migration: _Migration, record: OutcomeRecord, started: float) -> None:
+        target, keeper = migration.target, migration.keeper
+        assert target is not None
+        assert keeper is not None
+        try:
+            await self.device.restore(target, migration.begin.checkpoint_name, clean=False)
+        except RestoreError as exc:
+            if not migration.finished:
+                await self._discard(migration, "failed", f"{exc}{keeper.log_excerpt()}")
+            await self._tell(record.migration_id)
+            return
+        if migration.finished:
+            return  # discarded meanwhile: the client went away during the restore
+        record.state = "paging"
+        record.restore_seconds = time.monotonic() - started
+        await self.outcomes.put(record)
+        log.info("resumed; pages arriving", container_id=record.container_id,
+                 restore_s=round(record.restore_seconds, 3))
+        await self._tell(record.migration_id)
+        code = await keeper.wait()
+        if migration.finished:
+            return  # discarded meanwhile (the client went away, or the agent shuts down)
+        if code == 0:
+            await self.device.clean_after_restore(target)
+            await self._running(migration, record, record.restore_seconds)
+            log.info("every page arrived", container_id=record.container_id)
+        else:
+            await self._discard(migration, "failed", f"criu lazy-pages exited with status {code} before every "
+                                f"page arrived{keeper.log_excerpt()}; the container was removed")
+        await self._tell(record.migration_id)
+
+    async def _tell(self, migration_id: str) -> None:
+        """The outcome, from a task of post-copy: a client that is gone is the session reader's business."""
+        try:
+            await self._query(migration_id)
+        except (ChannelClosed, ConnectionError, OSError) as exc:
+            log.warning("could not tell the client the outcome", error=str(exc))
+
+    def _own(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """A task of this session's post-copy: whatever it raises ends the migration here (discarded, the
+        client told), never the agent."""
+
+        async def guarded() -> None:
+            try:
+                await work
+            except Exception as exc:
+                log.exception("post-copy task failed", task=name, error=str(exc))
+                await self._end_unfinished("failed", f"agent: {name} failed: {exc.__class__.__name__}: {exc}")
+                if self.migration is not None:
+                    await self._tell(self.migration.begin.migration_id)
+
+        task = asyncio.create_task(guarded(), name=name)
+        self._paging.add(task)
+        task.add_done_callback(self._paging.discard)
+
+    async def _pages(self, data: bytes) -> None:
+        migration = self.migration
+        if migration is None or migration.keeper is None:
+            raise ProtocolViolation("pages outside a post-copy restore")
+        if migration.finished:
+            return  # the last page is in, or the migration was discarded: late bytes mean nothing
+        try:
+            await migration.keeper.feed(data)
+        except (ConnectionError, OSError) as exc:
+            log.warning("lazy-pages took no more pages", error=str(exc))  # its exit status says why
+
+    async def _relay_replies(self, keeper: PageKeeper) -> None:
+        """lazy-pages' requests to the source's page server. A send that fails means the client is gone: the
+        session's reader sees it too and discards the migration."""
+        with contextlib.suppress(ChannelClosed, ConnectionError, OSError):
+            async for data in keeper.replies():
+                await self.send(pb.Frame(pages=pb.Pages(data=data)))
 
     async def _query(self, migration_id: str) -> None:
         check_id(migration_id)
@@ -457,6 +569,14 @@ class AgentSession:
             except AndrocondError as exc:
                 log.error("could not remove the prepared container", error=str(exc),
                           container_id=migration.target.container_id)
+                if migration.keeper is not None:
+                    # Killing the keeper under a container that may run would turn its missing pages into
+                    # zeros: it stays, and so does the record naming it, for the next attempt.
+                    log.error("the page keeper stays until the container is removed",
+                              keeper_pid=migration.keeper.identity.pid)
+                    migration.keeper = None
+        if migration.keeper is not None:
+            await migration.keeper.kill()
         await self.outcomes.put(OutcomeRecord(migration.begin.migration_id, state,
                                               error=error, bytes_received=migration.bytes_received))
         log.warning("migration discarded", state=state, error=error)

@@ -40,7 +40,7 @@ class ClientHello(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., client_version: _Optional[str] = ...) -> None: ...
 
 class AgentHello(_message.Message):
-    __slots__ = ("protocol_version", "agent_version", "isa", "page_size", "criu_version", "engine_version", "free_bytes", "vdso", "vvar_size", "kernel_release", "criu_dumps_sockets", "androcond_runtime", "va_bits", "criu_runc_options", "cgroup2", "absent_masked_paths", "reports_stored")
+    __slots__ = ("protocol_version", "agent_version", "isa", "page_size", "criu_version", "engine_version", "free_bytes", "vdso", "vvar_size", "kernel_release", "criu_dumps_sockets", "androcond_runtime", "va_bits", "criu_runc_options", "cgroup2", "absent_masked_paths", "reports_stored", "lazy_pages")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     ISA_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,7 @@ class AgentHello(_message.Message):
     CGROUP2_FIELD_NUMBER: _ClassVar[int]
     ABSENT_MASKED_PATHS_FIELD_NUMBER: _ClassVar[int]
     REPORTS_STORED_FIELD_NUMBER: _ClassVar[int]
+    LAZY_PAGES_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     agent_version: str
     isa: str
@@ -75,10 +76,11 @@ class AgentHello(_message.Message):
     cgroup2: bool
     absent_masked_paths: _containers.RepeatedScalarFieldContainer[str]
     reports_stored: bool
-    def __init__(self, protocol_version: _Optional[int] = ..., agent_version: _Optional[str] = ..., isa: _Optional[str] = ..., page_size: _Optional[int] = ..., criu_version: _Optional[str] = ..., engine_version: _Optional[str] = ..., free_bytes: _Optional[int] = ..., vdso: _Optional[bytes] = ..., vvar_size: _Optional[int] = ..., kernel_release: _Optional[str] = ..., criu_dumps_sockets: _Optional[bool] = ..., androcond_runtime: _Optional[bool] = ..., va_bits: _Optional[int] = ..., criu_runc_options: _Optional[_Iterable[str]] = ..., cgroup2: _Optional[bool] = ..., absent_masked_paths: _Optional[_Iterable[str]] = ..., reports_stored: _Optional[bool] = ...) -> None: ...
+    lazy_pages: bool
+    def __init__(self, protocol_version: _Optional[int] = ..., agent_version: _Optional[str] = ..., isa: _Optional[str] = ..., page_size: _Optional[int] = ..., criu_version: _Optional[str] = ..., engine_version: _Optional[str] = ..., free_bytes: _Optional[int] = ..., vdso: _Optional[bytes] = ..., vvar_size: _Optional[int] = ..., kernel_release: _Optional[str] = ..., criu_dumps_sockets: _Optional[bool] = ..., androcond_runtime: _Optional[bool] = ..., va_bits: _Optional[int] = ..., criu_runc_options: _Optional[_Iterable[str]] = ..., cgroup2: _Optional[bool] = ..., absent_masked_paths: _Optional[_Iterable[str]] = ..., reports_stored: _Optional[bool] = ..., lazy_pages: _Optional[bool] = ...) -> None: ...
 
 class Begin(_message.Message):
-    __slots__ = ("migration_id", "container_name", "image", "create_config_json", "checkpoint_name", "total_bytes", "file_count")
+    __slots__ = ("migration_id", "container_name", "image", "create_config_json", "checkpoint_name", "total_bytes", "file_count", "lazy")
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_NAME_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -86,6 +88,7 @@ class Begin(_message.Message):
     CHECKPOINT_NAME_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     FILE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    LAZY_FIELD_NUMBER: _ClassVar[int]
     migration_id: str
     container_name: str
     image: str
@@ -93,7 +96,8 @@ class Begin(_message.Message):
     checkpoint_name: str
     total_bytes: int
     file_count: int
-    def __init__(self, migration_id: _Optional[str] = ..., container_name: _Optional[str] = ..., image: _Optional[str] = ..., create_config_json: _Optional[str] = ..., checkpoint_name: _Optional[str] = ..., total_bytes: _Optional[int] = ..., file_count: _Optional[int] = ...) -> None: ...
+    lazy: bool
+    def __init__(self, migration_id: _Optional[str] = ..., container_name: _Optional[str] = ..., image: _Optional[str] = ..., create_config_json: _Optional[str] = ..., checkpoint_name: _Optional[str] = ..., total_bytes: _Optional[int] = ..., file_count: _Optional[int] = ..., lazy: _Optional[bool] = ...) -> None: ...
 
 class BeginAck(_message.Message):
     __slots__ = ("need_image", "container_id", "adjusted_json")
@@ -165,6 +169,12 @@ class Stored(_message.Message):
     bytes: int
     def __init__(self, bytes: _Optional[int] = ...) -> None: ...
 
+class Pages(_message.Message):
+    __slots__ = ("data",)
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    data: bytes
+    def __init__(self, data: _Optional[bytes] = ...) -> None: ...
+
 class Commit(_message.Message):
     __slots__ = ("file_count",)
     FILE_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -210,7 +220,7 @@ class Error(_message.Message):
     def __init__(self, message: _Optional[str] = ..., phase: _Optional[str] = ..., code: _Optional[str] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("client_hello", "agent_hello", "begin", "begin_ack", "file_start", "file_data", "file_end", "file_ack", "commit", "outcome", "query", "abort", "error", "stored")
+    __slots__ = ("client_hello", "agent_hello", "begin", "begin_ack", "file_start", "file_data", "file_end", "file_ack", "commit", "outcome", "query", "abort", "error", "stored", "pages")
     CLIENT_HELLO_FIELD_NUMBER: _ClassVar[int]
     AGENT_HELLO_FIELD_NUMBER: _ClassVar[int]
     BEGIN_FIELD_NUMBER: _ClassVar[int]
@@ -225,6 +235,7 @@ class Frame(_message.Message):
     ABORT_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     STORED_FIELD_NUMBER: _ClassVar[int]
+    PAGES_FIELD_NUMBER: _ClassVar[int]
     client_hello: ClientHello
     agent_hello: AgentHello
     begin: Begin
@@ -239,4 +250,5 @@ class Frame(_message.Message):
     abort: Abort
     error: Error
     stored: Stored
-    def __init__(self, client_hello: _Optional[_Union[ClientHello, _Mapping]] = ..., agent_hello: _Optional[_Union[AgentHello, _Mapping]] = ..., begin: _Optional[_Union[Begin, _Mapping]] = ..., begin_ack: _Optional[_Union[BeginAck, _Mapping]] = ..., file_start: _Optional[_Union[FileStart, _Mapping]] = ..., file_data: _Optional[_Union[FileData, _Mapping]] = ..., file_end: _Optional[_Union[FileEnd, _Mapping]] = ..., file_ack: _Optional[_Union[FileAck, _Mapping]] = ..., commit: _Optional[_Union[Commit, _Mapping]] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., stored: _Optional[_Union[Stored, _Mapping]] = ...) -> None: ...
+    pages: Pages
+    def __init__(self, client_hello: _Optional[_Union[ClientHello, _Mapping]] = ..., agent_hello: _Optional[_Union[AgentHello, _Mapping]] = ..., begin: _Optional[_Union[Begin, _Mapping]] = ..., begin_ack: _Optional[_Union[BeginAck, _Mapping]] = ..., file_start: _Optional[_Union[FileStart, _Mapping]] = ..., file_data: _Optional[_Union[FileData, _Mapping]] = ..., file_end: _Optional[_Union[FileEnd, _Mapping]] = ..., file_ack: _Optional[_Union[FileAck, _Mapping]] = ..., commit: _Optional[_Union[Commit, _Mapping]] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., stored: _Optional[_Union[Stored, _Mapping]] = ..., pages: _Optional[_Union[Pages, _Mapping]] = ...) -> None: ...

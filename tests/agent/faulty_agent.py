@@ -15,6 +15,8 @@ Faults:
   no-runtime       ignores androcond's runtime on the device engine: the plain engine restore
   small-va         says its kernel gives a process 39-bit addresses, as many Android kernels do
   slow-disk        stores each chunk of file data 20 ms late (a disk slower than the link)
+  slow-pages       hands each Pages frame to lazy-pages 50 ms late (a slow link after the resume): a post-copy
+                   restore stays "paging" for seconds, long enough for a test to cut or kill something
 """
 
 from __future__ import annotations
@@ -128,9 +130,15 @@ class LoadDies(DeviceEngine):
 class HoldRestore(DeviceEngine):
     """The session has written the outcome "restoring" and asks for the restore: it never happens."""
 
-    async def restore(self, target: TargetContainer, checkpoint_name: str) -> None:
+    async def restore(self, target: TargetContainer, checkpoint_name: str, *, clean: bool = True) -> None:
         get_logger("hold-restore").info("holding the restore", container_id=target.container_id)
         await asyncio.Event().wait()
+
+
+class SlowPages(AgentSession):
+    async def _pages(self, data: bytes) -> None:
+        await asyncio.sleep(0.05)
+        await super()._pages(data)
 
 
 FAULTS: dict[str, tuple[type[AgentSession], type[DeviceEngine]]] = {
@@ -139,7 +147,7 @@ FAULTS: dict[str, tuple[type[AgentSession], type[DeviceEngine]]] = {
     "no-tcp-close": (NoTcpClose, DeviceEngine), "load-dies": (AgentSession, LoadDies),
     "hold-restore": (AgentSession, HoldRestore), "old-criu": (OldCriu, DeviceEngine),
     "no-runtime": (AgentSession, NoRuntime), "small-va": (SmallVa, DeviceEngine),
-    "slow-disk": (SlowDisk, DeviceEngine),
+    "slow-disk": (SlowDisk, DeviceEngine), "slow-pages": (SlowPages, DeviceEngine),
 }
 
 

@@ -31,6 +31,7 @@ identity = "{bed.device.client_key}"
 known_hosts = "{known_hosts}"
 [devices.net]
 address = "{bed.device.device_ip}:{AGENT_PORT}"
+lazy = "auto"
 identity = "{bed.device.client_key}"
 known_hosts = "{known_hosts}"
 [devices.away]
@@ -54,7 +55,9 @@ known_hosts = "{known_hosts}"
         assert devices[name]["engine_version"].startswith("20.10")
         assert devices[name]["va_bits"] == 47 and devices[name]["cross_isa"] is None  # same ISA: no recode
         assert devices[name]["fast_restore"] is True  # the bed's engine B has androcond's runtime
+        assert devices[name]["post_copy"] is True  # ... and its kernel userfaultfd
         assert devices[name]["criu_dumps_sockets"] is True and devices[name]["criu_version"]
+    assert (devices["usb"]["lazy"], devices["net"]["lazy"]) == ("false", "auto")
     assert not devices["away"]["reachable"]
     assert devices["away"]["criu_dumps_sockets"] is None  # not reached: not known, not "no"
     assert "cannot connect" in devices["away"]["error"]

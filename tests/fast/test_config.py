@@ -129,3 +129,22 @@ def test_shipped_example_config_is_valid(tmp_path: Path) -> None:
         device.pop("known_hosts", None)
     settings = parse_settings(doc, example)
     assert settings.devices["pixel"].adb_serial == "R58M12ABCDE"
+
+
+@pytest.mark.parametrize(("value", "mode"), [(None, "false"), ("true", "true"), ("false", "false"),
+                                             ('"auto"', "auto")])
+def test_lazy_per_device(tmp_path: Path, value: str | None, mode: str) -> None:
+    text = GOOD.replace('address = "192.0.2.10:8022"', 'address = "192.0.2.10:8022"' +
+                        (f"\nlazy = {value}" if value else ""))
+    (tmp_path / "id_ed25519").write_text("key")
+    settings = parse_settings(__import__("tomllib").loads(text), write(tmp_path, text))
+    assert settings.devices["board"].lazy == mode
+    assert settings.devices["pixel"].lazy == "false"
+
+
+@pytest.mark.parametrize("value", ['"yes"', "1", '"true"'])
+def test_lazy_is_true_false_or_auto(tmp_path: Path, value: str) -> None:
+    text = GOOD.replace('address = "192.0.2.10:8022"', f'address = "192.0.2.10:8022"\nlazy = {value}')
+    (tmp_path / "id_ed25519").write_text("key")
+    with pytest.raises(ConfigError, match=r"devices\.board.*lazy.*true, false or \"auto\""):
+        parse_settings(__import__("tomllib").loads(text), write(tmp_path, text))

@@ -114,3 +114,19 @@ def test_a_device_that_restores_without_the_sources_tcp_close_is_named() -> None
     assert criu_compat.restore_needs(["tcp-close"], ["tcp-close", "skip-in-flight"]) == []
     assert criu_compat.restore_needs([], []) == []
     assert criu_compat.restore_needs(["skip-in-flight"], []) == [], "only what CRIU checks on restore"
+
+
+@pytest.mark.parametrize(("cap_eff", "pipe_max", "blocked"), [
+    ("0000003fffffffff", "1048576", False),  # CAP_SYS_RESOURCE: any pipe size
+    ("0000003ffeffffff", "1048576", True),   # without it, 1 MiB pipes are too small
+    ("0000003ffeffffff", "4194304", False),
+])
+def test_page_server_needs_big_pipes_or_cap_sys_resource(tmp_path: Path, cap_eff: str, pipe_max: str,
+                                                         blocked: bool) -> None:
+    status, limit = tmp_path / "status", tmp_path / "pipe-max-size"
+    status.write_text(f"Name:\tandrocond\nCapEff:\t{cap_eff}\n")
+    limit.write_text(pipe_max + "\n")
+    why = criu_compat.page_server_blocker(status, limit)
+    assert bool(why) == blocked
+    if blocked:
+        assert "fs.pipe-max-size=4194304" in why

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from androcond.agent.device import RUNTIME_STUB, runtime_path
+from androcond.agent.device import RUNTIME_LAZY, RUNTIME_STUB, runtime_path
 
 
 @pytest.fixture
@@ -42,6 +42,20 @@ def test_a_restore_from_a_stub_reads_and_logs_where_the_images_are(fake_runc: Pa
                                        str(images), "--detach", "cid"]
     joined = ["restore", f"--image-path={directory}", "--work-path=/run/work", "cid"]
     assert _call(fake_runc, *joined) == ["restore", f"--image-path={images}", f"--work-path={images}", "cid"]
+
+
+def test_a_lazy_stub_restores_with_lazy_pages_right_after_the_subcommand(fake_runc: Path,
+                                                                        stub: tuple[Path, Path]) -> None:
+    directory, images = stub
+    (directory / RUNTIME_LAZY).write_text("")
+    args = ["--root", "/run/r", "restore", "--work-path", "/w", "--image-path", str(directory), "--detach", "cid"]
+    assert _call(fake_runc, *args) == ["--root", "/run/r", "restore", "--lazy-pages", "--work-path", str(images),
+                                       "--image-path", str(images), "--detach", "cid"]
+
+
+def test_without_the_lazy_marker_no_lazy_pages(fake_runc: Path, stub: tuple[Path, Path]) -> None:
+    directory, _images = stub
+    assert "--lazy-pages" not in _call(fake_runc, "restore", "--image-path", str(directory), "cid")
 
 
 def test_everything_else_passes_through_unchanged(fake_runc: Path, tmp_path: Path) -> None:

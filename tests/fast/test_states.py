@@ -32,6 +32,9 @@ EXPECTED: dict[MigrationState, dict[DeviceAnswer, Action]] = {
     S.STREAMING: dict.fromkeys(A, Action.ROLL_BACK),
     S.RESTORING: {A.RUNNING: Action.FINISH, A.NOT_RUNNING: Action.ROLL_BACK, A.BUSY: Action.STAY_UNRESOLVED,
                   A.NO_ANSWER: Action.STAY_UNRESOLVED, A.NOT_ASKED: Action.STAY_UNRESOLVED},
+    # Post-copy: running on the device, pages still arriving. Only the device's answer settles it.
+    S.PAGING: {A.RUNNING: Action.FINISH, A.NOT_RUNNING: Action.ROLL_BACK, A.BUSY: Action.STAY_UNRESOLVED,
+               A.NO_ANSWER: Action.STAY_UNRESOLVED, A.NOT_ASKED: Action.STAY_UNRESOLVED},
     S.ROLLING_BACK: dict.fromkeys(A, Action.ROLL_BACK),
     S.DONE: dict.fromkeys(A, Action.NOTHING),
     S.ROLLED_BACK: dict.fromkeys(A, Action.NOTHING),
@@ -47,11 +50,12 @@ def test_decision_table(state: MigrationState, answer: DeviceAnswer) -> None:
 
 
 def test_only_after_the_commit_is_the_device_asked() -> None:
-    assert [s for s in S if needs_device(s)] == [S.RESTORING]
+    assert [s for s in S if needs_device(s)] == [S.RESTORING, S.PAGING]
 
 
 @pytest.mark.parametrize(("outcome", "answer"), [("running", A.RUNNING), ("receiving", A.BUSY),
-                                                 ("restoring", A.BUSY), ("failed", A.NOT_RUNNING),
+                                                 ("restoring", A.BUSY), ("paging", A.BUSY),
+                                                 ("failed", A.NOT_RUNNING),
                                                  ("aborted", A.NOT_RUNNING), ("unknown", A.NOT_RUNNING)])
 def test_agent_outcomes_map_to_answers(outcome: str, answer: DeviceAnswer) -> None:
     assert device_answer(outcome) == answer

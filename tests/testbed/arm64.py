@@ -135,6 +135,8 @@ After=androcond-seed.service docker.service
 
 [Service]
 ExecStart=/usr/bin/python3 -m androcond agent serve --config /etc/androcond/agent.toml
+# A post-copy restore's page keeper must outlive the agent (docs/post-copy.md): stop only the agent itself.
+KillMode=process
 Restart=on-failure
 RestartSec=2
 StandardOutput=journal+console

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from androcond.agent.device import RUNTIME_NAME, runtime_path
+from androcond.criu_compat import PAGE_SERVER_PIPE
 
 from .device import ADBD_PORT, SSHD_PORT, AdbServer, DeviceNamespace, stop_recorded
 from .engines import DockerEngine
@@ -26,6 +27,7 @@ TEST_LABEL = "androcond-testbed"
 # Containers a test run makes carry TEST_LABEL=TEST_RUN, so a run removes its own and never another's.
 TEST_RUN = os.environ.get("ANDROCOND_TEST_RUN") or uuid.uuid4().hex[:8]
 RUN_FILTER = f"{TEST_LABEL}={TEST_RUN}"
+PIPE_MAX_SIZE = Path("/proc/sys/fs/pipe-max-size")
 
 
 @dataclass
@@ -106,6 +108,9 @@ class TestBed:
         self._record("adbd_pid", self.device.start_adbd())
         self._record("sshd_pid", self.device.start_sshd())
         self._record("adb_server", self.adb.start())
+        # Post-copy's page server needs 4 MiB pipes, which a host without CAP_SYS_RESOURCE (this sandbox) only
+        # gets with the limit raised; down() puts the old one back.
+        self._record("pipe_max_size", self._raise_pipe_max_size())
         self.adb.connect(self.adb_serial)
         programs = build_programs(self.run_root / "programs")
         tar_bytes = rootfs_tar(programs)
@@ -127,6 +132,8 @@ class TestBed:
             self.adb.stop()
         else:
             self.adb.disconnect(self.adb_serial)
+        if self.started.get("pipe_max_size"):
+            PIPE_MAX_SIZE.write_text(str(self.started["pipe_max_size"]))
         stop_recorded(self.started.get("sshd_pid"), "sshd")
         stop_recorded(self.started.get("adbd_pid"), "adbd")
         if self.started.get("engine_b") or everything:
@@ -142,6 +149,16 @@ class TestBed:
             self._save_state()
         else:
             self.state_file.unlink(missing_ok=True)
+
+    def _raise_pipe_max_size(self) -> int:
+        """The limit before, when it was raised now (0: it was high enough, or raised by an earlier up())."""
+        if "pipe_max_size" in self.started:
+            return 0
+        before = int(PIPE_MAX_SIZE.read_text())
+        if before >= PAGE_SERVER_PIPE:
+            return 0
+        PIPE_MAX_SIZE.write_text(str(PAGE_SERVER_PIPE))
+        return before
 
     def status(self) -> dict[str, Any]:
         return {

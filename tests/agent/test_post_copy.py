@@ -1,0 +1,245 @@
+"""Post-copy on the real bed: the container resumes on the device before its memory has arrived; CRIU's page
+server at the source serves the rest from the dump, through the migration's ssh channel.
+
+The counter touches N MB and prints a checksum of one byte per page with every count, so a page that arrived
+wrong (or as zeros) shows in its own output."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from androcond.engine import Engine
+
+from ..helpers import DaemonProcess, wait_for_count
+from ..testbed.agent import DeviceAgent
+from ..testbed.bed import RUN_FILTER
+from ..testbed.engines import DOCKER_CLI
+from ..testbed.proc import run
+from .conftest import AGENT_PORT, AgentBed
+from .daemon_bed import (
+    Receiver,
+    assert_back_at_source,
+    continuous,
+    extractions,
+    faulty_agent,
+    finished,
+    running,
+    state_of,
+    write_daemon_config,
+)
+from .test_daemon_faults import injected
+from .test_device_restore import start_counter
+
+pytestmark = pytest.mark.testbed
+
+_CHECK = re.compile(r"check (\d+)")
+
+
+def checks(logs: str) -> set[int]:
+    return {int(n) for n in _CHECK.findall(logs)}
+
+
+def states(daemon: DaemonProcess, name: str) -> list[str]:
+    return [e["state"] for e in daemon.lines if e.get("msg") == "migration state" and e.get("container") == name]
+
+
+def left_on_device(spool: Path) -> list[Path]:
+    return [p for p in (spool / "images").glob("*") if p.exists()]
+
+
+async def test_a_counter_resumes_before_its_memory_arrives(agent_server: AgentBed, engine_a: Engine,
+                                                           engine_b: Engine, tmp_path: Path,
+                                                           unique_name: str) -> None:
+    bed = agent_server.bed
+    agent, receiver, daemon = await lazy_move(agent_server, tmp_path, "none", AGENT_PORT + 50)
+    spool = agent.directory / f"{agent.name}-spool"
+    before, pages_dirs = extractions(), page_server_dirs()
+    await daemon.start()
+    try:
+        await start_counter(engine_a, unique_name, mb=64)
+        at_source = await wait_for_count(engine_a, unique_name, at_least=3)
+        source_checks = checks(await engine_a.container_logs(unique_name))
+        end = await finished(daemon, unique_name, timeout=120)
+        assert end["state"] == "done", end
+        assert states(daemon, unique_name)[-3:] == ["restoring", "paging", "done"]
+        await receiver.wait_for(unique_name, "restored")
+        assert receiver.kinds_by_subject()[unique_name] == ["requested", "checkpointed", "resumed", "restored"]
+        moved = await engine_b.inspect_container(unique_name)
+        assert moved["HostConfig"]["Runtime"] == "androcond"
+        seen = await wait_for_count(engine_b, unique_name, at_least=at_source[-1] + 5)
+        assert seen[0] > at_source[0], "restarted instead of restored"
+        # Every page arrived intact: the device's checksums are the source's.
+        assert checks(await engine_b.container_logs(unique_name)) == source_checks
+        split = next(e for e in daemon.lines if e.get("msg") == "post-copy: pages left to the page server")
+        assert split["lazy_bytes"] >= 64 * 2**20  # the touched memory came after the resume, not before it
+        record = await migration_record(daemon, end["migration_id"])
+        timings = record["timings"]
+        assert timings["downtime_s"] <= timings["last_page_s"]
+        assert timings["pages_mb"] >= 64
+        # The engine manages it as usual, and nothing of the move stays behind on either side.
+        run([DOCKER_CLI, "-H", bed.engine_b.host, "stop", "-t", "1", unique_name])
+        assert not (await engine_b.inspect_container(unique_name))["State"]["Running"]
+        assert left_on_device(spool) == []
+        assert extractions() - before == set()
+        assert page_server_dirs() == pages_dirs
+    finally:
+        await daemon.kill()
+        await receiver.stop()
+        agent.stop()
+        bed.engine_b.remove_containers(RUN_FILTER)
+
+
+SECRET = "post-copy-hooks"
+
+
+async def lazy_move(agent_server: AgentBed, directory: Path, fault: str, port: int,
+                    env: dict[str, str] | None = None) -> tuple[DeviceAgent, Receiver, DaemonProcess]:
+    """An agent (with `fault`), a webhook receiver, and a daemon (not started) moving to it with lazy = true."""
+    agent = faulty_agent(agent_server, fault, port, directory)
+    receiver = Receiver(SECRET)
+    url = await receiver.start()
+    extra = f'lazy = true\n[[webhooks]]\nurl = "{url}"\nsecret = "{SECRET}"'
+    return agent, receiver, DaemonProcess(write_daemon_config(agent_server, directory, port=port, extra=extra),
+                                          env=env)
+
+
+def page_server_dirs() -> set[Path]:
+    return set(Path(tempfile.gettempdir()).glob("androcond-pages-*"))
+
+
+async def migration_record(daemon: DaemonProcess, migration_id: str) -> dict[str, Any]:
+    """`androcond migrations show ID --json`, as a user reads it."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "androcond", "migrations", "show", migration_id, "--json", "--config",
+        str(daemon.config), stdout=asyncio.subprocess.PIPE)
+    async with asyncio.timeout(30):
+        out, _ = await proc.communicate()
+    record: dict[str, Any] = json.loads(out)
+    return record
+
+
+async def test_a_link_cut_while_pages_arrive_rolls_back_to_the_source(agent_server: AgentBed, engine_a: Engine,
+                                                                      engine_b: Engine, tmp_path: Path,
+                                                                      unique_name: str) -> None:
+    """The daemon's error right after the resume closes the connection: the page transfer is cut. The device
+    removes its partial container, and the container counts on at the source, once."""
+    bed = agent_server.bed
+    agent, receiver, daemon = await lazy_move(agent_server, tmp_path, "slow-pages", AGENT_PORT + 51,
+                                              env=injected("paging", unique_name))
+    spool = agent.directory / f"{agent.name}-spool"
+    await daemon.start()
+    try:
+        await start_counter(engine_a, unique_name, mb=64)
+        await wait_for_count(engine_a, unique_name, at_least=3)
+        end = await finished(daemon, unique_name, timeout=120)
+        assert end["state"] == "rolled-back", end
+        assert "paging" in states(daemon, unique_name)
+        await assert_back_at_source(engine_a, engine_b, unique_name)
+        assert not await exists(engine_b, unique_name)
+        assert left_on_device(spool) == []
+        await receiver.wait_for(unique_name, "rolled_back")
+        assert receiver.kinds_by_subject()[unique_name] == ["requested", "checkpointed", "resumed", "rolled_back"]
+    finally:
+        await daemon.kill()
+        await receiver.stop()
+        agent.stop()
+        bed.engine_b.remove_containers(RUN_FILTER)
+
+
+async def test_the_agent_killed_while_pages_arrive(agent_server: AgentBed, engine_a: Engine, engine_b: Engine,
+                                                   tmp_path: Path, unique_name: str) -> None:
+    """SIGKILL to the agent mid-transfer: its page keeper holds lazy-pages' socket, so the device's container
+    waits for its missing pages instead of reading zeros; the restarted agent removes it, and the daemon rolls
+    back to the source."""
+    bed = agent_server.bed
+    agent = faulty_agent(agent_server, "slow-pages", AGENT_PORT + 52, tmp_path)
+    spool = agent.directory / f"{agent.name}-spool"
+    daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, port=agent.port, extra="lazy = true"))
+    await daemon.start()
+    try:
+        await start_counter(engine_a, unique_name, mb=64)
+        await wait_for_count(engine_a, unique_name, at_least=3)
+        source_checks = checks(await engine_a.container_logs(unique_name))
+        await daemon.wait_for_log(state_of(unique_name, "paging"), timeout=120)
+        agent.kill()
+        # While no agent runs, the device's container never uses memory that did not arrive: it waits for its
+        # pages. Watched for a second (ten of its ticks). Without the keeper, lazy-pages exits, the missing
+        # pages read as zeros and this counter crashed (checked by switching the keeper's hold off).
+        await watch_checks(engine_b, unique_name, source_checks, seconds=1.0)
+        agent.start()
+        end = await finished(daemon, unique_name, timeout=120)
+        assert end["state"] == "rolled-back", end
+        await assert_back_at_source(engine_a, engine_b, unique_name)
+        assert not await exists(engine_b, unique_name)
+        assert not await running(engine_b, unique_name)
+        assert left_on_device(spool) == []
+        assert keepers_alive() == []
+    finally:
+        await daemon.kill()
+        agent.stop()
+        bed.engine_b.remove_containers(RUN_FILTER)
+
+
+async def watch_checks(engine: Engine, name: str, allowed: set[int], seconds: float) -> None:
+    """Fail as soon as the container stops or prints a checksum the source never printed, during `seconds`."""
+    loop = asyncio.get_running_loop()
+    until = loop.time() + seconds
+    while loop.time() < until:
+        assert await running(engine, name), "the device's container stopped (its missing pages read as zeros?)"
+        shown = checks(await engine.container_logs(name))
+        assert shown <= allowed, f"the device's container read memory that never arrived: {shown - allowed}"
+        await asyncio.sleep(0.1)
+
+
+async def exists(engine: Engine, name: str) -> bool:
+    return any(name in (c.get("Names") or [""])[0] for c in await engine.list_containers(all_states=True))
+
+
+def keepers_alive() -> list[int]:
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if b"androcond.agent.page_keeper" in cmdline or b"lazy-pages" in cmdline:
+            found.append(int(proc.name))
+    return found
+
+
+@pytest.mark.parametrize(("lazy", "ends"), [("true", "rejected"), ('"auto"', "done")])
+async def test_a_device_without_the_runtime(agent_server: AgentBed, engine_a: Engine, engine_b: Engine,
+                                            tmp_path: Path, unique_name: str, lazy: str, ends: str) -> None:
+    """No androcond runtime on the device engine, so no lazy restore: `lazy = true` refuses the move before
+    anything is frozen (and says why), `lazy = "auto"` moves it the plain way."""
+    bed = agent_server.bed
+    agent = faulty_agent(agent_server, "no-runtime", AGENT_PORT + (53 if ends == "done" else 54), tmp_path)
+    daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, port=agent.port, extra=f"lazy = {lazy}"))
+    await daemon.start()
+    try:
+        await start_counter(engine_a, unique_name, mb=16)
+        at_source = await wait_for_count(engine_a, unique_name, at_least=3)
+        end = await finished(daemon, unique_name, timeout=120)
+        assert end["state"] == ends, end
+        assert "paging" not in states(daemon, unique_name)
+        if ends == "rejected":
+            assert "cannot restore lazily" in end["detail"]
+            assert "checkpointing" not in states(daemon, unique_name), "frozen although the move was refused"
+            assert continuous(await wait_for_count(engine_a, unique_name, at_least=at_source[-1] + 3))
+        else:
+            seen = await wait_for_count(engine_b, unique_name, at_least=at_source[-1] + 3)
+            assert seen[0] > 1, "restarted instead of restored"
+    finally:
+        await daemon.kill()
+        agent.stop()
+        bed.engine_b.remove_containers(RUN_FILTER)
