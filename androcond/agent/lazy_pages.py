@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -19,36 +20,45 @@ from pathlib import Path
 from ..logging import get_logger
 from .errors import RestoreError
 from .outcomes import ProcessIdentity
-from .page_keeper import CHUNK, LOG_NAME
+from .page_keeper import LOG_NAME
 
 log = get_logger(__name__)
 
+CHUNK = 256 * 1024
 READY_TIMEOUT_S = 30.0  # lazy-pages has read nothing yet: it only makes its socket
 EXIT_TIMEOUT_S = 10.0
 
 
 class PageKeeper:
-    def __init__(self, proc: asyncio.subprocess.Process, images: Path) -> None:
+    def __init__(self, proc: asyncio.subprocess.Process, images: Path, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter) -> None:
         self.proc = proc
         self.images = images
+        self._reader = reader
+        self._writer = writer
         identity = ProcessIdentity.of(proc.pid)
         self.identity = identity if identity is not None else ProcessIdentity(proc.pid, 0)
 
     @classmethod
     async def start(cls, images: Path) -> PageKeeper:
         """The keeper with `criu lazy-pages` ready for the restore (its socket made), or RestoreError."""
+        ours, theirs = socket.socketpair()
         status_r, status_w = os.pipe()
         try:
+            # The keeper gets lazy-pages' end and a copy of ours, which it holds (page_keeper.py).
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, "-m", "androcond.agent.page_keeper", str(images), str(status_w),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, pass_fds=(status_w,),
-                start_new_session=True)
+                sys.executable, "-m", "androcond.agent.page_keeper", str(images), str(theirs.fileno()),
+                str(ours.fileno()), str(status_w), stdin=asyncio.subprocess.DEVNULL,
+                pass_fds=(theirs.fileno(), ours.fileno(), status_w), start_new_session=True)
         except BaseException:
             os.close(status_r)
+            ours.close()
             raise
         finally:
             os.close(status_w)
-        keeper = cls(proc, images)
+            theirs.close()
+        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=4 * CHUNK)
+        keeper = cls(proc, images, reader, writer)
         # Read on the loop (not in a thread that a timeout would leave blocked on the fd).
         loop = asyncio.get_running_loop()
         status = asyncio.StreamReader()
@@ -70,18 +80,19 @@ class PageKeeper:
 
     async def feed(self, data: bytes) -> None:
         """Page-protocol bytes from the source's page server."""
-        assert self.proc.stdin is not None
-        self.proc.stdin.write(data)
-        await self.proc.stdin.drain()
+        self._writer.write(data)
+        await self._writer.drain()
 
     async def replies(self) -> AsyncIterator[bytes]:
         """Page-protocol bytes for the source's page server, until lazy-pages closes its socket."""
-        assert self.proc.stdout is not None
-        while data := await self.proc.stdout.read(CHUNK):
+        while data := await self._reader.read(CHUNK):
             yield data
 
     async def wait(self) -> int:
-        return await self.proc.wait()
+        """The keeper's exit status (lazy-pages'); our end of the page socket closes with it."""
+        code = await self.proc.wait()
+        self._writer.close()
+        return code
 
     async def kill(self) -> None:
         """The keeper and lazy-pages (its process group). Only once the guarded container is gone, or was
@@ -90,6 +101,7 @@ class PageKeeper:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(EXIT_TIMEOUT_S):
                 await self.proc.wait()
+        self._writer.close()
 
     def log_excerpt(self, lines: int = 3) -> str:
         try:

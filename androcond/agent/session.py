@@ -512,6 +512,7 @@ class AgentSession:
         task = asyncio.create_task(guarded(), name=name)
         self._paging.add(task)
         task.add_done_callback(self._paging.discard)
+        task.add_done_callback(lambda _task: work.close())  # cancelled before it ran: no "never awaited"
 
     async def _pages(self, data: bytes) -> None:
         migration = self.migration
@@ -570,8 +571,8 @@ class AgentSession:
                 log.error("could not remove the prepared container", error=str(exc),
                           container_id=migration.target.container_id)
                 if migration.keeper is not None:
-                    # Killing the keeper under a container that may run would turn its missing pages into
-                    # zeros: it stays, and so does the record naming it, for the next attempt.
+                    # Killing the keeper under a container that may still run would turn its missing pages into
+                    # zeros: it stays until the container is removed by hand (its pid is in this line).
                     log.error("the page keeper stays until the container is removed",
                               keeper_pid=migration.keeper.identity.pid)
                     migration.keeper = None
