@@ -1,11 +1,16 @@
 """Downtime and total time of moving a running container to the device: androcond against the seeds'
 sequential flow (`docker checkpoint create` → `tar czf` → `scp` → untar into engine B's checkpoint dir →
-`docker start --checkpoint`), on the same test bed, in the same run, interleaved. androcond runs twice: to a
-device whose engine has androcond's runtime (the engine restores from the images in place) and to one whose
-agent ignores it (the plain engine restore, containerd copying the images twice).
+`docker start --checkpoint`), on the same test bed, in the same run, interleaved. androcond runs three ways: to
+a device whose agent ignores androcond's runtime (the plain engine restore, containerd copying the images
+twice), to one whose engine has it (the engine restores from the images in place), and with post-copy
+(`lazy = true`: the container resumes before its memory, which CRIU's page server sends after it).
 
 Downtime is read from the container's own output: the gap between its last line at the source and its first
-line on the device (Docker's log timestamps, one host clock), less one 100 ms tick of the counter.
+line on the device (Docker's log timestamps, one host clock), less one 100 ms tick of the counter. The counter
+touches its memory once and reads it again only every CHECK_EVERY counts (a small working set): a process
+that reads all of its memory at once waits for all of it, and then post-copy's downtime is its time to the last
+page. "Last page" is from the freeze until the device has every page (post-copy; the others have them at the
+restore).
 
 Run as root:  .venv/bin/python -m bench.migration [--sizes 16,256] [--runs 5]
 """
@@ -34,7 +39,8 @@ from tests.testbed.proc import wait_for
 
 AGENT_PORT = 8199
 # flow → the daemon's device it moves to ("seeds" is the hand-made flow, no device entry)
-FLOWS = {"seeds": "", "androcond-plain": "plain", "androcond": "pixel"}
+FLOWS = {"seeds": "", "androcond-plain": "plain", "androcond": "pixel", "androcond-lazy": "lazy"}
+CHECK_EVERY = 50  # counts between two reads of the whole memory (5 s)
 TICK_S = 0.1
 LABEL = "androcond-bench"
 
@@ -52,7 +58,8 @@ def log_times(engine: DockerEngine, name: str) -> list[tuple[float, int]]:
 
 
 def start_counter(bed: TestBed, name: str, mb: int) -> None:
-    bed.engine_a.cli("run", "-d", "--name", name, "--label", f"{LABEL}=1", TEST_IMAGE, "/bin/counter", str(mb))
+    bed.engine_a.cli("run", "-d", "--name", name, "--label", f"{LABEL}=1", TEST_IMAGE, "/bin/counter", str(mb),
+                     str(CHECK_EVERY))
     wait_for(lambda: len(log_times(bed.engine_a, name)) >= 3, timeout=120, what=f"{name} counting")
 
 
@@ -82,7 +89,8 @@ def seeds_flow(bed: TestBed, name: str, mb: int, work: Path) -> float:
     subprocess.run(["scp", "-P", str(bed.sshd_port), *ssh, str(tarball), f"root@{bed.device.device_ip}:{remote_tar}"],
                    check=True)
     b = f"{DOCKER_CLI} -H {bed.engine_b.host}"
-    script = (f"set -e; id=$({b} create --name {name} --label {LABEL}=1 {TEST_IMAGE} /bin/counter {mb}); "
+    script = (f"set -e; id=$({b} create --name {name} --label {LABEL}=1 {TEST_IMAGE} /bin/counter {mb} "
+              f"{CHECK_EVERY}); "
               f"d={bed.engine_b.data_root}/containers/$id/checkpoints/cp; "
               f"mkdir -p $d; tar xzf {remote_tar} -C $d; rm {remote_tar}; {b} start --checkpoint cp $id >/dev/null")
     subprocess.run(["ssh", "-p", str(bed.sshd_port), *ssh, f"root@{bed.device.device_ip}", script], check=True)
@@ -124,6 +132,11 @@ def main() -> int:
 address = "{bed.device.device_ip}:{plain.port}"
 identity = "{bed.device.client_key}"
 known_hosts = "{agent.known_hosts(work / 'known_hosts-plain', port=plain.port)}"
+[devices.lazy]
+address = "{bed.device.device_ip}:{agent.port}"
+identity = "{bed.device.client_key}"
+known_hosts = "{agent.known_hosts(work / 'known_hosts-lazy')}"
+lazy = true
 """)
         agent.start()
         plain.start()
@@ -145,6 +158,9 @@ known_hosts = "{agent.known_hosts(work / 'known_hosts-plain', port=plain.port)}"
                             row.setdefault("total", []).append(total)
                             for key_name in ("checkpoint_s", "stream_s", "restore_s"):
                                 row.setdefault(key_name, []).append(timings.get(key_name, 0.0))
+                            # Without post-copy every page is there once the restore returns.
+                            row.setdefault("last_page_s", []).append(
+                                timings.get("last_page_s", timings.get("downtime_s", 0.0)))
                         row.setdefault("downtime", []).append(downtime(bed, name))
                         bed.engine_a.remove_containers(f"{LABEL}=1")
                         bed.engine_b.remove_containers(f"{LABEL}=1")
@@ -157,19 +173,20 @@ known_hosts = "{agent.known_hosts(work / 'known_hosts-plain', port=plain.port)}"
             bed.engine_a.remove_containers(f"{LABEL}=1")
             bed.engine_b.remove_containers(f"{LABEL}=1")
     med = statistics.median
-    print(f"| touched memory | flow | downtime (s) | total (s) | downtime vs seeds | checkpoint (runc) | "
-          f"transfer | engine restore |   (median of {args.runs})")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"| touched memory | flow | downtime (s) | total (s) | last page (s) | downtime vs seeds | "
+          f"checkpoint (runc) | transfer | engine restore |   (median of {args.runs})")
+    print("|---|---|---|---|---|---|---|---|---|")
     for mb in sizes:
         seeds = results[(mb, "seeds")]
-        print(f"| {mb} MB | seeds' sequential flow | {med(seeds['downtime']):.2f} | {med(seeds['total']):.2f} | "
+        print(f"| {mb} MB | seeds' sequential flow | {med(seeds['downtime']):.2f} | {med(seeds['total']):.2f} | | "
               f"1.00× | | | |")
         for flow, label in (("androcond-plain", "androcond, plain engine restore"),
-                            ("androcond", "androcond, engine restore in place (runtime)")):
+                            ("androcond", "androcond, engine restore in place (runtime)"),
+                            ("androcond-lazy", "androcond, post-copy (lazy = true)")):
             ours = results[(mb, flow)]
             print(f"| {mb} MB | {label} | {med(ours['downtime']):.2f} | {med(ours['total']):.2f} | "
-                  f"{med(ours['downtime']) / med(seeds['downtime']):.2f}× | {med(ours['checkpoint_s']):.2f} | "
-                  f"{med(ours['stream_s']):.2f} | {med(ours['restore_s']):.2f} |")
+                  f"{med(ours['last_page_s']):.2f} | {med(ours['downtime']) / med(seeds['downtime']):.2f}× | "
+                  f"{med(ours['checkpoint_s']):.2f} | {med(ours['stream_s']):.2f} | {med(ours['restore_s']):.2f} |")
     print(f"\npeak RSS over this run: daemon {peaks['daemon'] / 2**20:.0f} MiB, "
           f"agent {peaks['agent'] / 2**20:.0f} MiB (largest container: {max(sizes)} MB)")
     return 0

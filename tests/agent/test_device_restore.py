@@ -16,7 +16,14 @@ from ..testbed.bed import RUN_FILTER
 from ..testbed.engines import DOCKER_CLI
 from ..testbed.proc import run
 from .conftest import AGENT_PORT, AgentBed
-from .daemon_bed import assert_back_at_source, extractions, faulty_agent, finished, write_daemon_config
+from .daemon_bed import (
+    assert_back_at_source,
+    extractions,
+    faulty_agent,
+    finished,
+    migrate_by_cli,
+    write_daemon_config,
+)
 
 pytestmark = pytest.mark.testbed
 
@@ -34,31 +41,40 @@ def used_bytes(*roots: Path) -> int:
     return total
 
 
-async def start_counter(engine: Engine, name: str, mb: int) -> None:
-    config = counter_config(**{"androcond.migrate": "pixel"})
+async def start_counter(engine: Engine, name: str, mb: int, *, label: bool = True) -> None:
+    """With `label`, the daemon moves it at once (maybe before its first count); without, `migrate` does."""
+    config = counter_config(**({"androcond.migrate": "pixel"} if label else {}))
     config["Cmd"] = ["/bin/counter", str(mb)]
     await engine.start_container(await engine.create_container(config, name=name))
 
 
-@pytest.mark.parametrize("fault", ["none", "no-runtime"])
+@pytest.mark.parametrize("way", ["none", "no-runtime", "post-copy"])
 async def test_five_migrations_leave_nothing_on_the_device(agent_server: AgentBed, engine_a: Engine,
                                                            engine_b: Engine, tmp_path: Path, unique_name: str,
-                                                           fault: str) -> None:
+                                                           way: str) -> None:
+    """Each way a device restores (in place, the plain engine restore, post-copy), five moves of 256 MB."""
     bed = agent_server.bed
-    agent = faulty_agent(agent_server, fault, AGENT_PORT + (31 if fault == "none" else 32), tmp_path)
+    fault = "none" if way == "post-copy" else way
+    agent = faulty_agent(agent_server, fault, AGENT_PORT + {"none": 31, "no-runtime": 32, "post-copy": 35}[way],
+                         tmp_path)
     spool = agent.directory / f"{agent.name}-spool"
-    daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, port=agent.port))
+    daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, port=agent.port,
+                                               extra="lazy = true" if way == "post-copy" else ""))
     spool.mkdir(parents=True, exist_ok=True)
     before_extractions, before_used = extractions(), used_bytes(bed.engine_b.data_root, spool)
     await daemon.start()
     names = [f"{unique_name}-{i}" for i in range(5)]
     try:
-        for name in names:  # one after the other: each its own restore
-            await start_counter(engine_a, name, mb=64)
-            assert (await finished(daemon, name, timeout=120))["state"] == "done"
+        for name in names:  # one after the other: each its own restore, each counting before it moves
+            await start_counter(engine_a, name, mb=256, label=False)
+            await wait_for_count(engine_a, name, at_least=2)
+            code, record = await migrate_by_cli(daemon.config, name)
+            assert (code, record["state"]) == (0, "done"), record
         for name in names:
             moved = await engine_b.inspect_container(name)
             assert moved["HostConfig"]["Runtime"] == ("androcond" if fault == "none" else "runc")
+            if way == "post-copy":
+                assert "paging" in {e.get("state") for e in daemon.lines if e.get("container") == name}
             seen = await wait_for_count(engine_b, name, at_least=3)
             assert seen[0] > 1, "restarted instead of restored"
         # The engine still manages it as usual.
@@ -71,7 +87,7 @@ async def test_five_migrations_leave_nothing_on_the_device(agent_server: AgentBe
             cid = (await engine_b.inspect_container(name))["Id"]
             assert not any((bed.engine_b.data_root / "containers" / cid / "checkpoints").glob("*")), name
         grown = used_bytes(bed.engine_b.data_root, spool) - before_used
-        assert grown < 16 * 2**20, f"the device keeps {grown / 2**20:.0f} MiB more after 5 migrations of 64 MB"
+        assert grown < 16 * 2**20, f"the device keeps {grown / 2**20:.0f} MiB more after 5 migrations of 256 MB"
         assert any(e.get("msg") == "checkpointed" for e in daemon.lines)
     finally:
         await daemon.kill()

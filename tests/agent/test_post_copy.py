@@ -7,12 +7,9 @@ wrong (or as zeros) shows in its own output."""
 from __future__ import annotations
 
 import asyncio
-import json
 import re
-import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -31,6 +28,7 @@ from .daemon_bed import (
     extractions,
     faulty_agent,
     finished,
+    migrate_by_cli,
     running,
     state_of,
     write_daemon_config,
@@ -64,9 +62,9 @@ async def test_a_counter_resumes_before_its_memory_arrives(agent_server: AgentBe
     before, pages_dirs = extractions(), page_server_dirs()
     await daemon.start()
     try:
-        await start_counter(engine_a, unique_name, mb=64)
-        at_source = await wait_for_count(engine_a, unique_name, at_least=3)
-        source_checks = checks(await engine_a.container_logs(unique_name))
+        at_source, source_checks = await counting(engine_a, unique_name, mb=64)
+        code, moved_record = await migrate_by_cli(daemon.config, unique_name)
+        assert code == 0, moved_record
         end = await finished(daemon, unique_name, timeout=120)
         assert end["state"] == "done", end
         assert states(daemon, unique_name)[-3:] == ["restoring", "paging", "done"]
@@ -80,8 +78,7 @@ async def test_a_counter_resumes_before_its_memory_arrives(agent_server: AgentBe
         assert checks(await engine_b.container_logs(unique_name)) == source_checks
         split = next(e for e in daemon.lines if e.get("msg") == "post-copy: pages left to the page server")
         assert split["lazy_bytes"] >= 64 * 2**20  # the touched memory came after the resume, not before it
-        record = await migration_record(daemon, end["migration_id"])
-        timings = record["timings"]
+        timings = moved_record["timings"]
         assert timings["downtime_s"] <= timings["last_page_s"]
         assert timings["pages_mb"] >= 64
         # The engine manages it as usual, and nothing of the move stays behind on either side.
@@ -115,15 +112,12 @@ def page_server_dirs() -> set[Path]:
     return set(Path(tempfile.gettempdir()).glob("androcond-pages-*"))
 
 
-async def migration_record(daemon: DaemonProcess, migration_id: str) -> dict[str, Any]:
-    """`androcond migrations show ID --json`, as a user reads it."""
-    proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "androcond", "migrations", "show", migration_id, "--json", "--config",
-        str(daemon.config), stdout=asyncio.subprocess.PIPE)
-    async with asyncio.timeout(30):
-        out, _ = await proc.communicate()
-    record: dict[str, Any] = json.loads(out)
-    return record
+async def counting(engine: Engine, name: str, mb: int) -> tuple[list[int], set[int]]:
+    """An unlabelled counter, counting at the source (moved by `androcond migrate` afterwards): its counts and
+    checksums so far."""
+    await start_counter(engine, name, mb=mb, label=False)
+    seen = await wait_for_count(engine, name, at_least=3)
+    return seen, checks(await engine.container_logs(name))
 
 
 async def test_a_link_cut_while_pages_arrive_rolls_back_to_the_source(agent_server: AgentBed, engine_a: Engine,
@@ -137,8 +131,9 @@ async def test_a_link_cut_while_pages_arrive_rolls_back_to_the_source(agent_serv
     spool = agent.directory / f"{agent.name}-spool"
     await daemon.start()
     try:
-        await start_counter(engine_a, unique_name, mb=64)
-        await wait_for_count(engine_a, unique_name, at_least=3)
+        await counting(engine_a, unique_name, mb=64)
+        code, record = await migrate_by_cli(daemon.config, unique_name)
+        assert (code, record["state"]) != (0, "done"), record
         end = await finished(daemon, unique_name, timeout=120)
         assert end["state"] == "rolled-back", end
         assert "paging" in states(daemon, unique_name)
@@ -165,9 +160,8 @@ async def test_the_agent_killed_while_pages_arrive(agent_server: AgentBed, engin
     daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, port=agent.port, extra="lazy = true"))
     await daemon.start()
     try:
-        await start_counter(engine_a, unique_name, mb=64)
-        await wait_for_count(engine_a, unique_name, at_least=3)
-        source_checks = checks(await engine_a.container_logs(unique_name))
+        _counts, source_checks = await counting(engine_a, unique_name, mb=64)
+        move = asyncio.create_task(migrate_by_cli(daemon.config, unique_name))
         await daemon.wait_for_log(state_of(unique_name, "paging"), timeout=120)
         agent.kill()
         # While no agent runs, the device's container never uses memory that did not arrive: it waits for its
@@ -177,6 +171,7 @@ async def test_the_agent_killed_while_pages_arrive(agent_server: AgentBed, engin
         agent.start()
         end = await finished(daemon, unique_name, timeout=120)
         assert end["state"] == "rolled-back", end
+        assert (await move)[1]["state"] == "rolled-back"
         await assert_back_at_source(engine_a, engine_b, unique_name)
         assert not await exists(engine_b, unique_name)
         assert not await running(engine_b, unique_name)
@@ -227,8 +222,8 @@ async def test_a_device_without_the_runtime(agent_server: AgentBed, engine_a: En
     daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, port=agent.port, extra=f"lazy = {lazy}"))
     await daemon.start()
     try:
-        await start_counter(engine_a, unique_name, mb=16)
-        at_source = await wait_for_count(engine_a, unique_name, at_least=3)
+        at_source, _checks = await counting(engine_a, unique_name, mb=16)
+        await migrate_by_cli(daemon.config, unique_name)
         end = await finished(daemon, unique_name, timeout=120)
         assert end["state"] == ends, end
         assert "paging" not in states(daemon, unique_name)
