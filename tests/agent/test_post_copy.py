@@ -11,7 +11,9 @@ import re
 import tempfile
 from pathlib import Path
 
+import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from androcond.engine import Engine
 
@@ -81,6 +83,9 @@ async def test_a_counter_resumes_before_its_memory_arrives(agent_server: AgentBe
         timings = moved_record["timings"]
         assert timings["downtime_s"] <= timings["last_page_s"]
         assert timings["pages_mb"] >= 64
+        counted = await metrics(tmp_path / "api.sock", "androcond_migrations_total")
+        assert counted["androcond_migration_last_page_seconds_count"] == 1
+        assert counted["androcond_migration_downtime_seconds_count"] == 1
         # The engine manages it as usual, and nothing of the move stays behind on either side.
         run([DOCKER_CLI, "-H", bed.engine_b.host, "stop", "-t", "1", unique_name])
         assert not (await engine_b.inspect_container(unique_name))["State"]["Running"]
@@ -110,6 +115,19 @@ async def lazy_move(agent_server: AgentBed, directory: Path, fault: str, port: i
 
 def page_server_dirs() -> set[Path]:
     return set(Path(tempfile.gettempdir()).glob("androcond-pages-*"))
+
+
+async def metrics(api: Path, ended: str) -> dict[str, float]:
+    """The daemon's metrics (unlabelled samples), once it counted the migration that just ended."""
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(api))) as session, \
+            asyncio.timeout(30):
+        while True:  # a migration is counted just after its final state is logged
+            async with session.get("http://androcond/metrics") as response:
+                text = await response.text()
+            samples = [s for family in text_string_to_metric_families(text) for s in family.samples]
+            if any(s.name == ended and s.value >= 1 for s in samples):
+                return {s.name: s.value for s in samples if not s.labels}
+            await asyncio.sleep(0.1)
 
 
 async def counting(engine: Engine, name: str, mb: int) -> tuple[list[int], set[int]]:
@@ -142,6 +160,11 @@ async def test_a_link_cut_while_pages_arrive_rolls_back_to_the_source(agent_serv
         assert left_on_device(spool) == []
         await receiver.wait_for(unique_name, "rolled_back")
         assert receiver.kinds_by_subject()[unique_name] == ["requested", "checkpointed", "resumed", "rolled_back"]
+        assert keepers_alive() == []
+        # It had resumed on the device, but a move that rolled back has no downtime to report.
+        counted = await metrics(tmp_path / "api.sock", "androcond_migrations_total")
+        assert counted["androcond_migration_downtime_seconds_count"] == 0
+        assert counted["androcond_migration_last_page_seconds_count"] == 0
     finally:
         await daemon.kill()
         await receiver.stop()
@@ -183,6 +206,37 @@ async def test_the_agent_killed_while_pages_arrive(agent_server: AgentBed, engin
         bed.engine_b.remove_containers(RUN_FILTER)
 
 
+async def test_the_daemon_killed_while_pages_arrive(agent_server: AgentBed, engine_a: Engine, engine_b: Engine,
+                                                    tmp_path: Path, unique_name: str) -> None:
+    """SIGKILL to the daemon mid-transfer: its page server loses its relay and the link drops, the agent
+    removes its partial container, and the restarted daemon asks the device and rolls back to the source."""
+    bed = agent_server.bed
+    agent, receiver, daemon = await lazy_move(agent_server, tmp_path, "slow-pages", AGENT_PORT + 55)
+    spool = agent.directory / f"{agent.name}-spool"
+    await daemon.start()
+    again = DaemonProcess(daemon.config)
+    try:
+        await counting(engine_a, unique_name, mb=64)
+        move = asyncio.create_task(migrate_by_cli(daemon.config, unique_name))
+        await daemon.wait_for_log(state_of(unique_name, "paging"), timeout=120)
+        await daemon.kill()  # no cleanup of any kind
+        await asyncio.gather(move, return_exceptions=True)  # the client lost its daemon
+        await again.start()
+        end = await finished(again, unique_name, timeout=120)
+        assert end["state"] == "rolled-back", end
+        await assert_back_at_source(engine_a, engine_b, unique_name)
+        assert not await exists(engine_b, unique_name)
+        assert left_on_device(spool) == []
+        assert keepers_alive() == []
+        assert page_servers_alive() == []
+    finally:
+        await again.kill()
+        await daemon.kill()
+        await receiver.stop()
+        agent.stop()
+        bed.engine_b.remove_containers(RUN_FILTER)
+
+
 async def watch_checks(engine: Engine, name: str, allowed: set[int], seconds: float) -> None:
     """Fail as soon as the container stops or prints a checksum the source never printed, during `seconds`."""
     loop = asyncio.get_running_loop()
@@ -198,7 +252,15 @@ async def exists(engine: Engine, name: str) -> bool:
     return any(name in (c.get("Names") or [""])[0] for c in await engine.list_containers(all_states=True))
 
 
+def page_servers_alive() -> list[int]:
+    return processes_with(b"page-server")
+
+
 def keepers_alive() -> list[int]:
+    return processes_with(b"androcond.agent.page_keeper", b"lazy-pages")
+
+
+def processes_with(*needles: bytes) -> list[int]:
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -207,7 +269,7 @@ def keepers_alive() -> list[int]:
             cmdline = (proc / "cmdline").read_bytes()
         except OSError:
             continue
-        if b"androcond.agent.page_keeper" in cmdline or b"lazy-pages" in cmdline:
+        if any(needle in cmdline for needle in needles):
             found.append(int(proc.name))
     return found
 
