@@ -494,8 +494,8 @@ class Migration:
         blocker = await asyncio.to_thread(criu_compat.page_server_blocker)
         if blocker:
             why_not.append(blocker)
-        if stages_for(platform.machine(), self._recode_options):
-            why_not.append("the images need a recode for this device, and post-copy serves the pages as dumped")
+        if self._cross is not None:
+            why_not.append("post-copy across ISAs is not built (the page server would serve x86_64 pages)")
         if why_not and mode == "true":
             raise Rejected(f"post-copy (lazy = true) is not possible: {'; '.join(why_not)}")
         if why_not:

@@ -55,11 +55,15 @@ def left_on_device(spool: Path) -> list[Path]:
     return [p for p in (spool / "images").glob("*") if p.exists()]
 
 
+@pytest.mark.parametrize("profile", [None, "android"])
 async def test_a_counter_resumes_before_its_memory_arrives(agent_server: AgentBed, engine_a: Engine,
-                                                           engine_b: Engine, tmp_path: Path,
-                                                           unique_name: str) -> None:
+                                                           engine_b: Engine, tmp_path: Path, unique_name: str,
+                                                           profile: str | None) -> None:
+    """As dumped, and recoded for an Android device (the page server serves the recoded pages)."""
     bed = agent_server.bed
-    agent, receiver, daemon = await lazy_move(agent_server, tmp_path, "none", AGENT_PORT + 50)
+    port = AGENT_PORT + (56 if profile else 50)
+    agent, receiver, daemon = await lazy_move(agent_server, tmp_path, "none", port,
+                                              device=f'profile = "{profile}"' if profile else "")
     spool = agent.directory / f"{agent.name}-spool"
     before, pages_dirs = extractions(), page_server_dirs()
     await daemon.start()
@@ -103,12 +107,14 @@ SECRET = "post-copy-hooks"
 
 
 async def lazy_move(agent_server: AgentBed, directory: Path, fault: str, port: int,
-                    env: dict[str, str] | None = None) -> tuple[DeviceAgent, Receiver, DaemonProcess]:
-    """An agent (with `fault`), a webhook receiver, and a daemon (not started) moving to it with lazy = true."""
+                    env: dict[str, str] | None = None, device: str = "",
+                    ) -> tuple[DeviceAgent, Receiver, DaemonProcess]:
+    """An agent (with `fault`), a webhook receiver, and a daemon (not started) moving to it with lazy = true
+    (and `device`'s lines in the device's table)."""
     agent = faulty_agent(agent_server, fault, port, directory)
     receiver = Receiver(SECRET)
     url = await receiver.start()
-    extra = f'lazy = true\n[[webhooks]]\nurl = "{url}"\nsecret = "{SECRET}"'
+    extra = f'lazy = true\n{device}\n[[webhooks]]\nurl = "{url}"\nsecret = "{SECRET}"'
     return agent, receiver, DaemonProcess(write_daemon_config(agent_server, directory, port=port, extra=extra),
                                           env=env)
 
