@@ -13,7 +13,6 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from .journal import TERMINAL, MigrationRecord
-from .states import MigrationState
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 _SECONDS = (0.25, 0.5, 1, 2, 3, 5, 8, 13, 20, 30, 60, 120, 300)
@@ -59,8 +58,7 @@ class Metrics:
             return
         self.migrations.labels(outcome=record.state).inc()
         self.bytes.inc(record.bytes_sent)
-        # A post-copy move that rolled back had resumed on the device: that was no downtime of a finished move.
-        if "downtime_s" in record.timings and record.state == MigrationState.DONE:
+        if "downtime_s" in record.timings:
             self.downtime.observe(record.timings["downtime_s"])
         if "last_page_s" in record.timings:
             self.last_page.observe(record.timings["last_page_s"])

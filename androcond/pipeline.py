@@ -329,7 +329,10 @@ class Migration:
 
     async def _finish(self, outcome: pb.Outcome, detail: str) -> None:
         self.record.target_container_id = outcome.container_id
-        if self._frozen_at is not None and "downtime_s" not in self.record.timings:  # post-copy: at the resume
+        timings = self.record.timings
+        if "resumed_s" in timings:  # post-copy: the downtime ended at the resume, before the last page
+            timings["downtime_s"] = timings["resumed_s"]
+        elif self._frozen_at is not None:
             self._time("downtime_s", self._frozen_at)
         # "done" means all is settled: the source goes first (a crash in between is resolved as done too).
         await self._finish_source()
@@ -708,8 +711,8 @@ class Migration:
 
         async def resumed(outcome: pb.Outcome) -> None:
             self._time("restore_s", t0)
-            if self._frozen_at is not None:
-                self._time("downtime_s", self._frozen_at)
+            if self._frozen_at is not None:  # the downtime, should the move end done
+                self._time("resumed_s", self._frozen_at)
             await self._set(S.PAGING, f"running on {self.record.device} as {outcome.container_id[:12]}; "
                                       "its memory is arriving")
             inject("paging", self.record.container_name)
@@ -718,7 +721,7 @@ class Migration:
             outcome = await link.commit_lazy(file_count, server, resumed, self.timeouts.paging)
         finally:
             await server.close()
-            self.record.timings["pages_mb"] = round(link.page_bytes / 2**20, 1)
+            self.record.bytes_sent += server.bytes_served  # the memory, sent after the resume
         if outcome.state == "running" and self._frozen_at is not None:
             self._time("last_page_s", self._frozen_at)
         return outcome

@@ -76,6 +76,9 @@ def outcome_line(record: dict[str, Any]) -> str:
     downtime, total = _timing(record, "downtime_s"), _timing(record, "total_s")
     if downtime is not None:
         parts.append(f"downtime {fmt_seconds(downtime)}")
+    last_page = _timing(record, "last_page_s")
+    if last_page is not None:  # post-copy: the memory arrived after the resume
+        parts.append(f"last page {fmt_seconds(last_page)}")
     if total is not None:
         parts.append(f"total {fmt_seconds(total)}")
     if record.get("bytes_sent"):

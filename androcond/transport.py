@@ -143,7 +143,6 @@ class AgentConnection:
         self._data_stored = 0  # of those, what the agent reported stored
         self._stored_news = asyncio.Event()  # set on each Stored frame and on failure
         self._pages: PageSource | None = None  # post-copy: where the device's page requests go
-        self.page_bytes = 0  # page-protocol bytes carried, both ways
 
     # --- connection ------------------------------------------------------------------------------------
     @classmethod
@@ -396,7 +395,6 @@ class AgentConnection:
     async def _page_request(self, data: bytes) -> None:
         if self._pages is None:
             raise TransportError("the agent sent pages outside a post-copy commit")
-        self.page_bytes += len(data)
         try:
             await self._pages.feed(data)
         except (OSError, ConnectionError) as exc:
@@ -407,7 +405,6 @@ class AgentConnection:
     async def _page_replies(self, pages: PageSource) -> None:
         try:
             async for data in pages.replies():
-                self.page_bytes += len(data)
                 await self._send(pb.Frame(pages=pb.Pages(data=data)))
         except TransportError as exc:
             self._fail(exc)

@@ -169,6 +169,8 @@ def test_outcome_line() -> None:
     rolled = rec("rolled-back", 1 * MB, error="stream: the agent stopped answering", timings={"total_s": 3.0})
     assert outcome_line(rolled) == "web → pixel: rolled-back, total 3.00s, 1.0 MB sent: " \
                                    "stream: the agent stopped answering"
+    lazy = rec("done", 268_400_000, timings={"downtime_s": 0.79, "last_page_s": 1.9, "total_s": 2.75})
+    assert outcome_line(lazy) == "web → pixel: done, downtime 0.79s, last page 1.90s, total 2.75s, 268.4 MB sent"
     rejected = rec("rejected", error="bind mount /data: its files are on this host")
     assert outcome_line(rejected) == "web → pixel: rejected: bind mount /data: its files are on this host"
 
