@@ -106,6 +106,31 @@ def page_server_blocker(status: Path = Path("/proc/self/status"),
             f"pipes of {PAGE_SERVER_PIPE} bytes (sysctl -w fs.pipe-max-size={PAGE_SERVER_PIPE})")
 
 
+CRIU_LINE_MAX = 300  # characters of one CRIU log line in a message
+
+
+def log_errors(path: Path, lines: int = 3) -> list[str]:
+    """The first `Error` lines of a CRIU log (the cause comes first, the clean-up's complaints after it), each
+    cut to CRIU_LINE_MAX characters; [] when the log is gone. Blocking: run it in a thread."""
+    errors: list[str] = []
+    try:
+        with path.open(errors="replace") as f:
+            for line in f:
+                if "Error" in line:
+                    errors.append(line.strip()[:CRIU_LINE_MAX])
+                    if len(errors) == lines:
+                        break
+    except OSError:
+        return []
+    return errors
+
+
+def log_reason(path: Path, lines: int = 3) -> str:
+    """CRIU's own reason from its log, as a suffix for an error message ("" when it says nothing)."""
+    errors = log_errors(path, lines)
+    return f" (CRIU: {' | '.join(errors)})" if errors else ""
+
+
 def kernel_release() -> str:
     return os.uname().release
 

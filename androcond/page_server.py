@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from .criu_compat import CRIU_PATH
+from .criu_compat import CRIU_PATH, log_errors
 from .errors import AndrocondError
 from .logging import get_logger
 
@@ -85,15 +85,8 @@ class PageServer:
         self._writer.close()
         with contextlib.suppress(OSError, ConnectionError):
             await self._writer.wait_closed()
-        errors = await asyncio.to_thread(_log_errors, self.work / LOG_NAME)
+        errors = await asyncio.to_thread(log_errors, self.work / LOG_NAME)
         if errors:
             log.warning("page server errors", errors=errors)
         await asyncio.to_thread(shutil.rmtree, self.work, True)
 
-
-def _log_errors(path: Path, lines: int = 3) -> list[str]:
-    try:
-        text = path.read_text(errors="replace")
-    except OSError:
-        return []
-    return [line.strip()[:300] for line in text.splitlines() if "Error" in line][:lines]

@@ -340,7 +340,6 @@ def parse_create_config(text: str) -> dict[str, Any]:
 
 
 CRIU_LOG = re.compile(r"(/[^\s:]+/restore\.log)")
-CRIU_LINE_MAX = 300  # characters of one CRIU log line in a message
 KEPT_LOGS = 10  # failed restores' logs kept on the device
 
 
@@ -353,17 +352,7 @@ def criu_log_errors(message: str, keep_in: Path | None = None, lines: int = 3) -
     if match is None:
         return ""
     log_path = Path(match.group(1))
-    errors: list[str] = []
-    try:
-        with log_path.open(errors="replace") as f:
-            for line in f:
-                if "Error" in line:
-                    errors.append(line.strip()[:CRIU_LINE_MAX])
-                    if len(errors) == lines:
-                        break
-    except OSError:
-        return ""
-    why = f" (CRIU: {' | '.join(errors)})" if errors else ""
+    why = criu_compat.log_reason(log_path, lines)
     if keep_in is None:
         return why
     try:

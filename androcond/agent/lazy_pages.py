@@ -17,6 +17,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+from .. import criu_compat
 from ..logging import get_logger
 from .errors import RestoreError
 from .outcomes import ProcessIdentity
@@ -74,7 +75,7 @@ class PageKeeper:
             transport.close()
         if ready != b"\0":
             await keeper.kill()
-            raise RestoreError(f"criu lazy-pages did not start{keeper.log_excerpt()}")
+            raise RestoreError(f"criu lazy-pages did not start{await keeper.log_reason()}")
         log.info("lazy-pages ready", keeper_pid=proc.pid)
         return keeper
 
@@ -103,13 +104,9 @@ class PageKeeper:
                 await self.proc.wait()
         self._writer.close()
 
-    def log_excerpt(self, lines: int = 3) -> str:
-        try:
-            text = (self.images / LOG_NAME).read_text(errors="replace")
-        except OSError:
-            return ""
-        errors = [line.strip()[:300] for line in text.splitlines() if "Error" in line][:lines]
-        return f" (CRIU: {' | '.join(errors)})" if errors else ""
+    async def log_reason(self) -> str:
+        """lazy-pages' own reason, as a suffix for an error message ("" once its log is gone)."""
+        return await asyncio.to_thread(criu_compat.log_reason, self.images / LOG_NAME)
 
 
 def kill_group(keeper: ProcessIdentity) -> bool:

@@ -19,12 +19,14 @@ import subprocess
 import sys
 from pathlib import Path
 
+from ..criu_compat import CRIU_PATH
+
 LOG_NAME = "lazy-pages.log"
 
 
 def main(argv: list[str]) -> int:
     images, theirs, hold, status_fd = Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3])
-    criu = shutil.which("criu", path="/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
+    criu = shutil.which("criu", path=CRIU_PATH)
     if criu is None:
         print("page keeper: criu not found", file=sys.stderr)
         return 127

@@ -466,7 +466,7 @@ class AgentSession:
             await self.device.restore(target, migration.begin.checkpoint_name, clean=False)
         except RestoreError as exc:
             if not migration.finished:
-                await self._discard(migration, "failed", f"{exc}{keeper.log_excerpt()}")
+                await self._discard(migration, "failed", f"{exc}{await keeper.log_reason()}")
             await self._tell(record.migration_id)
             return
         if migration.finished:
@@ -486,7 +486,7 @@ class AgentSession:
             log.info("every page arrived", container_id=record.container_id)
         else:
             await self._discard(migration, "failed", f"criu lazy-pages exited with status {code} before every "
-                                f"page arrived{keeper.log_excerpt()}; the container was removed")
+                                f"page arrived{await keeper.log_reason()}; the container was removed")
         await self._tell(record.migration_id)
 
     async def _tell(self, migration_id: str) -> None:
