@@ -25,16 +25,20 @@ def place_nonce(checkpoint_dir: Path) -> str:
     return nonce
 
 
+def extractions(tmp_dirs: tuple[Path, ...] = CONTAINERD_TMP) -> set[Path]:
+    """containerd's checkpoint extractions now in its TMPDIR, whoever's they are."""
+    return {p for tmp in tmp_dirs for p in tmp.glob("ctrd-checkpoint*")}
+
+
 def remove_extractions(nonce: str, tmp_dirs: tuple[Path, ...] = CONTAINERD_TMP) -> list[Path]:
     """Remove containerd's extractions of the checkpoint that carries `nonce`; return what was removed."""
     removed: list[Path] = []
-    for tmp in tmp_dirs:
-        for extracted in tmp.glob("ctrd-checkpoint*"):
-            try:
-                if (extracted / NONCE_FILE).read_text() != nonce:
-                    continue
-            except OSError:
+    for extracted in extractions(tmp_dirs):
+        try:
+            if (extracted / NONCE_FILE).read_text() != nonce:
                 continue
-            shutil.rmtree(extracted, ignore_errors=True)
-            removed.append(extracted)
+        except OSError:
+            continue
+        shutil.rmtree(extracted, ignore_errors=True)
+        removed.append(extracted)
     return removed

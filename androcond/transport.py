@@ -143,6 +143,7 @@ class AgentConnection:
         self._data_stored = 0  # of those, what the agent reported stored
         self._stored_news = asyncio.Event()  # set on each Stored frame and on failure
         self._pages: PageSource | None = None  # post-copy: where the device's page requests go
+        self._pages_gone = False  # the page server took no more: later requests are dropped
 
     # --- connection ------------------------------------------------------------------------------------
     @classmethod
@@ -395,12 +396,14 @@ class AgentConnection:
     async def _page_request(self, data: bytes) -> None:
         if self._pages is None:
             raise TransportError("the agent sent pages outside a post-copy commit")
+        if self._pages_gone:
+            return
         try:
             await self._pages.feed(data)
         except (OSError, ConnectionError) as exc:
             # The page server is gone: the device's lazy-pages fails, and the agent says so in its outcome.
             log.warning("the page server took no more requests", error=str(exc))
-            self._pages = _Drain()
+            self._pages_gone = True
 
     async def _page_replies(self, pages: PageSource) -> None:
         try:
@@ -418,17 +421,6 @@ class AgentConnection:
     async def query(self, migration_id: str) -> pb.Outcome:
         frame = pb.Frame(query=pb.Query(migration_id=migration_id))
         return (await self._request(frame, "query", self.timeouts.query, "outcome")).outcome
-
-
-class _Drain:
-    """Where page requests go once the page server is gone."""
-
-    async def feed(self, data: bytes) -> None:
-        return None
-
-    async def replies(self) -> AsyncIterator[bytes]:
-        return
-        yield b""
 
 
 async def _connect(endpoint: Endpoint, timeouts: PhaseTimeouts) -> asyncssh.SSHClientConnection:

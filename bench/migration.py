@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from androcond.checkpoint_leftovers import CONTAINERD_TMP
+from androcond.checkpoint_leftovers import extractions
 from bench.procfs import peak_rss
 from tests.testbed import TestBed
 from tests.testbed.agent import DeviceAgent, daemon_config
@@ -75,10 +75,6 @@ def downtime(bed: TestBed, name: str) -> float:
         raise RuntimeError("source logs are gone; use keep-source")
     assert source[-1][1] + 1 == first_count, "the counter did not continue"
     return first_device - last_source - TICK_S
-
-
-def extractions() -> set[Path]:
-    return {p for tmp in CONTAINERD_TMP for p in tmp.glob("ctrd-checkpoint*")}
 
 
 def seeds_flow(bed: TestBed, name: str, mb: int, work: Path) -> float:

@@ -174,8 +174,7 @@ class DeviceEngine:
         stub_dir = self.facts.data_root / "containers" / cid / "checkpoints" / checkpoint_name
         images_dir = stub_dir
         if self.fast_restore:
-            assert self.spool_dir is not None
-            images_dir = self.spool_dir / "images" / (migration_id or cid)
+            images_dir = self._spooled_images(migration_id or cid)
         nonce = await asyncio.to_thread(_make_checkpoint_dirs, stub_dir, images_dir, lazy)
         return TargetContainer(cid, images_dir, Path(upper), stub_dir, nonce)
 
@@ -229,12 +228,16 @@ class DeviceEngine:
             log.info("removed what the restore left", container_id=target.container_id,
                      paths=[str(p) for p in removed])
 
+    def _spooled_images(self, migration_id: str) -> Path:
+        assert self.spool_dir is not None
+        return self.spool_dir / "images" / migration_id
+
     async def remove_spooled(self, migration_id: str) -> bool:
         """The images a migration spooled here (settling it after the agent died: no TargetContainer is left
         to say where they are). True if there were some."""
         if self.spool_dir is None:
             return False
-        images = self.spool_dir / "images" / migration_id
+        images = self._spooled_images(migration_id)
         if not images.exists():
             return False
         await asyncio.to_thread(shutil.rmtree, images, True)

@@ -15,7 +15,6 @@ from typing import Any
 
 from aiohttp import web
 
-from androcond.checkpoint_leftovers import CONTAINERD_TMP
 from androcond.engine import Engine, EngineError
 
 from ..helpers import DaemonProcess, counts, wait_for_count
@@ -138,8 +137,3 @@ async def migrate_by_cli(config: Path, name: str, device: str = "pixel") -> tupl
     except json.JSONDecodeError:
         raise AssertionError(f"migrate printed no JSON: {out!r} {err!r}") from None
     return proc.returncode, record
-
-
-def extractions() -> set[Path]:
-    """containerd's checkpoint extractions now on this host (the bed's engines share its /tmp)."""
-    return {p for tmp in CONTAINERD_TMP for p in tmp.glob("ctrd-checkpoint*")}

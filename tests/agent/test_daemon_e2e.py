@@ -13,6 +13,7 @@ from typing import Any
 
 import pytest
 
+from androcond.checkpoint_leftovers import extractions
 from androcond.engine import Engine
 
 from ..helpers import DaemonProcess, counter_config, counts, wait_for_count
@@ -23,7 +24,6 @@ from .conftest import AGENT_PORT, AgentBed
 from .daemon_bed import (
     assert_back_at_source,
     continuous,
-    extractions,
     faulty_agent,
     finished,
     running,

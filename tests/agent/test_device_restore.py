@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from androcond.checkpoint_leftovers import extractions
 from androcond.engine import Engine
 
 from ..helpers import DaemonProcess, counter_config, wait_for_count
@@ -18,7 +19,6 @@ from ..testbed.proc import run
 from .conftest import AGENT_PORT, AgentBed
 from .daemon_bed import (
     assert_back_at_source,
-    extractions,
     faulty_agent,
     finished,
     migrate_by_cli,

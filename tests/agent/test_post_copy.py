@@ -15,6 +15,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from androcond.checkpoint_leftovers import extractions
 from androcond.engine import Engine
 
 from ..helpers import DaemonProcess, wait_for_count
@@ -27,7 +28,6 @@ from .daemon_bed import (
     Receiver,
     assert_back_at_source,
     continuous,
-    extractions,
     faulty_agent,
     finished,
     migrate_by_cli,
