@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -13,6 +14,36 @@ from .framing import CHUNK_SIZE, Entry, ImageHeader, ImageReader, ImageWriter
 from .magic import ImageKind
 
 StrPath = str | os.PathLike[str]
+COPY_CHUNK = 8 * CHUNK_SIZE  # per copy_file_range call: large enough that syscalls do not dominate
+
+
+class ShortSource(OSError):
+    """The source file ended before the range to copy did."""
+
+
+def copy_range(src: int, dst: int, offset: int, length: int) -> None:
+    """Copy `length` bytes at `offset` of fd `src` to the current position of fd `dst`, in the kernel when
+    it can (copy_file_range), else through a bounded buffer (a pipe, another file system)."""
+    end = offset + length
+    while offset < end:
+        want = min(COPY_CHUNK, end - offset)
+        try:
+            done = os.copy_file_range(src, dst, want, offset)
+        except OSError as exc:
+            if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
+                raise
+            done = _copy_buffered(src, dst, offset, want)
+        if done == 0:
+            raise ShortSource(f"the source ends {end - offset} bytes short, before byte {offset}")
+        offset += done
+
+
+def _copy_buffered(src: int, dst: int, offset: int, length: int) -> int:
+    data = os.pread(src, min(length, CHUNK_SIZE), offset)
+    view = memoryview(data)
+    while view:
+        view = view[os.write(dst, view):]
+    return len(data)
 
 
 @dataclass

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import criu_pb2 as pb
-from .files import read_image, write_image
+from .files import copy_range, read_image, write_image
 from .pagemap import PE_LAZY, PE_PRESENT, Pagemap
 
 
@@ -51,19 +51,10 @@ def split_lazy(dump: Path, out: Path) -> LazySplit:
                     entry.set_message(msg)
                     lazy += size
                     continue
-                _copy_range(src.fileno(), dst.fileno(), run.pages_offset, size)
+                copy_range(src.fileno(), dst.fileno(), run.pages_offset, size)
                 eager += size
         write_image(out / path.name, image)
     return LazySplit(out, eager, lazy)
-
-
-def _copy_range(src: int, dst: int, offset: int, size: int) -> None:
-    done = 0
-    while done < size:
-        copied = os.copy_file_range(src, dst, size - done, offset + done)
-        if copied == 0:
-            raise OSError(f"pages file ends {size - done} bytes short of its pagemap")
-        done += copied
 
 
 __all__ = ["PE_LAZY", "PE_PRESENT", "LazySplit", "split_lazy"]

@@ -9,20 +9,16 @@ pages are never held in Python.
 
 from __future__ import annotations
 
-import errno
 import io
 import os
 import stat
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final
 
 from ..errors import AndrocondError
-from ..images import CHUNK_SIZE, Image, pb, read_image, write_image_to
-from ..images.files import StrPath
-
-COPY_CHUNK: Final = 8 * CHUNK_SIZE  # per copy_file_range call: large enough that syscalls do not dominate
+from ..images import Image, pb, read_image, write_image_to
+from ..images.files import ShortSource, StrPath, copy_range
 
 
 class RecodeError(AndrocondError):
@@ -187,28 +183,10 @@ def _coalesce(segments: list[Segment]) -> list[Segment]:
 
 
 def _copy_range(src: int, dst: int, offset: int, length: int) -> None:
-    """Copy `length` bytes at `offset` of fd `src` to the current position of fd `dst`, in the kernel when
-    it can (copy_file_range), else through a bounded buffer."""
-    end = offset + length
-    while offset < end:
-        want = min(COPY_CHUNK, end - offset)
-        try:
-            done = os.copy_file_range(src, dst, want, offset)
-        except OSError as exc:
-            if exc.errno not in (errno.EXDEV, errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP):
-                raise
-            done = _copy_buffered(src, dst, offset, want)
-        if done == 0:
-            raise RecodeError(f"source file ends before byte {offset}")
-        offset += done
-
-
-def _copy_buffered(src: int, dst: int, offset: int, length: int) -> int:
-    data = os.pread(src, min(length, CHUNK_SIZE), offset)
-    view = memoryview(data)
-    while view:
-        view = view[os.write(dst, view):]
-    return len(data)
+    try:
+        copy_range(src, dst, offset, length)
+    except ShortSource as exc:
+        raise RecodeError(str(exc)) from exc
 
 
 def write_segments(src: Path, dst: Path, segments: Iterable[Segment]) -> int:
