@@ -36,8 +36,8 @@ def split_lazy(dump: Path, out: Path) -> LazySplit:
     out.mkdir(parents=True, exist_ok=True)
     eager = lazy = 0
     for path in sorted(dump.glob("pagemap-*.img")):
-        pagemap = Pagemap.load(path)
         image = read_image(path)
+        pagemap = Pagemap.from_image(image)
         source = dump / pagemap.pages_name
         target = out / pagemap.pages_name
         with open(source, "rb") if source.exists() else open(os.devnull, "rb") as src, open(target, "wb") as dst:

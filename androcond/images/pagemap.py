@@ -14,8 +14,8 @@ from typing import BinaryIO, Final
 
 from . import criu_pb2 as pb
 from .errors import ImageFormatError
-from .files import StrPath, open_image
-from .framing import PAGEMAP, Entry
+from .files import Image, StrPath, open_image
+from .framing import PAGEMAP, Entry, ImageHeader
 
 PE_PARENT: Final = 1
 PE_LAZY: Final = 2
@@ -92,9 +92,14 @@ class Pagemap:
     @classmethod
     def load(cls, path: StrPath, page_size: int | None = None) -> Pagemap:
         with open_image(path) as reader:
-            if reader.header.magic != PAGEMAP:
-                raise ImageFormatError(reader.name, 4, f"not a pagemap image but {reader.header.name}")
+            _check_pagemap(reader.header, reader.name)
             return cls.from_entries(reader.entries(), reader.name, page_size)
+
+    @classmethod
+    def from_image(cls, image: Image, page_size: int | None = None) -> Pagemap:
+        """From a pagemap image already in memory (one that is being edited)."""
+        _check_pagemap(image.header, image.name)
+        return cls.from_entries(image.entries, image.name, page_size)
 
     def check_pages_size(self, size: int) -> None:
         """Raise unless pages-N.img (of `size` bytes) holds exactly the PRESENT pages."""
@@ -148,6 +153,11 @@ class Pagemap:
             addr += take
             length -= take
         return b"".join(parts)
+
+
+def _check_pagemap(header: ImageHeader, name: str) -> None:
+    if header.magic != PAGEMAP:
+        raise ImageFormatError(name, 4, f"not a pagemap image but {header.name}")
 
 
 def check_pagemaps(directory: StrPath, page_size: int | None = None) -> dict[str, Pagemap]:
