@@ -79,8 +79,17 @@ def read_vdso(maps: Path = Path("/proc/self/maps"), mem: Path = Path("/proc/self
 
 
 async def gather_facts(engine: Engine) -> DeviceFacts:
-    info = await engine.info()
-    version = await engine.version()
+    # `criu check` takes ~50 ms, once per agent start (per connection under `agent stdio`): meanwhile the engine
+    # is asked. Not a TaskGroup: an engine that does not answer must fail with its own error, not a group.
+    lazy = asyncio.create_task(criu_compat.lazy_restore_supported())
+    try:
+        info = await engine.info()
+        version = await engine.version()
+        lazy_restore = await lazy
+    except BaseException:
+        lazy.cancel()
+        await asyncio.gather(lazy, return_exceptions=True)
+        raise
     vdso, vvar_size = await asyncio.to_thread(read_vdso)
     return DeviceFacts(isa=platform.machine(), page_size=os.sysconf("SC_PAGE_SIZE"),
                        criu_version=await criu_compat.local_criu_version(),
@@ -92,7 +101,7 @@ async def gather_facts(engine: Engine) -> DeviceFacts:
                        criu_runc_options=tuple(await asyncio.to_thread(criu_compat.runc_options)),
                        cgroup2=await asyncio.to_thread(criu_compat.cgroup_v2),
                        absent_masked_paths=tuple(await asyncio.to_thread(criu_compat.absent_paths)),
-                       lazy_restore=await criu_compat.lazy_restore_supported())
+                       lazy_restore=lazy_restore)
 
 
 @dataclass
