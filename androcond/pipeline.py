@@ -754,7 +754,10 @@ class Migration:
             outcome = await link.commit_lazy(file_count, server, resumed, self.timeouts.paging)
         finally:
             await server.close()
-            self.record.bytes_sent += server.bytes_served  # the memory, sent after the resume
+            # The memory, sent after the resume: in the live progress too, which the API shows (over the
+            # journal's figure) until the migration has ended.
+            self.progress.bytes_sent += server.bytes_served
+            self.record.bytes_sent = self.progress.bytes_sent
         if outcome.state == "running" and self._frozen_at is not None:
             self._time("last_page_s", self._frozen_at)
         return outcome
