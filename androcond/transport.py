@@ -174,7 +174,11 @@ class AgentConnection:
             raise TransportError(f"agent speaks protocol {frame.agent_hello.protocol_version}, "
                                  f"we speak {PROTOCOL_VERSION}")
         self.hello = frame.agent_hello
-        # Owned tasks: the reader dispatches replies; the stderr relay keeps the agent's logs flowing.
+        self._start_tasks()
+
+    def _start_tasks(self) -> None:
+        """Owned tasks, ended by close(): the reader dispatches replies (and fails the link on any error of
+        its own); the stderr relay keeps the agent's logs flowing."""
         self._tasks = [asyncio.create_task(self._read_loop(), name="agent-reader"),
                        asyncio.create_task(self._relay_stderr(), name="agent-stderr")]
 
@@ -226,10 +230,18 @@ class AgentConnection:
                     raise AgentRefused.from_frame(frame.error)
                 else:
                     self._pending.replies.put_nowait(frame)
-        except (TransportError, asyncio.CancelledError) as exc:
-            self._fail(exc if isinstance(exc, TransportError) else TransportError("connection closed"))
-            if isinstance(exc, asyncio.CancelledError):
-                raise
+        except asyncio.CancelledError:
+            self._fail(TransportError("connection closed"))
+            raise
+        except TransportError as exc:
+            self._fail(exc)
+        except Exception as exc:
+            # A bug of ours or a library's: as in asyncssh, a failed task fails its connection — every waiter
+            # wakes now with the reason, instead of sleeping until its phase deadline (an hour while paging).
+            log.error("the link's reader failed; closing the link", error=f"{exc.__class__.__name__}: {exc}",
+                      exc_info=exc)
+            self._fail(TransportError(f"the link's reader failed: {exc.__class__.__name__}: {exc}"))
+            self._conn.close()  # a sender blocked on the channel wakes too
 
     def _fail(self, exc: BaseException) -> None:
         if self._failure is None:
