@@ -23,13 +23,14 @@ from .engine_lock import EngineLock
 from .journal import Journal, MigrationRecord
 from .logging import get_logger, log_context
 from .metrics import Metrics
+from .migration import Context, new_record
 from .notify import NotifyError, Webhooks, event_kind_for_state
-from .pipeline import Context, cancel_settling, new_record, wait_for_settling
 from .requests import AlreadyMigrating, MigrationRequest, NotAccepting
 from .resolver import Resolver
 from .scheduler import Scheduler
 from .states import MigrationState
 from .systemd import Notifier, watchdog_loop
+from .tasks import TaskOwner
 from .watcher import ContainerSeen, Watcher
 
 log = get_logger(__name__)
@@ -51,6 +52,8 @@ class Daemon:
                                on_ready=self.ready.set)
         self.engine = Engine(settings.docker.host)
         self.adb = AdbClient()
+        # Rollbacks started by migrations cancelled at shutdown: waited for, within a budget, before exit.
+        self.background = TaskOwner()
         self.journal: Journal | None = None
         self.scheduler: Scheduler | None = None
         self.resolver: Resolver | None = None
@@ -147,10 +150,10 @@ class Daemon:
                     self.scheduler.cancel_all()
             # Phase 3b: the rollbacks those cancels started, within a bound of their own; what is left is
             # cancelled too and stays in the journal for the next start to resolve.
-            left = await wait_for_settling(SETTLE_AT_SHUTDOWN_S)
+            left = await self.background.wait(SETTLE_AT_SHUTDOWN_S)
             if left:
                 log.error("rollbacks still running at exit; the next start resolves them", count=left)
-                cancel_settling()
+                self.background.cancel()
             # Phase 4: a moment for the last events to go out; the outbox keeps the rest for the next start.
             if self.webhooks is not None and self._delivery is not None:
                 try:
@@ -167,7 +170,7 @@ class Daemon:
 
     async def _start(self, tg: asyncio.TaskGroup, journal: Journal) -> None:
         ctx = Context(self.settings, journal, self.engine, self.adb, on_change=self._on_migration_change,
-                      on_end=self.metrics.migration_ended)
+                      on_end=self.metrics.migration_ended, background=self.background)
         self.scheduler = Scheduler(ctx, journal, self.settings.daemon.max_migrations, tg.create_task,
                                    on_released=self._on_released)
         self.resolver = Resolver(ctx, journal, self.scheduler.running, self.settings.timeouts.resolve_backoff_max)

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 
 from .journal import Journal
 from .logging import get_logger
-from .pipeline import Context, resolve
+from .migration import Context, resolve
 
 log = get_logger(__name__)
 

@@ -9,8 +9,8 @@ from collections.abc import Callable
 
 from .journal import Journal, MigrationRecord
 from .logging import get_logger, log_context
+from .migration import Context, Migration, new_record
 from .payload import Progress
-from .pipeline import Context, Migration, new_record
 from .requests import AlreadyMigrating, MigrationRequest, NotAccepting
 from .states import MigrationState
 

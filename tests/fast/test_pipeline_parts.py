@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from androcond.pipeline import Rejected, memory_usage, named_volumes, upper_dir
+from androcond.migration import Rejected
+from androcond.source.host import memory_usage, named_volumes, upper_dir
 
 
 def inspect(**over: Any) -> dict[str, Any]:

@@ -5,6 +5,7 @@ tests/agent/test_daemon_faults.py). The journal is the real one, on a temporary 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import platform
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -17,13 +18,14 @@ from androcond.adb_link import AdbClient
 from androcond.config import DaemonSettings, DeviceSettings, DockerSettings, Settings, TimeoutSettings
 from androcond.engine import EngineError
 from androcond.journal import Journal, MigrationRecord
+from androcond.migration.roles import LinkFactory, TargetLink
 from androcond.payload import OutgoingFile, Progress
 from androcond.pipeline import Context, Migration, new_record, resolve
 from androcond.protocol import protocol_pb2 as pb
 from androcond.requests import AlreadyMigrating, MigrationRequest, NotAccepting
 from androcond.scheduler import Scheduler
 from androcond.states import MigrationState
-from androcond.transport import AgentConnection, TransportError
+from androcond.transport import TransportError
 
 S = MigrationState
 CID = "c" * 64
@@ -111,18 +113,23 @@ class FakeLink:
 
 
 @pytest.fixture
-def fake_link(monkeypatch: pytest.MonkeyPatch) -> type[FakeLink]:
+def fake_link() -> type[FakeLink]:
     class Link(FakeLink):
         pass
 
-    async def open_link(*_args: Any, **_kw: Any) -> FakeLink:
-        Link.opened += 1
-        if Link.fail_at == "open":
-            raise TransportError("device unreachable")
-        return Link()
-
-    monkeypatch.setattr(AgentConnection, "open", open_link)
     return Link
+
+
+def links_of(link: type[FakeLink]) -> LinkFactory:
+    """The context's seam: every link the migration (or its settling) opens is a new `link`."""
+    @contextlib.asynccontextmanager
+    async def open_link(_device: DeviceSettings) -> AsyncIterator[TargetLink]:
+        link.opened += 1
+        if link.fail_at == "open":
+            raise TransportError("device unreachable")
+        yield link()  # type: ignore[misc]
+
+    return open_link
 
 
 @pytest.fixture
@@ -132,14 +139,14 @@ async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
     await journal.close()
 
 
-def context(tmp_path: Path, journal: Journal, engine: FakeEngine) -> Context:
+def context(tmp_path: Path, journal: Journal, engine: FakeEngine, link: type[FakeLink]) -> Context:
     (tmp_path / "id").write_text("")
     (tmp_path / "known_hosts").write_text("")
     device = DeviceSettings("pixel", address="127.0.0.1:9", identity=tmp_path / "id",
                             known_hosts=tmp_path / "known_hosts")
     settings = Settings(daemon=DaemonSettings(state_dir=tmp_path / "state"), docker=DockerSettings(checkpoint="engine"),
                         devices={"pixel": device}, timeouts=TimeoutSettings(settle=2.0))
-    return Context(settings, journal, engine, AdbClient())  # type: ignore[arg-type]
+    return Context(settings, journal, engine, AdbClient(), links=links_of(link))  # type: ignore[arg-type]
 
 
 async def migrate(ctx: Context) -> MigrationRecord:
@@ -155,7 +162,7 @@ async def states(journal: Journal, record: MigrationRecord) -> list[str]:
 async def test_a_bug_in_preflight_fails_the_migration_not_the_caller(tmp_path: Path, journal: Journal,
                                                                      fake_link: type[FakeLink]) -> None:
     engine = FakeEngine(tmp_path, inspect_error=KeyError("State"))
-    record = await migrate(context(tmp_path, journal, engine))  # returns: nothing escapes
+    record = await migrate(context(tmp_path, journal, engine, fake_link))  # returns: nothing escapes
     assert record.state == S.FAILED
     assert "internal error in preflight: KeyError" in record.error
     assert engine.started_from == [] and engine.running
@@ -164,14 +171,14 @@ async def test_a_bug_in_preflight_fails_the_migration_not_the_caller(tmp_path: P
 async def test_an_engine_error_in_preflight_is_a_refusal(tmp_path: Path, journal: Journal,
                                                          fake_link: type[FakeLink]) -> None:
     engine = FakeEngine(tmp_path, inspect_error=EngineError("no such container", 404))
-    record = await migrate(context(tmp_path, journal, engine))
+    record = await migrate(context(tmp_path, journal, engine, fake_link))
     assert record.state == S.REJECTED and "cannot inspect" in record.error
 
 
 async def test_stats_answering_null_does_not_stop_the_migration(tmp_path: Path, journal: Journal,
                                                                 fake_link: type[FakeLink]) -> None:
     engine = FakeEngine(tmp_path, stats=None)
-    record = await migrate(context(tmp_path, journal, engine))
+    record = await migrate(context(tmp_path, journal, engine, fake_link))
     assert record.state == S.DONE, record.error
 
 
@@ -179,7 +186,7 @@ async def test_a_bug_after_the_freeze_rolls_back(tmp_path: Path, journal: Journa
                                                  fake_link: type[FakeLink]) -> None:
     fake_link.fail_at = "send_files"
     engine = FakeEngine(tmp_path)
-    record = await migrate(context(tmp_path, journal, engine))
+    record = await migrate(context(tmp_path, journal, engine, fake_link))
     assert record.state == S.ROLLED_BACK
     assert engine.started_from == [record.checkpoint_name] and engine.running
     assert await states(journal, record) == ["requested", "preflight", "checkpointing", "streaming",
@@ -193,7 +200,7 @@ async def test_a_broken_commit_asks_the_device(tmp_path: Path, journal: Journal,
     fake_link.fail_at, fake_link.failure = "commit", TransportError("link to the agent broke")
     fake_link.outcome_state = says
     engine = FakeEngine(tmp_path)
-    record = await migrate(context(tmp_path, journal, engine))
+    record = await migrate(context(tmp_path, journal, engine, fake_link))
     assert record.state == expected
     assert fake_link.opened == 2  # the migration's connection, then one to ask
     assert engine.running == (expected == S.ROLLED_BACK)
@@ -204,7 +211,7 @@ async def test_without_an_answer_it_stays_unresolved_until_the_device_answers(
     fake_link.fail_at, fake_link.failure = "commit", TransportError("link to the agent broke")
     fake_link.outcome_state = "restoring"  # busy for longer than the settle deadline
     engine = FakeEngine(tmp_path)
-    ctx = context(tmp_path, journal, engine)
+    ctx = context(tmp_path, journal, engine, fake_link)
     record = await migrate(ctx)
     assert record.state == S.RESTORING and "could not say" in record.error
     assert engine.started_from == [], "restored at the source on a guess"
@@ -222,7 +229,7 @@ async def test_cancelled_mid_stream_rolls_back_then_propagates(tmp_path: Path, j
                                                                fake_link: type[FakeLink]) -> None:
     fake_link.hang = True
     engine = FakeEngine(tmp_path)
-    ctx = context(tmp_path, journal, engine)
+    ctx = context(tmp_path, journal, engine, fake_link)
     streaming = asyncio.Event()
 
     async def on_change(record: MigrationRecord) -> None:
@@ -261,7 +268,7 @@ async def test_drain_waits_for_an_admission_in_progress(tmp_path: Path, journal:
         spawned.append(asyncio.create_task(coro, name=name))
         return spawned[-1]
 
-    scheduler = Scheduler(context(tmp_path, slow, engine), slow, 2, spawn)
+    scheduler = Scheduler(context(tmp_path, slow, engine, fake_link), slow, 2, spawn)
     submitting = asyncio.create_task(scheduler.submit(MigrationRequest(CID, "web", "pixel", origin="api")))
     await entered.wait()
     draining = asyncio.create_task(scheduler.drain())
@@ -278,7 +285,7 @@ async def test_drain_waits_for_an_admission_in_progress(tmp_path: Path, journal:
 async def test_one_migration_per_container_and_none_after_an_unresolved_one(
         tmp_path: Path, journal: Journal, fake_link: type[FakeLink]) -> None:
     engine = FakeEngine(tmp_path)
-    ctx = context(tmp_path, journal, engine)
+    ctx = context(tmp_path, journal, engine, fake_link)
     unresolved = new_record(CID, "web", "pixel", "api", False)
     await journal.create(unresolved)
     for state in (S.PREFLIGHT, S.CHECKPOINTING, S.STREAMING, S.RESTORING):

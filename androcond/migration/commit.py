@@ -1,0 +1,75 @@
+"""The commit, as a strategy: the target restores from what was shipped and answers what it runs.
+
+- eager: one answer, once the container runs on the target;
+- lazy (post-copy): the source's page server answers the target's page faults over the same link while the
+  container already runs there; the target answers "paging" at the resume, then "running" at the last page.
+  Until then the source's checkpoint is the container: a failure rolls back at the source (and whatever the
+  container did on the target is lost).
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Protocol
+
+from ..faults import inject
+from ..page_server import PageServer, PageServerError
+from ..payload import Progress
+from ..protocol import protocol_pb2 as pb
+from ..states import MigrationState
+from ..transport import TransportError
+from .plan import Frozen, Shipped
+from .recorder import Recorder
+from .roles import TargetLink
+
+S = MigrationState
+
+
+class CommitStrategy(Protocol):
+    async def commit(self, link: TargetLink, shipped: Shipped, frozen: Frozen, recorder: Recorder,
+                     progress: Progress) -> pb.Outcome: ...
+
+
+class EagerCommit:
+    async def commit(self, link: TargetLink, shipped: Shipped, frozen: Frozen, recorder: Recorder,
+                     progress: Progress) -> pb.Outcome:
+        t0 = time.monotonic()
+        outcome = await link.commit(shipped.file_count)  # a broken link here is settled by asking the target
+        recorder.time("restore_s", t0)
+        return outcome
+
+
+class LazyCommit:
+    def __init__(self, paging_s: float) -> None:
+        self.paging_s = paging_s
+
+    async def commit(self, link: TargetLink, shipped: Shipped, frozen: Frozen, recorder: Recorder,
+                     progress: Progress) -> pb.Outcome:
+        t0 = time.monotonic()
+        try:
+            server = await PageServer.start(shipped.images)
+        except (PageServerError, OSError) as exc:
+            raise TransportError(f"the page server did not start: {exc}") from exc
+
+        async def resumed(outcome: pb.Outcome) -> None:
+            recorder.time("restore_s", t0)
+            recorder.time("resumed_s", frozen.at)  # the downtime, should the move end done
+            await recorder.transition(S.PAGING, f"running on {recorder.record.device} as "
+                                                f"{outcome.container_id[:12]}; its memory is arriving")
+            inject("paging", recorder.record.container_name)
+
+        try:
+            outcome = await link.commit_lazy(shipped.file_count, server, resumed, self.paging_s)
+        finally:
+            await server.close()
+            # The memory, sent after the resume: in the live progress too, which the API shows (over the
+            # journal's figure) until the migration has ended.
+            progress.bytes_sent += server.bytes_served
+            recorder.record.bytes_sent = progress.bytes_sent
+        if outcome.state == "running":
+            recorder.time("last_page_s", frozen.at)
+        return outcome
+
+
+def strategy(lazy: bool, paging_s: float) -> CommitStrategy:
+    return LazyCommit(paging_s) if lazy else EagerCommit()

@@ -1,0 +1,66 @@
+"""The values the phases hand each other, frozen once made: what the source is (its facts), what preflight
+decided (the plan), what the freeze produced and what was shipped. A phase takes what it needs as arguments
+and returns what the next one needs; nothing passes through a shared object."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from ..container_config import TargetPlan
+from ..recoder import RecodeOptions, VdsoTemplate
+
+
+@dataclass(frozen=True)
+class SourceFacts:
+    """What preflight needs to know of the running container and the machine it runs on (read before anything
+    is frozen)."""
+
+    pids: tuple[int, ...]  # every task of the container, as the source sees them
+    va_bits: int  # the address bits its highest mapping needs
+    isa: str
+    criu_options: tuple[str, ...]  # what the source's CRIU dumps with (its runc.conf), that a restore demands
+    inet_sockets: int
+    cgroup_v2: bool
+    absent_paths: frozenset[str]  # paths the engine masks that the source itself lacks
+    memory: int  # bytes in use, 0 when the engine does not say
+    disk: int  # bytes of the writable layer and the named volumes
+
+
+@dataclass(frozen=True)
+class CrossIsa:
+    pids: tuple[int, ...]  # every task of the container (source pids), for the Popcorn notify
+    target: str  # the target's ISA
+    vdso: VdsoTemplate  # the target kernel's, from its hello
+    executables: tuple[str, ...]  # the tasks' binaries as they see them: `<bin>_<isa>` goes there on the target
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Preflight's decisions: nothing of it changes once the container is frozen."""
+
+    inspect: dict[str, Any]  # the source engine's view of the container when preflight began
+    target: TargetPlan  # the target's create body and what was adjusted on the way
+    cross: CrossIsa | None  # set for a move across ISAs
+    recode: RecodeOptions  # what the target needs of the images
+    lazy: bool  # post-copy
+    estimate: int  # bytes it will take on the target
+
+
+@dataclass(frozen=True)
+class Frozen:
+    """What the freeze produced: the source's checkpoint (the rollback, until the target's word)."""
+
+    images: Path
+    at: float  # time.monotonic() of the freeze: the downtime's start
+    via: str  # "runc" or "engine"
+
+
+@dataclass(frozen=True)
+class Shipped:
+    """What the stream sent: the file count the commit names, and the images the target restores from (the
+    recoded ones when recoded), which post-copy's page server serves."""
+
+    file_count: int
+    images: Path

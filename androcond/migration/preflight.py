@@ -1,0 +1,87 @@
+"""Preflight: refuse what cannot land, before anything is frozen, and decide everything the later phases need
+(a Plan). Written against the roles: the source's facts and the target's hello."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .. import criu_compat
+from ..config import DeviceSettings
+from ..logging import get_logger
+from ..protocol import protocol_pb2 as pb
+from ..recoder import RecodeOptions, VdsoTemplate
+from .errors import Rejected
+from .plan import CrossIsa, Plan, SourceFacts
+from .roles import Source
+
+log = get_logger(__name__)
+# Room kept on the target beyond the estimate (CRIU work files, engine metadata).
+SPACE_MARGIN = 128 * 1024 * 1024
+# The one recode across ISAs there is (criu-het's, for Popcorn binaries).
+RECODED_ISAS = (("x86_64", "aarch64"),)
+
+
+async def plan(source: Source, device: DeviceSettings, inspect: dict[str, Any], hello: pb.AgentHello) -> Plan:
+    # First the configuration (bind mounts, host devices, host namespaces, …): the target's create body.
+    target = await source.target_plan(inspect, device)
+    facts = await source.facts(inspect)
+    if hello.va_bits and facts.va_bits > hello.va_bits:
+        raise Rejected(f"the container's memory reaches {facts.va_bits}-bit addresses, and device {device.name}'s "
+                       f"kernel gives a process {hello.va_bits} bits (CRIU restores every mapping at its address; an "
+                       "Android kernel built with 39-bit addresses cannot hold an x86_64 stack)")
+    lacking = criu_compat.restore_needs(list(facts.criu_options), list(hello.criu_runc_options))
+    if lacking:
+        raise Rejected(f"this host's CRIU dumps with {', '.join(lacking)} ({criu_compat.RUNC_CONF}), and device "
+                       f"{device.name}'s does not restore with it, so its CRIU would refuse the images: add "
+                       f"{' and '.join(lacking)} to {criu_compat.RUNC_CONF} on the device")
+    if facts.inet_sockets:
+        blocker = await source.sockets_blocker(facts.inet_sockets)
+        if blocker:
+            raise Rejected(blocker)
+        if not criu_compat.dumps_inet_sockets(hello.criu_version, hello.kernel_release):
+            raise Rejected(f"the container holds {facts.inet_sockets} network socket(s), and device {device.name}'s "
+                           f"{criu_compat.socket_advice(hello.criu_version, hello.kernel_release)}")
+    cross = await _cross_isa(source, facts, hello) if hello.isa != facts.isa else None
+    recode = RecodeOptions(
+        target=cross.target if cross else facts.isa, profile=device.profile,
+        vdso=cross.vdso if cross else None,
+        cgroup_v1_to_v2=hello.cgroup2 and not facts.cgroup_v2, target_criu=hello.criu_version,
+        absent_mounts=tuple(p for p in hello.absent_masked_paths if p not in facts.absent_paths))
+    lazy = await _lazy(source, device, hello, cross)
+    needed = facts.disk + facts.memory + SPACE_MARGIN
+    if needed > hello.free_bytes:
+        raise Rejected(f"the device has {hello.free_bytes} bytes free; this container needs about "
+                       f"{needed} (memory {facts.memory}, files {facts.disk})")
+    return Plan(inspect=inspect, target=target, cross=cross, recode=recode, lazy=lazy,
+                estimate=facts.disk + facts.memory)
+
+
+async def _cross_isa(source: Source, facts: SourceFacts, hello: pb.AgentHello) -> CrossIsa:
+    """Across ISAs in the manner of criu-het: every task must be a Popcorn binary with both variants."""
+    if (facts.isa, hello.isa) not in RECODED_ISAS:
+        raise Rejected(f"cannot move from {facts.isa} to a {hello.isa} device (only x86_64 → aarch64 is recoded)")
+    if not hello.vdso:
+        raise Rejected(f"the {hello.isa} device did not report its vdso (agent too old?)")
+    executables = await source.popcorn_executables(facts.pids, hello.isa)
+    return CrossIsa(facts.pids, hello.isa, VdsoTemplate(hello.vdso, hello.vvar_size, hello.page_size), executables)
+
+
+async def _lazy(source: Source, device: DeviceSettings, hello: pb.AgentHello, cross: CrossIsa | None) -> bool:
+    """Post-copy per the device's `lazy` setting: "true" refuses a move that cannot have it, "auto" takes it when
+    every part can."""
+    if device.lazy == "false":
+        return False
+    why_not = []
+    if not hello.lazy_pages:
+        why_not.append(f"device {device.name} cannot restore lazily (it needs androcond's runtime in its engine "
+                       "and userfaultfd in its kernel)")
+    blocker = await source.page_server_blocker()
+    if blocker:
+        why_not.append(blocker)
+    if cross is not None:
+        why_not.append("post-copy across ISAs is not built (the page server would serve x86_64 pages)")
+    if why_not and device.lazy == "true":
+        raise Rejected(f"post-copy (lazy = true) is not possible: {'; '.join(why_not)}")
+    if why_not:
+        log.info("post-copy off for this move", why="; ".join(why_not))
+    return not why_not

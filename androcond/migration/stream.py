@@ -1,0 +1,104 @@
+"""The stream phase: the images as the target needs them (recoded for its ISA or profile, else as dumped), the
+writable layer and the volumes, across ISAs each task's binary for the target — over the link, with a digest
+per file and the target's verdict on each."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import platform
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+from ..faults import armed, inject
+from ..images.lazy import split_lazy
+from ..journal import MigrationRecord
+from ..layer import LayerError, checkpoint_files, executables_for_target, replace_files
+from ..logging import get_logger
+from ..payload import OutgoingFile, Progress
+from ..recoder import recode_async, stages_for
+from ..recoder.arch import VARIANT_SUFFIX
+from ..transport import TransportError
+from .errors import budget
+from .plan import Frozen, Plan, Shipped
+from .recorder import Recorder
+from .roles import Source, TargetLink
+
+log = get_logger(__name__)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """The daemon's own files for one migration (removed when it ends)."""
+
+    recoded: Path  # the recoded images, when the target needs them recoded
+    lazy: Path  # post-copy: the target's pagemaps and pages files (images/lazy.py)
+
+    @classmethod
+    def of(cls, state_dir: Path, migration_id: str) -> Workspace:
+        return cls(state_dir / "recode" / migration_id, state_dir / "lazy" / migration_id)
+
+    async def remove(self) -> None:
+        for directory in (self.recoded, self.lazy):
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+
+
+async def recode(plan: Plan, frozen: Frozen, *, root: Path | None, out: Path, recorder: Recorder,
+                 deadline_s: float) -> Path:
+    """The images as the target needs them, else the dump as it is. `root` is the stopped container's root
+    filesystem (a cross-ISA recode reads the binaries there)."""
+    inject("recode", recorder.record.container_name)
+    options = replace(plan.recode, root=root or Path("/"))
+    if not stages_for(platform.machine(), options):
+        return frozen.images
+    t0 = time.monotonic()
+    await asyncio.to_thread(shutil.rmtree, out, True)
+    async with budget("recode", deadline_s):
+        report = await recode_async(frozen.images, out, options)
+    if report.warnings:
+        # Shown with the migration (`migrations show`, the journal), not only in the log.
+        recorder.adjusted({"(recode)": {"why": "; ".join(report.warnings)}}, "recoder")
+    recorder.time("recode_s", t0)
+    return out
+
+
+async def stream(source: Source, link: TargetLink, plan: Plan, frozen: Frozen, *, workspace: Workspace,
+                 recorder: Recorder, recode_s: float, on_progress: Callable[[Progress], None]) -> Shipped:
+    """Send the checkpoint, the writable layer and the volumes (read now that the container is stopped);
+    across ISAs also the target's variant of every task's binary, at the binary's path."""
+    record: MigrationRecord = recorder.record
+    inject("stream", record.container_name)
+    t0 = time.monotonic()
+    cross = plan.cross
+    async with contextlib.AsyncExitStack() as mounted:
+        # The root stays mounted until the binaries placed from it have been sent.
+        root = await mounted.enter_async_context(source.mounted_root(plan.inspect)) if cross is not None else None
+        images = await recode(plan, frozen, root=root, out=workspace.recoded, recorder=recorder,
+                              deadline_s=recode_s)
+
+        def collect() -> list[OutgoingFile]:
+            files = checkpoint_files(images)
+            if plan.lazy:  # the target gets the lazy pages later, from the page server
+                split = split_lazy(images, workspace.lazy)
+                log.info("post-copy: pages left to the page server", lazy_bytes=split.lazy_bytes,
+                         eager_bytes=split.eager_bytes)
+                files = replace_files(files, checkpoint_files(split.directory))
+            files += source.payload(plan.inspect)
+            if cross is not None and root is not None:
+                # Injected: the target keeps the source's binary, as if it was never replaced (its CRIU refuses).
+                isa = platform.machine() if armed("wrong-exe", record.container_name) else cross.target
+                files = replace_files(files, executables_for_target(root, list(cross.executables),
+                                                                    VARIANT_SUFFIX[isa]))
+            return files
+
+        try:
+            files = await asyncio.to_thread(collect)
+        except (LayerError, OSError) as exc:
+            raise TransportError(f"cannot read what must move: {exc}") from exc
+        sent = await link.send_files(files, progress=on_progress)
+    record.bytes_sent = sent.bytes_sent
+    recorder.time("stream_s", t0)
+    return Shipped(len(files), images)

@@ -1,0 +1,277 @@
+"""The host's Docker engine as a migration's source: the container runs here before the move and again after a
+rollback. It reads what preflight needs, freezes the container (through runc straight into the engine's
+checkpoint directory when safe, else through the engine), lists what must move, and restores or removes it."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import platform
+import shutil
+import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from .. import container_config, criu_compat, popcorn, runc
+from ..checkpoint_leftovers import NONCE_FILE, place_nonce, remove_extractions
+from ..config import DeviceSettings, DockerSettings
+from ..container_config import TargetPlan
+from ..engine import Engine, EngineError
+from ..faults import inject
+from ..journal import MigrationRecord
+from ..layer import tree_files
+from ..logging import get_logger
+from ..migration.errors import Rejected
+from ..migration.plan import Frozen, SourceFacts
+from ..payload import OutgoingFile
+from ..popcorn import PopcornError
+from ..protocol import protocol_pb2 as pb
+from ..recoder import RecodeRefused, preflight_processes
+from ..rootfs import container_root
+
+log = get_logger(__name__)
+DEFAULT_ROOT = Path("/var/lib/docker")
+
+
+def upper_dir(inspect: dict[str, Any]) -> Path:
+    driver = inspect.get("GraphDriver") or {}
+    upper = (driver.get("Data") or {}).get("UpperDir")
+    if driver.get("Name") != "overlay2" or not upper:
+        raise Rejected("the source engine's storage driver is not overlay2")
+    return Path(str(upper))
+
+
+def named_volumes(inspect: dict[str, Any]) -> list[tuple[str, Path]]:
+    return [(str(m["Name"]), Path(str(m["Source"])))
+            for m in inspect.get("Mounts") or [] if m.get("Type") == "volume" and m.get("Name") and m.get("Source")]
+
+
+def memory_usage(stats: object) -> int:
+    """Bytes of memory in use from the engine's stats, 0 when it does not say (a container that stopped a
+    moment ago, e.g. frozen by another tool, answers without memory_stats)."""
+    if not isinstance(stats, dict):
+        return 0
+    memory = stats.get("memory_stats")
+    usage = memory.get("usage") if isinstance(memory, dict) else None
+    return usage if isinstance(usage, int) and usage > 0 else 0
+
+
+def _tree_size(root: Path) -> int:
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                continue
+    return total
+
+
+def _read_nonce(checkpoint_dir: Path) -> str:
+    try:
+        return (checkpoint_dir / NONCE_FILE).read_text().strip()
+    except FileNotFoundError:
+        return ""
+
+
+_criu_version: str | None = None
+
+
+async def criu_version() -> str:
+    """The CRIU runc runs on this host (asked once per daemon: a process-wide fact)."""
+    global _criu_version  # noqa: PLW0603 - a value cache, not state
+    if _criu_version is None:
+        _criu_version = await criu_compat.local_criu_version()
+    return _criu_version
+
+
+class HostSource:
+    def __init__(self, engine: Engine, docker: DockerSettings, record: MigrationRecord,
+                 stop_timeout_s: float) -> None:
+        self.engine = engine
+        self.docker = docker
+        self.record = record
+        self._stop_timeout_s = stop_timeout_s
+        self._root: Path | None = None  # the engine's DockerRootDir, asked once
+        self._nonce = ""  # marks this migration's checkpoint, to find containerd's copies of it again
+        # After a freeze through runc: until the engine has seen the source stop (awaited before the source is
+        # restored or removed; the stream and the target's restore need not wait for it).
+        self._stopping: asyncio.Task[None] | None = None
+
+    # --- what it is ------------------------------------------------------------------------------------
+    async def inspect(self) -> dict[str, Any]:
+        """The running container (refused if it does not run), and where the engine keeps checkpoints."""
+        try:
+            inspect = await self.engine.inspect_container(self.record.container_id)
+        except EngineError as exc:
+            raise Rejected(f"cannot inspect the container: {exc}") from exc
+        if not inspect["State"].get("Running"):
+            raise Rejected(f"the container is not running (status {inspect['State'].get('Status')})")
+        await self._engine_root()
+        return inspect
+
+    async def _engine_root(self) -> Path:
+        if self._root is None:
+            self._root = Path(str((await self.engine.info()).get("DockerRootDir") or DEFAULT_ROOT))
+        return self._root
+
+    async def facts(self, inspect: dict[str, Any]) -> SourceFacts:
+        pids = await asyncio.to_thread(popcorn.task_tree, int(inspect["State"].get("Pid") or 0))
+        upper = upper_dir(inspect)
+        volumes = [source for _name, source in named_volumes(inspect)]
+
+        def read() -> SourceFacts:
+            return SourceFacts(
+                pids=tuple(pids), va_bits=criu_compat.tasks_va_bits(pids), isa=platform.machine(),
+                criu_options=tuple(criu_compat.runc_options()), inet_sockets=criu_compat.inet_sockets(pids),
+                cgroup_v2=criu_compat.cgroup_v2(), absent_paths=frozenset(criu_compat.absent_paths()),
+                memory=0, disk=sum(_tree_size(p) for p in [upper, *volumes]))
+
+        facts = await asyncio.to_thread(read)
+        return SourceFacts(**{**facts.__dict__, "memory": await self._memory_usage()})
+
+    async def _memory_usage(self) -> int:
+        try:
+            return memory_usage(await self.engine.stats(self.record.container_id))
+        except EngineError as exc:
+            log.info("no memory figure from the engine; estimating without it", error=str(exc))
+            return 0
+
+    async def sockets_blocker(self, count: int) -> str:
+        """Why this host's CRIU cannot dump the container's INET sockets on its kernel, '' when it can."""
+        here, release = await criu_version(), criu_compat.kernel_release()
+        if criu_compat.dumps_inet_sockets(here, release):
+            return ""
+        return f"the container holds {count} network socket(s), and this host's " \
+               f"{criu_compat.socket_advice(here, release)}"
+
+    async def page_server_blocker(self) -> str:
+        return await asyncio.to_thread(criu_compat.page_server_blocker)
+
+    async def target_plan(self, inspect: dict[str, Any], device: DeviceSettings) -> TargetPlan:
+        """The target's create body; a field the target cannot honour refuses the migration here."""
+        drivers = {}
+        for name in ((inspect.get("NetworkSettings") or {}).get("Networks") or {}):
+            if name not in container_config.BUILTIN_NETWORKS:
+                drivers[name] = str((await self.engine.inspect_network(name)).get("Driver") or "bridge")
+        try:
+            return container_config.plan(inspect, allow_privileged=device.allow_privileged,
+                                         network_drivers=drivers)
+        except container_config.ConfigRefused as exc:
+            raise Rejected(f"the container's configuration cannot move: {exc}") from exc
+
+    async def popcorn_executables(self, pids: tuple[int, ...], target_isa: str) -> tuple[str, ...]:
+        """Every task must be a Popcorn binary with both variants beside it (criu-het's way across ISAs)."""
+        try:
+            found = await asyncio.to_thread(preflight_processes, list(pids), platform.machine(), target_isa)
+        except RecodeRefused as exc:
+            raise Rejected(f"cannot move to an {target_isa} device: {exc}") from exc
+        return tuple(found)
+
+    async def notify(self, pids: tuple[int, ...], target_isa: str) -> None:
+        """The Popcorn protocol: every task reaches a migration point with the target's registers ready."""
+        try:
+            await popcorn.notify(list(pids), target_isa)
+        except PopcornError as exc:
+            raise Rejected(f"the container did not reach a migration point: {exc}") from exc
+
+    def image_name(self, inspect: dict[str, Any]) -> str:
+        return str(inspect["Config"]["Image"])
+
+    def save_image(self, image: str) -> AsyncIterator[bytes]:
+        return self.engine.save_image(image)
+
+    # --- the freeze --------------------------------------------------------------------------------------
+    def checkpoint_dir(self) -> Path:
+        root = self._root or DEFAULT_ROOT
+        return root / "containers" / self.record.container_id / "checkpoints" / self.record.checkpoint_name
+
+    async def freeze(self, inspect: dict[str, Any]) -> Frozen:
+        restart = str(((inspect.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name") or "")
+        fast = self.docker.checkpoint == "runc" and runc.usable(self.docker.runc_root, self.record.container_id,
+                                                                restart)
+        at = time.monotonic()
+        if fast:
+            await runc.checkpoint(self.docker.runc_root, self.record.container_id, self.checkpoint_dir())
+            # The engine learns of the stop a moment later (0.4 s for a task that frees 1 GiB as it exits); a
+            # rollback must not find it "running" still. The images are complete and the tasks killed, so the
+            # stream goes on meanwhile.
+            self._stopping = asyncio.create_task(self._until_stopped(),
+                                                 name=f"source-stopped-{self.record.id[:8]}")
+        else:
+            await self.engine.create_checkpoint(self.record.container_id, self.record.checkpoint_name)
+        frozen = Frozen(self.checkpoint_dir(), at, "runc" if fast else "engine")
+        # Marks this checkpoint, so a rollback can find containerd's copy of it again (and remove it).
+        self._nonce = await asyncio.to_thread(place_nonce, frozen.images)
+        return frozen
+
+    async def _until_stopped(self) -> None:
+        async with asyncio.timeout(self._stop_timeout_s):
+            await self.engine.wait_stopped(self.record.container_id)
+
+    async def stopped(self) -> None:
+        """Wait (bounded) until the engine has seen the checkpointed source stop. A failure is logged: the
+        rollback then asks the engine itself, and removing the source forces it."""
+        task, self._stopping = self._stopping, None
+        if task is None:
+            return
+        try:
+            await task
+        except (EngineError, TimeoutError) as exc:
+            log.warning("the engine did not report the checkpointed source stopped", error=str(exc))
+
+    async def forget_stopping(self) -> None:
+        """A migration that finished no longer needs to wait for the engine. One that did not (a second cancel
+        while settling) leaves it to the settle task, which awaits it before restoring the source."""
+        task = self._stopping
+        if task is not None and self.record.finished:
+            self._stopping = None
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+
+    # --- what moves ----------------------------------------------------------------------------------------
+    @asynccontextmanager
+    async def mounted_root(self, inspect: dict[str, Any]) -> AsyncIterator[Path]:
+        """The stopped container's root filesystem (a cross-ISA move reads the binaries there)."""
+        async with container_root(inspect) as root:
+            yield root
+
+    def payload(self, inspect: dict[str, Any]) -> list[OutgoingFile]:
+        """The writable layer and the named volumes, read now that the container is stopped. Blocking."""
+        files = tree_files(upper_dir(inspect), pb.ROOTFS)
+        for name, source in named_volumes(inspect):
+            files += tree_files(source, pb.VOLUME, volume=name)
+        return files
+
+    # --- after the move ------------------------------------------------------------------------------------
+    async def remove(self) -> None:
+        inject("finish-source", self.record.container_name)
+        await self.engine.remove_container(self.record.container_id, force=True)
+
+    async def restore(self) -> None:
+        """Start the container again from its checkpoint (unless it runs: a restore that was already done)."""
+        await self.stopped()
+        state = (await self.engine.inspect_container(self.record.container_id))["State"]
+        if not state.get("Running"):
+            await self.engine.start_container(self.record.container_id, checkpoint=self.record.checkpoint_name)
+
+    async def clean_after_rollback(self) -> None:
+        """The container runs again at the source: its checkpoint and containerd's extraction of it (the
+        whole memory, twice) are not needed any more. Best effort: a leftover is logged, never a failure."""
+        if not self._nonce:  # settled after a restart: where the engine keeps checkpoints, ask it again
+            try:
+                await self._engine_root()
+                self._nonce = await asyncio.to_thread(_read_nonce, self.checkpoint_dir())
+            except (EngineError, OSError) as exc:
+                log.warning("could not find the checkpoint to remove after the rollback", error=str(exc))
+                return
+        try:
+            removed = await asyncio.to_thread(remove_extractions, self._nonce) if self._nonce else []
+            await asyncio.to_thread(shutil.rmtree, self.checkpoint_dir(), True)
+        except OSError as exc:
+            log.warning("could not remove the checkpoint after the rollback", error=str(exc))
+            return
+        if removed:
+            log.info("removed containerd's copy of the checkpoint", paths=[str(p) for p in removed])

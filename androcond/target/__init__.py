@@ -1,0 +1,1 @@
+"""The target role: where a container goes (androcond/migration/roles.py)."""

@@ -1,0 +1,30 @@
+"""An androcond agent on a device as a migration's target, reached over adb or the network: one ssh link per
+migration (androcond/transport.py), open for as long as the block that asked for it runs."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import AsyncIterator
+
+from ..adb_link import AdbClient, AdbError
+from ..config import DeviceSettings
+from ..devices import DeviceError, agent_endpoint
+from ..migration.roles import LinkFactory, TargetLink
+from ..transport import AgentConnection, PhaseTimeouts, TransportError
+
+
+class TargetUnreachable(TransportError):
+    """The device could not be reached (adb, its address, its configuration); nothing was sent."""
+
+
+def agent_links(adb: AdbClient, timeouts: PhaseTimeouts) -> LinkFactory:
+    @contextlib.asynccontextmanager
+    async def link_to(device: DeviceSettings) -> AsyncIterator[TargetLink]:
+        async with contextlib.AsyncExitStack() as stack:
+            try:
+                endpoint = await stack.enter_async_context(agent_endpoint(device, adb))
+            except (AdbError, DeviceError) as exc:
+                raise TargetUnreachable(str(exc)) from exc
+            yield await stack.enter_async_context(await AgentConnection.open(endpoint, timeouts))
+
+    return link_to
