@@ -15,6 +15,7 @@ from .cli_common import EXIT_FAILED, EXIT_OK, add_config_option
 from .client import call, find_migration, wait_for
 from .config import load_settings
 from .progress_view import MigrationProgress, migration_detail, migrations_table, outcome_line, print_plain
+from .states import MigrationState
 
 CONFIG_HELP = "config file (default: $ANDROCOND_CONFIG, else /etc/androcond/androcond.toml)"
 
@@ -82,7 +83,7 @@ def _cmd_migrate(args: argparse.Namespace) -> int:
         print(f"migration {record['id']} of {record['container_name']} to {record['device']}: {record['state']}")
     else:
         print(outcome_line(record))
-    if args.wait and record["state"] != "done":
+    if args.wait and record["state"] != MigrationState.DONE:
         return EXIT_FAILED
     return EXIT_OK
 

@@ -92,7 +92,7 @@ class Daemon:
             log.info("labelled container seen", origin=seen.origin, device=seen.labels.device,
                      delay_s=seen.labels.delay_s, keep_source=seen.labels.keep_source)
             last = await self.journal.last_for_container(seen.container_id)
-            if last is not None and last.state != "done":
+            if last is not None and last.state != MigrationState.DONE:
                 # A rollback restarts the container at the source, which replays its label (its start event
                 # can even arrive before the rollback is journaled): migrating again on our own would loop.
                 # `androcond migrate` asks explicitly.

@@ -44,6 +44,7 @@ from .errors import AndrocondError
 from .journal import MigrationRecord
 from .logging import get_logger
 from .sqlite_thread import SqliteThread
+from .states import MigrationState
 
 log = get_logger(__name__)
 
@@ -58,14 +59,14 @@ OUTBOX_FILE = "outbox.sqlite3"
 # Journal state → event kind. The checkpoint has just been taken when streaming starts; post-copy's paging means
 # it runs on the device while its memory arrives; other intermediate states (preflight, checkpointing,
 # restoring, rolling-back) are not worth a notification.
-_KIND_FOR_STATE = {
-    "requested": "requested",
-    "rejected": "rejected",
-    "streaming": "checkpointed",
-    "paging": "resumed",
-    "done": "restored",
-    "rolled-back": "rolled_back",
-    "failed": "failed",
+_KIND_FOR_STATE: dict[MigrationState, str] = {
+    MigrationState.REQUESTED: "requested",
+    MigrationState.REJECTED: "rejected",
+    MigrationState.STREAMING: "checkpointed",
+    MigrationState.PAGING: "resumed",
+    MigrationState.DONE: "restored",
+    MigrationState.ROLLED_BACK: "rolled_back",
+    MigrationState.FAILED: "failed",
 }
 # Statuses worth another try: the receiver is busy, throttling or broken for now.
 _RETRY_STATUSES = frozenset({408, 429})
@@ -89,7 +90,7 @@ class NotifyError(AndrocondError):
     """The outbox could not be read or written."""
 
 
-def event_kind_for_state(state: str) -> str | None:
+def event_kind_for_state(state: MigrationState) -> str | None:
     """The event kind a migration entering journal `state` announces, or None if it announces none."""
     return _KIND_FOR_STATE.get(state)
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from .protocol.codes import IN_FLIGHT, OutcomeState
+
 
 class MigrationState(StrEnum):
     REQUESTED = "requested"
@@ -72,10 +74,10 @@ class DeviceAnswer(StrEnum):
     NOT_ASKED = "not-asked"      # the decision does not need the device
 
 
-def device_answer(outcome_state: str) -> DeviceAnswer:
-    if outcome_state == "running":
+def device_answer(outcome_state: OutcomeState) -> DeviceAnswer:
+    if outcome_state == OutcomeState.RUNNING:
         return DeviceAnswer.RUNNING
-    if outcome_state in ("receiving", "restoring", "paging"):
+    if outcome_state in IN_FLIGHT:
         return DeviceAnswer.BUSY
     return DeviceAnswer.NOT_RUNNING
 

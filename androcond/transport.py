@@ -23,6 +23,7 @@ from .errors import AndrocondError
 from .logging import get_logger
 from .payload import OutgoingFile, Progress, ProgressCallback, read_file_chunks
 from .protocol import protocol_pb2 as pb
+from .protocol.codes import ErrorCode
 from .protocol.wire import CHUNK, PROTOCOL_VERSION, ChannelClosed, WireError, body, read_frame, write_frame
 
 log = get_logger(__name__)
@@ -56,15 +57,16 @@ class StreamStalled(PhaseTimeout):
 class AgentRefused(TransportError):
     """The agent answered with an error frame; its text is the message, its phase and code are kept."""
 
-    def __init__(self, message: str, phase: str = "", code: str = "") -> None:
+    def __init__(self, message: str, phase: str = "", code: ErrorCode = ErrorCode.INTERNAL) -> None:
         super().__init__(message)
         self.phase = phase
         self.code = code
 
     @classmethod
     def from_frame(cls, error: pb.Error, prefix: str = "") -> AgentRefused:
-        where = f" (agent, phase {error.phase}, {error.code})" if error.phase else ""
-        return cls(f"{prefix}{error.message}{where}", error.phase, error.code)
+        code = ErrorCode.of(error.code)
+        where = f" (agent, phase {error.phase}, {code})" if error.phase else ""
+        return cls(f"{prefix}{error.message}{where}", error.phase, code)
 
 
 class FileRejected(TransportError):
@@ -400,7 +402,7 @@ class AgentConnection:
         self._pages = pages
         self._tasks.append(asyncio.create_task(self._page_replies(pages), name="page-replies"))
         first = await self.commit(file_count)
-        if first.state != "paging":
+        if first.state != pb.OUTCOME_PAGING:
             return first
         await on_resumed(first)
         return (await _phase("paging", paging_s, self._reply("paging", "outcome"))).outcome

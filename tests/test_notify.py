@@ -160,8 +160,8 @@ def test_event_kind_for_state() -> None:
     expected = {"requested": "requested", "rejected": "rejected", "streaming": "checkpointed", "paging": "resumed",
                 "done": "restored", "rolled-back": "rolled_back", "failed": "failed"}
     assert {s: event_kind_for_state(s) for s in tuple(MigrationState) if event_kind_for_state(s)} == expected
-    assert event_kind_for_state("preflight") is None
-    assert event_kind_for_state("nonsense") is None
+    assert event_kind_for_state(MigrationState.PREFLIGHT) is None
+    assert event_kind_for_state(MigrationState.ROLLING_BACK) is None
 
 
 async def test_cloudevents_signature_and_filter(tmp_path: Path, receivers: Callable[..., Receiver],

@@ -8,16 +8,25 @@ from __future__ import annotations
 
 import asyncio
 import errno
+from enum import StrEnum
+from typing import Final
 
 import asyncssh
 
 from ..engine import EngineError
 from ..errors import AndrocondError
+from ..protocol.codes import ErrorCode
 from ..protocol.wire import WireError
 
-# Not a code on the wire: the peer is gone, so no frame can reach it (the failure is only logged).
-PEER_GONE = "connection-lost"
-INTERNAL = "internal"
+
+class PeerGone(StrEnum):
+    """Not a code on the wire: the peer is gone, so no frame can reach it (the failure is only logged)."""
+
+    CONNECTION_LOST = "connection-lost"
+
+
+PEER_GONE: Final = PeerGone.CONNECTION_LOST
+Failure = ErrorCode | PeerGone
 
 _NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 
@@ -25,13 +34,13 @@ _NO_SPACE_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT})
 class AgentError(AndrocondError):
     """Root of the agent's own errors; `code` names the kind on the wire."""
 
-    code: str = INTERNAL
+    code: ErrorCode = ErrorCode.INTERNAL
 
 
 class ProtocolViolation(AgentError):
     """The client sent something out of order or out of bounds."""
 
-    code = "protocol"
+    code = ErrorCode.PROTOCOL
 
 
 class BadMigrationId(ProtocolViolation):
@@ -41,40 +50,40 @@ class BadMigrationId(ProtocolViolation):
 class RestoreError(AgentError):
     """The device could not prepare or restore the container; the message is the engine's own text."""
 
-    code = "restore"
+    code = ErrorCode.RESTORE
 
 
 class UnsafePath(AgentError):
     """A name from the wire that would escape its root or is not a plain relative path."""
 
-    code = "unsafe-path"
+    code = ErrorCode.UNSAFE_PATH
 
 
 class NoSpace(AgentError, OSError):
     """The device has not enough free space for what was announced."""
 
-    code = "no-space"
+    code = ErrorCode.NO_SPACE
 
 
 class IdleTimeout(AgentError, TimeoutError):
     """The client sent nothing for too long."""
 
-    code = "idle-timeout"
+    code = ErrorCode.IDLE_TIMEOUT
 
 
 class ShuttingDown(AgentError):
     """The agent is stopping: no new session, and an unfinished one is discarded."""
 
-    code = "shutting-down"
+    code = ErrorCode.SHUTTING_DOWN
 
 
-def classify(exc: BaseException) -> tuple[str, str]:
+def classify(exc: BaseException) -> tuple[Failure, str]:
     """The wire code and message for a failure. The order matters: EngineUnreachable is also a
     ConnectionError (the device engine, not our peer), NoSpace is also an OSError."""
     if isinstance(exc, AgentError):
         return exc.code, str(exc)
     if isinstance(exc, EngineError):
-        return "engine", f"the device's Docker engine failed: {exc}"
+        return ErrorCode.ENGINE, f"the device's Docker engine failed: {exc}"
     if isinstance(exc, OSError) and exc.errno in _NO_SPACE_ERRNOS:
         where = f" ({exc.filename})" if exc.filename else ""
         return NoSpace.code, f"the device is out of space{where}: {exc.strerror or exc}"
@@ -85,4 +94,4 @@ def classify(exc: BaseException) -> tuple[str, str]:
         return ProtocolViolation.code, str(exc)
     if isinstance(exc, asyncssh.Error | ConnectionError):  # includes BrokenPipeError, ConnectionResetError
         return PEER_GONE, f"connection lost: {exc}"
-    return INTERNAL, f"agent internal error: {type(exc).__name__}: {exc}"
+    return ErrorCode.INTERNAL, f"agent internal error: {type(exc).__name__}: {exc}"

@@ -18,6 +18,7 @@ from typing import Any
 from ..container_config import PRIVATE_KEY
 from ..engine import Engine, EngineError
 from ..logging import get_logger
+from ..protocol.codes import ErrorCode
 from .errors import AgentError, RestoreError
 
 log = get_logger(__name__)
@@ -26,7 +27,7 @@ ANY_ADDRESS = frozenset({"", "0.0.0.0", "::"})  # noqa: S104 - the wildcard, as 
 
 
 class PortTaken(AgentError):
-    code = "refused"
+    code = ErrorCode.REFUSED
 
 
 @dataclass

@@ -17,12 +17,12 @@ from pathlib import Path
 from typing import Any
 
 from ..logging import get_logger
+from ..protocol.codes import IN_FLIGHT, OutcomeState
 from .errors import BadMigrationId as BadMigrationId  # noqa: PLC0414 - re-exported, importable here as before
 
 log = get_logger(__name__)
 
 _ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
-IN_FLIGHT = ("receiving", "restoring", "paging")
 
 
 @dataclass(frozen=True)
@@ -61,7 +61,7 @@ class ProcessIdentity:
 @dataclass
 class OutcomeRecord:
     migration_id: str
-    state: str  # receiving, restoring, paging (post-copy: resumed, pages arriving), running, failed, aborted
+    state: OutcomeState
     container_id: str = ""
     error: str = ""
     restore_seconds: float = 0.0
@@ -90,7 +90,8 @@ class OutcomeRecord:
         if not isinstance(data, dict):
             raise ValueError("an outcome record is a JSON object")
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in data.items() if k in known})
+        values = {k: v for k, v in data.items() if k in known}
+        return cls(**{**values, "state": OutcomeState(values.get("state", ""))})
 
 
 def check_id(migration_id: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from ..errors import AndrocondError
 from ..logging import get_logger
+from ..protocol.codes import OutcomeState
 from .device import DeviceEngine
 from .lazy_pages import kill_group
 from .outcomes import OutcomeRecord, OutcomeStore
@@ -34,18 +35,19 @@ async def settle_if_stale(store: OutcomeStore, device: DeviceEngine, record: Out
         if cid:
             await device.discard(cid)
         kill_group(pager)
-        settled = OutcomeRecord(record.migration_id, "failed", error=PAGING_DIED, bytes_received=record.bytes_received)
-    elif before == "restoring" and cid and await device.is_running(cid):
-        settled = OutcomeRecord(record.migration_id, "running", cid, bytes_received=record.bytes_received)
+        settled = OutcomeRecord(record.migration_id, OutcomeState.FAILED, error=PAGING_DIED,
+                                bytes_received=record.bytes_received)
+    elif before == OutcomeState.RESTORING and cid and await device.is_running(cid):
+        settled = OutcomeRecord(record.migration_id, OutcomeState.RUNNING, cid, bytes_received=record.bytes_received)
     else:
         if cid:
             await device.discard(cid)
-        if before == "restoring":
-            settled = OutcomeRecord(record.migration_id, "failed", error=RESTORE_DIED,
+        if before == OutcomeState.RESTORING:
+            settled = OutcomeRecord(record.migration_id, OutcomeState.FAILED, error=RESTORE_DIED,
                                     bytes_received=record.bytes_received)
         else:
             removed = "; the prepared container was removed" if cid else ""
-            settled = OutcomeRecord(record.migration_id, "aborted", error=RECEIVE_DIED + removed,
+            settled = OutcomeRecord(record.migration_id, OutcomeState.ABORTED, error=RECEIVE_DIED + removed,
                                     bytes_received=record.bytes_received)
     await store.put(settled)
     # Whatever the answer, the spooled images are of no more use (CRIU read them, or never will).

@@ -29,6 +29,7 @@ from typing import Any, TypeVar
 from ..errors import AndrocondError
 from ..logging import get_logger, log_context
 from ..protocol import protocol_pb2 as pb
+from ..protocol.codes import ErrorCode, OutcomeState
 from ..protocol.wire import (
     PROTOCOL_VERSION,
     ChannelClosed,
@@ -40,7 +41,7 @@ from ..protocol.wire import (
 )
 from .aio import complete
 from .device import DeviceEngine, TargetContainer, parse_create_config
-from .errors import INTERNAL, PEER_GONE, IdleTimeout, NoSpace, RestoreError, ShuttingDown, UnsafePath, classify
+from .errors import PEER_GONE, IdleTimeout, NoSpace, RestoreError, ShuttingDown, UnsafePath, classify
 from .errors import ProtocolViolation as ProtocolViolation  # noqa: PLC0414 - re-exported, importable here as before
 from .fit import Fitted, fit
 from .lazy_pages import PageKeeper
@@ -124,9 +125,9 @@ class AgentSession:
     async def send(self, frame: pb.Frame) -> None:
         await write_frame(self.writer, frame)
 
-    async def send_error(self, code: str, message: str) -> None:
+    async def send_error(self, code: ErrorCode, message: str) -> None:
         """Best effort and bounded: the peer may be gone or not reading; the failure is logged either way."""
-        frame = pb.Frame(error=pb.Error(message=message, phase=self.phase, code=code))
+        frame = pb.Frame(error=pb.Error(message=message, phase=self.phase, code=code.wire))
         with contextlib.suppress(Exception):
             async with asyncio.timeout(ERROR_SEND_TIMEOUT_S):
                 await self.send(frame)
@@ -148,7 +149,7 @@ class AgentSession:
         except asyncio.CancelledError:
             with log_context(**self._context()):
                 log.warning("session cancelled: the agent is shutting down")
-                discarded = await self._end_unfinished("aborted", "the agent shut down before the commit")
+                discarded = await self._end_unfinished(OutcomeState.ABORTED, "the agent shut down before the commit")
             await self.send_error(ShuttingDown.code, "agent: shutting down" +
                                   ("; the migration was discarded" if discarded else ""))
             raise
@@ -156,7 +157,7 @@ class AgentSession:
             await self._fail(exc)
         finally:
             with log_context(**self._context()):
-                await self._end_unfinished("aborted", "connection ended before the migration finished")
+                await self._end_unfinished(OutcomeState.ABORTED, "connection ended before the migration finished")
                 # Post-copy's tasks end with the keeper (discarded above, or done): reap them.
                 for task in list(self._paging):
                     task.cancel()
@@ -168,16 +169,16 @@ class AgentSession:
         with log_context(**self._context(), code=code):
             if code == PEER_GONE:
                 log.warning("connection lost", error=message)
-            elif code == INTERNAL:
+            elif code == ErrorCode.INTERNAL:
                 log.exception("session failed", error=message)
             else:
                 log.warning("session failed", error=message)
-            state = "aborted" if code in (PEER_GONE, IdleTimeout.code) else "failed"
+            state = OutcomeState.ABORTED if code in (PEER_GONE, IdleTimeout.code) else OutcomeState.FAILED
             await self._end_unfinished(state, message)
-        if code != PEER_GONE:
+        if isinstance(code, ErrorCode):  # not a peer that is gone: it hears why
             await self.send_error(code, message)
 
-    async def _end_unfinished(self, state: str, reason: str) -> bool:
+    async def _end_unfinished(self, state: OutcomeState, reason: str) -> bool:
         """Discard a migration that did not finish; True if there was one. Never raises an Exception."""
         migration = self.migration
         if migration is None or migration.finished:
@@ -265,7 +266,7 @@ class AgentSession:
             raise ProtocolViolation("one migration per connection")
         check_id(begin.migration_id)
         previous = await self._settled(begin.migration_id)
-        if previous is not None and previous.state in ("running", "restoring"):
+        if previous is not None and previous.state in (OutcomeState.RUNNING, OutcomeState.RESTORING):
             raise ProtocolViolation(f"migration {begin.migration_id} is already {previous.state} here")
         free = await _free_bytes(self.device.facts.data_root)
         if begin.total_bytes + FREE_SPACE_MARGIN > free:
@@ -276,7 +277,7 @@ class AgentSession:
         for name, change in fitted.adjusted.items():
             log.info("configuration adjusted for this device", field=name, why=change.get("why"))
         self.migration = _Migration(begin, fitted=fitted)
-        await self.outcomes.put(OutcomeRecord(begin.migration_id, "receiving"))
+        await self.outcomes.put(OutcomeRecord(begin.migration_id, OutcomeState.RECEIVING))
         with log_context(migration_id=begin.migration_id):
             log.info("migration begins", container=begin.container_name, image=begin.image,
                      total_bytes=begin.total_bytes, files=begin.file_count)
@@ -294,7 +295,7 @@ class AgentSession:
         migration.target = await self.device.create(begin.container_name, migration.fitted.body,
                                                     begin.checkpoint_name, begin.migration_id, lazy=begin.lazy)
         # Should this process die now, whoever settles the record knows which container to remove.
-        await self.outcomes.put(OutcomeRecord(begin.migration_id, "receiving", migration.target.container_id,
+        await self.outcomes.put(OutcomeRecord(begin.migration_id, OutcomeState.RECEIVING, migration.target.container_id,
                                               bytes_received=migration.bytes_received))
 
     # --- files ----------------------------------------------------------------------------------------
@@ -397,7 +398,7 @@ class AgentSession:
             migration.files_verified += 1
         await self.send(pb.Frame(file_ack=pb.FileAck(stream_id=start.stream_id, ok=not error, error=error)))
         if error:
-            await self._discard(migration, "failed", error)
+            await self._discard(migration, OutcomeState.FAILED, error)
 
     # --- commit, query, abort --------------------------------------------------------------------------
     async def _commit(self, file_count: int = 0) -> None:
@@ -410,7 +411,7 @@ class AgentSession:
         expected = file_count or begin.file_count
         if expected and migration.files_verified != expected:
             raise ProtocolViolation(f"commit after {migration.files_verified} of {expected} files")
-        record = OutcomeRecord(begin.migration_id, "restoring", migration.target.container_id,
+        record = OutcomeRecord(begin.migration_id, OutcomeState.RESTORING, migration.target.container_id,
                                bytes_received=migration.bytes_received)
         if begin.lazy:
             await self._commit_lazy(migration, record)
@@ -420,14 +421,14 @@ class AgentSession:
         try:
             await self.device.restore(migration.target, begin.checkpoint_name)
         except RestoreError as exc:
-            await self._discard(migration, "failed", str(exc))
+            await self._discard(migration, OutcomeState.FAILED, str(exc))
         else:
             await self._running(migration, record, time.monotonic() - started)
         await self._query(begin.migration_id)
 
     async def _running(self, migration: _Migration, record: OutcomeRecord, restore_seconds: float) -> None:
         migration.finished = True
-        record.state = "running"
+        record.state = OutcomeState.RUNNING
         record.restore_seconds = restore_seconds
         record.pager_pid = record.pager_start = 0
         await self.outcomes.put(record)
@@ -449,7 +450,7 @@ class AgentSession:
         try:
             migration.keeper = await PageKeeper.start(target.checkpoint_dir)
         except (RestoreError, OSError) as exc:
-            await self._discard(migration, "failed", f"post-copy could not start: {exc}")
+            await self._discard(migration, OutcomeState.FAILED, f"post-copy could not start: {exc}")
             await self._query(record.migration_id)
             return
         # From here on a dead agent leaves a record that names the keeper to kill (recovery.py).
@@ -466,12 +467,12 @@ class AgentSession:
             await self.device.restore(target, migration.begin.checkpoint_name, clean=False)
         except RestoreError as exc:
             if not migration.finished:
-                await self._discard(migration, "failed", f"{exc}{await keeper.log_reason()}")
+                await self._discard(migration, OutcomeState.FAILED, f"{exc}{await keeper.log_reason()}")
             await self._tell(record.migration_id)
             return
         if migration.finished:
             return  # discarded meanwhile: the client went away during the restore
-        record.state = "paging"
+        record.state = OutcomeState.PAGING
         record.restore_seconds = time.monotonic() - started
         await self.outcomes.put(record)
         log.info("resumed; pages arriving", container_id=record.container_id,
@@ -485,8 +486,8 @@ class AgentSession:
             await self._running(migration, record, record.restore_seconds)
             log.info("every page arrived", container_id=record.container_id)
         else:
-            await self._discard(migration, "failed", f"criu lazy-pages exited with status {code} before every "
-                                f"page arrived{await keeper.log_reason()}; the container was removed")
+            await self._discard(migration, OutcomeState.FAILED, f"criu lazy-pages exited with status {code} before "
+                                f"every page arrived{await keeper.log_reason()}; the container was removed")
         await self._tell(record.migration_id)
 
     async def _tell(self, migration_id: str) -> None:
@@ -505,7 +506,8 @@ class AgentSession:
                 await work
             except Exception as exc:
                 log.exception("post-copy task failed", task=name, error=str(exc))
-                await self._end_unfinished("failed", f"agent: {name} failed: {exc.__class__.__name__}: {exc}")
+                await self._end_unfinished(OutcomeState.FAILED,
+                                           f"agent: {name} failed: {exc.__class__.__name__}: {exc}")
                 if self.migration is not None:
                     await self._tell(self.migration.begin.migration_id)
 
@@ -536,23 +538,23 @@ class AgentSession:
         check_id(migration_id)
         record = await self._settled(migration_id)
         if record is None:
-            record = OutcomeRecord(migration_id, "unknown")
+            record = OutcomeRecord(migration_id, OutcomeState.UNKNOWN)
         await self.send(pb.Frame(outcome=pb.Outcome(
-            migration_id=record.migration_id, state=record.state, container_id=record.container_id,
+            migration_id=record.migration_id, state=record.state.wire, container_id=record.container_id,
             error=record.error, restore_seconds=record.restore_seconds, bytes_received=record.bytes_received)))
 
     async def _abort(self, reason: str) -> None:
         migration = self._active()
-        await self._discard(migration, "aborted", reason or "aborted by the client")
+        await self._discard(migration, OutcomeState.ABORTED, reason or "aborted by the client")
         await self._query(migration.begin.migration_id)
 
-    async def _discard(self, migration: _Migration, state: str, error: str) -> None:
+    async def _discard(self, migration: _Migration, state: OutcomeState, error: str) -> None:
         """Remove every file written and the prepared container; record why. Not interrupted by a
         cancellation (each step is bounded: thread work, engine calls with their timeouts)."""
         migration.finished = True
         await complete(self._discard_now(migration, state, error))
 
-    async def _discard_now(self, migration: _Migration, state: str, error: str) -> None:
+    async def _discard_now(self, migration: _Migration, state: OutcomeState, error: str) -> None:
         current, self.current = self.current, None
         fd = None
         if current is not None:

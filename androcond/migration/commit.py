@@ -66,7 +66,7 @@ class LazyCommit:
             # journal's figure) until the migration has ended.
             progress.bytes_sent += server.bytes_served
             recorder.record.bytes_sent = progress.bytes_sent
-        if outcome.state == "running":
+        if outcome.state == pb.OUTCOME_RUNNING:
             recorder.time("last_page_s", frozen.at)
         return outcome
 

@@ -22,6 +22,7 @@ from ..journal import MigrationRecord
 from ..logging import get_logger, log_context
 from ..payload import OutgoingFile, Progress
 from ..protocol import protocol_pb2 as pb
+from ..protocol.codes import OutcomeState
 from ..states import FROZEN, DeviceAnswer, MigrationState
 from ..transport import AgentRefused, TransportError
 from . import preflight
@@ -158,9 +159,9 @@ class Migration:
             inject("commit", record.container_name)
             outcome = await strategy(plan.lazy, t.paging).commit(link, shipped, frozen, self.recorder,
                                                                  self.progress)
-            if outcome.state != "running":
+            if outcome.state != pb.OUTCOME_RUNNING:
                 raise DeviceDidNotRestore(
-                    f"the device did not restore the container: {outcome.error or outcome.state}")
+                    f"the device did not restore the container: {outcome.error or OutcomeState.of(outcome.state)}")
             await self.settler.finish(outcome, f"running on {record.device} as {outcome.container_id[:12]}")
 
     async def _prepare(self, link: TargetLink, plan: Plan) -> bool:

@@ -11,6 +11,7 @@ from ..engine import EngineError
 from ..errors import AndrocondError
 from ..logging import get_logger
 from ..protocol import protocol_pb2 as pb
+from ..protocol.codes import OutcomeState
 from ..states import Action, DeviceAnswer, MigrationState, decide, device_answer, needs_device
 from ..transport import TransportError
 from .plan import Frozen
@@ -119,7 +120,7 @@ async def ask_target(links: LinkFactory, device: DeviceSettings | None, migratio
         async with asyncio.timeout(deadline_s), links(device) as link:
             while True:
                 outcome = await link.query(migration_id)
-                answer = device_answer(outcome.state)
+                answer = device_answer(OutcomeState.of(outcome.state))
                 if answer != DeviceAnswer.BUSY:
                     return answer, outcome
                 await asyncio.sleep(BUSY_POLL_S)  # the target is finishing what it started; ask again

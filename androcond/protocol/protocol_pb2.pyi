@@ -21,6 +21,28 @@ class FileKind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     DIRECTORY: _ClassVar[FileKind]
     SYMLINK: _ClassVar[FileKind]
     WHITEOUT: _ClassVar[FileKind]
+
+class OutcomeState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OUTCOME_UNKNOWN: _ClassVar[OutcomeState]
+    OUTCOME_RECEIVING: _ClassVar[OutcomeState]
+    OUTCOME_RESTORING: _ClassVar[OutcomeState]
+    OUTCOME_PAGING: _ClassVar[OutcomeState]
+    OUTCOME_RUNNING: _ClassVar[OutcomeState]
+    OUTCOME_FAILED: _ClassVar[OutcomeState]
+    OUTCOME_ABORTED: _ClassVar[OutcomeState]
+
+class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    ERROR_INTERNAL: _ClassVar[ErrorCode]
+    ERROR_PROTOCOL: _ClassVar[ErrorCode]
+    ERROR_RESTORE: _ClassVar[ErrorCode]
+    ERROR_UNSAFE_PATH: _ClassVar[ErrorCode]
+    ERROR_NO_SPACE: _ClassVar[ErrorCode]
+    ERROR_ENGINE: _ClassVar[ErrorCode]
+    ERROR_IDLE_TIMEOUT: _ClassVar[ErrorCode]
+    ERROR_SHUTTING_DOWN: _ClassVar[ErrorCode]
+    ERROR_REFUSED: _ClassVar[ErrorCode]
 DEST_UNSPECIFIED: Destination
 CHECKPOINT: Destination
 ROOTFS: Destination
@@ -30,6 +52,22 @@ REGULAR: FileKind
 DIRECTORY: FileKind
 SYMLINK: FileKind
 WHITEOUT: FileKind
+OUTCOME_UNKNOWN: OutcomeState
+OUTCOME_RECEIVING: OutcomeState
+OUTCOME_RESTORING: OutcomeState
+OUTCOME_PAGING: OutcomeState
+OUTCOME_RUNNING: OutcomeState
+OUTCOME_FAILED: OutcomeState
+OUTCOME_ABORTED: OutcomeState
+ERROR_INTERNAL: ErrorCode
+ERROR_PROTOCOL: ErrorCode
+ERROR_RESTORE: ErrorCode
+ERROR_UNSAFE_PATH: ErrorCode
+ERROR_NO_SPACE: ErrorCode
+ERROR_ENGINE: ErrorCode
+ERROR_IDLE_TIMEOUT: ErrorCode
+ERROR_SHUTTING_DOWN: ErrorCode
+ERROR_REFUSED: ErrorCode
 
 class ClientHello(_message.Message):
     __slots__ = ("protocol_version", "client_version")
@@ -182,20 +220,20 @@ class Commit(_message.Message):
     def __init__(self, file_count: _Optional[int] = ...) -> None: ...
 
 class Outcome(_message.Message):
-    __slots__ = ("migration_id", "state", "container_id", "error", "restore_seconds", "bytes_received")
+    __slots__ = ("migration_id", "container_id", "error", "restore_seconds", "bytes_received", "state")
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
-    STATE_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     RESTORE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
+    STATE_FIELD_NUMBER: _ClassVar[int]
     migration_id: str
-    state: str
     container_id: str
     error: str
     restore_seconds: float
     bytes_received: int
-    def __init__(self, migration_id: _Optional[str] = ..., state: _Optional[str] = ..., container_id: _Optional[str] = ..., error: _Optional[str] = ..., restore_seconds: _Optional[float] = ..., bytes_received: _Optional[int] = ...) -> None: ...
+    state: OutcomeState
+    def __init__(self, migration_id: _Optional[str] = ..., container_id: _Optional[str] = ..., error: _Optional[str] = ..., restore_seconds: _Optional[float] = ..., bytes_received: _Optional[int] = ..., state: _Optional[_Union[OutcomeState, str]] = ...) -> None: ...
 
 class Query(_message.Message):
     __slots__ = ("migration_id",)
@@ -216,8 +254,8 @@ class Error(_message.Message):
     CODE_FIELD_NUMBER: _ClassVar[int]
     message: str
     phase: str
-    code: str
-    def __init__(self, message: _Optional[str] = ..., phase: _Optional[str] = ..., code: _Optional[str] = ...) -> None: ...
+    code: ErrorCode
+    def __init__(self, message: _Optional[str] = ..., phase: _Optional[str] = ..., code: _Optional[_Union[ErrorCode, str]] = ...) -> None: ...
 
 class Frame(_message.Message):
     __slots__ = ("client_hello", "agent_hello", "begin", "begin_ack", "file_start", "file_data", "file_end", "file_ack", "commit", "outcome", "query", "abort", "error", "stored", "pages")

@@ -15,7 +15,8 @@ from google.protobuf.message import DecodeError
 from ..errors import AndrocondError
 from . import protocol_pb2 as pb
 
-PROTOCOL_VERSION = 1
+# 2: outcome states and error codes are enums (protocol.proto's OutcomeState, ErrorCode), not strings.
+PROTOCOL_VERSION = 2
 # File data travels in chunks of at most CHUNK bytes; a frame carries one chunk plus a few bytes of header.
 CHUNK = 1024 * 1024
 MAX_FRAME = CHUNK + 64 * 1024

@@ -36,6 +36,7 @@ from androcond.config import load_settings
 from androcond.engine import EngineUnreachable
 from androcond.logging import configure_logging, get_logger
 from androcond.protocol import protocol_pb2 as pb
+from androcond.protocol.codes import OutcomeState
 
 
 class FlipByte(AgentSession):
@@ -67,7 +68,7 @@ class RefuseRestore(AgentSession):
 class SlowOutcome(AgentSession):
     async def _query(self, migration_id: str) -> None:
         record = await self.outcomes.get(migration_id)
-        if record is not None and record.state == "running" and self.migration is not None \
+        if record is not None and record.state == OutcomeState.RUNNING and self.migration is not None \
                 and self.migration.begin.migration_id == migration_id:
             await asyncio.Event().wait()  # restored, but the commit's answer never comes on this connection
         await super()._query(migration_id)

@@ -79,7 +79,7 @@ async def settled_outcome(endpoint: Endpoint, migration_id: str) -> pb.Outcome:
         while True:
             async with await AgentConnection.open(endpoint) as link:
                 outcome = await link.query(migration_id)
-            if outcome.state not in ("receiving", "restoring"):
+            if outcome.state not in (pb.OUTCOME_RECEIVING, pb.OUTCOME_RESTORING):
                 return outcome
             await asyncio.sleep(0.1)
 
@@ -101,7 +101,7 @@ async def test_flipped_byte_is_caught_and_nothing_restored(
     finally:
         await link.close()
     outcome = await settled_outcome(endpoint, begin.migration_id)
-    assert outcome.state == "failed"
+    assert outcome.state == pb.OUTCOME_FAILED
     assert "SHA-256 mismatch" in outcome.error
     assert not await container_exists(engine_b, unique_name)
     assert not checkpoint_dir.exists()
@@ -121,7 +121,7 @@ async def test_cut_connection_leaves_no_partial_files_or_container(
     finally:
         await link.close()
     outcome = await settled_outcome(endpoint, begin.migration_id)
-    assert outcome.state == "aborted"
+    assert outcome.state == pb.OUTCOME_ABORTED
     assert not await container_exists(engine_b, unique_name)
     assert not upper.exists(), "the prepared container's layer is gone with it"
     assert not (agent_server.bed.engine_b.data_root / "containers" / ack.container_id).exists()
@@ -187,7 +187,7 @@ async def test_restore_refused_by_the_device_engine_reaches_the_client(
         await link.begin(begin)
         await link.send_files(files)
         outcome = await link.commit()
-    assert outcome.state == "failed"
+    assert outcome.state == pb.OUTCOME_FAILED
     assert "restore refused by the device engine" in outcome.error
     assert "OCI runtime restore failed" in outcome.error  # the engine's own words
     assert not await container_exists(engine_b, unique_name)
@@ -222,7 +222,7 @@ async def test_missing_image_is_shipped_and_loaded(agent_server: AgentBed, engin
             await link.send_files([shipped])
             await link.send_files(source.files())
             outcome = await link.commit()
-        assert outcome.state == "running", outcome.error
+        assert outcome.state == pb.OUTCOME_RUNNING, outcome.error
         assert await engine_b.image_exists(image)
         await assert_running_on_device(bed, engine_b, outcome.container_id, source.last_count)
     finally:

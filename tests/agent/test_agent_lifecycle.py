@@ -24,6 +24,7 @@ from androcond.config import load_settings
 from androcond.engine import Engine
 from androcond.payload import OutgoingFile, read_file_chunks
 from androcond.protocol import protocol_pb2 as pb
+from androcond.protocol.codes import OutcomeState
 from androcond.protocol.wire import PROTOCOL_VERSION, ChannelClosed, WireError, body, read_frame, write_frame
 from androcond.transport import Endpoint
 
@@ -190,7 +191,7 @@ async def test_a_dead_image_load_ends_the_session_with_an_image_error(
             elapsed = time.monotonic() - started
         finally:
             await link.close()
-        assert (error.phase, error.code) == ("image", "restore"), error
+        assert (error.phase, error.code) == ("image", pb.ERROR_RESTORE), error
         assert "loading the image failed" in error.message
         assert "Connection reset" in error.message
         assert elapsed < 30, f"the error took {elapsed:.1f}s"
@@ -198,7 +199,7 @@ async def test_a_dead_image_load_ends_the_session_with_an_image_error(
         assert dies["chunks_read"] == 2
 
         outcome = await query(endpoint, migration_id)
-        assert outcome.state == "failed"
+        assert outcome.state == pb.OUTCOME_FAILED
         assert "loading the image failed" in outcome.error
         assert not await engine_b.image_exists(image)
         assert not await container_exists(engine_b, unique_name)
@@ -218,7 +219,7 @@ async def test_a_bad_migration_id_is_a_protocol_error_of_its_phase(agent_server:
                                                 image="x", create_config_json="{}", checkpoint_name=CHECKPOINT)))
         frame = await link.recv()
         assert body(frame) == "error", frame
-        assert (frame.error.phase, frame.error.code) == ("begin", "protocol")
+        assert (frame.error.phase, frame.error.code) == ("begin", pb.ERROR_PROTOCOL)
         assert "refused migration id" in frame.error.message
         with pytest.raises((ChannelClosed, WireError)):  # one error ends the session
             await link.recv()
@@ -229,7 +230,7 @@ async def test_a_bad_migration_id_is_a_protocol_error_of_its_phase(agent_server:
     try:
         frame = await link.query("")
         assert body(frame) == "error", frame
-        assert (frame.error.phase, frame.error.code) == ("query", "protocol")
+        assert (frame.error.phase, frame.error.code) == ("query", pb.ERROR_PROTOCOL)
     finally:
         await link.close()
 
@@ -274,7 +275,7 @@ async def test_an_agent_killed_while_restoring_settles_the_outcome_when_it_start
                                      and e.get("migration_id") == begin.migration_id)
         assert (settled["was"], settled["now"]) == ("restoring", "failed")
         outcome = await query(endpoint, begin.migration_id)
-        assert outcome.state == "failed"
+        assert outcome.state == pb.OUTCOME_FAILED
         assert outcome.error == "the agent stopped during the restore; the container did not come up"
         assert not await container_exists(engine_b, ack.container_id)
         assert not (bed.engine_b.data_root / "containers" / ack.container_id).exists()
@@ -293,10 +294,10 @@ async def test_a_query_settles_an_outcome_only_if_its_owner_is_gone(
     restored = await engine_b.create_container(counter_config(), name=f"{unique_name}-restored")
     await engine_b.start_container(restored)
     records = {
-        "live": OutcomeRecord(f"live-{uuid.uuid4().hex}", "receiving", prepared, owner_pid=me.pid,
+        "live": OutcomeRecord(f"live-{uuid.uuid4().hex}", OutcomeState.RECEIVING, prepared, owner_pid=me.pid,
                               owner_start=me.start),
         # The same pid with another start time is another (dead) process: a pid the kernel reused.
-        "reused": OutcomeRecord(f"reused-{uuid.uuid4().hex}", "receiving", prepared, owner_pid=me.pid,
+        "reused": OutcomeRecord(f"reused-{uuid.uuid4().hex}", OutcomeState.RECEIVING, prepared, owner_pid=me.pid,
                                 owner_start=me.start + 1),
     }
     old_id = f"old-{uuid.uuid4().hex}"
@@ -312,16 +313,16 @@ async def test_a_query_settles_an_outcome_only_if_its_owner_is_gone(
         live_before = (directory / f"{records['live'].migration_id}.json").read_text()
 
         live = await query(endpoint, records["live"].migration_id)
-        assert (live.state, live.container_id) == ("receiving", prepared)
+        assert (live.state, live.container_id) == (pb.OUTCOME_RECEIVING, prepared)
         assert (directory / f"{records['live'].migration_id}.json").read_text() == live_before
         assert await container_exists(engine_b, prepared), "a live session's container is not touched"
 
         old = await query(endpoint, old_id)
-        assert (old.state, old.container_id, old.error, old.bytes_received) == ("running", restored, "", 7)
+        assert (old.state, old.container_id, old.error, old.bytes_received) == (pb.OUTCOME_RUNNING, restored, "", 7)
         assert (await engine_b.inspect_container(restored))["State"]["Running"]
 
         reused = await query(endpoint, records["reused"].migration_id)
-        assert reused.state == "aborted"
+        assert reused.state == pb.OUTCOME_ABORTED
         assert "the agent stopped while receiving" in reused.error
         assert not await container_exists(engine_b, prepared)
     finally:
@@ -364,7 +365,7 @@ async def test_serve_on_sigterm_drains_cancels_and_removes_the_files(
             error = await busy.until_error()
         finally:
             await busy.close()
-        assert (error.code, error.phase) == ("shutting-down", "files"), error
+        assert (error.code, error.phase) == (pb.ERROR_SHUTTING_DOWN, "files"), error
         assert "the migration was discarded" in error.message
         await wait_exited(agent, timeout=30)
         took = time.monotonic() - signalled

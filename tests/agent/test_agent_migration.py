@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from androcond.engine import Engine
+from androcond.protocol import protocol_pb2 as pb
 from androcond.transport import AgentConnection, Endpoint
 
 from ..testbed import TestBed
@@ -35,7 +36,7 @@ async def migrate(endpoint: Endpoint, bed: TestBed, engine_a: Engine, engine_b: 
         assert sent.files_verified == begin.file_count
         assert sent.bytes_sent == begin.total_bytes
         outcome = await link.commit()
-    assert outcome.state == "running", outcome.error
+    assert outcome.state == pb.OUTCOME_RUNNING, outcome.error
     assert outcome.container_id == ack.container_id
     assert seen == sorted(seen)
     assert seen[-1] == begin.total_bytes
@@ -45,9 +46,9 @@ async def migrate(endpoint: Endpoint, bed: TestBed, engine_a: Engine, engine_b: 
     async with await AgentConnection.open(endpoint) as link:
         again = await link.query(begin.migration_id)
         unknown = await link.query(uuid.uuid4().hex)
-    assert (again.state, again.container_id) == ("running", outcome.container_id)
+    assert (again.state, again.container_id) == (pb.OUTCOME_RUNNING, outcome.container_id)
     assert again.bytes_received == begin.total_bytes
-    assert unknown.state == "unknown"
+    assert unknown.state == pb.OUTCOME_UNKNOWN
     return outcome.container_id
 
 

@@ -10,7 +10,6 @@ import pytest
 
 from androcond.agent.device import RestoreError as RestoreErrorFromDevice
 from androcond.agent.errors import (
-    INTERNAL,
     PEER_GONE,
     AgentError,
     BadMigrationId,
@@ -29,6 +28,7 @@ from androcond.agent.paths import check_name
 from androcond.agent.session import ProtocolViolation as ProtocolViolationFromSession
 from androcond.engine import EngineError, EngineUnreachable
 from androcond.errors import AndrocondError
+from androcond.protocol.codes import ErrorCode
 from androcond.protocol.wire import WireError
 
 
@@ -46,7 +46,7 @@ def test_agent_errors_carry_their_code_and_message(exc: AgentError, code: str) -
 
 
 def test_an_agent_error_without_its_own_code_is_internal() -> None:
-    assert classify(AgentError("odd")) == (INTERNAL, "odd")
+    assert classify(AgentError("odd")) == (ErrorCode.INTERNAL, "odd")
 
 
 @pytest.mark.parametrize("number", [errno.ENOSPC, errno.EDQUOT])
@@ -83,7 +83,7 @@ def test_a_channel_broken_mid_frame_is_a_lost_peer_but_a_bad_frame_is_protocol()
                                  TimeoutError()])
 def test_anything_else_is_internal_and_named(exc: Exception) -> None:
     code, message = classify(exc)
-    assert code == INTERNAL
+    assert code == ErrorCode.INTERNAL
     assert type(exc).__name__ in message
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from androcond.agent.outcomes import OutcomeRecord, OutcomeStore, ProcessIdentity
+from androcond.protocol.codes import OutcomeState
 
 
 def dead_pid() -> int:
@@ -30,7 +31,7 @@ def test_process_identity_reads_the_start_time() -> None:
 
 async def test_put_stamps_the_owner_and_get_reads_it_back(tmp_path: Path) -> None:
     store = OutcomeStore(tmp_path)
-    await store.put(OutcomeRecord("m-1", "receiving"))
+    await store.put(OutcomeRecord("m-1", OutcomeState.RECEIVING))
     record = await store.get("m-1")
     assert record is not None
     assert record.owner == ProcessIdentity.current()
@@ -39,8 +40,8 @@ async def test_put_stamps_the_owner_and_get_reads_it_back(tmp_path: Path) -> Non
     assert [p.name for p in tmp_path.iterdir()] == ["m-1.json"]
 
 
-@pytest.mark.parametrize("state", ["receiving", "restoring"])
-def test_in_flight_records_of_dead_or_reused_owners_are_stale(state: str) -> None:
+@pytest.mark.parametrize("state", [OutcomeState.RECEIVING, OutcomeState.RESTORING])
+def test_in_flight_records_of_dead_or_reused_owners_are_stale(state: OutcomeState) -> None:
     me = ProcessIdentity.current()
     other = ProcessIdentity.of(1)  # init: alive, and not this process
     dead = OutcomeRecord("m", state, owner_pid=dead_pid(), owner_start=1)
@@ -52,8 +53,8 @@ def test_in_flight_records_of_dead_or_reused_owners_are_stale(state: str) -> Non
         assert not OutcomeRecord("m", state, owner_pid=other.pid, owner_start=other.start).is_stale(me)
 
 
-@pytest.mark.parametrize("state", ["running", "failed", "aborted"])
-def test_final_records_are_never_stale(state: str) -> None:
+@pytest.mark.parametrize("state", [OutcomeState.RUNNING, OutcomeState.FAILED, OutcomeState.ABORTED])
+def test_final_records_are_never_stale(state: OutcomeState) -> None:
     assert not OutcomeRecord("m", state, owner_pid=dead_pid(), owner_start=1).is_stale(ProcessIdentity.current())
 
 

@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 
 from androcond.journal import Journal, MigrationRecord, TransitionRefused
+from androcond.protocol import protocol_pb2 as pb
+from androcond.protocol.codes import ErrorCode, OutcomeState
 from androcond.states import (
     FROZEN,
     TERMINAL,
@@ -20,6 +22,8 @@ from androcond.states import (
     device_answer,
     needs_device,
 )
+
+OS = OutcomeState
 
 S = MigrationState
 A = DeviceAnswer
@@ -53,12 +57,19 @@ def test_only_after_the_commit_is_the_device_asked() -> None:
     assert [s for s in S if needs_device(s)] == [S.RESTORING, S.PAGING]
 
 
-@pytest.mark.parametrize(("outcome", "answer"), [("running", A.RUNNING), ("receiving", A.BUSY),
-                                                 ("restoring", A.BUSY), ("paging", A.BUSY),
-                                                 ("failed", A.NOT_RUNNING),
-                                                 ("aborted", A.NOT_RUNNING), ("unknown", A.NOT_RUNNING)])
-def test_agent_outcomes_map_to_answers(outcome: str, answer: DeviceAnswer) -> None:
+@pytest.mark.parametrize(("outcome", "answer"), [(OS.RUNNING, A.RUNNING), (OS.RECEIVING, A.BUSY),
+                                                 (OS.RESTORING, A.BUSY), (OS.PAGING, A.BUSY),
+                                                 (OS.FAILED, A.NOT_RUNNING),
+                                                 (OS.ABORTED, A.NOT_RUNNING), (OS.UNKNOWN, A.NOT_RUNNING)])
+def test_agent_outcomes_map_to_answers(outcome: OutcomeState, answer: DeviceAnswer) -> None:
     assert device_answer(outcome) == answer
+
+
+def test_every_outcome_state_and_error_code_round_trips_through_the_wire() -> None:
+    assert [OutcomeState.of(s.wire) for s in OutcomeState] == list(OutcomeState)
+    assert [ErrorCode.of(c.wire) for c in ErrorCode] == list(ErrorCode)
+    # Every value the proto declares has its name here (a new one must be added on both sides).
+    assert len(pb.OutcomeState.keys()) == len(OutcomeState) and len(pb.ErrorCode.keys()) == len(ErrorCode)
 
 
 def test_a_finished_migration_never_moves() -> None:

@@ -22,6 +22,7 @@ from androcond.migration.roles import LinkFactory, TargetLink
 from androcond.payload import OutgoingFile, Progress
 from androcond.pipeline import Context, Migration, new_record, resolve
 from androcond.protocol import protocol_pb2 as pb
+from androcond.protocol.codes import OutcomeState
 from androcond.requests import AlreadyMigrating, MigrationRequest, NotAccepting
 from androcond.scheduler import Scheduler
 from androcond.states import MigrationState
@@ -106,10 +107,11 @@ class FakeLink:
 
     async def commit(self, file_count: int = 0) -> pb.Outcome:
         self._maybe_fail("commit")
-        return pb.Outcome(state="running", container_id="target")
+        return pb.Outcome(state=pb.OUTCOME_RUNNING, container_id="target")
 
     async def query(self, migration_id: str) -> pb.Outcome:
-        return pb.Outcome(migration_id=migration_id, state=type(self).outcome_state, container_id="target")
+        return pb.Outcome(migration_id=migration_id, state=OutcomeState(type(self).outcome_state).wire,
+                          container_id="target")
 
 
 @pytest.fixture

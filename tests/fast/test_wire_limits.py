@@ -21,9 +21,9 @@ def reader_of(data: bytes, eof: bool = True) -> asyncio.StreamReader:
 
 
 async def test_a_frame_round_trips() -> None:
-    frame = pb.Frame(error=pb.Error(message="no space", phase="files", code="no-space"))
+    frame = pb.Frame(error=pb.Error(message="no space", phase="files", code=pb.ERROR_NO_SPACE))
     back = await read_frame(reader_of(encode_frame(frame)))
-    assert (back.error.message, back.error.phase, back.error.code) == ("no space", "files", "no-space")
+    assert (back.error.message, back.error.phase, back.error.code) == ("no space", "files", pb.ERROR_NO_SPACE)
 
 
 async def test_an_oversized_frame_is_refused_from_its_header_alone() -> None:
