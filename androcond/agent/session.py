@@ -16,15 +16,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
-import os
-import stat
 import time
-from collections.abc import AsyncIterator, Coroutine
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 from ..errors import AndrocondError
 from ..logging import get_logger, log_context
@@ -39,32 +34,25 @@ from ..protocol.wire import (
     read_frame,
     write_frame,
 )
+from . import files, image_load
 from .aio import complete
-from .device import DeviceEngine, TargetContainer, parse_create_config
-from .errors import PEER_GONE, IdleTimeout, NoSpace, RestoreError, ShuttingDown, UnsafePath, classify
+from .device import DeviceEngine, parse_create_config
+from .errors import PEER_GONE, IdleTimeout, NoSpace, RestoreError, ShuttingDown, classify
 from .errors import ProtocolViolation as ProtocolViolation  # noqa: PLC0414 - re-exported, importable here as before
-from .fit import Fitted, fit
-from .lazy_pages import PageKeeper
+from .files import FREE_SPACE_MARGIN, OpenFile, free_bytes
+from .fit import fit
+from .incoming import IncomingMigration
 from .outcomes import OutcomeRecord, OutcomeStore, check_id
-from .paths import open_new_file, place_beneath
+from .post_copy import PostCopy
 from .recovery import settle_if_stale
 
 log = get_logger(__name__)
 
-T = TypeVar("T")
-
 HELLO_TIMEOUT_S = 30.0
 # A client that goes silent mid-migration for this long is treated as gone.
 IDLE_TIMEOUT_S = 300.0
-# Space kept free on the device beyond what a migration announces.
-FREE_SPACE_MARGIN = 64 * 1024 * 1024
-IMAGE_QUEUE_CHUNKS = 16
 # How often the client hears how much file data is stored: well below its UNSTORED_LIMIT (transport.py).
 STORED_STEP = 4 * 1024 * 1024
-# The device engine's `docker load` must take image data at least this often: a load that stalls is a failure.
-IMAGE_STALL_TIMEOUT_S = 120.0
-# After the image's last byte, the device engine gets this long to finish the load.
-IMAGE_LOAD_TIMEOUT_S = 600.0
 # How long an error frame may take to go out (a client that reads nothing must not hold the session).
 ERROR_SEND_TIMEOUT_S = 5.0
 
@@ -73,49 +61,15 @@ HELLO, BEGIN, IMAGE, FILES, COMMIT, QUERY, ABORT = "hello", "begin", "image", "f
 _PHASE_OF_FRAME = {"begin": BEGIN, "commit": COMMIT, "query": QUERY, "abort": ABORT}
 
 
-@dataclass
-class _OpenFile:
-    start: pb.FileStart
-    path: Path | None = None
-    fd: int | None = None
-    hasher: hashlib._Hash = field(default_factory=hashlib.sha256)
-    received: int = 0
-    image_queue: asyncio.Queue[bytes | None] | None = None
-    image_load: asyncio.Task[None] | None = None
-
-
-@dataclass
-class _Migration:
-    begin: pb.Begin
-    target: TargetContainer | None = None
-    written: list[Path] = field(default_factory=list)
-    volume_dirs: dict[str, Path] = field(default_factory=dict)
-    bytes_received: int = 0
-    files_verified: int = 0
-    failed: str = ""
-    finished: bool = False
-    fitted: Fitted | None = None  # the create body as this device can honour it
-    keeper: PageKeeper | None = None  # post-copy, from the commit until the last page (or the discard)
-
-
-def _statvfs_free(path: Path) -> int:
-    st = os.statvfs(path)
-    return st.f_bavail * st.f_frsize
-
-
-async def _free_bytes(path: Path) -> int:
-    return await asyncio.to_thread(_statvfs_free, path)
-
-
-class AgentSession:
+class AgentSession(PostCopy):
     def __init__(self, device: DeviceEngine, outcomes: OutcomeStore, reader: FrameReader,
                  writer: FrameWriter) -> None:
         self.device = device
         self.outcomes = outcomes
         self.reader = reader
         self.writer = writer
-        self.migration: _Migration | None = None
-        self.current: _OpenFile | None = None
+        self.migration: IncomingMigration | None = None
+        self.current: OpenFile | None = None
         self.phase = HELLO
         self._task: asyncio.Task[Any] | None = None
         self._bytes_stored = 0  # file data received in this session and written (or handed to the image load)
@@ -214,7 +168,7 @@ class AgentSession:
         await self.send(pb.Frame(agent_hello=pb.AgentHello(
             protocol_version=PROTOCOL_VERSION, agent_version=facts.agent_version, isa=facts.isa,
             page_size=facts.page_size, criu_version=facts.criu_version, engine_version=facts.engine_version,
-            free_bytes=await _free_bytes(facts.data_root), vdso=facts.vdso, vvar_size=facts.vvar_size,
+            free_bytes=await free_bytes(facts.data_root), vdso=facts.vdso, vvar_size=facts.vvar_size,
             kernel_release=facts.kernel_release, criu_dumps_sockets=facts.criu_dumps_sockets,
             androcond_runtime=self.device.fast_restore, va_bits=facts.va_bits,
             criu_runc_options=list(facts.criu_runc_options), cgroup2=facts.cgroup2,
@@ -268,7 +222,7 @@ class AgentSession:
         previous = await self._settled(begin.migration_id)
         if previous is not None and previous.state in (OutcomeState.RUNNING, OutcomeState.RESTORING):
             raise ProtocolViolation(f"migration {begin.migration_id} is already {previous.state} here")
-        free = await _free_bytes(self.device.facts.data_root)
+        free = await free_bytes(self.device.facts.data_root)
         if begin.total_bytes + FREE_SPACE_MARGIN > free:
             raise NoSpace(f"not enough space on the device: {begin.total_bytes} bytes announced, "
                           f"{free} free (keeping {FREE_SPACE_MARGIN} spare)")
@@ -276,7 +230,7 @@ class AgentSession:
         fitted = await fit(self.device.engine, parse_create_config(begin.create_config_json))
         for name, change in fitted.adjusted.items():
             log.info("configuration adjusted for this device", field=name, why=change.get("why"))
-        self.migration = _Migration(begin, fitted=fitted)
+        self.migration = IncomingMigration(begin, fitted=fitted)
         await self.outcomes.put(OutcomeRecord(begin.migration_id, OutcomeState.RECEIVING))
         with log_context(migration_id=begin.migration_id):
             log.info("migration begins", container=begin.container_name, image=begin.image,
@@ -289,7 +243,7 @@ class AgentSession:
         else:
             await self.send(pb.Frame(begin_ack=pb.BeginAck(need_image=True, adjusted_json=json.dumps(fitted.adjusted))))
 
-    async def _prepare(self, migration: _Migration) -> None:
+    async def _prepare(self, migration: IncomingMigration) -> None:
         begin = migration.begin
         assert migration.fitted is not None
         migration.target = await self.device.create(begin.container_name, migration.fitted.body,
@@ -299,12 +253,12 @@ class AgentSession:
                                               bytes_received=migration.bytes_received))
 
     # --- files ----------------------------------------------------------------------------------------
-    def _active(self) -> _Migration:
+    def _active(self) -> IncomingMigration:
         if self.migration is None or self.migration.finished:
             raise ProtocolViolation("no migration in progress")
         return self.migration
 
-    async def _root_for(self, migration: _Migration, start: pb.FileStart) -> Path:
+    async def _root_for(self, migration: IncomingMigration, start: pb.FileStart) -> Path:
         if migration.target is None:
             raise ProtocolViolation("files sent before the image (BeginAck asked for it)")
         if start.destination == pb.CHECKPOINT:
@@ -321,24 +275,24 @@ class AgentSession:
         migration = self._active()
         if self.current is not None:
             raise ProtocolViolation(f"file {start.stream_id} started while {self.current.start.stream_id} is open")
-        current = _OpenFile(start)
+        current = OpenFile(start)
         data_root = self.device.facts.data_root
         if start.destination == pb.IMAGE_TAR:
             if migration.target is not None:
                 raise ProtocolViolation("image sent although the device has it")
-            free = await _free_bytes(data_root)
+            free = await free_bytes(data_root)
             if start.size + FREE_SPACE_MARGIN > free:
                 raise NoSpace(f"not enough space on the device for the image ({start.size} bytes, {free} free)")
             assert self._task is not None
-            current.image_queue = asyncio.Queue(IMAGE_QUEUE_CHUNKS)
+            current.image_queue = asyncio.Queue(image_load.QUEUE_CHUNKS)
             current.image_load = asyncio.create_task(
-                self.device.load_image(_drain(current.image_queue, self._task)), name="image-load")
+                self.device.load_image(image_load.drain(current.image_queue, self._task)), name="image-load")
             self.current = current
             return
         root = await self._root_for(migration, start)
         # Known before the thread runs: a discard must see (and close, and remove) whatever it makes.
         self.current = current
-        await complete(asyncio.to_thread(_place, root, start, current, migration.written, data_root))
+        await complete(asyncio.to_thread(files.place, root, start, current, migration.written, data_root))
 
     async def _file_data(self, data: pb.FileData) -> None:
         current = self.current
@@ -353,10 +307,10 @@ class AgentSession:
         if current.image_queue is not None:
             assert current.image_load is not None
             await asyncio.to_thread(current.hasher.update, chunk)  # hashlib releases the GIL
-            await put_unless_failed(current.image_queue, chunk, current.image_load)
+            await image_load.put_unless_failed(current.image_queue, chunk, current.image_load)
         else:
             assert current.fd is not None
-            await complete(asyncio.to_thread(_write_and_hash, current.fd, chunk, current.hasher))
+            await complete(asyncio.to_thread(files.write_and_hash, current.fd, chunk, current.hasher))
         await self._stored(len(chunk))
 
     async def _stored(self, size: int) -> None:
@@ -380,8 +334,8 @@ class AgentSession:
                 error = (f"{start.path!r}: SHA-256 mismatch (sent {end.sha256.hex()[:16]}…, "
                          f"received {current.hasher.hexdigest()[:16]}…)")
         if current.image_load is not None and current.image_queue is not None:
-            await put_unless_failed(current.image_queue, None, current.image_load)
-            await _finish_load(current.image_load)  # a failed load raises RestoreError, ending the session
+            await image_load.put_unless_failed(current.image_queue, None, current.image_load)
+            await image_load.finish_load(current.image_load)  # a failed load raises RestoreError, ending the session
             self.current = None
             if not error:
                 await self._prepare(migration)
@@ -389,7 +343,7 @@ class AgentSession:
             # The fd goes to the thread, which closes it whatever happens.
             fd, current.fd = current.fd, None
             self.current = None
-            await complete(asyncio.to_thread(_finish_file, fd, None if error else current.path, start))
+            await complete(asyncio.to_thread(files.finish_file, fd, None if error else current.path, start))
         migration.bytes_received += current.received
         if error:
             migration.failed = error
@@ -426,7 +380,7 @@ class AgentSession:
             await self._running(migration, record, time.monotonic() - started)
         await self._query(begin.migration_id)
 
-    async def _running(self, migration: _Migration, record: OutcomeRecord, restore_seconds: float) -> None:
+    async def _running(self, migration: IncomingMigration, record: OutcomeRecord, restore_seconds: float) -> None:
         migration.finished = True
         record.state = OutcomeState.RUNNING
         record.restore_seconds = restore_seconds
@@ -436,103 +390,6 @@ class AgentSession:
         if migration.fitted is not None and migration.fitted.restart_policy:
             # Only now: a policy on a container whose restore failed would start it afresh, a second copy.
             await self.device.apply_restart_policy(record.container_id, migration.fitted.restart_policy)
-
-    # --- post-copy -----------------------------------------------------------------------------------------
-    async def _commit_lazy(self, migration: _Migration, record: OutcomeRecord) -> None:
-        """Restore with the memory still at the source: `criu lazy-pages` (in its keeper) first, then the
-        engine's restore through androcond's runtime. The client hears "paging" once the container runs, and
-        "running" (or "failed") once every page has arrived. The restore itself runs in a task of its own:
-        the restoring tasks fault on lazy pages already, and their pages arrive as Pages frames, which only
-        this session's reader takes."""
-        target = migration.target
-        assert target is not None
-        started = time.monotonic()
-        try:
-            migration.keeper = await PageKeeper.start(target.checkpoint_dir)
-        except (RestoreError, OSError) as exc:
-            await self._discard(migration, OutcomeState.FAILED, f"post-copy could not start: {exc}")
-            await self._query(record.migration_id)
-            return
-        # From here on a dead agent leaves a record that names the keeper to kill (recovery.py).
-        record.pager_pid, record.pager_start = migration.keeper.identity.pid, migration.keeper.identity.start
-        await self.outcomes.put(record)
-        self._own(self._relay_replies(migration.keeper), "pages-out")
-        self._own(self._restore_lazily(migration, record, started), "lazy-restore")
-
-    async def _restore_lazily(self, migration: _Migration, record: OutcomeRecord, started: float) -> None:
-        target, keeper = migration.target, migration.keeper
-        assert target is not None
-        assert keeper is not None
-        try:
-            await self.device.restore(target, migration.begin.checkpoint_name, clean=False)
-        except RestoreError as exc:
-            if not migration.finished:
-                await self._discard(migration, OutcomeState.FAILED, f"{exc}{await keeper.log_reason()}")
-            await self._tell(record.migration_id)
-            return
-        if migration.finished:
-            return  # discarded meanwhile: the client went away during the restore
-        record.state = OutcomeState.PAGING
-        record.restore_seconds = time.monotonic() - started
-        await self.outcomes.put(record)
-        log.info("resumed; pages arriving", container_id=record.container_id,
-                 restore_s=round(record.restore_seconds, 3))
-        await self._tell(record.migration_id)
-        code = await keeper.wait()
-        if migration.finished:
-            return  # discarded meanwhile (the client went away, or the agent shuts down)
-        if code == 0:
-            await self.device.clean_after_restore(target)
-            await self._running(migration, record, record.restore_seconds)
-            log.info("every page arrived", container_id=record.container_id)
-        else:
-            await self._discard(migration, OutcomeState.FAILED, f"criu lazy-pages exited with status {code} before "
-                                f"every page arrived{await keeper.log_reason()}; the container was removed")
-        await self._tell(record.migration_id)
-
-    async def _tell(self, migration_id: str) -> None:
-        """The outcome, from a task of post-copy: a client that is gone is the session reader's business."""
-        try:
-            await self._query(migration_id)
-        except (ChannelClosed, ConnectionError, OSError) as exc:
-            log.warning("could not tell the client the outcome", error=str(exc))
-
-    def _own(self, work: Coroutine[Any, Any, None], name: str) -> None:
-        """A task of this session's post-copy: whatever it raises ends the migration here (discarded, the
-        client told), never the agent."""
-
-        async def guarded() -> None:
-            try:
-                await work
-            except Exception as exc:
-                log.exception("post-copy task failed", task=name, error=str(exc))
-                await self._end_unfinished(OutcomeState.FAILED,
-                                           f"agent: {name} failed: {exc.__class__.__name__}: {exc}")
-                if self.migration is not None:
-                    await self._tell(self.migration.begin.migration_id)
-
-        task = asyncio.create_task(guarded(), name=name)
-        self._paging.add(task)
-        task.add_done_callback(self._paging.discard)
-        task.add_done_callback(lambda _task: work.close())  # cancelled before it ran: no "never awaited"
-
-    async def _pages(self, data: bytes) -> None:
-        migration = self.migration
-        if migration is None or migration.keeper is None:
-            raise ProtocolViolation("pages outside a post-copy restore")
-        if migration.finished:
-            return  # the last page is in, or the migration was discarded: late bytes mean nothing
-        try:
-            await migration.keeper.feed(data)
-        except (ConnectionError, OSError) as exc:
-            log.warning("lazy-pages took no more pages", error=str(exc))  # its exit status says why
-
-    async def _relay_replies(self, keeper: PageKeeper) -> None:
-        """lazy-pages' requests to the source's page server. A send that fails means the client is gone: the
-        session's reader sees it too and discards the migration."""
-        with contextlib.suppress(ChannelClosed, ConnectionError, OSError):
-            async for data in keeper.replies():
-                await self.send(pb.Frame(pages=pb.Pages(data=data)))
 
     async def _query(self, migration_id: str) -> None:
         check_id(migration_id)
@@ -548,13 +405,13 @@ class AgentSession:
         await self._discard(migration, OutcomeState.ABORTED, reason or "aborted by the client")
         await self._query(migration.begin.migration_id)
 
-    async def _discard(self, migration: _Migration, state: OutcomeState, error: str) -> None:
+    async def _discard(self, migration: IncomingMigration, state: OutcomeState, error: str) -> None:
         """Remove every file written and the prepared container; record why. Not interrupted by a
         cancellation (each step is bounded: thread work, engine calls with their timeouts)."""
         migration.finished = True
         await complete(self._discard_now(migration, state, error))
 
-    async def _discard_now(self, migration: _Migration, state: OutcomeState, error: str) -> None:
+    async def _discard_now(self, migration: IncomingMigration, state: OutcomeState, error: str) -> None:
         current, self.current = self.current, None
         fd = None
         if current is not None:
@@ -562,7 +419,7 @@ class AgentSession:
             if current.image_load is not None:
                 current.image_load.cancel()
                 await asyncio.gather(current.image_load, return_exceptions=True)
-        failures = await asyncio.to_thread(_remove_files, fd, list(reversed(migration.written)))
+        failures = await asyncio.to_thread(files.remove_files, fd, list(reversed(migration.written)))
         for path, problem in failures:
             log.error("could not remove a received file", path=str(path), error=problem)
         if migration.target is not None:
@@ -583,152 +440,3 @@ class AgentSession:
         await self.outcomes.put(OutcomeRecord(migration.begin.migration_id, state,
                                               error=error, bytes_received=migration.bytes_received))
         log.warning("migration discarded", state=state, error=error)
-
-
-# --- the image queue: each side gives up when the other is gone ------------------------------------------
-
-def _load_failure(load: asyncio.Task[Any]) -> RestoreError:
-    if load.cancelled():
-        return RestoreError("loading the image failed: the load was cancelled")
-    exc = load.exception()
-    if exc is None:
-        return RestoreError("loading the image failed: the device engine ended the load before the image did")
-    if isinstance(exc, RestoreError):
-        return exc
-    failure = RestoreError(f"loading the image failed: {exc}")
-    failure.__cause__ = exc
-    return failure
-
-
-async def put_unless_failed(queue: asyncio.Queue[T], item: T, counterpart: asyncio.Task[Any],
-                            stall_timeout: float = IMAGE_STALL_TIMEOUT_S) -> None:
-    """Put `item` unless the consumer `counterpart` ends first: a dead consumer never frees a slot, so a
-    plain put would wait forever. Its failure is raised as a RestoreError; so is a consumer that takes
-    nothing for `stall_timeout` seconds."""
-    if counterpart.done():
-        raise _load_failure(counterpart)
-    if not queue.full():
-        queue.put_nowait(item)
-        return
-    putter = asyncio.ensure_future(queue.put(item))
-    try:
-        await asyncio.wait([putter, counterpart], timeout=stall_timeout, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not putter.done():
-            putter.cancel()
-            await asyncio.gather(putter, return_exceptions=True)
-    if not putter.cancelled():
-        putter.result()
-        return
-    if counterpart.done():
-        raise _load_failure(counterpart)
-    raise RestoreError(f"loading the image failed: the device engine took no data for {stall_timeout:g} s")
-
-
-async def get_unless_failed(queue: asyncio.Queue[T], counterpart: asyncio.Task[Any]) -> T:
-    """Get an item unless the producer `counterpart` (the session) ends first: then raise RestoreError so
-    the consumer stops instead of waiting for data that will never come."""
-    if not queue.empty():
-        return queue.get_nowait()
-    if counterpart.done():
-        raise RestoreError("the session ended before the image was complete")
-    getter = asyncio.ensure_future(queue.get())
-    try:
-        await asyncio.wait([getter, counterpart], return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        if not getter.done():
-            getter.cancel()
-            await asyncio.gather(getter, return_exceptions=True)
-    if not getter.cancelled():
-        return getter.result()
-    raise RestoreError("the session ended before the image was complete")
-
-
-async def _drain(queue: asyncio.Queue[bytes | None], session: asyncio.Task[Any]) -> AsyncIterator[bytes]:
-    while (chunk := await get_unless_failed(queue, session)) is not None:
-        yield chunk
-
-
-async def _finish_load(load: asyncio.Task[None]) -> None:
-    """Wait for the image load after its last byte, bounded; every failure as a RestoreError."""
-    try:
-        async with asyncio.timeout(IMAGE_LOAD_TIMEOUT_S):
-            await asyncio.wait([load])
-    except TimeoutError:
-        load.cancel()
-        await asyncio.gather(load, return_exceptions=True)
-        raise RestoreError(f"loading the image failed: the device engine did not finish within "
-                           f"{IMAGE_LOAD_TIMEOUT_S:g} s") from None
-    if load.cancelled() or load.exception() is not None:
-        raise _load_failure(load)
-
-
-# --- file work, run in worker threads --------------------------------------------------------------------
-
-def _place(root: Path, start: pb.FileStart, current: _OpenFile, written: list[Path], data_root: Path) -> None:
-    """Make the file, directory, link or whiteout `start` names beneath `root`, recording what was made in
-    `current` and `written` (the caller waits for this to finish even if cancelled, so a discard sees it)."""
-    if start.kind == pb.REGULAR:
-        free = _statvfs_free(data_root)
-        if start.size + FREE_SPACE_MARGIN > free:
-            raise NoSpace(f"not enough space on the device for {start.path!r} ({start.size} bytes, {free} free)")
-    path = place_beneath(root, start.path)
-    current.path = path
-    if start.kind == pb.REGULAR:
-        current.fd = open_new_file(path, start.mode)
-        written.append(path)
-    elif start.kind == pb.DIRECTORY:
-        path.mkdir(mode=start.mode & 0o7777 or 0o755, exist_ok=True)
-        if start.opaque:
-            os.setxattr(path, "trusted.overlay.opaque", b"y")
-    elif start.kind == pb.SYMLINK:
-        if start.destination == pb.CHECKPOINT:
-            raise UnsafePath(f"refused symbolic link {start.path!r} in a checkpoint")
-        path.unlink(missing_ok=True)
-        os.symlink(start.link_target, path)
-        written.append(path)
-    elif start.kind == pb.WHITEOUT:
-        if start.destination != pb.ROOTFS:
-            raise UnsafePath(f"refused whiteout {start.path!r} outside the writable layer")
-        os.mknod(path, stat.S_IFCHR | 0o000, os.makedev(0, 0))
-        written.append(path)
-
-
-def _write_and_hash(fd: int, chunk: bytes, hasher: hashlib._Hash) -> None:
-    view = memoryview(chunk)
-    while view:
-        written = os.write(fd, view)
-        view = view[written:]
-    hasher.update(chunk)
-
-
-def _finish_file(fd: int | None, path: Path | None, start: pb.FileStart) -> None:
-    """Close the file (if one is open) and, for a verified one (`path` given), set its owner, mode, mtime."""
-    if fd is not None:
-        os.close(fd)
-    if path is not None:
-        _apply_metadata(path, start)
-
-
-def _apply_metadata(path: Path, start: pb.FileStart) -> None:
-    os.chown(path, start.uid, start.gid, follow_symlinks=False)
-    if start.kind != pb.SYMLINK:
-        os.chmod(path, start.mode & 0o7777 or (0o755 if start.kind == pb.DIRECTORY else 0o644))
-    if start.mtime_ns:
-        os.utime(path, ns=(start.mtime_ns, start.mtime_ns), follow_symlinks=False)
-
-
-def _remove_files(fd: int | None, paths: list[Path]) -> list[tuple[Path, str]]:
-    """Close the open file and unlink `paths`; returns what could not be removed (and why)."""
-    failures: list[tuple[Path, str]] = []
-    if fd is not None:
-        with contextlib.suppress(OSError):
-            os.close(fd)
-    for path in paths:
-        try:
-            path.unlink()
-        except FileNotFoundError:
-            pass
-        except OSError as exc:
-            failures.append((path, str(exc)))
-    return failures
