@@ -20,12 +20,12 @@ import contextlib
 import enum
 import re
 import struct
-import subprocess
 from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
 from types import TracebackType
 
+from .aio import run
 from .errors import AndrocondError
 
 DEFAULT_HOST = "127.0.0.1"
@@ -313,23 +313,13 @@ class AdbClient:
     async def _run_start_server(self) -> None:
         command = [self.adb_path, "-P", str(self.port), "start-server"]
         try:
-            proc = await asyncio.create_subprocess_exec(*command, stdin=subprocess.DEVNULL,
-                                                        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+            done = await run(command, timeout_s=START_SERVER_TIMEOUT, stderr="keep", stdout=False)
         except OSError as exc:
             raise AdbServerUnavailable(f"no adb server at {self.address}, and `{' '.join(command)}` could not "
                                        f"run: {exc}") from exc
-        try:
-            async with asyncio.timeout(START_SERVER_TIMEOUT):
-                _, stderr = await proc.communicate()
-        except BaseException:
-            # Timed out or cancelled: do not leave the adb client process behind.
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
-            await asyncio.shield(proc.wait())
-            raise
-        if proc.returncode != 0:
+        if done.returncode != 0:
             raise AdbServerUnavailable(f"no adb server at {self.address}, and `{' '.join(command)}` exited "
-                                       f"{proc.returncode}: {stderr.decode(errors='replace').strip()}")
+                                       f"{done.returncode}: {done.errors.decode(errors='replace').strip()}")
 
     @contextlib.asynccontextmanager
     async def _session(self, what: str, limit: float | None) -> AsyncIterator[_Connection]:

@@ -7,12 +7,13 @@ them on every socket, so it fails the dump of any process with an INET socket th
 
 from __future__ import annotations
 
-import asyncio
 import os
 import re
 import shutil
 from pathlib import Path
 from typing import Final
+
+from .aio import CommandTimeout, run
 
 # Where runc looks for criu (our own wrapper in /usr/local/sbin comes first).
 CRIU_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -53,17 +54,11 @@ async def _criu(*args: str) -> tuple[int, str]:
     criu = shutil.which("criu", path=CRIU_PATH)
     if criu is None:
         return -1, ""
-    proc = await asyncio.create_subprocess_exec(criu, *args, stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.DEVNULL)
     try:
-        async with asyncio.timeout(10):
-            out, _ = await proc.communicate()
-    except BaseException:
-        if proc.returncode is None:
-            proc.kill()
-            await asyncio.shield(proc.wait())
+        done = await run([criu, *args], timeout_s=10, stderr="discard")
+    except (CommandTimeout, OSError):
         return -1, ""
-    return proc.returncode if proc.returncode is not None else -1, out.decode(errors="replace")
+    return done.returncode, done.output.decode(errors="replace")
 
 
 async def local_criu_version() -> str:

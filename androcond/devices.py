@@ -14,13 +14,13 @@ from dataclasses import asdict, dataclass
 
 from . import criu_compat, faults
 from .adb_link import AdbClient, AdbError
+from .aio import complete
 from .config import DeviceSettings
 from .errors import AndrocondError
 from .logging import get_logger
 from .transport import AgentConnection, Endpoint, PhaseTimeouts, TransportError
 
 log = get_logger(__name__)
-_cleanups: set[asyncio.Future[None]] = set()
 PROBE_TIMEOUTS = PhaseTimeouts(connect=10.0, hello=10.0)
 
 
@@ -52,16 +52,10 @@ async def agent_endpoint(device: DeviceSettings, adb: AdbClient) -> AsyncIterato
 async def _remove_forward(adb: AdbClient, serial: str, port: int) -> None:
     """Best effort: a phone unplugged right after the restore must not turn a finished migration into a
     failure. A forward left behind is harmless (adb drops it with the device) and is logged."""
-    cleanup = asyncio.ensure_future(adb.killforward(serial, port))
-    _cleanups.add(cleanup)  # owned until it ends, even when our caller is cancelled
-    cleanup.add_done_callback(_cleanups.discard)
     try:
-        await asyncio.shield(cleanup)  # runs to its end even if the caller is cancelled meanwhile
+        await complete(adb.killforward(serial, port))  # to its end even if the caller is cancelled meanwhile
     except AdbError as exc:
         log.warning("could not remove the adb forward", adb_serial=serial, port=port, error=str(exc))
-    except asyncio.CancelledError:
-        cleanup.add_done_callback(lambda f: f.cancelled() or f.exception())
-        raise
 
 
 @dataclass(frozen=True)

@@ -14,10 +14,10 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from .aio import CommandTimeout, complete, run
 from .errors import AndrocondError
 
 MOUNT_TIMEOUT_S = 30.0
-_unmounts: set[asyncio.Future[None]] = set()
 
 
 class RootfsError(AndrocondError):
@@ -28,21 +28,12 @@ async def _run(*argv: str) -> None:
     binary = shutil.which(argv[0], path="/usr/bin:/bin:/usr/sbin:/sbin")
     if binary is None:
         raise RootfsError(f"{argv[0]} is not installed")
-    proc = await asyncio.create_subprocess_exec(binary, *argv[1:], stdout=asyncio.subprocess.PIPE,
-                                                stderr=asyncio.subprocess.STDOUT)
     try:
-        async with asyncio.timeout(MOUNT_TIMEOUT_S):
-            output, _ = await proc.communicate()
-    except BaseException as exc:
-        # Timed out or cancelled: the mount must not go on behind our back (nor linger as a zombie).
-        if proc.returncode is None:
-            proc.kill()
-            await asyncio.shield(proc.wait())
-        if isinstance(exc, TimeoutError):
-            raise RootfsError(f"{' '.join(argv[:3])}… did not finish within {MOUNT_TIMEOUT_S:g}s") from exc
-        raise
-    if proc.returncode != 0:
-        raise RootfsError(f"{' '.join(argv[:3])}…: {output.decode(errors='replace').strip()[-300:]}")
+        done = await run([binary, *argv[1:]], timeout_s=MOUNT_TIMEOUT_S)
+    except CommandTimeout as exc:  # killed: the mount does not go on behind our back
+        raise RootfsError(str(exc)) from exc
+    if done.returncode != 0:
+        raise RootfsError(f"{' '.join(argv[:3])}…: {done.text(300)}")
 
 
 @asynccontextmanager
@@ -59,9 +50,6 @@ async def container_root(inspect: dict[str, Any]) -> AsyncIterator[Path]:
         try:
             yield mountpoint
         finally:
-            unmount = asyncio.ensure_future(_run("umount", str(mountpoint)))
-            _unmounts.add(unmount)  # owned: it finishes even if we are cancelled while it runs
-            unmount.add_done_callback(_unmounts.discard)
-            await asyncio.shield(unmount)
+            await complete(_run("umount", str(mountpoint)))  # to its end even if we are cancelled meanwhile
     finally:
         await asyncio.to_thread(mountpoint.rmdir)

@@ -16,6 +16,7 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from .aio import run
 from .errors import AndrocondError
 
 RUNC_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
@@ -39,24 +40,14 @@ async def checkpoint(runc_root: Path, container_id: str, image_dir: Path) -> Non
     await asyncio.to_thread(image_dir.mkdir, parents=True, exist_ok=False)
     work = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="androcond-criu-"))
     try:
-        proc = await asyncio.create_subprocess_exec(
-            runc, "--root", str(runc_root), "checkpoint", "--image-path", str(image_dir), "--work-path", str(work),
-            container_id, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-            env={"PATH": RUNC_PATH})
-        try:
-            async with asyncio.timeout(CHECKPOINT_TIMEOUT_S):
-                output, _ = await proc.communicate()
-        except BaseException:
-            if proc.returncode is None:
-                proc.kill()
-                await asyncio.shield(proc.wait())
-            raise
-        if proc.returncode != 0:
+        done = await run([runc, "--root", str(runc_root), "checkpoint", "--image-path", str(image_dir),
+                          "--work-path", str(work), container_id], timeout_s=CHECKPOINT_TIMEOUT_S,
+                         env={"PATH": RUNC_PATH})
+        if done.returncode != 0:
             log_tail = await asyncio.to_thread(_tail, work / "dump.log")
             # A half-written dump is never restored: remove it (off the loop: it can be hundreds of MB).
             await asyncio.to_thread(shutil.rmtree, image_dir, True)
-            raise RuncError(f"runc checkpoint failed ({proc.returncode}): "
-                            f"{output.decode(errors='replace').strip()[-500:]} {log_tail}")
+            raise RuncError(f"runc checkpoint failed ({done.returncode}): {done.text()} {log_tail}")
     finally:
         await asyncio.shield(asyncio.to_thread(shutil.rmtree, work, True))
 

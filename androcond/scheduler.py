@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Callable
 
+from .aio import complete
 from .journal import Journal, MigrationRecord
 from .logging import get_logger, log_context
 from .migration import Context, Migration, new_record
@@ -28,7 +29,6 @@ class Scheduler:
         self.active: dict[str, MigrationRecord] = {}  # by container id
         self.running_migrations: dict[str, Migration] = {}  # by migration id, for live progress
         self._tasks: set[asyncio.Task[None]] = set()
-        self._saves: set[asyncio.Task[None]] = set()
         self._idle = asyncio.Event()
         self._idle.set()
         self.closed = False
@@ -97,10 +97,7 @@ class Scheduler:
             except asyncio.CancelledError:
                 if record.state == MigrationState.REQUESTED:  # cancelled while queued: nothing happened
                     record.state, record.error = MigrationState.FAILED, "cancelled before it started (shutdown)"
-                    saving = asyncio.create_task(self.journal.save(record, record.error))
-                    self._saves.add(saving)  # owned even if we are cancelled again meanwhile
-                    saving.add_done_callback(self._saves.discard)
-                    await asyncio.shield(saving)
+                    await complete(self.journal.save(record, record.error))  # even if cancelled again meanwhile
                 raise
             except Exception as exc:  # Migration.run contains its failures; this is the last line of defence
                 log.error("migration task failed", error=str(exc), exc_info=exc)

@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__, criu_compat
+from ..aio import complete
 from ..checkpoint_leftovers import place_nonce, remove_extractions
 from ..engine import Engine, EngineError
 from ..logging import get_logger
-from .aio import complete
 from .errors import RestoreError as RestoreError  # noqa: PLC0414 - re-exported, importable here as before
 
 log = get_logger(__name__)

@@ -21,6 +21,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from ..aio import complete
 from ..errors import AndrocondError
 from ..logging import get_logger, log_context
 from ..protocol import protocol_pb2 as pb
@@ -35,7 +36,6 @@ from ..protocol.wire import (
     write_frame,
 )
 from . import files, image_load
-from .aio import complete
 from .device import DeviceEngine, parse_create_config
 from .errors import PEER_GONE, IdleTimeout, NoSpace, RestoreError, ShuttingDown, classify
 from .errors import ProtocolViolation as ProtocolViolation  # noqa: PLC0414 - re-exported, importable here as before

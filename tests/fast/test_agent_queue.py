@@ -7,9 +7,9 @@ import asyncio
 
 import pytest
 
-from androcond.agent.aio import complete
 from androcond.agent.errors import RestoreError
 from androcond.agent.image_load import get_unless_failed, put_unless_failed
+from androcond.aio import complete
 
 
 async def test_a_full_queue_whose_consumer_dies_fails_instead_of_hanging() -> None:
