@@ -23,7 +23,6 @@ import email.utils
 import hashlib
 import hmac
 import math
-import random
 import socket
 import sqlite3
 import time
@@ -39,6 +38,7 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 from yarl import URL
 
+from .backoff import Backoff
 from .config import Settings, WebhookSettings
 from .errors import AndrocondError
 from .journal import MigrationRecord
@@ -380,9 +380,8 @@ class Webhooks:
                  retry_in_s=round(max(0.0, next_at - time.time()), 3))
 
     def _backoff(self, attempts: int) -> float:
-        """Exponential backoff with full jitter: receivers coming back are not hit by every sender at once."""
-        ceiling = min(self.max_delay, self.base_delay * 2.0 ** min(attempts - 1, 62))
-        return random.uniform(0.0, ceiling)  # noqa: S311 - jitter, not cryptography
+        """Full jitter: receivers coming back are not hit by every sender at once."""
+        return Backoff(self.base_delay, self.max_delay, floor=0.0).delay(attempts)
 
     async def _drop(self, item: _Pending, hook: _Hook, reason: str, **fields: Any) -> None:
         await self._delete(item)

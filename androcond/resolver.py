@@ -10,6 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .backoff import Backoff
 from .journal import Journal
 from .logging import get_logger
 from .migration import Context, resolve
@@ -22,7 +23,7 @@ FIRST_RETRY_S = 1.0
 @dataclass
 class _Retry:
     at: float
-    delay: float
+    attempt: int
 
 
 class Resolver:
@@ -73,8 +74,9 @@ class Resolver:
                 self._retries.pop(record.id, None)
                 log.info("migration resolved", migration_id=record.id, state=str(record.state))
                 continue
-            delay = FIRST_RETRY_S if retry is None else min(retry.delay * 2, self._backoff_max_s)
-            self._retries[record.id] = _Retry(time.monotonic() + delay, delay)
+            attempt = 1 if retry is None else retry.attempt + 1
+            delay = Backoff(FIRST_RETRY_S, self._backoff_max_s, floor=1.0).delay(attempt)
+            self._retries[record.id] = _Retry(time.monotonic() + delay, attempt)
             log.info("migration still unresolved", migration_id=record.id, retry_in_s=delay)
 
     async def _sleep(self) -> None:

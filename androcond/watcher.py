@@ -8,18 +8,20 @@ handled, so no event is lost; replayed events it already handled are skipped.
 from __future__ import annotations
 
 import asyncio
-import random
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Literal
 
+from .backoff import Backoff
 from .engine import Engine, EngineError, Json
 from .labels import MIGRATE_LABEL, LabelError, MigrationLabels, parse_labels
 from .logging import get_logger
 
 log = get_logger(__name__)
+# Reconnecting to the engine: half to full jitter, so many daemons do not hammer a restarted engine in step.
+RECONNECT = Backoff(initial_s=0.5, maximum_s=30.0)
 
 Origin = Literal["start-event", "running-at-startup"]
 
@@ -31,31 +33,6 @@ class ContainerSeen:
     origin: Origin
     labels: MigrationLabels | None = None
     rejection: str | None = None
-
-
-@dataclass(frozen=True)
-class Backoff:
-    initial_s: float = 0.5
-    maximum_s: float = 30.0
-    factor: float = 2.0
-
-    def delays(self) -> _Delays:
-        return _Delays(self)
-
-
-class _Delays:
-    def __init__(self, policy: Backoff) -> None:
-        self._policy = policy
-        self._next = policy.initial_s
-
-    def reset(self) -> None:
-        self._next = self._policy.initial_s
-
-    def next(self) -> float:
-        # Full jitter keeps many daemons from hammering a restarted engine in step.
-        delay = random.uniform(self._next / 2, self._next)  # noqa: S311 - not cryptographic
-        self._next = min(self._next * self._policy.factor, self._policy.maximum_s)
-        return delay
 
 
 def engine_time_ns(rfc3339: str) -> int:
@@ -85,7 +62,7 @@ class Watcher:
     def __init__(self, host: str, devices: Collection[str],
                  on_seen: Callable[[ContainerSeen], Awaitable[None]],
                  on_ready: Callable[[], None] | None = None,
-                 backoff: Backoff = Backoff()) -> None:
+                 backoff: Backoff = RECONNECT) -> None:
         self._host = host
         self._devices = devices
         self._on_seen = on_seen
@@ -100,12 +77,12 @@ class Watcher:
 
     async def run(self) -> None:
         """Follow the engine until cancelled; never returns on its own."""
-        delays = self._backoff.delays()
+        attempt = 0  # failures since the stream last followed
         first = True
         while True:
             try:
                 async with Engine(self._host) as engine:
-                    await self._follow(engine, delays)
+                    await self._follow(engine)
                 reason = "event stream ended"
             except EngineError as exc:  # EngineUnreachable included
                 reason = str(exc)
@@ -113,8 +90,11 @@ class Watcher:
                 # ours or a new engine — said loudly, then retried like a broken stream, never fatal
                 reason = f"{exc.__class__.__name__}: {exc}"
                 log.error("unexpected error while following the engine", error=reason, exc_info=exc)
+            if self.following:  # it followed for a while: the backoff starts over
+                attempt = 0
             self.following = False
-            delay = delays.next()
+            attempt += 1
+            delay = self._backoff.delay(attempt)
             if not first:
                 self.reconnects += 1
             log.warning("docker engine unreachable, retrying", reason=reason, retry_in_s=round(delay, 2),
@@ -122,7 +102,7 @@ class Watcher:
             first = False
             await asyncio.sleep(delay)
 
-    async def _follow(self, engine: Engine, delays: _Delays) -> None:
+    async def _follow(self, engine: Engine) -> None:
         info = await engine.info()
         version = await engine.version()
         if self._last_ns is None:
@@ -145,7 +125,6 @@ class Watcher:
         self.following = True
         if self._on_ready is not None:
             self._on_ready()
-        delays.reset()
         async for event in events:
             await self._handle_event(event, scan_ns, skip_before_scan)
 
