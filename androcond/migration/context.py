@@ -36,6 +36,8 @@ class Context:
     on_end: Callable[[MigrationRecord], None] | None = None
     # How a migration reaches its device (a seam): by default its agent, over adb or the network.
     links: LinkFactory | None = None
+    # Where a migration's container runs before the move (a seam): by default this daemon's engine.
+    sources: Callable[[MigrationRecord], Source] | None = None
     # Settle tasks that outlive a cancelled migration (shutdown): the daemon waits for them within its budget.
     background: TaskOwner = field(default_factory=TaskOwner)
 
@@ -46,6 +48,8 @@ class Context:
 
     def source_for(self, record: MigrationRecord) -> Source:
         """The container's source: the engine this daemon follows."""
+        if self.sources is not None:
+            return self.sources(record)
         return HostSource(self.engine, self.settings.docker, record, self.settings.timeouts.checkpoint)
 
 

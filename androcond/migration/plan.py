@@ -24,6 +24,7 @@ class SourceFacts:
     inet_sockets: int
     cgroup_v2: bool
     absent_paths: frozenset[str]  # paths the engine masks that the source itself lacks
+    page_server_blocker: str  # why the source cannot serve pages lazily (post-copy), "" when it can
     memory: int  # bytes in use, 0 when the engine does not say
     disk: int  # bytes of the writable layer and the named volumes
 

@@ -47,7 +47,7 @@ async def plan(source: Source, device: DeviceSettings, inspect: dict[str, Any], 
         vdso=cross.vdso if cross else None,
         cgroup_v1_to_v2=hello.cgroup2 and not facts.cgroup_v2, target_criu=hello.criu_version,
         absent_mounts=tuple(p for p in hello.absent_masked_paths if p not in facts.absent_paths))
-    lazy = await _lazy(source, device, hello, cross)
+    lazy = _lazy(facts, device, hello, cross)
     needed = facts.disk + facts.memory + SPACE_MARGIN
     if needed > hello.free_bytes:
         raise Rejected(f"the device has {hello.free_bytes} bytes free; this container needs about "
@@ -66,7 +66,7 @@ async def _cross_isa(source: Source, facts: SourceFacts, hello: pb.AgentHello) -
     return CrossIsa(facts.pids, hello.isa, VdsoTemplate(hello.vdso, hello.vvar_size, hello.page_size), executables)
 
 
-async def _lazy(source: Source, device: DeviceSettings, hello: pb.AgentHello, cross: CrossIsa | None) -> bool:
+def _lazy(facts: SourceFacts, device: DeviceSettings, hello: pb.AgentHello, cross: CrossIsa | None) -> bool:
     """Post-copy per the device's `lazy` setting: "true" refuses a move that cannot have it, "auto" takes it when
     every part can."""
     if device.lazy == "false":
@@ -75,9 +75,8 @@ async def _lazy(source: Source, device: DeviceSettings, hello: pb.AgentHello, cr
     if not hello.lazy_pages:
         why_not.append(f"device {device.name} cannot restore lazily (it needs androcond's runtime in its engine "
                        "and userfaultfd in its kernel)")
-    blocker = await source.page_server_blocker()
-    if blocker:
-        why_not.append(blocker)
+    if facts.page_server_blocker:
+        why_not.append(facts.page_server_blocker)
     if cross is not None:
         why_not.append("post-copy across ISAs is not built (the page server would serve x86_64 pages)")
     if why_not and device.lazy == "true":

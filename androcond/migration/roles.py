@@ -53,8 +53,6 @@ class Source(Protocol):
 
     async def sockets_blocker(self, count: int) -> str: ...  # why its CRIU cannot dump the sockets, or ""
 
-    async def page_server_blocker(self) -> str: ...  # why it cannot serve pages lazily, or ""
-
     async def popcorn_executables(self, pids: tuple[int, ...], target_isa: str) -> tuple[str, ...]: ...
 
     async def notify(self, pids: tuple[int, ...], target_isa: str) -> None: ...

@@ -9,8 +9,9 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -87,13 +88,32 @@ async def criu_version() -> str:
     return _criu_version
 
 
+@dataclass(frozen=True)
+class Machine:
+    """What this machine itself offers, as opposed to the container: what its CRIU dumps with, its cgroups, the
+    paths its engine masks that it lacks, whether its page server can serve lazily."""
+
+    isa: str
+    criu_options: tuple[str, ...]
+    cgroup_v2: bool
+    absent_paths: frozenset[str]
+    page_server_blocker: str  # why CRIU's page server cannot serve lazily from here, "" when it can
+
+
+def this_machine() -> Machine:
+    """Read off this machine (/proc, /etc/criu/runc.conf). Blocking."""
+    return Machine(platform.machine(), tuple(criu_compat.runc_options()), criu_compat.cgroup_v2(),
+                   frozenset(criu_compat.absent_paths()), criu_compat.page_server_blocker())
+
+
 class HostSource:
     def __init__(self, engine: Engine, docker: DockerSettings, record: MigrationRecord,
-                 stop_timeout_s: float) -> None:
+                 stop_timeout_s: float, machine: Callable[[], Machine] = this_machine) -> None:
         self.engine = engine
         self.docker = docker
         self.record = record
         self._stop_timeout_s = stop_timeout_s
+        self._machine = machine
         self._root: Path | None = None  # the engine's DockerRootDir, asked once
         self._nonce = ""  # marks this migration's checkpoint, to find containerd's copies of it again
         # After a freeze through runc: until the engine has seen the source stop (awaited before the source is
@@ -123,11 +143,13 @@ class HostSource:
         volumes = [source for _name, source in named_volumes(inspect)]
 
         def read() -> SourceFacts:
+            machine = self._machine()
             return SourceFacts(
-                pids=tuple(pids), va_bits=criu_compat.tasks_va_bits(pids), isa=platform.machine(),
-                criu_options=tuple(criu_compat.runc_options()), inet_sockets=criu_compat.inet_sockets(pids),
-                cgroup_v2=criu_compat.cgroup_v2(), absent_paths=frozenset(criu_compat.absent_paths()),
-                memory=0, disk=sum(_tree_size(p) for p in [upper, *volumes]))
+                pids=tuple(pids), va_bits=criu_compat.tasks_va_bits(pids), isa=machine.isa,
+                criu_options=machine.criu_options, inet_sockets=criu_compat.inet_sockets(pids),
+                cgroup_v2=machine.cgroup_v2, absent_paths=machine.absent_paths,
+                page_server_blocker=machine.page_server_blocker, memory=0,
+                disk=sum(_tree_size(p) for p in [upper, *volumes]))
 
         facts = await asyncio.to_thread(read)
         return SourceFacts(**{**facts.__dict__, "memory": await self._memory_usage()})
@@ -146,9 +168,6 @@ class HostSource:
             return ""
         return f"the container holds {count} network socket(s), and this host's " \
                f"{criu_compat.socket_advice(here, release)}"
-
-    async def page_server_blocker(self) -> str:
-        return await asyncio.to_thread(criu_compat.page_server_blocker)
 
     async def target_plan(self, inspect: dict[str, Any], device: DeviceSettings) -> TargetPlan:
         """The target's create body; a field the target cannot honour refuses the migration here."""

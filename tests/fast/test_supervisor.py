@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import platform
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from androcond import criu_compat
 from androcond.adb_link import AdbClient
 from androcond.config import DaemonSettings, DeviceSettings, DockerSettings, Settings, TimeoutSettings
 from androcond.engine import EngineError
@@ -25,11 +23,15 @@ from androcond.protocol import protocol_pb2 as pb
 from androcond.protocol.codes import OutcomeState
 from androcond.requests import AlreadyMigrating, MigrationRequest, NotAccepting
 from androcond.scheduler import Scheduler
+from androcond.source.host import HostSource, Machine
 from androcond.states import MigrationState
 from androcond.transport import TransportError
 
 S = MigrationState
 CID = "c" * 64
+# The source machine, as the tests describe it rather than as this one is: the tier reads nothing of the host.
+MACHINE = Machine(isa="x86_64", criu_options=("tcp-close",), cgroup_v2=True, absent_paths=frozenset(),
+                  page_server_blocker="")
 
 
 class FakeEngine:
@@ -81,9 +83,8 @@ class FakeLink:
     hang = False
 
     def __init__(self) -> None:
-        # A device configured as this host is (its CRIU restores what this host's dumps).
-        self.hello = pb.AgentHello(isa=platform.machine(), free_bytes=1 << 40,
-                                   criu_runc_options=criu_compat.runc_options())
+        # A device configured as the source machine is (its CRIU restores what the source dumps).
+        self.hello = pb.AgentHello(isa=MACHINE.isa, free_bytes=1 << 40, criu_runc_options=list(MACHINE.criu_options))
 
     async def __aenter__(self) -> FakeLink:
         return self
@@ -148,7 +149,11 @@ def context(tmp_path: Path, journal: Journal, engine: FakeEngine, link: type[Fak
                             known_hosts=tmp_path / "known_hosts")
     settings = Settings(daemon=DaemonSettings(state_dir=tmp_path / "state"), docker=DockerSettings(checkpoint="engine"),
                         devices={"pixel": device}, timeouts=TimeoutSettings(settle=2.0))
-    return Context(settings, journal, engine, AdbClient(), links=links_of(link))  # type: ignore[arg-type]
+    def source(record: MigrationRecord) -> HostSource:
+        return HostSource(engine, settings.docker, record, 5.0, machine=lambda: MACHINE)  # type: ignore[arg-type]
+
+    return Context(settings, journal, engine, AdbClient(), links=links_of(link),  # type: ignore[arg-type]
+                   sources=source)
 
 
 async def migrate(ctx: Context) -> MigrationRecord:
