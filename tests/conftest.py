@@ -13,6 +13,8 @@ from androcond.engine import Engine
 
 from .testbed import TestBed
 from .testbed.bed import RUN_FILTER
+from .testbed.proc import TestBedError
+from .tiers import classify, unavailable
 
 # In CI the property tests run a fixed, reproducible sample (a red CI must be reproducible); locally they
 # explore new inputs on every run.
@@ -21,11 +23,20 @@ if os.environ.get("CI"):
     settings.load_profile("ci")
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    classify(items)
+
+
 @pytest.fixture(scope="session")
 def testbed() -> Iterator[TestBed]:
     bed = TestBed()
+    if os.geteuid() != 0:
+        unavailable("the test bed needs root (network namespaces, dockerd, CRIU): run scripts/test.sh as root")
     try:
         bed.up()
+    except TestBedError as exc:
+        bed.down(only=bed.started_now)
+        unavailable(f"the test bed did not come up: {exc} (scripts/setup.sh prepares a machine)")
     except BaseException:
         bed.down(only=bed.started_now)
         raise

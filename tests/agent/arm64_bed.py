@@ -14,15 +14,13 @@ from ..recoder.build import build_twoisa
 from ..testbed.arm64 import Arm64Device, base_built, base_rootfs, ensure_image
 from ..testbed.engines import DockerEngine
 from ..testbed.images import rootfs_tar
+from ..tiers import unavailable
 
 BUILD_ALLOWED = bool(os.environ.get("ANDROCOND_ARM64"))
 
-# Marks for a module of arm64 tests: skipped without the cached image unless ANDROCOND_ARM64 lets it be built.
+# Marks for a module of arm64 tests (the fixture below says what is missing when the image is not built).
 ARM64_MARKS = [
     pytest.mark.testbed,
-    pytest.mark.skipif(not base_built() and not BUILD_ALLOWED,
-                       reason="the arm64 image is not built (about 12 min once: set ANDROCOND_ARM64=1 to build it "
-                              "here, or run `python -m tests.testbed.arm64 build`)"),
     # Everything in the guest is emulated; a first build takes up to 30 min more.
     pytest.mark.timeout(600 if base_built() else 3600),
 ]
@@ -38,6 +36,9 @@ def arm64_device(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Arm64Devi
     if ATTACH:
         yield Arm64Device.attached(ATTACH)
         return
+    if not base_built() and not BUILD_ALLOWED:
+        unavailable("the arm64 image is not built (about 15 min once: scripts/setup.sh builds it, or set "
+                    "ANDROCOND_ARM64=1 to build it here)")
     device = Arm64Device(tmp_path_factory.mktemp("arm64"), ensure_image())
     device.up()
     try:

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from ..tiers import unavailable
+
 PIPE_DATA = b"androcond-pipe-data"
 FILE_DATA = b"androcond-regular-file\n"
 MEMORY_PAGES = 64
@@ -47,15 +49,15 @@ int main(int argc, char **argv) {
 
 
 def find_criu() -> str:
-    for candidate in ("/usr/local/sbin/criu", shutil.which("criu")):
-        if candidate and os.access(candidate, os.X_OK):
-            return candidate
-    pytest.fail("CRIU 4 not found (/usr/local/sbin/criu or criu in PATH): install it, CI does", pytrace=False)
+    found = next((c for c in ("/usr/local/sbin/criu", shutil.which("criu")) if c and os.access(c, os.X_OK)), None)
+    if found is None:
+        unavailable("CRIU 4 not found (/usr/local/sbin/criu or criu in PATH): scripts/install-system.sh installs it")
+    return found
 
 
 def find_crit() -> list[str]:
     if not Path("/usr/bin/crit").is_file():
-        pytest.fail("crit (Debian's criu package) not found at /usr/bin/crit: install it, CI does", pytrace=False)
+        unavailable("crit (Debian's criu package) not found at /usr/bin/crit: scripts/install-system.sh installs it")
     return ["/usr/bin/python3", "/usr/bin/crit"]
 
 
@@ -71,9 +73,9 @@ class RealDump:
 def real_dump(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RealDump]:
     criu = find_criu()
     if os.geteuid() != 0:
-        pytest.fail("dumping a process with CRIU needs root", pytrace=False)
+        unavailable("dumping a process with CRIU needs root")
     if shutil.which("gcc") is None:
-        pytest.fail("gcc is needed to build the program to checkpoint", pytrace=False)
+        unavailable("gcc is needed to build the program to checkpoint")
     base = tmp_path_factory.mktemp("criu-dump")
     source, binary = base / "sleeper.c", base / "sleeper"
     source.write_text(PROGRAM)

@@ -21,6 +21,7 @@ from androcond.recoder import VdsoTemplate
 from ..images.conftest import find_criu
 from ..testbed import TestBed
 from ..testbed.images import rootfs_tar
+from ..tiers import unavailable
 from .build import PROGRAMS, build_standin, build_vdso_standin, compile_c
 
 STANDIN = "popcorn-standin"
@@ -37,9 +38,9 @@ STANDIN_TLS = 0x0000FFFFB7FF8F20
 def require_tools() -> None:
     missing = [tool for tool in ("gcc", "aarch64-linux-gnu-gcc") if shutil.which(tool) is None]
     if missing:
-        pytest.fail(f"{', '.join(missing)} needed (scripts/install-system.sh installs them)", pytrace=False)
+        unavailable(f"{', '.join(missing)} needed (scripts/install-system.sh installs them)")
     if os.geteuid() != 0:
-        pytest.fail("ptrace of other processes and CRIU dumps need root", pytrace=False)
+        unavailable("ptrace of other processes and CRIU dumps need root")
 
 
 @dataclass(frozen=True)
