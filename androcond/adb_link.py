@@ -17,13 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import re
 import struct
-from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
-from types import TracebackType
 
 from .aio import run
 from .errors import AndrocondError
@@ -134,31 +131,6 @@ class AdbDevice:
         return int(value) if value is not None and value.isdigit() else None
 
 
-class DeviceChange(enum.Enum):
-    ADDED = "added"
-    REMOVED = "removed"
-    STATE_CHANGED = "state_changed"
-
-
-@dataclass(frozen=True)
-class DeviceEvent:
-    change: DeviceChange
-    device: AdbDevice  # for REMOVED, the device as last seen
-    previous_state: str | None = None  # for STATE_CHANGED
-
-
-@dataclass(frozen=True)
-class AdbForward:
-    serial: str
-    local: str  # e.g. "tcp:46355"
-    remote: str  # e.g. "tcp:8022"
-
-    @property
-    def local_port(self) -> int | None:
-        kind, _, port = self.local.partition(":")
-        return int(port) if kind == "tcp" and port.isdigit() else None
-
-
 @dataclass(frozen=True)
 class ShellResult:
     stdout: bytes
@@ -193,19 +165,6 @@ def parse_device_list(text: str) -> list[AdbDevice]:
         devices.append(AdbDevice(serial, state, properties, detail))
     return devices
 
-
-def diff_devices(old: Mapping[str, AdbDevice], new: Mapping[str, AdbDevice]) -> list[DeviceEvent]:
-    events = [DeviceEvent(DeviceChange.REMOVED, device) for serial, device in old.items() if serial not in new]
-    for serial, device in new.items():
-        before = old.get(serial)
-        if before is None:
-            events.append(DeviceEvent(DeviceChange.ADDED, device))
-        elif before.state != device.state:
-            events.append(DeviceEvent(DeviceChange.STATE_CHANGED, device, before.state))
-    return events
-
-
-# --- the connection ----------------------------------------------------------------------------------------
 
 class _Connection:
     def __init__(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, address: str) -> None:
@@ -377,12 +336,6 @@ class AdbClient:
     async def devices(self) -> list[AdbDevice]:
         return parse_device_list(await self._query("host:devices-l"))
 
-    def track_devices(self) -> DeviceTracker:
-        """``async with client.track_devices() as tracker: async for event in tracker: ...``
-
-        Entering reads the current list (``tracker.devices``); iterating yields the changes after it."""
-        return DeviceTracker(self)
-
     async def forward(self, serial: str, remote_port: int, local_port: int = 0) -> int:
         """Forward host tcp:local_port (0: any free port) to the device's tcp:remote_port; the local port."""
         reply = await self._serial_command(serial, f"forward:tcp:{local_port};tcp:{remote_port}")
@@ -397,14 +350,6 @@ class AdbClient:
 
     async def killforward(self, serial: str, local_port: int) -> None:
         await self._serial_command(serial, f"killforward:tcp:{local_port}")
-
-    async def list_forwards(self) -> list[AdbForward]:
-        forwards = []
-        for line in (await self._query("host:list-forward")).splitlines():
-            words = line.split()
-            if len(words) == 3:
-                forwards.append(AdbForward(*words))
-        return forwards
 
     async def connect(self, address: str) -> str:
         """``adb connect``: the server's message ("connected to ...", "already connected to ...")."""
@@ -463,66 +408,3 @@ async def _read_shell_v2(conn: _Connection) -> ShellResult:
             stderr += data
         elif kind == _SHELL_EXIT:
             return ShellResult(bytes(stdout), bytes(stderr), data[0] if data else None)
-
-
-class DeviceTracker:
-    """A ``host:track-devices-l`` stream; owns its connection and closes it on exit, error or cancel."""
-
-    def __init__(self, client: AdbClient) -> None:
-        self._client = client
-        self._conn: _Connection | None = None
-        self._pending: deque[DeviceEvent] = deque()
-        self.devices: dict[str, AdbDevice] = {}
-
-    async def __aenter__(self) -> DeviceTracker:
-        request = "host:track-devices-l"
-        client = self._client
-        try:
-            async with asyncio.timeout(client.timeout):
-                self._conn = await client._open()
-                await self._conn.send(request)
-                await self._conn.read_status(request)
-                self.devices = {d.serial: d for d in parse_device_list(await self._conn.read_string())}
-        except TimeoutError as exc:
-            await self.aclose()
-            raise AdbTimeout(f"adb server at {client.address} did not start {request!r} within "
-                             f"{client.timeout} s") from exc
-        except OSError as exc:
-            await self.aclose()
-            raise AdbStreamError(f"connection to the adb server at {client.address} broke: {exc}") from exc
-        except BaseException:
-            # AdbErrors and cancellation pass unchanged; the connection must not outlive them.
-            await self.aclose()
-            raise
-        return self
-
-    async def __aexit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                        tb: TracebackType | None) -> None:
-        await self.aclose()
-
-    async def aclose(self) -> None:
-        conn, self._conn = self._conn, None
-        if conn is not None:
-            await conn.close()
-
-    def __aiter__(self) -> DeviceTracker:
-        return self
-
-    async def __anext__(self) -> DeviceEvent:
-        while not self._pending:
-            if self._conn is None:
-                raise AdbStreamError("the device tracker is closed (use it inside `async with`)")
-            timeout = self._client.track_timeout
-            try:
-                async with asyncio.timeout(timeout):
-                    text = await self._conn.read_string()
-            except TimeoutError as exc:
-                raise AdbTimeout(f"no device list from the adb server at {self._client.address} within "
-                                 f"{timeout} s") from exc
-            except OSError as exc:
-                raise AdbStreamError(f"the track stream from {self._client.address} broke: {exc}") from exc
-            new = {d.serial: d for d in parse_device_list(text)}
-            # The server also resends unchanged lists; those yield nothing.
-            self._pending.extend(diff_devices(self.devices, new))
-            self.devices = new
-        return self._pending.popleft()

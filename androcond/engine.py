@@ -224,9 +224,6 @@ class Engine:
                     raise
                 await asyncio.sleep(0.25 * (attempt + 1))
 
-    async def stop_container(self, ref: str, *, timeout_s: int = 10) -> None:
-        await self._call(self._container(ref, "stop"), "POST", params={"t": timeout_s}, limits=LONG_CALL_TIMEOUT)
-
     async def wait_stopped(self, ref: str) -> None:
         """Return once the engine sees the container not running (its wait endpoint, no polling)."""
         await self._call(self._container(ref, "wait"), "POST", params={"condition": "not-running"})
@@ -282,9 +279,6 @@ class Engine:
         result = await self._object(self._path("networks", "create"), "POST",
                                     data={"Name": name, "Driver": driver, "CheckDuplicate": True})
         return str(result.get("Id", ""))
-
-    async def remove_network(self, name: str) -> None:
-        await self._call(self._path("networks", name), "DELETE")
 
     async def inspect_volume(self, name: str) -> Json:
         return await self._object(self._path("volumes", name))

@@ -2,8 +2,8 @@
 
 Logs go to stderr (stdout is kept for command output such as ``--json`` documents). They are JSON lines when
 stderr is not a terminal (systemd's journal, CI) and readable console lines on a terminal. Context such as the
-container or migration id is bound per task with :func:`bind_task_context`, so concurrent migrations never
-mix their fields.
+container or migration id is bound for a block with :func:`log_context` (contextvars: each task has its own),
+so concurrent migrations never mix their fields.
 """
 
 from __future__ import annotations
@@ -65,11 +65,6 @@ def configure_logging(level: str = "info", fmt: LogFormat = "auto", stream: Text
 def get_logger(name: str) -> FilteringBoundLogger:
     logger: FilteringBoundLogger = structlog.get_logger(component=name.removeprefix("androcond."))
     return logger
-
-
-def bind_task_context(**values: Any) -> None:
-    """Bind context for the rest of the current task (asyncio copies contextvars into each new task)."""
-    structlog.contextvars.bind_contextvars(**values)
 
 
 def log_context(**values: Any) -> AbstractContextManager[None]:

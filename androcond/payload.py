@@ -37,12 +37,6 @@ class OutgoingFile:
     # Content from a stream instead of `source` (e.g. `docker save`); size 0 when not known up front.
     stream: Callable[[], AsyncIterator[bytes]] | None = None
 
-    @classmethod
-    def from_path(cls, destination: int, name: str, path: Path, volume: str = "") -> OutgoingFile:
-        st = path.lstat()
-        return cls(destination, name, pb.REGULAR, path, st.st_size, st.st_mode & 0o7777, st.st_uid, st.st_gid,
-                   st.st_mtime_ns, volume=volume)
-
 
 @dataclass
 class Progress:

@@ -7,7 +7,7 @@ import json
 import structlog
 from structlog.testing import capture_logs
 
-from androcond.logging import bind_task_context, configure_logging, get_logger
+from androcond.logging import configure_logging, get_logger, log_context
 
 
 def test_json_lines_off_a_terminal_and_secrets_redacted() -> None:
@@ -30,10 +30,10 @@ async def test_context_is_bound_per_task() -> None:
     log = get_logger("androcond.test")
 
     async def migrate(name: str, ready: asyncio.Event, go: asyncio.Event) -> None:
-        bind_task_context(container=name)
-        ready.set()
-        await go.wait()
-        log.info("step")
+        with log_context(container=name):
+            ready.set()
+            await go.wait()
+            log.info("step")
 
     with capture_logs(processors=[structlog.contextvars.merge_contextvars]) as logs:
         go = asyncio.Event()

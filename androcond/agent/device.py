@@ -26,7 +26,7 @@ from ..aio import complete
 from ..checkpoint_leftovers import place_nonce, remove_extractions
 from ..engine import Engine, EngineError
 from ..logging import get_logger
-from .errors import RestoreError as RestoreError  # noqa: PLC0414 - re-exported, importable here as before
+from .errors import RestoreError
 
 log = get_logger(__name__)
 

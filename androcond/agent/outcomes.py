@@ -18,7 +18,7 @@ from typing import Any
 
 from ..logging import get_logger
 from ..protocol.codes import IN_FLIGHT, OutcomeState
-from .errors import BadMigrationId as BadMigrationId  # noqa: PLC0414 - re-exported, importable here as before
+from .errors import BadMigrationId
 
 log = get_logger(__name__)
 

@@ -11,7 +11,7 @@ import os
 import stat
 from pathlib import Path, PurePosixPath
 
-from .errors import UnsafePath as UnsafePath  # noqa: PLC0414 - re-exported, importable here as before
+from .errors import UnsafePath
 
 
 def check_name(name: str) -> PurePosixPath:

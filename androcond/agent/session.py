@@ -37,8 +37,7 @@ from ..protocol.wire import (
 )
 from . import files, image_load
 from .device import DeviceEngine, parse_create_config
-from .errors import PEER_GONE, IdleTimeout, NoSpace, RestoreError, ShuttingDown, classify
-from .errors import ProtocolViolation as ProtocolViolation  # noqa: PLC0414 - re-exported, importable here as before
+from .errors import PEER_GONE, IdleTimeout, NoSpace, ProtocolViolation, RestoreError, ShuttingDown, classify
 from .files import FREE_SPACE_MARGIN, OpenFile, free_bytes
 from .fit import fit
 from .incoming import IncomingMigration

@@ -7,7 +7,7 @@ target lacks), `PagemapCompat` (a target CRIU older than 4.2). With no stage —
 target like this host — it is the identity: every file is copied unchanged in the kernel (copy_file_range).
 
 `prepare()` runs the stages (small images only); the result is written to a directory (`recode()`, pages
-copied in the kernel) or streamed in chunks (`Recoded.chunks()`, `stream_async()` for the link). All of it
+copied in the kernel) or streamed in chunks (`Recoded.chunks()`). All of it
 is synchronous and bounded in memory: run it in a thread from asyncio (`recode_async()` does).
 """
 
@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -137,24 +137,6 @@ async def recode_async(src: StrPath, out: StrPath, options: RecodeOptions,
     return await asyncio.to_thread(recode, src, out, options, progress)
 
 
-async def stream_async(recoded: Recoded, chunk_size: int = STREAM_CHUNK) -> AsyncIterator[tuple[str, bytes]]:
-    """(file name, bytes) chunks of a prepared recode, each read in a worker thread: one chunk in memory
-    at a time, and a slow consumer (the link) slows the reading (backpressure)."""
-    iterator = recoded.chunks(chunk_size)
-    end = object()
-
-    def step() -> tuple[str, bytes] | object:
-        item = next(iterator, None)
-        if item is None:
-            return end
-        output, chunk = item
-        return output.name, bytes(chunk)  # a copy: the buffer is reused by the next step
-
-    while (item := await asyncio.to_thread(step)) is not end:
-        assert isinstance(item, tuple)
-        yield item
-
-
 __all__ = [
     "DEFAULT_DROPPED_MOUNTS",
     "ISAS",
@@ -184,5 +166,4 @@ __all__ = [
     "recode",
     "recode_async",
     "stages_for",
-    "stream_async",
 ]

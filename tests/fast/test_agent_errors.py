@@ -8,7 +8,6 @@ import errno
 import asyncssh
 import pytest
 
-from androcond.agent.device import RestoreError as RestoreErrorFromDevice
 from androcond.agent.errors import (
     PEER_GONE,
     AgentError,
@@ -21,11 +20,8 @@ from androcond.agent.errors import (
     UnsafePath,
     classify,
 )
-from androcond.agent.outcomes import BadMigrationId as BadMigrationIdFromOutcomes
 from androcond.agent.outcomes import check_id
-from androcond.agent.paths import UnsafePath as UnsafePathFromPaths
 from androcond.agent.paths import check_name
-from androcond.agent.session import ProtocolViolation as ProtocolViolationFromSession
 from androcond.engine import EngineError, EngineUnreachable
 from androcond.errors import AndrocondError
 from androcond.protocol.codes import ErrorCode
@@ -87,13 +83,9 @@ def test_anything_else_is_internal_and_named(exc: Exception) -> None:
     assert type(exc).__name__ in message
 
 
-def test_every_agent_error_is_an_androcond_error_and_keeps_its_old_import_path() -> None:
+def test_every_agent_error_is_an_androcond_error() -> None:
     assert issubclass(AgentError, AndrocondError)
     assert issubclass(NoSpace, OSError)
-    assert RestoreErrorFromDevice is RestoreError
-    assert UnsafePathFromPaths is UnsafePath
-    assert BadMigrationIdFromOutcomes is BadMigrationId
-    assert ProtocolViolationFromSession is ProtocolViolation
 
 
 def test_checks_raise_the_agent_errors() -> None:

@@ -141,8 +141,8 @@ def stand_in(seen: list[str]) -> web.Application:
     app.router.add_get("/version", _version)  # the client asks which API version to speak first
     app.router.add_get("/{v}/volumes/{name}", _slow)
     app.router.add_get("/{v}/images/{ref}/json", _image)
-    app.router.add_post("/{v}/containers/{id}/stop", _no_such_container)
-    app.router.add_delete("/{v}/networks/{name}", _redirect)
+    app.router.add_post("/{v}/containers/{id}/update", _no_such_container)
+    app.router.add_get("/{v}/networks/{name}", _redirect)
     app.router.add_get("/{v}/containers/{id}/logs", _logs)
     app.router.add_get("/{v}/events", _events)
     app.router.add_post("/{v}/images/load", _load)
@@ -216,9 +216,9 @@ async def test_a_silent_engine_times_out_as_ours(engine: Engine) -> None:
 
 async def test_a_name_from_a_caller_is_one_quoted_segment(engine: Engine, seen: list[str]) -> None:
     with pytest.raises(EngineError, match="No such container: a/b c") as info:  # the engine's message, carried
-        await engine.stop_container("a/b c")
+        await engine.update_container("a/b c", {})
     assert info.value.status == 404
-    assert "POST /v1.41/containers/a%2Fb%20c/stop?t=10" in seen
+    assert "POST /v1.41/containers/a%2Fb%20c/update" in seen
 
 
 async def test_image_refs_with_a_repository_and_a_tag(engine: Engine, seen: list[str]) -> None:
@@ -231,7 +231,7 @@ async def test_image_refs_with_a_repository_and_a_tag(engine: Engine, seen: list
 async def test_a_path_traversal_never_reaches_the_engine(engine: Engine, seen: list[str]) -> None:
     """Quoted, `../../etc/passwd` would still be decoded and cleaned by the engine's router into another path:
     such names are not found, and not asked for."""
-    for call in (engine.inspect_container("../../etc/passwd"), engine.stop_container(".."),
+    for call in (engine.inspect_container("../../etc/passwd"), engine.update_container("..", {}),
                  engine.remove_container("x/./y"), engine.inspect_network("a//b"), engine.inspect_volume("")):
         with pytest.raises(EngineError, match="no such object") as info:
             await call
@@ -265,7 +265,7 @@ async def test_json_bodies_and_bodiless_posts(engine: Engine, seen: list[str]) -
 
 async def test_a_redirect_is_refused_not_followed(engine: Engine, seen: list[str]) -> None:
     with pytest.raises(EngineError, match=r"redirect to /v1\.41/networks/other") as info:
-        await engine.remove_network("n")
+        await engine.inspect_network("n")
     assert info.value.status == 301
     assert not any("other" in path for path in seen)
 

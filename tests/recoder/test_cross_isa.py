@@ -14,7 +14,7 @@ import pytest
 
 from androcond.images import Pagemap, image_files, pb, read_image, roundtrip_dir
 from androcond.popcorn import notify_tasks
-from androcond.recoder import RecodeError, RecodeOptions, VdsoTemplate, prepare, recode, stream_async
+from androcond.recoder import RecodeError, RecodeOptions, VdsoTemplate, prepare, recode
 from androcond.recoder.arch import PROT_EXEC, VMA_FILE_PRIVATE
 
 from ..images.test_real_dump import crit, num
@@ -221,12 +221,12 @@ def test_missing_aarch64_variant_is_refused(cross_dump: CrossDump, vdso: VdsoTem
         recode(cross_dump.images, tmp_path / "out", RecodeOptions(target="aarch64", root=root, vdso=vdso))
 
 
-async def test_streamed_recode_is_the_written_one(cross_dump: CrossDump, vdso: VdsoTemplate, recoded: Path) -> None:
+def test_streamed_recode_is_the_written_one(cross_dump: CrossDump, vdso: VdsoTemplate, recoded: Path) -> None:
     prepared = prepare(cross_dump.images, RecodeOptions(target="aarch64", root=cross_dump.root, vdso=vdso))
     digests: dict[str, hashlib._Hash] = {}
-    async for name, chunk in stream_async(prepared, chunk_size=3 * PAGE):
+    for output, chunk in prepared.chunks(3 * PAGE):
         assert len(chunk) <= 3 * PAGE
-        digests.setdefault(name, hashlib.sha256()).update(chunk)
+        digests.setdefault(output.name, hashlib.sha256()).update(chunk)
     written = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in image_files(recoded)}
     assert {name: d.hexdigest() for name, d in digests.items()} == {
         name: digest for name, digest in written.items() if (recoded / name).stat().st_size  # empty: no chunk
