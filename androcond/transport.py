@@ -23,6 +23,7 @@ from .errors import AndrocondError
 from .logging import get_logger
 from .payload import OutgoingFile, Progress, ProgressCallback, read_file_chunks
 from .protocol import protocol_pb2 as pb
+from .protocol import ssh
 from .protocol.codes import ErrorCode
 from .protocol.wire import CHUNK, PROTOCOL_VERSION, ChannelClosed, WireError, body, read_frame, write_frame
 
@@ -73,16 +74,11 @@ class FileRejected(TransportError):
     """The agent refused a file (digest mismatch, short data); nothing will be restored."""
 
 
-PREFERRED_CIPHERS = ("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
-                     "aes128-ctr", "aes256-ctr")
-# A wide channel window keeps the link busy while acks travel back; big packets cut per-packet overhead.
-CHANNEL_WINDOW = 8 * 1024 * 1024
 # File data sent but not yet stored by the agent (its Stored frames) is kept below this: what bounds the
 # agent's memory when its disk is slower than the link. asyncssh 2.24 reopens a paused channel's full window
 # on the first delivery after a resume, with data still buffered, so the channel window alone let the agent
 # buffer hundreds of MiB (measured: 110 MiB in the channel's buffer for a 512 MiB file).
 UNSTORED_LIMIT = 32 * 1024 * 1024
-CHANNEL_PACKET = 256 * 1024
 CLOSE_TIMEOUT_S = 5.0
 
 
@@ -154,7 +150,7 @@ class AgentConnection:
         try:
             try:
                 writer, reader, stderr = await _phase("connect", timeouts.connect, conn.open_session(
-                    endpoint.agent_command, encoding=None, window=CHANNEL_WINDOW, max_pktsize=CHANNEL_PACKET))
+                    endpoint.agent_command, encoding=None, window=ssh.CHANNEL_WINDOW, max_pktsize=ssh.CHANNEL_PACKET))
             except (asyncssh.Error, OSError) as exc:
                 raise TransportError(f"the device refused a session for the agent: {exc}") from exc
             self = cls(conn, writer, reader, stderr, timeouts)
@@ -448,9 +444,8 @@ async def _connect(endpoint: Endpoint, timeouts: PhaseTimeouts) -> asyncssh.SSHC
             endpoint.host, endpoint.port, username=endpoint.user, known_hosts=known_hosts,
             client_keys=[str(endpoint.identity)], agent_path=None, preferred_auth="publickey",
             host_key_alias=endpoint.host_key_alias,
-            # AES-GCM runs in OpenSSL with AES-NI; asyncssh's chacha20-poly1305 costs far more CPU per byte.
-            encryption_algs=PREFERRED_CIPHERS,
-            keepalive_interval=15, keepalive_count_max=4))
+            encryption_algs=ssh.CIPHERS, keepalive_interval=ssh.CLIENT_KEEPALIVE_S,
+            keepalive_count_max=ssh.CLIENT_KEEPALIVE_COUNT))
     except asyncssh.HostKeyNotVerifiable as exc:
         offered = await _offered_fingerprint(endpoint, timeouts)
         raise HostKeyRejected(f"host key of the agent at {where} is unknown or changed (server offers "

@@ -21,6 +21,7 @@ from ..config import AgentSettings
 from ..engine import Engine
 from ..logging import get_logger, log_context
 from ..protocol import protocol_pb2 as pb
+from ..protocol import ssh
 from ..protocol.wire import FrameReader, FrameWriter, write_frame
 from .device import DeviceEngine, gather_facts
 from .errors import ShuttingDown, classify
@@ -181,11 +182,8 @@ async def start_ssh_server(agent: Agent, connections: set[asyncssh.SSHServerConn
         process_factory=on_process, encoding=None,
         # Only our protocol: no shells, port forwarding, agent or X11 forwarding, SFTP or SCP.
         allow_scp=False, agent_forwarding=False, x11_forwarding=False, allow_pty=False,
-        keepalive_interval=30,
-        # Same throughput settings as the client (transport.py): wide window, big packets, AES-GCM first.
-        window=8 * 1024 * 1024, max_pktsize=256 * 1024,
-        encryption_algs=("aes128-gcm@openssh.com", "aes256-gcm@openssh.com", "chacha20-poly1305@openssh.com",
-                         "aes128-ctr", "aes256-ctr"),
+        keepalive_interval=ssh.SERVER_KEEPALIVE_S,
+        window=ssh.CHANNEL_WINDOW, max_pktsize=ssh.CHANNEL_PACKET, encryption_algs=ssh.CIPHERS,
     )
 
 
