@@ -15,13 +15,12 @@ from enum import StrEnum
 from typing import Any
 
 from .errors import AndrocondError
+from .protocol.create_body import PRIVATE_KEY
 
 # Networks every engine has: the container joins the device's own.
 BUILTIN_NETWORKS = frozenset({"default", "bridge", "none"})
 # A field no row decides (a newer engine's): refused, so that it can never be dropped without a word.
 UNKNOWN = "a field androcond does not know: refused rather than dropped silently (see docs/container-config.md)"
-# The create body's private section, read and removed by the agent before it calls the engine.
-PRIVATE_KEY = "Androcond"
 
 
 class Class(StrEnum):

@@ -12,7 +12,8 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
 fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
-.venv/bin/python -m pip install -q -e '.[test]'
+# The host's install (the daemon extra) and the test tools; a device installs plain `androcond` (README).
+.venv/bin/python -m pip install -q -e '.[daemon,test]'
 # The arm64 device's disk image (tests/testbed/arm64.py): built once (about 12 min on 2 cores), then cached
 # under /var/cache/androcond; a change to androcond rebuilds only its top layer (about 80 s).
 .venv/bin/python -m tests.testbed.arm64 build

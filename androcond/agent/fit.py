@@ -15,10 +15,10 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-from ..container_config import PRIVATE_KEY
 from ..engine import Engine, EngineError
 from ..logging import get_logger
 from ..protocol.codes import ErrorCode
+from ..protocol.create_body import PRIVATE_KEY
 from .errors import AgentError, RestoreError
 
 log = get_logger(__name__)

@@ -234,7 +234,8 @@ def base_built() -> bool:
 
 
 def runtime_pins() -> list[str]:
-    """androcond's runtime dependencies, pinned to the versions this (host) Python runs where it has them."""
+    """The agent's dependencies (`[project] dependencies`: what `pip install androcond` brings to a device; the
+    `daemon` extra stays on the host), pinned to the versions this (host) Python runs where it has them."""
     deps: list[str] = tomllib.loads((CHECKOUT / "pyproject.toml").read_text())["project"]["dependencies"]
     pins = []
     for dep in deps:
