@@ -31,7 +31,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from androcond.checkpoint_leftovers import extractions
+from androcond.criu.leftovers import extractions
 from bench.procfs import peak_rss
 from tests.testbed import TestBed
 from tests.testbed.agent import DeviceAgent, daemon_config

@@ -29,9 +29,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from androcond.criu.popcorn import notify_tasks
 from androcond.images import ImageReader, ImageWriter, image_files, is_raw_name
 from androcond.images.magic import ImageKind
-from androcond.popcorn import notify_tasks
 from androcond.recoder import RecodeOptions, VdsoTemplate, prepare, recode
 from tests.recoder.build import build_standin, build_vdso_standin
 

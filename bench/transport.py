@@ -19,9 +19,9 @@ import time
 import uuid
 from pathlib import Path
 
-from androcond.payload import OutgoingFile
+from androcond.link.payload import OutgoingFile
+from androcond.link.transport import AgentConnection, Endpoint
 from androcond.protocol import protocol_pb2 as pb
-from androcond.transport import AgentConnection, Endpoint
 from bench.procfs import peak_rss
 from tests.testbed import TestBed
 from tests.testbed.agent import DeviceAgent

@@ -25,9 +25,9 @@ from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 from cloudevents.v1.http import from_http as from_http_v1
 
 from androcond.config import DaemonSettings, Settings, WebhookSettings
-from androcond.journal import MigrationRecord, MigrationState
+from androcond.daemon.notify import OUTBOX_FILE, Webhooks, event_kind_for_state
 from androcond.logging import configure_logging
-from androcond.notify import OUTBOX_FILE, Webhooks, event_kind_for_state
+from androcond.migration.journal import MigrationRecord, MigrationState
 
 SECRET = "s3cr3t-never-logged-7f1c"
 FAST = {"base_delay": 0.02, "max_delay": 0.1}

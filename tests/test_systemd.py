@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from structlog.testing import capture_logs
 
-from androcond.systemd import Notifier, watchdog_loop
+from androcond.daemon.systemd import Notifier, watchdog_loop
 
 from .tiers import unavailable
 

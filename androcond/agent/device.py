@@ -21,9 +21,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import __version__, criu_compat
+from .. import __version__
 from ..aio import complete
-from ..checkpoint_leftovers import place_nonce, remove_extractions
+from ..criu import compat as criu_compat
+from ..criu.leftovers import place_nonce, remove_extractions
 from ..engine import Engine, EngineError
 from ..logging import get_logger
 from .errors import RestoreError

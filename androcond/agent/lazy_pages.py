@@ -17,7 +17,7 @@ import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
 
-from .. import criu_compat
+from ..criu import compat as criu_compat
 from ..logging import get_logger
 from .errors import RestoreError
 from .outcomes import ProcessIdentity

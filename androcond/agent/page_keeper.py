@@ -19,7 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from ..criu_compat import CRIU_PATH
+from ..criu.compat import CRIU_PATH
 
 LOG_NAME = "lazy-pages.log"
 

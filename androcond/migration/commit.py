@@ -12,15 +12,15 @@ from __future__ import annotations
 import time
 from typing import Protocol
 
+from ..criu.page_server import PageServer, PageServerError
 from ..faults import inject
-from ..page_server import PageServer, PageServerError
-from ..payload import Progress
+from ..link.payload import Progress
+from ..link.transport import TransportError
 from ..protocol import protocol_pb2 as pb
-from ..states import MigrationState
-from ..transport import TransportError
 from .plan import Frozen, Shipped
 from .recorder import Recorder
 from .roles import TargetLink
+from .states import MigrationState
 
 S = MigrationState
 

@@ -8,14 +8,14 @@ from collections.abc import Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
-from ..adb_link import AdbClient
 from ..config import DeviceSettings, Settings, TimeoutSettings
 from ..engine import Engine
-from ..journal import Journal, MigrationRecord
+from ..link.adb import AdbClient
+from ..link.transport import PhaseTimeouts
 from ..source.host import HostSource
 from ..target.agent import agent_links
 from ..tasks import TaskOwner
-from ..transport import PhaseTimeouts
+from .journal import Journal, MigrationRecord
 from .roles import LinkFactory, Source, TargetLink
 
 

@@ -8,8 +8,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from ..container_config import TargetPlan
 from ..recoder import RecodeOptions, VdsoTemplate
+from .container_config import TargetPlan
 
 
 @dataclass(frozen=True)

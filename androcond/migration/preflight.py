@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from .. import criu_compat
 from ..config import DeviceSettings
+from ..criu import compat as criu_compat
 from ..logging import get_logger
 from ..protocol import protocol_pb2 as pb
 from ..recoder import RecodeOptions, VdsoTemplate

@@ -7,9 +7,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from ..journal import Journal, MigrationRecord
 from ..logging import get_logger
-from ..states import TERMINAL, MigrationState, allowed
+from .journal import Journal, MigrationRecord
+from .states import TERMINAL, MigrationState, allowed
 
 log = get_logger(__name__)
 

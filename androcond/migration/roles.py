@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from ..config import DeviceSettings
-from ..container_config import TargetPlan
-from ..payload import OutgoingFile, Progress, ProgressCallback
+from ..link.payload import OutgoingFile, Progress, ProgressCallback
+from ..link.transport import PageSource
 from ..protocol import protocol_pb2 as pb
-from ..transport import PageSource
+from .container_config import TargetPlan
 from .plan import Frozen, SourceFacts
 
 

@@ -18,21 +18,21 @@ import time
 
 from ..errors import AndrocondError
 from ..faults import inject
-from ..journal import MigrationRecord
+from ..link.payload import OutgoingFile, Progress
+from ..link.transport import AgentRefused, TransportError
 from ..logging import get_logger, log_context
-from ..payload import OutgoingFile, Progress
 from ..protocol import protocol_pb2 as pb
 from ..protocol.codes import OutcomeState
-from ..states import FROZEN, DeviceAnswer, MigrationState
-from ..transport import AgentRefused, TransportError
 from . import preflight
 from .commit import strategy
 from .context import Context
 from .errors import DeviceDidNotRestore, Rejected, budget
+from .journal import MigrationRecord
 from .plan import Plan
 from .recorder import Recorder
 from .roles import Source, TargetLink
 from .settle import Settler, ask_target
+from .states import FROZEN, DeviceAnswer, MigrationState
 from .stream import Workspace, stream
 
 log = get_logger(__name__)

@@ -9,14 +9,14 @@ from collections.abc import Awaitable, Callable
 from ..config import DeviceSettings
 from ..engine import EngineError
 from ..errors import AndrocondError
+from ..link.transport import TransportError
 from ..logging import get_logger
 from ..protocol import protocol_pb2 as pb
 from ..protocol.codes import OutcomeState
-from ..states import Action, DeviceAnswer, MigrationState, decide, device_answer, needs_device
-from ..transport import TransportError
 from .plan import Frozen
 from .recorder import Recorder
 from .roles import LinkFactory, Source
+from .states import Action, DeviceAnswer, MigrationState, decide, device_answer, needs_device
 
 log = get_logger(__name__)
 S = MigrationState

@@ -15,14 +15,14 @@ from pathlib import Path
 
 from ..faults import armed, inject
 from ..images.lazy import split_lazy
-from ..journal import MigrationRecord
-from ..layer import LayerError, checkpoint_files, executables_for_target, replace_files
+from ..link.layer import LayerError, checkpoint_files, executables_for_target, replace_files
+from ..link.payload import OutgoingFile, Progress
+from ..link.transport import TransportError
 from ..logging import get_logger
-from ..payload import OutgoingFile, Progress
 from ..recoder import recode_async, stages_for
 from ..recoder.arch import VARIANT_SUFFIX
-from ..transport import TransportError
 from .errors import budget
+from .journal import MigrationRecord
 from .plan import Frozen, Plan, Shipped
 from .recorder import Recorder
 from .roles import Source, TargetLink

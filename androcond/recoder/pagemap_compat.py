@@ -7,7 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Final
 
-from ..criu_compat import version_tuple
+from ..criu.compat import version_tuple
 from ..images import pb
 from .imageset import ImageSet, RecodeError
 

@@ -15,22 +15,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .. import container_config, criu_compat, popcorn, runc
-from ..checkpoint_leftovers import NONCE_FILE, place_nonce, remove_extractions
 from ..config import DeviceSettings, DockerSettings
-from ..container_config import TargetPlan
+from ..criu import compat as criu_compat
+from ..criu import popcorn, runc
+from ..criu.leftovers import NONCE_FILE, place_nonce, remove_extractions
+from ..criu.popcorn import PopcornError
 from ..engine import Engine, EngineError
 from ..faults import inject
-from ..journal import MigrationRecord
-from ..layer import tree_files
+from ..link.layer import tree_files
+from ..link.payload import OutgoingFile
 from ..logging import get_logger
+from ..migration import container_config
+from ..migration.container_config import TargetPlan
 from ..migration.errors import Rejected
+from ..migration.journal import MigrationRecord
 from ..migration.plan import Frozen, SourceFacts
-from ..payload import OutgoingFile
-from ..popcorn import PopcornError
 from ..protocol import protocol_pb2 as pb
 from ..recoder import RecodeRefused, preflight_processes
-from ..rootfs import container_root
+from .rootfs import container_root
 
 log = get_logger(__name__)
 DEFAULT_ROOT = Path("/var/lib/docker")

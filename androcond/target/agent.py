@@ -6,11 +6,11 @@ from __future__ import annotations
 import contextlib
 from collections.abc import AsyncIterator
 
-from ..adb_link import AdbClient, AdbError
 from ..config import DeviceSettings
-from ..devices import DeviceError, agent_endpoint
+from ..link.adb import AdbClient, AdbError
+from ..link.devices import DeviceError, agent_endpoint
+from ..link.transport import AgentConnection, PhaseTimeouts, TransportError
 from ..migration.roles import LinkFactory, TargetLink
-from ..transport import AgentConnection, PhaseTimeouts, TransportError
 
 
 class TargetUnreachable(TransportError):

@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from androcond.engine import Engine
-from androcond.layer import checkpoint_files, tree_files
-from androcond.payload import OutgoingFile
+from androcond.link.layer import checkpoint_files, tree_files
+from androcond.link.payload import OutgoingFile
 from androcond.protocol import protocol_pb2 as pb
 
 from ..helpers import counter_config, counts, wait_for_count

@@ -11,9 +11,8 @@ import asyncssh
 import pytest
 
 from androcond.engine import Engine, EngineError
-from androcond.payload import OutgoingFile
-from androcond.protocol import protocol_pb2 as pb
-from androcond.transport import (
+from androcond.link.payload import OutgoingFile
+from androcond.link.transport import (
     AgentConnection,
     AgentRefused,
     AuthenticationFailed,
@@ -22,6 +21,7 @@ from androcond.transport import (
     HostKeyRejected,
     TransportError,
 )
+from androcond.protocol import protocol_pb2 as pb
 
 from ..testbed.bed import RUN_FILTER
 from ..testbed.images import rootfs_tar

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import pytest
 
-from androcond.payload import OutgoingFile
+from androcond.link.payload import OutgoingFile
+from androcond.link.transport import UNSTORED_LIMIT, AgentConnection
 from androcond.protocol import protocol_pb2 as pb
-from androcond.transport import UNSTORED_LIMIT, AgentConnection
 
 from ..helpers import counter_config
 from ..testbed.images import TEST_IMAGE

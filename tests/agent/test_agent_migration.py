@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from androcond.engine import Engine
+from androcond.link.transport import AgentConnection, Endpoint
 from androcond.protocol import protocol_pb2 as pb
-from androcond.transport import AgentConnection, Endpoint
 
 from ..testbed import TestBed
 from .conftest import AGENT_PORT, AgentBed

@@ -22,9 +22,9 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from androcond import __version__
-from androcond.adb_link import AdbClient
 from androcond.engine import Engine
-from androcond.transport import AgentConnection, Endpoint, PhaseTimeouts
+from androcond.link.adb import AdbClient
+from androcond.link.transport import AgentConnection, Endpoint, PhaseTimeouts
 
 from ..helpers import DaemonProcess, counter_config, wait_for_count
 from ..testbed.arm64 import Arm64Device

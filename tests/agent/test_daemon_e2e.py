@@ -13,7 +13,7 @@ from typing import Any
 
 import pytest
 
-from androcond.checkpoint_leftovers import extractions
+from androcond.criu.leftovers import extractions
 from androcond.engine import Engine
 
 from ..helpers import DaemonProcess, counter_config, counts, wait_for_count

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import pytest
 
-from androcond import criu_compat
+from androcond.criu import compat as criu_compat
+from androcond.criu.popcorn import task_tree
 from androcond.engine import Engine
-from androcond.popcorn import task_tree
 
 from ..helpers import DaemonProcess, counter_config
 from ..testbed.bed import RUN_FILTER, TEST_LABEL, TEST_RUN

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from androcond.checkpoint_leftovers import extractions
+from androcond.criu.leftovers import extractions
 from androcond.engine import Engine
 
 from ..helpers import DaemonProcess, counter_config, wait_for_count

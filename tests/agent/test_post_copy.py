@@ -15,7 +15,7 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from androcond.checkpoint_leftovers import extractions
+from androcond.criu.leftovers import extractions
 from androcond.engine import Engine
 
 from ..helpers import DaemonProcess, wait_for_count

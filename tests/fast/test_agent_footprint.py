@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from androcond import cli
+from androcond.cli import main as cli
 
 CHECKOUT = Path(__file__).resolve().parents[2]
 # The modules the `daemon` extra installs, its dependencies' included (rich → pygments, markdown-it, mdurl;
@@ -125,7 +125,7 @@ def test_command_of() -> None:
 # What the agent may import from outside agent/ and protocol/: the modules both sides share. Anything else
 # is the host's (container_config, transport, the daemon, ...) and would pull the host's code onto the device.
 SHARED = {"androcond", "androcond.cli_common", "androcond.config", "androcond.logging", "androcond.errors",
-          "androcond.engine", "androcond.criu_compat", "androcond.checkpoint_leftovers", "androcond.aio"}
+          "androcond.engine", "androcond.criu", "androcond.criu.compat", "androcond.criu.leftovers", "androcond.aio"}
 
 
 def test_agent_imports_only_shared_modules() -> None:

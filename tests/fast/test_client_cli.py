@@ -22,7 +22,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
-from androcond.progress_view import fmt_when
+from androcond.cli.views import fmt_when
 
 MB = 1_000_000
 MIGRATION_ID = "5e1d0c3b2a1f4e6d8c7b9a0f1e2d3c4b"

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from androcond.progress_view import (
+from androcond.cli.views import (
     MigrationProgress,
     _ctrl_c_held,
     fmt_clock,

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from androcond.agent.fit import PortTaken, fit_ports
-from androcond.container_config import CONFIG, HOST_CONFIG, Class, ConfigRefused, plan
+from androcond.migration.container_config import CONFIG, HOST_CONFIG, Class, ConfigRefused, plan
 from androcond.protocol.create_body import PRIVATE_KEY
 
 # Every field Docker 20.10 (API 1.41) reports in Config and HostConfig, as seen on the bed's engine plus those

@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from androcond import criu_compat
-from androcond.criu_compat import (
+from androcond.criu import compat as criu_compat
+from androcond.criu.compat import (
     address_bits,
     dumps_inet_sockets,
     highest_user_address,

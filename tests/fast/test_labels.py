@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from androcond.labels import LabelError, MigrationLabels, parse_duration, parse_labels
+from androcond.daemon.labels import LabelError, MigrationLabels, parse_duration, parse_labels
 
 DEVICES = ("pixel", "board")
 

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import pytest
 
-from androcond import resolver as resolver_module
-from androcond.engine_lock import EngineLock, EngineTaken, engine_identity
-from androcond.journal import Journal, MigrationRecord
+from androcond.daemon import resolver as resolver_module
+from androcond.daemon.engine_lock import EngineLock, EngineTaken, engine_identity
+from androcond.daemon.resolver import Resolver
+from androcond.migration.journal import Journal, MigrationRecord
+from androcond.migration.states import MigrationState
 from androcond.pipeline import Context, new_record
-from androcond.resolver import Resolver
-from androcond.states import MigrationState
 
 
 @pytest.fixture
@@ -107,7 +107,7 @@ def test_one_daemon_per_engine(tmp_path: Path) -> None:
 
 def test_the_lock_dies_with_its_holder(tmp_path: Path) -> None:
     holder = subprocess.Popen([sys.executable, "-c", (
-        "import sys, time; from pathlib import Path; from androcond.engine_lock import EngineLock; "
+        "import sys, time; from pathlib import Path; from androcond.daemon.engine_lock import EngineLock; "
         f"EngineLock('tcp://engine:2375', Path({str(tmp_path)!r})).acquire(None, 'x'); "
         "print('held', flush=True); time.sleep(60)")], stdout=subprocess.PIPE)
     try:

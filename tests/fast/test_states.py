@@ -7,10 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from androcond.journal import Journal, MigrationRecord, TransitionRefused
-from androcond.protocol import protocol_pb2 as pb
-from androcond.protocol.codes import ErrorCode, OutcomeState
-from androcond.states import (
+from androcond.migration.journal import Journal, MigrationRecord, TransitionRefused
+from androcond.migration.states import (
     FROZEN,
     TERMINAL,
     TRANSITIONS,
@@ -22,6 +20,8 @@ from androcond.states import (
     device_answer,
     needs_device,
 )
+from androcond.protocol import protocol_pb2 as pb
+from androcond.protocol.codes import ErrorCode, OutcomeState
 
 OS = OutcomeState
 

@@ -12,20 +12,20 @@ from typing import Any
 
 import pytest
 
-from androcond.adb_link import AdbClient
 from androcond.config import DaemonSettings, DeviceSettings, DockerSettings, Settings, TimeoutSettings
+from androcond.daemon.requests import AlreadyMigrating, MigrationRequest, NotAccepting
+from androcond.daemon.scheduler import Scheduler
 from androcond.engine import EngineError
-from androcond.journal import Journal, MigrationRecord
+from androcond.link.adb import AdbClient
+from androcond.link.payload import OutgoingFile, Progress
+from androcond.link.transport import TransportError
+from androcond.migration.journal import Journal, MigrationRecord
 from androcond.migration.roles import LinkFactory, TargetLink
-from androcond.payload import OutgoingFile, Progress
+from androcond.migration.states import MigrationState
 from androcond.pipeline import Context, Migration, new_record, resolve
 from androcond.protocol import protocol_pb2 as pb
 from androcond.protocol.codes import OutcomeState
-from androcond.requests import AlreadyMigrating, MigrationRequest, NotAccepting
-from androcond.scheduler import Scheduler
 from androcond.source.host import HostSource, Machine
-from androcond.states import MigrationState
-from androcond.transport import TransportError
 
 S = MigrationState
 CID = "c" * 64

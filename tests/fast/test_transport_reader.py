@@ -11,9 +11,9 @@ from typing import Any, cast
 
 import pytest
 
+from androcond.link.transport import UNSTORED_LIMIT, AgentConnection, PhaseTimeouts, TransportError
 from androcond.protocol import protocol_pb2 as pb
 from androcond.protocol.wire import encode_frame
-from androcond.transport import UNSTORED_LIMIT, AgentConnection, PhaseTimeouts, TransportError
 
 
 class Channel:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from androcond.watcher import ContainerSeen, Watcher
+from androcond.daemon.watcher import ContainerSeen, Watcher
 
 
 def start(cid: str, time_ns: int) -> dict[str, Any]:

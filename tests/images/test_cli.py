@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from androcond.cli import main
+from androcond.cli.main import main
 
 from .conftest import RealDump
 

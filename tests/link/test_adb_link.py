@@ -8,7 +8,7 @@ import socket
 
 import pytest
 
-from androcond.adb_link import (
+from androcond.link.adb import (
     AdbClient,
     AdbDeviceNotFound,
     AdbDeviceOffline,

@@ -12,8 +12,8 @@ from typing import Any
 
 import pytest
 
+from androcond.criu.popcorn import notify_tasks
 from androcond.images import Pagemap, image_files, pb, read_image, roundtrip_dir
-from androcond.popcorn import notify_tasks
 from androcond.recoder import RecodeError, RecodeOptions, VdsoTemplate, prepare, recode
 from androcond.recoder.arch import PROT_EXEC, VMA_FILE_PRIVATE
 

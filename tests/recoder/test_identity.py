@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from androcond.cli import main
+from androcond.cli.main import main
 from androcond.images import image_files
 from androcond.recoder import RecodeOptions, recode_async
 

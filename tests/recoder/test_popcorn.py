@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from androcond.popcorn import PopcornError, PopcornTimeout, find_variable, notify, notify_tasks, task_tree
+from androcond.criu.popcorn import PopcornError, PopcornTimeout, find_variable, notify, notify_tasks, task_tree
 from androcond.recoder import RecodeRefused, check_executable, preflight_processes, read_elf
 
 from .conftest import STANDIN, Builds, Process

@@ -12,7 +12,7 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from androcond.popcorn import notify_tasks, task_tree
+from androcond.criu.popcorn import notify_tasks, task_tree
 from androcond.recoder.arch import AARCH64_REGSET_MAGIC
 
 from .build import build_twoisa

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from androcond.agent.device import RUNTIME_NAME, runtime_path
-from androcond.criu_compat import PAGE_SERVER_PIPE
+from androcond.criu.compat import PAGE_SERVER_PIPE
 
 from .device import ADBD_PORT, SSHD_PORT, AdbServer, DeviceNamespace, stop_recorded
 from .engines import DockerEngine

@@ -1,0 +1,1 @@
+"""The command line: the daemon's verbs and the client verbs that use its API."""

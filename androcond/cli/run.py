@@ -1,0 +1,24 @@
+"""`androcond run`: the daemon in the foreground (systemd runs it this way)."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+from typing import Any
+
+from ..cli_common import add_config_option
+from ..config import load_settings
+from ..daemon.serve import serve
+from ..logging import configure_logging
+
+
+def register(commands: Any) -> None:
+    run = commands.add_parser("run", help="run the daemon in the foreground (systemd runs it this way)")
+    add_config_option(run)
+    run.set_defaults(handler=_cmd_run)
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    configure_logging(settings.daemon.log_level, settings.daemon.log_format)
+    return asyncio.run(serve(settings))

@@ -1,0 +1,92 @@
+"""The source's end of post-copy: CRIU's page server, serving the lazy pages of the finished dump.
+
+`criu page-server --lazy-pages -D DUMP --ps-socket FD` answers the device's `criu lazy-pages` from the dump on
+disk (docs/post-copy.md): the tasks are not kept frozen for it, and the same dump stays the rollback's source.
+Its socket is one end of a socketpair, whose other end is ours: the bytes travel as Pages frames over the
+migration's ssh channel, so neither CRIU listens on any network address (CRIU's own page server binds every
+interface whatever address it is given).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+import tempfile
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+from ..errors import AndrocondError
+from ..logging import get_logger
+from .compat import CRIU_PATH, log_errors
+
+log = get_logger(__name__)
+
+CHUNK = 256 * 1024
+EXIT_TIMEOUT_S = 5.0
+LOG_NAME = "page-server.log"
+
+
+class PageServerError(AndrocondError):
+    pass
+
+
+class PageServer:
+    def __init__(self, proc: asyncio.subprocess.Process, reader: asyncio.StreamReader,
+                 writer: asyncio.StreamWriter, work: Path) -> None:
+        self.proc = proc
+        self._reader = reader
+        self._writer = writer
+        self.work = work
+        self.bytes_served = 0
+
+    @classmethod
+    async def start(cls, dump: Path) -> PageServer:
+        criu = shutil.which("criu", path=CRIU_PATH)
+        if criu is None:
+            raise PageServerError("criu is not installed")
+        work = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="androcond-pages-"))
+        ours, theirs = socket.socketpair()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                criu, "page-server", "--lazy-pages", "-D", str(dump), "-W", str(work), "--ps-socket",
+                str(theirs.fileno()), "-o", LOG_NAME, "-v2", pass_fds=(theirs.fileno(),),
+                stdin=asyncio.subprocess.DEVNULL)
+        except BaseException:
+            ours.close()
+            await asyncio.to_thread(shutil.rmtree, work, True)
+            raise
+        finally:
+            theirs.close()
+        reader, writer = await asyncio.open_unix_connection(sock=ours, limit=CHUNK * 4)
+        log.info("page server started", pid=proc.pid, dump=str(dump))
+        return cls(proc, reader, writer, work)
+
+    async def feed(self, data: bytes) -> None:
+        """A request of the device's lazy-pages."""
+        self._writer.write(data)
+        await self._writer.drain()
+
+    async def replies(self) -> AsyncIterator[bytes]:
+        """What the page server answers, until it closes its socket."""
+        while data := await self._reader.read(CHUNK):
+            self.bytes_served += len(data)
+            yield data
+
+    async def close(self) -> None:
+        """Stop serving: the page server, our socket, its work directory (its log goes to ours first)."""
+        if self.proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(EXIT_TIMEOUT_S):
+                await self.proc.wait()
+        self._writer.close()
+        with contextlib.suppress(OSError, ConnectionError):
+            await self._writer.wait_closed()
+        errors = await asyncio.to_thread(log_errors, self.work / LOG_NAME)
+        if errors:
+            log.warning("page server errors", errors=errors)
+        await asyncio.to_thread(shutil.rmtree, self.work, True)
+

@@ -1,0 +1,228 @@
+"""The Popcorn notify protocol, run on every task of a container before a cross-ISA dump.
+
+A Popcorn binary polls the global `__migrate_gb_variable` (-1: stay). We write the target ISA's id there
+with ptrace; at its next migration point the runtime rewrites its stack for the target, fills `regs_dst`
+and `tls_dst`, sets the variable back to -1 and raises SIGALRM. We wait for that SIGALRM stop, swallow the
+signal and detach (CRIU-IMAGES.md section 7). The task then keeps running until it is dumped.
+
+ptrace requests for a tracee must all come from the thread that attached, so each task's protocol runs
+start to finish in one thread: call `notify_tasks()` in a worker thread, or await `notify()`.
+(Webhook notifications live in `notify.py`; this module is the Popcorn protocol only.)
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import errno
+import os
+import signal
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final
+
+from ..errors import AndrocondError
+from ..recoder.elf import MIGRATE_VARIABLE, popcorn_problems, read_elf
+from ..recoder.imageset import RecodeError
+
+TARGET_IDS: Final = {"aarch64": 0, "x86_64": 1}  # what the runtime expects in __migrate_gb_variable
+DEFAULT_TIMEOUT: Final = 10.0
+
+PTRACE_PEEKDATA: Final = 2
+PTRACE_POKEDATA: Final = 5
+PTRACE_CONT: Final = 7
+PTRACE_DETACH: Final = 17
+PTRACE_SEIZE: Final = 0x4206
+PTRACE_INTERRUPT: Final = 0x4207
+PTRACE_LISTEN: Final = 0x4208
+PTRACE_EVENT_STOP: Final = 128
+WALL: Final = 0x40000000  # __WALL: wait for the tracee whatever kind of thread it is
+POLL_INTERVAL: Final = 0.002
+WORD: Final = 8
+GROUP_STOP_SIGNALS: Final = frozenset({signal.SIGSTOP, signal.SIGTSTP, signal.SIGTTIN, signal.SIGTTOU})
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_ptrace = _libc.ptrace
+_ptrace.argtypes = [ctypes.c_long, ctypes.c_int, ctypes.c_void_p, ctypes.c_void_p]
+_ptrace.restype = ctypes.c_long
+
+
+class PopcornError(AndrocondError):
+    """The notify failed for a task; names the pid and why."""
+
+
+class PopcornTimeout(PopcornError):
+    """A task did not reach a migration point in time (it was detached with its variable reset)."""
+
+
+class _TaskExited(PopcornError):
+    pass
+
+
+def ptrace(request: int, pid: int, addr: int = 0, data: int = 0) -> int:
+    ctypes.set_errno(0)
+    result: int = _ptrace(request, pid, ctypes.c_void_p(addr), ctypes.c_void_p(data))
+    err = ctypes.get_errno()
+    if result == -1 and err:
+        raise OSError(err, f"ptrace({request:#x}, {pid}): {os.strerror(err)}")
+    return result
+
+
+@dataclass(frozen=True)
+class Variable:
+    address: int
+    size: int  # 4 or 8 bytes: the runtime declares it as an int or a long
+
+
+def find_variable(pid: int, proc: str | Path = "/proc") -> Variable:
+    """Address of `__migrate_gb_variable` in the task's executable (a non-PIE Popcorn binary)."""
+    exe = Path(proc) / str(pid) / "exe"
+    try:
+        info = read_elf(exe, (MIGRATE_VARIABLE,))
+    except RecodeError as exc:
+        raise PopcornError(f"task {pid}: {exc}") from exc
+    target = os.readlink(exe)
+    problems = popcorn_problems(info, None, (MIGRATE_VARIABLE,), name=Path(target).name)
+    if problems:
+        raise PopcornError(f"task {pid} ({target}): {'; '.join(problems)}")
+    symbol = info.symbols[MIGRATE_VARIABLE]
+    return Variable(symbol.address, symbol.size if symbol.size in (4, 8) else WORD)
+
+
+def _read(pid: int, var: Variable) -> int:
+    word = ptrace(PTRACE_PEEKDATA, pid, var.address) & 0xFFFFFFFFFFFFFFFF
+    raw = word.to_bytes(WORD, "little")[: var.size]
+    return int.from_bytes(raw, "little", signed=True)
+
+
+def _write(pid: int, var: Variable, value: int) -> None:
+    # POKEDATA writes a whole word: keep the bytes past a 4-byte variable as they are.
+    word = (ptrace(PTRACE_PEEKDATA, pid, var.address) & 0xFFFFFFFFFFFFFFFF).to_bytes(WORD, "little")
+    new = value.to_bytes(var.size, "little", signed=True) + word[var.size :]
+    ptrace(PTRACE_POKEDATA, pid, var.address, int.from_bytes(new, "little"))
+
+
+@dataclass(frozen=True)
+class _Stop:
+    signo: int
+    event: int  # PTRACE_EVENT_STOP for interrupt and group stops, 0 for a signal-delivery stop
+
+
+def _wait_stop(pid: int, deadline: float) -> _Stop | None:
+    """The tracee's next stop, None at the deadline. Raises if the task ends."""
+    while True:
+        try:
+            waited, status = os.waitpid(pid, WALL | os.WNOHANG)
+        except ChildProcessError as exc:
+            raise _TaskExited(f"task {pid} is gone") from exc
+        if waited == pid:
+            if os.WIFSTOPPED(status):
+                return _Stop(os.WSTOPSIG(status), status >> 16)
+            raise _TaskExited(f"task {pid} ended during the notify (status {status:#x})")
+        if time.monotonic() >= deadline:
+            return None
+        time.sleep(POLL_INTERVAL)  # waitpid has no timeout; ptrace stops give no fd to wait on
+
+
+def _resume(pid: int, stop: _Stop) -> None:
+    """Let the tracee run on, delivering the signal it stopped for (unless it was our interrupt)."""
+    if stop.event == PTRACE_EVENT_STOP:
+        if stop.signo in GROUP_STOP_SIGNALS:
+            ptrace(PTRACE_LISTEN, pid)  # a job-control stop stays a stop, as without us
+        else:
+            ptrace(PTRACE_CONT, pid)
+    else:
+        ptrace(PTRACE_CONT, pid, 0, stop.signo)
+
+
+def notify_task(pid: int, target: str, timeout: float = DEFAULT_TIMEOUT, var: Variable | None = None) -> None:
+    """Run the protocol on one task (blocking). Raises PopcornTimeout or PopcornError."""
+    if target not in TARGET_IDS:
+        raise PopcornError(f"unknown target ISA {target!r}")
+    variable = var or find_variable(pid)
+    deadline = time.monotonic() + timeout
+    try:
+        ptrace(PTRACE_SEIZE, pid)
+        ptrace(PTRACE_INTERRUPT, pid)
+    except OSError as exc:
+        raise PopcornError(f"task {pid}: cannot attach: {exc.strerror}") from exc
+    try:
+        stop = _wait_stop(pid, deadline)
+        if stop is None:
+            _detach_quietly(pid)
+            raise PopcornTimeout(f"task {pid} did not stop for the tracer within {timeout:g}s")
+        _write(pid, variable, TARGET_IDS[target])
+        _resume(pid, stop)
+        while True:
+            stop = _wait_stop(pid, deadline)
+            if stop is None:
+                _give_up(pid, variable)
+                raise PopcornTimeout(
+                    f"task {pid} did not reach a migration point within {timeout:g}s (its variable was reset)"
+                )
+            if stop.event == 0 and stop.signo == signal.SIGALRM and _read(pid, variable) == -1:
+                ptrace(PTRACE_DETACH, pid, 0, 0)  # the SIGALRM was for us: the task must not see it
+                return
+            _resume(pid, stop)
+    except OSError as exc:
+        _detach_quietly(pid)
+        raise PopcornError(f"task {pid}: ptrace failed: {exc}") from exc
+
+
+def _give_up(pid: int, var: Variable) -> None:
+    """Stop the tracee, put -1 back so it never migrates later on its own, and detach."""
+    try:
+        ptrace(PTRACE_INTERRUPT, pid)
+        while (stop := _wait_stop(pid, time.monotonic() + 5)) is not None:
+            if stop.event == PTRACE_EVENT_STOP:
+                break
+            ptrace(PTRACE_CONT, pid, 0, stop.signo)  # deliver what it was due, then catch our interrupt
+        _write(pid, var, -1)
+        ptrace(PTRACE_DETACH, pid, 0, 0)
+    except (OSError, PopcornError):
+        _detach_quietly(pid)
+
+
+def _detach_quietly(pid: int) -> None:
+    try:
+        ptrace(PTRACE_DETACH, pid, 0, 0)
+    except OSError as exc:
+        if exc.errno != errno.ESRCH:
+            raise
+
+
+def task_tree(pid: int, proc: str | Path = "/proc") -> list[int]:
+    """`pid` and all its descendants (host pids), parents first: every task of a container from its init."""
+    base = Path(proc)
+    order, queue = [], [pid]
+    while queue:
+        current = queue.pop(0)
+        order.append(current)
+        try:
+            threads = sorted(int(t) for t in os.listdir(base / str(current) / "task"))
+        except FileNotFoundError:
+            continue
+        for tid in threads:
+            try:
+                children = (base / str(current) / "task" / str(tid) / "children").read_text().split()
+            except FileNotFoundError:
+                continue
+            queue += [int(c) for c in children]
+    return order
+
+
+def notify_tasks(pids: Iterable[int], target: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    """Notify every task in turn (blocking). Every executable is checked first, so a container with one
+    non-Popcorn process is refused before any task is touched."""
+    tasks = list(pids)
+    variables = {pid: find_variable(pid) for pid in tasks}
+    for pid in tasks:
+        notify_task(pid, target, timeout, variables[pid])
+
+
+async def notify(pids: Iterable[int], target: str, task_timeout: float = DEFAULT_TIMEOUT) -> None:
+    """notify_tasks() in a worker thread (one thread per call, as ptrace requires). The time limit is per
+    task and enforced in the thread: a thread blocked in ptrace cannot be cancelled from the loop."""
+    await asyncio.to_thread(notify_tasks, list(pids), target, task_timeout)

@@ -1,0 +1,1 @@
+"""The daemon: its life cycle, inputs (watcher, labels, API), scheduler, resolver, webhooks, metrics, systemd."""

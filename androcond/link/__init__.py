@@ -1,0 +1,1 @@
+"""Reaching a device and what travels over the link: adb, the ssh transport, files to send."""

@@ -1,0 +1,475 @@
+"""The daemon's side of the device link: one asyncssh connection per migration, one channel, our framed
+protocol (androcond/protocol/protocol.proto).
+
+Host keys are always checked against the device's known_hosts; key authentication only. Every phase has its
+own timeout. Files stream with a SHA-256 each, a bounded window of files in flight awaiting the agent's
+verdict, and the channel's drain() for backpressure, so a slow link slows the producer, never memory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol, Self, TypeVar
+
+import asyncssh
+
+from .. import __version__
+from ..errors import AndrocondError
+from ..logging import get_logger
+from ..protocol import protocol_pb2 as pb
+from ..protocol import ssh
+from ..protocol.codes import ErrorCode
+from ..protocol.wire import CHUNK, PROTOCOL_VERSION, ChannelClosed, WireError, body, read_frame, write_frame
+from .payload import OutgoingFile, Progress, ProgressCallback, read_file_chunks
+
+log = get_logger(__name__)
+T = TypeVar("T")
+
+
+class TransportError(AndrocondError):
+    """Root of the transport's errors."""
+
+
+class HostKeyRejected(TransportError):
+    """The device's host key is unknown or changed; nothing was sent."""
+
+
+class AuthenticationFailed(TransportError):
+    pass
+
+
+class PhaseTimeout(TransportError, TimeoutError):
+    def __init__(self, phase: str, seconds: float, what: str = "") -> None:
+        super().__init__(f"timed out after {seconds:g}s in phase {phase!r}{f' ({what})' if what else ''}")
+        self.phase = phase
+        self.seconds = seconds
+
+
+class StreamStalled(PhaseTimeout):
+    """Nothing moved for the idle deadline: the link took no byte and the agent sent no verdict (a hung
+    agent behind a live sshd answers keepalives, so only progress tells)."""
+
+
+class AgentRefused(TransportError):
+    """The agent answered with an error frame; its text is the message, its phase and code are kept."""
+
+    def __init__(self, message: str, phase: str = "", code: ErrorCode = ErrorCode.INTERNAL) -> None:
+        super().__init__(message)
+        self.phase = phase
+        self.code = code
+
+    @classmethod
+    def from_frame(cls, error: pb.Error, prefix: str = "") -> AgentRefused:
+        code = ErrorCode.of(error.code)
+        where = f" (agent, phase {error.phase}, {code})" if error.phase else ""
+        return cls(f"{prefix}{error.message}{where}", error.phase, code)
+
+
+class FileRejected(TransportError):
+    """The agent refused a file (digest mismatch, short data); nothing will be restored."""
+
+
+# File data sent but not yet stored by the agent (its Stored frames) is kept below this: what bounds the
+# agent's memory when its disk is slower than the link. asyncssh 2.24 reopens a paused channel's full window
+# on the first delivery after a resume, with data still buffered, so the channel window alone let the agent
+# buffer hundreds of MiB (measured: 110 MiB in the channel's buffer for a 512 MiB file).
+UNSTORED_LIMIT = 32 * 1024 * 1024
+CLOSE_TIMEOUT_S = 5.0
+
+
+@dataclass(frozen=True)
+class PhaseTimeouts:
+    connect: float = 20.0
+    hello: float = 20.0
+    begin: float = 120.0       # includes creating the target container
+    file_ack: float = 120.0    # the verdict on a file after its last byte
+    image_ack: float = 600.0   # the verdict on a shipped image: the device's `docker load` finishing
+    commit: float = 600.0      # `docker start --checkpoint` of a large container
+    query: float = 20.0
+    stream_idle: float = 30.0  # no progress at all (no byte taken, no verdict) for this long
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    host: str
+    port: int
+    user: str
+    identity: Path
+    known_hosts: Path
+    # Run under a stock OpenSSH server; our own `agent serve` ignores the command.
+    agent_command: str = "androcond agent stdio"
+    # Name to look up in known_hosts instead of host:port (an adb forward's local port changes every time).
+    host_key_alias: str | None = None
+
+
+class PageSource(Protocol):
+    """The source's page server as post-copy needs it (page_server.PageServer)."""
+
+    async def feed(self, data: bytes) -> None: ...
+
+    def replies(self) -> AsyncIterator[bytes]: ...
+
+
+@dataclass
+class _Pending:
+    acks: dict[int, asyncio.Future[pb.FileAck]] = field(default_factory=dict)
+    replies: asyncio.Queue[pb.Frame] = field(default_factory=asyncio.Queue)
+
+
+class AgentConnection:
+    """An open channel to the agent, after the hello exchange."""
+
+    def __init__(self, conn: asyncssh.SSHClientConnection,
+                 writer: asyncssh.SSHWriter[bytes], reader: asyncssh.SSHReader[bytes],
+                 stderr: asyncssh.SSHReader[bytes], timeouts: PhaseTimeouts) -> None:
+        self._conn = conn
+        self._writer = writer
+        self._reader = reader
+        self._stderr = stderr
+        self.timeouts = timeouts
+        self.hello = pb.AgentHello()
+        self._pending = _Pending()
+        self._failure: BaseException | None = None
+        self._next_stream = 1
+        self._tasks: list[asyncio.Task[None]] = []
+        self._data_sent = 0  # file-data bytes sent in this session
+        self._data_stored = 0  # of those, what the agent reported stored
+        self._stored_news = asyncio.Event()  # set on each Stored frame and on failure
+        self._pages: PageSource | None = None  # post-copy: where the device's page requests go
+        self._pages_gone = False  # the page server took no more: later requests are dropped
+
+    # --- connection ------------------------------------------------------------------------------------
+    @classmethod
+    async def open(cls, endpoint: Endpoint, timeouts: PhaseTimeouts = PhaseTimeouts()) -> Self:
+        conn = await _connect(endpoint, timeouts)
+        try:
+            try:
+                writer, reader, stderr = await _phase("connect", timeouts.connect, conn.open_session(
+                    endpoint.agent_command, encoding=None, window=ssh.CHANNEL_WINDOW, max_pktsize=ssh.CHANNEL_PACKET))
+            except (asyncssh.Error, OSError) as exc:
+                raise TransportError(f"the device refused a session for the agent: {exc}") from exc
+            self = cls(conn, writer, reader, stderr, timeouts)
+            await self._hello()
+        except BaseException:
+            conn.close()
+            raise
+        return self
+
+    async def _hello(self) -> None:
+        hello = pb.Frame(client_hello=pb.ClientHello(protocol_version=PROTOCOL_VERSION, client_version=__version__))
+        await _phase("hello", self.timeouts.hello, self._send(hello))
+        frame = await _phase("hello", self.timeouts.hello, self._read())
+        if body(frame) == "error":
+            raise AgentRefused.from_frame(frame.error, "agent refused the hello: ")
+        if body(frame) != "agent_hello":
+            raise TransportError(f"expected agent_hello, got {body(frame)}")
+        if frame.agent_hello.protocol_version != PROTOCOL_VERSION:
+            raise TransportError(f"agent speaks protocol {frame.agent_hello.protocol_version}, "
+                                 f"we speak {PROTOCOL_VERSION}")
+        self.hello = frame.agent_hello
+        self._start_tasks()
+
+    def _start_tasks(self) -> None:
+        """Owned tasks, ended by close(): the reader dispatches replies (and fails the link on any error of
+        its own); the stderr relay keeps the agent's logs flowing."""
+        self._tasks = [asyncio.create_task(self._read_loop(), name="agent-reader"),
+                       asyncio.create_task(self._relay_stderr(), name="agent-stderr")]
+
+    async def close(self) -> None:
+        with contextlib.suppress(OSError, ConnectionError, asyncssh.Error):
+            self._writer.write_eof()
+        self._conn.close()
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        with contextlib.suppress(TimeoutError):  # closing is best effort; never a reason to hang
+            async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                await self._conn.wait_closed()
+
+    async def __aenter__(self) -> AgentConnection:
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.close()
+
+    async def _read(self) -> pb.Frame:
+        try:
+            return await read_frame(self._reader)
+        except ChannelClosed as exc:
+            raise TransportError("the agent closed the channel") from exc
+        except WireError as exc:
+            raise TransportError(f"link to the agent broke: {exc}") from exc
+        except (asyncssh.Error, OSError, ConnectionError) as exc:
+            raise TransportError(f"link to the agent broke: {exc}") from exc
+
+    async def _read_loop(self) -> None:
+        try:
+            while True:
+                frame = await self._read()
+                kind = body(frame)
+                if kind == "file_ack":
+                    future = self._pending.acks.pop(frame.file_ack.stream_id, None)
+                    if future is not None and not future.done():
+                        future.set_result(frame.file_ack)
+                    if not frame.file_ack.ok:
+                        # The agent has discarded the migration: stop sending at once.
+                        self._fail(FileRejected(f"agent rejected a file: {frame.file_ack.error}"))
+                elif kind == "stored":
+                    self._data_stored = max(self._data_stored, frame.stored.bytes)
+                    self._stored_news.set()
+                elif kind == "pages":
+                    await self._page_request(frame.pages.data)
+                elif kind == "error":
+                    raise AgentRefused.from_frame(frame.error)
+                else:
+                    self._pending.replies.put_nowait(frame)
+        except asyncio.CancelledError:
+            self._fail(TransportError("connection closed"))
+            raise
+        except TransportError as exc:
+            self._fail(exc)
+        except Exception as exc:
+            # A bug of ours or a library's: as in asyncssh, a failed task fails its connection — every waiter
+            # wakes now with the reason, instead of sleeping until its phase deadline (an hour while paging).
+            log.error("the link's reader failed; closing the link", error=f"{exc.__class__.__name__}: {exc}",
+                      exc_info=exc)
+            self._fail(TransportError(f"the link's reader failed: {exc.__class__.__name__}: {exc}"))
+            self._conn.close()  # a sender blocked on the channel wakes too
+
+    def _fail(self, exc: BaseException) -> None:
+        if self._failure is None:
+            self._failure = exc
+        for future in self._pending.acks.values():
+            if not future.done():
+                future.set_exception(exc)
+        self._pending.acks.clear()
+        # Wake a waiter on replies: it re-raises the failure; and one waiting for the agent to store.
+        self._pending.replies.put_nowait(pb.Frame(error=pb.Error(message=str(exc))))
+        self._stored_news.set()
+
+    async def _relay_stderr(self) -> None:
+        with contextlib.suppress(asyncssh.Error, OSError, ConnectionError):
+            async for line in self._stderr:
+                log.debug("agent", line=line.decode(errors="replace").rstrip())
+
+    async def _request(self, frame: pb.Frame, phase: str, seconds: float, expected: str) -> pb.Frame:
+        """Send a request and await its reply, both under the phase's deadline (an agent that stopped
+        reading blocks the send as surely as one that stopped answering blocks the reply)."""
+        return await _phase(phase, seconds, self._send_and_reply(frame, phase, expected))
+
+    async def _send_and_reply(self, request: pb.Frame, phase: str, expected: str) -> pb.Frame:
+        await self._send(request)
+        return await self._reply(phase, expected)
+
+    async def _reply(self, phase: str, expected: str) -> pb.Frame:
+        frame = await self._pending.replies.get()
+        if body(frame) == "error":
+            if isinstance(self._failure, TransportError):
+                raise self._failure
+            raise AgentRefused.from_frame(frame.error)
+        if body(frame) != expected:
+            raise TransportError(f"expected {expected} in phase {phase!r}, got {body(frame)}")
+        return frame
+
+    async def _send(self, frame: pb.Frame) -> None:
+        if self._failure is not None:
+            raise self._failure
+        try:
+            await write_frame(self._writer, frame)
+        except (asyncssh.Error, OSError, ConnectionError) as exc:
+            raise TransportError(f"link to the agent broke while sending: {exc}") from exc
+
+    async def _send_within(self, frame: pb.Frame, idle: float) -> None:
+        """Send one frame, failing if the link takes none of it for `idle` seconds (no progress)."""
+        try:
+            async with asyncio.timeout(idle):
+                await self._send(frame)
+        except TimeoutError as exc:
+            raise self._stalled(idle, "the link took no data: the agent stopped reading") from exc
+
+    async def _until_stored(self, size: int, idle: float) -> None:
+        """Wait until `size` more bytes keep the unstored data under UNSTORED_LIMIT (an agent that reports what
+        it stored; older ones are bounded by the channel alone), failing if it stores nothing for `idle` s."""
+        if not self.hello.reports_stored:
+            return
+        while self._data_sent + size - self._data_stored > UNSTORED_LIMIT:
+            if self._failure is not None:
+                raise self._failure
+            self._stored_news.clear()
+            try:
+                async with asyncio.timeout(idle):
+                    await self._stored_news.wait()
+            except TimeoutError as exc:
+                raise self._stalled(idle, "the agent stored no data: its disk or its image load is stuck") from exc
+
+    # --- protocol ----------------------------------------------------------------------------------------
+    async def begin(self, begin: pb.Begin) -> pb.BeginAck:
+        return (await self._request(pb.Frame(begin=begin), "begin", self.timeouts.begin, "begin_ack")).begin_ack
+
+    async def send_files(self, files: list[OutgoingFile], *, window: int = 8,
+                         progress: ProgressCallback | None = None) -> Progress:
+        """Stream files in order; up to `window` of them may await the agent's digest verdict at once.
+
+        Every wait has a deadline: a frame the link does not take, a window slot no verdict frees, or a
+        stream that yields nothing for `stream_idle` seconds ends the stream with StreamStalled."""
+        idle = self.timeouts.stream_idle
+        state = Progress()
+        slots = asyncio.Semaphore(window)
+        acks: list[tuple[OutgoingFile, asyncio.Future[pb.FileAck]]] = []
+        for spec in files:
+            try:
+                async with asyncio.timeout(idle):
+                    await slots.acquire()  # a link failure fails every pending ack, which frees the slots
+            except TimeoutError as exc:
+                raise self._stalled(idle, "no verdict from the agent on the files in flight") from exc
+            ack = await self._send_one(spec, state, progress)
+            ack.add_done_callback(lambda _f: slots.release())
+            acks.append((spec, ack))
+        for spec, ack in acks:
+            limit = self.timeouts.image_ack if spec.destination == pb.IMAGE_TAR else self.timeouts.file_ack
+            verdict = await _phase("file_ack", limit, asyncio.shield(ack))
+            if not verdict.ok:
+                raise FileRejected(f"agent rejected a file: {verdict.error}")
+            state.files_verified += 1
+            if progress is not None:
+                progress(state)
+        return state
+
+    def _stalled(self, idle: float, what: str) -> StreamStalled:
+        stalled = StreamStalled("stream", idle, what)
+        self._fail(stalled)
+        return stalled
+
+    async def _send_one(self, spec: OutgoingFile, state: Progress,
+                        progress: ProgressCallback | None) -> asyncio.Future[pb.FileAck]:
+        idle = self.timeouts.stream_idle
+        stream_id = self._next_stream
+        self._next_stream += 1
+        ack: asyncio.Future[pb.FileAck] = asyncio.get_running_loop().create_future()
+        # When the link fails, acks nobody waits for any more still count as seen (no "never retrieved").
+        ack.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._pending.acks[stream_id] = ack
+        await self._send_within(pb.Frame(file_start=pb.FileStart(
+            stream_id=stream_id, destination=spec.destination, path=spec.path, volume=spec.volume,  # type: ignore[arg-type]
+            kind=spec.kind, size=spec.size, mode=spec.mode, link_target=spec.link_target,  # type: ignore[arg-type]
+            uid=spec.uid, gid=spec.gid, mtime_ns=spec.mtime_ns, opaque=spec.opaque)), idle)
+        digest = hashlib.sha256()
+        if spec.kind == pb.REGULAR:
+            blocks = aiter(spec.stream() if spec.stream is not None else read_file_chunks(spec))
+            while True:
+                try:
+                    async with asyncio.timeout(idle):  # a source (e.g. `docker save`) that stops yielding
+                        block = await anext(blocks)
+                except StopAsyncIteration:
+                    break
+                except TimeoutError as exc:
+                    raise self._stalled(idle, f"{spec.path} yielded no data") from exc
+                for start in range(0, len(block), CHUNK):  # a stream may hand out blocks above the frame limit
+                    chunk = block[start:start + CHUNK]
+                    # Hash in a worker thread (hashlib releases the GIL) while the chunk goes out.
+                    hashing = asyncio.ensure_future(asyncio.to_thread(digest.update, chunk))
+                    try:
+                        await self._until_stored(len(chunk), idle)
+                        await self._send_within(pb.Frame(file_data=pb.FileData(stream_id=stream_id, data=chunk)), idle)
+                    finally:
+                        await hashing
+                    self._data_sent += len(chunk)
+                    state.bytes_sent += len(chunk)
+                    if progress is not None:
+                        progress(state)
+        await self._send_within(pb.Frame(file_end=pb.FileEnd(stream_id=stream_id, sha256=digest.digest())), idle)
+        state.files_sent += 1
+        return ack
+
+    async def commit(self, file_count: int = 0) -> pb.Outcome:
+        frame = pb.Frame(commit=pb.Commit(file_count=file_count))
+        return (await self._request(frame, "commit", self.timeouts.commit, "outcome")).outcome
+
+    async def commit_lazy(self, file_count: int, pages: PageSource,
+                          on_resumed: Callable[[pb.Outcome], Awaitable[None]], paging_s: float) -> pb.Outcome:
+        """Post-copy: commit while `pages` answers the device's page requests over this channel. The device
+        answers twice: "paging" once the container runs (`on_resumed` is called), then "running" once the last
+        page has arrived, under the `paging` deadline. Any other first answer is returned as it is."""
+        self._pages = pages
+        self._tasks.append(asyncio.create_task(self._page_replies(pages), name="page-replies"))
+        first = await self.commit(file_count)
+        if first.state != pb.OUTCOME_PAGING:
+            return first
+        await on_resumed(first)
+        return (await _phase("paging", paging_s, self._reply("paging", "outcome"))).outcome
+
+    async def _page_request(self, data: bytes) -> None:
+        if self._pages is None:
+            raise TransportError("the agent sent pages outside a post-copy commit")
+        if self._pages_gone:
+            return
+        try:
+            await self._pages.feed(data)
+        except (OSError, ConnectionError) as exc:
+            # The page server is gone: the device's lazy-pages fails, and the agent says so in its outcome.
+            log.warning("the page server took no more requests", error=str(exc))
+            self._pages_gone = True
+
+    async def _page_replies(self, pages: PageSource) -> None:
+        try:
+            async for data in pages.replies():
+                await self._send(pb.Frame(pages=pb.Pages(data=data)))
+        except TransportError as exc:
+            self._fail(exc)
+        except (OSError, ConnectionError) as exc:
+            log.warning("the page server stopped answering", error=str(exc))
+
+    async def abort(self, reason: str) -> pb.Outcome:
+        return (await self._request(pb.Frame(abort=pb.Abort(reason=reason)), "abort", self.timeouts.query,
+                                    "outcome")).outcome
+
+    async def query(self, migration_id: str) -> pb.Outcome:
+        frame = pb.Frame(query=pb.Query(migration_id=migration_id))
+        return (await self._request(frame, "query", self.timeouts.query, "outcome")).outcome
+
+
+async def _connect(endpoint: Endpoint, timeouts: PhaseTimeouts) -> asyncssh.SSHClientConnection:
+    where = f"{endpoint.host}:{endpoint.port}"
+    try:
+        known_hosts = asyncssh.read_known_hosts(str(endpoint.known_hosts))
+    except (OSError, ValueError) as exc:
+        raise TransportError(f"cannot read known_hosts {endpoint.known_hosts}: {exc}") from exc
+    try:
+        return await _phase("connect", timeouts.connect, asyncssh.connect(
+            endpoint.host, endpoint.port, username=endpoint.user, known_hosts=known_hosts,
+            client_keys=[str(endpoint.identity)], agent_path=None, preferred_auth="publickey",
+            host_key_alias=endpoint.host_key_alias,
+            encryption_algs=ssh.CIPHERS, keepalive_interval=ssh.CLIENT_KEEPALIVE_S,
+            keepalive_count_max=ssh.CLIENT_KEEPALIVE_COUNT))
+    except asyncssh.HostKeyNotVerifiable as exc:
+        offered = await _offered_fingerprint(endpoint, timeouts)
+        raise HostKeyRejected(f"host key of the agent at {where} is unknown or changed (server offers "
+                              f"{offered}; known_hosts: {endpoint.known_hosts}); refusing to connect") from exc
+    except asyncssh.PermissionDenied as exc:
+        raise AuthenticationFailed(f"the agent at {where} refused key {endpoint.identity} for user "
+                                   f"{endpoint.user!r}: {exc.reason}") from exc
+    except (asyncssh.Error, OSError) as exc:
+        raise TransportError(f"cannot connect to the agent at {where}: {exc}") from exc
+
+
+async def _offered_fingerprint(endpoint: Endpoint, timeouts: PhaseTimeouts) -> str:
+    """The fingerprint the server presents, for the error message (a second, key-only handshake)."""
+    try:
+        async with asyncio.timeout(timeouts.connect):
+            key = await asyncssh.get_server_host_key(endpoint.host, endpoint.port)
+    except (asyncssh.Error, OSError, TimeoutError):
+        return "an unknown key"
+    return key.get_fingerprint() if key is not None else "no key"
+
+
+async def _phase(phase: str, seconds: float, awaitable: Awaitable[T]) -> T:
+    try:
+        async with asyncio.timeout(seconds):
+            return await awaitable
+    except TimeoutError as exc:
+        raise PhaseTimeout(phase, seconds) from exc
