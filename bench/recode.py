@@ -29,10 +29,10 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-from androcond.criu.popcorn import notify_tasks
 from androcond.images import ImageReader, ImageWriter, image_files, is_raw_name
 from androcond.images.magic import ImageKind
 from androcond.recoder import RecodeOptions, VdsoTemplate, prepare, recode
+from androcond.recoder.popcorn import notify_tasks
 from tests.recoder.build import build_standin, build_vdso_standin
 
 CRIU = "/usr/local/sbin/criu"

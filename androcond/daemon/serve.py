@@ -19,9 +19,11 @@ from ..config import Settings
 from ..engine import Engine
 from ..link.adb import AdbClient
 from ..logging import get_logger, log_context
-from ..migration import Context, new_record
+from ..migration import Context, new_record, phase_timeouts
 from ..migration.journal import Journal, MigrationRecord
 from ..migration.states import MigrationState
+from ..source.host import HostSource
+from ..target.agent import agent_links
 from ..tasks import TaskOwner
 from .api import ApiState, build_app, start_api
 from .engine_lock import EngineLock
@@ -169,8 +171,14 @@ class Daemon:
         return self.exit_code
 
     async def _start(self, tg: asyncio.TaskGroup, journal: Journal) -> None:
-        ctx = Context(self.settings, journal, self.engine, self.adb, on_change=self._on_migration_change,
-                      on_end=self.metrics.migration_ended, background=self.background)
+        settings = self.settings
+
+        def source(record: MigrationRecord) -> HostSource:  # this daemon's engine
+            return HostSource(self.engine, settings.docker, record, settings.timeouts.checkpoint)
+
+        ctx = Context(settings, journal, links=agent_links(self.adb, phase_timeouts(settings.timeouts)),
+                      sources=source, on_change=self._on_migration_change, on_end=self.metrics.migration_ended,
+                      background=self.background)
         self.scheduler = Scheduler(ctx, journal, self.settings.daemon.max_migrations, tg.create_task,
                                    on_released=self._on_released)
         self.resolver = Resolver(ctx, journal, self.scheduler.running, self.settings.timeouts.resolve_backoff_max)

@@ -17,9 +17,8 @@ from typing import Any
 
 from ..config import DeviceSettings, DockerSettings
 from ..criu import compat as criu_compat
-from ..criu import popcorn, runc
+from ..criu import runc
 from ..criu.leftovers import NONCE_FILE, place_nonce, remove_extractions
-from ..criu.popcorn import PopcornError
 from ..engine import Engine, EngineError
 from ..faults import inject
 from ..link.layer import tree_files
@@ -31,7 +30,8 @@ from ..migration.errors import Rejected
 from ..migration.journal import MigrationRecord
 from ..migration.plan import Frozen, SourceFacts
 from ..protocol import protocol_pb2 as pb
-from ..recoder import RecodeRefused, preflight_processes
+from ..recoder import RecodeRefused, popcorn, preflight_processes
+from ..recoder.popcorn import PopcornError
 from .rootfs import container_root
 
 log = get_logger(__name__)

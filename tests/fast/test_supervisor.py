@@ -16,7 +16,6 @@ from androcond.config import DaemonSettings, DeviceSettings, DockerSettings, Set
 from androcond.daemon.requests import AlreadyMigrating, MigrationRequest, NotAccepting
 from androcond.daemon.scheduler import Scheduler
 from androcond.engine import EngineError
-from androcond.link.adb import AdbClient
 from androcond.link.payload import OutgoingFile, Progress
 from androcond.link.transport import TransportError
 from androcond.migration.journal import Journal, MigrationRecord
@@ -152,8 +151,7 @@ def context(tmp_path: Path, journal: Journal, engine: FakeEngine, link: type[Fak
     def source(record: MigrationRecord) -> HostSource:
         return HostSource(engine, settings.docker, record, 5.0, machine=lambda: MACHINE)  # type: ignore[arg-type]
 
-    return Context(settings, journal, engine, AdbClient(), links=links_of(link),  # type: ignore[arg-type]
-                   sources=source)
+    return Context(settings, journal, links=links_of(link), sources=source)
 
 
 async def migrate(ctx: Context) -> MigrationRecord:

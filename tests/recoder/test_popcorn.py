@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-from androcond.criu.popcorn import PopcornError, PopcornTimeout, find_variable, notify, notify_tasks, task_tree
 from androcond.recoder import RecodeRefused, check_executable, preflight_processes, read_elf
+from androcond.recoder.popcorn import PopcornError, PopcornTimeout, find_variable, notify, notify_tasks, task_tree
 
 from .conftest import STANDIN, Builds, Process
 

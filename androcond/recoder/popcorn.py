@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Final
 
 from ..errors import AndrocondError
-from ..recoder.elf import MIGRATE_VARIABLE, popcorn_problems, read_elf
-from ..recoder.imageset import RecodeError
+from .elf import MIGRATE_VARIABLE, popcorn_problems, read_elf
+from .imageset import RecodeError
 
 TARGET_IDS: Final = {"aarch64": 0, "x86_64": 1}  # what the runtime expects in __migrate_gb_variable
 DEFAULT_TIMEOUT: Final = 10.0
