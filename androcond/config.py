@@ -74,10 +74,28 @@ class DockerSettings:
 
 
 @dataclass(frozen=True)
+class Address:
+    """HOST:PORT, parsed once here (an IPv6 host in brackets: [::1]:8022)."""
+
+    host: str  # without the brackets
+    port: int
+
+    @classmethod
+    def parse(cls, text: str) -> Address:
+        host, sep, port = text.rpartition(":")
+        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ValueError("expected HOST:PORT")
+        return cls(host.strip("[]"), int(port))
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
 class DeviceSettings:
     name: str
     adb_serial: str | None = None
-    address: str | None = None
+    address: Address | None = None
     agent_port: int = 8022
     agent_command: str = "androcond agent stdio"
     user: str = "root"
@@ -101,7 +119,7 @@ class WebhookSettings:
 class AgentSettings:
     docker_host: str = "unix:///var/run/docker.sock"
     spool_dir: Path = Path("/data/androcond/spool")
-    listen: str = "0.0.0.0:8022"
+    listen: Address = Address("0.0.0.0", 8022)  # noqa: S104 - the agent serves the daemon over the network
     host_key: Path = Path("/data/androcond/ssh_host_ed25519_key")
     authorized_keys: Path = Path("/data/androcond/authorized_keys")
     # On SIGTERM, sessions in flight get this long to finish before they are cancelled (and discard).
@@ -257,13 +275,14 @@ class _Reader:
         return value
 
 
-def _address(reader: _Reader, name: str) -> str | None:
+def _address(reader: _Reader, name: str) -> Address | None:
     value = reader.opt_str(name)
-    if value is not None:
-        host, sep, port = value.rpartition(":")
-        if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
-            raise reader.error(name, "expected HOST:PORT")
-    return value
+    if value is None:
+        return None
+    try:
+        return Address.parse(value)
+    except ValueError as exc:
+        raise reader.error(name, str(exc)) from None
 
 
 def _api(reader: _Reader) -> str:

@@ -129,11 +129,6 @@ async def _refuse(writer: FrameWriter, exc: Exception) -> None:
             await write_frame(writer, pb.Frame(error=pb.Error(message=message, phase=HELLO, code=code)))
 
 
-def _parse_listen(listen: str) -> tuple[str, int]:
-    host, _, port = listen.rpartition(":")
-    return host.strip("[]"), int(port)
-
-
 def load_or_create_host_key(path: Path) -> asyncssh.SSHKey:
     if path.exists():
         return asyncssh.read_private_key(path)
@@ -164,7 +159,7 @@ class _Server(asyncssh.SSHServer):
 async def start_ssh_server(agent: Agent, connections: set[asyncssh.SSHServerConnection] | None = None
                            ) -> asyncssh.SSHAcceptor:
     settings = agent.settings
-    host, port = _parse_listen(settings.listen)
+    host, port = settings.listen.host, settings.listen.port
     open_connections: set[asyncssh.SSHServerConnection] = set() if connections is None else connections
 
     async def on_process(process: asyncssh.SSHServerProcess[bytes]) -> None:
@@ -200,7 +195,7 @@ async def serve(settings: AgentSettings) -> int:
     connections: set[asyncssh.SSHServerConnection] = set()
     try:
         server = await start_ssh_server(agent, connections)
-        log.info("agent listening", listen=settings.listen)
+        log.info("agent listening", listen=str(settings.listen))
         await stop.wait()
         log.info("agent stopping: no new connections")
         server.close()

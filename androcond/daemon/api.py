@@ -20,7 +20,7 @@ from typing import Any
 from aiohttp import web
 
 from .. import __version__
-from ..config import Settings
+from ..config import Address, Settings
 from ..engine import Engine, EngineError
 from ..link.adb import AdbClient
 from ..link.devices import probe_all
@@ -210,8 +210,8 @@ async def start_api(app: web.Application, address: str) -> web.AppRunner:
             os.umask(old)
         os.chmod(path, 0o600)
     else:
-        host, _, port = address.rpartition(":")
-        site = web.TCPSite(runner, host.strip("[]"), int(port))
+        tcp = Address.parse(address)  # the config checked it
+        site = web.TCPSite(runner, tcp.host, tcp.port)
         await site.start()
     log.info("API listening", address=address)
     return runner

@@ -45,8 +45,7 @@ async def agent_endpoint(device: DeviceSettings, adb: AdbClient) -> AsyncIterato
             await _remove_forward(adb, device.adb_serial, port)
         return
     assert device.address is not None
-    host, _, port_text = device.address.rpartition(":")
-    yield Endpoint(host.strip("[]"), int(port_text), device.user, device.identity, device.known_hosts,
+    yield Endpoint(device.address.host, device.address.port, device.user, device.identity, device.known_hosts,
                    device.agent_command)
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from androcond.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, locate_config, parse_settings
+from androcond.config import CONFIG_ENV, DEFAULT_CONFIG_PATH, Address, locate_config, parse_settings
 from androcond.errors import ConfigError
 
 GOOD = """
@@ -51,7 +51,8 @@ def test_good_config_is_typed_and_frozen(tmp_path: Path) -> None:
     assert settings.daemon.state_dir == tmp_path / "state"  # relative to the file
     assert settings.devices["pixel"].identity == tmp_path / "id_ed25519"
     assert settings.devices["pixel"].agent_port == 8022
-    assert settings.devices["board"].address == "192.0.2.10:8022"
+    assert settings.devices["board"].address == Address("192.0.2.10", 8022)
+    assert str(Address.parse("[::1]:8022")) == "[::1]:8022" and Address.parse("[::1]:8022").host == "::1"
     assert settings.webhooks[0].events == ("failed",)
     assert "hook-secret" not in repr(settings) and "s3cret-token" not in repr(settings)
     with pytest.raises(AttributeError):

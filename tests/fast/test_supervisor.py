@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from androcond.config import DaemonSettings, DeviceSettings, DockerSettings, Settings, TimeoutSettings
+from androcond.config import Address, DaemonSettings, DeviceSettings, DockerSettings, Settings, TimeoutSettings
 from androcond.daemon.requests import AlreadyMigrating, MigrationRequest, NotAccepting
 from androcond.daemon.scheduler import Scheduler
 from androcond.engine import EngineError
@@ -144,7 +144,7 @@ async def journal(tmp_path: Path) -> AsyncIterator[Journal]:
 def context(tmp_path: Path, journal: Journal, engine: FakeEngine, link: type[FakeLink]) -> Context:
     (tmp_path / "id").write_text("")
     (tmp_path / "known_hosts").write_text("")
-    device = DeviceSettings("pixel", address="127.0.0.1:9", identity=tmp_path / "id",
+    device = DeviceSettings("pixel", address=Address("127.0.0.1", 9), identity=tmp_path / "id",
                             known_hosts=tmp_path / "known_hosts")
     settings = Settings(daemon=DaemonSettings(state_dir=tmp_path / "state"), docker=DockerSettings(checkpoint="engine"),
                         devices={"pixel": device}, timeouts=TimeoutSettings(settle=2.0))
