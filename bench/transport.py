@@ -20,7 +20,8 @@ import uuid
 from pathlib import Path
 
 from androcond.link.payload import OutgoingFile
-from androcond.link.transport import AgentConnection, Endpoint
+from androcond.link.ssh import Endpoint
+from androcond.link.transport import AgentConnection
 from androcond.protocol import protocol_pb2 as pb
 from bench.procfs import peak_rss
 from tests.testbed import TestBed

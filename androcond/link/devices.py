@@ -19,7 +19,8 @@ from ..criu import compat as criu_compat
 from ..errors import AndrocondError
 from ..logging import get_logger
 from .adb import AdbClient, AdbError
-from .transport import AgentConnection, Endpoint, PhaseTimeouts, TransportError
+from .ssh import Endpoint, PhaseTimeouts, TransportError
+from .transport import AgentConnection
 
 log = get_logger(__name__)
 PROBE_TIMEOUTS = PhaseTimeouts(connect=10.0, hello=10.0)

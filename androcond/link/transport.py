@@ -13,65 +13,29 @@ import contextlib
 import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Protocol, Self, TypeVar
 
 import asyncssh
 
 from .. import __version__
-from ..errors import AndrocondError
 from ..logging import get_logger
 from ..protocol import protocol_pb2 as pb
 from ..protocol import ssh
-from ..protocol.codes import ErrorCode
 from ..protocol.wire import CHUNK, PROTOCOL_VERSION, ChannelClosed, WireError, body, read_frame, write_frame
 from .payload import OutgoingFile, Progress, ProgressCallback, read_file_chunks
+from .ssh import (
+    AgentRefused,
+    Endpoint,
+    FileRejected,
+    PhaseTimeouts,
+    StreamStalled,
+    TransportError,
+    connect,
+    within_phase,
+)
 
 log = get_logger(__name__)
 T = TypeVar("T")
-
-
-class TransportError(AndrocondError):
-    """Root of the transport's errors."""
-
-
-class HostKeyRejected(TransportError):
-    """The device's host key is unknown or changed; nothing was sent."""
-
-
-class AuthenticationFailed(TransportError):
-    pass
-
-
-class PhaseTimeout(TransportError, TimeoutError):
-    def __init__(self, phase: str, seconds: float, what: str = "") -> None:
-        super().__init__(f"timed out after {seconds:g}s in phase {phase!r}{f' ({what})' if what else ''}")
-        self.phase = phase
-        self.seconds = seconds
-
-
-class StreamStalled(PhaseTimeout):
-    """Nothing moved for the idle deadline: the link took no byte and the agent sent no verdict (a hung
-    agent behind a live sshd answers keepalives, so only progress tells)."""
-
-
-class AgentRefused(TransportError):
-    """The agent answered with an error frame; its text is the message, its phase and code are kept."""
-
-    def __init__(self, message: str, phase: str = "", code: ErrorCode = ErrorCode.INTERNAL) -> None:
-        super().__init__(message)
-        self.phase = phase
-        self.code = code
-
-    @classmethod
-    def from_frame(cls, error: pb.Error, prefix: str = "") -> AgentRefused:
-        code = ErrorCode.of(error.code)
-        where = f" (agent, phase {error.phase}, {code})" if error.phase else ""
-        return cls(f"{prefix}{error.message}{where}", error.phase, code)
-
-
-class FileRejected(TransportError):
-    """The agent refused a file (digest mismatch, short data); nothing will be restored."""
 
 
 # File data sent but not yet stored by the agent (its Stored frames) is kept below this: what bounds the
@@ -79,32 +43,8 @@ class FileRejected(TransportError):
 # on the first delivery after a resume, with data still buffered, so the channel window alone let the agent
 # buffer hundreds of MiB (measured: 110 MiB in the channel's buffer for a 512 MiB file).
 UNSTORED_LIMIT = 32 * 1024 * 1024
+DEFAULT_TIMEOUTS = PhaseTimeouts()
 CLOSE_TIMEOUT_S = 5.0
-
-
-@dataclass(frozen=True)
-class PhaseTimeouts:
-    connect: float = 20.0
-    hello: float = 20.0
-    begin: float = 120.0       # includes creating the target container
-    file_ack: float = 120.0    # the verdict on a file after its last byte
-    image_ack: float = 600.0   # the verdict on a shipped image: the device's `docker load` finishing
-    commit: float = 600.0      # `docker start --checkpoint` of a large container
-    query: float = 20.0
-    stream_idle: float = 30.0  # no progress at all (no byte taken, no verdict) for this long
-
-
-@dataclass(frozen=True)
-class Endpoint:
-    host: str
-    port: int
-    user: str
-    identity: Path
-    known_hosts: Path
-    # Run under a stock OpenSSH server; our own `agent serve` ignores the command.
-    agent_command: str = "androcond agent stdio"
-    # Name to look up in known_hosts instead of host:port (an adb forward's local port changes every time).
-    host_key_alias: str | None = None
 
 
 class PageSource(Protocol):
@@ -145,11 +85,11 @@ class AgentConnection:
 
     # --- connection ------------------------------------------------------------------------------------
     @classmethod
-    async def open(cls, endpoint: Endpoint, timeouts: PhaseTimeouts = PhaseTimeouts()) -> Self:
-        conn = await _connect(endpoint, timeouts)
+    async def open(cls, endpoint: Endpoint, timeouts: PhaseTimeouts = DEFAULT_TIMEOUTS) -> Self:
+        conn = await connect(endpoint, timeouts)
         try:
             try:
-                writer, reader, stderr = await _phase("connect", timeouts.connect, conn.open_session(
+                writer, reader, stderr = await within_phase("connect", timeouts.connect, conn.open_session(
                     endpoint.agent_command, encoding=None, window=ssh.CHANNEL_WINDOW, max_pktsize=ssh.CHANNEL_PACKET))
             except (asyncssh.Error, OSError) as exc:
                 raise TransportError(f"the device refused a session for the agent: {exc}") from exc
@@ -162,8 +102,8 @@ class AgentConnection:
 
     async def _hello(self) -> None:
         hello = pb.Frame(client_hello=pb.ClientHello(protocol_version=PROTOCOL_VERSION, client_version=__version__))
-        await _phase("hello", self.timeouts.hello, self._send(hello))
-        frame = await _phase("hello", self.timeouts.hello, self._read())
+        await within_phase("hello", self.timeouts.hello, self._send(hello))
+        frame = await within_phase("hello", self.timeouts.hello, self._read())
         if body(frame) == "error":
             raise AgentRefused.from_frame(frame.error, "agent refused the hello: ")
         if body(frame) != "agent_hello":
@@ -260,7 +200,7 @@ class AgentConnection:
     async def _request(self, frame: pb.Frame, phase: str, seconds: float, expected: str) -> pb.Frame:
         """Send a request and await its reply, both under the phase's deadline (an agent that stopped
         reading blocks the send as surely as one that stopped answering blocks the reply)."""
-        return await _phase(phase, seconds, self._send_and_reply(frame, phase, expected))
+        return await within_phase(phase, seconds, self._send_and_reply(frame, phase, expected))
 
     async def _send_and_reply(self, request: pb.Frame, phase: str, expected: str) -> pb.Frame:
         await self._send(request)
@@ -332,7 +272,7 @@ class AgentConnection:
             acks.append((spec, ack))
         for spec, ack in acks:
             limit = self.timeouts.image_ack if spec.destination == pb.IMAGE_TAR else self.timeouts.file_ack
-            verdict = await _phase("file_ack", limit, asyncio.shield(ack))
+            verdict = await within_phase("file_ack", limit, asyncio.shield(ack))
             if not verdict.ok:
                 raise FileRejected(f"agent rejected a file: {verdict.error}")
             state.files_verified += 1
@@ -401,7 +341,7 @@ class AgentConnection:
         if first.state != pb.OUTCOME_PAGING:
             return first
         await on_resumed(first)
-        return (await _phase("paging", paging_s, self._reply("paging", "outcome"))).outcome
+        return (await within_phase("paging", paging_s, self._reply("paging", "outcome"))).outcome
 
     async def _page_request(self, data: bytes) -> None:
         if self._pages is None:
@@ -433,43 +373,3 @@ class AgentConnection:
         return (await self._request(frame, "query", self.timeouts.query, "outcome")).outcome
 
 
-async def _connect(endpoint: Endpoint, timeouts: PhaseTimeouts) -> asyncssh.SSHClientConnection:
-    where = f"{endpoint.host}:{endpoint.port}"
-    try:
-        known_hosts = asyncssh.read_known_hosts(str(endpoint.known_hosts))
-    except (OSError, ValueError) as exc:
-        raise TransportError(f"cannot read known_hosts {endpoint.known_hosts}: {exc}") from exc
-    try:
-        return await _phase("connect", timeouts.connect, asyncssh.connect(
-            endpoint.host, endpoint.port, username=endpoint.user, known_hosts=known_hosts,
-            client_keys=[str(endpoint.identity)], agent_path=None, preferred_auth="publickey",
-            host_key_alias=endpoint.host_key_alias,
-            encryption_algs=ssh.CIPHERS, keepalive_interval=ssh.CLIENT_KEEPALIVE_S,
-            keepalive_count_max=ssh.CLIENT_KEEPALIVE_COUNT))
-    except asyncssh.HostKeyNotVerifiable as exc:
-        offered = await _offered_fingerprint(endpoint, timeouts)
-        raise HostKeyRejected(f"host key of the agent at {where} is unknown or changed (server offers "
-                              f"{offered}; known_hosts: {endpoint.known_hosts}); refusing to connect") from exc
-    except asyncssh.PermissionDenied as exc:
-        raise AuthenticationFailed(f"the agent at {where} refused key {endpoint.identity} for user "
-                                   f"{endpoint.user!r}: {exc.reason}") from exc
-    except (asyncssh.Error, OSError) as exc:
-        raise TransportError(f"cannot connect to the agent at {where}: {exc}") from exc
-
-
-async def _offered_fingerprint(endpoint: Endpoint, timeouts: PhaseTimeouts) -> str:
-    """The fingerprint the server presents, for the error message (a second, key-only handshake)."""
-    try:
-        async with asyncio.timeout(timeouts.connect):
-            key = await asyncssh.get_server_host_key(endpoint.host, endpoint.port)
-    except (asyncssh.Error, OSError, TimeoutError):
-        return "an unknown key"
-    return key.get_fingerprint() if key is not None else "no key"
-
-
-async def _phase(phase: str, seconds: float, awaitable: Awaitable[T]) -> T:
-    try:
-        async with asyncio.timeout(seconds):
-            return await awaitable
-    except TimeoutError as exc:
-        raise PhaseTimeout(phase, seconds) from exc

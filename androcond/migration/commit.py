@@ -15,7 +15,7 @@ from typing import Protocol
 from ..criu.page_server import PageServer, PageServerError
 from ..faults import inject
 from ..link.payload import Progress
-from ..link.transport import TransportError
+from ..link.ssh import TransportError
 from ..protocol import protocol_pb2 as pb
 from .plan import Frozen, Shipped
 from .recorder import Recorder

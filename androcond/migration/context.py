@@ -10,7 +10,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 from ..config import DeviceSettings, Settings, TimeoutSettings
-from ..link.transport import PhaseTimeouts
+from ..link.ssh import PhaseTimeouts
 from ..tasks import TaskOwner
 from .journal import Journal, MigrationRecord
 from .roles import LinkFactory, Source, TargetLink

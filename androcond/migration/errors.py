@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from ..errors import AndrocondError
-from ..link.transport import TransportError
+from ..link.ssh import TransportError
 
 
 class Rejected(AndrocondError):

@@ -19,7 +19,7 @@ import time
 from ..errors import AndrocondError
 from ..faults import inject
 from ..link.payload import OutgoingFile, Progress
-from ..link.transport import AgentRefused, TransportError
+from ..link.ssh import AgentRefused, TransportError
 from ..logging import get_logger, log_context
 from ..protocol import protocol_pb2 as pb
 from ..protocol.codes import OutcomeState

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from ..config import DeviceSettings
 from ..engine import EngineError
 from ..errors import AndrocondError
-from ..link.transport import TransportError
+from ..link.ssh import TransportError
 from ..logging import get_logger
 from ..protocol import protocol_pb2 as pb
 from ..protocol.codes import OutcomeState

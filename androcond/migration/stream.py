@@ -17,7 +17,7 @@ from ..faults import armed, inject
 from ..images.lazy import split_lazy
 from ..link.layer import LayerError, checkpoint_files, executables_for_target, replace_files
 from ..link.payload import OutgoingFile, Progress
-from ..link.transport import TransportError
+from ..link.ssh import TransportError
 from ..logging import get_logger
 from ..recoder import recode_async, stages_for
 from ..recoder.arch import VARIANT_SUFFIX

@@ -9,7 +9,8 @@ from collections.abc import AsyncIterator
 from ..config import DeviceSettings
 from ..link.adb import AdbClient, AdbError
 from ..link.devices import DeviceError, agent_endpoint
-from ..link.transport import AgentConnection, PhaseTimeouts, TransportError
+from ..link.ssh import PhaseTimeouts, TransportError
+from ..link.transport import AgentConnection
 from ..migration.roles import LinkFactory, TargetLink
 
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import asyncssh
 import pytest
 
-from androcond.link.transport import Endpoint
+from androcond.link.ssh import Endpoint
 
 from ..recoder.conftest import builds, recoder_image  # noqa: F401 - shared with the cross-ISA tests
 from ..testbed import TestBed

@@ -12,8 +12,7 @@ import pytest
 
 from androcond.engine import Engine, EngineError
 from androcond.link.payload import OutgoingFile
-from androcond.link.transport import (
-    AgentConnection,
+from androcond.link.ssh import (
     AgentRefused,
     AuthenticationFailed,
     Endpoint,
@@ -21,6 +20,7 @@ from androcond.link.transport import (
     HostKeyRejected,
     TransportError,
 )
+from androcond.link.transport import AgentConnection
 from androcond.protocol import protocol_pb2 as pb
 
 from ..testbed.bed import RUN_FILTER

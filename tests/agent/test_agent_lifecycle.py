@@ -23,7 +23,7 @@ from androcond.agent.outcomes import OutcomeRecord, ProcessIdentity
 from androcond.config import load_settings
 from androcond.engine import Engine
 from androcond.link.payload import OutgoingFile, read_file_chunks
-from androcond.link.transport import Endpoint
+from androcond.link.ssh import Endpoint
 from androcond.protocol import protocol_pb2 as pb
 from androcond.protocol.codes import OutcomeState
 from androcond.protocol.wire import PROTOCOL_VERSION, ChannelClosed, WireError, body, read_frame, write_frame

@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 
 from androcond.engine import Engine
-from androcond.link.transport import AgentConnection, Endpoint
+from androcond.link.ssh import Endpoint
+from androcond.link.transport import AgentConnection
 from androcond.protocol import protocol_pb2 as pb
 
 from ..testbed import TestBed

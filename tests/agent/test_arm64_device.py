@@ -24,7 +24,8 @@ from elftools.elf.sections import SymbolTableSection
 from androcond import __version__
 from androcond.engine import Engine
 from androcond.link.adb import AdbClient
-from androcond.link.transport import AgentConnection, Endpoint, PhaseTimeouts
+from androcond.link.ssh import Endpoint, PhaseTimeouts
+from androcond.link.transport import AgentConnection
 
 from ..helpers import DaemonProcess, counter_config, wait_for_count
 from ..testbed.arm64 import Arm64Device

@@ -17,7 +17,7 @@ from androcond.daemon.requests import AlreadyMigrating, MigrationRequest, NotAcc
 from androcond.daemon.scheduler import Scheduler
 from androcond.engine import EngineError
 from androcond.link.payload import OutgoingFile, Progress
-from androcond.link.transport import TransportError
+from androcond.link.ssh import TransportError
 from androcond.migration.journal import Journal, MigrationRecord
 from androcond.migration.roles import LinkFactory, TargetLink
 from androcond.migration.states import MigrationState

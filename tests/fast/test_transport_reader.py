@@ -11,7 +11,8 @@ from typing import Any, cast
 
 import pytest
 
-from androcond.link.transport import UNSTORED_LIMIT, AgentConnection, PhaseTimeouts, TransportError
+from androcond.link.ssh import PhaseTimeouts, TransportError
+from androcond.link.transport import UNSTORED_LIMIT, AgentConnection
 from androcond.protocol import protocol_pb2 as pb
 from androcond.protocol.wire import encode_frame
 
