@@ -25,7 +25,8 @@ from cloudevents.core.bindings.http import HTTPMessage, from_http_event
 from cloudevents.v1.http import from_http as from_http_v1
 
 from androcond.config import DaemonSettings, Settings, WebhookSettings
-from androcond.daemon.notify import OUTBOX_FILE, Webhooks, event_kind_for_state
+from androcond.daemon.events import event_kind_for_state
+from androcond.daemon.notify import OUTBOX_FILE, Webhooks
 from androcond.logging import configure_logging
 from androcond.migration.journal import MigrationRecord, MigrationState
 

@@ -27,8 +27,9 @@ from ..target.agent import agent_links
 from ..tasks import TaskOwner
 from .api import ApiState, build_app, start_api
 from .engine_lock import EngineLock
+from .events import event_kind_for_state
 from .metrics import Metrics
-from .notify import NotifyError, Webhooks, event_kind_for_state
+from .notify import NotifyError, Webhooks
 from .requests import AlreadyMigrating, MigrationRequest, NotAccepting
 from .resolver import Resolver
 from .scheduler import Scheduler

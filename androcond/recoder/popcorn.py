@@ -7,7 +7,7 @@ signal and detach (CRIU-IMAGES.md section 7). The task then keeps running until 
 
 ptrace requests for a tracee must all come from the thread that attached, so each task's protocol runs
 start to finish in one thread: call `notify_tasks()` in a worker thread, or await `notify()`.
-(Webhook notifications live in `notify.py`; this module is the Popcorn protocol only.)
+(Webhook notifications live in `daemon/notify.py`; this module is the Popcorn protocol only.)
 """
 
 from __future__ import annotations
