@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +38,22 @@ CANCEL_GRACE_S = 60.0
 CLOSE_TIMEOUT_S = 5.0
 
 
+@dataclass(frozen=True)
+class AgentParts:
+    """The session and device-engine classes an agent runs with: androcond's own, or, on the test bed, ones
+    with a fault (tests/agent/faulty_agent.py), given explicitly."""
+
+    session: type[AgentSession] = AgentSession
+    device: type[DeviceEngine] = DeviceEngine
+
+
 class Agent:
     """What every session shares: the device engine, its facts, the outcome store, the live sessions."""
 
-    session_class: type[AgentSession] = AgentSession  # tests inject faults through a subclass
-    device_class: type[DeviceEngine] = DeviceEngine  # and faults of the device engine through this one
-
-    def __init__(self, settings: AgentSettings, engine: Engine, device: DeviceEngine) -> None:
+    def __init__(self, settings: AgentSettings, engine: Engine, device: DeviceEngine,
+                 parts: AgentParts = AgentParts()) -> None:
         self.settings = settings
+        self.parts = parts
         self.engine = engine
         self.device = device
         self.outcomes = OutcomeStore(settings.spool_dir / "outcomes")
@@ -52,12 +61,12 @@ class Agent:
         self.accepting = True
 
     @classmethod
-    async def open(cls, settings: AgentSettings) -> Agent:
+    async def open(cls, settings: AgentSettings, parts: AgentParts = AgentParts()) -> Agent:
         engine = Engine(settings.docker_host)
         try:
             facts = await gather_facts(engine)
             await asyncio.to_thread(settings.spool_dir.mkdir, parents=True, exist_ok=True)
-            agent = cls(settings, engine, cls.device_class(engine, facts, settings.spool_dir))
+            agent = cls(settings, engine, parts.device(engine, facts, settings.spool_dir), parts)
             # What an agent killed mid-migration left in flight gets its final answer now.
             settled = await settle_all(agent.outcomes, agent.device)
         except BaseException:
@@ -83,7 +92,7 @@ class Agent:
                 return
             self.sessions.add(task)
             try:
-                await self.session_class(self.device, self.outcomes, reader, writer).run()
+                await self.parts.session(self.device, self.outcomes, reader, writer).run()
             finally:
                 self.sessions.discard(task)
 
@@ -182,8 +191,8 @@ async def start_ssh_server(agent: Agent, connections: set[asyncssh.SSHServerConn
     )
 
 
-async def serve(settings: AgentSettings) -> int:
-    agent = await Agent.open(settings)
+async def serve(settings: AgentSettings, parts: AgentParts = AgentParts()) -> int:
+    agent = await Agent.open(settings, parts)
     stop, force = asyncio.Event(), asyncio.Event()
     loop = asyncio.get_running_loop()
 

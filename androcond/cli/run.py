@@ -9,6 +9,8 @@ from typing import Any
 from ..cli_common import add_config_option
 from ..config import load_settings
 from ..daemon.serve import serve
+from ..errors import ConfigError
+from ..faults import Faults
 from ..logging import configure_logging
 
 
@@ -21,4 +23,8 @@ def register(commands: Any) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     settings = load_settings(args.config)
     configure_logging(settings.daemon.log_level, settings.daemon.log_format)
-    return asyncio.run(serve(settings))
+    try:  # the bed's fault points, read once (faults.py); unset everywhere else
+        faults = Faults.from_environ()
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
+    return asyncio.run(serve(settings, faults))

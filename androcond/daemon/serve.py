@@ -17,6 +17,7 @@ from aiohttp import web
 
 from ..config import Settings
 from ..engine import Engine
+from ..faults import NO_FAULTS, Faults
 from ..link.adb import AdbClient
 from ..logging import get_logger, log_context
 from ..migration import Context, new_record, phase_timeouts
@@ -46,8 +47,9 @@ SETTLE_AT_SHUTDOWN_S = 30.0
 
 
 class Daemon:
-    def __init__(self, settings: Settings, notifier: Notifier | None = None) -> None:
+    def __init__(self, settings: Settings, notifier: Notifier | None = None, faults: Faults = NO_FAULTS) -> None:
         self.settings = settings
+        self.faults = faults
         self.notifier = notifier or Notifier()
         self.stop_requested = asyncio.Event()
         self.ready = asyncio.Event()
@@ -175,11 +177,11 @@ class Daemon:
         settings = self.settings
 
         def source(record: MigrationRecord) -> HostSource:  # this daemon's engine
-            return HostSource(self.engine, settings.docker, record, settings.timeouts.checkpoint)
+            return HostSource(self.engine, settings.docker, record, settings.timeouts.checkpoint, faults=self.faults)
 
-        ctx = Context(settings, journal, links=agent_links(self.adb, phase_timeouts(settings.timeouts)),
+        ctx = Context(settings, journal, links=agent_links(self.adb, phase_timeouts(settings.timeouts), self.faults),
                       sources=source, on_change=self._on_migration_change, on_end=self.metrics.migration_ended,
-                      background=self.background)
+                      background=self.background, faults=self.faults)
         self.scheduler = Scheduler(ctx, journal, self.settings.daemon.max_migrations, tg.create_task,
                                    on_released=self._on_released)
         self.resolver = Resolver(ctx, journal, self.scheduler.running, self.settings.timeouts.resolve_backoff_max)
@@ -228,11 +230,11 @@ class Daemon:
         self.notifier.ready(status="following Docker events; 0 migration(s) in flight")
 
 
-async def serve(settings: Settings) -> int:
-    """Run the daemon until a signal asks it to stop; return the process exit code."""
+async def serve(settings: Settings, faults: Faults = NO_FAULTS) -> int:
+    """Run the daemon until a signal asks it to stop; return the process exit code. `faults`: the bed's."""
     # Read and cleared before anything starts a subprocess, which must not inherit our systemd socket.
     notifier = Notifier.from_environ(unset=True)
-    daemon = Daemon(settings, notifier)
+    daemon = Daemon(settings, notifier, faults)
     loop = asyncio.get_running_loop()
     signals_seen = 0
 

@@ -12,11 +12,11 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 
-from .. import faults
 from ..aio import complete
 from ..config import DeviceSettings
 from ..criu import compat as criu_compat
 from ..errors import AndrocondError
+from ..faults import NO_FAULTS, Faults
 from ..logging import get_logger
 from .adb import AdbClient, AdbError
 from .ssh import Endpoint, PhaseTimeouts, TransportError
@@ -31,7 +31,8 @@ class DeviceError(AndrocondError):
 
 
 @asynccontextmanager
-async def agent_endpoint(device: DeviceSettings, adb: AdbClient) -> AsyncIterator[Endpoint]:
+async def agent_endpoint(device: DeviceSettings, adb: AdbClient,
+                         faults: Faults = NO_FAULTS) -> AsyncIterator[Endpoint]:
     """The agent's ssh endpoint for as long as the block runs (an adb forward is removed afterwards)."""
     if device.identity is None or device.known_hosts is None:
         raise DeviceError(f"device {device.name}: identity and known_hosts are needed to reach its agent")

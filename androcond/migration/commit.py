@@ -13,7 +13,7 @@ import time
 from typing import Protocol
 
 from ..criu.page_server import PageServer, PageServerError
-from ..faults import inject
+from ..faults import Faults
 from ..link.payload import Progress
 from ..link.ssh import TransportError
 from ..protocol import protocol_pb2 as pb
@@ -40,8 +40,9 @@ class EagerCommit:
 
 
 class LazyCommit:
-    def __init__(self, paging_s: float) -> None:
+    def __init__(self, paging_s: float, faults: Faults) -> None:
         self.paging_s = paging_s
+        self.faults = faults
 
     async def commit(self, link: TargetLink, shipped: Shipped, frozen: Frozen, recorder: Recorder,
                      progress: Progress) -> pb.Outcome:
@@ -56,7 +57,7 @@ class LazyCommit:
             recorder.time("resumed_s", frozen.at)  # the downtime, should the move end done
             await recorder.transition(S.PAGING, f"running on {recorder.record.device} as "
                                                 f"{outcome.container_id[:12]}; its memory is arriving")
-            inject("paging", recorder.record.container_name)
+            self.faults.inject("paging", recorder.record.container_name)
 
         try:
             outcome = await link.commit_lazy(shipped.file_count, server, resumed, self.paging_s)
@@ -71,5 +72,5 @@ class LazyCommit:
         return outcome
 
 
-def strategy(lazy: bool, paging_s: float) -> CommitStrategy:
-    return LazyCommit(paging_s) if lazy else EagerCommit()
+def strategy(lazy: bool, paging_s: float, faults: Faults) -> CommitStrategy:
+    return LazyCommit(paging_s, faults) if lazy else EagerCommit()

@@ -10,6 +10,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 from ..config import DeviceSettings, Settings, TimeoutSettings
+from ..faults import NO_FAULTS, Faults
 from ..link.ssh import PhaseTimeouts
 from ..tasks import TaskOwner
 from .journal import Journal, MigrationRecord
@@ -35,6 +36,7 @@ class Context:
     on_end: Callable[[MigrationRecord], None] | None = None
     # Settle tasks that outlive a cancelled migration (shutdown): the daemon waits for them within its budget.
     background: TaskOwner = field(default_factory=TaskOwner)
+    faults: Faults = NO_FAULTS  # the bed's fault points (faults.py)
 
     def connect(self, device: DeviceSettings) -> AbstractAsyncContextManager[TargetLink]:
         return self.links(device)

@@ -17,7 +17,6 @@ import json
 import time
 
 from ..errors import AndrocondError
-from ..faults import inject
 from ..link.payload import OutgoingFile, Progress
 from ..link.ssh import AgentRefused, TransportError
 from ..logging import get_logger, log_context
@@ -130,7 +129,7 @@ class Migration:
                 except TransportError as exc:
                     raise Rejected(f"device {record.device} is not reachable: {exc}") from exc
             async with budget("preflight", t.preflight):
-                inject("preflight", record.container_name)
+                self.ctx.faults.inject("preflight", record.container_name)
                 plan = await preflight.plan(self.source, device, inspect, link.hello)
                 self.progress.bytes_expected = plan.estimate
                 # The target container is made (and the image shipped) while the source still runs: none of
@@ -150,15 +149,16 @@ class Migration:
                 self.settler.frozen = frozen
                 self.recorder.time("checkpoint_s", frozen.at)
                 log.info("checkpointed", via=frozen.via, seconds=record.timings["checkpoint_s"])
-                inject("checkpoint", record.container_name)
+                self.ctx.faults.inject("checkpoint", record.container_name)
             async with budget("stream", t.stream):
                 await self.recorder.transition(S.STREAMING)
                 shipped = await stream(self.source, link, plan, frozen, workspace=self.workspace,
-                                       recorder=self.recorder, recode_s=t.recode, on_progress=self._on_progress)
+                                       recorder=self.recorder, recode_s=t.recode, on_progress=self._on_progress,
+                                       faults=self.ctx.faults)
             await self.recorder.transition(S.RESTORING)
-            inject("commit", record.container_name)
-            outcome = await strategy(plan.lazy, t.paging).commit(link, shipped, frozen, self.recorder,
-                                                                 self.progress)
+            self.ctx.faults.inject("commit", record.container_name)
+            outcome = await strategy(plan.lazy, t.paging, self.ctx.faults).commit(link, shipped, frozen,
+                                                                                  self.recorder, self.progress)
             if outcome.state != pb.OUTCOME_RUNNING:
                 raise DeviceDidNotRestore(
                     f"the device did not restore the container: {outcome.error or OutcomeState.of(outcome.state)}")

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
-from ..faults import armed, inject
+from ..faults import Faults
 from ..images.lazy import split_lazy
 from ..link.layer import LayerError, checkpoint_files, executables_for_target, replace_files
 from ..link.payload import OutgoingFile, Progress
@@ -47,10 +47,10 @@ class Workspace:
 
 
 async def recode(plan: Plan, frozen: Frozen, *, root: Path | None, out: Path, recorder: Recorder,
-                 deadline_s: float) -> Path:
+                 deadline_s: float, faults: Faults) -> Path:
     """The images as the target needs them, else the dump as it is. `root` is the stopped container's root
     filesystem (a cross-ISA recode reads the binaries there)."""
-    inject("recode", recorder.record.container_name)
+    faults.inject("recode", recorder.record.container_name)
     options = replace(plan.recode, root=root or Path("/"))
     if not stages_for(platform.machine(), options):
         return frozen.images
@@ -66,18 +66,19 @@ async def recode(plan: Plan, frozen: Frozen, *, root: Path | None, out: Path, re
 
 
 async def stream(source: Source, link: TargetLink, plan: Plan, frozen: Frozen, *, workspace: Workspace,
-                 recorder: Recorder, recode_s: float, on_progress: Callable[[Progress], None]) -> Shipped:
+                 recorder: Recorder, recode_s: float, on_progress: Callable[[Progress], None],
+                 faults: Faults) -> Shipped:
     """Send the checkpoint, the writable layer and the volumes (read now that the container is stopped);
     across ISAs also the target's variant of every task's binary, at the binary's path."""
     record: MigrationRecord = recorder.record
-    inject("stream", record.container_name)
+    faults.inject("stream", record.container_name)
     t0 = time.monotonic()
     cross = plan.cross
     async with contextlib.AsyncExitStack() as mounted:
         # The root stays mounted until the binaries placed from it have been sent.
         root = await mounted.enter_async_context(source.mounted_root(plan.inspect)) if cross is not None else None
         images = await recode(plan, frozen, root=root, out=workspace.recoded, recorder=recorder,
-                              deadline_s=recode_s)
+                              deadline_s=recode_s, faults=faults)
 
         def collect() -> list[OutgoingFile]:
             files = checkpoint_files(images)
@@ -89,7 +90,7 @@ async def stream(source: Source, link: TargetLink, plan: Plan, frozen: Frozen, *
             files += source.payload(plan.inspect)
             if cross is not None and root is not None:
                 # Injected: the target keeps the source's binary, as if it was never replaced (its CRIU refuses).
-                isa = platform.machine() if armed("wrong-exe", record.container_name) else cross.target
+                isa = platform.machine() if faults.armed("wrong-exe", record.container_name) else cross.target
                 files = replace_files(files, executables_for_target(root, list(cross.executables),
                                                                     VARIANT_SUFFIX[isa]))
             return files

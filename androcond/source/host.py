@@ -20,7 +20,7 @@ from ..criu import compat as criu_compat
 from ..criu import runc
 from ..criu.leftovers import NONCE_FILE, place_nonce, remove_extractions
 from ..engine import Engine, EngineError
-from ..faults import inject
+from ..faults import NO_FAULTS, Faults
 from ..link.layer import tree_files
 from ..link.payload import OutgoingFile
 from ..logging import get_logger
@@ -110,12 +110,14 @@ def this_machine() -> Machine:
 
 class HostSource:
     def __init__(self, engine: Engine, docker: DockerSettings, record: MigrationRecord,
-                 stop_timeout_s: float, machine: Callable[[], Machine] = this_machine) -> None:
+                 stop_timeout_s: float, *, machine: Callable[[], Machine] = this_machine,
+                 faults: Faults = NO_FAULTS) -> None:
         self.engine = engine
         self.docker = docker
         self.record = record
         self._stop_timeout_s = stop_timeout_s
         self._machine = machine
+        self._faults = faults
         self._root: Path | None = None  # the engine's DockerRootDir, asked once
         self._nonce = ""  # marks this migration's checkpoint, to find containerd's copies of it again
         # After a freeze through runc: until the engine has seen the source stop (awaited before the source is
@@ -268,7 +270,7 @@ class HostSource:
 
     # --- after the move ------------------------------------------------------------------------------------
     async def remove(self) -> None:
-        inject("finish-source", self.record.container_name)
+        self._faults.inject("finish-source", self.record.container_name)
         await self.engine.remove_container(self.record.container_id, force=True)
 
     async def restore(self) -> None:

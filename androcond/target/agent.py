@@ -7,6 +7,7 @@ import contextlib
 from collections.abc import AsyncIterator
 
 from ..config import DeviceSettings
+from ..faults import NO_FAULTS, Faults
 from ..link.adb import AdbClient, AdbError
 from ..link.devices import DeviceError, agent_endpoint
 from ..link.ssh import PhaseTimeouts, TransportError
@@ -18,12 +19,12 @@ class TargetUnreachable(TransportError):
     """The device could not be reached (adb, its address, its configuration); nothing was sent."""
 
 
-def agent_links(adb: AdbClient, timeouts: PhaseTimeouts) -> LinkFactory:
+def agent_links(adb: AdbClient, timeouts: PhaseTimeouts, faults: Faults = NO_FAULTS) -> LinkFactory:
     @contextlib.asynccontextmanager
     async def link_to(device: DeviceSettings) -> AsyncIterator[TargetLink]:
         async with contextlib.AsyncExitStack() as stack:
             try:
-                endpoint = await stack.enter_async_context(agent_endpoint(device, adb))
+                endpoint = await stack.enter_async_context(agent_endpoint(device, adb, faults))
             except (AdbError, DeviceError) as exc:
                 raise TargetUnreachable(str(exc)) from exc
             yield await stack.enter_async_context(await AgentConnection.open(endpoint, timeouts))

@@ -156,8 +156,8 @@ def main(argv: list[str]) -> int:
     fault, _, config = argv[0], argv[1], argv[2]
     settings = load_settings(config)
     configure_logging("debug", "json")
-    server.Agent.session_class, server.Agent.device_class = FAULTS[fault]
-    return asyncio.run(server.serve(settings.agent))
+    session, device = FAULTS[fault]
+    return asyncio.run(server.serve(settings.agent, server.AgentParts(session=session, device=device)))
 
 
 if __name__ == "__main__":
