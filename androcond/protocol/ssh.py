@@ -1,4 +1,4 @@
-"""The ssh settings of the link, one definition for both ends (the daemon's client, androcond/transport.py, and
+"""The ssh settings of the link, one definition for both ends (the daemon's client, androcond/link/ssh.py, and
 the agent's server, androcond/agent/server.py)."""
 
 from __future__ import annotations

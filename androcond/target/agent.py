@@ -1,5 +1,5 @@
 """An androcond agent on a device as a migration's target, reached over adb or the network: one ssh link per
-migration (androcond/transport.py), open for as long as the block that asked for it runs."""
+migration (androcond/link/transport.py), open for as long as the block that asked for it runs."""
 
 from __future__ import annotations
 
