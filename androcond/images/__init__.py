@@ -13,7 +13,6 @@ from .framing import (
     Entry,
     ImageHeader,
     ImageReader,
-    ImageWriter,
     fixed_extra_length,
     message_type_for,
 )
@@ -31,6 +30,7 @@ from .pagemap import (
 )
 from .roundtrip import Difference, roundtrip_dir, roundtrip_file
 from .show import show_entry, show_image, show_message, show_reader
+from .writer import ImageWriter
 
 __all__ = [
     "CHUNK_SIZE",

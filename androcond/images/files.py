@@ -10,8 +10,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
-from .framing import CHUNK_SIZE, Entry, ImageHeader, ImageReader, ImageWriter
+from .framing import CHUNK_SIZE, Entry, ImageHeader, ImageReader
 from .magic import ImageKind
+from .writer import ImageWriter
 
 StrPath = str | os.PathLike[str]
 COPY_CHUNK = 8 * CHUNK_SIZE  # per copy_file_range call: large enough that syscalls do not dominate

@@ -7,8 +7,9 @@ from pathlib import Path
 from typing import BinaryIO
 
 from .files import StrPath, image_files
-from .framing import ImageReader, ImageWriter
+from .framing import ImageReader
 from .magic import ImageKind
+from .writer import ImageWriter
 
 
 @dataclass(frozen=True)
