@@ -18,7 +18,6 @@ import asyncio
 import contextlib
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 from ..aio import complete
@@ -35,7 +34,7 @@ from ..protocol.wire import (
     read_frame,
     write_frame,
 )
-from . import files, image_load
+from . import files
 from .device import DeviceEngine, parse_create_config
 from .errors import PEER_GONE, IdleTimeout, NoSpace, ProtocolViolation, RestoreError, ShuttingDown, classify
 from .files import FREE_SPACE_MARGIN, OpenFile, free_bytes
@@ -43,6 +42,7 @@ from .fit import fit
 from .incoming import IncomingMigration
 from .outcomes import OutcomeRecord, OutcomeStore, check_id
 from .post_copy import PostCopy
+from .receive import Receiving
 from .recovery import settle_if_stale
 
 log = get_logger(__name__)
@@ -50,8 +50,6 @@ log = get_logger(__name__)
 HELLO_TIMEOUT_S = 30.0
 # A client that goes silent mid-migration for this long is treated as gone.
 IDLE_TIMEOUT_S = 300.0
-# How often the client hears how much file data is stored: well below its UNSTORED_LIMIT (transport.py).
-STORED_STEP = 4 * 1024 * 1024
 # How long an error frame may take to go out (a client that reads nothing must not hold the session).
 ERROR_SEND_TIMEOUT_S = 5.0
 
@@ -60,7 +58,7 @@ HELLO, BEGIN, IMAGE, FILES, COMMIT, QUERY, ABORT = "hello", "begin", "image", "f
 _PHASE_OF_FRAME = {"begin": BEGIN, "commit": COMMIT, "query": QUERY, "abort": ABORT}
 
 
-class AgentSession(PostCopy):
+class AgentSession(Receiving, PostCopy):
     def __init__(self, device: DeviceEngine, outcomes: OutcomeStore, reader: FrameReader,
                  writer: FrameWriter) -> None:
         self.device = device
@@ -250,108 +248,6 @@ class AgentSession(PostCopy):
         # Should this process die now, whoever settles the record knows which container to remove.
         await self.outcomes.put(OutcomeRecord(begin.migration_id, OutcomeState.RECEIVING, migration.target.container_id,
                                               bytes_received=migration.bytes_received))
-
-    # --- files ----------------------------------------------------------------------------------------
-    def _active(self) -> IncomingMigration:
-        if self.migration is None or self.migration.finished:
-            raise ProtocolViolation("no migration in progress")
-        return self.migration
-
-    async def _root_for(self, migration: IncomingMigration, start: pb.FileStart) -> Path:
-        if migration.target is None:
-            raise ProtocolViolation("files sent before the image (BeginAck asked for it)")
-        if start.destination == pb.CHECKPOINT:
-            return migration.target.checkpoint_dir
-        if start.destination == pb.ROOTFS:
-            return migration.target.upper_dir
-        if start.destination == pb.VOLUME:
-            if start.volume not in migration.volume_dirs:
-                migration.volume_dirs[start.volume] = await self.device.volume_dir(start.volume)
-            return migration.volume_dirs[start.volume]
-        raise ProtocolViolation(f"unknown destination {start.destination}")
-
-    async def _file_start(self, start: pb.FileStart) -> None:
-        migration = self._active()
-        if self.current is not None:
-            raise ProtocolViolation(f"file {start.stream_id} started while {self.current.start.stream_id} is open")
-        current = OpenFile(start)
-        data_root = self.device.facts.data_root
-        if start.destination == pb.IMAGE_TAR:
-            if migration.target is not None:
-                raise ProtocolViolation("image sent although the device has it")
-            free = await free_bytes(data_root)
-            if start.size + FREE_SPACE_MARGIN > free:
-                raise NoSpace(f"not enough space on the device for the image ({start.size} bytes, {free} free)")
-            assert self._task is not None
-            current.image_queue = asyncio.Queue(image_load.QUEUE_CHUNKS)
-            current.image_load = asyncio.create_task(
-                self.device.load_image(image_load.drain(current.image_queue, self._task)), name="image-load")
-            self.current = current
-            return
-        root = await self._root_for(migration, start)
-        # Known before the thread runs: a discard must see (and close, and remove) whatever it makes.
-        self.current = current
-        await complete(asyncio.to_thread(files.place, root, start, current, migration.written, data_root))
-
-    async def _file_data(self, data: pb.FileData) -> None:
-        current = self.current
-        if current is None or data.stream_id != current.start.stream_id:
-            raise ProtocolViolation(f"data for stream {data.stream_id}, which is not open")
-        chunk = data.data
-        current.received += len(chunk)
-        # An image tar streams from `docker save` with no size known up front (size 0).
-        bounded = current.start.destination != pb.IMAGE_TAR or current.start.size > 0
-        if current.start.kind != pb.REGULAR or (bounded and current.received > current.start.size):
-            raise ProtocolViolation(f"{current.start.path!r}: more data than its announced {current.start.size} bytes")
-        if current.image_queue is not None:
-            assert current.image_load is not None
-            await asyncio.to_thread(current.hasher.update, chunk)  # hashlib releases the GIL
-            await image_load.put_unless_failed(current.image_queue, chunk, current.image_load)
-        else:
-            assert current.fd is not None
-            await complete(asyncio.to_thread(files.write_and_hash, current.fd, chunk, current.hasher))
-        await self._stored(len(chunk))
-
-    async def _stored(self, size: int) -> None:
-        """Count stored file data; tell the client every STORED_STEP bytes (it keeps a bounded amount unstored)."""
-        self._bytes_stored += size
-        if self._bytes_stored - self._stored_reported >= STORED_STEP:
-            self._stored_reported = self._bytes_stored
-            await self.send(pb.Frame(stored=pb.Stored(bytes=self._bytes_stored)))
-
-    async def _file_end(self, end: pb.FileEnd) -> None:
-        migration = self._active()
-        current = self.current
-        if current is None or end.stream_id != current.start.stream_id:
-            raise ProtocolViolation(f"end of stream {end.stream_id}, which is not open")
-        start = current.start
-        error = ""
-        if start.kind == pb.REGULAR:
-            if current.received != start.size and (start.destination != pb.IMAGE_TAR or start.size):
-                error = f"{start.path!r}: received {current.received} of {start.size} bytes"
-            elif current.hasher.digest() != end.sha256:
-                error = (f"{start.path!r}: SHA-256 mismatch (sent {end.sha256.hex()[:16]}…, "
-                         f"received {current.hasher.hexdigest()[:16]}…)")
-        if current.image_load is not None and current.image_queue is not None:
-            await image_load.put_unless_failed(current.image_queue, None, current.image_load)
-            await image_load.finish_load(current.image_load)  # a failed load raises RestoreError, ending the session
-            self.current = None
-            if not error:
-                await self._prepare(migration)
-        else:
-            # The fd goes to the thread, which closes it whatever happens.
-            fd, current.fd = current.fd, None
-            self.current = None
-            await complete(asyncio.to_thread(files.finish_file, fd, None if error else current.path, start))
-        migration.bytes_received += current.received
-        if error:
-            migration.failed = error
-            log.warning("file failed verification", error=error)
-        elif start.destination != pb.IMAGE_TAR:  # the image is not one of the migration's announced files
-            migration.files_verified += 1
-        await self.send(pb.Frame(file_ack=pb.FileAck(stream_id=start.stream_id, ok=not error, error=error)))
-        if error:
-            await self._discard(migration, OutcomeState.FAILED, error)
 
     # --- commit, query, abort --------------------------------------------------------------------------
     async def _commit(self, file_count: int = 0) -> None:
