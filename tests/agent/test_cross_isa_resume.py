@@ -25,7 +25,8 @@ from ..testbed import TestBed
 from ..testbed.arm64 import Arm64Device
 from ..testbed.bed import TEST_LABEL, TEST_RUN
 from ..testbed.proc import wait_for
-from .arm64_bed import ARM64_MARKS, BIN, arm64_device_table, install_twoisa_image
+from ..testbed.twoisa import BIN, arm64_device_table, install_twoisa_image
+from .arm64_bed import ARM64_MARKS
 from .conftest import AgentBed
 from .daemon_bed import finished, running, write_daemon_config
 
