@@ -21,11 +21,11 @@ import uuid
 from pathlib import Path
 
 from bench.migration import androcond_flow
-from tests.agent.arm64_bed import BIN, arm64_device_table, install_twoisa_image
 from tests.testbed import TestBed
 from tests.testbed.agent import DeviceAgent, daemon_config
 from tests.testbed.arm64 import Arm64Device, ensure_image
 from tests.testbed.proc import wait_for
+from tests.testbed.twoisa import BIN, arm64_device_table, install_twoisa_image
 
 AGENT_PORT = 8197
 LABEL = "androcond-bench"

@@ -29,20 +29,26 @@ SRC
     apt_updated=0
 fi
 
-packages=(docker.io busybox-static openssh-server openssh-client iproute2 debootstrap
-          gcc libc6-dev make util-linux procps criu systemd
-          gcc-aarch64-linux-gnu libc6-dev-arm64-cross
-          qemu-system-arm qemu-user-static qemu-utils binfmt-support)
+# The packages: one list (scripts/system-packages.txt), each with the suite it comes from.
+here=$(cd "$(dirname "$0")" && pwd)
+declare -A by_suite=()
 missing=()
-for p in "${packages[@]}" adb adbd; do
-    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
-done
+while read -r package suite _; do
+    case "$package" in ''|'#'*) continue ;; esac
+    by_suite[$suite]+=" $package"
+    dpkg-query -W -f='${Status}' "$package" 2>/dev/null | grep -q 'install ok installed' || missing+=("$package")
+done <"$here/system-packages.txt"
 if [ "${#missing[@]}" -gt 0 ] || [ "${apt_updated:-1}" = 0 ]; then
     log "installing: ${missing[*]:-none}"
     apt-get update -q
-    apt-get install -y -q --no-install-recommends "${packages[@]}"
-    apt-get install -y -q --no-install-recommends -t bookworm-backports adb adbd
+    for suite in "${!by_suite[@]}"; do
+        target=()  # the machine's own release needs no -t (its -updates and -security stay preferred)
+        [ "$suite" = bookworm ] || target=(-t "$suite")
+        # shellcheck disable=SC2086  # one word per package
+        apt-get install -y -q --no-install-recommends "${target[@]}" ${by_suite[$suite]}
+    done
 fi
+bash "$here/check-system.sh"
 
 # Debian 12's criu (3.17) fails `criu check` on current kernels, and trixie's 4.1.1 fails on sockets; CRIU
 # 4.2.1 from sid works. It needs a newer libc than bookworm's, so it lives in its own root and runs through that

@@ -37,6 +37,18 @@ async def wait_for_count(engine: Engine, ref: str, at_least: int, timeout: float
             await asyncio.sleep(0.05)
 
 
+async def start_counting(engine: Engine, config: dict[str, Any], name: str, at_least: int = 2,
+                         timeout: float = 60) -> int:
+    """Create and start a counter container and wait until it counted to at_least; the last count seen.
+
+    A test that compares the counter before and after a move (or a rollback) needs a count from before the
+    freeze: a labelled one is started this way before the daemon, which moves it from its startup scan. The
+    first count of a counter that touches a lot of memory first takes a while, hence the generous timeout."""
+    cid = await engine.create_container(config, name=name)
+    await engine.start_container(cid)
+    return (await wait_for_count(engine, cid, at_least=at_least, timeout=timeout))[-1]
+
+
 class DaemonProcess:
     """`androcond run` as a real subprocess; its JSON log lines are collected as they arrive."""
 

@@ -65,11 +65,22 @@ async def running(engine: Engine, name: str) -> bool:
         raise
 
 
-async def assert_back_at_source(engine_a: Engine, engine_b: Engine, name: str) -> None:
-    """Rolled back: running at the source, counting on from where it was (no restart), not on the device."""
-    last = counts(await engine_a.container_logs(name))[-1]
-    seen = await wait_for_count(engine_a, name, at_least=last + 3)
+async def counting_on(engine: Engine, name: str, counted: int, more: int = 3, timeout: float = 60) -> list[int]:
+    """Its counts once it counted `more` past both `counted` (what the test saw before the move) and the last
+    count its log shows now: it counts at this moment, on from where it was. (A log that shows nothing yet, as a
+    container just restored on the device may, counts from `counted`.)"""
+    now = counts(await engine.container_logs(name))
+    return await wait_for_count(engine, name, at_least=max([counted, *now[-1:]]) + more, timeout=timeout)
+
+
+async def assert_back_at_source(engine_a: Engine, engine_b: Engine, name: str, counted: int) -> None:
+    """Rolled back: running at the source and counting on past `counted`, the count the test waited for before
+    the move, with no restart (the whole log is continuous: a restart would print `count 1` again); not running
+    on the device."""
+    seen = await counting_on(engine_a, name, counted)
+    assert counted in seen, f"the source's log lost the count {counted} seen before the move: {seen[:3]}…"
     assert continuous(seen), "the source restarted instead of continuing"
+    assert await running(engine_a, name)
     assert not await running(engine_b, name)
 
 

@@ -30,7 +30,8 @@ from androcond.link.transport import AgentConnection
 from ..helpers import DaemonProcess, counter_config, wait_for_count
 from ..testbed.arm64 import Arm64Device
 from ..testbed.proc import wait_for
-from .arm64_bed import ARM64_MARKS, arm64_device_table
+from ..testbed.twoisa import arm64_device_table
+from .arm64_bed import ARM64_MARKS
 from .conftest import AgentBed
 from .daemon_bed import finished, write_daemon_config
 

@@ -25,7 +25,8 @@ from ..testbed import TestBed
 from ..testbed.arm64 import Arm64Device
 from ..testbed.bed import TEST_LABEL, TEST_RUN
 from ..testbed.proc import wait_for
-from .arm64_bed import ARM64_MARKS, BIN, arm64_device_table, install_twoisa_image
+from ..testbed.twoisa import BIN, arm64_device_table, install_twoisa_image
+from .arm64_bed import ARM64_MARKS
 from .conftest import AgentBed
 from .daemon_bed import finished, running, write_daemon_config
 
@@ -48,25 +49,42 @@ def on_device(arm64_device: Arm64Device, unique_name: str) -> Iterator[str]:
 
 
 async def _move(agent: AgentBed, device: Arm64Device, engine: Engine, image: str, name: str, directory: Path,
-                *args: str, android: bool = False, fault: str = "") -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """Start the program (`args` after its log file) labelled for the arm64 device under a daemon of its own and
-    wait for the migration's end: its last state record and the daemon's log. With `android`, the Android
-    profile applies on top of the recode; `fault` is injected in the daemon (ANDROCOND_INJECT_FAULT)."""
+                *args: str, roles: int = 1, android: bool = False,
+                fault: str = "") -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+    """Start the program (`args` after its log file) labelled for the arm64 device, wait until each of its `roles`
+    processes counted on x86_64, then start a daemon of its own (which moves it from its startup scan) and wait
+    for the migration's end: its last state record, the daemon's log and the last x86_64 count of role 0 seen
+    before the daemon started. With `android`, the Android profile applies on top of the recode; `fault` is
+    injected in the daemon (ANDROCOND_INJECT_FAULT)."""
     table = arm64_device_table(device, directory, extra='profile = "android"' if android else "")
     # The guest's CPU is emulated: generous deadlines.
     config = write_daemon_config(agent, directory, extra=table + "[timeouts]\nconnect = 60\n")
     env = {**os.environ, "ANDROCOND_INJECT_FAULT": f"{fault}@{name}"} if fault else None
     daemon = DaemonProcess(config, env=env)
-    await daemon.start()
     try:
-        await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
         labels = {TEST_LABEL: TEST_RUN, "androcond.migrate": "arm64", "androcond.delay": "2s"}
         cid = await engine.create_container(
             {"Image": image, "Cmd": [f"/bin/{BIN}", LOG, *args], "Labels": labels}, name=name)
         await engine.start_container(cid)
-        return await finished(daemon, name, timeout=300), daemon.lines
+        counted = await _counting_on_x86(engine, name, roles)
+        await daemon.start()
+        return await finished(daemon, name, timeout=300), daemon.lines, counted
     finally:
         await daemon.kill()
+
+
+async def _counting_on_x86(engine: Engine, name: str, roles: int, at_least: int = 4, timeout: float = 60) -> int:
+    """Wait (polling its logs) until every role counted to at_least on x86_64: what the tests compare after the
+    move was counted before the freeze (at 4 told, 3 is stored: a resume is at count 3 at least). The last count
+    of role 0 seen."""
+    async with asyncio.timeout(timeout):
+        while True:
+            lines = _lines(await engine.container_logs(name))
+            last = {role: max((n for kind, n, isa, r in lines if kind == "count" and isa == "x86_64" and r == role),
+                              default=0) for role in range(roles)}
+            if all(n >= at_least for n in last.values()):
+                return last[0]
+            await asyncio.sleep(0.1)
 
 
 def _lines(text: str) -> list[tuple[str, int, str, int]]:
@@ -97,7 +115,7 @@ def _assert_resumed(lines: list[tuple[str, int, str, int]], role: int) -> int:
 async def test_a_two_isa_container_resumes_on_the_arm64_device(
         arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, twoisa_image: str, tmp_path: Path,
         on_device: str) -> None:
-    end, lines = await _move(agent_server, arm64_device, engine_a, twoisa_image, on_device, tmp_path)
+    end, lines, _ = await _move(agent_server, arm64_device, engine_a, twoisa_image, on_device, tmp_path)
     assert end["state"] == "done", end.get("detail")
     assert not await running(engine_a, on_device)
     recoded = [e for e in lines if e.get("msg") == "configuration adjusted" and e.get("by") == "recoder"]
@@ -122,7 +140,8 @@ async def test_a_parent_and_its_child_both_resume(
         arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, twoisa_image: str, tmp_path: Path,
         on_device: str) -> None:
     """Two tasks of one binary, and the Android profile applied on top of the ISA recode."""
-    end, _ = await _move(agent_server, arm64_device, engine_a, twoisa_image, on_device, tmp_path, "1", android=True)
+    end, _, _ = await _move(agent_server, arm64_device, engine_a, twoisa_image, on_device, tmp_path, "1", roles=2,
+                            android=True)
     assert end["state"] == "done", end.get("detail")
 
     def both_count_on() -> bool:
@@ -137,19 +156,22 @@ async def test_a_parent_and_its_child_both_resume(
     assert processes.count(f"/bin/{BIN}") == 2, processes
 
 
-async def _assert_counting_at_source(engine: Engine, name: str) -> None:
-    """Running at the source, still on x86_64, its count going on without a restart."""
+async def _assert_counting_at_source(engine: Engine, name: str, counted: int) -> None:
+    """Running at the source, still on x86_64, its count going on past `counted` (the count seen before the move)
+    and past where its log is now, without a restart."""
     async def x86_counts() -> list[int]:
         return [n for kind, n, isa, _ in _lines(await engine.container_logs(name)) if kind == "count"
                 and isa == "x86_64"]
 
     before = await x86_counts()
+    target = max([counted, *before[-1:]]) + 3
     for _ in range(600):
         now = await x86_counts()
-        if now and now[-1] >= before[-1] + 3:
+        if now and now[-1] >= target:
             break
         await asyncio.sleep(0.1)
-    assert now[-1] >= before[-1] + 3, "not counting at the source"
+    assert now and now[-1] >= target, "not counting at the source"
+    assert counted in now, f"the source's log lost the count {counted} seen before the move"
     assert now == sorted(now) and len(set(now)) >= len(now) - 1, "the source restarted instead of continuing"
     assert await running(engine, name)
 
@@ -157,12 +179,12 @@ async def _assert_counting_at_source(engine: Engine, name: str) -> None:
 async def test_a_program_that_never_reaches_a_migration_point_stays_at_the_source(
         arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, twoisa_image: str, tmp_path: Path,
         on_device: str) -> None:
-    end, lines = await _move(agent_server, arm64_device, engine_a, twoisa_image, on_device, tmp_path,
-                             "0", "0", "stubborn")
+    end, lines, counted = await _move(agent_server, arm64_device, engine_a, twoisa_image, on_device, tmp_path,
+                                      "0", "0", "stubborn")
     assert end["state"] == "rejected", end.get("detail")
     assert "did not reach a migration point" in end["detail"]
     assert not any(e.get("state") == "checkpointing" and e.get("container") == on_device for e in lines)
-    await _assert_counting_at_source(engine_a, on_device)
+    await _assert_counting_at_source(engine_a, on_device, counted)
     assert on_device not in arm64_device.adb_shell("docker ps -a --format '{{.Names}}'", timeout=120)
 
 
@@ -171,10 +193,10 @@ async def test_the_devices_criu_refusing_the_restore_rolls_back(
         on_device: str) -> None:
     """Injected (`wrong-exe`): the device keeps the x86_64 binary at `<bin>`; its own CRIU refuses to map it for
     the aarch64 task, and says why; the container goes on at the source."""
-    end, _ = await _move(agent_server, arm64_device, engine_a, twoisa_image, on_device, tmp_path,
-                         fault="wrong-exe")
+    end, _, counted = await _move(agent_server, arm64_device, engine_a, twoisa_image, on_device, tmp_path,
+                                  fault="wrong-exe")
     assert end["state"] == "rolled-back", end.get("detail")
     assert "restore refused by the device engine" in end["detail"]
     assert "CRIU: " in end["detail"], "CRIU's own reason is in the message"
-    await _assert_counting_at_source(engine_a, on_device)
+    await _assert_counting_at_source(engine_a, on_device, counted)
     assert on_device not in arm64_device.adb_shell("docker ps -a --format '{{.Names}}'", timeout=120)

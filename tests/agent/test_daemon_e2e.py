@@ -16,7 +16,7 @@ import pytest
 from androcond.criu.leftovers import extractions
 from androcond.engine import Engine
 
-from ..helpers import DaemonProcess, counter_config, counts, wait_for_count
+from ..helpers import DaemonProcess, counter_config, counts, start_counting, wait_for_count
 from ..testbed.bed import RUN_FILTER
 from ..testbed.engines import DOCKER_CLI
 from ..testbed.proc import run
@@ -24,6 +24,7 @@ from .conftest import AGENT_PORT, AgentBed
 from .daemon_bed import (
     assert_back_at_source,
     continuous,
+    counting_on,
     faulty_agent,
     finished,
     running,
@@ -44,13 +45,11 @@ def workload(name_labels: dict[str, str], volume: str, mb: int = 0) -> dict[str,
     return config
 
 
-
-
-
-async def start_workload(engine: Engine, name: str, labels: dict[str, str], volume: str, mb: int = 0) -> str:
-    cid = await engine.create_container(workload(labels, volume, mb), name=name)
-    await engine.start_container(cid)
-    return cid
+async def start_workload(engine: Engine, name: str, labels: dict[str, str], volume: str, mb: int = 0) -> int:
+    """Started and counting (so its files are written too); the last count seen. Started before the daemon, which
+    moves it from its startup scan: a daemon already running would freeze it at once, maybe before its first
+    count, and the tests compare what it counted before the move with what it counts after."""
+    return await start_counting(engine, workload(labels, volume, mb), name)
 
 
 def label_rejected(name: str) -> Callable[[dict[str, Any]], bool]:
@@ -76,18 +75,17 @@ async def test_labelled_container_moves_with_memory_files_and_volume(
         volume: str) -> None:
     bed = agent_server.bed
     daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path))
-    await daemon.start()
     try:
-        await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
-        await start_workload(engine_a, unique_name, {"androcond.migrate": "pixel"}, volume)
+        counted = await start_workload(engine_a, unique_name, {"androcond.migrate": "pixel"}, volume)
+        await daemon.start()
         done = await finished(daemon, unique_name)
         assert done["state"] == "done", done
         assert any(e.get("msg") == "checkpointed" and e.get("via") == "runc" for e in daemon.lines)
         assert not await running(engine_a, unique_name)
         with pytest.raises(Exception, match="No such container"):
             await engine_a.inspect_container(unique_name)  # removed at the source (no keep-source)
-        after = await wait_for_count(engine_b, unique_name, at_least=5)
-        assert after[0] > 1, "restarted from 1: the memory state did not move"
+        after = await wait_for_count(engine_b, unique_name, at_least=counted + 3)
+        assert after[0] > counted, "restarted from 1: the memory state did not move"
         assert continuous(after)
         out = run([DOCKER_CLI, "-H", bed.engine_b.host, "exec", unique_name, "cat", "/data/note", "/vol/data"])
         assert out.stdout.decode().split() == ["written-before", "volume-data"]
@@ -103,15 +101,16 @@ async def test_keep_source_leaves_the_stopped_source(agent_server: AgentBed, eng
                                                      tmp_path: Path, unique_name: str, volume: str) -> None:
     # Also the engine's own checkpoint path (the other tests freeze through runc directly).
     daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, checkpoint="engine"))
-    await daemon.start()
     try:
-        await start_workload(engine_a, unique_name,
-                             {"androcond.migrate": "pixel", "androcond.keep-source": "true"}, volume)
+        counted = await start_workload(engine_a, unique_name,
+                                       {"androcond.migrate": "pixel", "androcond.keep-source": "true"}, volume)
+        await daemon.start()
         assert (await finished(daemon, unique_name))["state"] == "done"
         assert any(e.get("msg") == "checkpointed" and e.get("via") == "engine" for e in daemon.lines)
         source = await engine_a.inspect_container(unique_name)
         assert not source["State"]["Running"]
-        before = counts(await engine_a.container_logs(unique_name))
+        before = counts(await engine_a.container_logs(unique_name))  # all it counted before the freeze
+        assert counted in before and continuous(before), before
         after = await wait_for_count(engine_b, unique_name, at_least=before[-1] + 2)
         assert after[0] == before[-1] + 1
     finally:
@@ -155,12 +154,12 @@ async def test_device_faults_roll_back_to_a_continuing_source(
         volume: str, fault: str) -> None:
     agent = faulty_agent(agent_server, fault, AGENT_PORT + 1, tmp_path)
     daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, port=agent.port))
-    await daemon.start()
     try:
-        await start_workload(engine_a, unique_name, {"androcond.migrate": "pixel"}, volume)
+        counted = await start_workload(engine_a, unique_name, {"androcond.migrate": "pixel"}, volume)
+        await daemon.start()
         end = await finished(daemon, unique_name)
         assert end["state"] == "rolled-back", end
-        await assert_back_at_source(engine_a, engine_b, unique_name)
+        await assert_back_at_source(engine_a, engine_b, unique_name, counted)
         expected = "SHA-256 mismatch" if fault == "flip-byte" else "restore refused by the device engine"
         assert expected in end["detail"]
     finally:
@@ -172,14 +171,14 @@ async def test_agent_killed_mid_stream(agent_server: AgentBed, engine_a: Engine,
                                        tmp_path: Path, unique_name: str, volume: str) -> None:
     agent = faulty_agent(agent_server, "none", AGENT_PORT + 2, tmp_path)
     daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, port=agent.port))
-    await daemon.start()
     try:
-        await start_workload(engine_a, unique_name, {"androcond.migrate": "pixel"}, volume, mb=96)
+        counted = await start_workload(engine_a, unique_name, {"androcond.migrate": "pixel"}, volume, mb=96)
+        await daemon.start()
         await daemon.wait_for_log(state_of(unique_name, "streaming"), timeout=60)
         agent.kill()
         end = await finished(daemon, unique_name)
         assert end["state"] == "rolled-back", end
-        await assert_back_at_source(engine_a, engine_b, unique_name)
+        await assert_back_at_source(engine_a, engine_b, unique_name, counted)
     finally:
         await daemon.kill()
         agent.stop()
@@ -191,9 +190,9 @@ async def test_daemon_killed_mid_stream_rolls_back_after_restart(
     config = write_daemon_config(agent_server, tmp_path)
     daemon = DaemonProcess(config)
     before = extractions()
-    await daemon.start()
     try:
-        await start_workload(engine_a, unique_name, {"androcond.migrate": "pixel"}, volume, mb=96)
+        counted = await start_workload(engine_a, unique_name, {"androcond.migrate": "pixel"}, volume, mb=96)
+        await daemon.start()
         await daemon.wait_for_log(state_of(unique_name, "streaming"), timeout=60)
         await daemon.kill()  # SIGKILL: no cleanup of any kind
         assert not await running(engine_a, unique_name), "frozen at the source while the daemon is dead"
@@ -202,7 +201,7 @@ async def test_daemon_killed_mid_stream_rolls_back_after_restart(
         try:
             end = await finished(again, unique_name)
             assert end["state"] == "rolled-back", end
-            await assert_back_at_source(engine_a, engine_b, unique_name)
+            await assert_back_at_source(engine_a, engine_b, unique_name, counted)
             # The restarted daemon found the checkpoint again and removed it, with containerd's copy.
             left = extractions() - before
             assert left == set(), left
@@ -220,9 +219,9 @@ async def test_daemon_killed_after_the_device_restored_does_not_restore_twice(
     agent = faulty_agent(agent_server, "slow-outcome", AGENT_PORT + 3, tmp_path)
     config = write_daemon_config(agent_server, tmp_path, port=agent.port)
     daemon = DaemonProcess(config)
-    await daemon.start()
     try:
-        await start_workload(engine_a, unique_name, {"androcond.migrate": "pixel"}, volume)
+        counted = await start_workload(engine_a, unique_name, {"androcond.migrate": "pixel"}, volume)
+        await daemon.start()
         await daemon.wait_for_log(state_of(unique_name, "restoring"), timeout=60)
         async with asyncio.timeout(60):  # the device restored it; the daemon has not heard yet
             while not await running(engine_b, unique_name):  # noqa: ASYNC110 - polling another engine
@@ -234,9 +233,9 @@ async def test_daemon_killed_after_the_device_restored_does_not_restore_twice(
             end = await finished(again, unique_name)
             assert end["state"] == "done", end
             assert not await running(engine_a, unique_name), "running twice"
-            after = await wait_for_count(engine_b, unique_name, at_least=5)
+            after = await wait_for_count(engine_b, unique_name, at_least=counted + 3)
             assert continuous(after)
-            assert after[0] > 1
+            assert after[0] > counted, "restarted: the memory state did not move"
         finally:
             await again.kill()
     finally:
@@ -306,17 +305,19 @@ async def test_sigterm_mid_migration_leaves_it_running_exactly_once(
         agent_server: AgentBed, engine_a: Engine, engine_b: Engine, tmp_path: Path, unique_name: str,
         volume: str) -> None:
     daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, shutdown_timeout=0.2))
-    await daemon.start()
     try:
-        await start_workload(engine_a, unique_name, {"androcond.migrate": "pixel"}, volume, mb=96)
+        counted = await start_workload(engine_a, unique_name, {"androcond.migrate": "pixel"}, volume, mb=96)
+        await daemon.start()
         await daemon.wait_for_log(state_of(unique_name, "streaming"), timeout=60)
         assert await daemon.stop(timeout=30) == 0
         on_source, on_device = await running(engine_a, unique_name), await running(engine_b, unique_name)
         assert on_source != on_device, f"running on source: {on_source}, on device: {on_device}"
         where = engine_a if on_source else engine_b
-        last = counts(await where.container_logs(unique_name))[-1]
-        seen = await wait_for_count(where, unique_name, at_least=last + 2)
-        assert continuous(seen[-3:])
+        # Counting on, past what it counted before the move, without a restart: the source's whole log, or the
+        # device's (which starts at its restore) from past that count.
+        seen = await counting_on(where, unique_name, counted, more=2)
+        assert continuous(seen)
+        assert (counted in seen) if on_source else (seen[0] > counted), (counted, seen[:3])
         assert any(e.get("msg") == "shutdown budget spent; rolling back migrations still in flight"
                    for e in daemon.lines) or on_device
     finally:

@@ -20,7 +20,7 @@ import pytest
 from androcond.engine import Engine
 from androcond.faults import ENV
 
-from ..helpers import DaemonProcess, counter_config, counts, wait_for_count
+from ..helpers import DaemonProcess, counter_config, start_counting, wait_for_count
 from ..testbed.agent import DeviceAgent
 from ..testbed.bed import RUN_FILTER
 from ..testbed.images import TEST_IMAGE
@@ -30,6 +30,7 @@ from .daemon_bed import (
     Receiver,
     assert_back_at_source,
     continuous,
+    counting_on,
     faulty_agent,
     finished,
     running,
@@ -47,16 +48,18 @@ def injected(point: str, container: str) -> dict[str, str]:
     return {**os.environ, ENV: f"{point}@{container}"}
 
 
-async def start_counter(engine: Engine, name: str, mb: int = 0, image: str = TEST_IMAGE, wait: bool = False) -> str:
+def labelled_counter(mb: int = 0, image: str = TEST_IMAGE) -> dict[str, Any]:
     config = counter_config(**{"androcond.migrate": "pixel"})
     config["Image"] = image
     if mb:
         config["Cmd"] = ["/bin/counter", str(mb)]
-    cid = await engine.create_container(config, name=name)
-    await engine.start_container(cid)
-    if wait:
-        await wait_for_count(engine, name, at_least=2)
-    return cid
+    return config
+
+
+async def start_counter(engine: Engine, name: str, mb: int = 0, image: str = TEST_IMAGE) -> int:
+    """Labelled, started and counting; the last count seen. Started before the daemon, which moves it from its
+    startup scan: a daemon already running would freeze it at once, maybe before its first count."""
+    return await start_counting(engine, labelled_counter(mb, image), name)
 
 
 def journal(directory: Path, name: str) -> dict[str, Any]:
@@ -77,7 +80,8 @@ def journal(directory: Path, name: str) -> dict[str, Any]:
 async def another_moves(daemon: DaemonProcess, engine_a: Engine, engine_b: Engine, name: str) -> None:
     """The daemon is alive and still serves migrations."""
     assert daemon.proc is not None and daemon.proc.returncode is None
-    await start_counter(engine_a, name, wait=False)  # it may well be gone from here before its first count
+    # Through the start event; it may well be gone from here before its first count (none is compared).
+    await engine_a.start_container(await engine_a.create_container(labelled_counter(), name=name))
     assert (await finished(daemon, name))["state"] == "done"
     assert await running(engine_b, name)
 
@@ -100,9 +104,9 @@ async def test_an_unexpected_exception_in_any_phase_is_contained(
     hooks = f'[[webhooks]]\nurl = "{await receiver.start()}"\nsecret = "{SECRET}"'
     daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, extra=hooks),
                            env=injected(point, unique_name))
-    await daemon.start()
     try:
-        await start_counter(engine_a, unique_name)
+        counted = await start_counter(engine_a, unique_name)
+        await daemon.start()
         end = await finished(daemon, unique_name)
         assert end["state"] == OUTCOME[point], end
         record = journal(tmp_path, unique_name)
@@ -119,7 +123,7 @@ async def test_an_unexpected_exception_in_any_phase_is_contained(
             # The traceback is in the log, once, with the phase it came from.
             logged = [e for e in daemon.lines if e.get("msg") == "migration hit an unexpected error"]
             assert len(logged) == 1 and logged[0]["exception"][0]["exc_type"] == "InjectedFault"
-            await assert_back_at_source(engine_a, engine_b, unique_name)
+            await assert_back_at_source(engine_a, engine_b, unique_name, counted)
             if point == "preflight":
                 assert "checkpointing" not in record["states"], "frozen although preflight failed"
             else:
@@ -143,15 +147,16 @@ async def test_engine_stats_answering_null(agent_server: AgentBed, engine_a: Eng
     config = write_daemon_config(agent_server, tmp_path)
     config.write_text(config.read_text().replace(f'host = "{bed.engine_a.host}"', f'host = "{proxy.host}"'))
     daemon = DaemonProcess(config)
-    await daemon.start()
     try:
-        await start_counter(engine_a, unique_name)
+        counted = await start_counter(engine_a, unique_name)
+        await daemon.start()
         end = await finished(daemon, unique_name)
         assert end["state"] == "done", end
         assert proxy.stats_answered >= 1
         assert any(e.get("msg") == "no memory figure from the engine; estimating without it" for e in daemon.lines)
-        seen = await wait_for_count(engine_b, unique_name, at_least=5)
-        assert seen[0] > 1 and continuous(seen)
+        seen = await wait_for_count(engine_b, unique_name, at_least=counted + 3)
+        assert seen[0] > counted, "restarted: the memory state did not move"
+        assert continuous(seen)
         assert await daemon.stop() == 0
     finally:
         await daemon.kill()
@@ -167,10 +172,10 @@ async def test_a_hung_agent_rolls_back_within_the_idle_timeout(
     config = write_daemon_config(agent_server, tmp_path, port=agent.port,
                                  extra=f"[timeouts]\nstream_idle = {idle}\nsettle = 5")
     daemon = DaemonProcess(config)
-    await daemon.start()
     assert agent.proc is not None
     try:
-        await start_counter(engine_a, unique_name, mb=192)
+        counted = await start_counter(engine_a, unique_name, mb=192)
+        await daemon.start()
         await daemon.wait_for_log(state_of(unique_name, "streaming"), timeout=60)
         os.kill(agent.proc.pid, signal.SIGSTOP)
         stopped_at = time.monotonic()
@@ -179,7 +184,7 @@ async def test_a_hung_agent_rolls_back_within_the_idle_timeout(
         assert end["state"] == "rolled-back", end
         assert "no progress" in end["detail"] or "timed out" in end["detail"], end
         assert took < idle + 20, f"rolled back {took:.1f}s after the agent hung (idle timeout {idle}s)"
-        await assert_back_at_source(engine_a, engine_b, unique_name)
+        await assert_back_at_source(engine_a, engine_b, unique_name, counted)
     finally:
         if agent.proc is not None and agent.proc.poll() is None:
             os.kill(agent.proc.pid, signal.SIGCONT)
@@ -196,17 +201,16 @@ async def test_docker_load_dying_mid_image(agent_server: AgentBed, engine_a: Eng
     bed.engine_a.cli("tag", TEST_IMAGE, image)
     agent = faulty_agent(agent_server, "load-dies", AGENT_PORT + 12, tmp_path)
     daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, port=agent.port))
-    await daemon.start()
     try:
-        await start_counter(engine_a, unique_name, image=image)
+        counted = await start_counter(engine_a, unique_name, image=image)
+        await daemon.start()
         end = await finished(daemon, unique_name, timeout=60)
         assert end["state"] == "rejected", end
         assert "image" in end["detail"], end
         record = journal(tmp_path, unique_name)
         assert "checkpointing" not in record["states"]
-        seen = await wait_for_count(engine_a, unique_name, at_least=counts(
-            await engine_a.container_logs(unique_name))[-1] + 2)
-        assert continuous(seen)
+        seen = await counting_on(engine_a, unique_name, counted, more=2)
+        assert counted in seen and continuous(seen)
         assert not await running(engine_b, unique_name)
         await another_moves(daemon, engine_a, engine_b, f"{unique_name}-next")
     finally:
@@ -231,9 +235,9 @@ async def test_adb_forward_gone_after_done_stays_done(agent_server: AgentBed, en
                      for line in text.splitlines())
     config.write_text(text)
     daemon = DaemonProcess(config, env={**os.environ, ENV: "forward-gone"})
-    await daemon.start()
     try:
         await start_counter(engine_a, unique_name)
+        await daemon.start()
         end = await finished(daemon, unique_name)
         assert end["state"] == "done", end
         warning = await daemon.wait_for_log(lambda e: e.get("msg") == "could not remove the adb forward")
@@ -256,9 +260,9 @@ async def test_agent_killed_during_its_restore_is_settled_without_a_daemon_resta
     config = write_daemon_config(agent_server, tmp_path, port=port,
                                  extra="[timeouts]\nsettle = 5\nconnect = 5\nresolve_backoff_max = 2")
     daemon = DaemonProcess(config)
-    await daemon.start()
     try:
-        await start_counter(engine_a, unique_name)
+        counted = await start_counter(engine_a, unique_name)
+        await daemon.start()
         await daemon.wait_for_log(state_of(unique_name, "restoring"), timeout=60)
         outcomes = agent.directory / f"{agent.name}-spool" / "outcomes"
         await asyncio.to_thread(wait_for, lambda: any('"restoring"' in p.read_text()
@@ -276,7 +280,7 @@ async def test_agent_killed_during_its_restore_is_settled_without_a_daemon_resta
             end = await finished(daemon, unique_name, timeout=90)
             assert end["state"] == "rolled-back", end
             assert daemon.proc is not None and daemon.proc.returncode is None
-            await assert_back_at_source(engine_a, engine_b, unique_name)
+            await assert_back_at_source(engine_a, engine_b, unique_name, counted)
             assert journal(tmp_path, unique_name)["states"][-3:] == ["restoring", "rolling-back", "rolled-back"]
         finally:
             again.stop()
@@ -289,15 +293,15 @@ async def test_a_device_whose_address_space_is_too_small_is_refused_before_the_f
         agent_server: AgentBed, engine_a: Engine, engine_b: Engine, tmp_path: Path, unique_name: str) -> None:
     agent = faulty_agent(agent_server, "small-va", AGENT_PORT + 14, tmp_path)
     daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, port=agent.port))
-    await daemon.start()
     try:
-        await start_counter(engine_a, unique_name)
+        counted = await start_counter(engine_a, unique_name)
+        await daemon.start()
         end = await finished(daemon, unique_name)
         assert end["state"] == "rejected", end
         assert "47-bit addresses" in end["detail"] and "gives a process 39 bits" in end["detail"], end
         assert "checkpointing" not in journal(tmp_path, unique_name)["states"]
-        seen = await wait_for_count(engine_a, unique_name, at_least=3)
-        assert continuous(seen)
+        seen = await counting_on(engine_a, unique_name, counted)
+        assert counted in seen and continuous(seen)
         assert not await running(engine_b, unique_name)
     finally:
         await daemon.kill()

@@ -12,7 +12,7 @@ import pytest
 from androcond.criu.leftovers import extractions
 from androcond.engine import Engine
 
-from ..helpers import DaemonProcess, counter_config, wait_for_count
+from ..helpers import DaemonProcess, counter_config, start_counting, wait_for_count
 from ..testbed.bed import RUN_FILTER
 from ..testbed.engines import DOCKER_CLI
 from ..testbed.proc import run
@@ -41,11 +41,13 @@ def used_bytes(*roots: Path) -> int:
     return total
 
 
-async def start_counter(engine: Engine, name: str, mb: int, *, label: bool = True) -> None:
-    """With `label`, the daemon moves it at once (maybe before its first count); without, `migrate` does."""
+async def start_counter(engine: Engine, name: str, mb: int, *, label: bool = True, at_least: int = 2) -> int:
+    """Started and counting (to at_least); the last count seen. With `label`, start it before the daemon, which
+    moves it from its startup scan (a daemon already running would freeze it at once, maybe before its first
+    count); without, `migrate` moves it."""
     config = counter_config(**({"androcond.migrate": "pixel"} if label else {}))
     config["Cmd"] = ["/bin/counter", str(mb)]
-    await engine.start_container(await engine.create_container(config, name=name))
+    return await start_counting(engine, config, name, at_least=at_least)
 
 
 @pytest.mark.parametrize("way", ["none", "no-runtime", "post-copy"])
@@ -67,7 +69,6 @@ async def test_five_migrations_leave_nothing_on_the_device(agent_server: AgentBe
     try:
         for name in names:  # one after the other: each its own restore, each counting before it moves
             await start_counter(engine_a, name, mb=256, label=False)
-            await wait_for_count(engine_a, name, at_least=2)
             code, record = await migrate_by_cli(daemon.config, name)
             assert (code, record["state"]) == (0, "done"), record
         for name in names:
@@ -100,12 +101,12 @@ async def test_a_rollback_leaves_no_copy_at_the_source(agent_server: AgentBed, e
     agent = faulty_agent(agent_server, "refuse-restore", AGENT_PORT + 33, tmp_path)
     daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, port=agent.port))
     before = extractions()
-    await daemon.start()
     try:
-        await start_counter(engine_a, unique_name, mb=32)
+        counted = await start_counter(engine_a, unique_name, mb=32)
+        await daemon.start()
         end = await finished(daemon, unique_name)
         assert end["state"] == "rolled-back", end
-        await assert_back_at_source(engine_a, engine_b, unique_name)
+        await assert_back_at_source(engine_a, engine_b, unique_name, counted)
         assert extractions() - before == set(), "containerd's copy of the rollback's checkpoint is left"
         cid = (await engine_a.inspect_container(unique_name))["Id"]
         checkpoints = agent_server.bed.engine_a.data_root / "containers" / cid / "checkpoints"

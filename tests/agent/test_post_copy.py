@@ -18,7 +18,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from androcond.criu.leftovers import extractions
 from androcond.engine import Engine
 
-from ..helpers import DaemonProcess, wait_for_count
+from ..helpers import DaemonProcess, counts, wait_for_count
 from ..testbed.agent import DeviceAgent
 from ..testbed.bed import RUN_FILTER
 from ..testbed.engines import DOCKER_CLI
@@ -139,9 +139,9 @@ async def metrics(api: Path, ended: str) -> dict[str, float]:
 async def counting(engine: Engine, name: str, mb: int) -> tuple[list[int], set[int]]:
     """An unlabelled counter, counting at the source (moved by `androcond migrate` afterwards): its counts and
     checksums so far."""
-    await start_counter(engine, name, mb=mb, label=False)
-    seen = await wait_for_count(engine, name, at_least=3)
-    return seen, checks(await engine.container_logs(name))
+    await start_counter(engine, name, mb=mb, label=False, at_least=3)
+    logs = await engine.container_logs(name)
+    return counts(logs), checks(logs)
 
 
 async def test_a_link_cut_while_pages_arrive_rolls_back_to_the_source(agent_server: AgentBed, engine_a: Engine,
@@ -155,13 +155,13 @@ async def test_a_link_cut_while_pages_arrive_rolls_back_to_the_source(agent_serv
     spool = agent.directory / f"{agent.name}-spool"
     await daemon.start()
     try:
-        await counting(engine_a, unique_name, mb=64)
+        at_source, _checks = await counting(engine_a, unique_name, mb=64)
         code, record = await migrate_by_cli(daemon.config, unique_name)
         assert (code, record["state"]) != (0, "done"), record
         end = await finished(daemon, unique_name, timeout=120)
         assert end["state"] == "rolled-back", end
         assert "paging" in states(daemon, unique_name)
-        await assert_back_at_source(engine_a, engine_b, unique_name)
+        await assert_back_at_source(engine_a, engine_b, unique_name, at_source[-1])
         assert not await exists(engine_b, unique_name)
         assert left_on_device(spool) == []
         await receiver.wait_for(unique_name, "rolled_back")
@@ -189,7 +189,7 @@ async def test_the_agent_killed_while_pages_arrive(agent_server: AgentBed, engin
     daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, port=agent.port, extra="lazy = true"))
     await daemon.start()
     try:
-        _counts, source_checks = await counting(engine_a, unique_name, mb=64)
+        at_source, source_checks = await counting(engine_a, unique_name, mb=64)
         move = asyncio.create_task(migrate_by_cli(daemon.config, unique_name))
         await daemon.wait_for_log(state_of(unique_name, "paging"), timeout=120)
         agent.kill()
@@ -201,7 +201,7 @@ async def test_the_agent_killed_while_pages_arrive(agent_server: AgentBed, engin
         end = await finished(daemon, unique_name, timeout=120)
         assert end["state"] == "rolled-back", end
         assert (await move)[1]["state"] == "rolled-back"
-        await assert_back_at_source(engine_a, engine_b, unique_name)
+        await assert_back_at_source(engine_a, engine_b, unique_name, at_source[-1])
         assert not await exists(engine_b, unique_name)
         assert not await running(engine_b, unique_name)
         assert left_on_device(spool) == []
@@ -222,7 +222,7 @@ async def test_the_daemon_killed_while_pages_arrive(agent_server: AgentBed, engi
     await daemon.start()
     again = DaemonProcess(daemon.config)
     try:
-        await counting(engine_a, unique_name, mb=64)
+        at_source, _checks = await counting(engine_a, unique_name, mb=64)
         move = asyncio.create_task(migrate_by_cli(daemon.config, unique_name))
         await daemon.wait_for_log(state_of(unique_name, "paging"), timeout=120)
         await daemon.kill()  # no cleanup of any kind
@@ -230,7 +230,7 @@ async def test_the_daemon_killed_while_pages_arrive(agent_server: AgentBed, engi
         await again.start()
         end = await finished(again, unique_name, timeout=120)
         assert end["state"] == "rolled-back", end
-        await assert_back_at_source(engine_a, engine_b, unique_name)
+        await assert_back_at_source(engine_a, engine_b, unique_name, at_source[-1])
         assert not await exists(engine_b, unique_name)
         assert left_on_device(spool) == []
         assert keepers_alive() == []

@@ -41,6 +41,7 @@ import asyncssh
 
 from .device import ADB, AdbServer
 from .proc import TestBedError, alive, run, start_daemon, stop_pid, tail, wait_for
+from .system import require
 
 HERE = Path(__file__).resolve().parent
 CHECKOUT = HERE.parent.parent
@@ -53,7 +54,9 @@ WHEEL_PLATFORMS = ("manylinux2014_aarch64", "manylinux_2_28_aarch64", "manylinux
                    "manylinux_2_39_aarch64")
 DISK_SIZE = 8 << 30
 SEED_SIZE = 16 << 20
-HOST_PACKAGES = ("qemu-system-arm", "qemu-user-static", "qemu-utils", "binfmt-support", "debootstrap")
+# What building and booting the device needs on the host (scripts/system-packages.txt names what each provides).
+HOST_PACKAGES = ("qemu-system-arm", "ipxe-qemu", "qemu-user-static", "qemu-utils", "binfmt-support", "debootstrap",
+                 "e2fsprogs")
 QEMU = "/usr/bin/qemu-system-aarch64"
 GUEST_SSH_PORT = 22
 GUEST_ADBD_PORT = 5555
@@ -282,15 +285,9 @@ def _cache_lock() -> Iterator[None]:
 
 
 def ensure_host_tools() -> None:
-    """qemu, qemu-user-static through binfmt, debootstrap (installed with apt if missing)."""
-    needed = [QEMU, "/usr/bin/qemu-aarch64-static", "/usr/bin/qemu-img", "/usr/sbin/update-binfmts",
-              "/usr/sbin/debootstrap"]
-    if not all(Path(p).exists() for p in needed):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for cmd in (["apt-get", "update"], ["apt-get", "install", "-y", *HOST_PACKAGES]):
-            result = subprocess.run(cmd, capture_output=True, env=env, timeout=900, check=False)
-            if result.returncode != 0:
-                raise TestBedError(f"{' '.join(cmd)} failed: {result.stderr.decode(errors='replace')[-2000:]}")
+    """qemu (with its virtio-net ROM), qemu-user-static through binfmt, debootstrap, mkfs.ext4 — or an error
+    naming the missing packages (scripts/install-system.sh installs them)."""
+    require(HOST_PACKAGES)
 
 
 def ensure_binfmt() -> None:
@@ -303,31 +300,84 @@ def ensure_binfmt() -> None:
         raise TestBedError("binfmt_misc's qemu-aarch64 entry is disabled: arm64 programs cannot run on this host")
 
 
-def ensure_image(log: Path | None = None) -> Arm64Image:
-    """The current image, built if not cached yet (idempotent; concurrent callers wait for each other)."""
+Progress = Callable[[str], None]
+
+
+def _silent(_: str) -> None:
+    pass
+
+
+# The root tree's stages (arm64-rootfs.sh leaves each marker when done): what it does, what to expect.
+ROOTFS_STAGES = ((".stage-debootstrap", "debootstrap of Debian trixie for arm64 through qemu-user",
+                  "about 12 min on 2 cores"),
+                 (".stage-packages", "Docker and adbd into that tree", "about 2 min"))
+
+
+def ensure_image(progress: Progress = _silent, log_dir: Path | None = None) -> Arm64Image:
+    """The current image, built if not cached yet (idempotent; concurrent callers wait for each other).
+    `progress` gets a line per stage of a build; each stage's output goes to a log in `log_dir`."""
     ensure_host_tools()
     with _cache_lock():
         image = current_image()
         if image.done.exists():
+            progress(f"arm64 image: cached ({image.directory})")
             return image
         base = base_dir()
         base.mkdir(parents=True, exist_ok=True)
         ensure_binfmt()
         if not base_built():
-            build_log = log or base / "build.log"
-            with build_log.open("ab") as out:
-                result = subprocess.run(["sh", str(ROOTFS_SCRIPT), str(base_rootfs())], stdout=out,
-                                        stderr=subprocess.STDOUT, timeout=BUILD_TIMEOUT_S, check=False)
-            if result.returncode != 0:
-                raise TestBedError(f"building the arm64 root tree failed ({result.returncode}):\n{tail(build_log)}")
+            _build_rootfs((log_dir or base) / "arm64-rootfs.log", progress)
+        started = time.monotonic()
+        progress("arm64 image: the agent's dependencies as aarch64 wheels (under a minute)")
         wheels = _download_wheels()
+        progress("arm64 image: androcond laid over the tree, then the 8 GiB disk (about a minute)")
         _build_image(image, wheels)
+        progress(f"arm64 image: ready in {time.monotonic() - started:.0f}s ({image.directory})")
         for old in CACHE_DIR.glob("arm64-*"):  # earlier images of this base: no longer current
             if old.name.startswith("arm64-base-") or old == image.directory or not old.is_dir():
                 continue
             if not _in_use(old):
                 shutil.rmtree(old, ignore_errors=True)
         return image
+
+
+def _build_rootfs(build_log: Path, progress: Progress) -> None:
+    """Run arm64-rootfs.sh with its output in build_log, reporting each stage as its marker appears (and a
+    line a minute while one runs, so a long stage is not mistaken for a hang)."""
+    rootfs = base_rootfs()
+    build_log.parent.mkdir(parents=True, exist_ok=True)
+    pending = [stage for stage in ROOTFS_STAGES if not (rootfs / stage[0]).exists()]
+    started = stage_started = last_line = time.monotonic()
+    progress(f"arm64 root tree: {pending[0][1]} ({pending[0][2]}; log: {build_log})")
+    with build_log.open("ab") as out:
+        proc = subprocess.Popen(["sh", str(ROOTFS_SCRIPT), str(rootfs)], stdout=out, stderr=subprocess.STDOUT)
+        try:
+            while True:
+                try:
+                    code: int | None = proc.wait(timeout=2)
+                except subprocess.TimeoutExpired:
+                    code = None
+                now = time.monotonic()
+                while pending and (rootfs / pending[0][0]).exists():
+                    progress(f"arm64 root tree: {pending[0][1]}: done in {now - stage_started:.0f}s")
+                    pending.pop(0)
+                    stage_started = last_line = now
+                    if pending:
+                        progress(f"arm64 root tree: {pending[0][1]} ({pending[0][2]})")
+                if code is not None:
+                    break
+                if now - last_line >= 60:
+                    progress(f"arm64 root tree: {pending[0][1] if pending else 'finishing'}: "
+                             f"{(now - stage_started) / 60:.0f} min so far")
+                    last_line = now
+                if now - started > BUILD_TIMEOUT_S:
+                    raise TestBedError(f"building the arm64 root tree took over {BUILD_TIMEOUT_S:.0f}s")
+        finally:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if code != 0 or not base_built():
+        raise TestBedError(f"building the arm64 root tree failed ({code}):\n{tail(build_log)}")
 
 
 def _in_use(directory: Path) -> bool:
@@ -628,10 +678,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m tests.testbed.arm64")
     parser.add_argument("action", choices=("build", "boot"))
     parser.add_argument("directory", nargs="?", type=Path, default=Path("/run/androcond-testbed/arm64"))
+    parser.add_argument("--log-dir", type=Path, help="where the build's logs go (default: the cache)")
     args = parser.parse_args()
     started = time.monotonic()
-    image = ensure_image()
-    print(f"image {image.directory} ready after {time.monotonic() - started:.1f}s", flush=True)
+
+    def progress(line: str) -> None:
+        print(f"[arm64 {time.monotonic() - started:4.0f}s] {line}", file=sys.stderr, flush=True)
+
+    image = ensure_image(progress, args.log_dir)
     if args.action == "boot":
         device = Arm64Device(args.directory, image).up()
         print(json.dumps({"pid": device.pid, "ssh_port": device.ssh_port, "adb_serial": device.adb_serial,

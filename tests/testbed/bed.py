@@ -20,6 +20,7 @@ from .device import ADBD_PORT, SSHD_PORT, AdbServer, DeviceNamespace, stop_recor
 from .engines import DockerEngine
 from .images import TEST_IMAGE, build_programs, import_test_image, rootfs_tar
 from .proc import TestBedError, run
+from .system import require
 
 RUN_ROOT = Path(os.environ.get("ANDROCOND_TESTBED_RUN", "/run/androcond-testbed"))
 DATA_ROOT = Path(os.environ.get("ANDROCOND_TESTBED_DATA", "/var/lib/androcond-testbed"))
@@ -28,6 +29,9 @@ TEST_LABEL = "androcond-testbed"
 TEST_RUN = os.environ.get("ANDROCOND_TEST_RUN") or uuid.uuid4().hex[:8]
 RUN_FILTER = f"{TEST_LABEL}={TEST_RUN}"
 PIPE_MAX_SIZE = Path("/proc/sys/fs/pipe-max-size")
+# What the x86_64 bed runs (scripts/system-packages.txt names what each provides).
+BED_PACKAGES = ("docker.io", "containerd", "runc", "openssh-server", "iproute2", "util-linux", "busybox-static",
+                "gcc", "libc6-dev", "adb", "adbd")
 
 
 @dataclass
@@ -83,11 +87,9 @@ class TestBed:
     def check_prerequisites(self) -> None:
         if os.geteuid() != 0:
             raise TestBedError("the test bed needs root (network namespaces, dockerd, CRIU)")
-        missing = [p for p in ("/usr/sbin/dockerd", "/usr/bin/docker", "/usr/local/sbin/criu", "/usr/bin/adb",
-                               "/usr/sbin/adbd", "/usr/sbin/sshd", "/bin/busybox")
-                   if not Path(p).exists()]
-        if missing:
-            raise TestBedError(f"missing {', '.join(missing)}: run scripts/install-system.sh first")
+        require(BED_PACKAGES)
+        if not Path("/usr/local/sbin/criu").exists():
+            raise TestBedError("missing /usr/local/sbin/criu (CRIU 4.2): run scripts/install-system.sh first")
         check = run(["/usr/local/sbin/criu", "check"], check=False)
         if check.returncode != 0:
             raise TestBedError(f"criu check failed: {check.stderr.decode(errors='replace')[-500:]}")
