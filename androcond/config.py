@@ -28,7 +28,8 @@ DEFAULT_CONFIG_PATH = Path("/etc/androcond/androcond.toml")
 CONFIG_ENV = "ANDROCOND_CONFIG"
 
 LogFormat = Literal["auto", "json", "console"]
-LazyMode = Literal["true", "false", "auto"]
+TriState = Literal["true", "false", "auto"]
+LazyMode = TriState
 _LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "json", "console")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -106,6 +107,10 @@ class DeviceSettings:
     # Post-copy (the container resumes before its memory arrives): "true" requires it, "false" never, "auto"
     # when both ends can (the device's userfaultfd and runtime, this host's page server).
     lazy: LazyMode = "false"
+    # Across ISAs, an x86_64 container runs on an arm64 device under its qemu-x86_64 (androcond's restorer
+    # rebuilds the process there): "true" always, "false" never (only Popcorn binaries move), "auto" when the
+    # container has no Popcorn binaries and the device has the emulator.
+    emulate: TriState = "auto"
 
 
 @dataclass(frozen=True)
@@ -330,7 +335,7 @@ def parse_settings(doc: Mapping[str, Any], file: Path) -> Settings:
             raise top.error(where, "device names are 1-63 letters, digits, '.', '_' or '-'")
         r = _Reader(file, where, table, frozenset(
             {"adb_serial", "address", "agent_port", "agent_command", "user", "identity", "known_hosts",
-             "profile", "allow_privileged", "lazy"}))
+             "profile", "allow_privileged", "lazy", "emulate"}))
         device = DeviceSettings(
             name=name,
             adb_serial=r.opt_str("adb_serial"),
@@ -342,7 +347,8 @@ def parse_settings(doc: Mapping[str, Any], file: Path) -> Settings:
             known_hosts=r.readable_file("known_hosts"),
             profile=r.choice("profile", "android", ("android",)) if "profile" in table else None,
             allow_privileged=r.flag("allow_privileged", False),
-            lazy=_lazy_mode(r),
+            lazy=_tri_state(r, "lazy", "false"),
+            emulate=_tri_state(r, "emulate", "auto"),
         )
         if device.adb_serial is None and device.address is None:
             raise top.error(where, "a device needs adb_serial or address (neither is set)")
@@ -380,15 +386,15 @@ def parse_settings(doc: Mapping[str, Any], file: Path) -> Settings:
                     webhooks=tuple(webhooks), agent=agent, timeouts=_timeouts(top))
 
 
-def _lazy_mode(r: _Reader) -> LazyMode:
-    value = r.table.get("lazy", False)
-    if value is True:
+def _tri_state(r: _Reader, key: str, default: TriState) -> TriState:
+    value = r.table.get(key, default)
+    if value is True or value == "true":
         return "true"
-    if value is False:
+    if value is False or value == "false":
         return "false"
     if value == "auto":
         return "auto"
-    raise r.error("lazy", "expected true, false or \"auto\"")
+    raise r.error(key, "expected true, false or \"auto\"")
 
 
 def _timeouts(top: _Reader) -> TimeoutSettings:

@@ -78,7 +78,7 @@ class ClientHello(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., client_version: _Optional[str] = ...) -> None: ...
 
 class AgentHello(_message.Message):
-    __slots__ = ("protocol_version", "agent_version", "isa", "page_size", "criu_version", "engine_version", "free_bytes", "vdso", "vvar_size", "kernel_release", "criu_dumps_sockets", "androcond_runtime", "va_bits", "criu_runc_options", "cgroup2", "absent_masked_paths", "reports_stored", "lazy_pages")
+    __slots__ = ("protocol_version", "agent_version", "isa", "page_size", "criu_version", "engine_version", "free_bytes", "vdso", "vvar_size", "kernel_release", "criu_dumps_sockets", "androcond_runtime", "va_bits", "criu_runc_options", "cgroup2", "absent_masked_paths", "reports_stored", "lazy_pages", "emulator", "emulator_version", "binfmt_x86_64")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     ISA_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,9 @@ class AgentHello(_message.Message):
     ABSENT_MASKED_PATHS_FIELD_NUMBER: _ClassVar[int]
     REPORTS_STORED_FIELD_NUMBER: _ClassVar[int]
     LAZY_PAGES_FIELD_NUMBER: _ClassVar[int]
+    EMULATOR_FIELD_NUMBER: _ClassVar[int]
+    EMULATOR_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BINFMT_X86_64_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     agent_version: str
     isa: str
@@ -115,10 +118,13 @@ class AgentHello(_message.Message):
     absent_masked_paths: _containers.RepeatedScalarFieldContainer[str]
     reports_stored: bool
     lazy_pages: bool
-    def __init__(self, protocol_version: _Optional[int] = ..., agent_version: _Optional[str] = ..., isa: _Optional[str] = ..., page_size: _Optional[int] = ..., criu_version: _Optional[str] = ..., engine_version: _Optional[str] = ..., free_bytes: _Optional[int] = ..., vdso: _Optional[bytes] = ..., vvar_size: _Optional[int] = ..., kernel_release: _Optional[str] = ..., criu_dumps_sockets: _Optional[bool] = ..., androcond_runtime: _Optional[bool] = ..., va_bits: _Optional[int] = ..., criu_runc_options: _Optional[_Iterable[str]] = ..., cgroup2: _Optional[bool] = ..., absent_masked_paths: _Optional[_Iterable[str]] = ..., reports_stored: _Optional[bool] = ..., lazy_pages: _Optional[bool] = ...) -> None: ...
+    emulator: str
+    emulator_version: str
+    binfmt_x86_64: bool
+    def __init__(self, protocol_version: _Optional[int] = ..., agent_version: _Optional[str] = ..., isa: _Optional[str] = ..., page_size: _Optional[int] = ..., criu_version: _Optional[str] = ..., engine_version: _Optional[str] = ..., free_bytes: _Optional[int] = ..., vdso: _Optional[bytes] = ..., vvar_size: _Optional[int] = ..., kernel_release: _Optional[str] = ..., criu_dumps_sockets: _Optional[bool] = ..., androcond_runtime: _Optional[bool] = ..., va_bits: _Optional[int] = ..., criu_runc_options: _Optional[_Iterable[str]] = ..., cgroup2: _Optional[bool] = ..., absent_masked_paths: _Optional[_Iterable[str]] = ..., reports_stored: _Optional[bool] = ..., lazy_pages: _Optional[bool] = ..., emulator: _Optional[str] = ..., emulator_version: _Optional[str] = ..., binfmt_x86_64: _Optional[bool] = ...) -> None: ...
 
 class Begin(_message.Message):
-    __slots__ = ("migration_id", "container_name", "image", "create_config_json", "checkpoint_name", "total_bytes", "file_count", "lazy")
+    __slots__ = ("migration_id", "container_name", "image", "create_config_json", "checkpoint_name", "total_bytes", "file_count", "lazy", "emulate")
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_NAME_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -127,6 +133,7 @@ class Begin(_message.Message):
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     FILE_COUNT_FIELD_NUMBER: _ClassVar[int]
     LAZY_FIELD_NUMBER: _ClassVar[int]
+    EMULATE_FIELD_NUMBER: _ClassVar[int]
     migration_id: str
     container_name: str
     image: str
@@ -135,7 +142,8 @@ class Begin(_message.Message):
     total_bytes: int
     file_count: int
     lazy: bool
-    def __init__(self, migration_id: _Optional[str] = ..., container_name: _Optional[str] = ..., image: _Optional[str] = ..., create_config_json: _Optional[str] = ..., checkpoint_name: _Optional[str] = ..., total_bytes: _Optional[int] = ..., file_count: _Optional[int] = ..., lazy: _Optional[bool] = ...) -> None: ...
+    emulate: bool
+    def __init__(self, migration_id: _Optional[str] = ..., container_name: _Optional[str] = ..., image: _Optional[str] = ..., create_config_json: _Optional[str] = ..., checkpoint_name: _Optional[str] = ..., total_bytes: _Optional[int] = ..., file_count: _Optional[int] = ..., lazy: _Optional[bool] = ..., emulate: _Optional[bool] = ...) -> None: ...
 
 class BeginAck(_message.Message):
     __slots__ = ("need_image", "container_id", "adjusted_json")

@@ -1,6 +1,6 @@
 #!/bin/sh
 # The arm64 device's base root tree: Debian trixie for arm64, bootstrapped in one stage through binfmt
-# (qemu-user-static), then Docker and adbd installed inside it. Usage: arm64-rootfs.sh DIR
+# (qemu-user-static), then Docker, adbd and qemu-user (x86_64 containers run there emulated) installed inside it. Usage: arm64-rootfs.sh DIR
 # Run by tests/testbed/arm64.py (ensure_image), which names DIR after a hash of this file: change the recipe
 # here and a new tree is built. Each stage leaves a marker in DIR, so an interrupted build resumes.
 # About 21 min on 2 cores (most of it debootstrap; the initramfs is built twice under emulation).
@@ -25,7 +25,7 @@ if [ ! -e "$dir/.stage-packages" ]; then
     trap 'umount "$dir/proc"' EXIT
     chroot "$dir" apt-get update
     DEBIAN_FRONTEND=noninteractive chroot "$dir" apt-get install -y --no-install-recommends \
-        docker.io docker-cli adbd
+        docker.io docker-cli adbd qemu-user qemu-user-binfmt
     chroot "$dir" apt-get clean
     umount "$dir/proc"
     trap - EXIT
