@@ -387,10 +387,12 @@ def parse_settings(doc: Mapping[str, Any], file: Path) -> Settings:
 
 
 def _tri_state(r: _Reader, key: str, default: TriState) -> TriState:
-    value = r.table.get(key, default)
-    if value is True or value == "true":
+    if key not in r.table:
+        return default
+    value = r.table[key]
+    if value is True:
         return "true"
-    if value is False or value == "false":
+    if value is False:
         return "false"
     if value == "auto":
         return "auto"

@@ -141,11 +141,13 @@ def test_lazy_per_device(tmp_path: Path, value: str | None, mode: str) -> None:
     settings = parse_settings(__import__("tomllib").loads(text), write(tmp_path, text))
     assert settings.devices["board"].lazy == mode
     assert settings.devices["pixel"].lazy == "false"
+    assert settings.devices["pixel"].emulate == "auto"
 
 
+@pytest.mark.parametrize("key", ["lazy", "emulate"])
 @pytest.mark.parametrize("value", ['"yes"', "1", '"true"'])
-def test_lazy_is_true_false_or_auto(tmp_path: Path, value: str) -> None:
-    text = GOOD.replace('address = "192.0.2.10:8022"', f'address = "192.0.2.10:8022"\nlazy = {value}')
+def test_tri_states_are_true_false_or_auto(tmp_path: Path, key: str, value: str) -> None:
+    text = GOOD.replace('address = "192.0.2.10:8022"', f'address = "192.0.2.10:8022"\n{key} = {value}')
     (tmp_path / "id_ed25519").write_text("key")
-    with pytest.raises(ConfigError, match=r"devices\.board.*lazy.*true, false or \"auto\""):
+    with pytest.raises(ConfigError, match=rf"devices\.board.*{key}.*true, false or \"auto\""):
         parse_settings(__import__("tomllib").loads(text), write(tmp_path, text))
