@@ -27,6 +27,7 @@ from ..criu import compat as criu_compat
 from ..criu.leftovers import place_nonce, remove_extractions
 from ..engine import Engine, EngineError
 from ..logging import get_logger
+from . import emulated
 from .errors import RestoreError
 
 log = get_logger(__name__)
@@ -48,6 +49,9 @@ class DeviceFacts:
     cgroup2: bool = False  # /sys/fs/cgroup is the unified hierarchy
     absent_masked_paths: tuple[str, ...] = ()  # Docker's masked paths this kernel lacks
     lazy_restore: bool = False  # its CRIU can restore lazily here (userfaultfd with non-cooperative events)
+    emulator: str = ""  # its static qemu-x86_64 ("": it cannot run x86_64 containers emulated)
+    emulator_version: str = ""
+    binfmt_x86_64: bool = False  # binfmt_misc runs x86_64 programs through that qemu (docker exec works)
 
     @property
     def criu_dumps_sockets(self) -> bool:
@@ -144,11 +148,19 @@ class DeviceEngine:
         return self.fast_restore and self.facts.lazy_restore
 
     async def create(self, name: str, config: dict[str, Any], checkpoint_name: str,
-                     migration_id: str = "", lazy: bool = False) -> TargetContainer:
+                     migration_id: str = "", *, lazy: bool = False, emulate: bool = False) -> TargetContainer:
         if lazy and not self.post_copy:
             raise RestoreError("this device cannot restore lazily (it needs androcond's runtime and "
                                "userfaultfd): migrate without post-copy")
-        if self.fast_restore:
+        emulated_dir: Path | None = None
+        if emulate:
+            if not self.facts.emulator or self.spool_dir is None:
+                raise RestoreError("this device cannot run x86_64 containers emulated (no static qemu-x86_64)")
+            # No CRIU here: the restorer reads the images from a directory mounted into the container.
+            emulated_dir = self.spool_dir / "emulated" / (migration_id or name)
+            await asyncio.to_thread(emulated_dir.mkdir, parents=True, exist_ok=True)
+            config = emulated.mounted(config, emulated_dir)
+        elif self.fast_restore:
             assert self.spool_dir is not None
             criu_conf = await asyncio.to_thread(write_restore_config, self.spool_dir)
             host = config.get("HostConfig") or {}
@@ -164,6 +176,8 @@ class DeviceEngine:
             raise
         # From here on the container is ours: whatever fails (or cancels us), it must not stay behind.
         try:
+            if emulated_dir is not None:
+                return TargetContainer(cid, emulated_dir, await self._upper_dir(cid))
             return await self._prepare(cid, checkpoint_name, migration_id, lazy)
         except BaseException as exc:
             await self._remove_quietly(cid)
@@ -174,19 +188,23 @@ class DeviceEngine:
                     from exc
             raise
 
-    async def _prepare(self, cid: str, checkpoint_name: str, migration_id: str, lazy: bool) -> TargetContainer:
+    async def _upper_dir(self, cid: str) -> Path:
         inspect = await self.engine.inspect_container(cid)
         driver = inspect.get("GraphDriver") or {}
         upper = (driver.get("Data") or {}).get("UpperDir")
         if driver.get("Name") != "overlay2" or not upper:
             raise RestoreError(f"the device engine uses the {driver.get('Name')!r} storage driver; "
                                "androcond needs overlay2 to place the writable layer")
+        return Path(upper)
+
+    async def _prepare(self, cid: str, checkpoint_name: str, migration_id: str, lazy: bool) -> TargetContainer:
+        upper = await self._upper_dir(cid)
         stub_dir = self.facts.data_root / "containers" / cid / "checkpoints" / checkpoint_name
         images_dir = stub_dir
         if self.fast_restore:
             images_dir = self._spooled_images(migration_id or cid)
         nonce = await asyncio.to_thread(_make_checkpoint_dirs, stub_dir, images_dir, lazy)
-        return TargetContainer(cid, images_dir, Path(upper), stub_dir, nonce)
+        return TargetContainer(cid, images_dir, upper, stub_dir, nonce)
 
     async def _remove_quietly(self, cid: str) -> None:
         """Remove a container we just made, even while being cancelled."""
@@ -215,6 +233,14 @@ class DeviceEngine:
         if not state.get("Running"):
             raise RestoreError(f"restored container is not running (status {state.get('Status')}, "
                                f"exit code {state.get('ExitCode')}, error {state.get('Error')!r})")
+
+    async def start_emulated(self, target: TargetContainer) -> float:
+        """Start an emulated container (its restorer rebuilds the process); the seconds until it did. Its
+        files are removed either way: the restorer has read them (or will never)."""
+        try:
+            return await emulated.start(self.engine, target.container_id, target.checkpoint_dir)
+        finally:
+            await self.clean_after_restore(target)
 
     async def _start_from_checkpoint(self, target: TargetContainer, checkpoint_name: str) -> dict[str, Any]:
         try:

@@ -225,6 +225,13 @@ class AgentSession(Receiving, PostCopy):
                           f"{free} free (keeping {FREE_SPACE_MARGIN} spare)")
         # Fitted now, before the daemon freezes anything: a host port taken here refuses the migration.
         fitted = await fit(self.device.engine, parse_create_config(begin.create_config_json))
+        if begin.emulate and fitted.restart_policy:
+            # Its entry point rebuilds the process once, from files removed after the restore: started again,
+            # it could only fail.
+            fitted.adjusted["HostConfig.RestartPolicy"] = {
+                "from": fitted.restart_policy, "to": None,
+                "why": "an emulated container cannot be started afresh by its engine"}
+            fitted.restart_policy = None
         for name, change in fitted.adjusted.items():
             log.info("configuration adjusted for this device", field=name, why=change.get("why"))
         self.migration = IncomingMigration(begin, fitted=fitted)
@@ -244,7 +251,8 @@ class AgentSession(Receiving, PostCopy):
         begin = migration.begin
         assert migration.fitted is not None
         migration.target = await self.device.create(begin.container_name, migration.fitted.body,
-                                                    begin.checkpoint_name, begin.migration_id, lazy=begin.lazy)
+                                                    begin.checkpoint_name, begin.migration_id, lazy=begin.lazy,
+                                                    emulate=begin.emulate)
         # Should this process die now, whoever settles the record knows which container to remove.
         await self.outcomes.put(OutcomeRecord(begin.migration_id, OutcomeState.RECEIVING, migration.target.container_id,
                                               bytes_received=migration.bytes_received))
@@ -268,7 +276,10 @@ class AgentSession(Receiving, PostCopy):
         await self.outcomes.put(record)
         started = time.monotonic()
         try:
-            await self.device.restore(migration.target, begin.checkpoint_name)
+            if begin.emulate:
+                await self.device.start_emulated(migration.target)
+            else:
+                await self.device.restore(migration.target, begin.checkpoint_name)
         except RestoreError as exc:
             await self._discard(migration, OutcomeState.FAILED, str(exc))
         else:

@@ -1,0 +1,143 @@
+"""The device's side of an emulated restore. The daemon made the target container's entry point the device's
+qemu-x86_64 running androcond's restorer on its plan; here the migration's files are mounted at MOUNT, the
+container is started as any container, and the restorer's word is read from a FIFO: "ok" once it has rebuilt
+the process and jumps into it, else what failed. Then a short probation: a process that dies at once (an
+instruction the emulator lacks) is a failed restore, so the container goes back to the source."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..engine import Engine, EngineError
+from ..logging import get_logger
+from ..protocol.emulation import MOUNT, RESTORER, STATUS
+from .errors import RestoreError
+
+log = get_logger(__name__)
+# The restorer reads every dumped page through the emulator (and, on the bed, through a second, system
+# emulator): a 64 MB heap takes seconds there, not milliseconds.
+STATUS_DEADLINE_S = 300.0
+# A process that picked CPU features the emulator lacks dies at its first such instruction, within moments of
+# the resume; this long it must keep running before the device says it runs.
+PROBATION_S = 2.0
+STATUS_LINE_LIMIT = 4096
+
+
+def mounted(config: dict[str, Any], images_dir: Path) -> dict[str, Any]:
+    """The create body with the migration's directory mounted read-only where the restorer looks."""
+    host = dict(config.get("HostConfig") or {})
+    host["Binds"] = [*(host.get("Binds") or []), f"{images_dir}:{MOUNT}:ro"]
+    return {**config, "HostConfig": host}
+
+
+def open_to_all(images_dir: Path) -> None:
+    """The container's user may not be root: the restorer must read the plan and the pages, and write the
+    status FIFO (made here, before the start)."""
+    images_dir.chmod(0o755)
+    for entry in images_dir.iterdir():
+        if entry.is_file() and not entry.is_symlink():
+            entry.chmod(0o755 if entry.name == RESTORER else 0o644)
+    fifo = images_dir / STATUS
+    with contextlib.suppress(FileNotFoundError):
+        fifo.unlink()
+    os.mkfifo(fifo)
+    fifo.chmod(0o666)  # whatever the umask
+
+
+@contextlib.contextmanager
+def _status_fifo(path: Path) -> Iterator[int]:
+    # Our own write end keeps the FIFO from reading end-of-file before the restorer has opened it.
+    reader = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    writer = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+    try:
+        yield reader
+    finally:
+        os.close(writer)
+        os.close(reader)
+
+
+async def _read_status(fd: int) -> str:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Event = asyncio.Event()
+    loop.add_reader(fd, ready.set)
+    received = b""
+    try:
+        while b"\n" not in received and len(received) < STATUS_LINE_LIMIT:
+            await ready.wait()
+            ready.clear()
+            try:
+                received += os.read(fd, STATUS_LINE_LIMIT)
+            except BlockingIOError:
+                continue
+    finally:
+        loop.remove_reader(fd)
+    return received.split(b"\n", 1)[0].decode(errors="replace").strip()
+
+
+async def _exited(engine: Engine, container_id: str) -> None:
+    """Returns once the container has stopped. The engine's wait call ends with its own timeout: ask again."""
+    while True:
+        try:
+            await engine.wait_stopped(container_id)
+            return
+        except EngineError as exc:
+            if exc.status == 404:
+                return
+            log.debug("waiting for the emulated container again", error=str(exc))
+
+
+async def _why_stopped(engine: Engine, container_id: str) -> str:
+    try:
+        state = (await engine.inspect_container(container_id))["State"]
+        logs = (await engine.container_logs(container_id)).strip().splitlines()[-3:]
+    except EngineError as exc:
+        return f"(its state could not be read: {exc})"
+    said = f"; its last output: {' | '.join(logs)}" if logs else ""
+    return f"exit code {state.get('ExitCode')}{said}"
+
+
+async def start(engine: Engine, container_id: str, images_dir: Path, *,
+                deadline_s: float = STATUS_DEADLINE_S, probation_s: float = PROBATION_S) -> float:
+    """Start the emulated container; returns the seconds until the restorer said "ok". Raises RestoreError
+    when it did not, or when the container stopped within the probation."""
+    await asyncio.to_thread(open_to_all, images_dir)
+    loop = asyncio.get_running_loop()
+    with _status_fifo(images_dir / STATUS) as fd:
+        started = loop.time()
+        try:
+            await engine.start_container(container_id)
+        except EngineError as exc:
+            raise RestoreError(f"the device engine did not start the emulated container: {exc}") from exc
+        exited = asyncio.ensure_future(_exited(engine, container_id))
+        status = asyncio.ensure_future(_read_status(fd))
+        try:
+            async with asyncio.timeout(deadline_s):
+                await asyncio.wait({exited, status}, return_when=asyncio.FIRST_COMPLETED)
+            if not status.done():
+                raise RestoreError("the emulated restore stopped before the restorer said anything: "
+                                   f"{await _why_stopped(engine, container_id)}")
+            word = status.result()
+            restored_s = loop.time() - started
+            if word != "ok":
+                raise RestoreError(f"the restorer failed: {word or '(no word)'}")
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(probation_s):
+                    await asyncio.shield(exited)
+            if exited.done():
+                raise RestoreError("the process stopped right after it was resumed under emulation ("
+                                   f"{await _why_stopped(engine, container_id)}); a CPU feature the emulator "
+                                   "lacks is the usual cause (docs/emulation.md)")
+        except TimeoutError as exc:
+            raise RestoreError(f"the restorer said nothing within {deadline_s:.0f} s") from exc
+        finally:
+            for task in (exited, status):
+                task.cancel()
+            await asyncio.gather(exited, status, return_exceptions=True)
+    log.info("resumed under emulation", container_id=container_id, restore_s=round(restored_s, 3))
+    return restored_s
+
