@@ -310,7 +310,7 @@ def _silent(_: str) -> None:
 # The root tree's stages (arm64-rootfs.sh leaves each marker when done): what it does, what to expect.
 ROOTFS_STAGES = ((".stage-debootstrap", "debootstrap of Debian trixie for arm64 through qemu-user",
                   "about 12 min on 2 cores"),
-                 (".stage-packages", "Docker and adbd into that tree", "about 2 min"))
+                 (".stage-packages", "Docker, adbd and qemu-user into that tree", "about 2 min"))
 
 
 def ensure_image(progress: Progress = _silent, log_dir: Path | None = None) -> Arm64Image:

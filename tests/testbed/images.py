@@ -55,8 +55,10 @@ def _add_dir(tar: tarfile.TarFile, name: str, mode: int = 0o755) -> None:
     tar.addfile(info)
 
 
-def rootfs_tar(programs: dict[str, Path], busybox: Path = BUSYBOX) -> bytes:
-    """A busybox root with `programs` in bin/. `busybox` may be another ISA's (its applets are the host's)."""
+def rootfs_tar(programs: dict[str, Path], busybox: Path = BUSYBOX, *, files: dict[str, Path] | None = None,
+               links: dict[str, str] | None = None) -> bytes:
+    """A busybox root with `programs` in bin/. `busybox` may be another ISA's (its applets are the host's).
+    `files` puts more at their paths (e.g. a shared library), `links` adds symlinks (path → target)."""
     applets = run([str(BUSYBOX), "--list"]).stdout.decode().split()
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w") as tar:
@@ -71,6 +73,20 @@ def rootfs_tar(programs: dict[str, Path], busybox: Path = BUSYBOX) -> bytes:
                 tar.addfile(link)
         for name, path in programs.items():
             _add_file(tar, f"bin/{name}", path.read_bytes())
+        made = set()
+        for name, path in sorted((files or {}).items()):
+            parts = name.strip("/").split("/")
+            for depth in range(1, len(parts)):
+                directory = "/".join(parts[:depth])
+                if directory not in made and directory not in ("bin", "etc", "tmp", "var"):
+                    made.add(directory)
+                    _add_dir(tar, directory)
+            _add_file(tar, name.strip("/"), path.read_bytes(), 0o755)
+        for name, target in sorted((links or {}).items()):
+            link = tarfile.TarInfo(name.strip("/"))
+            link.type = tarfile.SYMTYPE
+            link.linkname = target
+            tar.addfile(link)
         _add_file(tar, "etc/passwd", b"root:x:0:0:root:/root:/bin/sh\n", 0o644)
         _add_file(tar, "etc/image-file", b"shipped in the image\n", 0o644)
     return buf.getvalue()
