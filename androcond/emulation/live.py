@@ -178,7 +178,7 @@ def _lock(fields: list[str]) -> tuple[int, str] | None:
     if len(fields) < 6 or fields[1] == "->":
         return None
     kind, pid, inode = fields[1], fields[4], fields[5]
-    return (int(pid) if pid.lstrip("-").isdigit() else -1), f"{kind} lock on the file {inode}"
+    return (int(pid) if pid.lstrip("-").isdigit() else -1), f"lock ({kind}) on the file {inode}"
 
 
 def _lock_owners(proc: Path) -> dict[int, list[str]]:

@@ -118,8 +118,8 @@ def test_file_locks_from_proc_locks_and_fdinfo_each_once(tmp_path: Path) -> None
     process(tmp_path, 8, {})
     (tmp_path / "locks").write_text(f"1: {posix}\n1: -> POSIX  ADVISORY  WRITE 8 08:01:1234 0 EOF\n2: {ofd}\n")
     assert live_refusals([7], tmp_path) == [
-        "process 7 (server): holds a POSIX lock on the file 08:01:1234: the emulated restore takes no file locks",
-        "process 7 (server): holds a OFDLCK lock on the file 08:01:5678: the emulated restore takes no file locks"]
+        "process 7 (server): holds a lock (POSIX) on the file 08:01:1234: the emulated restore takes no file locks",
+        "process 7 (server): holds a lock (OFDLCK) on the file 08:01:5678: the emulated restore takes no file locks"]
     assert live_refusals([8], tmp_path) == []  # a waiter holds nothing
 
 
