@@ -170,7 +170,8 @@ class AgentSession(Receiving, PostCopy):
             androcond_runtime=self.device.fast_restore, va_bits=facts.va_bits,
             criu_runc_options=list(facts.criu_runc_options), cgroup2=facts.cgroup2,
             absent_masked_paths=list(facts.absent_masked_paths), reports_stored=True,
-            lazy_pages=self.device.post_copy)))
+            lazy_pages=self.device.post_copy, emulator=facts.emulator, emulator_version=facts.emulator_version,
+            binfmt_x86_64=facts.binfmt_x86_64)))
 
     def _phase_of(self, frame: pb.Frame) -> str:
         kind = body(frame)

@@ -81,6 +81,15 @@ class DeviceStatus:
     vvar_size: int = 0
     # Can it take a move from this host across ISAs (Popcorn-style recode), given its ISA and address space?
     cross_isa: bool | None = None
+    # Can it run this host's x86_64 containers emulated (its static qemu-x86_64, enough address bits)? None when
+    # not reached or of this host's ISA.
+    emulation: bool | None = None
+    emulate: str = "auto"  # its `emulate` setting: "true", "false" or "auto"
+    emulator: str = ""  # the path of its static qemu-x86_64 ("": none)
+    emulator_version: str = ""
+    # binfmt_misc runs x86_64 programs there through a static qemu (`docker exec` into an emulated container):
+    # None when not reached.
+    binfmt_x86_64: bool | None = None
     # Options this host's dumps carry that its restores lack (CRIU would refuse every move): None when not reached.
     criu_options_missing: list[str] | None = None
     error: str = ""
@@ -114,7 +123,9 @@ async def probe(device: DeviceSettings, adb: AdbClient) -> DeviceStatus:
         fast_restore=hello.androcond_runtime, va_bits=hello.va_bits, vdso_size=len(hello.vdso),
         vvar_size=hello.vvar_size, cross_isa=_cross_isa(hello.isa, hello.va_bits),
         criu_options_missing=criu_compat.restore_needs(here, list(hello.criu_runc_options)),
-        post_copy=hello.lazy_pages, lazy=device.lazy)
+        post_copy=hello.lazy_pages, lazy=device.lazy,
+        emulation=emulation(hello.isa, hello.emulator, hello.va_bits), emulate=device.emulate,
+        emulator=hello.emulator, emulator_version=hello.emulator_version, binfmt_x86_64=hello.binfmt_x86_64)
 
 
 # What the recoder can do (androcond/recoder): x86_64 processes recoded to aarch64. An x86_64 process's stack
@@ -128,6 +139,21 @@ def _cross_isa(device_isa: str, va_bits: int) -> bool | None:
     if device_isa == host:
         return None  # same ISA: no recode needed
     return CROSS_ISA_FROM.get(host) == device_isa and (va_bits == 0 or va_bits >= X86_64_VA_BITS)
+
+
+# An emulated x86_64 process keeps its addresses (qemu's guest_base is 0) and qemu's own memory lies above 2^47
+# (EMULATION.md, "What differs on arm64"): the device's kernel must give 48 address bits.
+EMULATION_FROM = {"x86_64": "aarch64"}
+EMULATION_VA_BITS = 48
+
+
+def emulation(device_isa: str, emulator: str, va_bits: int, host: str | None = None) -> bool | None:
+    """Can a device with these hello facts run x86_64 containers of `host` (this machine) emulated?"""
+    host = host or platform.machine()
+    if device_isa == host:
+        return None  # same ISA: the container runs natively
+    return (EMULATION_FROM.get(host) == device_isa and bool(emulator)
+            and (va_bits == 0 or va_bits >= EMULATION_VA_BITS))
 
 
 async def probe_all(devices: list[DeviceSettings], adb: AdbClient) -> list[DeviceStatus]:

@@ -65,6 +65,9 @@ async def test_agent_hello_through_adb(arm64_device: Arm64Device, tmp_path: Path
     assert hello.engine_version, "the guest's Docker engine did not answer the agent"
     assert hello.va_bits == 48
     assert hello.androcond_runtime  # daemon.json registers androcond's runc wrapper
+    # trixie's qemu-user (static binaries) emulates x86_64 containers; qemu-user-binfmt registers it.
+    assert hello.emulator.rsplit("/", 1)[-1] in ("qemu-x86_64", "qemu-x86_64-static"), hello.emulator
+    assert hello.emulator_version.startswith("10."), hello.emulator_version
     elf = ELFFile(io.BytesIO(hello.vdso))
     assert elf["e_machine"] == "EM_AARCH64"
     dynsym = elf.get_section_by_name(".dynsym")
@@ -90,6 +93,9 @@ async def test_devices_lists_it_cross_isa(arm64_device: Arm64Device, tmp_path: P
     assert device["va_bits"] == 48
     assert device["vdso_size"] > 0 and device["vdso_size"] % 4096 == 0 and device["vvar_size"] > 0
     assert device["cross_isa"] is True
+    assert device["emulation"] is True and device["emulate"] == "auto"
+    assert device["emulator"] and device["emulator_version"].startswith("10.")
+    assert isinstance(device["binfmt_x86_64"], bool)  # whether its entry has flag F is the package's choice
     assert device["agent_version"] == __version__
 
 

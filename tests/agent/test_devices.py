@@ -57,9 +57,13 @@ known_hosts = "{known_hosts}"
         assert devices[name]["fast_restore"] is True  # the bed's engine B has androcond's runtime
         assert devices[name]["post_copy"] is True  # ... and its kernel userfaultfd
         assert devices[name]["criu_dumps_sockets"] is True and devices[name]["criu_version"]
+        # An x86_64 device runs x86_64 containers natively: no emulator reported, emulation not in question.
+        assert (devices[name]["emulator"], devices[name]["emulator_version"]) == ("", "")
+        assert devices[name]["emulation"] is None and devices[name]["binfmt_x86_64"] is False
     assert (devices["usb"]["lazy"], devices["net"]["lazy"]) == ("false", "auto")
     assert not devices["away"]["reachable"]
     assert devices["away"]["criu_dumps_sockets"] is None  # not reached: not known, not "no"
+    assert devices["away"]["emulation"] is None and devices["away"]["binfmt_x86_64"] is None
     assert "cannot connect" in devices["away"]["error"]
     # The adb forward made for the probe is gone again.
     forwards = await asyncio.to_thread(bed.adb.adb, "forward", "--list")
