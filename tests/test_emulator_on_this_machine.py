@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from androcond.agent.device import EM_X86_64, emulator_version, static_elf_machine
+from androcond.agent.emulator import EM_X86_64, emulator_version, static_elf_machine
 
 from .tiers import unavailable
 

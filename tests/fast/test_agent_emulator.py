@@ -8,7 +8,7 @@ import struct
 import sys
 from pathlib import Path
 
-from androcond.agent.device import (
+from androcond.agent.emulator import (
     EM_AARCH64,
     EM_X86_64,
     NO_EMULATOR,
