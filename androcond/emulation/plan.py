@@ -278,7 +278,11 @@ def _reg(files: dict[int, tuple[int, wire.Fields]], file_id: int) -> pb.reg_file
     return None if data is None else pb.reg_file_entry.FromString(data)
 
 
-def _vmas(dump: _Dump, pid: int, files: dict[int, tuple[int, wire.Fields]]) -> tuple[list[bytes], list[tuple[int, int, int]]]:
+Files = dict[int, tuple[int, wire.Fields]]
+Ranges = list[tuple[int, int, int]]
+
+
+def _vmas(dump: _Dump, pid: int, files: Files) -> tuple[list[bytes], Ranges]:
     mm = dump.image(f"mm-{pid}.img").entries[0].get(pb.mm_entry)
     records: list[bytes] = []
     ranges: list[tuple[int, int, int]] = []
