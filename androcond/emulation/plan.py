@@ -88,9 +88,12 @@ O_NONBLOCK: Final = 0o4000
 SS_DISABLE: Final = 2
 AVX512_XSTATE: Final = 0xE0  # xstate_bv bits 5-7: opmask, ZMM_Hi256, Hi16_ZMM
 SIGNALS: Final = [s for s in range(1, 65) if s not in (9, 19)]  # CRIU dumps every signal but SIGKILL/SIGSTOP
-AVX512_HINT: Final = (
-    "start it with GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-RTM,-XSAVEC"
+# What the source process must be started with (docs/emulation.md): no CPU features the emulator lacks, and
+# no rseq (qemu has none: glibc aborts in pthread_create when a thread of a process that had rseq cannot).
+GLIBC_TUNABLES: Final = (
+    "glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-RTM,-XSAVEC:glibc.pthread.rseq=0"
 )
+TUNABLES_HINT: Final = f"start it with GLIBC_TUNABLES={GLIBC_TUNABLES}"
 
 
 class EmulationRefused(AndrocondError):
@@ -494,10 +497,16 @@ def _thread(dump: _Dump, tid: int, entry: Entry, main_core: pb.core_entry, is_ma
     if fp is not None and fp.HasField("xsave") and fp.xsave.xstate_bv & AVX512_XSTATE:
         dump.refuse(
             f"{who} has AVX-512 state in use (xstate_bv 0x{fp.xsave.xstate_bv:x}), which the emulator lacks: "
-            + AVX512_HINT
+            + TUNABLES_HINT
         )
     tcore_fields = wire.get_message(_fields(entry), 5) or {}
     _check_pending(dump, who, wire.get_message(tcore_fields, 9))
+    rseq = wire.get_message(tcore_fields, 15)
+    if rseq and wire.get_int(rseq, 1):
+        dump.refuse(
+            f"{who} has rseq registered, which the emulator lacks (glibc would abort in its next "
+            "pthread_create): " + TUNABLES_HINT
+        )
     sas = wire.get_message(tcore_fields, 7)
     if sas and wire.get_int(sas, 2) and not wire.get_int(sas, 3) & SS_DISABLE:
         dump.notes.append(f"{who}: its alternate signal stack is not restored")

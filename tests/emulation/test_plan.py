@@ -11,7 +11,7 @@ from google.protobuf.message import Message
 from androcond.emulation import MOUNT, EmulationRefused, entrypoint, make_plan, wire
 from androcond.emulation import plan as P
 from androcond.errors import AndrocondError
-from androcond.images import Entry, ImageHeader, ImageWriter, pb
+from androcond.images import Entry, ImageHeader, ImageWriter, pb, read_image
 
 PID = 42
 EXE = "/usr/bin/prog"
@@ -256,6 +256,15 @@ def test_refuses_shared_memory(tmp_path: Path, status: int, what: str) -> None:
 def test_refuses_avx512_state(tmp_path: Path) -> None:
     message = refusal(tmp_path, threads=(PID, PID + 1), xstate_bv=0xE7)
     assert f"thread {PID}" in message and "AVX-512" in message and "GLIBC_TUNABLES" in message
+
+
+def test_refuses_rseq(tmp_path: Path) -> None:
+    images = make_dump(tmp_path)
+    core = read_image(images / f"core-{PID}.img").entries[0]
+    rseq = wire.encode((5, wire.encode((15, wire.encode((1, 0x7F0000004000), (2, 32), (3, 0x53053053))))))
+    _write(images / f"core-{PID}.img", "CORE", Entry(core.raw + rseq))
+    with pytest.raises(EmulationRefused, match="rseq registered.*glibc.pthread.rseq=0"):
+        make_plan(images, tmp_path / "plan")
 
 
 def test_refuses_file_locks(tmp_path: Path) -> None:

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from androcond.emulation import EmulationRefused, make_plan
+from androcond.emulation.plan import GLIBC_TUNABLES
 from androcond.emulation.build import restorer_path
 
 from ..images.conftest import find_criu
@@ -26,8 +27,8 @@ from ..tiers import unavailable
 pytestmark = pytest.mark.system
 
 QEMU = "/usr/bin/qemu-x86_64-static"
-# Without these glibc picks AVX-512 and XSAVEC code the emulator lacks (docs/emulation.md).
-TUNABLES = "glibc.cpu.hwcaps=-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-RTM,-XSAVEC"
+# Without these glibc picks AVX-512 and XSAVEC code and registers rseq, which the emulator lacks.
+TUNABLES = GLIBC_TUNABLES
 
 COUNTER = r"""
 #include <stdio.h>
