@@ -263,7 +263,7 @@ def test_refuses_rseq(tmp_path: Path) -> None:
     core = read_image(images / f"core-{PID}.img").entries[0]
     rseq = wire.encode((5, wire.encode((15, wire.encode((1, 0x7F0000004000), (2, 32), (3, 0x53053053))))))
     _write(images / f"core-{PID}.img", "CORE", Entry(core.raw + rseq))
-    with pytest.raises(EmulationRefused, match="rseq registered.*glibc.pthread.rseq=0"):
+    with pytest.raises(EmulationRefused, match=r"rseq registered.*glibc\.pthread\.rseq=0"):
         make_plan(images, tmp_path / "plan")
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import pytest
 
-from androcond.emulation import EmulationRefused, make_plan
-from androcond.emulation.plan import GLIBC_TUNABLES
+from androcond.emulation import PLAN_NAME, RESTORER_NAME, EmulationRefused, entrypoint, make_plan
 from androcond.emulation.build import restorer_path
+from androcond.emulation.plan import GLIBC_TUNABLES
 
 from ..images.conftest import find_criu
 from ..tiers import unavailable
@@ -234,16 +234,21 @@ def dump(tools: Tools, argv: list[str], out: Path, images: Path, ready: int = 8)
 
 
 def restore(tools: Tools, images: Path, mode: str, restored_out: Path) -> subprocess.Popen[bytes]:
-    plan = images / "plan"
+    plan = images / PLAN_NAME
     (images / "status").write_bytes(b"")
     make_plan(images, plan, mount=str(images))
-    argv = [str(tools.restorer), str(plan)]
-    if mode == "qemu":
-        if not Path(QEMU).is_file():
-            unavailable(f"{QEMU} not found (Debian's qemu-user-static)")
-        argv = [QEMU, *argv]
+    # As on the device: the restorer and the plan in the images directory, which is the mount.
+    shutil.copy2(tools.restorer, images / RESTORER_NAME)
+    argv = entrypoint(QEMU, mount=str(images))
+    assert argv[-2:] == [str(images / RESTORER_NAME), str(plan)]
+    if mode == "native":
+        argv = argv[-2:]
+    elif not Path(QEMU).is_file():
+        unavailable(f"{QEMU} not found (Debian's qemu-user-static)")
     with restored_out.open("wb") as f:
-        return subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.PIPE, start_new_session=True)
+        return subprocess.Popen(
+            argv, stdin=subprocess.DEVNULL, stdout=f, stderr=subprocess.PIPE, start_new_session=True
+        )
 
 
 def resume_and_compare(tools: Tools, name: str, argv: list[str], mode: str, more: int = 12) -> list[str]:
