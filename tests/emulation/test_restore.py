@@ -233,10 +233,14 @@ def dump(tools: Tools, argv: list[str], out: Path, images: Path, ready: int = 8)
     return len(lines(out))
 
 
-def restore(tools: Tools, images: Path, mode: str, restored_out: Path) -> subprocess.Popen[bytes]:
+def restore(
+    tools: Tools, images: Path, mode: str, restored_out: Path, *, breaking: str = ""
+) -> subprocess.Popen[bytes]:
     plan = images / PLAN_NAME
     (images / "status").write_bytes(b"")
     make_plan(images, plan, mount=str(images))
+    if breaking:  # make the restore fail: this image disappears after the plan was made
+        (images / breaking).unlink()
     # As on the device: the restorer and the plan in the images directory, which is the mount.
     shutil.copy2(tools.restorer, images / RESTORER_NAME)
     argv = entrypoint(QEMU, mount=str(images))
@@ -357,5 +361,24 @@ def test_refused(tools: Tools, name: str, source: str, expected: str) -> None:
         if name == "unix":
             assert "fd 3" in str(info.value)
         assert not (base / "plan").exists()
+    finally:
+        shutil.rmtree(base, ignore_errors=True)
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_failure_is_reported(tools: Tools, mode: str) -> None:
+    """A restore that cannot finish says so on the status path and stderr, and exits 2xx."""
+    binary = compile_program(tools, f"failing-{mode}", COUNTER, "-static")
+    base = tools.work / f"failing-{mode}"
+    base.mkdir()
+    try:
+        images = base / "images"
+        dump(tools, [str(binary)], base / "out.txt", images)
+        pages = next(images.glob("pages-*.img")).name
+        proc = restore(tools, images, mode, base / "restored-stdout.txt", breaking=pages)
+        _, stderr = proc.communicate(timeout=60)
+        assert proc.returncode == 203, stderr
+        assert (images / "status").read_text() == "error: open-pages 2\n"
+        assert b"androcond-restorer: open-pages" in stderr
     finally:
         shutil.rmtree(base, ignore_errors=True)
