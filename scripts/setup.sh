@@ -34,8 +34,9 @@ if ! "$python" -c 'import sys; sys.exit(sys.version_info < (3, 11))'; then
 fi
 [ -x .venv/bin/python ] || "$python" -m venv .venv
 # The host's install (the daemon extra) and the test tools; a device installs plain `androcond` (README).
-stage python-packages "androcond and its test tools into .venv (about 1 min)" \
-    sh -c '.venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e ".[daemon,test]"'
+stage python-packages "androcond and its test tools into .venv, the emulation restorer built (about 1 min)" \
+    sh -c '.venv/bin/python -m pip install --upgrade pip && .venv/bin/python -m pip install -e ".[daemon,test]" \
+           && .venv/bin/python -m androcond.emulation.build'
 
 # The arm64 device's disk image (tests/testbed/arm64.py): built once, then cached under /var/cache/androcond;
 # a change to androcond rebuilds only its top layer. It prints its own stages (its log: $logs/arm64-*.log).

@@ -2,11 +2,14 @@
 
 The binary goes next to restorer.c when that directory is writable (a checkout, or packaging before the
 wheel is made), else into a per-user cache directory. It is rebuilt when missing or older than the source.
+Imports nothing but the standard library and two dependency-free modules: packaging runs it (setup.py) before
+any of androcond's dependencies are installed.
 """
 
 from __future__ import annotations
 
 import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -15,7 +18,7 @@ from pathlib import Path
 from typing import Final
 
 from ..errors import AndrocondError
-from .plan import RESTORER_NAME
+from ..protocol.emulation import RESTORER as RESTORER_NAME
 
 SOURCE: Final = Path(__file__).with_name("restorer.c")
 # No libc, no stack protector (no TLS to read it from), non-PIE at 0x10000: qemu then picks guest_base 0,
@@ -51,10 +54,13 @@ def _fresh(binary: Path) -> bool:
 
 
 def _compiler() -> str:
-    for name in (os.environ.get("CC"), "cc", "gcc"):
+    # The restorer is an x86_64 program whatever this machine is: elsewhere only a cross compiler will do.
+    names: tuple[str, ...] = ("cc", "gcc") if platform.machine() == "x86_64" else ("x86_64-linux-gnu-gcc",)
+    candidates: list[str] = [os.environ.get("CC") or "", *names]
+    for name in candidates:
         if name and shutil.which(name):
             return name
-    raise RestorerBuildError("no C compiler (cc or gcc) to build the emulation restorer")
+    raise RestorerBuildError(f"no C compiler for x86_64 ({', '.join(names)}) to build the emulation restorer")
 
 
 def build(target: Path) -> Path:

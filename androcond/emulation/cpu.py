@@ -50,6 +50,10 @@ EXE_SCAN_LIMIT = 64 << 20  # bytes of an executable searched for a static glibc'
 _CHUNK = 1 << 20
 
 
+RSEQ_OFF = ("glibc.pthread.rseq", "0")
+_GLIBC_BANNER = re.compile(rb"GNU C Library [^\n]{0,120}?release version (\d+)\.(\d+)")
+
+
 def emulator_features(version: str) -> frozenset[str]:
     """The x86 features (glibc's names) a qemu-x86_64 of `version` offers the guest. A version between the
     two verified ones gets the older set; an unreadable one the baseline: fewer features only means that more
@@ -72,6 +76,16 @@ class SourceCpu:
     host_features: frozenset[str]  # the host CPU's flags, in glibc's names (AVX512F, LZCNT, ...)
     libc: LibcKind
     tunables: str = ""  # GLIBC_TUNABLES as the process started with it ("" when unset)
+    glibc_version: tuple[int, int] | None = None  # from its libc's banner; None when not known
+
+    @property
+    def rseq_registered(self) -> bool:
+        """glibc 2.35 and later register every thread's rseq area with the kernel unless told not to; qemu
+        has no rseq, and after the restore glibc aborts at the next pthread_create ("rseq registration
+        failed"). Assumed registered when the version is not known."""
+        if self.libc not in ("glibc", "glibc-static") or RSEQ_OFF in _tunable_items(self.tunables):
+            return False
+        return self.glibc_version is None or self.glibc_version >= (2, 35)
 
     @property
     def masked(self) -> frozenset[str]:
@@ -113,13 +127,16 @@ def masked_features(tunables: str) -> frozenset[str]:
     return frozenset(masked)
 
 
-def tunables_advice(tunables: str, masks: frozenset[str]) -> str:
-    """GLIBC_TUNABLES that keep what the process already sets and mask `masks` too."""
-    kept = [(name, value) for name, value in _tunable_items(tunables) if name not in _HWCAPS_TUNABLES]
+def tunables_advice(tunables: str, masks: frozenset[str], rseq_off: bool = False) -> str:
+    """GLIBC_TUNABLES that keep what the process already sets and mask `masks` too (and switch rseq off)."""
+    kept = [(name, value) for name, value in _tunable_items(tunables) if name not in _HWCAPS_TUNABLES
+            and not (rseq_off and name == RSEQ_OFF[0])]
     hwcaps = [word for name, value in _tunable_items(tunables) if name in _HWCAPS_TUNABLES
               for word in value.split(",") if word and word.lstrip("-") not in masks]
     hwcaps += [f"-{feature}" for feature in GLIBC_DISPATCH if feature in masks]
-    return ":".join([f"{name}={value}" for name, value in kept] + [f"glibc.cpu.hwcaps={','.join(hwcaps)}"])
+    caps = [f"glibc.cpu.hwcaps={','.join(hwcaps)}"] if hwcaps else []
+    rseq = ["=".join(RSEQ_OFF)] if rseq_off else []
+    return ":".join([f"{name}={value}" for name, value in kept] + caps + rseq)
 
 
 def cpu_fit(source: SourceCpu, emulator_version: str) -> Fit:
@@ -145,13 +162,43 @@ def cpu_fit(source: SourceCpu, emulator_version: str) -> Fit:
     hints = sorted(f for f in GLIBC_HINTS if f in source.host_features and f not in offered)
     if hints:
         notes.append(f"{who}: glibc may use {', '.join(hints)} paths, slower but correct under {qemu}")
-    if not missing:
+    rseq = source.rseq_registered
+    if not missing and not rseq:
         return Fit(True, notes=tuple(notes))
-    advice = tunables_advice(source.tunables, lacking)
-    reason = (f"{who}: its glibc may have chosen code for {', '.join(missing)}, which {qemu} does not emulate "
-              f"(it would die of SIGILL after the move); start the container with "
+    advice = tunables_advice(source.tunables, lacking, rseq_off=rseq)
+    why = []
+    if missing:
+        why.append(f"its glibc may have chosen code for {', '.join(missing)}, which {qemu} does not emulate "
+                   "(it would die of SIGILL after the move)")
+    if rseq:
+        why.append(f"its glibc ({_version_text(source.glibc_version)}) registers rseq, which qemu-x86_64 lacks "
+                   "(glibc would abort at its next new thread)")
+    reason = (f"{who}: {'; and '.join(why)}; start the container with "
               f"`docker run -e GLIBC_TUNABLES={advice} ...` so that it can move emulated")
     return Fit(False, reason, tuple(notes))
+
+
+def _version_text(version: tuple[int, int] | None) -> str:
+    return f"{version[0]}.{version[1]}" if version else "version not known"
+
+
+def glibc_version(path: Path, limit: int = EXE_SCAN_LIMIT) -> tuple[int, int] | None:
+    """The version in a glibc's banner ("GNU C Library ... release version 2.36"), in a libc.so.6 or a
+    static executable; None when there is none within `limit` bytes."""
+    tail = b""
+    read = 0
+    with path.open("rb") as f:
+        while read < limit:
+            chunk = f.read(min(_CHUNK, limit - read))
+            if not chunk:
+                return None
+            read += len(chunk)
+            window = tail + chunk
+            match = _GLIBC_BANNER.search(window)
+            if match:
+                return int(match[1]), int(match[2])
+            tail = window[-64:]
+    return None
 
 
 def libc_from_maps(maps_text: str) -> LibcKind | None:
@@ -187,19 +234,50 @@ def is_static_glibc(exe: Path, limit: int = EXE_SCAN_LIMIT) -> bool:
     return False
 
 
+def environ_tunables(environ: bytes) -> str:
+    """GLIBC_TUNABLES from a process's /proc/PID/environ. glibc (2.36 at least) parses the variable in place
+    and leaves a NUL where each ':' was, so the tunables after the first read as entries of their own:
+    they are the entries that follow it and begin with "glibc."."""
+    entries = environ.split(b"\0")
+    for i, entry in enumerate(entries):
+        if entry.startswith(b"GLIBC_TUNABLES="):
+            parts = [entry.partition(b"=")[2]]
+            for following in entries[i + 1:]:
+                if not following.startswith(b"glibc."):
+                    break
+                parts.append(following)
+            return b":".join(parts).decode(errors="replace")
+    return ""
+
+
 def read_source_cpu(pid: int, proc: Path = Path("/proc")) -> SourceCpu:
     """A live process's CPU facts (blocking reads: call it in a thread). Needs the right to read the
     process's environ, maps and exe (root, or its owner)."""
     base = proc / str(pid)
     command = (base / "comm").read_text().strip()
     host = cpuinfo_features((proc / "cpuinfo").read_text())
-    environ = (base / "environ").read_bytes().split(b"\0")
-    tunables = next((e.partition(b"=")[2].decode(errors="replace") for e in environ
-                     if e.startswith(b"GLIBC_TUNABLES=")), "")
-    libc = libc_from_maps((base / "maps").read_text())
+    tunables = environ_tunables((base / "environ").read_bytes())
+    maps = (base / "maps").read_text()
+    libc = libc_from_maps(maps)
     if libc is None:
         try:
             libc = "glibc-static" if is_static_glibc(base / "exe") else "unknown"
         except OSError:
             libc = "unknown"
-    return SourceCpu(pid, command, host, libc, tunables)
+    version = None
+    if libc in ("glibc", "glibc-static"):
+        # The file as the process sees it: its own root (a container's image), not the host's.
+        library = base / "exe" if libc == "glibc-static" else base / "root" / _libc_path(maps).lstrip("/")
+        try:
+            version = glibc_version(library)
+        except OSError:
+            version = None
+    return SourceCpu(pid, command, host, libc, tunables, version)
+
+
+def _libc_path(maps_text: str) -> str:
+    for line in maps_text.splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) == 6 and re.match(r"libc(\.so\.6|-2\.\d+\.so)", fields[5].rsplit("/", 1)[-1]):
+            return fields[5]
+    return "/nonexistent"

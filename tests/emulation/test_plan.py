@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from google.protobuf.message import Message
 
+from androcond.emulation import plan as P
 from androcond.emulation import wire
 from androcond.emulation.plan import MOUNT, EmulationRefused, entrypoint, make_plan
-from androcond.emulation import plan as P
 from androcond.errors import AndrocondError
 from androcond.images import Entry, ImageHeader, ImageWriter, pb, read_image
 
@@ -143,7 +143,7 @@ def test_plan_of_a_simple_dump(tmp_path: Path) -> None:
     by_kind: dict[int, list[bytes]] = {}
     for kind, payload in recs:
         by_kind.setdefault(kind, []).append(payload)
-    assert cstring(by_kind[P.R_STATUS][0]) == "/m/status"
+    assert cstring(by_kind[P.R_STATUS][0]) == f"/m/{P.STATUS_NAME}"
     assert cstring(by_kind[P.R_PAGES_FILE][0]) == "/m/pages-1.img"
     assert cstring(by_kind[P.R_CWD][0]) == "/srv"
     vmas = [struct.unpack_from("<QQQII", v) for v in by_kind[P.R_VMA]]
@@ -190,9 +190,9 @@ def test_status_path_and_entrypoint(tmp_path: Path) -> None:
     make_plan(images, tmp_path / "plan", status="/run/fifo")
     assert cstring(records((tmp_path / "plan").read_bytes())[0][1]) == "/run/fifo"
     assert entrypoint("/usr/bin/qemu-x86_64") == [
-        "/usr/bin/qemu-x86_64", "-B", "0", f"{MOUNT}/restorer", f"{MOUNT}/plan"
+        "/usr/bin/qemu-x86_64", "-B", "0", f"{MOUNT}/{P.RESTORER_NAME}", f"{MOUNT}/{P.PLAN_NAME}"
     ]
-    assert entrypoint("qemu", "/x")[-2:] == ["/x/restorer", "/x/plan"]
+    assert entrypoint("qemu", "/x")[-2:] == [f"/x/{P.RESTORER_NAME}", f"/x/{P.PLAN_NAME}"]
 
 
 def refusal(tmp_path: Path, **kwargs: object) -> str:

@@ -17,9 +17,16 @@ from pathlib import Path
 
 import pytest
 
-from androcond.emulation.plan import PLAN_NAME, RESTORER_NAME, EmulationRefused, entrypoint, make_plan
 from androcond.emulation.build import restorer_path
-from androcond.emulation.plan import GLIBC_TUNABLES
+from androcond.emulation.plan import (
+    GLIBC_TUNABLES,
+    PLAN_NAME,
+    RESTORER_NAME,
+    STATUS_NAME,
+    EmulationRefused,
+    entrypoint,
+    make_plan,
+)
 
 from ..images.conftest import find_criu
 from ..tiers import unavailable
@@ -237,7 +244,7 @@ def restore(
     tools: Tools, images: Path, mode: str, restored_out: Path, *, breaking: str = ""
 ) -> subprocess.Popen[bytes]:
     plan = images / PLAN_NAME
-    (images / "status").write_bytes(b"")
+    (images / STATUS_NAME).write_bytes(b"")
     make_plan(images, plan, mount=str(images))
     if breaking:  # make the restore fail: this image disappears after the plan was made
         (images / breaking).unlink()
@@ -268,7 +275,7 @@ def resume_and_compare(tools: Tools, name: str, argv: list[str], mode: str, more
         finally:
             stop(proc)
             stderr = proc.stderr.read().decode(errors="replace") if proc.stderr else ""
-        assert (images / "status").read_text() == "ok\n", stderr
+        assert (images / STATUS_NAME).read_text() == "ok\n", stderr
         expected = reference(argv, base / "reference.txt", len(got))
         assert got == expected, f"restored output differs from the reference run (dumped at line {at_dump})"
         return got
@@ -378,7 +385,7 @@ def test_failure_is_reported(tools: Tools, mode: str) -> None:
         proc = restore(tools, images, mode, base / "restored-stdout.txt", breaking=pages)
         _, stderr = proc.communicate(timeout=60)
         assert proc.returncode == 203, stderr
-        assert (images / "status").read_text() == "error: open-pages 2\n"
+        assert (images / STATUS_NAME).read_text() == "error: open-pages 2\n"
         assert b"androcond-restorer: open-pages" in stderr
     finally:
         shutil.rmtree(base, ignore_errors=True)

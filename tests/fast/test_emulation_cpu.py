@@ -12,6 +12,8 @@ from androcond.emulation.cpu import (
     cpu_fit,
     cpuinfo_features,
     emulator_features,
+    environ_tunables,
+    glibc_version,
     masked_features,
     read_source_cpu,
     tunables_advice,
@@ -24,8 +26,10 @@ AVX512_HOST = cpuinfo_features(f"processor\t: 0\nflags\t\t: {AVX512_FLAGS}\n")
 EXPERIMENT_MASK = "-AVX512F,-AVX512VL,-AVX512BW,-AVX512DQ,-AVX512CD,-RTM,-XSAVEC"
 
 
-def source(libc: str = "glibc", tunables: str = "", host: frozenset[str] = AVX512_HOST) -> SourceCpu:
-    return SourceCpu(7, "python3", host, libc, tunables)  # type: ignore[arg-type]
+def source(libc: str = "glibc", tunables: str = "", host: frozenset[str] = AVX512_HOST,
+           version: tuple[int, int] | None = (2, 31)) -> SourceCpu:
+    """By default a glibc older than rseq (2.35): the CPU features alone decide."""
+    return SourceCpu(7, "python3", host, libc, tunables, version)  # type: ignore[arg-type]
 
 
 def test_emulator_features_by_version() -> None:
@@ -157,3 +161,36 @@ def test_a_static_glibc_marker_past_the_limit_is_not_read(tmp_path: Path) -> Non
     exe.write_bytes(b"\0" * 4096 + b"FATAL: kernel too old")
     assert is_static_glibc(exe)
     assert not is_static_glibc(exe, limit=4096)
+
+
+@pytest.mark.parametrize("version", [(2, 36), None])
+def test_a_glibc_that_registers_rseq_must_be_told_not_to(version: tuple[int, int] | None) -> None:
+    """qemu has no rseq; glibc >= 2.35 (or one whose version is not known) registers it at start-up."""
+    fit = cpu_fit(source(tunables=f"glibc.cpu.hwcaps={EXPERIMENT_MASK}", version=version), "10.0.2")
+    assert not fit.ok and "registers rseq" in fit.reason
+    assert f"GLIBC_TUNABLES=glibc.cpu.hwcaps={EXPERIMENT_MASK}:glibc.pthread.rseq=0" in fit.reason
+    told = cpu_fit(source(tunables=f"glibc.cpu.hwcaps={EXPERIMENT_MASK}:glibc.pthread.rseq=0", version=version),
+                   "10.0.2")
+    assert told.ok, told.reason
+
+
+def test_musl_and_old_glibc_have_no_rseq_to_switch_off() -> None:
+    assert not source(libc="musl", version=None).rseq_registered
+    assert not source(version=(2, 34)).rseq_registered
+    assert source(version=(2, 35)).rseq_registered
+
+
+def test_the_glibc_version_is_read_from_its_banner(tmp_path: Path) -> None:
+    libc = tmp_path / "libc.so.6"
+    libc.write_bytes(b"\0" * 70000 + b"GNU C Library (Debian GLIBC 2.36-9+deb12u7) stable release version 2.36.\n")
+    assert glibc_version(libc) == (2, 36)
+    libc.write_bytes(b"no banner here")
+    assert glibc_version(libc) is None
+
+
+def test_tunables_glibc_cut_in_place_are_read_whole() -> None:
+    """glibc leaves a NUL where each ':' of GLIBC_TUNABLES was (seen with 2.36 on this machine)."""
+    environ = (b"PATH=/bin\0GLIBC_TUNABLES=glibc.cpu.hwcaps=-AVX512F,-RTM\0glibc.pthread.rseq=0\0"
+               b"glibc.malloc.arena_max=2\0HOME=/root\0")
+    assert environ_tunables(environ) == "glibc.cpu.hwcaps=-AVX512F,-RTM:glibc.pthread.rseq=0:glibc.malloc.arena_max=2"
+    assert environ_tunables(b"PATH=/bin\0") == ""
