@@ -8,6 +8,7 @@ errors: it stands for a bug, so the tests prove that the supervisor contains wha
 ``forward-gone`` instead makes the adb forward of a migration vanish (through the real adb server) just before
 the daemon removes it, as when the phone is unplugged right after the restore. ``wrong-exe`` makes a cross-ISA
 move send the source's binary where the device needs its own, so the device's CRIU refuses the restore.
+``bad-plan`` cuts an emulated move's restorer plan short, so the restorer on the device refuses it.
 ``paging`` strikes once a post-copy restore runs on the device, before its last page: the daemon's error closes
 the connection, which cuts the page transfer. Unset — always, outside tests — nothing happens.
 
@@ -23,7 +24,7 @@ from dataclasses import dataclass
 
 ENV = "ANDROCOND_INJECT_FAULT"
 POINTS = frozenset({"preflight", "checkpoint", "recode", "stream", "commit", "paging", "finish-source",
-                    "forward-gone", "wrong-exe"})
+                    "forward-gone", "wrong-exe", "bad-plan"})
 
 
 class InjectedFault(RuntimeError):

@@ -38,12 +38,23 @@ class CrossIsa:
 
 
 @dataclass(frozen=True)
+class Emulated:
+    """Across ISAs without Popcorn binaries: the target runs the container under its qemu-x86_64, and
+    androcond's restorer (shipped with the images) rebuilds the process there from a plan made of the dump."""
+
+    emulator: str  # the device's qemu-x86_64
+    emulator_version: str
+    notes: tuple[str, ...] = ()  # what the move cannot know or will leave behind (said in the record)
+
+
+@dataclass(frozen=True)
 class Plan:
     """Preflight's decisions: nothing of it changes once the container is frozen."""
 
     inspect: dict[str, Any]  # the source engine's view of the container when preflight began
     target: TargetPlan  # the target's create body and what was adjusted on the way
-    cross: CrossIsa | None  # set for a move across ISAs
+    cross: CrossIsa | None  # set for a move across ISAs with Popcorn binaries (recoded)
+    emulated: Emulated | None  # set for a move across ISAs under the target's emulator
     recode: RecodeOptions  # what the target needs of the images
     lazy: bool  # post-copy
     estimate: int  # bytes it will take on the target

@@ -10,14 +10,15 @@ from ..criu import compat as criu_compat
 from ..logging import get_logger
 from ..protocol import protocol_pb2 as pb
 from ..recoder import RecodeOptions, VdsoTemplate
+from . import emulate
 from .errors import Rejected
-from .plan import CrossIsa, Plan, SourceFacts
+from .plan import CrossIsa, Emulated, Plan, SourceFacts
 from .roles import Source
 
 log = get_logger(__name__)
 # Room kept on the target beyond the estimate (CRIU work files, engine metadata).
 SPACE_MARGIN = 128 * 1024 * 1024
-# The one recode across ISAs there is (criu-het's, for Popcorn binaries).
+# The one pair of ISAs a move crosses: recoded (criu-het's way, for Popcorn binaries) or emulated.
 RECODED_ISAS = (("x86_64", "aarch64"),)
 
 
@@ -29,44 +30,88 @@ async def plan(source: Source, device: DeviceSettings, inspect: dict[str, Any], 
         raise Rejected(f"the container's memory reaches {facts.va_bits}-bit addresses, and device {device.name}'s "
                        f"kernel gives a process {hello.va_bits} bits (CRIU restores every mapping at its address; an "
                        "Android kernel built with 39-bit addresses cannot hold an x86_64 stack)")
+    cross: CrossIsa | None = None
+    emulated: Emulated | None = None
+    if hello.isa != facts.isa:
+        way = await _across_isas(source, device, facts, hello)
+        if isinstance(way, Emulated):
+            emulated = way
+            target = emulate.target_plan(target, way)
+        else:
+            cross = way
+    if emulated is None:
+        _target_criu_restores(facts, device, hello)
+    if facts.inet_sockets:
+        blocker = await source.sockets_blocker(facts.inet_sockets)
+        if blocker:
+            raise Rejected(blocker)
+    recode = RecodeOptions(
+        target=cross.target if cross else facts.isa, profile=device.profile if emulated is None else None,
+        vdso=cross.vdso if cross else None,
+        cgroup_v1_to_v2=hello.cgroup2 and not facts.cgroup_v2 and emulated is None, target_criu=hello.criu_version,
+        absent_mounts=() if emulated else tuple(p for p in hello.absent_masked_paths if p not in facts.absent_paths))
+    lazy = _lazy(facts, device, hello, cross, emulated)
+    needed = facts.disk + facts.memory + SPACE_MARGIN
+    if needed > hello.free_bytes:
+        raise Rejected(f"the device has {hello.free_bytes} bytes free; this container needs about "
+                       f"{needed} (memory {facts.memory}, files {facts.disk})")
+    return Plan(inspect=inspect, target=target, cross=cross, emulated=emulated, recode=recode, lazy=lazy,
+                estimate=facts.disk + facts.memory)
+
+
+def _target_criu_restores(facts: SourceFacts, device: DeviceSettings, hello: pb.AgentHello) -> None:
+    """The device's CRIU restores the images: it must take what this host's CRIU dumps."""
     lacking = criu_compat.restore_needs(list(facts.criu_options), list(hello.criu_runc_options))
     if lacking:
         raise Rejected(f"this host's CRIU dumps with {', '.join(lacking)} ({criu_compat.RUNC_CONF}), and device "
                        f"{device.name}'s does not restore with it, so its CRIU would refuse the images: add "
                        f"{' and '.join(lacking)} to {criu_compat.RUNC_CONF} on the device")
-    if facts.inet_sockets:
-        blocker = await source.sockets_blocker(facts.inet_sockets)
-        if blocker:
-            raise Rejected(blocker)
-        if not criu_compat.dumps_inet_sockets(hello.criu_version, hello.kernel_release):
-            raise Rejected(f"the container holds {facts.inet_sockets} network socket(s), and device {device.name}'s "
-                           f"{criu_compat.socket_advice(hello.criu_version, hello.kernel_release)}")
-    cross = await _cross_isa(source, facts, hello) if hello.isa != facts.isa else None
-    recode = RecodeOptions(
-        target=cross.target if cross else facts.isa, profile=device.profile,
-        vdso=cross.vdso if cross else None,
-        cgroup_v1_to_v2=hello.cgroup2 and not facts.cgroup_v2, target_criu=hello.criu_version,
-        absent_mounts=tuple(p for p in hello.absent_masked_paths if p not in facts.absent_paths))
-    lazy = _lazy(facts, device, hello, cross)
-    needed = facts.disk + facts.memory + SPACE_MARGIN
-    if needed > hello.free_bytes:
-        raise Rejected(f"the device has {hello.free_bytes} bytes free; this container needs about "
-                       f"{needed} (memory {facts.memory}, files {facts.disk})")
-    return Plan(inspect=inspect, target=target, cross=cross, recode=recode, lazy=lazy,
-                estimate=facts.disk + facts.memory)
+    if facts.inet_sockets and not criu_compat.dumps_inet_sockets(hello.criu_version, hello.kernel_release):
+        raise Rejected(f"the container holds {facts.inet_sockets} network socket(s), and device {device.name}'s "
+                       f"{criu_compat.socket_advice(hello.criu_version, hello.kernel_release)}")
+
+
+async def _across_isas(source: Source, device: DeviceSettings, facts: SourceFacts,
+                       hello: pb.AgentHello) -> CrossIsa | Emulated:
+    """Recoded in the manner of criu-het (Popcorn binaries), or run under the device's emulator — as the
+    device's `emulate` says ("auto": recoded when every task is a Popcorn binary, else emulated)."""
+    if (facts.isa, hello.isa) not in RECODED_ISAS:
+        raise Rejected(f"cannot move from {facts.isa} to a {hello.isa} device (only x86_64 → aarch64 is possible)")
+    if device.emulate == "true":
+        return await _emulated(source, device, facts, hello)
+    try:
+        return await _cross_isa(source, facts, hello)
+    except Rejected as not_popcorn:
+        if device.emulate == "false":
+            raise
+        if not hello.emulator:
+            raise Rejected(f"{not_popcorn}; nor can device {device.name} run it emulated (it has no static "
+                           "qemu-x86_64: see `androcond devices`)") from not_popcorn
+        log.info("not Popcorn binaries: the container will run emulated on the device", why=str(not_popcorn))
+        return await _emulated(source, device, facts, hello)
+
+
+async def _emulated(source: Source, device: DeviceSettings, facts: SourceFacts, hello: pb.AgentHello) -> Emulated:
+    if not hello.emulator:
+        raise Rejected(f"device {device.name} cannot run x86_64 containers emulated: it has no static "
+                       "qemu-x86_64 (emulate = true)")
+    blockers, notes = await source.emulation_blockers(facts.pids, hello.emulator_version)
+    if blockers:
+        raise Rejected("cannot run this container emulated on device "
+                       f"{device.name}:\n  " + "\n  ".join(blockers))
+    return Emulated(hello.emulator, hello.emulator_version, tuple(notes))
 
 
 async def _cross_isa(source: Source, facts: SourceFacts, hello: pb.AgentHello) -> CrossIsa:
     """Across ISAs in the manner of criu-het: every task must be a Popcorn binary with both variants."""
-    if (facts.isa, hello.isa) not in RECODED_ISAS:
-        raise Rejected(f"cannot move from {facts.isa} to a {hello.isa} device (only x86_64 → aarch64 is recoded)")
     if not hello.vdso:
         raise Rejected(f"the {hello.isa} device did not report its vdso (agent too old?)")
     executables = await source.popcorn_executables(facts.pids, hello.isa)
     return CrossIsa(facts.pids, hello.isa, VdsoTemplate(hello.vdso, hello.vvar_size, hello.page_size), executables)
 
 
-def _lazy(facts: SourceFacts, device: DeviceSettings, hello: pb.AgentHello, cross: CrossIsa | None) -> bool:
+def _lazy(facts: SourceFacts, device: DeviceSettings, hello: pb.AgentHello, cross: CrossIsa | None,
+          emulated: Emulated | None) -> bool:
     """Post-copy per the device's `lazy` setting: "true" refuses a move that cannot have it, "auto" takes it when
     every part can."""
     if device.lazy == "false":
@@ -79,6 +124,8 @@ def _lazy(facts: SourceFacts, device: DeviceSettings, hello: pb.AgentHello, cros
         why_not.append(facts.page_server_blocker)
     if cross is not None:
         why_not.append("post-copy across ISAs is not built (the page server would serve x86_64 pages)")
+    if emulated is not None:
+        why_not.append("post-copy under emulation is not built (the restorer reads every page before it resumes)")
     if why_not and device.lazy == "true":
         raise Rejected(f"post-copy (lazy = true) is not possible: {'; '.join(why_not)}")
     if why_not:

@@ -170,7 +170,10 @@ class Migration:
         config = plan.target.body
         begin = pb.Begin(migration_id=self.record.id, container_name=self.record.container_name,
                          image=str(config["Image"]), create_config_json=json.dumps(config),
-                         checkpoint_name=self.record.checkpoint_name, total_bytes=plan.estimate, lazy=plan.lazy)
+                         checkpoint_name=self.record.checkpoint_name, total_bytes=plan.estimate, lazy=plan.lazy,
+                         emulate=plan.emulated is not None)
+        if plan.emulated is not None and plan.emulated.notes:
+            self.recorder.adjusted({"(emulation)": {"why": "; ".join(plan.emulated.notes)}}, "daemon")
         try:
             ack = await link.begin(begin)
         except AgentRefused as exc:

@@ -21,6 +21,7 @@ from ..link.ssh import TransportError
 from ..logging import get_logger
 from ..recoder import recode_async, stages_for
 from ..recoder.arch import VARIANT_SUFFIX
+from . import emulate
 from .errors import budget
 from .journal import MigrationRecord
 from .plan import Frozen, Plan, Shipped
@@ -36,13 +37,15 @@ class Workspace:
 
     recoded: Path  # the recoded images, when the target needs them recoded
     lazy: Path  # post-copy: the target's pagemaps and pages files (images/lazy.py)
+    emulation: Path  # under emulation: the restorer's plan
 
     @classmethod
     def of(cls, state_dir: Path, migration_id: str) -> Workspace:
-        return cls(state_dir / "recode" / migration_id, state_dir / "lazy" / migration_id)
+        return cls(state_dir / "recode" / migration_id, state_dir / "lazy" / migration_id,
+                   state_dir / "emulation" / migration_id)
 
     async def remove(self) -> None:
-        for directory in (self.recoded, self.lazy):
+        for directory in (self.recoded, self.lazy, self.emulation):
             await asyncio.to_thread(shutil.rmtree, directory, True)
 
 
@@ -79,6 +82,16 @@ async def stream(source: Source, link: TargetLink, plan: Plan, frozen: Frozen, *
         root = await mounted.enter_async_context(source.mounted_root(plan.inspect)) if cross is not None else None
         images = await recode(plan, frozen, root=root, out=workspace.recoded, recorder=recorder,
                               deadline_s=recode_s, faults=faults)
+        restorer: list[OutgoingFile] = []
+        if plan.emulated is not None:
+            p0 = time.monotonic()
+            restorer, summary = await emulate.files(
+                images, workspace.emulation, cut_plan=faults.armed("bad-plan", record.container_name))
+            recorder.time("plan_s", p0)
+            log.info("the restorer's plan is made", threads=summary.threads, vmas=summary.vmas,
+                     page_bytes=summary.page_bytes, notes=list(summary.notes))
+            if summary.notes:
+                recorder.adjusted({"(emulation)": {"why": "; ".join(summary.notes)}}, "restorer")
 
         def collect() -> list[OutgoingFile]:
             files = checkpoint_files(images)
@@ -87,7 +100,7 @@ async def stream(source: Source, link: TargetLink, plan: Plan, frozen: Frozen, *
                 log.info("post-copy: pages left to the page server", lazy_bytes=split.lazy_bytes,
                          eager_bytes=split.eager_bytes)
                 files = replace_files(files, checkpoint_files(split.directory))
-            files += source.payload(plan.inspect)
+            files += restorer + source.payload(plan.inspect)
             if cross is not None and root is not None:
                 # Injected: the target keeps the source's binary, as if it was never replaced (its CRIU refuses).
                 isa = platform.machine() if faults.armed("wrong-exe", record.container_name) else cross.target

@@ -19,6 +19,8 @@ from ..config import DeviceSettings, DockerSettings
 from ..criu import compat as criu_compat
 from ..criu import runc
 from ..criu.leftovers import NONCE_FILE, place_nonce, remove_extractions
+from ..emulation.cpu import cpu_fit, read_source_cpu
+from ..emulation.live import live_refusals
 from ..engine import Engine, EngineError
 from ..faults import NO_FAULTS, Faults
 from ..link.layer import tree_files
@@ -199,6 +201,23 @@ class HostSource:
             await popcorn.notify(list(pids), target_isa)
         except PopcornError as exc:
             raise Rejected(f"the container did not reach a migration point: {exc}") from exc
+
+    async def emulation_blockers(self, pids: tuple[int, ...],
+                                 emulator_version: str) -> tuple[list[str], list[str]]:
+        """Read from the live processes, before anything is frozen: what the restorer cannot rebuild, and
+        CPU features the processes may have chosen that the emulator lacks."""
+
+        def read() -> tuple[list[str], list[str]]:
+            blockers = live_refusals(list(pids))
+            notes: list[str] = []
+            for pid in pids[:1]:  # one process is all an emulated restore takes (live_refusals says so)
+                fit = cpu_fit(read_source_cpu(pid), emulator_version)
+                if not fit.ok:
+                    blockers.append(fit.reason)
+                notes += fit.notes
+            return blockers, notes
+
+        return await asyncio.to_thread(read)
 
     def image_name(self, inspect: dict[str, Any]) -> str:
         return str(inspect["Config"]["Image"])

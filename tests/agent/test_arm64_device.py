@@ -101,9 +101,10 @@ async def test_devices_lists_it_cross_isa(arm64_device: Arm64Device, tmp_path: P
 
 async def test_a_plain_x86_64_container_is_refused_before_the_freeze(
         arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, tmp_path: Path, unique_name: str) -> None:
-    """The same image, no Popcorn binaries: an x86_64 process cannot resume on aarch64. Preflight says so and
-    the container keeps running at the source (nothing frozen)."""
-    config = write_daemon_config(agent_server, tmp_path, extra=arm64_device_table(arm64_device, tmp_path) + """
+    """The same image, no Popcorn binaries, and a device that must not emulate: an x86_64 process cannot resume
+    on aarch64. Preflight says so and the container keeps running at the source (nothing frozen)."""
+    table = arm64_device_table(arm64_device, tmp_path, extra="emulate = false")
+    config = write_daemon_config(agent_server, tmp_path, extra=table + """
 [timeouts]
 connect = 60
 """)

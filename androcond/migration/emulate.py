@@ -1,0 +1,55 @@
+"""A move across ISAs under the target's emulator: the parts of the phases that differ. Preflight gives the
+target container the emulator and androcond's restorer as its entry point; the stream sends, besides the
+dump, the restorer and its plan (made from the dump once it exists). The device mounts them at MOUNT and
+starts the container; nothing of CRIU runs there."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+from ..emulation.build import restorer_path
+from ..emulation.plan import EmulationRefused, PlanSummary, entrypoint, make_plan
+from ..link.payload import OutgoingFile
+from ..protocol import protocol_pb2 as pb
+from ..protocol.emulation import MOUNT, PLAN, RESTORER, STATUS
+from .container_config import TargetPlan
+from .errors import Rejected
+from .plan import Emulated
+
+WHY = "runs under the device's qemu-x86_64: androcond's restorer rebuilds the process there"
+
+
+def target_plan(target: TargetPlan, emulated: Emulated) -> TargetPlan:
+    """The create body with the emulator and the restorer as the entry point (the image and all else stay)."""
+    body = dict(target.body)
+    argv = entrypoint(emulated.emulator, MOUNT)
+    adjusted = dict(target.adjusted)
+    adjusted["Entrypoint"] = {"from": body.get("Entrypoint"), "to": argv, "why": WHY}
+    adjusted["Cmd"] = {"from": body.get("Cmd"), "to": None, "why": WHY}
+    body["Entrypoint"] = argv
+    body["Cmd"] = None
+    return TargetPlan(body, adjusted)
+
+
+async def files(images: Path, workspace: Path, *, cut_plan: bool = False) -> tuple[list[OutgoingFile], PlanSummary]:
+    """The restorer and its plan, made from the dump in `images` into `workspace`. A dump the restorer cannot
+    rebuild (what the live checks could not see) is refused here, and the move rolls back. `cut_plan` is the
+    `bad-plan` fault: half the plan is sent."""
+
+    def make() -> tuple[list[OutgoingFile], PlanSummary]:
+        workspace.mkdir(parents=True, exist_ok=True)
+        plan = workspace / PLAN
+        summary = make_plan(images, plan, mount=MOUNT, status=f"{MOUNT}/{STATUS}")
+        if cut_plan:
+            with plan.open("r+b") as f:
+                f.truncate(plan.stat().st_size // 2)
+        restorer = restorer_path()
+        return [OutgoingFile(pb.CHECKPOINT, PLAN, source=plan, size=plan.stat().st_size),
+                OutgoingFile(pb.CHECKPOINT, RESTORER, source=restorer, size=restorer.stat().st_size,
+                             mode=0o755)], summary
+
+    try:
+        return await asyncio.to_thread(make)
+    except EmulationRefused as exc:
+        raise Rejected(f"the restorer cannot rebuild this process under emulation: {exc}") from exc
