@@ -162,6 +162,7 @@ class DeviceEngine:
             # No CRIU here: the restorer reads the images from a directory mounted into the container.
             emulated_dir = self.spool_dir / "emulated" / (migration_id or name)
             await asyncio.to_thread(emulated_dir.mkdir, parents=True, exist_ok=True)
+            await asyncio.to_thread(emulated.place_emulator, Path(self.facts.emulator), emulated_dir)
             config = emulated.mounted(config, emulated_dir)
         elif self.fast_restore:
             assert self.spool_dir is not None

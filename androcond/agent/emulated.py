@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ..engine import Engine, EngineError
 from ..logging import get_logger
-from ..protocol.emulation import MOUNT, RESTORER, STATUS
+from ..protocol.emulation import EMULATOR, MOUNT, RESTORER, STATUS
 from .errors import RestoreError
 
 log = get_logger(__name__)
@@ -35,12 +36,24 @@ def mounted(config: dict[str, Any], images_dir: Path) -> dict[str, Any]:
     return {**config, "HostConfig": host}
 
 
+def place_emulator(emulator: Path, images_dir: Path) -> None:
+    """The image has no qemu for this device: the container runs the device's own, from the mounted directory
+    (a hard link where it can be, else a copy; made while the source still runs)."""
+    placed = images_dir / EMULATOR
+    placed.unlink(missing_ok=True)
+    try:
+        os.link(emulator, placed)
+    except OSError:
+        shutil.copy2(emulator, placed)
+
+
 def open_to_all(images_dir: Path) -> None:
     """The container's user may not be root: the restorer must read the plan and the pages, and write the
-    status FIFO (made here, before the start)."""
+    status FIFO (made here, before the start). The emulator is left as it is (it may be a link to the
+    device's own)."""
     images_dir.chmod(0o755)
     for entry in images_dir.iterdir():
-        if entry.is_file() and not entry.is_symlink():
+        if entry.is_file() and not entry.is_symlink() and entry.name != EMULATOR:
             entry.chmod(0o755 if entry.name == RESTORER else 0o644)
     fifo = images_dir / STATUS
     with contextlib.suppress(FileNotFoundError):

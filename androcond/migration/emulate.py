@@ -12,7 +12,7 @@ from ..emulation.build import restorer_path
 from ..emulation.plan import EmulationRefused, PlanSummary, entrypoint, make_plan
 from ..link.payload import OutgoingFile
 from ..protocol import protocol_pb2 as pb
-from ..protocol.emulation import MOUNT, PLAN, RESTORER, STATUS
+from ..protocol.emulation import EMULATOR, MOUNT, PLAN, RESTORER, STATUS
 from .container_config import TargetPlan
 from .errors import Rejected
 from .plan import Emulated
@@ -23,7 +23,7 @@ WHY = "runs under the device's qemu-x86_64: androcond's restorer rebuilds the pr
 def target_plan(target: TargetPlan, emulated: Emulated) -> TargetPlan:
     """The create body with the emulator and the restorer as the entry point (the image and all else stay)."""
     body = dict(target.body)
-    argv = entrypoint(emulated.emulator, MOUNT)
+    argv = entrypoint(f"{MOUNT}/{EMULATOR}", MOUNT)  # the device places its own emulator there
     adjusted = dict(target.adjusted)
     adjusted["Entrypoint"] = {"from": body.get("Entrypoint"), "to": argv, "why": WHY}
     adjusted["Cmd"] = {"from": body.get("Cmd"), "to": None, "why": WHY}

@@ -9,7 +9,7 @@ import stat
 from pathlib import Path
 
 from androcond.agent import emulated
-from androcond.protocol.emulation import MOUNT, RESTORER, STATUS
+from androcond.protocol.emulation import EMULATOR, MOUNT, RESTORER, STATUS
 
 
 def test_the_images_are_mounted_read_only_beside_the_containers_own_binds(tmp_path: Path) -> None:
@@ -18,13 +18,20 @@ def test_the_images_are_mounted_read_only_beside_the_containers_own_binds(tmp_pa
 
 
 def test_any_user_may_read_the_files_and_write_the_status(tmp_path: Path) -> None:
+    qemu = tmp_path / "qemu"  # the device's own emulator
+    qemu.write_bytes(b"\x7fELF")
+    qemu.chmod(0o750)
+    tmp_path = tmp_path / "images"
+    tmp_path.mkdir()
     (tmp_path / RESTORER).write_bytes(b"\x7fELF")
     (tmp_path / "pages-1.img").write_bytes(b"")
+    emulated.place_emulator(qemu, tmp_path)
     os.chmod(tmp_path / "pages-1.img", 0o600)
     emulated.open_to_all(tmp_path)
     assert stat.S_IMODE((tmp_path / RESTORER).stat().st_mode) == 0o755
     assert stat.S_IMODE((tmp_path / "pages-1.img").stat().st_mode) == 0o644
     fifo = (tmp_path / STATUS).stat()
+    assert stat.S_IMODE((tmp_path / EMULATOR).stat().st_mode) == 0o750, "the device's emulator is not touched"
     assert stat.S_ISFIFO(fifo.st_mode) and stat.S_IMODE(fifo.st_mode) == 0o666
 
 

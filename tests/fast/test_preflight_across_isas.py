@@ -16,7 +16,7 @@ from androcond.migration.errors import Rejected
 from androcond.migration.plan import CrossIsa, Emulated, SourceFacts
 from androcond.migration.preflight import _across_isas
 from androcond.protocol import protocol_pb2 as pb
-from androcond.protocol.emulation import MOUNT, PLAN, RESTORER
+from androcond.protocol.emulation import EMULATOR, MOUNT, PLAN, RESTORER
 
 QEMU = "/usr/bin/qemu-x86_64"
 
@@ -106,6 +106,6 @@ def test_the_target_runs_the_restorer_under_the_emulator() -> None:
     plan = target_plan(TargetPlan({"Image": "app:1", "Entrypoint": ["/bin/app"], "Cmd": ["--serve"]}),
                        Emulated(QEMU, "10.0.13"))
     entry = plan.body["Entrypoint"]
-    assert entry[0] == QEMU and entry[-2:] == [f"{MOUNT}/{RESTORER}", f"{MOUNT}/{PLAN}"]
+    assert entry[0] == f"{MOUNT}/{EMULATOR}" and entry[-2:] == [f"{MOUNT}/{RESTORER}", f"{MOUNT}/{PLAN}"]
     assert plan.body["Cmd"] is None and plan.body["Image"] == "app:1"
     assert plan.adjusted["Entrypoint"]["from"] == ["/bin/app"] and plan.adjusted["Cmd"]["from"] == ["--serve"]
