@@ -201,12 +201,13 @@ _Static_assert(sizeof(struct vma_rec) == 40, "vma record layout");
 
 /* ---- the trampoline page ---- */
 /*
- * Per thread, in the trampoline area: [futex_rla, futex_rla_len] then the rt_sigframe, then a 64-byte-aligned
- * FXSAVE image. A cloned child starts with rsp = frame + 8 and runs only trampoline code: it sets its robust
+ * Per thread, in the trampoline area, one page: [futex_rla, futex_rla_len] then the rt_sigframe, then a
+ * 64-byte-aligned FXSAVE image. A whole page because qemu 10 (its CPU has XSAVE) reads an XSAVE-sized area at
+ * fpstate, not just the 512 bytes: a frame near the end of the mapping made its rt_sigreturn fail (SIGSEGV). A cloned child starts with rsp = frame + 8 and runs only trampoline code: it sets its robust
  * futex list from the two words below its frame and calls rt_sigreturn. It never touches restorer code, which
  * the main thread unmaps meanwhile.
  */
-#define SLOT_SIZE 1024
+#define SLOT_SIZE 4096
 #define SLOT_FRAME 16
 #define SLOT_FXSAVE 512
 
@@ -689,7 +690,7 @@ static void build_frame(u8 *slot, const struct thread_rec *t)
     robust[1] = t->futex_rla_len;
     struct rt_sigframe64 *f = (struct rt_sigframe64 *)(slot + SLOT_FRAME);
     memset(f, 0, sizeof(*f));
-    u8 *fx = slot + SLOT_FXSAVE; /* 64-byte aligned: slots are 1024 bytes from a page start */
+    u8 *fx = slot + SLOT_FXSAVE; /* 64-byte aligned: slots are pages */
     memcpy(fx, t->fxsave, 512);
     f->uc.ss_flags = 2; /* SS_DISABLE */
     f->uc.mc.regs = t->regs;

@@ -33,7 +33,8 @@ from ..tiers import unavailable
 
 pytestmark = pytest.mark.system
 
-QEMU = "/usr/bin/qemu-x86_64-static"
+# Another emulator (e.g. a newer qemu-x86_64) can be tried with ANDROCOND_TEST_QEMU.
+QEMU = os.environ.get("ANDROCOND_TEST_QEMU", "/usr/bin/qemu-x86_64-static")
 # Without these glibc picks AVX-512 and XSAVEC code and registers rseq, which the emulator lacks.
 TUNABLES = GLIBC_TUNABLES
 
