@@ -18,6 +18,10 @@ from .errors import Rejected
 from .plan import Emulated
 
 WHY = "runs under the device's qemu-x86_64: androcond's restorer rebuilds the process there"
+# As PID 1, a qemu that dies of the guest's signal cannot kill itself (the kernel drops an init's own
+# default-action signals): it would hang with the container still "running". Under the engine's init it dies,
+# the container exits, and the device sees a failed restore.
+INIT_WHY = "the engine's init runs the emulator, so an emulated process that dies ends the container"
 
 
 def target_plan(target: TargetPlan, emulated: Emulated) -> TargetPlan:
@@ -29,6 +33,11 @@ def target_plan(target: TargetPlan, emulated: Emulated) -> TargetPlan:
     adjusted["Cmd"] = {"from": body.get("Cmd"), "to": None, "why": WHY}
     body["Entrypoint"] = argv
     body["Cmd"] = None
+    host = dict(body.get("HostConfig") or {})
+    if host.get("Init") is not True:
+        adjusted["HostConfig.Init"] = {"from": host.get("Init"), "to": True, "why": INIT_WHY}
+        host["Init"] = True
+        body["HostConfig"] = host
     return TargetPlan(body, adjusted)
 
 

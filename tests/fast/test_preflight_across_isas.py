@@ -109,3 +109,13 @@ def test_the_target_runs_the_restorer_under_the_emulator() -> None:
     assert entry[0] == f"{MOUNT}/{EMULATOR}" and entry[-2:] == [f"{MOUNT}/{RESTORER}", f"{MOUNT}/{PLAN}"]
     assert plan.body["Cmd"] is None and plan.body["Image"] == "app:1"
     assert plan.adjusted["Entrypoint"]["from"] == ["/bin/app"] and plan.adjusted["Cmd"]["from"] == ["--serve"]
+    # The engine's init runs the emulator: a qemu that dies as PID 1 would hang instead of ending the container.
+    assert plan.body["HostConfig"]["Init"] is True
+    assert (plan.adjusted["HostConfig.Init"]["from"], plan.adjusted["HostConfig.Init"]["to"]) == (None, True)
+
+
+def test_a_container_with_its_own_init_keeps_it_unadjusted() -> None:
+    plan = target_plan(TargetPlan({"Image": "app:1", "HostConfig": {"Init": True, "Memory": 64 << 20}}),
+                       Emulated(QEMU, "10.0.13"))
+    assert plan.body["HostConfig"] == {"Init": True, "Memory": 64 << 20}
+    assert "HostConfig.Init" not in plan.adjusted
