@@ -65,6 +65,7 @@ class OutcomeRecord:
     container_id: str = ""
     error: str = ""
     restore_seconds: float = 0.0
+    restorer_seconds: float = 0.0
     bytes_received: int = 0
     # The agent process that wrote the record (0: a file from before owners were recorded).
     owner_pid: int = 0

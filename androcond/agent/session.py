@@ -278,7 +278,7 @@ class AgentSession(Receiving, PostCopy):
         started = time.monotonic()
         try:
             if begin.emulate:
-                await self.device.start_emulated(migration.target)
+                record.restorer_seconds = await self.device.start_emulated(migration.target)
             else:
                 await self.device.restore(migration.target, begin.checkpoint_name)
         except RestoreError as exc:
@@ -305,7 +305,8 @@ class AgentSession(Receiving, PostCopy):
             record = OutcomeRecord(migration_id, OutcomeState.UNKNOWN)
         await self.send(pb.Frame(outcome=pb.Outcome(
             migration_id=record.migration_id, state=record.state.wire, container_id=record.container_id,
-            error=record.error, restore_seconds=record.restore_seconds, bytes_received=record.bytes_received)))
+            error=record.error, restore_seconds=record.restore_seconds, bytes_received=record.bytes_received,
+            restorer_seconds=record.restorer_seconds)))
 
     async def _abort(self, reason: str) -> None:
         migration = self._active()

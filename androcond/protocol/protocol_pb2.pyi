@@ -228,20 +228,22 @@ class Commit(_message.Message):
     def __init__(self, file_count: _Optional[int] = ...) -> None: ...
 
 class Outcome(_message.Message):
-    __slots__ = ("migration_id", "container_id", "error", "restore_seconds", "bytes_received", "state")
+    __slots__ = ("migration_id", "container_id", "error", "restore_seconds", "bytes_received", "state", "restorer_seconds")
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     RESTORE_SECONDS_FIELD_NUMBER: _ClassVar[int]
     BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
+    RESTORER_SECONDS_FIELD_NUMBER: _ClassVar[int]
     migration_id: str
     container_id: str
     error: str
     restore_seconds: float
     bytes_received: int
     state: OutcomeState
-    def __init__(self, migration_id: _Optional[str] = ..., container_id: _Optional[str] = ..., error: _Optional[str] = ..., restore_seconds: _Optional[float] = ..., bytes_received: _Optional[int] = ..., state: _Optional[_Union[OutcomeState, str]] = ...) -> None: ...
+    restorer_seconds: float
+    def __init__(self, migration_id: _Optional[str] = ..., container_id: _Optional[str] = ..., error: _Optional[str] = ..., restore_seconds: _Optional[float] = ..., bytes_received: _Optional[int] = ..., state: _Optional[_Union[OutcomeState, str]] = ..., restorer_seconds: _Optional[float] = ...) -> None: ...
 
 class Query(_message.Message):
     __slots__ = ("migration_id",)
