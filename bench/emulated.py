@@ -1,0 +1,147 @@
+"""The emulated move on the test bed: an ordinary dynamically linked x86_64 program (two threads, a 16 or 64 MB
+heap; tests/testbed/programs/emulated/heap.c) moved by the daemon from engine A to the arm64 device, where it
+resumes under the device's qemu-x86_64, rebuilt by androcond's restorer. The baseline in the same run is the
+same container moved to the bed's x86_64 device (engine B: same ISA, CRIU restores it), interleaved.
+
+Times are the daemon's own (its journal): checkpoint, plan (the restorer's plan made from the dump), transfer,
+restore (until the device answers: for the emulated move the container's start, the restorer and the agent's
+probation), and the restorer's own part of it (`restorer_s`: from the container's start to the restorer's
+"ok"). Downtime is from the freeze to the device's answer; "resumed after" is when the program ran again on
+the device (downtime less the part of the restore after the restorer's ok: the agent's probation, while the
+source still waits).
+
+Then the cost of emulation itself: a fixed compute loop (bench/programs/compute.c) built static for x86_64 and
+run under the device's qemu-x86_64, against the same loop built for aarch64 and run natively there.
+
+Run as root:  .venv/bin/python -m bench.emulated [--sizes 16,64] [--runs 3] [--steps 20000000]
+(ANDROCOND_ARM64_ATTACH=<the JSON line of `python -m tests.testbed.arm64 boot`> uses a device booted already.)
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path
+
+from bench.migration import androcond_flow
+from tests.testbed import TestBed
+from tests.testbed.agent import DeviceAgent, daemon_config
+from tests.testbed.arm64 import Arm64Device, ensure_image
+from tests.testbed.emulated import TUNABLES, install_emulated_image
+from tests.testbed.proc import run, wait_for
+from tests.testbed.twoisa import arm64_device_table
+
+AGENT_PORT = 8198
+LABEL = "androcond-bench"
+COMPUTE = Path(__file__).parent / "programs" / "compute.c"
+PHASES = ("checkpoint_s", "plan_s", "stream_s", "restore_s", "restorer_s")
+TARGETS = (("pixel", "x86_64 device (engine B), same ISA, CRIU"), ("arm64", "arm64 device, emulated"))
+SECONDS = re.compile(r"steps (\d+) sum ([0-9a-f]{16}) seconds ([0-9.]+)")
+
+
+def move_once(bed: TestBed, device: Arm64Device, config: Path, image: str, mb: int, target: str) -> dict[str, float]:
+    name = f"bench-emulated-{target}-{uuid.uuid4().hex[:6]}"
+    bed.engine_a.cli("run", "-d", "--name", name, "--label", f"{LABEL}=1", "-e", TUNABLES, image, "/bin/heap",
+                     str(mb))
+    try:
+        wait_for(lambda: "count 2 role 0" in bed.engine_a.cli("logs", name), timeout=120, what=f"{name} counting")
+        total, timings = androcond_flow(config, name, target, keep_source=False)
+    finally:
+        bed.engine_a.remove_containers(f"{LABEL}=1")
+        bed.engine_b.remove_containers(f"{LABEL}=1")
+        device.adb_shell(f"docker rm -f {name} >/dev/null 2>&1 || true", timeout=120)
+    row = {phase: timings.get(phase, 0.0) for phase in PHASES}
+    row["downtime"] = timings["downtime_s"]
+    row["total"] = total
+    # The agent answers after its probation; the program was running again once the restorer said ok.
+    row["resumed"] = row["downtime"] - row["restore_s"] + row["restorer_s"] if row["restorer_s"] else row["downtime"]
+    return row
+
+
+def compute_loop(device: Arm64Device, work: Path, steps: int, runs: int) -> dict[str, list[float]]:
+    """The loop's own seconds on the device: x86_64 under its qemu-x86_64, aarch64 natively; interleaved."""
+    built = {"x86_64": (work / "compute-x86_64", "gcc"), "aarch64": (work / "compute-aarch64", "aarch64-linux-gnu-gcc")}
+    for binary, compiler in built.values():
+        run([compiler, "-O2", "-static", "-o", str(binary), str(COMPUTE)])
+        device.adb_push(binary, f"/tmp/{binary.name}")
+    emulator = device.adb_shell("command -v qemu-x86_64", timeout=60).strip()
+    commands = {"x86_64": f"{emulator} /tmp/compute-x86_64 {steps}", "aarch64": f"/tmp/compute-aarch64 {steps}"}
+    seconds: dict[str, list[float]] = {isa: [] for isa in commands}
+    sums: set[str] = set()
+    for _ in range(runs):
+        for isa, command in commands.items():
+            found = SECONDS.search(device.adb_shell(command, timeout=1800))
+            if found is None:
+                raise RuntimeError(f"the {isa} compute loop printed no result")
+            sums.add(found[2])
+            seconds[isa].append(float(found[3]))
+    if len(sums) != 1:
+        raise RuntimeError(f"the two builds of the loop disagree: {sums}")
+    device.adb_shell("rm -f /tmp/compute-x86_64 /tmp/compute-aarch64", timeout=60)
+    return seconds
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--sizes", default="16,64", help="heap of the program, MB (comma list)")
+    parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=20_000_000, help="steps of the compute loop")
+    args = parser.parse_args()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    bed = TestBed().up()
+    attach = os.environ.get("ANDROCOND_ARM64_ATTACH")
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        device = Arm64Device.attached(attach) if attach else Arm64Device(work / "arm64", ensure_image()).up()
+        agent = DeviceAgent(bed, work, AGENT_PORT)
+        config = daemon_config(agent, work, daemon=f'api = "unix:{work / "api.sock"}"\nlog_level = "warning"',
+                               extra=arm64_device_table(device, work) + "[timeouts]\nconnect = 60\n")
+        agent.start()
+        daemon = subprocess.Popen([sys.executable, "-m", "androcond", "run", "--config", str(config)],
+                                  stderr=(work / "daemon.log").open("wb"))
+        results: dict[tuple[int, str], list[dict[str, float]]] = {}
+        try:
+            image = install_emulated_image(bed.engine_a, work)
+            wait_for((work / "api.sock").exists, timeout=30, what="daemon API")
+            for target, _ in TARGETS:  # not counted: the first move also ships the image to the device
+                move_once(bed, device, config, image, sizes[0], target)
+            for _ in range(args.runs):
+                for mb in sizes:
+                    for target, _ in TARGETS:  # interleaved: drift hits both alike
+                        results.setdefault((mb, target), []).append(
+                            move_once(bed, device, config, image, mb, target))
+            loop = compute_loop(device, work, args.steps, args.runs)
+        finally:
+            daemon.send_signal(signal.SIGTERM)
+            daemon.wait(timeout=30)
+            agent.stop()
+            bed.engine_a.remove_containers(f"{LABEL}=1")
+            bed.engine_b.remove_containers(f"{LABEL}=1")
+            if not attach:
+                device.down()
+    med = statistics.median
+    print(f"| heap, median of {args.runs} | checkpoint | plan | transfer | restore | of it the restorer | "
+          "downtime (s) | resumed after (s) | total (s) | downtime vs same ISA |")
+    print("|---|---|---|---|---|---|---|---|---|---|")
+    for mb in sizes:
+        base = med(r["downtime"] for r in results[(mb, "pixel")])
+        for target, label in TARGETS:
+            rows = results[(mb, target)]
+            cells = [med(r[p] for r in rows) for p in (*PHASES, "downtime", "resumed", "total")]
+            print(f"| {mb} MB, {label} | " + " | ".join(f"{c:.2f}" for c in cells) +
+                  f" | {med(r['downtime'] for r in rows) / base:.2f}× |")
+    x86, a64 = med(loop["x86_64"]), med(loop["aarch64"])
+    print(f"\ncompute loop, {args.steps} steps, median of {args.runs} on the device: aarch64 native {a64:.2f} s, "
+          f"x86_64 under qemu-x86_64 {x86:.2f} s: {x86 / a64:.1f}× slower")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
