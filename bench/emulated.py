@@ -13,7 +13,7 @@ source still waits).
 Then the cost of emulation itself: a fixed compute loop (bench/programs/compute.c) built static for x86_64 and
 run under the device's qemu-x86_64, against the same loop built for aarch64 and run natively there.
 
-Run as root:  .venv/bin/python -m bench.emulated [--sizes 16,64] [--runs 3] [--steps 20000000]
+Run as root:  .venv/bin/python -m bench.emulated [--sizes 16,64] [--runs 3] [--steps 200000000]
 (ANDROCOND_ARM64_ATTACH=<the JSON line of `python -m tests.testbed.arm64 boot`> uses a device booted already.)
 """
 
@@ -92,7 +92,7 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="16,64", help="heap of the program, MB (comma list)")
     parser.add_argument("--runs", type=int, default=3)
-    parser.add_argument("--steps", type=int, default=20_000_000, help="steps of the compute loop")
+    parser.add_argument("--steps", type=int, default=200_000_000, help="steps of the compute loop")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
     bed = TestBed().up()
@@ -135,7 +135,7 @@ def main() -> int:
         for target, label in TARGETS:
             rows = results[(mb, target)]
             cells = [med(r[p] for r in rows) for p in (*PHASES, "downtime", "resumed", "total")]
-            print(f"| {mb} MB, {label} | " + " | ".join(f"{c:.2f}" for c in cells) +
+            print(f"| {mb} MB, {label} | " + " | ".join(f"{c:.3f}" if c < 0.1 else f"{c:.2f}" for c in cells) +
                   f" | {med(r['downtime'] for r in rows) / base:.2f}× |")
     x86, a64 = med(loop["x86_64"]), med(loop["aarch64"])
     print(f"\ncompute loop, {args.steps} steps, median of {args.runs} on the device: aarch64 native {a64:.2f} s, "
