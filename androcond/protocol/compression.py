@@ -77,7 +77,10 @@ def _stdlib_zstd(module: Any) -> Codec:
     """Python 3.14's compression.zstd."""
 
     def compress(data: bytes) -> bytes:
-        return bytes(module.compress(data, level=ZSTD_LEVEL))
+        # With its checksum (zstd frames carry none by default): a damaged chunk fails here, by name.
+        options = {module.CompressionParameter.compression_level: ZSTD_LEVEL,
+                   module.CompressionParameter.checksum_flag: 1}
+        return bytes(module.compress(data, options=options))
 
     def decompress(data: bytes, raw_size: int) -> bytes:
         decompressor = module.ZstdDecompressor()
@@ -96,8 +99,9 @@ def _zstandard(module: Any) -> Codec:
     """The zstandard package (an optional extra)."""
 
     def compress(data: bytes) -> bytes:
-        # A compressor per chunk: its context is not safe to share between worker threads.
-        return bytes(module.ZstdCompressor(level=ZSTD_LEVEL).compress(data))
+        # A compressor per chunk: its context is not safe to share between worker threads. With its checksum
+        # (zstd frames carry none by default): a damaged chunk fails here, by name.
+        return bytes(module.ZstdCompressor(level=ZSTD_LEVEL, write_checksum=True).compress(data))
 
     def decompress(data: bytes, raw_size: int) -> bytes:
         try:
