@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from .errors import ConfigError
+from .protocol.compression import COMPRESS_SETTINGS, CompressSetting
 
 DEFAULT_CONFIG_PATH = Path("/etc/androcond/androcond.toml")
 CONFIG_ENV = "ANDROCOND_CONFIG"
@@ -111,6 +112,10 @@ class DeviceSettings:
     # rebuilds the process there): "true" always, "false" never (only Popcorn binaries move), "auto" when the
     # container has no Popcorn binaries and the device has the emulator.
     emulate: TriState = "auto"
+    # File data on the wire: "auto" the best codec both ends have (zstd, else zlib), per chunk only when it
+    # shrinks it and while the link is not faster than the compressor (link/compress.py); "zstd" or "zlib" that
+    # codec for every chunk (uncompressed, with a warning, when an end lacks it); "none" never.
+    compress: CompressSetting = "auto"
 
 
 @dataclass(frozen=True)
@@ -335,7 +340,7 @@ def parse_settings(doc: Mapping[str, Any], file: Path) -> Settings:
             raise top.error(where, "device names are 1-63 letters, digits, '.', '_' or '-'")
         r = _Reader(file, where, table, frozenset(
             {"adb_serial", "address", "agent_port", "agent_command", "user", "identity", "known_hosts",
-             "profile", "allow_privileged", "lazy", "emulate"}))
+             "profile", "allow_privileged", "lazy", "emulate", "compress"}))
         device = DeviceSettings(
             name=name,
             adb_serial=r.opt_str("adb_serial"),
@@ -349,6 +354,7 @@ def parse_settings(doc: Mapping[str, Any], file: Path) -> Settings:
             allow_privileged=r.flag("allow_privileged", False),
             lazy=_tri_state(r, "lazy", "false"),
             emulate=_tri_state(r, "emulate", "auto"),
+            compress=_compress(r),
         )
         if device.adb_serial is None and device.address is None:
             raise top.error(where, "a device needs adb_serial or address (neither is set)")
@@ -397,6 +403,14 @@ def _tri_state(r: _Reader, key: str, default: TriState) -> TriState:
     if value == "auto":
         return "auto"
     raise r.error(key, "expected true, false or \"auto\"")
+
+
+def _compress(r: _Reader) -> CompressSetting:
+    value = r.choice("compress", DeviceSettings.compress, COMPRESS_SETTINGS)
+    for choice in COMPRESS_SETTINGS:
+        if value == choice:
+            return choice
+    raise AssertionError(value)
 
 
 def _timeouts(top: _Reader) -> TimeoutSettings:

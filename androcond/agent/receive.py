@@ -1,6 +1,8 @@
 """Receiving a migration's files: each written straight into place as it arrives (files.py, in worker threads)
-or, for the image the device lacks, handed to its engine's load (image_load.py); its SHA-256 checked as it
-lands, and the client told how much is stored so that it keeps a bounded amount in flight.
+or, for the image the device lacks, handed to its engine's load (image_load.py); a compressed chunk
+decompressed first (in a worker thread, to exactly its announced size), its SHA-256 checked over the
+decompressed bytes as it lands, and the client told how much is stored so that it keeps a bounded amount in
+flight.
 
 A part of the agent's session (session.py), kept here: its methods run with the session as `self`.
 """
@@ -13,6 +15,7 @@ from typing import Any, Protocol
 
 from ..aio import complete
 from ..logging import get_logger
+from ..protocol import compression
 from ..protocol import protocol_pb2 as pb
 from ..protocol.codes import OutcomeState
 from . import files, image_load
@@ -101,6 +104,12 @@ class Receiving:
         if current is None or data.stream_id != current.start.stream_id:
             raise ProtocolViolation(f"data for stream {data.stream_id}, which is not open")
         chunk = data.data
+        if data.codec:
+            try:
+                chunk = await asyncio.to_thread(compression.decode, data.codec, chunk, data.raw_size)
+            except (compression.CorruptChunk, compression.UnknownCodec) as exc:
+                raise ProtocolViolation(f"{current.start.path!r}: the compressed chunk at byte {current.received} "
+                                        f"is unreadable: {exc}") from exc
         current.received += len(chunk)
         # An image tar streams from `docker save` with no size known up front (size 0).
         bounded = current.start.destination != pb.IMAGE_TAR or current.start.size > 0

@@ -23,6 +23,7 @@ from typing import Any
 from ..aio import complete
 from ..errors import AndrocondError
 from ..logging import get_logger, log_context
+from ..protocol import compression
 from ..protocol import protocol_pb2 as pb
 from ..protocol.codes import ErrorCode, OutcomeState
 from ..protocol.wire import (
@@ -171,7 +172,7 @@ class AgentSession(Receiving, PostCopy):
             criu_runc_options=list(facts.criu_runc_options), cgroup2=facts.cgroup2,
             absent_masked_paths=list(facts.absent_masked_paths), reports_stored=True,
             lazy_pages=self.device.post_copy, emulator=facts.emulator, emulator_version=facts.emulator_version,
-            binfmt_x86_64=facts.binfmt_x86_64)))
+            binfmt_x86_64=facts.binfmt_x86_64, codecs=compression.available())))
 
     def _phase_of(self, frame: pb.Frame) -> str:
         kind = body(frame)

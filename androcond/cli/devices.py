@@ -49,6 +49,8 @@ def describe(s: DeviceStatus) -> str:
         notes += f"  cross-ISA: {'yes' if s.cross_isa else 'NO'} ({s.va_bits or '?'}-bit addresses)"
     if s.emulation is not None and s.emulate != "false":
         notes += f"  emulation: {_emulation(s)}"
+    if s.compression:
+        notes += f"  compression: {s.compression}"
     return (f"{s.name:<16} {s.reached_by:<28} reachable  {s.isa}  agent {s.agent_version}  "
             f"engine {s.engine_version or '-'}  criu {s.criu_version or '-'}  kernel {s.kernel or '?'}{notes}")
 

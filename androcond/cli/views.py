@@ -39,6 +39,12 @@ def fmt_bytes(n: int) -> str:
     return decimal(n)
 
 
+def _on_wire(record: dict[str, Any]) -> str:
+    """" (91.2 MB on the wire)" when compression made the link carry less than was read; else nothing."""
+    sent, wire = int(record.get("bytes_sent") or 0), int(record.get("wire_bytes") or 0)
+    return f" ({fmt_bytes(wire)} on the wire)" if 0 < wire < sent else ""
+
+
 def fmt_seconds(seconds: float | None) -> str:
     """0.42s under a minute, 2m05s, 1h02m03s: a downtime and a total read at a glance."""
     if seconds is None:
@@ -82,7 +88,7 @@ def outcome_line(record: dict[str, Any]) -> str:
     if total is not None:
         parts.append(f"total {fmt_seconds(total)}")
     if record.get("bytes_sent"):
-        parts.append(f"{fmt_bytes(int(record['bytes_sent']))} sent")
+        parts.append(f"{fmt_bytes(int(record['bytes_sent']))} sent{_on_wire(record)}")
     line = ", ".join(parts)
     if record["state"] != _OK and record.get("error"):
         line += f": {record['error']}"
@@ -335,7 +341,7 @@ def migration_detail(record: dict[str, Any], *, plain: bool = False) -> list[Ren
         ("origin", str(record.get("origin", ""))),
         ("requested", fmt_when(float(record["created_at"]))),
         ("updated", fmt_when(float(record["updated_at"]))),
-        ("sent", fmt_bytes(int(record.get("bytes_sent") or 0))),
+        ("sent", fmt_bytes(int(record.get("bytes_sent") or 0)) + _on_wire(record)),
     ]
     if record.get("bytes_expected"):
         rows.append(("expected", fmt_bytes(int(record["bytes_expected"]))))

@@ -106,6 +106,7 @@ def _with_progress(state: ApiState, record: dict[str, Any]) -> dict[str, Any]:
     progress = state.live_progress(record["id"])
     if progress is not None:
         record["bytes_sent"] = progress.bytes_sent
+        record["wire_bytes"] = progress.wire_bytes
         record["files_sent"] = progress.files_sent
         record["bytes_expected"] = progress.bytes_expected
     return record

@@ -64,6 +64,7 @@ def build_event(record: MigrationRecord, kind: str, *, source: str | None = None
         "error": record.error or None,
         "target_container_id": record.target_container_id or None,
         "bytes_sent": record.bytes_sent,
+        "wire_bytes": record.wire_bytes,
         "timings": dict(record.timings),
         "origin": record.origin,
     }

@@ -50,7 +50,10 @@ class Metrics:
                                    buckets=_SECONDS, registry=self.registry)
         self.total = Histogram("androcond_migration_total_seconds", "Request until the migration ended",
                                buckets=_SECONDS, registry=self.registry)
-        self.bytes = Counter("androcond_bytes_streamed", "Bytes sent to devices", registry=self.registry)
+        self.bytes = Counter("androcond_bytes_streamed", "Bytes sent to devices, as read at the source",
+                             registry=self.registry)
+        self.wire_bytes = Counter("androcond_bytes_on_wire", "Bytes sent to devices as the link carried them "
+                                  "(compressed where that paid)", registry=self.registry)
         self.registry.register(_LiveState(live))
 
     def migration_ended(self, record: MigrationRecord) -> None:
@@ -58,6 +61,7 @@ class Metrics:
             return
         self.migrations.labels(outcome=record.state).inc()
         self.bytes.inc(record.bytes_sent)
+        self.wire_bytes.inc(record.wire_bytes)
         if "downtime_s" in record.timings:
             self.downtime.observe(record.timings["downtime_s"])
         if "last_page_s" in record.timings:

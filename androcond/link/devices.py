@@ -92,6 +92,8 @@ class DeviceStatus:
     binfmt_x86_64: bool | None = None
     # Options this host's dumps carry that its restores lack (CRIU would refuse every move): None when not reached.
     criu_options_missing: list[str] | None = None
+    codecs: list[str] | None = None  # compression codecs its agent has (None: not reached)
+    compression: str = ""  # what a link to it compresses with, given its `compress` setting ("none": nothing)
     error: str = ""
 
     def as_json(self) -> dict[str, object]:
@@ -111,8 +113,8 @@ async def probe(device: DeviceSettings, adb: AdbClient) -> DeviceStatus:
             return DeviceStatus(device.name, reached_by, False, adb_state, error=f"adb state: {adb_state}")
     try:
         async with agent_endpoint(device, adb) as endpoint, \
-                await AgentConnection.open(endpoint, PROBE_TIMEOUTS) as link:
-            hello = link.hello
+                await AgentConnection.open(endpoint, PROBE_TIMEOUTS, compress=device.compress) as link:
+            hello, codec = link.hello, link.codec
     except (TransportError, AdbError, DeviceError) as exc:
         return DeviceStatus(device.name, reached_by, False, adb_state, error=str(exc))
     here = await asyncio.to_thread(criu_compat.runc_options)
@@ -125,7 +127,8 @@ async def probe(device: DeviceSettings, adb: AdbClient) -> DeviceStatus:
         criu_options_missing=criu_compat.restore_needs(here, list(hello.criu_runc_options)),
         post_copy=hello.lazy_pages, lazy=device.lazy,
         emulation=emulation(hello.isa, hello.emulator, hello.va_bits), emulate=device.emulate,
-        emulator=hello.emulator, emulator_version=hello.emulator_version, binfmt_x86_64=hello.binfmt_x86_64)
+        emulator=hello.emulator, emulator_version=hello.emulator_version, binfmt_x86_64=hello.binfmt_x86_64,
+        codecs=list(hello.codecs), compression=codec)
 
 
 # What the recoder can do (androcond/recoder): x86_64 processes recoded to aarch64. An x86_64 process's stack

@@ -40,7 +40,8 @@ class OutgoingFile:
 
 @dataclass
 class Progress:
-    bytes_sent: int = 0
+    bytes_sent: int = 0  # file data as read (what the digests are over)
+    wire_bytes: int = 0  # the same data as the link carried it: compressed where that paid
     files_sent: int = 0
     files_verified: int = 0
     bytes_expected: int = 0  # preflight's estimate of what the stream will carry (0: not known yet)

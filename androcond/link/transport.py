@@ -3,7 +3,8 @@ protocol (androcond/protocol/protocol.proto).
 
 Host keys are always checked against the device's known_hosts; key authentication only. Every phase has its
 own timeout. Files stream with a SHA-256 each, a bounded window of files in flight awaiting the agent's
-verdict, and the channel's drain() for backpressure, so a slow link slows the producer, never memory.
+verdict, and the channel's drain() for backpressure, so a slow link slows the producer, never memory. Chunks
+are compressed with the codec both ends have where it pays (compress.py), in a worker thread.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import hashlib
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, Self, TypeVar
@@ -19,9 +21,10 @@ import asyncssh
 
 from .. import __version__
 from ..logging import get_logger
+from ..protocol import compression, ssh
 from ..protocol import protocol_pb2 as pb
-from ..protocol import ssh
 from ..protocol.wire import CHUNK, PROTOCOL_VERSION, ChannelClosed, WireError, body, read_frame, write_frame
+from .compress import WORTH, ChunkPolicy, policy_for
 from .payload import OutgoingFile, Progress, ProgressCallback, read_file_chunks
 from .ssh import (
     AgentRefused,
@@ -45,6 +48,8 @@ T = TypeVar("T")
 UNSTORED_LIMIT = 32 * 1024 * 1024
 DEFAULT_TIMEOUTS = PhaseTimeouts()
 CLOSE_TIMEOUT_S = 5.0
+# Below this a chunk is compressed on the loop: a thread's round trip would cost more than the work.
+INLINE_COMPRESS = 64 * 1024
 
 
 class PageSource(Protocol):
@@ -66,7 +71,8 @@ class AgentConnection:
 
     def __init__(self, conn: asyncssh.SSHClientConnection,
                  writer: asyncssh.SSHWriter[bytes], reader: asyncssh.SSHReader[bytes],
-                 stderr: asyncssh.SSHReader[bytes], timeouts: PhaseTimeouts) -> None:
+                 stderr: asyncssh.SSHReader[bytes], timeouts: PhaseTimeouts, *,
+                 compress: compression.CompressSetting = "auto") -> None:
         self._conn = conn
         self._writer = writer
         self._reader = reader
@@ -82,10 +88,13 @@ class AgentConnection:
         self._stored_news = asyncio.Event()  # set on each Stored frame and on failure
         self._pages: PageSource | None = None  # post-copy: where the device's page requests go
         self._pages_gone = False  # the page server took no more: later requests are dropped
+        self.compress = compress  # the device's setting
+        self.codec = compression.NONE  # what the hello chose for this link
 
     # --- connection ------------------------------------------------------------------------------------
     @classmethod
-    async def open(cls, endpoint: Endpoint, timeouts: PhaseTimeouts = DEFAULT_TIMEOUTS) -> Self:
+    async def open(cls, endpoint: Endpoint, timeouts: PhaseTimeouts = DEFAULT_TIMEOUTS,
+                   compress: compression.CompressSetting = "auto") -> Self:
         conn = await connect(endpoint, timeouts)
         try:
             try:
@@ -93,7 +102,7 @@ class AgentConnection:
                     endpoint.agent_command, encoding=None, window=ssh.CHANNEL_WINDOW, max_pktsize=ssh.CHANNEL_PACKET))
             except (asyncssh.Error, OSError) as exc:
                 raise TransportError(f"the device refused a session for the agent: {exc}") from exc
-            self = cls(conn, writer, reader, stderr, timeouts)
+            self = cls(conn, writer, reader, stderr, timeouts, compress=compress)
             await self._hello()
         except BaseException:
             conn.close()
@@ -101,7 +110,8 @@ class AgentConnection:
         return self
 
     async def _hello(self) -> None:
-        hello = pb.Frame(client_hello=pb.ClientHello(protocol_version=PROTOCOL_VERSION, client_version=__version__))
+        hello = pb.Frame(client_hello=pb.ClientHello(protocol_version=PROTOCOL_VERSION, client_version=__version__,
+                                                     codecs=compression.available()))
         await within_phase("hello", self.timeouts.hello, self._send(hello))
         frame = await within_phase("hello", self.timeouts.hello, self._read())
         if body(frame) == "error":
@@ -112,6 +122,11 @@ class AgentConnection:
             raise TransportError(f"agent speaks protocol {frame.agent_hello.protocol_version}, "
                                  f"we speak {PROTOCOL_VERSION}")
         self.hello = frame.agent_hello
+        # An agent before compression names no codec: it gets every chunk as it is.
+        choice = compression.choose(self.compress, compression.available(), tuple(self.hello.codecs))
+        if choice.why:
+            log.warning("compression not as configured", why=choice.why)
+        self.codec = choice.codec
         self._start_tasks()
 
     def _start_tasks(self) -> None:
@@ -260,6 +275,7 @@ class AgentConnection:
         idle = self.timeouts.stream_idle
         state = Progress()
         slots = asyncio.Semaphore(window)
+        policy = policy_for(self.compress, self.codec, UNSTORED_LIMIT)  # one per stream: its measures are this stream's
         acks: list[tuple[OutgoingFile, asyncio.Future[pb.FileAck]]] = []
         for spec in files:
             try:
@@ -267,7 +283,7 @@ class AgentConnection:
                     await slots.acquire()  # a link failure fails every pending ack, which frees the slots
             except TimeoutError as exc:
                 raise self._stalled(idle, "no verdict from the agent on the files in flight") from exc
-            ack = await self._send_one(spec, state, progress)
+            ack = await self._send_one(spec, state, progress, policy)
             ack.add_done_callback(lambda _f: slots.release())
             acks.append((spec, ack))
         for spec, ack in acks:
@@ -285,8 +301,8 @@ class AgentConnection:
         self._fail(stalled)
         return stalled
 
-    async def _send_one(self, spec: OutgoingFile, state: Progress,
-                        progress: ProgressCallback | None) -> asyncio.Future[pb.FileAck]:
+    async def _send_one(self, spec: OutgoingFile, state: Progress, progress: ProgressCallback | None,
+                        policy: ChunkPolicy) -> asyncio.Future[pb.FileAck]:
         idle = self.timeouts.stream_idle
         stream_id = self._next_stream
         self._next_stream += 1
@@ -311,20 +327,42 @@ class AgentConnection:
                     raise self._stalled(idle, f"{spec.path} yielded no data") from exc
                 for start in range(0, len(block), CHUNK):  # a stream may hand out blocks above the frame limit
                     chunk = block[start:start + CHUNK]
-                    # Hash in a worker thread (hashlib releases the GIL) while the chunk goes out.
+                    # Hash in a worker thread (hashlib releases the GIL) while the chunk is compressed and goes
+                    # out; the digest is over the raw bytes, as the agent checks it after decompressing.
                     hashing = asyncio.ensure_future(asyncio.to_thread(digest.update, chunk))
                     try:
+                        wire, codec, compress_s = await self._encode(policy, chunk)
+                        sending = time.perf_counter()
+                        # Counted raw on both ends (the agent's Stored too): the bound is on what the agent
+                        # will hold once decompressed.
                         await self._until_stored(len(chunk), idle)
-                        await self._send_within(pb.Frame(file_data=pb.FileData(stream_id=stream_id, data=chunk)), idle)
+                        await self._send_within(pb.Frame(file_data=pb.FileData(
+                            stream_id=stream_id, data=wire, codec=codec, raw_size=len(chunk) if codec else 0)), idle)
+                        link_s = time.perf_counter() - sending
                     finally:
                         await hashing
+                    policy.record(raw=len(chunk), wire=len(wire), compress_s=compress_s, link_s=link_s)
                     self._data_sent += len(chunk)
                     state.bytes_sent += len(chunk)
+                    state.wire_bytes += len(wire)
                     if progress is not None:
                         progress(state)
         await self._send_within(pb.Frame(file_end=pb.FileEnd(stream_id=stream_id, sha256=digest.digest())), idle)
         state.files_sent += 1
         return ack
+
+    @staticmethod
+    async def _encode(policy: ChunkPolicy, chunk: bytes) -> tuple[bytes, str, float]:
+        """The chunk as it goes on the wire, its codec ("" when raw) and the seconds compressing took."""
+        if not policy.wants():
+            return chunk, "", 0.0
+        started = time.perf_counter()
+        if len(chunk) < INLINE_COMPRESS:
+            packed = compression.encode(policy.codec, chunk, worth=WORTH)
+        else:
+            packed = await asyncio.to_thread(compression.encode, policy.codec, chunk, worth=WORTH)
+        seconds = time.perf_counter() - started
+        return (chunk, "", seconds) if packed is None else (packed, policy.codec, seconds)
 
     async def commit(self, file_count: int = 0) -> pb.Outcome:
         frame = pb.Frame(commit=pb.Commit(file_count=file_count))

@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS migrations (
     target_container_id TEXT NOT NULL DEFAULT '',
     error TEXT NOT NULL DEFAULT '',
     bytes_sent INTEGER NOT NULL DEFAULT 0,
+    wire_bytes INTEGER NOT NULL DEFAULT 0,
     timings TEXT NOT NULL DEFAULT '{}',
     adjusted TEXT NOT NULL DEFAULT '{}',
     created_at REAL NOT NULL,
@@ -70,7 +71,8 @@ class MigrationRecord:
     checkpoint_name: str = ""
     target_container_id: str = ""
     error: str = ""
-    bytes_sent: int = 0
+    bytes_sent: int = 0  # what moved, as read at the source
+    wire_bytes: int = 0  # the same, as the link carried it (compressed where that paid)
     timings: dict[str, float] = field(default_factory=dict)
     # Configuration changed on the way to the device: field → {"from", "to", "why"}.
     adjusted: dict[str, dict[str, Any]] = field(default_factory=dict)
@@ -119,6 +121,8 @@ class Journal:
         columns = {row["name"] for row in self.db.execute("PRAGMA table_info(migrations)")}
         if "adjusted" not in columns:
             self.db.execute("ALTER TABLE migrations ADD COLUMN adjusted TEXT NOT NULL DEFAULT '{}'")
+        if "wire_bytes" not in columns:
+            self.db.execute("ALTER TABLE migrations ADD COLUMN wire_bytes INTEGER NOT NULL DEFAULT 0")
 
     async def close(self) -> None:
         await self._sqlite.close()
@@ -156,9 +160,9 @@ class Journal:
                 if not allowed(MigrationState(previous["state"]), record.state):
                     raise TransitionRefused(record.id, previous["state"], record.state)
                 self.db.execute(
-                    "UPDATE migrations SET state=?, target_container_id=?, error=?, bytes_sent=?, timings=?, "
-                    "adjusted=?, updated_at=? WHERE id=?",
-                    (record.state, record.target_container_id, record.error, record.bytes_sent,
+                    "UPDATE migrations SET state=?, target_container_id=?, error=?, bytes_sent=?, wire_bytes=?, "
+                    "timings=?, adjusted=?, updated_at=? WHERE id=?",
+                    (record.state, record.target_container_id, record.error, record.bytes_sent, record.wire_bytes,
                      json.dumps(record.timings), json.dumps(record.adjusted), record.updated_at, record.id))
                 if previous["state"] != record.state:
                     self.db.execute("INSERT INTO transitions VALUES (?, ?, ?, ?)",

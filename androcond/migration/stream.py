@@ -114,5 +114,6 @@ async def stream(source: Source, link: TargetLink, plan: Plan, frozen: Frozen, *
             raise TransportError(f"cannot read what must move: {exc}") from exc
         sent = await link.send_files(files, progress=on_progress)
     record.bytes_sent = sent.bytes_sent
+    record.wire_bytes = sent.wire_bytes
     recorder.time("stream_s", t0)
     return Shipped(len(files), images)

@@ -27,6 +27,7 @@ def agent_links(adb: AdbClient, timeouts: PhaseTimeouts, faults: Faults = NO_FAU
                 endpoint = await stack.enter_async_context(agent_endpoint(device, adb, faults))
             except (AdbError, DeviceError) as exc:
                 raise TargetUnreachable(str(exc)) from exc
-            yield await stack.enter_async_context(await AgentConnection.open(endpoint, timeouts))
+            yield await stack.enter_async_context(await AgentConnection.open(endpoint, timeouts,
+                                                                                 compress=device.compress))
 
     return link_to
