@@ -28,7 +28,7 @@ RESTORER_NAME: Final = emulation.RESTORER
 STATUS_NAME: Final = emulation.STATUS
 
 PLAN_MAGIC: Final = b"ACDPLAN\0"
-PLAN_VERSION: Final = 1
+PLAN_VERSION: Final = 2
 PAGE_SIZE: Final = 4096
 
 # Record types (restorer.c: enum record_type)
@@ -246,7 +246,7 @@ def make_plan(images: Path, out: Path, *, mount: str = MOUNT, status: str | None
     records += [_record(R_FD, f.pack()) for f in fds]
     records += _sigactions(dump, pid, cores[pid])
     _check_locks(dump)
-    records += [_thread(dump, tid, cores[tid], main_core, tid == pid) for tid in tids]
+    records += [_thread(dump, pid, tid, cores[tid], main_core) for tid in tids]
 
     if dump.refusals:
         raise EmulationRefused(dump.refusals)
@@ -485,7 +485,45 @@ def _check_locks(dump: _Dump) -> None:
             dump.refuse(f"the process holds {count} file lock(s) ({path.name})")
 
 
-def _thread(dump: _Dump, tid: int, entry: Entry, main_core: pb.core_entry, is_main: bool) -> bytes:
+# Where a libc keeps a thread's TID in its thread descriptor (x86_64, at the thread pointer fs_base): glibc's
+# `struct pthread` (2.26 and later), which is also its clear_child_tid; musl's (1.1 and 1.2), whose
+# clear_child_tid is instead the global thread-list lock.
+GLIBC_TID_OFFSET: Final = 0x2D0
+MUSL_TID_OFFSET: Final = 48
+
+
+def _dumped_word(dump: _Dump, pid: int, addr: int) -> int | None:
+    """The 32-bit word at `addr` in the dumped memory, None when that page was not dumped."""
+    path = dump.dir / f"pagemap-{pid}.img"
+    if not addr or not path.is_file():
+        return None
+    pagemap = Pagemap.load(path, PAGE_SIZE)
+    offset = pagemap.file_offset(addr)
+    if offset is None or pagemap.file_offset(addr + 3) != offset + 3:
+        return None
+    with (dump.dir / pagemap.pages_name).open("rb") as pages:
+        pages.seek(offset)
+        word = pages.read(4)
+    return int.from_bytes(word, "little") if len(word) == 4 else None
+
+
+def _tid_address(dump: _Dump, pid: int, tid: int, clear_tid: int, fs_base: int) -> int:
+    """Where the thread's libc keeps its TID, which the restorer overwrites with the new one (pthread_join,
+    pthread_kill and glibc's lock owners read it); 0 when it cannot be told, then nothing is written there."""
+    candidates = [fs_base + MUSL_TID_OFFSET] if fs_base else []
+    if fs_base and clear_tid == fs_base + GLIBC_TID_OFFSET:
+        candidates.insert(0, clear_tid)
+    for addr in candidates:
+        if _dumped_word(dump, pid, addr) == tid:
+            return addr
+    if fs_base:
+        dump.notes.append(f"thread {tid}: its libc's copy of its TID was not found; the new TID is not written "
+                          "there (joining or signalling it by pthread_t may fail)")
+    return 0
+
+
+def _thread(dump: _Dump, pid: int, tid: int, entry: Entry, main_core: pb.core_entry) -> bytes:
+    is_main = tid == pid
     core = entry.get(pb.core_entry)
     who = f"thread {tid}"
     if core.mtype != 1 or not core.HasField("thread_info"):
@@ -522,7 +560,7 @@ def _thread(dump: _Dump, tid: int, entry: Entry, main_core: pb.core_entry, is_ma
     gp = [regs.r8, regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15, regs.di, regs.si]
     gp += [regs.bp, regs.bx, regs.dx, regs.ax, regs.cx, regs.sp, regs.ip, regs.flags]
     head = struct.pack(
-        "<IIQQQQQQ",
+        "<IIQQQQQQQ",
         tid,
         int(is_main),
         info.clear_tid_addr,
@@ -531,5 +569,6 @@ def _thread(dump: _Dump, tid: int, entry: Entry, main_core: pb.core_entry, is_ma
         regs.gs_base,
         tcore.futex_rla,
         tcore.futex_rla_len,
+        _tid_address(dump, pid, tid, info.clear_tid_addr, regs.fs_base),
     )
     return _record(R_THREAD, head + struct.pack("<18Q", *gp) + _fxsave(fp))

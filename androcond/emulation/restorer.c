@@ -99,7 +99,7 @@ typedef unsigned char u8;
 
 /* ---- the plan (little-endian; see docs/emulation.md) ---- */
 #define PLAN_MAGIC "ACDPLAN\0"
-#define PLAN_VERSION 1
+#define PLAN_VERSION 2
 
 enum record_type {
     R_END = 0,
@@ -164,6 +164,7 @@ struct gpregs {
 struct thread_rec {
     u32 tid, main;
     u64 clear_tid, sigmask, fs_base, gs_base, futex_rla, futex_rla_len;
+    u64 tid_addr; /* where its libc keeps its TID (glibc: clear_tid; musl: in its descriptor), 0: unknown */
     struct gpregs regs;
     u8 fxsave[512];
 };
@@ -195,7 +196,7 @@ struct rt_sigframe64 {
 
 _Static_assert(sizeof(struct sigcontext64) == 256, "sigcontext layout");
 _Static_assert(sizeof(struct ucontext64) == 304, "ucontext layout");
-_Static_assert(sizeof(struct thread_rec) == 712, "thread record layout");
+_Static_assert(sizeof(struct thread_rec) == 720, "thread record layout");
 _Static_assert(sizeof(struct fd_rec) == 64, "fd record layout");
 _Static_assert(sizeof(struct vma_rec) == 40, "vma record layout");
 
@@ -784,12 +785,13 @@ __attribute__((noreturn, used)) void restore_main(u64 *sp)
             continue;
         }
         struct clone_args_rec *c = &args->clones[args->nclones++];
-        /* glibc keeps each thread's TID in its struct pthread, at the address the kernel clears on exit
-         * (clear_child_tid): the new TID goes there so pthread_join and pthread_kill work. */
+        /* The libc's copy of the TID gets the new one (pthread_join, pthread_kill); the kernel clears
+         * clear_child_tid on exit, as before (glibc: the same word; musl: its thread-list lock). */
         c->flags = CLONE_THREAD_FLAGS | CLONE_SETTLS;
-        if (t->clear_tid) c->flags |= CLONE_PARENT_SETTID | CLONE_CHILD_CLEARTID;
+        if (t->tid_addr) c->flags |= CLONE_PARENT_SETTID;
+        if (t->clear_tid) c->flags |= CLONE_CHILD_CLEARTID;
         c->newsp = rsp;
-        c->ptid = t->clear_tid;
+        c->ptid = t->tid_addr;
         c->ctid = t->clear_tid;
         c->tls = t->fs_base;
     }
@@ -802,9 +804,10 @@ __attribute__((noreturn, used)) void restore_main(u64 *sp)
     res = sys2(SYS_arch_prctl, ARCH_SET_FS, mt->fs_base);
     if (res < 0) fail(EXIT_THREADS, "arch_prctl-fs", 0, mt->fs_base, res);
     if (mt->gs_base) sys2(SYS_arch_prctl, ARCH_SET_GS, mt->gs_base);
-    if (mt->clear_tid) {
+    if (mt->clear_tid || mt->tid_addr) {
+        /* set_tid_address returns the caller's TID; with 0 nothing is cleared at exit, as before the dump. */
         s64 tid = sys1(SYS_set_tid_address, mt->clear_tid);
-        *(s32 *)mt->clear_tid = (s32)tid;
+        if (mt->tid_addr) *(s32 *)mt->tid_addr = (s32)tid;
     }
     sys2(SYS_set_robust_list, mt->futex_rla, mt->futex_rla_len); /* ENOSYS under qemu: nothing to do */
 

@@ -173,10 +173,10 @@ def tools(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Tools]:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def compile_program(tools: Tools, name: str, source: str, *flags: str) -> Path:
+def compile_program(tools: Tools, name: str, source: str, *flags: str, compiler: str = "gcc") -> Path:
     src, binary = tools.work / f"{name}.c", tools.work / f"{name}.bin"
     src.write_text(source)
-    subprocess.run(["gcc", "-O1", *flags, "-o", str(binary), str(src)], check=True)
+    subprocess.run([compiler, "-O1", *flags, "-o", str(binary), str(src)], check=True)
     return binary
 
 
@@ -304,6 +304,20 @@ def test_threads_and_64mb_heap(tools: Tools, mode: str) -> None:
     binary = compile_program(tools, f"threads-{mode}", THREADS, "-pthread")
     got = resume_and_compare(tools, "threads", [str(binary)], mode, more=40)
     assert "joined 24" in got  # a thread restored from the dump was joined after the restore
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("link", ["static", "dynamic"])
+def test_musl(tools: Tools, mode: str, link: str) -> None:
+    """musl keeps its thread pointer and TID its own way; the dynamic build maps musl's loader from its file."""
+    if shutil.which("musl-gcc") is None:
+        unavailable("musl-gcc is needed (Debian's musl-tools)")
+    flags = ("-static",) if link == "static" else ("-pthread",)
+    source = COUNTER if link == "static" else THREADS
+    binary = compile_program(tools, f"musl-{link}-{mode}", source, *flags, compiler="musl-gcc")
+    got = resume_and_compare(tools, f"musl-{link}", [str(binary)], mode, more=40 if link == "dynamic" else 12)
+    if link == "dynamic":
+        assert "joined 24" in got
 
 
 def free_port() -> int:
