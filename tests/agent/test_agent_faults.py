@@ -22,6 +22,7 @@ from androcond.link.ssh import (
 )
 from androcond.link.transport import AgentConnection
 from androcond.protocol import protocol_pb2 as pb
+from androcond.protocol.compression import CompressSetting
 
 from ..testbed.bed import RUN_FILTER
 from ..testbed.images import rootfs_tar
@@ -37,6 +38,7 @@ class CorruptingConnection(AgentConnection):
     target = "pages-1.img"
     _stream_of_target: int | None = None
     corrupted = False
+    corrupted_codec = ""  # the damaged chunk's codec ("": sent raw)
 
     async def _send(self, frame: pb.Frame) -> None:
         if frame.HasField("file_start") and frame.file_start.path == self.target:
@@ -47,6 +49,7 @@ class CorruptingConnection(AgentConnection):
             data[len(data) // 2] ^= 0x01
             frame.file_data.data = bytes(data)
             self.corrupted = True
+            self.corrupted_codec = frame.file_data.codec
         await super()._send(frame)
 
 
@@ -84,25 +87,33 @@ async def settled_outcome(endpoint: Endpoint, migration_id: str) -> pb.Outcome:
             await asyncio.sleep(0.1)
 
 
+@pytest.mark.parametrize("compress", ["none", "zstd"])
 async def test_flipped_byte_is_caught_and_nothing_restored(
-        agent_server: AgentBed, engine_a: Engine, engine_b: Engine, tmp_path: Path, unique_name: str) -> None:
+        agent_server: AgentBed, engine_a: Engine, engine_b: Engine, tmp_path: Path, unique_name: str,
+        compress: CompressSetting) -> None:
+    """Raw, the file's SHA-256 catches the damage; in a compressed chunk, the chunk's own zstd checksum does
+    (a chunk that did not pay goes raw, and then the SHA-256 again)."""
     endpoint = agent_server.serve_endpoint(tmp_path)
     source = await checkpointed_source(agent_server.bed, engine_a)
     begin = source.begin(unique_name)
-    link = await CorruptingConnection.open(endpoint)
+    link = await CorruptingConnection.open(endpoint, compress=compress)
     try:
         ack = await link.begin(begin)
         checkpoint_dir = agent_server.bed.engine_b.data_root / "containers" / ack.container_id / "checkpoints"
-        with pytest.raises(FileRejected, match=r"pages-1.img.*SHA-256 mismatch"):
+        with pytest.raises((FileRejected, AgentRefused)) as caught:
             await link.send_files(source.files())
         assert link.corrupted
-        with pytest.raises(FileRejected):  # the link refuses to go on once a file was rejected
-            await link.commit()
+        expected = "the compressed chunk at byte 0 is unreadable" if link.corrupted_codec else "SHA-256 mismatch"
+        assert "pages-1.img" in str(caught.value) and expected in str(caught.value), caught.value
+        if compress == "none":
+            assert isinstance(caught.value, FileRejected)
+            with pytest.raises(FileRejected):  # the link refuses to go on once a file was rejected
+                await link.commit()
     finally:
         await link.close()
     outcome = await settled_outcome(endpoint, begin.migration_id)
     assert outcome.state == pb.OUTCOME_FAILED
-    assert "SHA-256 mismatch" in outcome.error
+    assert expected in outcome.error
     assert not await container_exists(engine_b, unique_name)
     assert not checkpoint_dir.exists()
 

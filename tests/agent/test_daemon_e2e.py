@@ -153,7 +153,9 @@ async def test_device_faults_roll_back_to_a_continuing_source(
         agent_server: AgentBed, engine_a: Engine, engine_b: Engine, tmp_path: Path, unique_name: str,
         volume: str, fault: str) -> None:
     agent = faulty_agent(agent_server, fault, AGENT_PORT + 1, tmp_path)
-    daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, port=agent.port))
+    # Raw chunks: the damage is the file digest's to catch (in a compressed chunk the chunk's own checksum
+    # catches it first: tests/agent/test_agent_faults.py).
+    daemon = DaemonProcess(write_daemon_config(agent_server, tmp_path, port=agent.port, extra='compress = "none"'))
     try:
         counted = await start_workload(engine_a, unique_name, {"androcond.migrate": "pixel"}, volume)
         await daemon.start()
