@@ -11,21 +11,16 @@ Run as root:  .venv/bin/python -m bench.cross_isa [--mb 16] [--runs 3]
 from __future__ import annotations
 
 import argparse
-import os
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import uuid
 from pathlib import Path
 
+from bench.arm64_daemon import arm64_bench
 from bench.migration import androcond_flow
-from tests.testbed import TestBed
-from tests.testbed.agent import DeviceAgent, daemon_config
-from tests.testbed.arm64 import Arm64Device, ensure_image
 from tests.testbed.proc import wait_for
-from tests.testbed.twoisa import BIN, arm64_device_table, install_twoisa_image
+from tests.testbed.twoisa import BIN, install_twoisa_image
 
 AGENT_PORT = 8197
 LABEL = "androcond-bench"
@@ -38,47 +33,29 @@ def main() -> int:
     parser.add_argument("--mb", type=int, default=16, help="touched memory of the program, MB")
     parser.add_argument("--runs", type=int, default=3)
     args = parser.parse_args()
-    bed = TestBed().up()
-    attach = os.environ.get("ANDROCOND_ARM64_ATTACH")
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        device = Arm64Device.attached(attach) if attach else Arm64Device(work / "arm64", ensure_image()).up()
-        agent = DeviceAgent(bed, work, AGENT_PORT)
-        config = daemon_config(agent, work, daemon=f'api = "unix:{work / "api.sock"}"\nlog_level = "warning"',
-                               extra=arm64_device_table(device, work) + "[timeouts]\nconnect = 60\n")
-        agent.start()
-        daemon = subprocess.Popen([sys.executable, "-m", "androcond", "run", "--config", str(config)],
-                                  stderr=(work / "daemon.log").open("wb"))
-        results: dict[str, dict[str, list[float]]] = {}
-        try:
-            image = install_twoisa_image(bed.engine_a, device, work)
-            wait_for((work / "api.sock").exists, timeout=30, what="daemon API")
-            for _ in range(args.runs):
-                for target in ("pixel", "arm64"):  # interleaved: drift hits both alike
-                    name = f"bench-twoisa-{target}-{uuid.uuid4().hex[:6]}"
-                    bed.engine_a.cli("run", "-d", "--name", name, "--label", f"{LABEL}=1", image, f"/bin/{BIN}",
-                                     "/data/count.log", "0", str(args.mb))
-                    def counting(n: str = name) -> bool:
-                        return "count 3 " in bed.engine_a.cli("logs", n)
+    results: dict[str, dict[str, list[float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp, arm64_bench(Path(tmp), AGENT_PORT, LABEL) as on:
+        bed, device = on.bed, on.device
+        image = install_twoisa_image(bed.engine_a, device, Path(tmp))
+        for _ in range(args.runs):
+            for target in ("pixel", "arm64"):  # interleaved: drift hits both alike
+                name = f"bench-twoisa-{target}-{uuid.uuid4().hex[:6]}"
+                bed.engine_a.cli("run", "-d", "--name", name, "--label", f"{LABEL}=1", image, f"/bin/{BIN}",
+                                 "/data/count.log", "0", str(args.mb))
 
-                    wait_for(counting, timeout=60, what=f"{name} counting")
-                    total, timings = androcond_flow(config, name, target, keep_source=False)
-                    row = results.setdefault(target, {})
-                    row.setdefault("total", []).append(total)
-                    row.setdefault("downtime", []).append(sum(timings.get(k, 0.0) for k in FROZEN))
-                    for phase in PHASES:
-                        row.setdefault(phase, []).append(timings.get(phase, 0.0))
-                    bed.engine_a.remove_containers(f"{LABEL}=1")
-                    bed.engine_b.remove_containers(f"{LABEL}=1")
-                    device.adb_shell(f"docker rm -f {name} >/dev/null 2>&1 || true", timeout=120)
-        finally:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(timeout=30)
-            agent.stop()
-            bed.engine_a.remove_containers(f"{LABEL}=1")
-            bed.engine_b.remove_containers(f"{LABEL}=1")
-            if not attach:
-                device.down()
+                def counting(n: str = name) -> bool:
+                    return "count 3 " in bed.engine_a.cli("logs", n)
+
+                wait_for(counting, timeout=60, what=f"{name} counting")
+                total, timings = androcond_flow(on.config, name, target, keep_source=False)
+                row = results.setdefault(target, {})
+                row.setdefault("total", []).append(total)
+                row.setdefault("downtime", []).append(sum(timings.get(k, 0.0) for k in FROZEN))
+                for phase in PHASES:
+                    row.setdefault(phase, []).append(timings.get(phase, 0.0))
+                bed.engine_a.remove_containers(f"{LABEL}=1")
+                bed.engine_b.remove_containers(f"{LABEL}=1")
+                device.adb_shell(f"docker rm -f {name} >/dev/null 2>&1 || true", timeout=120)
     med = statistics.median
     base = results["pixel"]
     print(f"| {args.mb} MB touched, median of {args.runs} | notify | checkpoint | recode | transfer | restore | "

@@ -20,23 +20,18 @@ Run as root:  .venv/bin/python -m bench.emulated [--sizes 16,64] [--runs 3] [--s
 from __future__ import annotations
 
 import argparse
-import os
 import re
-import signal
 import statistics
-import subprocess
 import sys
 import tempfile
 import uuid
 from pathlib import Path
 
+from bench.arm64_daemon import Arm64Bench, arm64_bench
 from bench.migration import androcond_flow
-from tests.testbed import TestBed
-from tests.testbed.agent import DeviceAgent, daemon_config
-from tests.testbed.arm64 import Arm64Device, ensure_image
+from tests.testbed.arm64 import Arm64Device
 from tests.testbed.emulated import TUNABLES, install_emulated_image
 from tests.testbed.proc import run, wait_for
-from tests.testbed.twoisa import arm64_device_table
 
 AGENT_PORT = 8198
 LABEL = "androcond-bench"
@@ -46,13 +41,14 @@ TARGETS = (("pixel", "x86_64 device (engine B), same ISA, CRIU"), ("arm64", "arm
 SECONDS = re.compile(r"steps (\d+) sum ([0-9a-f]{16}) seconds ([0-9.]+)")
 
 
-def move_once(bed: TestBed, device: Arm64Device, config: Path, image: str, mb: int, target: str) -> dict[str, float]:
+def move_once(on: Arm64Bench, image: str, mb: int, target: str) -> dict[str, float]:
+    bed, device = on.bed, on.device
     name = f"bench-emulated-{target}-{uuid.uuid4().hex[:6]}"
     bed.engine_a.cli("run", "-d", "--name", name, "--label", f"{LABEL}=1", "-e", TUNABLES, image, "/bin/heap",
                      str(mb))
     try:
         wait_for(lambda: "count 2 role 0" in bed.engine_a.cli("logs", name), timeout=120, what=f"{name} counting")
-        total, timings = androcond_flow(config, name, target, keep_source=False)
+        total, timings = androcond_flow(on.config, name, target, keep_source=False)
     finally:
         bed.engine_a.remove_containers(f"{LABEL}=1")
         bed.engine_b.remove_containers(f"{LABEL}=1")
@@ -95,37 +91,16 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=200_000_000, help="steps of the compute loop")
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
-    bed = TestBed().up()
-    attach = os.environ.get("ANDROCOND_ARM64_ATTACH")
-    with tempfile.TemporaryDirectory() as tmp:
-        work = Path(tmp)
-        device = Arm64Device.attached(attach) if attach else Arm64Device(work / "arm64", ensure_image()).up()
-        agent = DeviceAgent(bed, work, AGENT_PORT)
-        config = daemon_config(agent, work, daemon=f'api = "unix:{work / "api.sock"}"\nlog_level = "warning"',
-                               extra=arm64_device_table(device, work) + "[timeouts]\nconnect = 60\n")
-        agent.start()
-        daemon = subprocess.Popen([sys.executable, "-m", "androcond", "run", "--config", str(config)],
-                                  stderr=(work / "daemon.log").open("wb"))
-        results: dict[tuple[int, str], list[dict[str, float]]] = {}
-        try:
-            image = install_emulated_image(bed.engine_a, work)
-            wait_for((work / "api.sock").exists, timeout=30, what="daemon API")
-            for target, _ in TARGETS:  # not counted: the first move also ships the image to the device
-                move_once(bed, device, config, image, sizes[0], target)
-            for _ in range(args.runs):
-                for mb in sizes:
-                    for target, _ in TARGETS:  # interleaved: drift hits both alike
-                        results.setdefault((mb, target), []).append(
-                            move_once(bed, device, config, image, mb, target))
-            loop = compute_loop(device, work, args.steps, args.runs)
-        finally:
-            daemon.send_signal(signal.SIGTERM)
-            daemon.wait(timeout=30)
-            agent.stop()
-            bed.engine_a.remove_containers(f"{LABEL}=1")
-            bed.engine_b.remove_containers(f"{LABEL}=1")
-            if not attach:
-                device.down()
+    results: dict[tuple[int, str], list[dict[str, float]]] = {}
+    with tempfile.TemporaryDirectory() as tmp, arm64_bench(Path(tmp), AGENT_PORT, LABEL) as on:
+        image = install_emulated_image(on.bed.engine_a, Path(tmp))
+        for target, _ in TARGETS:  # not counted: the first move also ships the image to the device
+            move_once(on, image, sizes[0], target)
+        for _ in range(args.runs):
+            for mb in sizes:
+                for target, _ in TARGETS:  # interleaved: drift hits both alike
+                    results.setdefault((mb, target), []).append(move_once(on, image, mb, target))
+        loop = compute_loop(on.device, Path(tmp), args.steps, args.runs)
     med = statistics.median
     print(f"| heap, median of {args.runs} | checkpoint | plan | transfer | restore | of it the restorer | "
           "downtime (s) | resumed after (s) | total (s) | downtime vs same ISA |")

@@ -10,6 +10,7 @@ which libc it runs. Pure decisions on facts read from /proc (`read_source_cpu`),
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -182,22 +183,29 @@ def _version_text(version: tuple[int, int] | None) -> str:
     return f"{version[0]}.{version[1]}" if version else "version not known"
 
 
-def glibc_version(path: Path, limit: int = EXE_SCAN_LIMIT) -> tuple[int, int] | None:
-    """The version in a glibc's banner ("GNU C Library ... release version 2.36"), in a libc.so.6 or a
-    static executable; None when there is none within `limit` bytes."""
+def _windows(path: Path, limit: int, keep: int) -> Iterator[bytes]:
+    """The file's first `limit` bytes, read a chunk at a time; each window repeats the last `keep` bytes of the
+    one before, so that a marker that spans two reads is still seen whole."""
     tail = b""
     read = 0
     with path.open("rb") as f:
         while read < limit:
             chunk = f.read(min(_CHUNK, limit - read))
             if not chunk:
-                return None
+                return
             read += len(chunk)
             window = tail + chunk
-            match = _GLIBC_BANNER.search(window)
-            if match:
-                return int(match[1]), int(match[2])
-            tail = window[-64:]
+            yield window
+            tail = window[-keep:]
+
+
+def glibc_version(path: Path, limit: int = EXE_SCAN_LIMIT) -> tuple[int, int] | None:
+    """The version in a glibc's banner ("GNU C Library ... release version 2.36"), in a libc.so.6 or a
+    static executable; None when there is none within `limit` bytes."""
+    for window in _windows(path, limit, keep=64):
+        match = _GLIBC_BANNER.search(window)
+        if match:
+            return int(match[1]), int(match[2])
     return None
 
 
@@ -218,20 +226,8 @@ def libc_from_maps(maps_text: str) -> LibcKind | None:
 
 def is_static_glibc(exe: Path, limit: int = EXE_SCAN_LIMIT) -> bool:
     """Does the executable hold a static glibc's markers? Reads at most `limit` bytes."""
-    tail = b""
-    read = 0
     keep = max(len(m) for m in _STATIC_GLIBC_MARKERS) - 1
-    with exe.open("rb") as f:
-        while read < limit:
-            chunk = f.read(min(_CHUNK, limit - read))
-            if not chunk:
-                return False
-            read += len(chunk)
-            window = tail + chunk
-            if any(marker in window for marker in _STATIC_GLIBC_MARKERS):
-                return True
-            tail = window[-keep:]
-    return False
+    return any(marker in window for window in _windows(exe, limit, keep) for marker in _STATIC_GLIBC_MARKERS)
 
 
 def environ_tunables(environ: bytes) -> str:
