@@ -104,6 +104,13 @@ def seeds_flow(bed: TestBed, name: str, mb: int, work: Path) -> float:
 def androcond_flow(config: Path, name: str, device: str, *, keep_source: bool = True) -> tuple[float, dict[str, float]]:
     """`androcond migrate --wait`: its wall time and the migration's own timings (a move that did not end done
     raises, naming why)."""
+    total, record = migrate_record(config, name, device, keep_source=keep_source)
+    timings: dict[str, float] = record["timings"]
+    return total, timings
+
+
+def migrate_record(config: Path, name: str, device: str, *, keep_source: bool = True) -> tuple[float, dict[str, Any]]:
+    """`androcond migrate --wait --json`: its wall time and the migration's record as it printed it."""
     started = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "androcond", "migrate", name, "--to", device,
                           *(["--keep-source"] if keep_source else []), "--wait", "--json", "--config", str(config)],
@@ -112,8 +119,7 @@ def androcond_flow(config: Path, name: str, device: str, *, keep_source: bool = 
     record: dict[str, Any] = json.loads(out.stdout) if out.stdout.strip() else {"error": out.stderr[-500:]}
     if record.get("state") != "done":
         raise RuntimeError(f"{name} to {device}: {record.get('state')}: {record.get('error')}")
-    timings: dict[str, float] = record["timings"]
-    return total, timings
+    return total, record
 
 
 def main() -> int:
