@@ -24,7 +24,7 @@ from androcond.agent.outcomes import OutcomeStore
 from androcond.agent.session import AgentSession
 from androcond.config import parse_settings
 from androcond.errors import ConfigError
-from androcond.link.compress import PROBE, WINDOW, AutoPolicy, FixedPolicy, policy_for
+from androcond.link.compress import BACKOFF, FUTILE, PROBE, WINDOW, AutoPolicy, FixedPolicy, policy_for
 from androcond.link.payload import OutgoingFile
 from androcond.link.ssh import AgentRefused, PhaseTimeouts
 from androcond.link.transport import AgentConnection
@@ -172,6 +172,34 @@ def test_auto_resumes_for_good_when_raw_turns_out_slower() -> None:
     feed(policy, PROBE, compress_s=0.0, link_s=0.01)  # 100 MB/s raw, slower than the compressed 500 MB/s
     assert policy.mode == "settled" and policy.wants()
     feed(policy, 500 * MiB, compress_s=0.002, link_s=0.0)
+    assert policy.wants()
+
+
+def test_incompressible_chunks_are_tried_less_and_less() -> None:
+    """Each tried chunk that did not pay is counted; after FUTILE in a row the policy backs off, doubling."""
+    policy = AutoPolicy("zstd", warmup=32 * MiB)
+    tried = []
+    for _ in range(300):
+        wants = policy.wants()
+        tried.append(wants)
+        policy.record(raw=MiB, wire=MiB, compress_s=0.003 if wants else 0.0, link_s=0.001)
+    # FUTILE tries, then BACKOFF untried, one try, 2×BACKOFF untried, … capped at BACKOFF_MAX.
+    assert tried[:FUTILE] == [True] * FUTILE
+    assert tried[FUTILE:FUTILE + BACKOFF] == [False] * BACKOFF and tried[FUTILE + BACKOFF]
+    assert not any(tried[FUTILE + BACKOFF + 1:FUTILE + 3 * BACKOFF + 1])
+    assert sum(tried) < 20  # of 300 chunks
+
+
+def test_a_chunk_that_pays_ends_the_back_off() -> None:
+    policy = AutoPolicy("zstd", warmup=32 * MiB)
+    for _ in range(FUTILE):
+        policy.record(raw=MiB, wire=MiB, compress_s=0.003, link_s=0.001)
+    while not policy.wants():  # the untried chunks of the back-off
+        policy.record(raw=MiB, wire=MiB, compress_s=0.0, link_s=0.001)
+    policy.record(raw=MiB, wire=MiB // 4, compress_s=0.003, link_s=0.001)  # text again: it pays
+    assert policy.wants() and policy.futile == 0 and policy.backoff == BACKOFF
+    for _ in range(FUTILE - 1):  # a few raw chunks do not back off at once
+        policy.record(raw=MiB, wire=MiB, compress_s=0.003, link_s=0.001)
     assert policy.wants()
 
 
