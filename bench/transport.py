@@ -18,6 +18,9 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+from typing import cast
+
+import asyncssh
 
 from androcond.link.payload import OutgoingFile
 from androcond.link.ssh import Endpoint
@@ -38,7 +41,7 @@ async def push_once(endpoint: Endpoint, payload: Path) -> tuple[float, str]:
                      create_config_json=json.dumps({"Image": TEST_IMAGE, "Cmd": ["/bin/true"]}),
                      checkpoint_name="bench", total_bytes=size, file_count=1)
     async with await AgentConnection.open(endpoint) as link:
-        cipher = str(link._conn.get_extra_info("send_cipher"))
+        cipher = str(cast(asyncssh.SSHClientConnection, link._conn).get_extra_info("send_cipher"))
         await link.begin(begin)
         started = time.perf_counter()
         await link.send_files([spec])  # returns once the agent verified the digest on disk

@@ -45,6 +45,7 @@ from .outcomes import OutcomeRecord, OutcomeStore, check_id
 from .post_copy import PostCopy
 from .receive import Receiving
 from .recovery import settle_if_stale
+from .sourcing import OutgoingMigration, Sourcing
 
 log = get_logger(__name__)
 
@@ -56,10 +57,12 @@ ERROR_SEND_TIMEOUT_S = 5.0
 
 # Phases, as named in Error.phase.
 HELLO, BEGIN, IMAGE, FILES, COMMIT, QUERY, ABORT = "hello", "begin", "image", "files", "commit", "query", "abort"
-_PHASE_OF_FRAME = {"begin": BEGIN, "commit": COMMIT, "query": QUERY, "abort": ABORT}
+SOURCE, FREEZE, SOURCE_END = "source", "freeze", "source-end"
+_PHASE_OF_FRAME = {"begin": BEGIN, "commit": COMMIT, "query": QUERY, "abort": ABORT, "source_open": SOURCE,
+                   "freeze": FREEZE, "source_end": SOURCE_END}
 
 
-class AgentSession(Receiving, PostCopy):
+class AgentSession(Receiving, PostCopy, Sourcing):
     def __init__(self, device: DeviceEngine, outcomes: OutcomeStore, reader: FrameReader,
                  writer: FrameWriter) -> None:
         self.device = device
@@ -67,6 +70,7 @@ class AgentSession(Receiving, PostCopy):
         self.reader = reader
         self.writer = writer
         self.migration: IncomingMigration | None = None
+        self.outgoing: OutgoingMigration | None = None  # the way back: this device is the source
         self.current: OpenFile | None = None
         self.phase = HELLO
         self._task: asyncio.Task[Any] | None = None
@@ -203,6 +207,12 @@ class AgentSession(Receiving, PostCopy):
                 await self._query(frame.query.migration_id)
             elif kind == "abort":
                 await self._abort(frame.abort.reason)
+            elif kind == "source_open":
+                await self._source_open(frame.source_open)
+            elif kind == "freeze":
+                await self._freeze()
+            elif kind == "source_end":
+                await self._source_end(frame.source_end.action)
             else:
                 raise ProtocolViolation(f"unexpected {kind} frame")
 

@@ -52,7 +52,7 @@ class Verbs:
 # In the order `androcond --help` lists them.
 VERBS: tuple[Verbs, ...] = (
     Verbs(("run",), ".run"),
-    Verbs(("migrate", "migrations"), ".migrations"),
+    Verbs(("migrate", "migrations", "containers"), ".migrations"),
     Verbs(("devices",), ".devices"),
     Verbs(("agent",), "..agent.cli", host=False),
     Verbs(("images",), ".images"),

@@ -15,15 +15,24 @@ from ..cli_common import EXIT_FAILED, EXIT_OK, add_config_option
 from ..config import load_settings
 from ..migration.states import MigrationState
 from .client import call, find_migration, wait_for
-from .views import MigrationProgress, migration_detail, migrations_table, outcome_line, print_plain
+from .views import (
+    MigrationProgress,
+    containers_table,
+    migration_detail,
+    migrations_table,
+    outcome_line,
+    print_plain,
+)
 
 CONFIG_HELP = "config file (default: $ANDROCOND_CONFIG, else /etc/androcond/androcond.toml)"
 
 
 def register(commands: Any) -> None:
     migrate = commands.add_parser("migrate", help="ask the daemon to move a container to a device")
-    migrate.add_argument("container", help="container name or id (on the daemon's Docker engine)")
-    migrate.add_argument("--to", required=True, metavar="DEVICE", help="device name from the config")
+    migrate.add_argument("container", help="container name or id (on the daemon's Docker engine), or the name "
+                                           "of one that runs on a device")
+    migrate.add_argument("--to", required=True, metavar="DEVICE",
+                         help="device name from the config, or `host` to bring it back to the daemon's engine")
     migrate.add_argument("--keep-source", action="store_true", help="keep the stopped source container")
     migrate.add_argument("--wait", action="store_true",
                          help="wait until it is done (a progress bar on a terminal); "
@@ -47,6 +56,11 @@ def register(commands: Any) -> None:
                       help="the record (with its transitions) as one JSON document on stdout")
     show.add_argument("--config", metavar="FILE", default=argparse.SUPPRESS, help=CONFIG_HELP)
     show.set_defaults(handler=_cmd_migration_show)
+
+    containers = commands.add_parser("containers", help="the containers androcond moved, and where each runs now")
+    containers.add_argument("--json", action="store_true", help="one JSON document on stdout")
+    add_config_option(containers)
+    containers.set_defaults(handler=_cmd_containers)
 
 
 def _cmd_migrate(args: argparse.Namespace) -> int:
@@ -105,6 +119,16 @@ def _cmd_migrations(args: argparse.Namespace) -> int:
         print(json.dumps(data, indent=2))
         return EXIT_OK
     _print([migrations_table(data["migrations"], plain=not sys.stdout.isatty())])
+    return EXIT_OK
+
+
+def _cmd_containers(args: argparse.Namespace) -> int:
+    settings = load_settings(args.config)
+    data: dict[str, Any] = asyncio.run(call(settings, "GET", "/containers"))
+    if args.json:
+        print(json.dumps(data, indent=2))
+        return EXIT_OK
+    _print([containers_table(data["containers"], plain=not sys.stdout.isatty())])
     return EXIT_OK
 
 

@@ -325,6 +325,18 @@ def migrations_table(records: Sequence[dict[str, Any]], *, plain: bool = False) 
     return MigrationsTable(records, plain=plain)
 
 
+def containers_table(containers: Sequence[dict[str, Any]], *, plain: bool = False) -> Table:
+    """`androcond containers`: where each container androcond moved runs now."""
+    table = Table(box=None if plain else box.SIMPLE_HEAD, show_edge=False, pad_edge=False,
+                  collapse_padding=not plain, header_style="" if plain else "bold")
+    for column in ("NAME", "WHERE", "SINCE", "FROM", "MIGRATION"):
+        table.add_column(column, no_wrap=True)
+    for c in containers:
+        table.add_row(str(c["name"]), str(c["where"]), fmt_when(float(c["since"])), str(c.get("from") or "host"),
+                      str(c["migration_id"])[:12])
+    return table
+
+
 def migration_detail(record: dict[str, Any], *, plain: bool = False) -> list[RenderableType]:
     """`migrations show`: the record's fields, then the timeline of its states from the journal (plain: as in
     :func:`migrations_table`)."""
@@ -336,7 +348,8 @@ def migration_detail(record: dict[str, Any], *, plain: bool = False) -> list[Ren
         ("id", str(record["id"])),
         ("container", f"{record['container_name']} ({container_id[:12]})" if container_id
          else str(record["container_name"])),
-        ("device", record.get("device") or "-"),
+        ("from", str(record.get("from") or record.get("source") or "host")),
+        ("to", record.get("device") or "-"),
         ("state", _styled_state(record["state"])),
         ("origin", str(record.get("origin", ""))),
         ("requested", fmt_when(float(record["created_at"]))),

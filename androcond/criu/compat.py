@@ -253,3 +253,23 @@ def inet_sockets(pids: list[int], proc: Path = Path("/proc")) -> int:
                 if len(fields) > 9 and fields[9] in inodes:
                     found.add(fields[9])
     return len(found)
+
+
+def task_tree(pid: int, proc: str | Path = "/proc") -> list[int]:
+    """`pid` and all its descendants (host pids), parents first: every task of a container from its init."""
+    base = Path(proc)
+    order, queue = [], [pid]
+    while queue:
+        current = queue.pop(0)
+        order.append(current)
+        try:
+            threads = sorted(int(t) for t in os.listdir(base / str(current) / "task"))
+        except FileNotFoundError:
+            continue
+        for tid in threads:
+            try:
+                children = (base / str(current) / "task" / str(tid) / "children").read_text().split()
+            except FileNotFoundError:
+                continue
+            queue += [int(c) for c in children]
+    return order

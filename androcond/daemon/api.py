@@ -26,7 +26,7 @@ from ..link.adb import AdbClient
 from ..link.devices import probe_all
 from ..link.payload import Progress
 from ..logging import get_logger
-from ..migration.journal import Journal, JournalError
+from ..migration.journal import HOME, Journal, JournalError
 from .metrics import CONTENT_TYPE, Metrics
 from .requests import AlreadyMigrating, MigrationRequest, NotAccepting, Submit
 
@@ -129,6 +129,32 @@ async def get_migration(request: web.Request) -> web.Response:
     return web.json_response(body)
 
 
+@dataclass(frozen=True)
+class _Where:
+    place: str  # "host" or the device it runs on
+    container_id: str  # as that place's engine knows it
+    name: str
+
+
+async def _where(state: ApiState, ref: str) -> _Where:
+    """Where a container runs now: on a device if the last move of that name that landed took it there, else
+    in the host's engine (EngineError 404 when it is in neither)."""
+    placed = await state.journal.last_done_for_name(ref.lstrip("/"))
+    if placed is not None and placed.device != HOME and not placed.keep_source:
+        return _Where(placed.device, placed.target_container_id or placed.container_name, placed.container_name)
+    inspect = await state.engine.inspect_container(ref)
+    return _Where(HOME, str(inspect["Id"]), str(inspect["Name"]).lstrip("/"))
+
+
+async def list_containers(request: web.Request) -> web.Response:
+    """The containers androcond moved and where each runs now (the last move of it that landed)."""
+    state = request.app[STATE]
+    return web.json_response({"containers": [
+        {"name": r.container_name, "where": r.device, "since": r.updated_at, "migration_id": r.id,
+         "from": r.source, "container_id": r.target_container_id}
+        for r in await state.journal.placements()]})
+
+
 async def create_migration(request: web.Request) -> web.Response:
     state = request.app[STATE]
     try:
@@ -139,18 +165,20 @@ async def create_migration(request: web.Request) -> web.Response:
             or not isinstance(body.get("device"), str):
         return web.json_response({"error": 'expected {"container": NAME_OR_ID, "device": NAME}'}, status=400)
     device = body["device"]
-    if device not in state.settings.devices:
-        known = ", ".join(sorted(state.settings.devices)) or "none configured"
+    if device != HOME and device not in state.settings.devices:
+        known = ", ".join([HOME, *sorted(state.settings.devices)])
         return web.json_response({"error": f"unknown device {device!r} (known: {known})"}, status=400)
     try:
-        inspect = await state.engine.inspect_container(body["container"])
+        where = await _where(state, body["container"])
     except EngineError as exc:
         status = 404 if exc.status == 404 else 502
         return web.json_response({"error": str(exc)}, status=status)
+    if where.place == device:
+        return web.json_response({"error": f"container {where.name} already runs on {device}"}, status=409)
     keep = bool(body.get("keep_source", False))
     try:
-        record = await state.submit(MigrationRequest(str(inspect["Id"]), str(inspect["Name"]).lstrip("/"), device,
-                                                     origin="api", keep_source=keep))
+        record = await state.submit(MigrationRequest(where.container_id, where.name, device, origin="api",
+                                                     keep_source=keep, source=where.place))
     except AlreadyMigrating as exc:
         return web.json_response({"error": str(exc), "migration": exc.record.as_json()}, status=409)
     except NotAccepting as exc:
@@ -189,6 +217,7 @@ def build_app(state: ApiState) -> web.Application:
     app.router.add_post("/migrations", create_migration)
     app.router.add_get("/migrations/{id}", get_migration)
     app.router.add_get("/devices", list_devices)
+    app.router.add_get("/containers", list_containers)
     app.router.add_get("/metrics", metrics)
     return app
 

@@ -60,6 +60,8 @@ def build_event(record: MigrationRecord, kind: str, *, source: str | None = None
         "container_id": record.container_id,
         "container_name": record.container_name,
         "device": record.device,
+        "from": record.source,  # where it ran before the move ("host", or a device on the way back)
+        "to": record.device,
         "state": record.state,
         "error": record.error or None,
         "target_container_id": record.target_container_id or None,

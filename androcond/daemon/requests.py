@@ -24,6 +24,7 @@ class MigrationRequest:
     origin: Origin
     keep_source: bool = False
     delay_s: float = 0.0
+    source: str = "host"  # where it runs now: the host's engine, or a device (the way back)
 
 
 class RequestRefused(AndrocondError):

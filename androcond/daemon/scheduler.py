@@ -53,7 +53,7 @@ class Scheduler:
         if container_id in self.active:
             raise AlreadyMigrating(self.active[container_id])
         record = new_record(container_id, request.container_name, request.device, request.origin,
-                            request.keep_source)
+                            request.keep_source, source=request.source)
         self.active[container_id] = record
         self._idle.clear()
         spawned = False

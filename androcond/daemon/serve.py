@@ -15,16 +15,20 @@ import sys
 
 from aiohttp import web
 
-from ..config import Settings
+from ..config import DeviceSettings, Settings
 from ..engine import Engine
 from ..faults import NO_FAULTS, Faults
 from ..link.adb import AdbClient
 from ..logging import get_logger, log_context
 from ..migration import Context, new_record, phase_timeouts
-from ..migration.journal import Journal, MigrationRecord
+from ..migration.journal import HOME, Journal, MigrationRecord
+from ..migration.roles import Source
 from ..migration.states import MigrationState
+from ..migration.stream import Workspace
+from ..source.agent import AgentSource
 from ..source.host import HostSource
 from ..target.agent import agent_links
+from ..target.host import home_links
 from ..tasks import TaskOwner
 from .api import ApiState, build_app, start_api
 from .engine_lock import EngineLock
@@ -104,6 +108,13 @@ class Daemon:
                 log.info("not migrating again on its own after an unsuccessful or unfinished migration",
                          last_migration=last.id, last_state=last.state)
                 return
+            latest = await self.journal.last_for_name(seen.name)
+            if latest is not None and latest.way_back and latest.device == HOME:
+                # It comes (or came) home on request: its label would send it straight out again. Its start
+                # event can arrive before the way back is journaled done.
+                log.info("not migrating on its own: it was brought back", last_migration=latest.id,
+                         came_from=latest.source)
+                return
             try:
                 await self.scheduler.submit(MigrationRequest(
                     seen.container_id, seen.name, seen.labels.device, origin="label",
@@ -176,12 +187,19 @@ class Daemon:
     async def _start(self, tg: asyncio.TaskGroup, journal: Journal) -> None:
         settings = self.settings
 
-        def source(record: MigrationRecord) -> HostSource:  # this daemon's engine
+        timeouts = phase_timeouts(settings.timeouts)
+        devices = agent_links(self.adb, timeouts, self.faults)
+
+        def source(record: MigrationRecord) -> Source:
+            if record.way_back:  # a device's agent; a device no longer configured cannot be reached
+                device = settings.devices.get(record.source) or DeviceSettings(name=record.source)
+                return AgentSource(devices, device, record, journal, timeouts=settings.timeouts,
+                                   workspace=Workspace.of(settings.daemon.state_dir, record.id).pulled)
             return HostSource(self.engine, settings.docker, record, settings.timeouts.checkpoint, faults=self.faults)
 
-        ctx = Context(settings, journal, links=agent_links(self.adb, phase_timeouts(settings.timeouts), self.faults),
-                      sources=source, on_change=self._on_migration_change, on_end=self.metrics.migration_ended,
-                      background=self.background, faults=self.faults)
+        links = home_links(settings.docker.host, settings.daemon.state_dir, timeouts, devices)
+        ctx = Context(settings, journal, links=links, sources=source, on_change=self._on_migration_change,
+                      on_end=self.metrics.migration_ended, background=self.background, faults=self.faults)
         self.scheduler = Scheduler(ctx, journal, self.settings.daemon.max_migrations, tg.create_task,
                                    on_released=self._on_released)
         self.resolver = Resolver(ctx, journal, self.scheduler.running, self.settings.timeouts.resolve_backoff_max)

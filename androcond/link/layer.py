@@ -1,19 +1,16 @@
 """What travels besides the CRIU images: a container's writable layer (overlay2 upper dir) and checkpoint
-directory, as ordered lists of files for the transport.
-
-Overlay semantics are kept: a deleted image file is a whiteout (char device 0:0), an opaque directory
-carries `trusted.overlay.opaque=y`. Directories come before their contents.
-"""
+directory, as ordered lists of files for the transport (read as protocol/tree.py reads a tree: whiteouts and
+opaque directories kept, parents first)."""
 
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path, PurePosixPath
 
 from ..criu.leftovers import NONCE_FILE
 from ..errors import AndrocondError
 from ..protocol import protocol_pb2 as pb
+from ..protocol.tree import Entry, TreeError, entries
 from .payload import OutgoingFile
 
 
@@ -21,40 +18,18 @@ class LayerError(AndrocondError):
     pass
 
 
-def _is_opaque(path: Path) -> bool:
-    try:
-        return os.getxattr(path, "trusted.overlay.opaque", follow_symlinks=False) == b"y"
-    except OSError:
-        return False
-
-
-def _entry(root: Path, path: Path, destination: int, volume: str) -> OutgoingFile:
-    name = path.relative_to(root).as_posix()
-    st = path.lstat()
-    common = {"mode": st.st_mode & 0o7777, "uid": st.st_uid, "gid": st.st_gid, "mtime_ns": st.st_mtime_ns,
-              "volume": volume}
-    if stat.S_ISDIR(st.st_mode):
-        return OutgoingFile(destination, name, pb.DIRECTORY, opaque=_is_opaque(path), **common)  # type: ignore[arg-type]
-    if stat.S_ISLNK(st.st_mode):
-        return OutgoingFile(destination, name, pb.SYMLINK, link_target=os.readlink(path), **common)  # type: ignore[arg-type]
-    if stat.S_ISCHR(st.st_mode) and st.st_rdev == 0:
-        return OutgoingFile(destination, name, pb.WHITEOUT, **common)  # type: ignore[arg-type]
-    if stat.S_ISREG(st.st_mode):
-        return OutgoingFile(destination, name, pb.REGULAR, source=path, size=st.st_size, **common)  # type: ignore[arg-type]
-    raise LayerError(f"{path}: cannot move a {stat.filemode(st.st_mode)[0]!r}-type file (device, socket or fifo)")
+def _outgoing(item: Entry, destination: int, volume: str) -> OutgoingFile:
+    return OutgoingFile(destination, item.name, item.kind, source=item.path if item.kind == pb.REGULAR else None,
+                        size=item.size, mode=item.mode, uid=item.uid, gid=item.gid, mtime_ns=item.mtime_ns,
+                        link_target=item.link_target, volume=volume, opaque=item.opaque)
 
 
 def tree_files(root: Path, destination: int, volume: str = "") -> list[OutgoingFile]:
-    """Every entry beneath root, parents first (os.walk top-down), not following symlinks."""
-    files: list[OutgoingFile] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-        here = Path(dirpath)
-        dirnames.sort()
-        for name in dirnames:
-            files.append(_entry(root, here / name, destination, volume))
-        for name in sorted(filenames):
-            files.append(_entry(root, here / name, destination, volume))
-    return files
+    """Every entry beneath root, parents first, not following symlinks (protocol/tree.py)."""
+    try:
+        return [_outgoing(item, destination, volume) for item in entries(root)]
+    except TreeError as exc:
+        raise LayerError(str(exc)) from exc
 
 
 def executables_for_target(root: Path, executables: list[str], suffix: str) -> list[OutgoingFile]:

@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, Self, TypeVar
 
@@ -23,7 +23,17 @@ from .. import __version__
 from ..logging import get_logger
 from ..protocol import compression, ssh
 from ..protocol import protocol_pb2 as pb
-from ..protocol.wire import CHUNK, PROTOCOL_VERSION, ChannelClosed, WireError, body, read_frame, write_frame
+from ..protocol.wire import (
+    CHUNK,
+    PROTOCOL_VERSION,
+    ChannelClosed,
+    FrameReader,
+    FrameWriter,
+    WireError,
+    body,
+    read_frame,
+    write_frame,
+)
 from .compress import WORTH, ChunkPolicy, policy_for
 from .payload import OutgoingFile, Progress, ProgressCallback, read_file_chunks
 from .ssh import (
@@ -60,18 +70,34 @@ class PageSource(Protocol):
     def replies(self) -> AsyncIterator[bytes]: ...
 
 
+# Frames read off the link and not yet taken by their consumer: bounded, so that files the agent sends (the way
+# back) wait in the channel's window, not in our memory, when we store them slower than the link brings them.
+REPLIES_LIMIT = 64
+
+
 @dataclass
 class _Pending:
     acks: dict[int, asyncio.Future[pb.FileAck]] = field(default_factory=dict)
-    replies: asyncio.Queue[pb.Frame] = field(default_factory=asyncio.Queue)
+    replies: asyncio.Queue[pb.Frame] = field(default_factory=lambda: asyncio.Queue(REPLIES_LIMIT))
+
+
+class Carrier(Protocol):
+    """What carries the channel: an ssh connection, or for the host's own engine a local pair of sockets."""
+
+    def close(self) -> None: ...
+
+    async def wait_closed(self) -> None: ...
+
+
+class ChannelWriter(FrameWriter, Protocol):
+    def write_eof(self) -> None: ...
 
 
 class AgentConnection:
     """An open channel to the agent, after the hello exchange."""
 
-    def __init__(self, conn: asyncssh.SSHClientConnection,
-                 writer: asyncssh.SSHWriter[bytes], reader: asyncssh.SSHReader[bytes],
-                 stderr: asyncssh.SSHReader[bytes], timeouts: PhaseTimeouts, *,
+    def __init__(self, conn: Carrier, writer: ChannelWriter, reader: FrameReader, stderr: AsyncIterable[bytes],
+                 timeouts: PhaseTimeouts, *,
                  compress: compression.CompressSetting = "auto") -> None:
         self._conn = conn
         self._writer = writer
@@ -102,11 +128,18 @@ class AgentConnection:
                     endpoint.agent_command, encoding=None, window=ssh.CHANNEL_WINDOW, max_pktsize=ssh.CHANNEL_PACKET))
             except (asyncssh.Error, OSError) as exc:
                 raise TransportError(f"the device refused a session for the agent: {exc}") from exc
-            self = cls(conn, writer, reader, stderr, timeouts, compress=compress)
-            await self._hello()
+            return await cls.over(conn, writer, reader, stderr, timeouts=timeouts, compress=compress)
         except BaseException:
             conn.close()
             raise
+
+    @classmethod
+    async def over(cls, conn: Carrier, writer: ChannelWriter, reader: FrameReader, stderr: AsyncIterable[bytes], *,
+                   timeouts: PhaseTimeouts = DEFAULT_TIMEOUTS,
+                   compress: compression.CompressSetting = "auto") -> Self:
+        """The link over a channel already open (its carrier is closed with it), after the hello."""
+        self = cls(conn, writer, reader, stderr, timeouts, compress=compress)
+        await self._hello()
         return self
 
     async def _hello(self) -> None:
@@ -182,7 +215,7 @@ class AgentConnection:
                 elif kind == "error":
                     raise AgentRefused.from_frame(frame.error)
                 else:
-                    self._pending.replies.put_nowait(frame)
+                    await self._pending.replies.put(frame)
         except asyncio.CancelledError:
             self._fail(TransportError("connection closed"))
             raise
@@ -203,8 +236,12 @@ class AgentConnection:
             if not future.done():
                 future.set_exception(exc)
         self._pending.acks.clear()
-        # Wake a waiter on replies: it re-raises the failure; and one waiting for the agent to store.
-        self._pending.replies.put_nowait(pb.Frame(error=pb.Error(message=str(exc))))
+        # Wake a waiter on replies: it re-raises the failure (what it has not read yet is moot); and one
+        # waiting for the agent to store.
+        replies = self._pending.replies
+        while replies.full():
+            replies.get_nowait()
+        replies.put_nowait(pb.Frame(error=pb.Error(message=str(exc))))
         self._stored_news.set()
 
     async def _relay_stderr(self) -> None:
@@ -405,6 +442,33 @@ class AgentConnection:
     async def abort(self, reason: str) -> pb.Outcome:
         return (await self._request(pb.Frame(abort=pb.Abort(reason=reason)), "abort", self.timeouts.query,
                                     "outcome")).outcome
+
+    # --- the agent as the source (the way back) ---------------------------------------------------------
+    async def source_open(self, request: pb.SourceOpen) -> pb.SourceFacts:
+        return (await self._request(pb.Frame(source_open=request), "source", self.timeouts.begin,
+                                    "source_facts")).source_facts
+
+    async def freeze(self, seconds: float) -> pb.Frozen:
+        """Checkpoint the agent's container; its files follow, read with :meth:`incoming`."""
+        return (await self._request(pb.Frame(freeze=pb.Freeze()), "freeze", seconds, "frozen")).frozen
+
+    async def incoming(self) -> pb.Frame:
+        """The next frame of the files the agent sends, failing if none comes for `stream_idle` seconds."""
+        idle = self.timeouts.stream_idle
+        try:
+            async with asyncio.timeout(idle):
+                frame = await self._pending.replies.get()
+        except TimeoutError as exc:
+            raise self._stalled(idle, "the agent sent no data") from exc
+        if body(frame) == "error":
+            if isinstance(self._failure, TransportError):
+                raise self._failure
+            raise AgentRefused.from_frame(frame.error)
+        return frame
+
+    async def source_end(self, action: int, seconds: float) -> pb.SourceEnded:
+        frame = pb.Frame(source_end=pb.SourceEnd(action=action))  # type: ignore[arg-type]
+        return (await self._request(frame, "source-end", seconds, "source_ended")).source_ended
 
     async def query(self, migration_id: str) -> pb.Outcome:
         frame = pb.Frame(query=pb.Query(migration_id=migration_id))

@@ -9,6 +9,7 @@ and adjusts on its side, and reports back.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -196,6 +197,28 @@ def plan(inspect: Mapping[str, Any], *, allow_privileged: bool = False,
     if private:
         body[PRIVATE_KEY] = private
     return TargetPlan(body, adjusted)
+
+
+def home_body(target: TargetPlan, inspect: Mapping[str, Any]) -> dict[str, Any]:
+    """The create body that makes the container again as it was at home: the target's body with every field
+    adjusted on the way out given its value back, and its own labels (androcond's included)."""
+    body = copy.deepcopy(target.body)
+    host = body.setdefault("HostConfig", {})
+    for name, change in target.adjusted.items():
+        if "from" not in change:
+            continue
+        section, _, key = name.rpartition(".")
+        where = host if section == "HostConfig" else body if not section else None
+        if where is None:
+            continue
+        if _set(change["from"]):
+            where[key] = change["from"]
+        else:
+            where.pop(key, None)
+    labels = (inspect.get("Config") or {}).get("Labels")
+    if labels:
+        body["Labels"] = dict(labels)
+    return body
 
 
 def _mounts(inspect: Mapping[str, Any]) -> list[dict[str, Any]]:

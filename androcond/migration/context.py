@@ -13,10 +13,16 @@ from ..config import DeviceSettings, Settings, TimeoutSettings
 from ..faults import NO_FAULTS, Faults
 from ..link.ssh import PhaseTimeouts
 from ..tasks import TaskOwner
-from .journal import Journal, MigrationRecord
+from .journal import HOME, Journal, MigrationRecord
 from .roles import LinkFactory, Source, TargetLink
 
 SourceFactory = Callable[[MigrationRecord], Source]
+
+
+def home_place() -> DeviceSettings:
+    """The host as a place a container moves to: its own engine, reached without a link (target/host.py); no
+    compression (nothing crosses a wire), post-copy and emulation off (the way back restores whole)."""
+    return DeviceSettings(name=HOME, lazy="false", emulate="false", compress="none")
 
 
 def phase_timeouts(t: TimeoutSettings) -> PhaseTimeouts:
@@ -41,11 +47,17 @@ class Context:
     def connect(self, device: DeviceSettings) -> AbstractAsyncContextManager[TargetLink]:
         return self.links(device)
 
+    def place(self, name: str) -> DeviceSettings | None:
+        """A migration's target or source by name: a configured device, or the host itself (the way back)."""
+        return home_place() if name == HOME else self.settings.devices.get(name)
+
     def source_for(self, record: MigrationRecord) -> Source:
         return self.sources(record)
 
 
-def new_record(container_id: str, container_name: str, device: str, origin: str, keep_source: bool) -> MigrationRecord:
+def new_record(container_id: str, container_name: str, device: str, origin: str, keep_source: bool, *,
+               source: str = HOME) -> MigrationRecord:
     mid = uuid.uuid4().hex
     return MigrationRecord(id=mid, container_id=container_id, container_name=container_name, device=device,
-                           origin=origin, keep_source=keep_source, checkpoint_name=f"androcond-{mid[:12]}")
+                           origin=origin, keep_source=keep_source, checkpoint_name=f"androcond-{mid[:12]}",
+                           source=source)

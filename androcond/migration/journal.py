@@ -18,6 +18,9 @@ from ..errors import AndrocondError
 from ..sqlite_thread import SqliteThread
 from .states import FROZEN, INITIAL, TERMINAL, IllegalTransition, MigrationState, allowed
 
+# The place that is this daemon's own engine, as a migration's source or target (a device is named by its own).
+HOME = "host"
+
 __all__ = ["FROZEN", "TERMINAL", "IllegalTransition", "Journal", "JournalError", "MigrationRecord",
            "MigrationState"]
 
@@ -38,10 +41,13 @@ CREATE TABLE IF NOT EXISTS migrations (
     wire_bytes INTEGER NOT NULL DEFAULT 0,
     timings TEXT NOT NULL DEFAULT '{}',
     adjusted TEXT NOT NULL DEFAULT '{}',
+    source TEXT NOT NULL DEFAULT 'host',
+    home_config TEXT NOT NULL DEFAULT '{}',
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL
 );
 CREATE INDEX IF NOT EXISTS migrations_by_container ON migrations (container_id, created_at);
+CREATE INDEX IF NOT EXISTS migrations_by_name ON migrations (container_name, created_at);
 CREATE TABLE IF NOT EXISTS transitions (
     migration_id TEXT NOT NULL,
     state TEXT NOT NULL,
@@ -76,6 +82,11 @@ class MigrationRecord:
     timings: dict[str, float] = field(default_factory=dict)
     # Configuration changed on the way to the device: field → {"from", "to", "why"}.
     adjusted: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Where the container ran before the move: "host" (this daemon's engine) or a device's name; `device` is
+    # where it goes ("host" on the way back).
+    source: str = HOME
+    # The create body the container had at home (set when it leaves the host): the way back restores it so.
+    home_config: dict[str, Any] = field(default_factory=dict)
     created_at: float = field(default_factory=time.time)
     updated_at: float = field(default_factory=time.time)
 
@@ -83,8 +94,15 @@ class MigrationRecord:
     def finished(self) -> bool:
         return self.state in TERMINAL
 
+    @property
+    def way_back(self) -> bool:
+        return self.source != HOME
+
     def as_json(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        del data["home_config"]  # the journal's own (the way back reads it), not news
+        data["from"], data["to"] = self.source, self.device
+        return data
 
 
 _COLUMNS = [f.name for f in fields(MigrationRecord)]
@@ -99,6 +117,7 @@ def _row_to_record(row: sqlite3.Row) -> MigrationRecord:
     data["keep_source"] = bool(data["keep_source"])
     data["timings"] = json.loads(data["timings"])
     data["adjusted"] = json.loads(data["adjusted"])
+    data["home_config"] = json.loads(data["home_config"])
     data["state"] = MigrationState(data["state"])
     return MigrationRecord(**data)
 
@@ -123,6 +142,10 @@ class Journal:
             self.db.execute("ALTER TABLE migrations ADD COLUMN adjusted TEXT NOT NULL DEFAULT '{}'")
         if "wire_bytes" not in columns:
             self.db.execute("ALTER TABLE migrations ADD COLUMN wire_bytes INTEGER NOT NULL DEFAULT 0")
+        if "source" not in columns:
+            self.db.execute("ALTER TABLE migrations ADD COLUMN source TEXT NOT NULL DEFAULT 'host'")
+            self.db.execute("ALTER TABLE migrations ADD COLUMN home_config TEXT NOT NULL DEFAULT '{}'")
+        self.db.execute("CREATE INDEX IF NOT EXISTS migrations_by_name ON migrations (container_name, created_at)")
 
     async def close(self) -> None:
         await self._sqlite.close()
@@ -136,9 +159,10 @@ class Journal:
             raise TransitionRefused(record.id, "(new)", record.state)
 
         def insert() -> None:
-            values = record.as_json()
+            values = asdict(record)
             values["timings"] = json.dumps(values["timings"])
             values["adjusted"] = json.dumps(values["adjusted"])
+            values["home_config"] = json.dumps(values["home_config"])
             with self.db:
                 self.db.execute("BEGIN")
                 self.db.execute(_INSERT, [values[c] for c in _COLUMNS])
@@ -161,9 +185,10 @@ class Journal:
                     raise TransitionRefused(record.id, previous["state"], record.state)
                 self.db.execute(
                     "UPDATE migrations SET state=?, target_container_id=?, error=?, bytes_sent=?, wire_bytes=?, "
-                    "timings=?, adjusted=?, updated_at=? WHERE id=?",
+                    "timings=?, adjusted=?, home_config=?, updated_at=? WHERE id=?",
                     (record.state, record.target_container_id, record.error, record.bytes_sent, record.wire_bytes,
-                     json.dumps(record.timings), json.dumps(record.adjusted), record.updated_at, record.id))
+                     json.dumps(record.timings), json.dumps(record.adjusted), json.dumps(record.home_config),
+                     record.updated_at, record.id))
                 if previous["state"] != record.state:
                     self.db.execute("INSERT INTO transitions VALUES (?, ?, ?, ?)",
                                     (record.id, record.state, record.updated_at, detail))
@@ -196,6 +221,35 @@ class Journal:
             row = self.db.execute("SELECT * FROM migrations WHERE container_id = ? ORDER BY created_at DESC "
                                   "LIMIT 1", (container_id,)).fetchone()
             return None if row is None else _row_to_record(row)
+
+        return await self._run(fetch)
+
+    async def last_done_for_name(self, name: str) -> MigrationRecord | None:
+        """The last move of the container called `name` that landed: where it runs now (None: it never left)."""
+        def fetch() -> MigrationRecord | None:
+            row = self.db.execute("SELECT * FROM migrations WHERE container_name = ? AND state = ? "
+                                  "ORDER BY created_at DESC LIMIT 1", (name, MigrationState.DONE.value)).fetchone()
+            return None if row is None else _row_to_record(row)
+
+        return await self._run(fetch)
+
+    async def last_for_name(self, name: str) -> MigrationRecord | None:
+        """The last move of the container called `name`, in any state."""
+        def fetch() -> MigrationRecord | None:
+            row = self.db.execute("SELECT * FROM migrations WHERE container_name = ? ORDER BY created_at DESC "
+                                  "LIMIT 1", (name,)).fetchone()
+            return None if row is None else _row_to_record(row)
+
+        return await self._run(fetch)
+
+    async def placements(self) -> list[MigrationRecord]:
+        """For every container that moved, its last move that landed (newest first)."""
+        def fetch() -> list[MigrationRecord]:
+            rows = self.db.execute(
+                "SELECT * FROM migrations AS m WHERE state = ? AND created_at = (SELECT MAX(created_at) FROM "
+                "migrations WHERE container_name = m.container_name AND state = ?) ORDER BY updated_at DESC",
+                (MigrationState.DONE.value, MigrationState.DONE.value))
+            return [_row_to_record(r) for r in rows]
 
         return await self._run(fetch)
 

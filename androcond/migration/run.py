@@ -24,6 +24,7 @@ from ..protocol import protocol_pb2 as pb
 from ..protocol.codes import OutcomeState
 from . import preflight
 from .commit import strategy
+from .container_config import home_body
 from .context import Context
 from .errors import DeviceDidNotRestore, Rejected, budget
 from .journal import MigrationRecord
@@ -39,7 +40,7 @@ S = MigrationState
 
 
 def settler_for(ctx: Context, record: MigrationRecord, source: Source, recorder: Recorder) -> Settler:
-    device = ctx.settings.devices.get(record.device)
+    device = ctx.place(record.device)
     ask = functools.partial(ask_target, ctx.connect, device, record.id, ctx.settings.timeouts.settle)
     return Settler(recorder, source, ask)
 
@@ -116,7 +117,7 @@ class Migration:
     # --- the phases ----------------------------------------------------------------------------------------
     async def _migrate(self) -> None:
         record, t = self.record, self.timeouts
-        device = self.ctx.settings.devices.get(record.device)
+        device = self.ctx.place(record.device)
         if device is None:
             raise Rejected(f"unknown device {record.device!r}")
         await self.recorder.transition(S.PREFLIGHT)
@@ -167,6 +168,8 @@ class Migration:
     async def _prepare(self, link: TargetLink, plan: Plan) -> bool:
         """Begin on the target: it creates the target container now. True when it lacks the image."""
         self.recorder.adjusted(plan.target.adjusted, "daemon")
+        if not self.record.way_back:  # what the way back restores: the container as it was here
+            self.record.home_config = home_body(plan.target, plan.inspect)
         config = plan.target.body
         begin = pb.Begin(migration_id=self.record.id, container_name=self.record.container_name,
                          image=str(config["Image"]), create_config_json=json.dumps(config),

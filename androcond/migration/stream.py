@@ -38,14 +38,15 @@ class Workspace:
     recoded: Path  # the recoded images, when the target needs them recoded
     lazy: Path  # post-copy: the target's pagemaps and pages files (images/lazy.py)
     emulation: Path  # under emulation: the restorer's plan
+    pulled: Path  # the way back: what the device sent (its checkpoint, writable layer, volumes)
 
     @classmethod
     def of(cls, state_dir: Path, migration_id: str) -> Workspace:
         return cls(state_dir / "recode" / migration_id, state_dir / "lazy" / migration_id,
-                   state_dir / "emulation" / migration_id)
+                   state_dir / "emulation" / migration_id, state_dir / "pulled" / migration_id)
 
     async def remove(self) -> None:
-        for directory in (self.recoded, self.lazy, self.emulation):
+        for directory in (self.recoded, self.lazy, self.emulation, self.pulled):
             await asyncio.to_thread(shutil.rmtree, directory, True)
 
 

@@ -43,6 +43,12 @@ class ErrorCode(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     ERROR_IDLE_TIMEOUT: _ClassVar[ErrorCode]
     ERROR_SHUTTING_DOWN: _ClassVar[ErrorCode]
     ERROR_REFUSED: _ClassVar[ErrorCode]
+
+class SourceAction(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    SOURCE_ACTION_UNSPECIFIED: _ClassVar[SourceAction]
+    SOURCE_RESTORE: _ClassVar[SourceAction]
+    SOURCE_REMOVE: _ClassVar[SourceAction]
 DEST_UNSPECIFIED: Destination
 CHECKPOINT: Destination
 ROOTFS: Destination
@@ -68,6 +74,9 @@ ERROR_ENGINE: ErrorCode
 ERROR_IDLE_TIMEOUT: ErrorCode
 ERROR_SHUTTING_DOWN: ErrorCode
 ERROR_REFUSED: ErrorCode
+SOURCE_ACTION_UNSPECIFIED: SourceAction
+SOURCE_RESTORE: SourceAction
+SOURCE_REMOVE: SourceAction
 
 class ClientHello(_message.Message):
     __slots__ = ("protocol_version", "client_version", "codecs")
@@ -275,8 +284,62 @@ class Error(_message.Message):
     code: ErrorCode
     def __init__(self, message: _Optional[str] = ..., phase: _Optional[str] = ..., code: _Optional[_Union[ErrorCode, str]] = ...) -> None: ...
 
+class SourceOpen(_message.Message):
+    __slots__ = ("migration_id", "container", "checkpoint_name")
+    MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_NAME_FIELD_NUMBER: _ClassVar[int]
+    migration_id: str
+    container: str
+    checkpoint_name: str
+    def __init__(self, migration_id: _Optional[str] = ..., container: _Optional[str] = ..., checkpoint_name: _Optional[str] = ...) -> None: ...
+
+class SourceFacts(_message.Message):
+    __slots__ = ("inspect_json", "memory", "disk", "va_bits", "inet_sockets")
+    INSPECT_JSON_FIELD_NUMBER: _ClassVar[int]
+    MEMORY_FIELD_NUMBER: _ClassVar[int]
+    DISK_FIELD_NUMBER: _ClassVar[int]
+    VA_BITS_FIELD_NUMBER: _ClassVar[int]
+    INET_SOCKETS_FIELD_NUMBER: _ClassVar[int]
+    inspect_json: str
+    memory: int
+    disk: int
+    va_bits: int
+    inet_sockets: int
+    def __init__(self, inspect_json: _Optional[str] = ..., memory: _Optional[int] = ..., disk: _Optional[int] = ..., va_bits: _Optional[int] = ..., inet_sockets: _Optional[int] = ...) -> None: ...
+
+class Freeze(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Frozen(_message.Message):
+    __slots__ = ("file_count", "total_bytes", "checkpoint_seconds")
+    FILE_COUNT_FIELD_NUMBER: _ClassVar[int]
+    TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
+    CHECKPOINT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    file_count: int
+    total_bytes: int
+    checkpoint_seconds: float
+    def __init__(self, file_count: _Optional[int] = ..., total_bytes: _Optional[int] = ..., checkpoint_seconds: _Optional[float] = ...) -> None: ...
+
+class SourceEnd(_message.Message):
+    __slots__ = ("action",)
+    ACTION_FIELD_NUMBER: _ClassVar[int]
+    action: SourceAction
+    def __init__(self, action: _Optional[_Union[SourceAction, str]] = ...) -> None: ...
+
+class SourceEnded(_message.Message):
+    __slots__ = ("running", "present", "container_id")
+    RUNNING_FIELD_NUMBER: _ClassVar[int]
+    PRESENT_FIELD_NUMBER: _ClassVar[int]
+    CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
+    running: bool
+    present: bool
+    container_id: str
+    def __init__(self, running: _Optional[bool] = ..., present: _Optional[bool] = ..., container_id: _Optional[str] = ...) -> None: ...
+
 class Frame(_message.Message):
-    __slots__ = ("client_hello", "agent_hello", "begin", "begin_ack", "file_start", "file_data", "file_end", "file_ack", "commit", "outcome", "query", "abort", "error", "stored", "pages")
+    __slots__ = ("client_hello", "agent_hello", "begin", "begin_ack", "file_start", "file_data", "file_end", "file_ack", "commit", "outcome", "query", "abort", "error", "stored", "pages", "source_open", "source_facts", "freeze", "frozen", "source_end", "source_ended")
     CLIENT_HELLO_FIELD_NUMBER: _ClassVar[int]
     AGENT_HELLO_FIELD_NUMBER: _ClassVar[int]
     BEGIN_FIELD_NUMBER: _ClassVar[int]
@@ -292,6 +355,12 @@ class Frame(_message.Message):
     ERROR_FIELD_NUMBER: _ClassVar[int]
     STORED_FIELD_NUMBER: _ClassVar[int]
     PAGES_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_OPEN_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FACTS_FIELD_NUMBER: _ClassVar[int]
+    FREEZE_FIELD_NUMBER: _ClassVar[int]
+    FROZEN_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_END_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_ENDED_FIELD_NUMBER: _ClassVar[int]
     client_hello: ClientHello
     agent_hello: AgentHello
     begin: Begin
@@ -307,4 +376,10 @@ class Frame(_message.Message):
     error: Error
     stored: Stored
     pages: Pages
-    def __init__(self, client_hello: _Optional[_Union[ClientHello, _Mapping]] = ..., agent_hello: _Optional[_Union[AgentHello, _Mapping]] = ..., begin: _Optional[_Union[Begin, _Mapping]] = ..., begin_ack: _Optional[_Union[BeginAck, _Mapping]] = ..., file_start: _Optional[_Union[FileStart, _Mapping]] = ..., file_data: _Optional[_Union[FileData, _Mapping]] = ..., file_end: _Optional[_Union[FileEnd, _Mapping]] = ..., file_ack: _Optional[_Union[FileAck, _Mapping]] = ..., commit: _Optional[_Union[Commit, _Mapping]] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., stored: _Optional[_Union[Stored, _Mapping]] = ..., pages: _Optional[_Union[Pages, _Mapping]] = ...) -> None: ...
+    source_open: SourceOpen
+    source_facts: SourceFacts
+    freeze: Freeze
+    frozen: Frozen
+    source_end: SourceEnd
+    source_ended: SourceEnded
+    def __init__(self, client_hello: _Optional[_Union[ClientHello, _Mapping]] = ..., agent_hello: _Optional[_Union[AgentHello, _Mapping]] = ..., begin: _Optional[_Union[Begin, _Mapping]] = ..., begin_ack: _Optional[_Union[BeginAck, _Mapping]] = ..., file_start: _Optional[_Union[FileStart, _Mapping]] = ..., file_data: _Optional[_Union[FileData, _Mapping]] = ..., file_end: _Optional[_Union[FileEnd, _Mapping]] = ..., file_ack: _Optional[_Union[FileAck, _Mapping]] = ..., commit: _Optional[_Union[Commit, _Mapping]] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., stored: _Optional[_Union[Stored, _Mapping]] = ..., pages: _Optional[_Union[Pages, _Mapping]] = ..., source_open: _Optional[_Union[SourceOpen, _Mapping]] = ..., source_facts: _Optional[_Union[SourceFacts, _Mapping]] = ..., freeze: _Optional[_Union[Freeze, _Mapping]] = ..., frozen: _Optional[_Union[Frozen, _Mapping]] = ..., source_end: _Optional[_Union[SourceEnd, _Mapping]] = ..., source_ended: _Optional[_Union[SourceEnded, _Mapping]] = ...) -> None: ...

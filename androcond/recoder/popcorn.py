@@ -193,26 +193,6 @@ def _detach_quietly(pid: int) -> None:
             raise
 
 
-def task_tree(pid: int, proc: str | Path = "/proc") -> list[int]:
-    """`pid` and all its descendants (host pids), parents first: every task of a container from its init."""
-    base = Path(proc)
-    order, queue = [], [pid]
-    while queue:
-        current = queue.pop(0)
-        order.append(current)
-        try:
-            threads = sorted(int(t) for t in os.listdir(base / str(current) / "task"))
-        except FileNotFoundError:
-            continue
-        for tid in threads:
-            try:
-                children = (base / str(current) / "task" / str(tid) / "children").read_text().split()
-            except FileNotFoundError:
-                continue
-            queue += [int(c) for c in children]
-    return order
-
-
 def notify_tasks(pids: Iterable[int], target: str, timeout: float = DEFAULT_TIMEOUT) -> None:
     """Notify every task in turn (blocking). Every executable is checked first, so a container with one
     non-Popcorn process is refused before any task is touched."""

@@ -5,7 +5,6 @@ checkpoint directory when safe, else through the engine), lists what must move, 
 from __future__ import annotations
 
 import asyncio
-import os
 import platform
 import shutil
 import time
@@ -32,6 +31,7 @@ from ..migration.errors import Rejected
 from ..migration.journal import MigrationRecord
 from ..migration.plan import Frozen, SourceFacts
 from ..protocol import protocol_pb2 as pb
+from ..protocol.tree import tree_size
 from ..recoder import RecodeRefused, popcorn, preflight_processes
 from ..recoder.popcorn import PopcornError
 from .rootfs import container_root
@@ -61,17 +61,6 @@ def memory_usage(stats: object) -> int:
     memory = stats.get("memory_stats")
     usage = memory.get("usage") if isinstance(memory, dict) else None
     return usage if isinstance(usage, int) and usage > 0 else 0
-
-
-def _tree_size(root: Path) -> int:
-    total = 0
-    for dirpath, _dirs, files in os.walk(root):
-        for name in files:
-            try:
-                total += os.lstat(os.path.join(dirpath, name)).st_size
-            except OSError:
-                continue
-    return total
 
 
 def _read_nonce(checkpoint_dir: Path) -> str:
@@ -144,7 +133,7 @@ class HostSource:
         return self._root
 
     async def facts(self, inspect: dict[str, Any]) -> SourceFacts:
-        pids = await asyncio.to_thread(popcorn.task_tree, int(inspect["State"].get("Pid") or 0))
+        pids = await asyncio.to_thread(criu_compat.task_tree, int(inspect["State"].get("Pid") or 0))
         upper = upper_dir(inspect)
         volumes = [source for _name, source in named_volumes(inspect)]
 
@@ -155,7 +144,7 @@ class HostSource:
                 criu_options=machine.criu_options, inet_sockets=criu_compat.inet_sockets(pids),
                 cgroup_v2=machine.cgroup_v2, absent_paths=machine.absent_paths,
                 page_server_blocker=machine.page_server_blocker, memory=0,
-                disk=sum(_tree_size(p) for p in [upper, *volumes]))
+                disk=sum(tree_size(p) for p in [upper, *volumes]))
 
         facts = await asyncio.to_thread(read)
         return SourceFacts(**{**facts.__dict__, "memory": await self._memory_usage()})

@@ -4,7 +4,8 @@ migration (androcond/link/transport.py), open for as long as the block that aske
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
 
 from ..config import DeviceSettings
 from ..faults import NO_FAULTS, Faults
@@ -12,16 +13,20 @@ from ..link.adb import AdbClient, AdbError
 from ..link.devices import DeviceError, agent_endpoint
 from ..link.ssh import PhaseTimeouts, TransportError
 from ..link.transport import AgentConnection
-from ..migration.roles import LinkFactory, TargetLink
 
 
 class TargetUnreachable(TransportError):
     """The device could not be reached (adb, its address, its configuration); nothing was sent."""
 
 
-def agent_links(adb: AdbClient, timeouts: PhaseTimeouts, faults: Faults = NO_FAULTS) -> LinkFactory:
+AgentLinks = Callable[[DeviceSettings], AbstractAsyncContextManager[AgentConnection]]
+
+
+def agent_links(adb: AdbClient, timeouts: PhaseTimeouts, faults: Faults = NO_FAULTS) -> AgentLinks:
+    """Links to devices' agents: a migration's target, or its source on the way back (source/agent.py)."""
+
     @contextlib.asynccontextmanager
-    async def link_to(device: DeviceSettings) -> AsyncIterator[TargetLink]:
+    async def link_to(device: DeviceSettings) -> AsyncIterator[AgentConnection]:
         async with contextlib.AsyncExitStack() as stack:
             try:
                 endpoint = await stack.enter_async_context(agent_endpoint(device, adb, faults))

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import uuid
 from pathlib import Path
+from typing import cast
 
 import asyncssh
 import pytest
@@ -63,7 +64,7 @@ class CuttingConnection(AgentConnection):
         if frame.HasField("file_data"):
             self._frames += 1
             if self._frames > self.cut_after:
-                self._conn.abort()
+                cast(asyncssh.SSHClientConnection, self._conn).abort()
         await super()._send(frame)
 
 

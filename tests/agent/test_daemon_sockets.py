@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 
 from androcond.criu import compat as criu_compat
+from androcond.criu.compat import task_tree
 from androcond.engine import Engine
-from androcond.recoder.popcorn import task_tree
 
 from ..helpers import DaemonProcess, counter_config
 from ..testbed.bed import RUN_FILTER, TEST_LABEL, TEST_RUN

@@ -272,7 +272,8 @@ def test_migration_show_lists_fields_and_every_transition_with_its_time() -> Non
     fields = {line.split(None, 1)[0]: line.split(None, 1)[1] for line in lines[:lines.index("")] if " " in line}
     assert fields["id"] == ID
     assert fields["container"] == "web (c0ffeec0ffee)"
-    assert fields["device"] == "pixel" and fields["state"] == "rolled-back" and fields["origin"] == "api"
+    assert fields["from"] == "host" and fields["to"] == "pixel"
+    assert fields["state"] == "rolled-back" and fields["origin"] == "api"
     assert fields["requested"] == fmt_when(1_700_000_000.0)
     assert fields["sent"] == "12.0 MB"
     assert "checkpoint name  acd-3f2a" in lines

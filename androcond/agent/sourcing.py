@@ -1,0 +1,245 @@
+"""The agent as a migration's source (the way back): the daemon names a container of the device's engine, the
+agent reports what preflight needs, freezes it through the engine into a checkpoint, sends the checkpoint, the
+writable layer and the named volumes (protocol/tree.py reads them as the daemon reads the host's), and on the
+daemon's word either restores it from that checkpoint (the move failed) or removes it (it runs elsewhere).
+
+The agent decides nothing on its own here: a session that ends leaves a frozen container frozen, because only
+the daemon knows whether the target already runs it — it settles the move, in this session or a later one.
+
+A part of the agent's session (session.py), kept here: its methods run with the session as `self`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..aio import complete
+from ..criu import compat as criu_compat
+from ..engine import EngineError
+from ..logging import get_logger
+from ..protocol import protocol_pb2 as pb
+from ..protocol.tree import Entry, TreeError, entries, tree_size
+from ..protocol.wire import CHUNK
+from .device import DeviceEngine
+from .errors import AgentError, ProtocolViolation, RestoreError
+from .outcomes import check_id
+
+log = get_logger(__name__)
+
+
+class SourceRefused(AgentError):
+    """The device cannot be the source of this move (no such container, not running, no overlay2 layer…)."""
+
+    code = RestoreError.code
+
+
+@dataclass
+class OutgoingMigration:
+    """The container a session is the source of, once the daemon named it."""
+
+    request: pb.SourceOpen
+    container_id: str = ""  # empty: the engine has no such container (any more)
+    checkpoint_dir: Path | None = None
+
+
+def _checkpoint_name(name: str) -> str:
+    if not name or "/" in name or name in (".", ".."):
+        raise ProtocolViolation(f"refused checkpoint name {name!r}")
+    return name
+
+
+def _upper_dir(inspect: dict[str, Any]) -> Path:
+    driver = inspect.get("GraphDriver") or {}
+    upper = (driver.get("Data") or {}).get("UpperDir")
+    if driver.get("Name") != "overlay2" or not upper:
+        raise SourceRefused(f"the device engine's storage driver is {driver.get('Name')!r}, not overlay2")
+    return Path(str(upper))
+
+
+def _volumes(inspect: dict[str, Any]) -> list[tuple[str, Path]]:
+    return [(str(m["Name"]), Path(str(m["Source"])))
+            for m in inspect.get("Mounts") or [] if m.get("Type") == "volume" and m.get("Name") and m.get("Source")]
+
+
+def _facts(inspect: dict[str, Any]) -> tuple[int, int, int]:
+    """Address bits, INET sockets and bytes on disk of a running container. Blocking."""
+    pids = criu_compat.task_tree(int(inspect["State"].get("Pid") or 0))
+    disk = sum(tree_size(p) for p in [_upper_dir(inspect), *(source for _n, source in _volumes(inspect))])
+    return criu_compat.tasks_va_bits(pids), criu_compat.inet_sockets(pids), disk
+
+
+def _listing(checkpoint: Path, inspect: dict[str, Any]) -> list[tuple[int, str, Entry]]:
+    """What moves, in order: (destination, volume, entry). Blocking."""
+    files: list[tuple[int, str, Entry]] = [(pb.CHECKPOINT, "", e) for e in entries(checkpoint) if e.kind == pb.REGULAR]
+    files += [(pb.ROOTFS, "", e) for e in entries(_upper_dir(inspect))]
+    for name, source in _volumes(inspect):
+        files += [(pb.VOLUME, name, e) for e in entries(source)]
+    return files
+
+
+def _policy_file(spool: Path | None, migration_id: str) -> Path | None:
+    return spool / "sources" / f"{migration_id}.json" if spool is not None else None
+
+
+def _keep_policy(spool: Path | None, migration_id: str, policy: dict[str, Any]) -> None:
+    path = _policy_file(spool, migration_id)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(policy))
+
+
+def _kept_policy(spool: Path | None, migration_id: str) -> dict[str, Any] | None:
+    """The restart policy lifted for this move, taken out of the spool (None when there was none)."""
+    path = _policy_file(spool, migration_id)
+    if path is None or not path.is_file():
+        return None
+    policy: dict[str, Any] = json.loads(path.read_text())
+    path.unlink()
+    return policy
+
+
+class SourcePort(Protocol):
+    device: DeviceEngine
+    outgoing: OutgoingMigration | None
+
+    async def send(self, frame: pb.Frame) -> None: ...
+
+
+class Sourcing:
+    outgoing: OutgoingMigration | None
+
+    async def _source_open(self: SourcePort, request: pb.SourceOpen) -> None:
+        if self.outgoing is not None:
+            raise ProtocolViolation("one source migration per connection")
+        check_id(request.migration_id)
+        _checkpoint_name(request.checkpoint_name)
+        engine = self.device.engine
+        outgoing = OutgoingMigration(request)
+        try:
+            inspect = await engine.inspect_container(request.container)
+        except EngineError as exc:
+            if exc.status != 404:
+                raise
+            # Asked again after it was removed (a settled move): nothing to report, nothing to restore.
+            self.outgoing = outgoing
+            await self.send(pb.Frame(source_facts=pb.SourceFacts()))
+            return
+        outgoing.container_id = str(inspect["Id"])
+        outgoing.checkpoint_dir = (self.device.facts.data_root / "containers" / outgoing.container_id /
+                                   "checkpoints" / request.checkpoint_name)
+        self.outgoing = outgoing
+        facts = pb.SourceFacts(inspect_json=json.dumps(inspect))
+        if inspect["State"].get("Running"):
+            facts.va_bits, facts.inet_sockets, facts.disk = await asyncio.to_thread(_facts, inspect)
+            try:
+                stats = await engine.stats(outgoing.container_id)
+                facts.memory = int((stats.get("memory_stats") or {}).get("usage") or 0)
+            except EngineError as exc:
+                log.info("no memory figure from the engine", error=str(exc))
+        log.info("source of a migration", migration_id=request.migration_id, container=request.container,
+                 running=bool(inspect["State"].get("Running")))
+        await self.send(pb.Frame(source_facts=facts))
+
+    def _opened(self: SourcePort) -> OutgoingMigration:
+        if self.outgoing is None:
+            raise ProtocolViolation("no source migration opened (send source_open first)")
+        return self.outgoing
+
+    async def _freeze(self: SourcePort) -> None:
+        outgoing = Sourcing._opened(self)
+        if not outgoing.container_id or outgoing.checkpoint_dir is None:
+            raise SourceRefused(f"no container {outgoing.request.container!r} on this device")
+        engine = self.device.engine
+        inspect = await engine.inspect_container(outgoing.container_id)
+        if not inspect["State"].get("Running"):
+            raise SourceRefused(f"container {outgoing.request.container} is not running here")
+        await Sourcing._hold_restarts(self, outgoing, inspect)
+        started = time.monotonic()
+        try:
+            await engine.create_checkpoint(outgoing.container_id, outgoing.request.checkpoint_name)
+        except EngineError as exc:
+            raise SourceRefused(f"the device engine could not checkpoint the container: {exc}") from exc
+        seconds = time.monotonic() - started
+        log.info("checkpointed as a source", checkpoint_s=round(seconds, 3))
+        try:
+            listing = await asyncio.to_thread(_listing, outgoing.checkpoint_dir, inspect)
+        except (TreeError, OSError) as exc:
+            raise SourceRefused(f"cannot read what must move: {exc}") from exc
+        total = sum(e.size for _d, _v, e in listing)
+        await self.send(pb.Frame(frozen=pb.Frozen(file_count=len(listing), total_bytes=total,
+                                                  checkpoint_seconds=seconds)))
+        for number, (destination, volume, item) in enumerate(listing, start=1):
+            await _send_file(self, number, destination, volume, item)
+        log.info("sent what moves", files=len(listing), bytes=total)
+
+    async def _hold_restarts(self: SourcePort, outgoing: OutgoingMigration, inspect: dict[str, Any]) -> None:
+        """The engine restarts a container with a restart policy afresh once its checkpoint stopped it (seen on
+        the bed: a second copy, counting from 1, while the first is on its way): the policy is lifted for the
+        move, kept in the spool (a rollback in a later session puts it back), and goes home in the config."""
+        policy = (inspect.get("HostConfig") or {}).get("RestartPolicy") or {}
+        if policy.get("Name") in (None, "", "no"):
+            return
+        await asyncio.to_thread(_keep_policy, self.device.spool_dir, outgoing.request.migration_id, policy)
+        try:
+            await self.device.engine.update_container(outgoing.container_id, {"RestartPolicy": {"Name": "no"}})
+        except EngineError as exc:
+            raise SourceRefused(f"cannot lift the container's restart policy for the move: {exc}") from exc
+
+    async def _source_end(self: SourcePort, action: int) -> None:
+        outgoing = Sourcing._opened(self)
+        engine = self.device.engine
+        cid = outgoing.container_id
+        if action == pb.SOURCE_RESTORE:
+            if not cid:
+                raise SourceRefused(f"no container {outgoing.request.container!r} to restore on this device")
+            if not await self.device.is_running(cid):
+                try:
+                    await engine.start_container(cid, checkpoint=outgoing.request.checkpoint_name)
+                except EngineError as exc:
+                    raise RestoreError(f"the device engine could not restore the container: {exc}") from exc
+            running = await self.device.is_running(cid)
+            if running:
+                if outgoing.checkpoint_dir is not None:
+                    await asyncio.to_thread(shutil.rmtree, outgoing.checkpoint_dir, True)
+                kept = await asyncio.to_thread(_kept_policy, self.device.spool_dir, outgoing.request.migration_id)
+                if kept:
+                    await self.device.apply_restart_policy(cid, kept)
+            log.info("restored at the source", container_id=cid, running=running)
+            await self.send(pb.Frame(source_ended=pb.SourceEnded(running=running, present=True, container_id=cid)))
+        elif action == pb.SOURCE_REMOVE:
+            if cid:
+                await self.device.discard(cid)  # its checkpoint goes with it
+                log.info("removed: it runs at the target", container_id=cid)
+            await asyncio.to_thread(_kept_policy, self.device.spool_dir, outgoing.request.migration_id)
+            await self.send(pb.Frame(source_ended=pb.SourceEnded(container_id=cid)))
+        else:
+            raise ProtocolViolation(f"unknown source action {action}")
+
+
+async def _send_file(session: SourcePort, stream_id: int, destination: int, volume: str, item: Entry) -> None:
+    """One file as the protocol carries it: its start, its data in CHUNK frames (read in a worker thread; the
+    channel's drain is the backpressure), its SHA-256."""
+    await session.send(pb.Frame(file_start=item.start(destination, stream_id, volume)))
+    digest = hashlib.sha256()
+    if item.kind == pb.REGULAR:
+        fd = await asyncio.to_thread(os.open, item.path, os.O_RDONLY | os.O_CLOEXEC)
+        try:
+            remaining = item.size
+            while remaining > 0:
+                chunk = await complete(asyncio.to_thread(os.read, fd, min(CHUNK, remaining)))
+                if not chunk:
+                    raise SourceRefused(f"{item.path} shrank while being sent")
+                remaining -= len(chunk)
+                await asyncio.to_thread(digest.update, chunk)
+                await session.send(pb.Frame(file_data=pb.FileData(stream_id=stream_id, data=chunk)))
+        finally:
+            os.close(fd)
+    await session.send(pb.Frame(file_end=pb.FileEnd(stream_id=stream_id, sha256=digest.digest())))

@@ -1,0 +1,265 @@
+"""A device's agent as a migration's source (the way back): the container runs in the device's engine; the
+agent reports its facts, freezes it into a checkpoint there and sends the checkpoint, writable layer and volumes,
+which land in the daemon's workspace for the migration (checked against the agent's SHA-256 of each) and go on
+to the target from there like the host's own; and on the daemon's word the agent restores it (the rollback) or
+removes it. Each of those is one link: a daemon that restarts settles the move with a source made afresh.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import shutil
+import time
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..agent import files as received
+from ..agent.errors import AgentError
+from ..agent.paths import check_name
+from ..config import DeviceSettings, TimeoutSettings
+from ..engine import EngineError
+from ..link.layer import tree_files
+from ..link.payload import OutgoingFile
+from ..link.ssh import AgentRefused, TransportError
+from ..logging import get_logger
+from ..migration import container_config
+from ..migration.container_config import TargetPlan
+from ..migration.errors import Rejected
+from ..migration.journal import Journal, MigrationRecord
+from ..migration.plan import Frozen, SourceFacts
+from ..protocol import protocol_pb2 as pb
+from ..protocol.wire import body
+
+log = get_logger(__name__)
+NOT_ACROSS = "the way back across ISAs is not built yet (the device and the host must have the same ISA)"
+# The directories of the workspace the agent's files land in, by destination.
+CHECKPOINT, ROOTFS, VOLUMES = "checkpoint", "rootfs", "volumes"
+
+
+class SourceLink(Protocol):
+    """A link to an agent, as the source of a migration."""
+
+    hello: pb.AgentHello
+
+    async def source_open(self, request: pb.SourceOpen) -> pb.SourceFacts: ...
+
+    async def freeze(self, seconds: float) -> pb.Frozen: ...
+
+    async def incoming(self) -> pb.Frame: ...
+
+    async def source_end(self, action: int, seconds: float) -> pb.SourceEnded: ...
+
+
+SourceLinks = Callable[[DeviceSettings], AbstractAsyncContextManager[SourceLink]]
+
+
+class SourceLost(EngineError):
+    """The device did not run the container again from its checkpoint."""
+
+
+@dataclass(frozen=True)
+class _Seen:
+    inspect: dict[str, Any]
+    facts: pb.SourceFacts
+    hello: pb.AgentHello
+
+
+class AgentSource:
+    def __init__(self, links: SourceLinks, device: DeviceSettings, record: MigrationRecord, journal: Journal, *,
+                 workspace: Path, timeouts: TimeoutSettings) -> None:
+        self._links = links
+        self.device = device
+        self.record = record
+        self._journal = journal
+        self.workspace = workspace  # where the agent's files land (removed with the migration's workspace)
+        self._timeouts = timeouts
+        self._seen: _Seen | None = None
+
+    def _open(self) -> pb.SourceOpen:
+        return pb.SourceOpen(migration_id=self.record.id, container=self.record.container_name,
+                             checkpoint_name=self.record.checkpoint_name)
+
+    @asynccontextmanager
+    async def _session(self) -> AsyncIterator[tuple[SourceLink, pb.SourceFacts]]:
+        try:
+            async with self._links(self.device) as link:
+                yield link, await link.source_open(self._open())
+        except AgentRefused as exc:
+            if exc.phase in ("freeze", "source"):
+                raise Rejected(f"device {self.device.name} cannot be the source: {exc}") from exc
+            raise
+
+    # --- what it is ------------------------------------------------------------------------------------
+    async def inspect(self) -> dict[str, Any]:
+        try:
+            async with self._session() as (link, facts):
+                hello = link.hello
+        except TransportError as exc:
+            raise Rejected(f"device {self.device.name} is not reachable: {exc}") from exc
+        if not facts.inspect_json:
+            raise Rejected(f"device {self.device.name} has no container {self.record.container_name}")
+        inspect: dict[str, Any] = json.loads(facts.inspect_json)
+        if not inspect["State"].get("Running"):
+            raise Rejected(f"the container is not running on {self.device.name} "
+                           f"(status {inspect['State'].get('Status')})")
+        self._seen = _Seen(inspect, facts, hello)
+        return inspect
+
+    def _facts_seen(self) -> _Seen:
+        assert self._seen is not None, "inspect() first"
+        return self._seen
+
+    async def facts(self, inspect: dict[str, Any]) -> SourceFacts:
+        seen = self._facts_seen()
+        f, hello = seen.facts, seen.hello
+        return SourceFacts(pids=(), va_bits=f.va_bits, isa=hello.isa, criu_options=tuple(hello.criu_runc_options),
+                           inet_sockets=f.inet_sockets, cgroup_v2=hello.cgroup2,
+                           absent_paths=frozenset(hello.absent_masked_paths),
+                           page_server_blocker="post-copy from a device is not built yet: the way back moves whole",
+                           memory=f.memory, disk=f.disk)
+
+    async def target_plan(self, inspect: dict[str, Any], device: DeviceSettings) -> TargetPlan:
+        """The configuration the container had at home, as the move that took it out recorded it; else (a move
+        made before androcond recorded it) the device's, with what it changed on the way said."""
+        out = await self._journal.last_done_for_name(self.record.container_name)
+        if out is not None and out.home_config:
+            return TargetPlan(dict(out.home_config))
+        try:
+            plan = container_config.plan(inspect, allow_privileged=device.allow_privileged)
+        except container_config.ConfigRefused as exc:
+            raise Rejected(f"the container's configuration cannot move: {exc}") from exc
+        plan.adjusted["(way back)"] = {"why": "the configuration at home was not recorded: the device's is used"}
+        return plan
+
+    async def sockets_blocker(self, count: int) -> str:
+        if self._facts_seen().hello.criu_dumps_sockets:
+            return ""
+        return f"the container holds {count} network socket(s), and device {self.device.name}'s CRIU cannot " \
+               "dump them on its kernel"
+
+    async def popcorn_executables(self, pids: tuple[int, ...], target_isa: str) -> tuple[str, ...]:
+        raise Rejected(NOT_ACROSS)
+
+    async def notify(self, pids: tuple[int, ...], target_isa: str) -> None:
+        raise Rejected(NOT_ACROSS)
+
+    async def emulation_blockers(self, pids: tuple[int, ...],
+                                 emulator_version: str) -> tuple[list[str], list[str]]:
+        raise Rejected(NOT_ACROSS)
+
+    def image_name(self, inspect: dict[str, Any]) -> str:
+        return str(inspect["Config"]["Image"])
+
+    async def save_image(self, image: str) -> AsyncIterator[bytes]:
+        raise TransportError(f"the host lacks the image {image}, and bringing an image back from a device is not "
+                             "built: pull or load it on the host, then move the container again")
+        yield b""  # pragma: no cover - makes this an async generator
+
+    # --- the freeze --------------------------------------------------------------------------------------
+    async def freeze(self, inspect: dict[str, Any]) -> Frozen:
+        """Frozen on the device; its files land in the workspace before this returns (the recode and the stream
+        read them here)."""
+        await asyncio.to_thread(shutil.rmtree, self.workspace, True)
+        await asyncio.to_thread(self.workspace.mkdir, parents=True)
+        async with self._session() as (link, _facts):
+            at = time.monotonic()
+            frozen = await link.freeze(self._timeouts.checkpoint)
+            log.info("checkpointed on the device", seconds=round(frozen.checkpoint_seconds, 3),
+                     files=frozen.file_count, bytes=frozen.total_bytes)
+            try:
+                await _receive(link, frozen.file_count, self.workspace)
+            except (AgentError, OSError) as exc:
+                raise TransportError(f"what the device sent could not be stored: {exc}") from exc
+        return Frozen(self.workspace / CHECKPOINT, at, "engine")
+
+    def mounted_root(self, inspect: dict[str, Any]) -> AbstractAsyncContextManager[Path]:
+        raise Rejected(NOT_ACROSS)
+
+    def payload(self, inspect: dict[str, Any]) -> list[OutgoingFile]:
+        """The writable layer and the volumes, as they landed here. Blocking."""
+        files: list[OutgoingFile] = []
+        rootfs, volumes = self.workspace / ROOTFS, self.workspace / VOLUMES
+        if rootfs.is_dir():
+            files += tree_files(rootfs, pb.ROOTFS)
+        if volumes.is_dir():
+            for volume in sorted(volumes.iterdir()):
+                files += tree_files(volume, pb.VOLUME, volume=volume.name)
+        return files
+
+    # --- after: exactly once -----------------------------------------------------------------------------
+    async def stopped(self) -> None:
+        """The device's engine checkpoint returns once the container stopped."""
+
+    async def forget_stopping(self) -> None:
+        """Nothing waits on the device's engine here."""
+
+    async def restore(self) -> None:
+        """Run it again on the device from its checkpoint (a no-op when it runs). The device unreachable
+        raises: the migration stays unresolved and the resolver asks again."""
+        async with self._session() as (link, _facts):
+            try:
+                ended = await link.source_end(pb.SOURCE_RESTORE, self._timeouts.commit)
+            except AgentRefused as exc:
+                raise SourceLost(f"device {self.device.name}: {exc}") from exc
+        if not ended.running:
+            raise SourceLost(f"device {self.device.name} did not run the container again")
+
+    async def remove(self) -> None:
+        async with self._session() as (link, _facts):
+            await link.source_end(pb.SOURCE_REMOVE, self._timeouts.commit)
+
+    async def clean_after_rollback(self) -> None:
+        await asyncio.to_thread(shutil.rmtree, self.workspace, True)
+
+
+def _root_for(workspace: Path, start: pb.FileStart) -> Path:
+    if start.destination == pb.CHECKPOINT:
+        root = workspace / CHECKPOINT
+    elif start.destination == pb.ROOTFS:
+        root = workspace / ROOTFS
+    elif start.destination == pb.VOLUME:
+        root = workspace / VOLUMES / check_name(start.volume).as_posix()
+        if "/" in start.volume:
+            raise TransportError(f"the device named a volume {start.volume!r}")
+    else:
+        raise TransportError(f"the device sent a file for destination {start.destination}")
+    root.mkdir(parents=True, exist_ok=True)
+    return root
+
+
+async def _receive(link: SourceLink, count: int, workspace: Path) -> None:
+    """`count` files as the agent sends them (start, data, end), each made beneath its root in the workspace
+    and checked against its SHA-256 (agent/files.py does the work, in worker threads)."""
+    for _ in range(count):
+        frame = await link.incoming()
+        if body(frame) != "file_start":
+            raise TransportError(f"expected file_start from the device, got {body(frame)}")
+        start = frame.file_start
+        root = await asyncio.to_thread(_root_for, workspace, start)
+        current = received.OpenFile(start)
+        written: list[Path] = []
+        verified = False
+        try:
+            await asyncio.to_thread(received.place, root, start, current, written, workspace)
+            while True:
+                frame = await link.incoming()
+                kind = body(frame)
+                if kind == "file_data" and current.fd is not None:
+                    await asyncio.to_thread(received.write_and_hash, current.fd, frame.file_data.data,
+                                            current.hasher)
+                    current.received += len(frame.file_data.data)
+                elif kind == "file_end":
+                    break
+                else:
+                    raise TransportError(f"unexpected {kind} from the device within {start.path!r}")
+            if current.received != start.size or frame.file_end.sha256 != current.hasher.digest():
+                raise TransportError(f"{start.path!r} from the device does not match its digest "
+                                     f"({current.received} of {start.size} bytes)")
+            verified = True
+        finally:  # closed either way; owner, mode and mtime only on what verified (the rest is removed)
+            fd, current.fd = current.fd, None
+            await asyncio.to_thread(received.finish_file, fd, current.path if verified else None, start)
