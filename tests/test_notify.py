@@ -200,10 +200,11 @@ async def test_cloudevents_signature_and_filter(tmp_path: Path, receivers: Calla
         assert event["time"].endswith("Z")
         assert datetime.fromisoformat(event["time"]).tzinfo == UTC
         data = event["data"]
-        assert set(data) == {"migration_id", "container_id", "container_name", "device", "state", "error",
-                             "target_container_id", "bytes_sent", "wire_bytes", "timings", "origin"}
+        assert set(data) == {"migration_id", "container_id", "container_name", "device", "from", "to", "state",
+                             "error", "target_container_id", "bytes_sent", "wire_bytes", "timings", "origin"}
         assert data["migration_id"] == rec.id and data["container_id"] == rec.container_id
         assert data["device"] == "pixel" and data["origin"] == "label" and data["bytes_sent"] == 4096
+        assert data["from"] == "host" and data["to"] == "pixel"
         assert data["timings"] == {"checkpoint_s": 0.5} and data["target_container_id"] == "abc123"
     assert len(ids) == 3
     assert [h.event["data"]["state"] for h in signed.accepted] == ["requested", "streaming", "failed"]
@@ -470,7 +471,8 @@ async def test_a_received_body_parses_with_the_cloudevents_sdk(tmp_path: Path,
     data = event.get_data()
     assert isinstance(data, dict)
     assert data == {"migration_id": rec.id, "container_id": rec.container_id, "container_name": "db",
-                    "device": "pixel", "state": "failed", "error": "stream: agent → gone",
+                    "device": "pixel", "from": "host", "to": "pixel", "state": "failed",
+                    "error": "stream: agent → gone",
                     "target_container_id": None, "bytes_sent": 123, "wire_bytes": 0,
                     "timings": {"total_s": 2.5},
                     "origin": "label"}
