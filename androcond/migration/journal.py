@@ -233,6 +233,18 @@ class Journal:
 
         return await self._run(fetch)
 
+    async def home_config(self, name: str) -> dict[str, Any]:
+        """The configuration the container called `name` had when it last left home ({} if not recorded): a
+        move between devices records none, so the way back from the second device still finds it."""
+        def fetch() -> dict[str, Any]:
+            row = self.db.execute("SELECT home_config FROM migrations WHERE container_name = ? AND state = ? AND "
+                                  "home_config != '{}' ORDER BY created_at DESC LIMIT 1",
+                                  (name, MigrationState.DONE.value)).fetchone()
+            config: dict[str, Any] = json.loads(row["home_config"]) if row is not None else {}
+            return config
+
+        return await self._run(fetch)
+
     async def last_for_name(self, name: str) -> MigrationRecord | None:
         """The last move of the container called `name`, in any state."""
         def fetch() -> MigrationRecord | None:

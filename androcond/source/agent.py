@@ -125,9 +125,9 @@ class AgentSource:
     async def target_plan(self, inspect: dict[str, Any], device: DeviceSettings) -> TargetPlan:
         """The configuration the container had at home, as the move that took it out recorded it; else (a move
         made before androcond recorded it) the device's, with what it changed on the way said."""
-        out = await self._journal.last_done_for_name(self.record.container_name)
-        if out is not None and out.home_config:
-            return TargetPlan(dict(out.home_config))
+        home = await self._journal.home_config(self.record.container_name)
+        if home:
+            return TargetPlan(home)
         try:
             plan = container_config.plan(inspect, allow_privileged=device.allow_privileged)
         except container_config.ConfigRefused as exc:

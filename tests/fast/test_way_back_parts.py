@@ -84,6 +84,8 @@ async def test_where_each_container_runs_is_its_last_move_that_landed(journal: J
     assert placed["web"].id == back.id and back.way_back
     out = await journal.last_done_for_name("db")
     assert out is not None and out.home_config == {"Image": "x"}, "what the way back restores is kept"
+    assert await journal.home_config("web") == {"Image": "x"}, "the way back records none of its own"
+    assert await journal.home_config("nobody") == {}
     latest = await journal.last_for_name("db")
     assert latest is not None and latest.id == "db-again"
     assert back.as_json()["from"] == "pixel" and back.as_json()["to"] == HOME
