@@ -35,6 +35,15 @@ from .outcomes import check_id
 log = get_logger(__name__)
 
 
+# One freeze or restore of a container at a time in this agent: a daemon that restarted may ask for the
+# rollback while the dead one's checkpoint is still under way (the rollback then waits, and sees it stopped).
+_busy: dict[str, asyncio.Lock] = {}
+
+
+def _lock(container_id: str) -> asyncio.Lock:
+    return _busy.setdefault(container_id, asyncio.Lock())
+
+
 class SourceRefused(AgentError):
     """The device cannot be the source of this move (no such container, not running, no overlay2 layer…)."""
 
@@ -158,16 +167,17 @@ class Sourcing:
         if not outgoing.container_id or outgoing.checkpoint_dir is None:
             raise SourceRefused(f"no container {outgoing.request.container!r} on this device")
         engine = self.device.engine
-        inspect = await engine.inspect_container(outgoing.container_id)
-        if not inspect["State"].get("Running"):
-            raise SourceRefused(f"container {outgoing.request.container} is not running here")
-        await Sourcing._hold_restarts(self, outgoing, inspect)
-        started = time.monotonic()
-        try:
-            await engine.create_checkpoint(outgoing.container_id, outgoing.request.checkpoint_name)
-        except EngineError as exc:
-            raise SourceRefused(f"the device engine could not checkpoint the container: {exc}") from exc
-        seconds = time.monotonic() - started
+        async with _lock(outgoing.container_id):
+            inspect = await engine.inspect_container(outgoing.container_id)
+            if not inspect["State"].get("Running"):
+                raise SourceRefused(f"container {outgoing.request.container} is not running here")
+            await Sourcing._hold_restarts(self, outgoing, inspect)
+            started = time.monotonic()
+            try:
+                await complete(engine.create_checkpoint(outgoing.container_id, outgoing.request.checkpoint_name))
+            except EngineError as exc:
+                raise SourceRefused(f"the device engine could not checkpoint the container: {exc}") from exc
+            seconds = time.monotonic() - started
         log.info("checkpointed as a source", checkpoint_s=round(seconds, 3))
         try:
             listing = await asyncio.to_thread(_listing, outgoing.checkpoint_dir, inspect)
@@ -195,33 +205,41 @@ class Sourcing:
 
     async def _source_end(self: SourcePort, action: int) -> None:
         outgoing = Sourcing._opened(self)
-        engine = self.device.engine
         cid = outgoing.container_id
         if action == pb.SOURCE_RESTORE:
             if not cid:
                 raise SourceRefused(f"no container {outgoing.request.container!r} to restore on this device")
-            if not await self.device.is_running(cid):
-                try:
-                    await engine.start_container(cid, checkpoint=outgoing.request.checkpoint_name)
-                except EngineError as exc:
-                    raise RestoreError(f"the device engine could not restore the container: {exc}") from exc
-            running = await self.device.is_running(cid)
-            if running:
-                if outgoing.checkpoint_dir is not None:
-                    await asyncio.to_thread(shutil.rmtree, outgoing.checkpoint_dir, True)
-                kept = await asyncio.to_thread(_kept_policy, self.device.spool_dir, outgoing.request.migration_id)
-                if kept:
-                    await self.device.apply_restart_policy(cid, kept)
-            log.info("restored at the source", container_id=cid, running=running)
+            async with _lock(cid):
+                running = await _restore(self.device, outgoing)
             await self.send(pb.Frame(source_ended=pb.SourceEnded(running=running, present=True, container_id=cid)))
         elif action == pb.SOURCE_REMOVE:
             if cid:
-                await self.device.discard(cid)  # its checkpoint goes with it
+                async with _lock(cid):
+                    await self.device.discard(cid)  # its checkpoint goes with it
                 log.info("removed: it runs at the target", container_id=cid)
             await asyncio.to_thread(_kept_policy, self.device.spool_dir, outgoing.request.migration_id)
             await self.send(pb.Frame(source_ended=pb.SourceEnded(container_id=cid)))
         else:
             raise ProtocolViolation(f"unknown source action {action}")
+
+
+async def _restore(device: DeviceEngine, outgoing: OutgoingMigration) -> bool:
+    """Run it again from its checkpoint unless it runs, then give it its restart policy back; whether it runs."""
+    cid = outgoing.container_id
+    if not await device.is_running(cid):
+        try:
+            await device.engine.start_container(cid, checkpoint=outgoing.request.checkpoint_name)
+        except EngineError as exc:
+            raise RestoreError(f"the device engine could not restore the container: {exc}") from exc
+    running = await device.is_running(cid)
+    if running:
+        if outgoing.checkpoint_dir is not None:
+            await asyncio.to_thread(shutil.rmtree, outgoing.checkpoint_dir, True)
+        kept = await asyncio.to_thread(_kept_policy, device.spool_dir, outgoing.request.migration_id)
+        if kept:
+            await device.apply_restart_policy(cid, kept)
+    log.info("restored at the source", container_id=cid, running=running)
+    return running
 
 
 async def _send_file(session: SourcePort, stream_id: int, destination: int, volume: str, item: Entry) -> None:

@@ -28,7 +28,7 @@ from ..migration.stream import Workspace
 from ..source.agent import AgentSource
 from ..source.host import HostSource
 from ..target.agent import agent_links
-from ..target.host import home_links
+from ..target.host import home_links, settle_home
 from ..tasks import TaskOwner
 from .api import ApiState, build_app, start_api
 from .engine_lock import EngineLock
@@ -197,6 +197,10 @@ class Daemon:
                                    workspace=Workspace.of(settings.daemon.state_dir, record.id).pulled)
             return HostSource(self.engine, settings.docker, record, settings.timeouts.checkpoint, faults=self.faults)
 
+        try:
+            await settle_home(settings.docker.host, settings.daemon.state_dir)
+        except Exception as exc:  # each later link to the host's engine settles them too
+            log.error("could not settle what a previous run left on the host's target", error=str(exc))
         links = home_links(settings.docker.host, settings.daemon.state_dir, timeouts, devices)
         ctx = Context(settings, journal, links=links, sources=source, on_change=self._on_migration_change,
                       on_end=self.metrics.migration_ended, background=self.background, faults=self.faults)

@@ -53,6 +53,18 @@ def home_agent_settings(docker_host: str, state_dir: Path) -> AgentSettings:
     return AgentSettings(docker_host=docker_host, spool_dir=state_dir / "home")
 
 
+async def settle_home(docker_host: str, state_dir: Path) -> None:
+    """What a daemon that died left on the host's side of a way back (a target container made at begin, a
+    restore it did not see end) is settled now, as an agent that restarts settles its own: the container made
+    for a move that never restored is removed, a restore is answered from what the engine runs."""
+    settings = home_agent_settings(docker_host, state_dir)
+    outcomes = settings.spool_dir / "outcomes"
+    if not await asyncio.to_thread(lambda: outcomes.is_dir() and any(outcomes.iterdir())):
+        return
+    agent = await Agent.open(settings)  # Agent.open settles every stale outcome
+    await agent.close()
+
+
 def home_links(docker_host: str, state_dir: Path, timeouts: PhaseTimeouts, device_links: LinkFactory) -> LinkFactory:
     """Links to the host's engine for the place named "host"; every other place through `device_links`."""
     settings = home_agent_settings(docker_host, state_dir)

@@ -19,15 +19,17 @@ from ..helpers import DaemonProcess, counter_config, start_counting
 from ..testbed.engines import DOCKER_CLI
 from ..testbed.proc import run
 from .conftest import AgentBed
-from .daemon_bed import continuous, counting_on, finished, migrate_by_cli, running, write_daemon_config
+from .daemon_bed import continuous, counting_on, finished, migrate_by_cli, running, state_of, write_daemon_config
 
 pytestmark = pytest.mark.testbed
 
 LABELS = {"androcond.migrate": "pixel", "team": "edge"}
 
 
-def _config() -> dict[str, Any]:
+def _config(mb: int = 0) -> dict[str, Any]:
     config = counter_config(**LABELS)
+    if mb:
+        config["Cmd"] = ["/bin/counter", str(mb)]
     config["Env"] = ["MODE=way-back"]
     config["HostConfig"] = {"RestartPolicy": {"Name": "on-failure", "MaximumRetryCount": 3}}
     return config
@@ -48,12 +50,12 @@ async def _containers(config: Path) -> list[dict[str, Any]]:
 
 
 async def _out_to_the_device(agent: AgentBed, engine_a: Engine, engine_b: Engine, directory: Path,
-                             name: str) -> tuple[Path, int]:
+                             name: str, mb: int = 0) -> tuple[Path, int]:
     """Moved out by its label (a daemon of its own, gone after); the count it reached on the device."""
     config = write_daemon_config(agent, directory)
     daemon = DaemonProcess(config)
     try:
-        counted = await start_counting(engine_a, _config(), name)
+        counted = await start_counting(engine_a, _config(mb), name)
         await daemon.start()
         done = await finished(daemon, name)
         assert done["state"] == "done", done
@@ -125,3 +127,128 @@ async def test_a_fault_on_the_way_back_leaves_it_running_on_the_device(
     finally:
         for engine in (bed.engine_a, bed.engine_b):
             engine.cli("rm", "-f", unique_name, check=False)
+
+
+async def _exactly_once(engine_a: Engine, engine_b: Engine, name: str, counted: int) -> str:
+    """Where it runs, having checked it runs in exactly one place and counts on past `counted` there."""
+    home, device = await running(engine_a, name), await running(engine_b, name)
+    assert home != device, f"running at home: {home}, on the device: {device}"
+    engine = engine_a if home else engine_b
+    seen = await counting_on(engine, name, counted)
+    assert seen[-1] > counted
+    return "host" if home else "pixel"
+
+
+@pytest.mark.parametrize("state", ["checkpointing", "streaming", "restoring"])
+async def test_the_daemon_killed_on_the_way_back_is_settled_by_its_restart(
+        agent_server: AgentBed, engine_a: Engine, engine_b: Engine, tmp_path: Path, unique_name: str,
+        state: str) -> None:
+    """SIGKILL when the way back enters `state`; the next daemon settles it: exactly once, and nothing of the
+    move left at home (a target container made at begin is removed by the host's own recovery)."""
+    bed = agent_server.bed
+    try:
+        config, on_device = await _out_to_the_device(agent_server, engine_a, engine_b, tmp_path, unique_name)
+        daemon = DaemonProcess(config)
+        await daemon.start()
+        asking: asyncio.Task[tuple[int, dict[str, Any]]] | None = None
+        try:
+            await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
+            asking = asyncio.create_task(migrate_by_cli(config, unique_name, "host"))
+            await daemon.wait_for_log(state_of(unique_name, state), timeout=60)
+            await daemon.kill()
+        finally:
+            await daemon.kill()
+            if asking is not None:
+                await asyncio.gather(asking, return_exceptions=True)
+        again = DaemonProcess(config)
+        await again.start()
+        try:
+            end = await finished(again, unique_name)
+            expected = ("rolled-back",) if state != "restoring" else ("rolled-back", "done")
+            assert end["state"] in expected, end
+            where = await _exactly_once(engine_a, engine_b, unique_name, on_device)
+            assert where == ("host" if end["state"] == "done" else "pixel"), (end, where)
+            if where == "pixel":
+                assert not _containers_named(bed.engine_a.host, unique_name), "a target container left at home"
+        finally:
+            await again.kill()
+    finally:
+        for engine in (bed.engine_a, bed.engine_b):
+            engine.cli("rm", "-f", unique_name, check=False)
+
+
+def _containers_named(host: str, name: str) -> list[str]:
+    out = run([DOCKER_CLI, "-H", host, "ps", "-a", "-q", "--filter", f"name=^/{name}$"]).stdout.decode()
+    return out.split()
+
+
+async def test_the_agent_killed_while_it_sends_is_rolled_back_once_it_is_back(
+        agent_server: AgentBed, engine_a: Engine, engine_b: Engine, tmp_path: Path, unique_name: str) -> None:
+    """The device's agent dies mid-stream: the container is frozen there and nobody can restore it until the
+    agent is back; the daemon keeps the move unresolved and settles it then (the resolver)."""
+    bed = agent_server.bed
+    try:
+        config, on_device = await _out_to_the_device(agent_server, engine_a, engine_b, tmp_path, unique_name,
+                                                     mb=256)
+        daemon = DaemonProcess(config)
+        await daemon.start()
+        try:
+            await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
+            asking = asyncio.create_task(migrate_by_cli(config, unique_name, "host"))
+            # Frozen on the device; its 256 MB of pages are on their way.
+            await daemon.wait_for_log(lambda e: e.get("msg") == "checkpointed on the device"
+                                      and e.get("container") == unique_name, timeout=60)
+            agent_server.agent.kill()
+            # The rollback needs the device: the move stays unresolved, the container frozen there.
+            await daemon.wait_for_log(lambda e: e.get("msg") == "could not settle the migration; the resolver will"
+                                      and e.get("container") == unique_name, timeout=120)
+            assert not await running(engine_b, unique_name) and not await running(engine_a, unique_name)
+            assert not asking.done(), "`migrate --wait` waits while the move is unresolved"
+            agent_server.agent.start()
+            code, record = await asking
+            assert code != 0 and record["state"] == "rolled-back", record
+            assert await _exactly_once(engine_a, engine_b, unique_name, on_device) == "pixel"
+            assert daemon.proc is not None and daemon.proc.returncode is None, "the daemon runs on"
+        finally:
+            await daemon.kill()
+    finally:
+        for engine in (bed.engine_a, bed.engine_b):
+            engine.cli("rm", "-f", unique_name, check=False)
+
+
+async def test_a_home_that_cannot_take_it_refuses_before_the_device_freezes(
+        agent_server: AgentBed, engine_a: Engine, engine_b: Engine, tmp_path: Path, unique_name: str) -> None:
+    """Its host port is taken at home meanwhile: the host's engine cannot honour its configuration, so the way
+    back is refused before anything is frozen, and it counts on on the device."""
+    bed = agent_server.bed
+    squatter = f"{unique_name}-squat"
+    config = write_daemon_config(agent_server, tmp_path)
+    first = DaemonProcess(config)
+    try:
+        container = _config()
+        container["ExposedPorts"] = {"8080/tcp": {}}
+        container["HostConfig"]["PortBindings"] = {"8080/tcp": [{"HostPort": "18181"}]}
+        counted = await start_counting(engine_a, container, unique_name)
+        await first.start()
+        out = await finished(first, unique_name)
+        assert out["state"] == "done", out
+        await first.kill()
+        on_device = (await counting_on(engine_b, unique_name, counted))[-1]
+        bed.engine_a.cli("run", "-d", "--name", squatter, "--label", "androcond-test=1", "-p", "18181:8080",
+                         _config()["Image"], "/bin/counter")
+        daemon = DaemonProcess(config)
+        await daemon.start()
+        try:
+            await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
+            code, record = await migrate_by_cli(config, unique_name, "host")
+            assert code != 0 and record["state"] == "rejected", record
+            assert "18181" in record["error"], record["error"]
+            assert await _exactly_once(engine_a, engine_b, unique_name, on_device) == "pixel"
+            assert not _containers_named(bed.engine_a.host, unique_name)
+        finally:
+            await daemon.kill()
+    finally:
+        await first.kill()
+        for engine in (bed.engine_a, bed.engine_b):
+            engine.cli("rm", "-f", unique_name, check=False)
+        bed.engine_a.cli("rm", "-f", squatter, check=False)
