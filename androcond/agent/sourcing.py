@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from ..aio import complete
 from ..criu import compat as criu_compat
+from ..criu.leftovers import place_nonce, remove_extractions
 from ..engine import EngineError
 from ..logging import get_logger
 from ..protocol import protocol_pb2 as pb
@@ -227,10 +228,16 @@ async def _restore(device: DeviceEngine, outgoing: OutgoingMigration) -> bool:
     """Run it again from its checkpoint unless it runs, then give it its restart policy back; whether it runs."""
     cid = outgoing.container_id
     if not await device.is_running(cid):
+        checkpoint = outgoing.checkpoint_dir
+        # containerd never removes its extraction of a checkpoint (criu/leftovers.py): marked, to be found.
+        nonce = await asyncio.to_thread(place_nonce, checkpoint) if checkpoint and checkpoint.is_dir() else ""
         try:
             await device.engine.start_container(cid, checkpoint=outgoing.request.checkpoint_name)
         except EngineError as exc:
             raise RestoreError(f"the device engine could not restore the container: {exc}") from exc
+        finally:
+            if nonce:
+                await asyncio.to_thread(remove_extractions, nonce)
     running = await device.is_running(cid)
     if running:
         if outgoing.checkpoint_dir is not None:

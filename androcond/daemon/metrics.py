@@ -42,6 +42,10 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.migrations = Counter("androcond_migrations", "Finished migrations by outcome", ["outcome"],
                                   registry=self.registry)
+        # The same, by where each move came from and went to ("host" or a device): the way back and moves
+        # between devices apart from the way out.
+        self.moves = Counter("androcond_moves", "Finished migrations by where from, where to and outcome",
+                             ["from_place", "to_place", "outcome"], registry=self.registry)
         self.downtime = Histogram("androcond_migration_downtime_seconds",
                                   "Source frozen until running on the device", buckets=_SECONDS,
                                   registry=self.registry)
@@ -60,6 +64,8 @@ class Metrics:
         if record.state not in TERMINAL:
             return
         self.migrations.labels(outcome=record.state).inc()
+        if record.device:  # a label refused before any move names no target
+            self.moves.labels(from_place=record.source, to_place=record.device, outcome=record.state).inc()
         self.bytes.inc(record.bytes_sent)
         self.wire_bytes.inc(record.wire_bytes)
         if "downtime_s" in record.timings:

@@ -11,7 +11,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from androcond.engine import Engine
 
@@ -47,6 +49,16 @@ async def _containers(config: Path) -> list[dict[str, Any]]:
     assert proc.returncode == 0
     containers: list[dict[str, Any]] = json.loads(out)["containers"]
     return containers
+
+
+async def _moves(api: Path) -> dict[tuple[str, str, str], float]:
+    """The daemon's `androcond_moves_total` samples: (from, to, outcome) → count."""
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(api))) as session, \
+            asyncio.timeout(30), session.get("http://androcond/metrics") as response:
+        text = await response.text()
+    return {(s.labels["from_place"], s.labels["to_place"], s.labels["outcome"]): s.value
+            for family in text_string_to_metric_families(text) for s in family.samples
+            if s.name == "androcond_moves_total"}
 
 
 async def _out_to_the_device(agent: AgentBed, engine_a: Engine, engine_b: Engine, directory: Path,
@@ -88,6 +100,8 @@ async def test_out_and_back_counts_on_with_the_device_s_files_and_its_home_confi
             assert "MODE=way-back" in home["Config"]["Env"]
             assert home["Config"]["Cmd"] == ["/bin/counter"]
             assert home["HostConfig"]["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 3}
+            moves = await _moves(tmp_path / "api.sock")
+            assert moves.get(("pixel", "host", "done")) == 1, moves
             placed = {c["name"]: c for c in await _containers(config)}
             assert placed[unique_name]["where"] == "host" and placed[unique_name]["from"] == "pixel"
             # Its label names the device: brought back on request, it is not sent out again on its own.
