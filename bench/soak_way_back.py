@@ -74,11 +74,12 @@ class Daemon:
                 self.lines.append(entry)
                 self._seen.notify_all()
 
-    def wait_for(self, match: Callable[[dict[str, Any]], bool], timeout: float) -> dict[str, Any]:
+    def wait_for(self, match: Callable[[dict[str, Any]], bool], timeout: float, since: int = 0) -> dict[str, Any]:
+        """The first line from line `since` on that matches."""
         deadline = time.monotonic() + timeout
         with self._seen:
             while True:
-                found = next((e for e in self.lines if match(e)), None)
+                found = next((e for e in self.lines[since:] if match(e)), None)
                 if found is not None:
                     return found
                 left = deadline - time.monotonic()
@@ -110,6 +111,20 @@ def files_travel(name: str) -> Callable[[dict[str, Any]], bool]:
     return lambda e: e.get("container") == name and (
         e.get("msg") == "checkpointed on the device"
         or (e.get("msg") == "migration state" and e.get("state") in ("streaming", *TERMINAL)))
+
+
+def settled(config: Path, name: str, timeout: float = 300) -> str:
+    """The state of the container's last migration, once it is final (asked of the daemon's journal)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        out = subprocess.run([sys.executable, "-m", "androcond", "migrations", "--json", "--config", str(config)],
+                             capture_output=True, text=True, check=False).stdout
+        mine = [m for m in json.loads(out or '{"migrations": []}')["migrations"] if m["container_name"] == name]
+        latest = max(mine, key=lambda m: m["created_at"], default=None)
+        if latest is not None and latest["state"] in TERMINAL:
+            return str(latest["state"])
+        time.sleep(0.5)  # polling the journal of another process: no event to wait on
+    return "unsettled"
 
 
 def ask(config: Path, name: str, place: str) -> subprocess.Popen[bytes]:
@@ -166,17 +181,19 @@ def main() -> int:
                 fault = rng.choices(list(FAULTS), weights=list(FAULTS.values()))[0]
                 kind, _, point = fault.partition(":")
                 started = time.monotonic()
+                print(f"move {move + 1:2}: {name} {where[name]} → {place}, fault {fault} …", flush=True)
                 if kind == "inject":
                     daemon.stop()
                     daemon = Daemon(config, f"{point}@{name}")
+                mark = len(daemon.lines)  # this move's lines only
                 client = ask(config, name, place)
                 try:
                     if kind == "kill-daemon":
-                        daemon.wait_for(state_line(name, point, *TERMINAL), 120)
+                        daemon.wait_for(state_line(name, point, *TERMINAL), 120, since=mark)
                         daemon.kill()
                         daemon = Daemon(config)
                     elif kind == "kill-agent":
-                        daemon.wait_for(files_travel(name), 120)
+                        daemon.wait_for(files_travel(name), 120, since=mark)
                         agent.kill()
                         agent.start()
                     out, _ = client.communicate(timeout=300)
@@ -185,9 +202,8 @@ def main() -> int:
                     raise
                 record = json.loads(out) if out.strip() else {}
                 state = record.get("state", "")
-                if not state:  # the daemon that answered it was killed: the next one settles it
-                    last = daemon.wait_for(state_line(name, *TERMINAL), 300)
-                    state = str(last.get("state"))
+                if not state:  # the daemon that answered it was killed: the next one settles it (or had)
+                    state = settled(config, name)
                 if kind == "inject":
                     daemon.stop()
                     daemon = Daemon(config)
