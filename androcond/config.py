@@ -134,6 +134,9 @@ class AgentSettings:
     authorized_keys: Path = Path("/data/androcond/authorized_keys")
     # On SIGTERM, sessions in flight get this long to finish before they are cancelled (and discard).
     shutdown_timeout: float = 30.0
+    # The device engine's --exec-root: where runc keeps its containers' states (runtime-<name>/<namespace>/),
+    # for the way back's fast freeze through runc.
+    exec_root: Path = Path("/run/docker")
 
 
 @dataclass(frozen=True)
@@ -378,7 +381,7 @@ def parse_settings(doc: Mapping[str, Any], file: Path) -> Settings:
         webhooks.append(WebhookSettings(url=url, secret=r.opt_str("secret"), events=r.str_list("events")))
 
     a = _Reader(file, "agent", top.sub_table("agent"), frozenset(
-        {"docker_host", "spool_dir", "listen", "host_key", "authorized_keys", "shutdown_timeout"}))
+        {"docker_host", "spool_dir", "listen", "host_key", "authorized_keys", "shutdown_timeout", "exec_root"}))
     defaults = AgentSettings()
     agent = AgentSettings(
         docker_host=a.text("docker_host", defaults.docker_host),
@@ -387,6 +390,7 @@ def parse_settings(doc: Mapping[str, Any], file: Path) -> Settings:
         host_key=a.path("host_key", defaults.host_key) or defaults.host_key,
         authorized_keys=a.path("authorized_keys", defaults.authorized_keys) or defaults.authorized_keys,
         shutdown_timeout=a.number("shutdown_timeout", defaults.shutdown_timeout, minimum=0.0),
+        exec_root=a.path("exec_root", defaults.exec_root) or defaults.exec_root,
     )
     return Settings(source=file, daemon=daemon, docker=docker, devices=devices,
                     webhooks=tuple(webhooks), agent=agent, timeouts=_timeouts(top))

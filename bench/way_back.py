@@ -24,7 +24,7 @@ from tests.testbed.proc import wait_for
 
 AGENT_PORT = 8197
 WAYS = (("out", "pixel"), ("back", "host"))
-STEPS = ("checkpoint_s", "stream_s", "restore_s")
+STEPS = ("checkpoint_s", "device_checkpoint_s", "pull_s", "stream_s", "restore_s")
 
 
 def main() -> int:
@@ -69,9 +69,9 @@ def main() -> int:
             bed.engine_a.remove_containers(f"{LABEL}=1")
             bed.engine_b.remove_containers(f"{LABEL}=1")
     med = statistics.median
-    print(f"| touched memory | way | downtime (s) | total (s) | checkpoint | stream | restore | back vs out "
-          f"(downtime) |   (median of {args.runs})")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"| touched memory | way | downtime (s) | total (s) | checkpoint | of it: device's checkpoint | of it: "
+          f"files to the host | stream | restore | back vs out (downtime) |   (median of {args.runs})")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for mb in sizes:
         out = med(results[(mb, "out")]["downtime"])
         for way, label in (("out", "host → device"), ("back", "device → host")):

@@ -128,6 +128,7 @@ class DeviceEngine:
         self.engine = engine
         self.facts = facts
         self.spool_dir = spool_dir  # images land under it when the engine has androcond's runtime
+        self.exec_root: Path | None = None  # the engine's --exec-root (runc's states), when the agent knows it
 
     async def has_image(self, ref: str) -> bool:
         return await self.engine.image_exists(ref)

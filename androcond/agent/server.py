@@ -66,7 +66,9 @@ class Agent:
         try:
             facts = await gather_facts(engine)
             await asyncio.to_thread(settings.spool_dir.mkdir, parents=True, exist_ok=True)
-            agent = cls(settings, engine, parts.device(engine, facts, settings.spool_dir), parts)
+            device = parts.device(engine, facts, settings.spool_dir)
+            device.exec_root = settings.exec_root
+            agent = cls(settings, engine, device, parts)
             # What an agent killed mid-migration left in flight gets its final answer now.
             settled = await settle_all(agent.outcomes, agent.device)
         except BaseException:

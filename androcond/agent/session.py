@@ -237,6 +237,10 @@ class AgentSession(Receiving, PostCopy, Sourcing):
                           f"{free} free (keeping {FREE_SPACE_MARGIN} spare)")
         # Fitted now, before the daemon freezes anything: a host port taken here refuses the migration.
         fitted = await fit(self.device.engine, parse_create_config(begin.create_config_json))
+        if self.device.fast_restore and not begin.emulate:
+            fitted.adjusted["HostConfig.Runtime"] = {
+                "from": (fitted.body.get("HostConfig") or {}).get("Runtime"), "to": self.device.facts.runtime,
+                "why": "androcond's runtime restores the images in place (for all else it is runc)"}
         if begin.emulate and fitted.restart_policy:
             # Its entry point rebuilds the process once, from files removed after the restore: started again,
             # it could only fail.

@@ -23,6 +23,7 @@ from typing import Any, Protocol
 
 from ..aio import complete
 from ..criu import compat as criu_compat
+from ..criu import runc
 from ..criu.leftovers import place_nonce, remove_extractions
 from ..engine import EngineError
 from ..logging import get_logger
@@ -174,19 +175,16 @@ class Sourcing:
                 raise SourceRefused(f"container {outgoing.request.container} is not running here")
             await Sourcing._hold_restarts(self, outgoing, inspect)
             started = time.monotonic()
-            try:
-                await complete(engine.create_checkpoint(outgoing.container_id, outgoing.request.checkpoint_name))
-            except EngineError as exc:
-                raise SourceRefused(f"the device engine could not checkpoint the container: {exc}") from exc
+            via = await _checkpoint(self.device, outgoing)
             seconds = time.monotonic() - started
-        log.info("checkpointed as a source", checkpoint_s=round(seconds, 3))
+        log.info("checkpointed as a source", checkpoint_s=round(seconds, 3), via=via)
         try:
             listing = await asyncio.to_thread(_listing, outgoing.checkpoint_dir, inspect)
         except (TreeError, OSError) as exc:
             raise SourceRefused(f"cannot read what must move: {exc}") from exc
         total = sum(e.size for _d, _v, e in listing)
         await self.send(pb.Frame(frozen=pb.Frozen(file_count=len(listing), total_bytes=total,
-                                                  checkpoint_seconds=seconds)))
+                                                  checkpoint_seconds=seconds, via=via)))
         for number, (destination, volume, item) in enumerate(listing, start=1):
             await _send_file(self, number, destination, volume, item)
         log.info("sent what moves", files=len(listing), bytes=total)
@@ -216,6 +214,9 @@ class Sourcing:
         elif action == pb.SOURCE_REMOVE:
             if cid:
                 async with _lock(cid):
+                    stopping = _stopping.pop(cid, None)
+                    if stopping is not None:
+                        await stopping
                     await self.device.discard(cid)  # its checkpoint goes with it
                 log.info("removed: it runs at the target", container_id=cid)
             await asyncio.to_thread(_kept_policy, self.device.spool_dir, outgoing.request.migration_id)
@@ -224,9 +225,55 @@ class Sourcing:
             raise ProtocolViolation(f"unknown source action {action}")
 
 
+def _runc_root(exec_root: Path | None, container_id: str) -> Path | None:
+    """Where runc keeps the container's state (<exec-root>/runtime-<runtime>/<namespace>/<id>), if found."""
+    if exec_root is None:
+        return None
+    found = sorted(exec_root.glob(f"runtime-*/*/{container_id}/state.json"))
+    return found[0].parent.parent if found else None
+
+
+async def _checkpoint(device: DeviceEngine, outgoing: OutgoingMigration) -> str:
+    """Freeze it into the engine's checkpoint directory: through runc straight there where its state is found
+    (the engine's own path copies the images through containerd: 5.2 s against 0.5 s for 256 MB on the bed),
+    else through the engine. How it was done."""
+    cid, name = outgoing.container_id, outgoing.request.checkpoint_name
+    assert outgoing.checkpoint_dir is not None
+    root = await asyncio.to_thread(_runc_root, device.exec_root, cid)
+    if root is not None and await asyncio.to_thread(runc.usable, root, cid, ""):  # its restart policy is lifted
+        try:
+            await complete(runc.checkpoint(root, cid, outgoing.checkpoint_dir))
+        except runc.RuncError as exc:
+            raise SourceRefused(f"the device could not checkpoint the container: {exc}") from exc
+        # The engine learns of the stop a moment later; a rollback must not find it "running" still.
+        _stopping[cid] = asyncio.create_task(_until_stopped(device, cid), name=f"stopping-{cid[:12]}")
+        return "runc"
+    try:
+        await complete(device.engine.create_checkpoint(cid, name))
+    except EngineError as exc:
+        raise SourceRefused(f"the device engine could not checkpoint the container: {exc}") from exc
+    return "engine"
+
+
+# After a freeze through runc: until the engine has seen the container stop (awaited before a restore).
+_stopping: dict[str, asyncio.Task[None]] = {}
+STOP_SEEN_S = 30.0
+
+
+async def _until_stopped(device: DeviceEngine, container_id: str) -> None:
+    try:
+        async with asyncio.timeout(STOP_SEEN_S):
+            await device.engine.wait_stopped(container_id)
+    except (EngineError, TimeoutError) as exc:
+        log.warning("the engine did not report the checkpointed container stopped", error=str(exc))
+
+
 async def _restore(device: DeviceEngine, outgoing: OutgoingMigration) -> bool:
     """Run it again from its checkpoint unless it runs, then give it its restart policy back; whether it runs."""
     cid = outgoing.container_id
+    stopping = _stopping.pop(cid, None)
+    if stopping is not None:
+        await stopping
     if not await device.is_running(cid):
         checkpoint = outgoing.checkpoint_dir
         # containerd never removes its extraction of a checkpoint (criu/leftovers.py): marked, to be found.

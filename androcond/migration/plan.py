@@ -4,7 +4,7 @@ and returns what the next one needs; nothing passes through a shared object."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +67,9 @@ class Frozen:
     images: Path
     at: float  # time.monotonic() of the freeze: the downtime's start
     via: str  # "runc" or "engine"
+    # Seconds of the freeze's own steps worth a line in the record (the way back: the device's checkpoint and
+    # bringing its files here), by timing name.
+    steps: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)

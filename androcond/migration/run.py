@@ -149,6 +149,7 @@ class Migration:
                 frozen = await self.source.freeze(plan.inspect)
                 self.settler.frozen = frozen
                 self.recorder.time("checkpoint_s", frozen.at)
+                record.timings.update({name: round(seconds, 3) for name, seconds in frozen.steps.items()})
                 log.info("checkpointed", via=frozen.via, seconds=record.timings["checkpoint_s"])
                 self.ctx.faults.inject("checkpoint", record.container_name)
             async with budget("stream", t.stream):

@@ -313,14 +313,16 @@ class Freeze(_message.Message):
     def __init__(self) -> None: ...
 
 class Frozen(_message.Message):
-    __slots__ = ("file_count", "total_bytes", "checkpoint_seconds")
+    __slots__ = ("file_count", "total_bytes", "checkpoint_seconds", "via")
     FILE_COUNT_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    VIA_FIELD_NUMBER: _ClassVar[int]
     file_count: int
     total_bytes: int
     checkpoint_seconds: float
-    def __init__(self, file_count: _Optional[int] = ..., total_bytes: _Optional[int] = ..., checkpoint_seconds: _Optional[float] = ...) -> None: ...
+    via: str
+    def __init__(self, file_count: _Optional[int] = ..., total_bytes: _Optional[int] = ..., checkpoint_seconds: _Optional[float] = ..., via: _Optional[str] = ...) -> None: ...
 
 class SourceEnd(_message.Message):
     __slots__ = ("action",)

@@ -170,11 +170,16 @@ class AgentSource:
             frozen = await link.freeze(self._timeouts.checkpoint)
             log.info("checkpointed on the device", seconds=round(frozen.checkpoint_seconds, 3),
                      files=frozen.file_count, bytes=frozen.total_bytes)
+            pulling = time.monotonic()
             try:
                 await _receive(link, frozen.file_count, self.workspace)
             except (AgentError, OSError) as exc:
                 raise TransportError(f"what the device sent could not be stored: {exc}") from exc
-        return Frozen(self.workspace / CHECKPOINT, at, "engine")
+            pulled_s = time.monotonic() - pulling
+        log.info("the device's files are here", seconds=round(pulled_s, 3),
+                 mb_per_s=round(frozen.total_bytes / 2**20 / max(pulled_s, 1e-6), 1))
+        return Frozen(self.workspace / CHECKPOINT, at, frozen.via or "engine",
+                      steps={"device_checkpoint_s": frozen.checkpoint_seconds, "pull_s": pulled_s})
 
     def mounted_root(self, inspect: dict[str, Any]) -> AbstractAsyncContextManager[Path]:
         raise Rejected(NOT_ACROSS)

@@ -125,7 +125,8 @@ def test_command_of() -> None:
 # What the agent may import from outside agent/ and protocol/: the modules both sides share. Anything else
 # is the host's (container_config, transport, the daemon, ...) and would pull the host's code onto the device.
 SHARED = {"androcond", "androcond.cli_common", "androcond.config", "androcond.logging", "androcond.errors",
-          "androcond.engine", "androcond.criu", "androcond.criu.compat", "androcond.criu.leftovers", "androcond.aio"}
+          "androcond.engine", "androcond.criu", "androcond.criu.compat", "androcond.criu.leftovers",
+          "androcond.criu.runc", "androcond.aio"}
 
 
 def test_agent_imports_only_shared_modules() -> None:

@@ -47,6 +47,7 @@ spool_dir = "{directory / f'{name}-spool'}"
 listen = "0.0.0.0:{port}"
 host_key = "{self.host_key_path}"
 authorized_keys = "{bed.device.authorized_keys}"
+exec_root = "{bed.engine_b.run_dir / 'exec'}"
 """)
 
     def known_hosts(self, path: Path, host: str | None = None, port: int | None = None) -> Path:

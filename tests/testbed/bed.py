@@ -48,7 +48,9 @@ class TestBed:
     started_now: set[str] = field(default_factory=set)
 
     def __post_init__(self) -> None:
-        self.engine_a = DockerEngine("a", self.data_root / "engine-a", self.run_root / "engine-a")
+        # The host's engine has androcond's runtime too: the way back restores in place (target/host.py).
+        self.engine_a = DockerEngine("a", self.data_root / "engine-a", self.run_root / "engine-a",
+                                     runtimes={RUNTIME_NAME: str(runtime_path())})
         self.device = DeviceNamespace(netns="androcond-dev0", host_if="acd0-host", device_if="acd0-dev",
                                       host_ip="10.231.7.1", device_ip="10.231.7.2",
                                       run_dir=self.run_root / "device")
@@ -101,6 +103,8 @@ class TestBed:
         if not self.engine_a.answers():
             self._record("engine_a", True)
             self.engine_a.start()
+        else:
+            self.engine_a.reconfigure()
         self._record("netns", self.device.create())
         if not self.engine_b.answers():
             self._record("engine_b", True)
