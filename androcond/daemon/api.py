@@ -137,10 +137,10 @@ class _Where:
 
 
 async def _where(state: ApiState, ref: str) -> _Where:
-    """Where a container runs now: on a device if the last move of that name that landed took it there, else
-    in the host's engine (EngineError 404 when it is in neither)."""
+    """Where a container runs now: on a device if the last move of that name that landed took it there (a
+    source kept at home is a stopped copy), else in the host's engine (EngineError 404 when it is in neither)."""
     placed = await state.journal.last_done_for_name(ref.lstrip("/"))
-    if placed is not None and placed.device != HOME and not placed.keep_source:
+    if placed is not None and placed.device != HOME:
         return _Where(placed.device, placed.target_container_id or placed.container_name, placed.container_name)
     inspect = await state.engine.inspect_container(ref)
     return _Where(HOME, str(inspect["Id"]), str(inspect["Name"]).lstrip("/"))

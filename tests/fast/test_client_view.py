@@ -16,6 +16,7 @@ from rich.console import Console
 from androcond.cli.views import (
     MigrationProgress,
     _ctrl_c_held,
+    containers_table,
     fmt_clock,
     fmt_seconds,
     fmt_when,
@@ -219,6 +220,15 @@ def test_migrations_plain_table_has_every_column() -> None:
     for header in ("ID", "CONTAINER", "STATE"):
         column = lines[0].index(header)
         assert all(line[column - 2:column] == "  " and line[column] != " " for line in lines), header
+
+
+def test_containers_plain_table_says_where_each_runs_and_since_when() -> None:
+    placed = [{"name": "web", "where": "host", "since": 1_700_000_100.0, "migration_id": ID, "from": "pixel"},
+              {"name": "db", "where": "pixel", "since": 1_700_000_050.0, "migration_id": "b" * 32, "from": "host"}]
+    lines = plain([containers_table(placed, plain=True)]).splitlines()
+    assert lines[0].split() == ["NAME", "WHERE", "SINCE", "FROM", "MIGRATION"]
+    assert lines[1].split() == ["web", "host", *fmt_when(1_700_000_100.0).split(), "pixel", ID[:12]]
+    assert lines[2].split() == ["db", "pixel", *fmt_when(1_700_000_050.0).split(), "host", "b" * 12]
 
 
 def test_migrations_table_on_a_terminal_has_every_column() -> None:

@@ -11,7 +11,8 @@ from pathlib import Path
 import asyncssh
 
 from .bed import TestBed
-from .device import port_open
+from .device import DeviceNamespace, port_open
+from .engines import DockerEngine
 from .proc import TestBedError, alive, stop_pid, tail, wait_for
 
 
@@ -21,8 +22,12 @@ class DeviceAgent:
 
     def __init__(self, bed: TestBed, directory: Path, port: int,
                  module: tuple[str, ...] = ("androcond", "agent", "serve"), name: str = "agent",
-                 host_key: Path | None = None, env: dict[str, str] | None = None) -> None:
+                 host_key: Path | None = None, env: dict[str, str] | None = None, *,
+                 device: DeviceNamespace | None = None, engine: DockerEngine | None = None) -> None:
+        """On the bed's device and its engine B, or on `device` with `engine` (a second device of a test)."""
         self.bed = bed
+        self.device = device or bed.device
+        engine = engine or bed.engine_b
         self.directory = directory
         self.port = port
         self.module = module
@@ -42,26 +47,26 @@ class DeviceAgent:
 log_format = "json"
 log_level = "debug"
 [agent]
-docker_host = "{bed.engine_b.host}"
+docker_host = "{engine.host}"
 spool_dir = "{directory / f'{name}-spool'}"
 listen = "0.0.0.0:{port}"
 host_key = "{self.host_key_path}"
 authorized_keys = "{bed.device.authorized_keys}"
-exec_root = "{bed.engine_b.run_dir / 'exec'}"
+exec_root = "{engine.run_dir / 'exec'}"
 """)
 
     def known_hosts(self, path: Path, host: str | None = None, port: int | None = None) -> Path:
         public = self.host_key.export_public_key().decode().strip()
-        path.write_text(f"[{host or self.bed.device.device_ip}]:{port or self.port} {public}\n")
+        path.write_text(f"[{host or self.device.device_ip}]:{port or self.port} {public}\n")
         return path
 
     def start(self) -> DeviceAgent:
-        device_ip = self.bed.device.device_ip
+        device_ip = self.device.device_ip
         if port_open(device_ip, self.port):
             raise TestBedError(f"port {self.port} on the device is taken (a stale agent?); it would answer for ours")
         with self.log.open("wb") as out:
             self.proc = subprocess.Popen(
-                self.bed.device.nsenter(sys.executable, "-m", *self.module, "--config", str(self.config)),
+                self.device.nsenter(sys.executable, "-m", *self.module, "--config", str(self.config)),
                 stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 env=None if self.env is None else {**os.environ, **self.env})
         pid = self.proc.pid
