@@ -9,6 +9,8 @@ errors: it stands for a bug, so the tests prove that the supervisor contains wha
 the daemon removes it, as when the phone is unplugged right after the restore. ``wrong-exe`` makes a cross-ISA
 move send the source's binary where the device needs its own, so the device's CRIU refuses the restore.
 ``bad-plan`` cuts an emulated move's restorer plan short, so the restorer on the device refuses it.
+``restore-refused`` empties the inventory of the images a way back brought home (the device keeps its own), so
+the host's CRIU refuses the restore.
 ``paging`` strikes once a post-copy restore runs on the device, before its last page: the daemon's error closes
 the connection, which cuts the page transfer. Unset — always, outside tests — nothing happens.
 
@@ -24,7 +26,7 @@ from dataclasses import dataclass
 
 ENV = "ANDROCOND_INJECT_FAULT"
 POINTS = frozenset({"preflight", "checkpoint", "recode", "stream", "commit", "paging", "finish-source",
-                    "forward-gone", "wrong-exe", "bad-plan"})
+                    "forward-gone", "wrong-exe", "bad-plan", "restore-refused"})
 
 
 class InjectedFault(RuntimeError):

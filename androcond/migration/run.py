@@ -27,7 +27,7 @@ from .commit import strategy
 from .container_config import home_body
 from .context import Context
 from .errors import DeviceDidNotRestore, Rejected, budget
-from .journal import MigrationRecord
+from .journal import HOME, MigrationRecord
 from .plan import Plan
 from .recorder import Recorder
 from .roles import Source, TargetLink
@@ -163,7 +163,8 @@ class Migration:
                                                                                   self.recorder, self.progress)
             if outcome.state != pb.OUTCOME_RUNNING:
                 raise DeviceDidNotRestore(
-                    f"the device did not restore the container: {outcome.error or OutcomeState.of(outcome.state)}")
+                    f"{'the host' if record.device == HOME else 'the device'} did not restore the container: "
+                    f"{outcome.error or OutcomeState.of(outcome.state)}")
             await self.settler.finish(outcome, f"running on {record.device} as {outcome.container_id[:12]}")
 
     async def _prepare(self, link: TargetLink, plan: Plan) -> bool:

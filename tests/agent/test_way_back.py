@@ -116,11 +116,12 @@ async def test_out_and_back_counts_on_with_the_device_s_files_and_its_home_confi
     assert home is not None
 
 
-@pytest.mark.parametrize("fault", ["stream", "commit"])
+@pytest.mark.parametrize("fault", ["stream", "commit", "restore-refused"])
 async def test_a_fault_on_the_way_back_leaves_it_running_on_the_device(
         agent_server: AgentBed, engine_a: Engine, engine_b: Engine, tmp_path: Path, unique_name: str,
         fault: str) -> None:
-    """`stream`: after the device froze it; `commit`: its files are home, the host's restore never asked."""
+    """`stream`: after the device froze it; `commit`: its files are home, the host's restore never asked;
+    `restore-refused`: the host's CRIU refuses the images (the device's own checkpoint is the rollback)."""
     bed = agent_server.bed
     try:
         config, on_device = await _out_to_the_device(agent_server, engine_a, engine_b, tmp_path, unique_name)
@@ -130,7 +131,8 @@ async def test_a_fault_on_the_way_back_leaves_it_running_on_the_device(
             await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
             code, record = await migrate_by_cli(config, unique_name, "host")
             assert code != 0 and record["state"] == "rolled-back", record
-            assert "injected fault" in record["error"]
+            why = "did not restore" if fault == "restore-refused" else "injected fault"
+            assert why in record["error"], record["error"]
         finally:
             await daemon.kill()
         seen = await counting_on(engine_b, unique_name, on_device)
@@ -138,6 +140,7 @@ async def test_a_fault_on_the_way_back_leaves_it_running_on_the_device(
         assert not await running(engine_a, unique_name)
         leftovers = list((tmp_path / "state" / "pulled").glob("*/*"))
         assert not leftovers, leftovers
+        assert not _containers_named(bed.engine_a.host, unique_name), "the host's target container is removed"
     finally:
         for engine in (bed.engine_a, bed.engine_b):
             engine.cli("rm", "-f", unique_name, check=False)
