@@ -81,8 +81,9 @@ def main() -> int:
         say(f"hop 1: the device `pixel` is the network namespace {bed.device.netns} ({bed.device.device_ip}) "
             "with its own Docker engine; starting androcond's agent there")
         agent.start()
-        daemon = Daemon(daemon_config(agent, DEMO_DIR, daemon=f'api = "unix:{DEMO_DIR / "api.sock"}"\n'
-                                                             'log_format = "console"'))
+        first_config = daemon_config(agent, DEMO_DIR, daemon=f'api = "unix:{DEMO_DIR / "api.sock"}"\n'
+                                                             'log_format = "console"')
+        daemon = Daemon(first_config)
         name = f"androcond-demo-{uuid.uuid4().hex[:6]}"
         say(f"starting container {name} on the host with the label androcond.migrate=pixel")
         bed.engine_a.cli("run", "-d", "--name", name, "--label", "androcond.migrate=pixel",
@@ -91,6 +92,14 @@ def main() -> int:
         wait_for(lambda: len(counts(bed.engine_b.cli("logs", name))) >= 10, timeout=30, what="counting on the device")
         device_counts = counts(bed.engine_b.cli("logs", name))
         say(f"{name} now runs on `pixel`; its counter went on from {device_counts[0]} (a fresh start would print 1)")
+        say(f"bringing it home: `androcond migrate {name} --to host --wait`")
+        subprocess.run([sys.executable, "-m", "androcond", "migrate", name, "--to", "host", "--wait",
+                        "--config", str(first_config)], check=True)
+        wait_for(lambda: len(counts(bed.engine_a.cli("logs", name))) >= 3, timeout=30, what="counting at home")
+        home_counts = counts(bed.engine_a.cli("logs", name))
+        say(f"{name} runs on the host again and went on from {home_counts[0]}; its label names `pixel`, but "
+            "androcond does not send back out on its own what was brought home (`androcond containers`):")
+        subprocess.run([sys.executable, "-m", "androcond", "containers", "--config", str(first_config)], check=False)
         daemon.journal()
         daemon.stop()
 
@@ -125,7 +134,7 @@ def main() -> int:
         machine = arm64.adb_shell(f"docker exec {moving} uname -m", timeout=120).strip()
         say(f"`docker exec {moving} uname -m` on the device: {machine}")
         daemon.journal()
-        say(f"the namespace device stays up (docker -H {bed.engine_b.host} logs -f {name}); "
+        say(f"the host's engine stays up (docker -H {bed.engine_a.host} logs -f {name}); "
             "remove the test bed when done: scripts/testbed.sh down")
         return 0
     finally:
