@@ -187,10 +187,13 @@ class Engine:
     async def info(self) -> Json:
         return await self._object(self._path("info"))
 
-    async def list_containers(self, *, label: str | None = None, all_states: bool = False) -> list[Json]:
+    async def list_containers(self, *, label: str | None = None, all_states: bool = False,
+                              volume: str | None = None) -> list[Json]:
         params: dict[str, Any] = {"all": all_states}
-        if label is not None:
-            params["filters"] = json.dumps({"label": [label]})
+        filters = {**({"label": [label]} if label is not None else {}),
+                   **({"volume": [volume]} if volume is not None else {})}
+        if filters:
+            params["filters"] = json.dumps(filters)
         result = await self._call(self._path("containers", "json"), params=params)
         if not isinstance(result, list):
             raise EngineError(f"Docker engine at {self.host}: GET /containers/json: expected a list")

@@ -181,6 +181,7 @@ class DeviceEngine:
             raise
         # From here on the container is ours: whatever fails (or cancels us), it must not stay behind.
         try:
+            await self._volumes_free(config, cid)
             if emulated_dir is not None:
                 return TargetContainer(cid, emulated_dir, await self._upper_dir(cid))
             return await self._prepare(cid, checkpoint_name, migration_id, lazy)
@@ -217,6 +218,28 @@ class DeviceEngine:
             await complete(self.discard(cid))
         except EngineError as exc:
             log.error("could not remove the target container", container_id=cid, error=str(exc))
+
+    async def _volumes_free(self, config: dict[str, Any], cid: str) -> None:
+        """A move brings the container's named volumes as its source left them, replacing what this engine
+        holds under those names: refused (before anything is frozen) when another container uses one here."""
+        for mount in (config.get("HostConfig") or {}).get("Mounts") or []:
+            if mount.get("Type") != "volume" or not mount.get("Source"):
+                continue
+            name = str(mount["Source"])
+            users = [str(c.get("Names", ["?"])[0]).lstrip("/")
+                     for c in await self.engine.list_containers(all_states=True, volume=name) if c.get("Id") != cid]
+            if users:
+                raise RestoreError(f"volume {name!r} is used here by {', '.join(users)}: the move would replace "
+                                   "its data")
+
+    async def take_volume(self, name: str) -> Path:
+        """The volume's directory, emptied for the files that come (what this engine held under the name is an
+        older copy: a file deleted at the source must not come back)."""
+        path = await self.volume_dir(name)
+        removed = await asyncio.to_thread(_empty, path)
+        if removed:
+            log.info("the volume's older copy here was replaced", volume=name, entries=removed)
+        return path
 
     async def volume_dir(self, name: str) -> Path:
         try:
@@ -346,6 +369,18 @@ def write_restore_config(spool_dir: Path, runc_conf: Path = criu_compat.RUNC_CON
             os.unlink(tmp)
         raise
     return path
+
+
+def _empty(directory: Path) -> int:
+    """Remove everything beneath `directory` (not following links); how many top entries went."""
+    count = 0
+    for entry in directory.iterdir():
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry)
+        else:
+            entry.unlink()
+        count += 1
+    return count
 
 
 def runtime_path() -> Path:

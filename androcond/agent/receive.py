@@ -72,7 +72,7 @@ class Receiving:
             return migration.target.upper_dir
         if start.destination == pb.VOLUME:
             if start.volume not in migration.volume_dirs:
-                migration.volume_dirs[start.volume] = await self.device.volume_dir(start.volume)
+                migration.volume_dirs[start.volume] = await self.device.take_volume(start.volume)
             return migration.volume_dirs[start.volume]
         raise ProtocolViolation(f"unknown destination {start.destination}")
 

@@ -269,3 +269,79 @@ async def test_a_home_that_cannot_take_it_refuses_before_the_device_freezes(
         for engine in (bed.engine_a, bed.engine_b):
             engine.cli("rm", "-f", unique_name, check=False)
         bed.engine_a.cli("rm", "-f", squatter, check=False)
+
+
+async def test_a_named_volume_comes_home_as_the_device_left_it(
+        agent_server: AgentBed, engine_a: Engine, engine_b: Engine, tmp_path: Path, unique_name: str) -> None:
+    """A file written into the volume on the device is at home, and one deleted there is gone at home too
+    (the host's copy of the volume, still on its engine since the way out, is not what comes back)."""
+    bed = agent_server.bed
+    volume = f"acd-vol-{unique_name[-8:]}"
+    container = _config()
+    container["Cmd"] = ["/bin/sh", "-c", "echo at-home > /vol/old && exec /bin/counter"]
+    container["HostConfig"]["Mounts"] = [{"Type": "volume", "Source": volume, "Target": "/vol"}]
+    config = write_daemon_config(agent_server, tmp_path)
+    first = DaemonProcess(config)
+    try:
+        counted = await start_counting(engine_a, container, unique_name)
+        await first.start()
+        out = await finished(first, unique_name)
+        assert out["state"] == "done", out
+        await first.kill()
+        on_device = (await counting_on(engine_b, unique_name, counted))[-1]
+        _exec(bed.engine_b.host, unique_name, "sh", "-c", "rm /vol/old && echo on-device > /vol/new")
+        daemon = DaemonProcess(config)
+        await daemon.start()
+        try:
+            await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
+            code, record = await migrate_by_cli(config, unique_name, "host")
+            assert code == 0, record
+            await counting_on(engine_a, unique_name, on_device)
+            listing = _exec(bed.engine_a.host, unique_name, "ls", "/vol").split()
+            assert listing == ["new"], listing
+            assert _exec(bed.engine_a.host, unique_name, "cat", "/vol/new").strip() == "on-device"
+        finally:
+            await daemon.kill()
+    finally:
+        await first.kill()
+        for engine in (bed.engine_a, bed.engine_b):
+            engine.cli("rm", "-f", unique_name, check=False)
+            engine.cli("volume", "rm", "-f", volume, check=False)
+
+
+async def test_a_volume_another_container_uses_at_home_refuses_the_way_back(
+        agent_server: AgentBed, engine_a: Engine, engine_b: Engine, tmp_path: Path, unique_name: str) -> None:
+    """Bringing it home would replace the volume's data under another container's feet: refused before the
+    device freezes anything, and it counts on on the device."""
+    bed = agent_server.bed
+    volume, user = f"acd-vol-{unique_name[-8:]}", f"{unique_name}-user"
+    container = _config()
+    container["HostConfig"]["Mounts"] = [{"Type": "volume", "Source": volume, "Target": "/vol"}]
+    config = write_daemon_config(agent_server, tmp_path)
+    first = DaemonProcess(config)
+    try:
+        counted = await start_counting(engine_a, container, unique_name)
+        await first.start()
+        out = await finished(first, unique_name)
+        assert out["state"] == "done", out
+        await first.kill()
+        on_device = (await counting_on(engine_b, unique_name, counted))[-1]
+        bed.engine_a.cli("run", "-d", "--name", user, "--label", "androcond-test=1", "-v", f"{volume}:/data",
+                         _config()["Image"], "/bin/counter")
+        daemon = DaemonProcess(config)
+        await daemon.start()
+        try:
+            await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
+            code, record = await migrate_by_cli(config, unique_name, "host")
+            assert code != 0 and record["state"] == "rejected", record
+            assert volume in record["error"] and user in record["error"], record["error"]
+            assert await _exactly_once(engine_a, engine_b, unique_name, on_device) == "pixel"
+        finally:
+            await daemon.kill()
+    finally:
+        await first.kill()
+        for engine in (bed.engine_a, bed.engine_b):
+            engine.cli("rm", "-f", unique_name, check=False)
+        bed.engine_a.cli("rm", "-f", user, check=False)
+        for engine in (bed.engine_a, bed.engine_b):
+            engine.cli("volume", "rm", "-f", volume, check=False)
