@@ -1,7 +1,7 @@
 """Image transforms between a CRIU dump and what the target device can restore.
 
 A recode reads a dump directory and writes a new one. It is a list of stages, each a function of the
-image set (`Stage`): `Aarch64Recode` (x86_64 → aarch64, after the Popcorn notify), `AndroidProfile`
+image set (`Stage`): `Aarch64Recode` / `X86_64Recode` (across ISAs, after the Popcorn notify), `AndroidProfile`
 (seccomp, LSM, mountpoints), `CgroupV1Mounts` (a target with cgroup v2), `AbsentMountpoints` (paths the
 target lacks), `PagemapCompat` (a target CRIU older than 4.2). With no stage — same ISA, no profile, a
 target like this host — it is the identity: every file is copied unchanged in the kernel (copy_file_range).
@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..images.files import StrPath
 from .android import DEFAULT_DROPPED_MOUNTS, AbsentMountpoints, AndroidProfile, CgroupV1Mounts
-from .arch import Aarch64Recode, AArch64Regs, VdsoTemplate, core_isa
+from .arch import Aarch64Recode, AArch64Regs, IsaRecode, VdsoTemplate, X86_64Recode, X86Regs, core_isa
 from .elf import ElfInfo, read_elf
 from .imageset import ImageSet, OutputFile, RecodeError, WriteStats, write_outputs
 from .pagemap_compat import PagemapCompat, reads_only_old_counts
@@ -93,11 +93,13 @@ def stages_for(source: str, options: RecodeOptions) -> list[Stage]:
         raise RecodeError(f"unknown profile {options.profile!r} (one of {', '.join(PROFILES)})")
     stages: list[Stage] = []
     if source != options.target:
-        if (source, options.target) != ("x86_64", "aarch64"):
+        across = {("x86_64", "aarch64"): Aarch64Recode, ("aarch64", "x86_64"): X86_64Recode}.get(
+            (source, options.target))
+        if across is None:
             raise RecodeError(f"recode {source} -> {options.target} is not implemented")
         if options.vdso is None:
             raise RecodeError("a cross-ISA recode needs the target's vdso image")
-        stages.append(Aarch64Recode(options.vdso, options.root))
+        stages.append(across(options.vdso, options.root))
     if options.profile == "android":
         stages.append(AndroidProfile(options.dropped_mounts))
     if options.cgroup_v1_to_v2:
@@ -148,6 +150,7 @@ __all__ = [
     "CgroupV1Mounts",
     "ElfInfo",
     "ImageSet",
+    "IsaRecode",
     "PagemapCompat",
     "Problem",
     "RecodeError",
@@ -157,6 +160,8 @@ __all__ = [
     "Recoded",
     "Stage",
     "VdsoTemplate",
+    "X86Regs",
+    "X86_64Recode",
     "check_executable",
     "core_isa",
     "plan",

@@ -1,12 +1,13 @@
-"""x86_64 → aarch64 recode of a dump taken after the Popcorn notify (CRIU-IMAGES.md section 7).
+"""Recode across ISAs of a dump taken after the Popcorn notify (CRIU-IMAGES.md section 7): x86_64 → aarch64
+(the way out) and aarch64 → x86_64 (the way back).
 
-Per task: the aarch64 registers and TLS the Popcorn runtime left in `regs_dst` / `tls_dst` are read from the
+Per task: the target's registers and TLS the Popcorn runtime left in `regs_dst` / `tls_dst` are read from the
 dumped memory (located through the executable's symbols and the pagemap, PRESENT pages only, magic
-checked); every core is rewritten to AARCH64; the x86 vdso, vvar and vsyscall areas are replaced by the
-target's vdso and vvar; the executable's files.img entries take the `<bin>_aarch64` binary's size and build
-id, and the dumped pages of its executable mappings are dropped: CRIU's parasite made them copy-on-write (the
-first one is where it was injected), so they hold x86_64 code, and the target must map the aarch64 file's own
-text there. Every other image and every other page is copied unchanged.
+checked); every core is rewritten for the target; the source's vdso, vvar and vsyscall areas are replaced by
+the target's vdso and vvar; the executable's files.img entries take the target variant's (`<bin>_aarch64`,
+`<bin>_x86-64`) size and build id, and the dumped pages of its executable mappings are dropped: CRIU's
+parasite made them copy-on-write (the first one is where it was injected), so they hold the source ISA's
+code, and the target must map its own variant's text there. Every other image and page is copied unchanged.
 """
 
 from __future__ import annotations
@@ -49,6 +50,23 @@ assert AARCH64_REGSET.size == AARCH64_REGSET_SIZE
 # What the kernel shows in PSTATE for EL0 user code after a syscall (N and Z set, as criu-het writes).
 AARCH64_PSTATE: Final = 0x60000000
 
+# The Popcorn runtime's x86_64 register set: magic@0, rip@8, rax rdx rcx rbx rsi rdi rbp rsp r8..r15@16,
+# mmx[8]@144, xmm[16]@208, st[8] (16 bytes each)@464, u32 cs ss ds es fs gs@592, rflags@616.
+X86_64_REGSET: Final = struct.Struct("<2Q16Q64s256s128s6IQ")
+X86_64_REGSET_SIZE: Final = 624
+assert X86_64_REGSET.size == X86_64_REGSET_SIZE
+X86_64_GPREGS: Final = ("ax", "dx", "cx", "bx", "si", "di", "bp", "sp", *(f"r{i}" for i in range(8, 16)))
+# What a 64-bit task's segments and flags are on Linux: __USER_CS, __USER_DS, IF and the always-one bit.
+X86_64_USER_CS, X86_64_USER_SS, X86_64_FLAGS_BASE = 0x33, 0x2B, 0x202
+# The FPU as a fresh task has it (FNINIT's control word, SSE exceptions masked): the register set carries only
+# the x87 and SSE registers.
+X86_64_FPU_CWD, X86_64_MXCSR, X86_64_MXCSR_MASK = 0x37F, 0x1F80, 0xFFFF
+# CRIU's user_x86_regs_mode: NATIVE (not a 32-bit compat task).
+X86_64_REGS_NATIVE: Final = 1
+# The three GDT TLS slots of a 64-bit task that never used them, as CRIU dumps them.
+X86_64_TLS_SLOTS: Final = (12, 13, 14)
+NO_SYSCALL: Final = (1 << 64) - 1  # orig_ax -1: the task was not inside a system call to restart
+
 X86_64_PAGE_SIZE: Final = 4096
 VARIANT_SUFFIX: Final = {"x86_64": "_x86-64", "aarch64": "_aarch64"}
 
@@ -88,6 +106,37 @@ class AArch64Regs:
         for reg in self.v:
             out += [int.from_bytes(reg[:8], "little"), int.from_bytes(reg[8:], "little")]
         return out
+
+
+@dataclass(frozen=True)
+class X86Regs:
+    rip: int
+    gp: dict[str, int]  # by CRIU's user_x86_regs_entry names (ax, dx, …, r15)
+    xmm: bytes  # xmm0..xmm15, 16 bytes each
+    st: bytes  # st0..st7 in 16-byte slots, as FXSAVE lays them out
+    segments: tuple[int, ...]  # cs, ss, ds, es, fs, gs
+    rflags: int
+    tls: int
+
+    @classmethod
+    def unpack(cls, regset: bytes, tls: bytes, where: str) -> X86Regs:
+        if len(regset) < X86_64_REGSET_SIZE or len(tls) != 8:
+            raise RecodeError(f"{where}: short register set")
+        fields = X86_64_REGSET.unpack(regset[:X86_64_REGSET_SIZE])
+        magic, rip = fields[0], fields[1]
+        if magic != X86_64_REGSET_MAGIC:
+            hint = " (an aarch64 register set: notified for the wrong target?)" if magic == AARCH64_REGSET_MAGIC \
+                else ""
+            raise RecodeError(
+                f"{where}: regs_dst magic is 0x{magic:x}, not the x86_64 0x{X86_64_REGSET_MAGIC:x}{hint}; "
+                "was the task notified (Popcorn) before the dump?"
+            )
+        return cls(rip=rip, gp=dict(zip(X86_64_GPREGS, fields[2:18], strict=True)), xmm=fields[19], st=fields[20],
+                   segments=tuple(fields[21:27]), rflags=fields[27], tls=int.from_bytes(tls, "little"))
+
+
+def _words(data: bytes) -> list[int]:
+    return [int.from_bytes(data[i : i + 4], "little") for i in range(0, len(data), 4)]
 
 
 @dataclass(frozen=True)
@@ -136,9 +185,13 @@ def exe_path(root: Path, name: str) -> Path:
     return root.joinpath(*parts)
 
 
-class Aarch64Recode:
+class IsaRecode:
     """The stage: call it on an ImageSet. `root` is where the tasks' paths resolve (the container's root
-    filesystem, "/" for a plain process)."""
+    filesystem, "/" for a plain process). A subclass names the direction."""
+
+    source_isa = ""
+    target_isa = ""
+    regset_size = 0
 
     def __init__(self, target: VdsoTemplate, root: str | Path = "/") -> None:
         self.target = target
@@ -154,22 +207,24 @@ class Aarch64Recode:
 
     def __call__(self, images: ImageSet) -> None:
         source = core_isa(images)
-        if source != "x86_64":
-            raise RecodeError(f"{images.src}: recode to aarch64 needs an x86_64 dump, this one is {source}")
+        if source != self.source_isa:
+            raise RecodeError(f"{images.src}: recode to {self.target_isa} needs an {self.source_isa} dump, this one "
+                              f"is {source}")
         if self.target.page_size != X86_64_PAGE_SIZE:
-            # Every pagemap entry and VMA would have to be re-cut to the larger page: not done (yet).
+            # Every pagemap entry and VMA would have to be re-cut to another page size: not done (yet).
             raise RecodeError(f"target page size {self.target.page_size} differs from x86_64's {X86_64_PAGE_SIZE}")
         files = images.edit("files.img")
         for pid, threads in iter_tasks(images):
             self._task(images, files, pid, threads)
         if self._unfiltered:
             images.warnings.append(
-                f"the x86_64 seccomp filter of task(s) {', '.join(map(str, sorted(self._unfiltered)))} cannot "
-                "filter aarch64 system calls and was removed: on the device they run without seccomp")
+                f"the {self.source_isa} seccomp filter of task(s) {', '.join(map(str, sorted(self._unfiltered)))} "
+                f"cannot filter {self.target_isa} system calls and was removed: on the target they run without "
+                "seccomp")
         for vma_file in sorted(self._foreign_text):
             images.warnings.append(
                 f"dumped pages lie in the executable mapping of {vma_file} (not a task's own binary): they are "
-                "x86_64 code or data that the aarch64 task will see as it was dumped")
+                f"{self.source_isa} code or data that the {self.target_isa} task will see as it was dumped")
 
     def _task(self, images: ImageSet, files: Image, pid: int, threads: list[int]) -> None:
         if len(threads) > 1:
@@ -181,10 +236,10 @@ class Aarch64Recode:
         # The executable as CRIU will open it again: as the task's exe and as the file of its mappings.
         exe_files = [e for e in _regular_files(files) if e.reg.name == exe_entry.reg.name]
         exe = exe_path(self.root, exe_entry.reg.name)
-        source_elf = self._elf(exe.with_name(exe.name + VARIANT_SUFFIX["x86_64"]))
-        target_elf = self._elf(exe.with_name(exe.name + VARIANT_SUFFIX["aarch64"]))
-        problems = popcorn_problems(source_elf, "x86_64", (REGS_DST, TLS_DST)) + popcorn_problems(
-            target_elf, "aarch64", ())
+        source_elf = self._elf(exe.with_name(exe.name + VARIANT_SUFFIX[self.source_isa]))
+        target_elf = self._elf(exe.with_name(exe.name + VARIANT_SUFFIX[self.target_isa]))
+        problems = popcorn_problems(source_elf, self.source_isa, (REGS_DST, TLS_DST)) + popcorn_problems(
+            target_elf, self.target_isa, ())
         if problems:
             raise RecodeError(f"task {pid} ({exe_entry.reg.name}): {'; '.join(problems)}")
 
@@ -192,17 +247,17 @@ class Aarch64Recode:
         pagemap_image = images.edit(pagemap_name)
         page_size = self.target.page_size
         pagemap = Pagemap.from_entries(pagemap_image.entries, pagemap_name, page_size)
-        regs = _read_regs(images, pagemap, source_elf.symbols[REGS_DST].address,
-                          source_elf.symbols[TLS_DST].address, pid)
+        regset, tls = _read_regset(images, pagemap, source_elf.symbols[REGS_DST].address,
+                                   source_elf.symbols[TLS_DST].address, size=self.regset_size, pid=pid)
 
         for tid in threads:
             core_image = images.edit(f"core-{tid}.img")
             core = core_image.entries[0].get(pb.core_entry)
             if clear_seccomp(core):
-                # A seccomp filter is BPF over x86_64 syscall numbers that checks the x86_64 audit arch: on
-                # aarch64 it kills the task at its first system call (SIGSYS), so it cannot come along.
+                # A seccomp filter is BPF over the source ISA's syscall numbers that checks its audit arch: on
+                # the other ISA it kills the task at its first system call (SIGSYS), so it cannot come along.
                 self._unfiltered.add(pid)
-            _rewrite_core(core, regs)
+            self._rewrite_core(core, regset, tls, f"task {pid}")
 
         removed = [(v.start, v.end) for v in mm.vmas if v.status & SPECIAL_AREAS]
         exe_text = self._text_mappings(mm, files, {e.id for e in exe_files}, pagemap)
@@ -219,6 +274,9 @@ class Aarch64Recode:
             del entry.reg.build_id[:]
             entry.reg.build_id.extend(build_id_words(target_elf.build_id))
 
+    def _rewrite_core(self, core: pb.core_entry, regset: bytes, tls: bytes, where: str) -> None:
+        raise NotImplementedError
+
     def _text_mappings(self, mm: pb.mm_entry, files: Image, exe_ids: set[int],
                        pagemap: Pagemap) -> list[tuple[int, int]]:
         """The executable's private executable file mappings (their dumped pages are dropped), noting other
@@ -232,6 +290,77 @@ class Aarch64Recode:
             elif pagemap.has_pages(vma.start, vma.end):
                 self._foreign_text.add(_file_name(files, vma.shmid))
         return text
+
+
+class Aarch64Recode(IsaRecode):
+    """x86_64 → aarch64 (the way out)."""
+
+    source_isa, target_isa, regset_size = "x86_64", "aarch64", AARCH64_REGSET_SIZE
+
+    def _rewrite_core(self, core: pb.core_entry, regset: bytes, tls: bytes, where: str) -> None:
+        aarch64_core(core, AArch64Regs.unpack(regset, tls, where))
+
+
+class X86_64Recode(IsaRecode):
+    """aarch64 → x86_64 (the way back)."""
+
+    source_isa, target_isa, regset_size = "aarch64", "x86_64", X86_64_REGSET_SIZE
+
+    def _rewrite_core(self, core: pb.core_entry, regset: bytes, tls: bytes, where: str) -> None:
+        x86_64_core(core, X86Regs.unpack(regset, tls, where))
+
+
+def _clear_tid(core: pb.core_entry) -> int:
+    return core.ti_aarch64.clear_tid_addr if core.HasField("ti_aarch64") else core.thread_info.clear_tid_addr
+
+
+def aarch64_core(core: pb.core_entry, regs: AArch64Regs) -> None:
+    """The core's registers become the aarch64 set the runtime left (whatever registers it held are dropped)."""
+    clear_tid = _clear_tid(core)
+    core.mtype = MTYPE_AARCH64
+    core.ClearField("thread_info")
+    core.ClearField("ti_aarch64")
+    ti = core.ti_aarch64
+    ti.clear_tid_addr = clear_tid
+    ti.tls = regs.tls
+    ti.gpregs.regs.extend(regs.x)
+    ti.gpregs.sp = regs.sp
+    ti.gpregs.pc = regs.pc
+    ti.gpregs.pstate = AARCH64_PSTATE
+    ti.fpsimd.vregs.extend(regs.vregs())
+    ti.fpsimd.fpsr = 0
+    ti.fpsimd.fpcr = 0
+
+
+def x86_64_core(core: pb.core_entry, regs: X86Regs) -> None:
+    """The core's registers become the x86_64 set the runtime left (whatever registers it held are dropped)."""
+    clear_tid = _clear_tid(core)
+    core.mtype = MTYPE_X86_64
+    core.ClearField("ti_aarch64")
+    core.ClearField("thread_info")
+    ti = core.thread_info
+    ti.clear_tid_addr = clear_tid
+    gp = ti.gpregs
+    for name, value in regs.gp.items():
+        setattr(gp, name, value)
+    gp.ip = regs.rip
+    gp.orig_ax = NO_SYSCALL  # resumed at a function's entry, not inside a system call to restart
+    gp.flags = regs.rflags | X86_64_FLAGS_BASE
+    gp.cs, gp.ss = X86_64_USER_CS, X86_64_USER_SS  # the only valid ones for a 64-bit task
+    gp.ds, gp.es, gp.fs, gp.gs = regs.segments[2:]
+    gp.fs_base = regs.tls  # x86_64's thread pointer
+    gp.gs_base = 0
+    gp.mode = X86_64_REGS_NATIVE
+    # CRIU's schema makes these fields required: each is set, zeros included.
+    fp = ti.fpregs
+    fp.cwd, fp.swd, fp.twd, fp.fop, fp.rip, fp.rdp = X86_64_FPU_CWD, 0, 0, 0, 0, 0
+    fp.mxcsr, fp.mxcsr_mask = X86_64_MXCSR, X86_64_MXCSR_MASK
+    fp.st_space.extend(_words(regs.st))
+    fp.xmm_space.extend(_words(regs.xmm))
+    for slot in X86_64_TLS_SLOTS:
+        ti.tls.add(entry_number=slot, base_addr=0, limit=0, seg_32bit=False, contents_h=False,
+                   contents_l=False, read_exec_only=True, limit_in_pages=False, seg_not_present=True,
+                   usable=False)
 
 
 def _exe_entry(files: Image, file_id: int, pid: int) -> pb.file_entry:
@@ -250,33 +379,16 @@ def _file_name(files: Image, file_id: int) -> str:
     return next((e.reg.name for e in _regular_files(files) if e.id == file_id), f"file {file_id}")
 
 
-def _read_regs(images: ImageSet, pagemap: Pagemap, regs_addr: int, tls_addr: int, pid: int) -> AArch64Regs:
+def _read_regset(images: ImageSet, pagemap: Pagemap, regs_addr: int, tls_addr: int, *, size: int,
+                 pid: int) -> tuple[bytes, bytes]:
     where = f"task {pid}"
     try:
         with images.path(pagemap.pages_name).open("rb") as pages:
-            regset = pagemap.read(pages, regs_addr, AARCH64_REGSET_SIZE)
-            tls = pagemap.read(pages, tls_addr, 8)
+            return pagemap.read(pages, regs_addr, size), pagemap.read(pages, tls_addr, 8)
     except OSError as exc:
         raise RecodeError(f"{where}: cannot read {pagemap.pages_name}: {exc.strerror or exc}") from exc
     except ImageFormatError as exc:
         raise RecodeError(f"{where}: regs_dst/tls_dst not in the dumped pages ({exc})") from exc
-    return AArch64Regs.unpack(regset, tls, where)
-
-
-def _rewrite_core(core: pb.core_entry, regs: AArch64Regs) -> None:
-    clear_tid = core.thread_info.clear_tid_addr
-    core.mtype = MTYPE_AARCH64
-    core.ClearField("thread_info")
-    ti = core.ti_aarch64
-    ti.clear_tid_addr = clear_tid
-    ti.tls = regs.tls
-    ti.gpregs.regs.extend(regs.x)
-    ti.gpregs.sp = regs.sp
-    ti.gpregs.pc = regs.pc
-    ti.gpregs.pstate = AARCH64_PSTATE
-    ti.fpsimd.vregs.extend(regs.vregs())
-    ti.fpsimd.fpsr = 0
-    ti.fpsimd.fpcr = 0
 
 
 def _overlaps(start: int, end: int, ranges: list[tuple[int, int]]) -> bool:

@@ -17,6 +17,7 @@ from .elf import MIGRATE_VARIABLE, POPCORN_SYMBOLS, REGS_DST, TLS_DST, popcorn_p
 from .imageset import RecodeError
 
 ISAS = ("x86_64", "aarch64")
+RECODED = (("x86_64", "aarch64"), ("aarch64", "x86_64"))  # the way out and the way back
 
 
 @dataclass(frozen=True)
@@ -46,7 +47,7 @@ def check_executable(root: str | Path, name: str, source: str, target: str, pid:
         return [Problem(pid, name, f"unsupported ISA pair {source} -> {target}")]
     if source == target:
         return []
-    if (source, target) != ("x86_64", "aarch64"):
+    if (source, target) not in RECODED:
         return [Problem(pid, name, f"recode {source} -> {target} is not implemented")]
     if name.endswith(" (deleted)"):
         return [Problem(pid, name, "the executable was deleted after it started")]

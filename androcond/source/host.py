@@ -30,10 +30,11 @@ from ..migration.container_config import TargetPlan
 from ..migration.errors import Rejected
 from ..migration.journal import MigrationRecord
 from ..migration.plan import Frozen, SourceFacts
+from ..popcorn import notify as popcorn
+from ..popcorn.notify import PopcornError
 from ..protocol import protocol_pb2 as pb
 from ..protocol.tree import tree_size
-from ..recoder import RecodeRefused, popcorn, preflight_processes
-from ..recoder.popcorn import PopcornError
+from ..recoder import RecodeRefused, preflight_processes
 from .rootfs import container_root
 
 log = get_logger(__name__)

@@ -152,7 +152,7 @@ class CrossDump:
 def cross_dump(builds: Builds, tmp_path_factory: pytest.TempPathFactory) -> Iterator[CrossDump]:
     """The stand-in, notified for aarch64 (the real protocol), then dumped by CRIU 4."""
     from androcond.criu.compat import task_tree
-    from androcond.recoder.popcorn import notify_tasks
+    from androcond.popcorn.notify import notify_tasks
 
     base = tmp_path_factory.mktemp("cross")
     root = builds.root(base / "root")

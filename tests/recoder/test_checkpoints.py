@@ -18,8 +18,8 @@ from androcond.cli.main import main
 from androcond.criu.compat import task_tree
 from androcond.engine import Engine
 from androcond.images import Pagemap, image_files, pb, read_image, roundtrip_dir, write_image
+from androcond.popcorn.notify import notify
 from androcond.recoder import DEFAULT_DROPPED_MOUNTS, RecodeOptions, VdsoTemplate, preflight_processes, recode
-from androcond.recoder.popcorn import notify
 
 from ..helpers import counter_config, wait_for_count
 from ..images.test_real_dump import crit, num

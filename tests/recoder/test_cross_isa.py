@@ -13,9 +13,9 @@ from typing import Any
 import pytest
 
 from androcond.images import Pagemap, image_files, pb, read_image, roundtrip_dir
+from androcond.popcorn.notify import notify_tasks
 from androcond.recoder import RecodeError, RecodeOptions, VdsoTemplate, prepare, recode
 from androcond.recoder.arch import PROT_EXEC, VMA_FILE_PRIVATE
-from androcond.recoder.popcorn import notify_tasks
 
 from ..images.test_real_dump import crit, num
 from .conftest import (

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 
 from androcond.criu.compat import task_tree
+from androcond.popcorn.notify import PopcornError, PopcornTimeout, find_variable, notify, notify_tasks
 from androcond.recoder import RecodeRefused, check_executable, preflight_processes, read_elf
-from androcond.recoder.popcorn import PopcornError, PopcornTimeout, find_variable, notify, notify_tasks
 
 from .conftest import STANDIN, Builds, Process
 

@@ -13,8 +13,8 @@ from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
 from androcond.criu.compat import task_tree
+from androcond.popcorn.notify import notify_tasks
 from androcond.recoder.arch import AARCH64_REGSET_MAGIC
-from androcond.recoder.popcorn import notify_tasks
 
 from .build import build_twoisa
 from .conftest import Process, require_tools

@@ -24,8 +24,9 @@ from pathlib import Path
 from typing import Final
 
 from ..errors import AndrocondError
-from .elf import MIGRATE_VARIABLE, popcorn_problems, read_elf
-from .imageset import RecodeError
+from .symbols import ElfSymbolsError, read_symbols
+
+MIGRATE_VARIABLE: Final = "__migrate_gb_variable"
 
 TARGET_IDS: Final = {"aarch64": 0, "x86_64": 1}  # what the runtime expects in __migrate_gb_variable
 DEFAULT_TIMEOUT: Final = 10.0
@@ -80,15 +81,20 @@ def find_variable(pid: int, proc: str | Path = "/proc") -> Variable:
     """Address of `__migrate_gb_variable` in the task's executable (a non-PIE Popcorn binary)."""
     exe = Path(proc) / str(pid) / "exe"
     try:
-        info = read_elf(exe, (MIGRATE_VARIABLE,))
-    except RecodeError as exc:
-        raise PopcornError(f"task {pid}: {exc}") from exc
-    target = os.readlink(exe)
-    problems = popcorn_problems(info, None, (MIGRATE_VARIABLE,), name=Path(target).name)
+        target = os.readlink(exe)
+        info = read_symbols(exe, (MIGRATE_VARIABLE,))
+    except (OSError, ElfSymbolsError) as exc:
+        raise PopcornError(f"task {pid}: cannot read its executable: {exc}") from exc
+    name = Path(target).name
+    problems = []
+    if info.position_independent:
+        problems.append(f"{name} is position-independent (Popcorn binaries are linked at fixed addresses)")
+    if MIGRATE_VARIABLE not in info.symbols:
+        problems.append(f"{name} lacks {MIGRATE_VARIABLE} (not a Popcorn binary)")
     if problems:
         raise PopcornError(f"task {pid} ({target}): {'; '.join(problems)}")
-    symbol = info.symbols[MIGRATE_VARIABLE]
-    return Variable(symbol.address, symbol.size if symbol.size in (4, 8) else WORD)
+    address, size = info.symbols[MIGRATE_VARIABLE]
+    return Variable(address, size if size in (4, 8) else WORD)
 
 
 def _read(pid: int, var: Variable) -> int:
