@@ -240,6 +240,10 @@ class Engine:
                          data={"CheckpointID": name, "Exit": not leave_running},
                          limits=LONG_CALL_TIMEOUT)
 
+    async def inspect_image(self, ref: str) -> dict[str, Any]:
+        result: dict[str, Any] = await self._call(self._path("images", ref, "json"))
+        return result
+
     async def image_exists(self, ref: str) -> bool:
         try:
             await self._call(self._path("images", ref, "json"))

@@ -31,8 +31,8 @@ from pathlib import Path
 
 from androcond.images import ImageReader, ImageWriter, image_files, is_raw_name
 from androcond.images.magic import ImageKind
-from androcond.recoder import RecodeOptions, VdsoTemplate, prepare, recode
 from androcond.popcorn.notify import notify_tasks
+from androcond.recoder import RecodeOptions, VdsoTemplate, prepare, recode
 from tests.recoder.build import build_standin, build_vdso_standin
 
 CRIU = "/usr/local/sbin/criu"

@@ -157,6 +157,7 @@ class DeviceEngine:
             raise RestoreError("this device cannot restore lazily (it needs androcond's runtime and "
                                "userfaultfd): migrate without post-copy")
         emulated_dir: Path | None = None
+        criu_conf: Path | None = None
         if emulate:
             if not self.facts.emulator or self.spool_dir is None:
                 raise RestoreError("this device cannot run x86_64 containers emulated (no static qemu-x86_64)")
@@ -184,7 +185,7 @@ class DeviceEngine:
             await self._volumes_free(config, cid)
             if emulated_dir is not None:
                 return TargetContainer(cid, emulated_dir, await self._upper_dir(cid))
-            return await self._prepare(cid, checkpoint_name, migration_id, lazy)
+            return await self._prepare(cid, checkpoint_name, migration_id, lazy, criu_conf)
         except BaseException as exc:
             await self._remove_quietly(cid)
             if isinstance(exc, EngineError):
@@ -203,13 +204,14 @@ class DeviceEngine:
                                "androcond needs overlay2 to place the writable layer")
         return Path(upper)
 
-    async def _prepare(self, cid: str, checkpoint_name: str, migration_id: str, lazy: bool) -> TargetContainer:
+    async def _prepare(self, cid: str, checkpoint_name: str, migration_id: str, lazy: bool,
+                       criu_conf: Path | None) -> TargetContainer:
         upper = await self._upper_dir(cid)
         stub_dir = self.facts.data_root / "containers" / cid / "checkpoints" / checkpoint_name
         images_dir = stub_dir
         if self.fast_restore:
             images_dir = self._spooled_images(migration_id or cid)
-        nonce = await asyncio.to_thread(_make_checkpoint_dirs, stub_dir, images_dir, lazy)
+        nonce = await asyncio.to_thread(_make_checkpoint_dirs, stub_dir, images_dir, lazy, criu_conf)
         return TargetContainer(cid, images_dir, upper, stub_dir, nonce)
 
     async def _remove_quietly(self, cid: str) -> None:
@@ -336,6 +338,7 @@ class DeviceEngine:
 RUNTIME_NAME = "androcond"
 RUNTIME_STUB = "androcond-images"  # in the stub: the directory where the images are (read by androcond-runc)
 RUNTIME_LAZY = "androcond-lazy"  # in the stub: androcond-runc restores with --lazy-pages
+RUNTIME_CRIU_CONFIG = "androcond-criu-config"  # in the stub: the CRIU configuration androcond-runc hands runc
 
 
 # runc hands CRIU the configuration file this annotation names instead of /etc/criu/runc.conf (engines with
@@ -388,7 +391,8 @@ def runtime_path() -> Path:
     return Path(__file__).parent / "runtime" / "androcond-runc"
 
 
-def _make_checkpoint_dirs(stub_dir: Path, images_dir: Path, lazy: bool = False) -> str:
+def _make_checkpoint_dirs(stub_dir: Path, images_dir: Path, lazy: bool = False,
+                          criu_conf: Path | None = None) -> str:
     stub_dir.mkdir(parents=True, exist_ok=False)
     nonce = place_nonce(stub_dir)
     if images_dir != stub_dir:
@@ -396,6 +400,8 @@ def _make_checkpoint_dirs(stub_dir: Path, images_dir: Path, lazy: bool = False) 
         (stub_dir / RUNTIME_STUB).write_text(str(images_dir))
         if lazy:
             (stub_dir / RUNTIME_LAZY).write_text("")
+        if criu_conf is not None:  # for engines that drop the annotation (androcond-runc sets it)
+            (stub_dir / RUNTIME_CRIU_CONFIG).write_text(str(criu_conf))
     return nonce
 
 

@@ -59,7 +59,7 @@ ERROR_SEND_TIMEOUT_S = 5.0
 HELLO, BEGIN, IMAGE, FILES, COMMIT, QUERY, ABORT = "hello", "begin", "image", "files", "commit", "query", "abort"
 SOURCE, FREEZE, SOURCE_END = "source", "freeze", "source-end"
 _PHASE_OF_FRAME = {"begin": BEGIN, "commit": COMMIT, "query": QUERY, "abort": ABORT, "source_open": SOURCE,
-                   "freeze": FREEZE, "source_end": SOURCE_END}
+                   "freeze": FREEZE, "source_end": SOURCE_END, "cross_prepare": SOURCE}
 
 
 class AgentSession(Receiving, PostCopy, Sourcing):
@@ -213,6 +213,8 @@ class AgentSession(Receiving, PostCopy, Sourcing):
                 await self._freeze()
             elif kind == "source_end":
                 await self._source_end(frame.source_end.action)
+            elif kind == "cross_prepare":
+                await self._cross_prepare(frame.cross_prepare)
             else:
                 raise ProtocolViolation(f"unexpected {kind} frame")
 

@@ -27,6 +27,7 @@ from ..criu import runc
 from ..criu.leftovers import place_nonce, remove_extractions
 from ..engine import EngineError
 from ..logging import get_logger
+from ..popcorn import notify as popcorn
 from ..protocol import protocol_pb2 as pb
 from ..protocol.tree import Entry, TreeError, entries, tree_size
 from ..protocol.wire import CHUNK
@@ -174,6 +175,7 @@ class Sourcing:
             if not inspect["State"].get("Running"):
                 raise SourceRefused(f"container {outgoing.request.container} is not running here")
             await Sourcing._hold_restarts(self, outgoing, inspect)
+            await asyncio.to_thread(_configured_oom_scores, inspect)
             started = time.monotonic()
             via = await _checkpoint(self.device, outgoing)
             seconds = time.monotonic() - started
@@ -188,6 +190,31 @@ class Sourcing:
         for number, (destination, volume, item) in enumerate(listing, start=1):
             await _send_file(self, number, destination, volume, item)
         log.info("sent what moves", files=len(listing), bytes=total)
+
+    async def _cross_prepare(self: SourcePort, request: pb.CrossPrepare) -> None:
+        """Across ISAs back: every task must be a Popcorn binary; with `notify` each is told to reach a migration
+        point for the target (the same protocol the host runs on the way out), right before the freeze."""
+        outgoing = Sourcing._opened(self)
+        if not outgoing.container_id:
+            raise SourceRefused(f"no container {outgoing.request.container!r} on this device")
+        target = request.target_isa
+        if target not in popcorn.TARGET_IDS or target == self.device.facts.isa:
+            raise SourceRefused(f"cannot prepare a move from {self.device.facts.isa} to {target!r}")
+        async with _lock(outgoing.container_id):
+            inspect = await self.device.engine.inspect_container(outgoing.container_id)
+            if not inspect["State"].get("Running"):
+                raise SourceRefused(f"container {outgoing.request.container} is not running here")
+            pids = await asyncio.to_thread(criu_compat.task_tree, int(inspect["State"].get("Pid") or 0))
+            try:
+                executables = await asyncio.to_thread(_popcorn_executables, pids)
+                if request.notify:
+                    started = time.monotonic()
+                    await popcorn.notify(pids, target)
+                    log.info("notified for the target", target=target, tasks=len(pids),
+                             seconds=round(time.monotonic() - started, 3))
+            except popcorn.PopcornError as exc:
+                raise SourceRefused(str(exc)) from exc
+        await self.send(pb.Frame(cross_ready=pb.CrossReady(executables=executables)))
 
     async def _hold_restarts(self: SourcePort, outgoing: OutgoingMigration, inspect: dict[str, Any]) -> None:
         """The engine restarts a container with a restart policy afresh once its checkpoint stopped it (seen on
@@ -223,6 +250,37 @@ class Sourcing:
             await self.send(pb.Frame(source_ended=pb.SourceEnded(container_id=cid)))
         else:
             raise ProtocolViolation(f"unknown source action {action}")
+
+
+def _configured_oom_scores(inspect: dict[str, Any]) -> None:
+    """Raise each task's oom_score_adj to what the container's configuration asks (HostConfig.OomScoreAdj, 0 by
+    default) before the freeze. A container restored by this engine inherits its shim's own score (-998 under
+    a systemd that starts containerd at -999), and the target's CRIU cannot lower a score without
+    CAP_SYS_RESOURCE ("Write -998 to /proc/self/oom_score_adj failed"). Blocking."""
+    wanted = int((inspect.get("HostConfig") or {}).get("OomScoreAdj") or 0)
+    for pid in criu_compat.task_tree(int(inspect["State"].get("Pid") or 0)):
+        path = Path(f"/proc/{pid}/oom_score_adj")
+        try:
+            if int(path.read_text()) < wanted:
+                path.write_text(str(wanted))
+        except (OSError, ValueError) as exc:  # a task that exits meanwhile is not dumped either
+            log.info("could not set a task's oom_score_adj", pid=pid, error=str(exc))
+
+
+def _popcorn_executables(pids: list[int]) -> list[str]:
+    """The tasks' executables as they see them, each once; PopcornError names every task that is not a Popcorn
+    binary (so nothing is notified unless every task can be). Blocking."""
+    names: set[str] = set()
+    problems: list[str] = []
+    for pid in pids:
+        try:
+            popcorn.find_variable(pid)
+            names.add(os.readlink(f"/proc/{pid}/exe"))
+        except (popcorn.PopcornError, OSError) as exc:
+            problems.append(str(exc))
+    if problems:
+        raise popcorn.PopcornError("; ".join(problems))
+    return sorted(names)
 
 
 def _runc_root(exec_root: Path | None, container_id: str) -> Path | None:

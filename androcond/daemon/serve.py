@@ -194,7 +194,8 @@ class Daemon:
             if record.way_back:  # a device's agent; a device no longer configured cannot be reached
                 device = settings.devices.get(record.source) or DeviceSettings(name=record.source)
                 return AgentSource(devices, device, record, journal, timeouts=settings.timeouts,
-                                   workspace=Workspace.of(settings.daemon.state_dir, record.id).pulled)
+                                   workspace=Workspace.of(settings.daemon.state_dir, record.id).pulled,
+                                   home=self.engine)
             return HostSource(self.engine, settings.docker, record, settings.timeouts.checkpoint, faults=self.faults)
 
         try:

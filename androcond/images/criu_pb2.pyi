@@ -438,15 +438,27 @@ class reg_file_entry(_message.Message):
     checksum_parameter: int
     def __init__(self, id: _Optional[int] = ..., flags: _Optional[int] = ..., pos: _Optional[int] = ..., name: _Optional[str] = ..., mnt_id: _Optional[int] = ..., size: _Optional[int] = ..., ext: _Optional[bool] = ..., mode: _Optional[int] = ..., build_id: _Optional[_Iterable[int]] = ..., checksum: _Optional[int] = ..., checksum_config: _Optional[int] = ..., checksum_parameter: _Optional[int] = ...) -> None: ...
 
+class pipe_entry(_message.Message):
+    __slots__ = ("id", "pipe_id", "flags")
+    ID_FIELD_NUMBER: _ClassVar[int]
+    PIPE_ID_FIELD_NUMBER: _ClassVar[int]
+    FLAGS_FIELD_NUMBER: _ClassVar[int]
+    id: int
+    pipe_id: int
+    flags: int
+    def __init__(self, id: _Optional[int] = ..., pipe_id: _Optional[int] = ..., flags: _Optional[int] = ...) -> None: ...
+
 class file_entry(_message.Message):
-    __slots__ = ("type", "id", "reg")
+    __slots__ = ("type", "id", "reg", "pipe")
     TYPE_FIELD_NUMBER: _ClassVar[int]
     ID_FIELD_NUMBER: _ClassVar[int]
     REG_FIELD_NUMBER: _ClassVar[int]
+    PIPE_FIELD_NUMBER: _ClassVar[int]
     type: int
     id: int
     reg: reg_file_entry
-    def __init__(self, type: _Optional[int] = ..., id: _Optional[int] = ..., reg: _Optional[_Union[reg_file_entry, _Mapping]] = ...) -> None: ...
+    pipe: pipe_entry
+    def __init__(self, type: _Optional[int] = ..., id: _Optional[int] = ..., reg: _Optional[_Union[reg_file_entry, _Mapping]] = ..., pipe: _Optional[_Union[pipe_entry, _Mapping]] = ...) -> None: ...
 
 class fdinfo_entry(_message.Message):
     __slots__ = ("id", "flags", "type", "fd")

@@ -448,6 +448,11 @@ class AgentConnection:
         return (await self._request(pb.Frame(source_open=request), "source", self.timeouts.begin,
                                     "source_facts")).source_facts
 
+    async def cross_prepare(self, target_isa: str, *, notify: bool, seconds: float) -> pb.CrossReady:
+        """Across ISAs back: the agent checks its container's tasks are Popcorn binaries, and notifies them."""
+        frame = pb.Frame(cross_prepare=pb.CrossPrepare(target_isa=target_isa, notify=notify))
+        return (await self._request(frame, "source", seconds, "cross_ready")).cross_ready
+
     async def freeze(self, seconds: float) -> pb.Frozen:
         """Checkpoint the agent's container; its files follow, read with :meth:`incoming`."""
         return (await self._request(pb.Frame(freeze=pb.Freeze()), "freeze", seconds, "frozen")).frozen

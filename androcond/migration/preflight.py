@@ -18,8 +18,10 @@ from .roles import Source
 log = get_logger(__name__)
 # Room kept on the target beyond the estimate (CRIU work files, engine metadata).
 SPACE_MARGIN = 128 * 1024 * 1024
-# The one pair of ISAs a move crosses: recoded (criu-het's way, for Popcorn binaries) or emulated.
-RECODED_ISAS = (("x86_64", "aarch64"),)
+# The pairs of ISAs a move crosses: recoded (criu-het's way, for Popcorn binaries) both ways; the way out may
+# also run the container emulated.
+RECODED_ISAS = (("x86_64", "aarch64"), ("aarch64", "x86_64"))
+EMULATED_ISAS = (("x86_64", "aarch64"),)
 
 
 async def plan(source: Source, device: DeviceSettings, inspect: dict[str, Any], hello: pb.AgentHello) -> Plan:
@@ -76,7 +78,9 @@ async def _across_isas(source: Source, device: DeviceSettings, facts: SourceFact
     """Recoded in the manner of criu-het (Popcorn binaries), or run under the device's emulator — as the
     device's `emulate` says ("auto": recoded when every task is a Popcorn binary, else emulated)."""
     if (facts.isa, hello.isa) not in RECODED_ISAS:
-        raise Rejected(f"cannot move from {facts.isa} to a {hello.isa} device (only x86_64 → aarch64 is possible)")
+        raise Rejected(f"cannot move from {facts.isa} to {hello.isa} (x86_64 ↔ aarch64 only)")
+    if (facts.isa, hello.isa) not in EMULATED_ISAS:  # the way back: Popcorn binaries or nothing
+        return await _cross_isa(source, facts, hello)
     if device.emulate == "true":
         return await _emulated(source, device, facts, hello)
     try:

@@ -324,6 +324,20 @@ class Frozen(_message.Message):
     via: str
     def __init__(self, file_count: _Optional[int] = ..., total_bytes: _Optional[int] = ..., checkpoint_seconds: _Optional[float] = ..., via: _Optional[str] = ...) -> None: ...
 
+class CrossPrepare(_message.Message):
+    __slots__ = ("target_isa", "notify")
+    TARGET_ISA_FIELD_NUMBER: _ClassVar[int]
+    NOTIFY_FIELD_NUMBER: _ClassVar[int]
+    target_isa: str
+    notify: bool
+    def __init__(self, target_isa: _Optional[str] = ..., notify: _Optional[bool] = ...) -> None: ...
+
+class CrossReady(_message.Message):
+    __slots__ = ("executables",)
+    EXECUTABLES_FIELD_NUMBER: _ClassVar[int]
+    executables: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, executables: _Optional[_Iterable[str]] = ...) -> None: ...
+
 class SourceEnd(_message.Message):
     __slots__ = ("action",)
     ACTION_FIELD_NUMBER: _ClassVar[int]
@@ -341,7 +355,7 @@ class SourceEnded(_message.Message):
     def __init__(self, running: _Optional[bool] = ..., present: _Optional[bool] = ..., container_id: _Optional[str] = ...) -> None: ...
 
 class Frame(_message.Message):
-    __slots__ = ("client_hello", "agent_hello", "begin", "begin_ack", "file_start", "file_data", "file_end", "file_ack", "commit", "outcome", "query", "abort", "error", "stored", "pages", "source_open", "source_facts", "freeze", "frozen", "source_end", "source_ended")
+    __slots__ = ("client_hello", "agent_hello", "begin", "begin_ack", "file_start", "file_data", "file_end", "file_ack", "commit", "outcome", "query", "abort", "error", "stored", "pages", "source_open", "source_facts", "freeze", "frozen", "source_end", "source_ended", "cross_prepare", "cross_ready")
     CLIENT_HELLO_FIELD_NUMBER: _ClassVar[int]
     AGENT_HELLO_FIELD_NUMBER: _ClassVar[int]
     BEGIN_FIELD_NUMBER: _ClassVar[int]
@@ -363,6 +377,8 @@ class Frame(_message.Message):
     FROZEN_FIELD_NUMBER: _ClassVar[int]
     SOURCE_END_FIELD_NUMBER: _ClassVar[int]
     SOURCE_ENDED_FIELD_NUMBER: _ClassVar[int]
+    CROSS_PREPARE_FIELD_NUMBER: _ClassVar[int]
+    CROSS_READY_FIELD_NUMBER: _ClassVar[int]
     client_hello: ClientHello
     agent_hello: AgentHello
     begin: Begin
@@ -384,4 +400,6 @@ class Frame(_message.Message):
     frozen: Frozen
     source_end: SourceEnd
     source_ended: SourceEnded
-    def __init__(self, client_hello: _Optional[_Union[ClientHello, _Mapping]] = ..., agent_hello: _Optional[_Union[AgentHello, _Mapping]] = ..., begin: _Optional[_Union[Begin, _Mapping]] = ..., begin_ack: _Optional[_Union[BeginAck, _Mapping]] = ..., file_start: _Optional[_Union[FileStart, _Mapping]] = ..., file_data: _Optional[_Union[FileData, _Mapping]] = ..., file_end: _Optional[_Union[FileEnd, _Mapping]] = ..., file_ack: _Optional[_Union[FileAck, _Mapping]] = ..., commit: _Optional[_Union[Commit, _Mapping]] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., stored: _Optional[_Union[Stored, _Mapping]] = ..., pages: _Optional[_Union[Pages, _Mapping]] = ..., source_open: _Optional[_Union[SourceOpen, _Mapping]] = ..., source_facts: _Optional[_Union[SourceFacts, _Mapping]] = ..., freeze: _Optional[_Union[Freeze, _Mapping]] = ..., frozen: _Optional[_Union[Frozen, _Mapping]] = ..., source_end: _Optional[_Union[SourceEnd, _Mapping]] = ..., source_ended: _Optional[_Union[SourceEnded, _Mapping]] = ...) -> None: ...
+    cross_prepare: CrossPrepare
+    cross_ready: CrossReady
+    def __init__(self, client_hello: _Optional[_Union[ClientHello, _Mapping]] = ..., agent_hello: _Optional[_Union[AgentHello, _Mapping]] = ..., begin: _Optional[_Union[Begin, _Mapping]] = ..., begin_ack: _Optional[_Union[BeginAck, _Mapping]] = ..., file_start: _Optional[_Union[FileStart, _Mapping]] = ..., file_data: _Optional[_Union[FileData, _Mapping]] = ..., file_end: _Optional[_Union[FileEnd, _Mapping]] = ..., file_ack: _Optional[_Union[FileAck, _Mapping]] = ..., commit: _Optional[_Union[Commit, _Mapping]] = ..., outcome: _Optional[_Union[Outcome, _Mapping]] = ..., query: _Optional[_Union[Query, _Mapping]] = ..., abort: _Optional[_Union[Abort, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., stored: _Optional[_Union[Stored, _Mapping]] = ..., pages: _Optional[_Union[Pages, _Mapping]] = ..., source_open: _Optional[_Union[SourceOpen, _Mapping]] = ..., source_facts: _Optional[_Union[SourceFacts, _Mapping]] = ..., freeze: _Optional[_Union[Freeze, _Mapping]] = ..., frozen: _Optional[_Union[Frozen, _Mapping]] = ..., source_end: _Optional[_Union[SourceEnd, _Mapping]] = ..., source_ended: _Optional[_Union[SourceEnded, _Mapping]] = ..., cross_prepare: _Optional[_Union[CrossPrepare, _Mapping]] = ..., cross_ready: _Optional[_Union[CrossReady, _Mapping]] = ...) -> None: ...

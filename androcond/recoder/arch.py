@@ -67,6 +67,14 @@ X86_64_REGS_NATIVE: Final = 1
 X86_64_TLS_SLOTS: Final = (12, 13, 14)
 NO_SYSCALL: Final = (1 << 64) - 1  # orig_ax -1: the task was not inside a system call to restart
 
+# open(2) flags whose bits differ between the ISAs (aarch64 has its own fcntl.h); every other bit is shared.
+# A file's flags as dumped on one ISA mean something else on the other: the kernel forces O_LARGEFILE on every
+# open of a 64-bit process, which on x86_64 reads back as O_NOFOLLOW, so a pipe CRIU reopens fails with ELOOP.
+OPEN_FLAG_BITS: Final = {
+    "x86_64": {"O_DIRECT": 0o40000, "O_LARGEFILE": 0o100000, "O_DIRECTORY": 0o200000, "O_NOFOLLOW": 0o400000},
+    "aarch64": {"O_DIRECTORY": 0o40000, "O_NOFOLLOW": 0o100000, "O_DIRECT": 0o200000, "O_LARGEFILE": 0o400000},
+}
+
 X86_64_PAGE_SIZE: Final = 4096
 VARIANT_SUFFIX: Final = {"x86_64": "_x86-64", "aarch64": "_aarch64"}
 
@@ -133,6 +141,17 @@ class X86Regs:
             )
         return cls(rip=rip, gp=dict(zip(X86_64_GPREGS, fields[2:18], strict=True)), xmm=fields[19], st=fields[20],
                    segments=tuple(fields[21:27]), rflags=fields[27], tls=int.from_bytes(tls, "little"))
+
+
+def open_flags_for(flags: int, source: str, target: str) -> int:
+    """`flags` as dumped on `source`, with the bits that differ between the ISAs moved to `target`'s values."""
+    mine, theirs = OPEN_FLAG_BITS[source], OPEN_FLAG_BITS[target]
+    moved = sum(mine.values())
+    out = flags & ~moved
+    for name, bit in mine.items():
+        if flags & bit:
+            out |= theirs[name]
+    return out
 
 
 def _words(data: bytes) -> list[int]:
@@ -216,6 +235,11 @@ class IsaRecode:
         files = images.edit("files.img")
         for pid, threads in iter_tasks(images):
             self._task(images, files, pid, threads)
+        for entry in files.entries:
+            msg = entry.get(pb.file_entry)
+            for part in (msg.reg if msg.HasField("reg") else None, msg.pipe if msg.HasField("pipe") else None):
+                if part is not None and part.HasField("flags"):
+                    part.flags = open_flags_for(part.flags, self.source_isa, self.target_isa)
         if self._unfiltered:
             images.warnings.append(
                 f"the {self.source_isa} seccomp filter of task(s) {', '.join(map(str, sorted(self._unfiltered)))} "
@@ -266,6 +290,7 @@ class IsaRecode:
         vdso_start = vvar_start + self.target.vvar_size
         _rewrite_vmas(mm, self.target, vvar_start, vdso_start, template_vma)
         _set_auxv(mm, AT_SYSINFO_EHDR, vdso_start)
+        _trim_auxv(mm)
         segments = _rewrite_pagemap(pagemap_image, pagemap, removed + exe_text, vdso_start, self.target.vdso_pages)
         images.plan_pages(pagemap.pages_name, segments)
 
@@ -450,6 +475,18 @@ def _set_auxv(mm: pb.mm_entry, key: int, value: int) -> None:
     for i in range(0, len(auxv) - 1, 2):
         if auxv[i] == key:
             auxv[i + 1] = value
+            return
+
+
+def _trim_auxv(mm: pb.mm_entry) -> None:
+    """Keep the auxiliary vector's entries before AT_NULL. CRIU dumps the kernel's whole saved_auxv array, whose
+    size is the ISA's (aarch64's is longer), and the target's CRIU refuses one longer than its own ("Image
+    corrupted"): AT_NULL and the zeros after it carry nothing (the kernel's array ends in zeros anyway, and an
+    x86_64 dump of a full vector has no AT_NULL at all)."""
+    auxv = list(mm.mm_saved_auxv)
+    for i in range(0, len(auxv) - 1, 2):
+        if auxv[i] == 0:
+            del mm.mm_saved_auxv[i:]
             return
 
 

@@ -21,7 +21,7 @@ from ..agent import files as received
 from ..agent.errors import AgentError
 from ..agent.paths import check_name
 from ..config import DeviceSettings, TimeoutSettings
-from ..engine import EngineError
+from ..engine import Engine, EngineError
 from ..link.layer import tree_files
 from ..link.payload import OutgoingFile
 from ..link.ssh import AgentRefused, TransportError
@@ -33,9 +33,10 @@ from ..migration.journal import Journal, MigrationRecord
 from ..migration.plan import Frozen, SourceFacts
 from ..protocol import protocol_pb2 as pb
 from ..protocol.wire import body
+from ..recoder import check_executable
+from .rootfs import RootfsError, container_root
 
 log = get_logger(__name__)
-NOT_ACROSS = "the way back across ISAs is not built yet (the device and the host must have the same ISA)"
 # The directories of the workspace the agent's files land in, by destination.
 CHECKPOINT, ROOTFS, VOLUMES = "checkpoint", "rootfs", "volumes"
 
@@ -46,6 +47,8 @@ class SourceLink(Protocol):
     hello: pb.AgentHello
 
     async def source_open(self, request: pb.SourceOpen) -> pb.SourceFacts: ...
+
+    async def cross_prepare(self, target_isa: str, *, notify: bool, seconds: float) -> pb.CrossReady: ...
 
     async def freeze(self, seconds: float) -> pb.Frozen: ...
 
@@ -70,8 +73,9 @@ class _Seen:
 
 class AgentSource:
     def __init__(self, links: SourceLinks, device: DeviceSettings, record: MigrationRecord, journal: Journal, *,
-                 workspace: Path, timeouts: TimeoutSettings) -> None:
+                 workspace: Path, timeouts: TimeoutSettings, home: Engine) -> None:
         self._links = links
+        self._home = home  # the host's engine: across ISAs, the recode reads the binaries of its image
         self.device = device
         self.record = record
         self._journal = journal
@@ -141,15 +145,52 @@ class AgentSource:
         return f"the container holds {count} network socket(s), and device {self.device.name}'s CRIU cannot " \
                "dump them on its kernel"
 
+    # --- across ISAs (Popcorn binaries, recoded here) ----------------------------------------------------------
     async def popcorn_executables(self, pids: tuple[int, ...], target_isa: str) -> tuple[str, ...]:
-        raise Rejected(NOT_ACROSS)
+        """The device's agent checks that every task runs a Popcorn binary (it knows the tasks' pids)."""
+        try:
+            async with self._session() as (link, _facts):
+                ready = await link.cross_prepare(target_isa, notify=False, seconds=self._timeouts.preflight)
+        except (Rejected, AgentRefused) as exc:
+            raise Rejected(f"cannot move from device {self.device.name} to {target_isa}: {_reason(exc)}") from exc
+        # The recode reads both variants of each binary in the host's image: checked now, before the freeze.
+        async with self.mounted_root(self._facts_seen().inspect) as root:
+            problems = [p for name in ready.executables
+                        for p in await asyncio.to_thread(check_executable, root, name, self._facts_seen().hello.isa,
+                                                         target_isa)]
+        if problems:
+            raise Rejected(f"cannot move from device {self.device.name} to {target_isa}: the host's image "
+                           f"{self.image_name(self._facts_seen().inspect)}: {'; '.join(map(str, problems))}")
+        return tuple(ready.executables)
 
     async def notify(self, pids: tuple[int, ...], target_isa: str) -> None:
-        raise Rejected(NOT_ACROSS)
+        """The Popcorn protocol, run by the agent on the device's tasks."""
+        try:
+            async with self._session() as (link, _facts):
+                await link.cross_prepare(target_isa, notify=True, seconds=self._timeouts.checkpoint)
+        except (Rejected, AgentRefused) as exc:
+            raise Rejected(f"the container did not reach a migration point on device {self.device.name}: "
+                           f"{_reason(exc)}") from exc
 
     async def emulation_blockers(self, pids: tuple[int, ...],
                                  emulator_version: str) -> tuple[list[str], list[str]]:
-        raise Rejected(NOT_ACROSS)
+        raise Rejected("a device cannot move a container to the host under emulation (the way back recodes "
+                       "Popcorn binaries only)")
+
+    @asynccontextmanager
+    async def mounted_root(self, inspect: dict[str, Any]) -> AsyncIterator[Path]:
+        """The host's image of the container, mounted read-only: the recode reads both variants of each binary
+        there, and `<bin>_x86-64` goes back to `<bin>` in the writable layer from it."""
+        image = self.image_name(inspect)
+        try:
+            image_inspect = await self._home.inspect_image(image)
+        except EngineError as exc:
+            raise Rejected(f"the host lacks the image {image}: {exc}") from exc
+        try:
+            async with container_root(image_inspect) as root:
+                yield root
+        except RootfsError as exc:
+            raise Rejected(f"cannot read the host's image {image}: {exc}") from exc
 
     def image_name(self, inspect: dict[str, Any]) -> str:
         return str(inspect["Config"]["Image"])
@@ -180,9 +221,6 @@ class AgentSource:
                  mb_per_s=round(frozen.total_bytes / 2**20 / max(pulled_s, 1e-6), 1))
         return Frozen(self.workspace / CHECKPOINT, at, frozen.via or "engine",
                       steps={"device_checkpoint_s": frozen.checkpoint_seconds, "pull_s": pulled_s})
-
-    def mounted_root(self, inspect: dict[str, Any]) -> AbstractAsyncContextManager[Path]:
-        raise Rejected(NOT_ACROSS)
 
     def payload(self, inspect: dict[str, Any]) -> list[OutgoingFile]:
         """The writable layer and the volumes, as they landed here. Blocking."""
@@ -219,6 +257,10 @@ class AgentSource:
 
     async def clean_after_rollback(self) -> None:
         await asyncio.to_thread(shutil.rmtree, self.workspace, True)
+
+
+def _reason(exc: Exception) -> str:
+    return str(exc.__cause__ if isinstance(exc, Rejected) and exc.__cause__ is not None else exc)
 
 
 def _root_for(workspace: Path, start: pb.FileStart) -> Path:

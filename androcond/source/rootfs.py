@@ -1,4 +1,4 @@
-"""A stopped container's root filesystem, mounted read-only from its overlay2 layers.
+"""A stopped container's (or an image's) root filesystem, mounted read-only from its overlay2 layers.
 
 A cross-ISA recode reads the tasks' executables (`<bin>_x86-64` symbols, the `<bin>_aarch64` size and build
 id) after the freeze, when the engine has already unmounted the container's own root.
@@ -44,6 +44,9 @@ async def container_root(inspect: dict[str, Any]) -> AsyncIterator[Path]:
     layers = [layer for layer in layers if layer]
     if not layers:
         raise RootfsError("the container has no overlay2 layers to mount")
+    if len(layers) == 1:  # an image of one layer is its root as it is (overlayfs wants two lower layers)
+        yield Path(layers[0])
+        return
     mountpoint = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="androcond-root-"))
     try:
         await _run("mount", "-t", "overlay", "overlay", "-o", f"ro,lowerdir={':'.join(layers)}", str(mountpoint))

@@ -48,7 +48,14 @@ def on_device(arm64_device: Arm64Device, unique_name: str) -> Iterator[str]:
     arm64_device.adb_shell(f"docker rm -f {unique_name} >/dev/null 2>&1 || true", timeout=120)
 
 
-async def _move(agent: AgentBed, device: Arm64Device, engine: Engine, image: str, name: str, directory: Path,
+def daemon_config(agent: AgentBed, device: Arm64Device, directory: Path, *, android: bool = False) -> Path:
+    """The daemon's config in `directory` (its state there too): the arm64 device over adb."""
+    table = arm64_device_table(device, directory, extra='profile = "android"' if android else "")
+    # The guest's CPU is emulated: generous deadlines.
+    return write_daemon_config(agent, directory, extra=table + "[timeouts]\nconnect = 60\n")
+
+
+async def move_out(agent: AgentBed, device: Arm64Device, engine: Engine, image: str, name: str, directory: Path,
                 *args: str, roles: int = 1, android: bool = False,
                 fault: str = "") -> tuple[dict[str, Any], list[dict[str, Any]], int]:
     """Start the program (`args` after its log file) labelled for the arm64 device, wait until each of its `roles`
@@ -56,9 +63,7 @@ async def _move(agent: AgentBed, device: Arm64Device, engine: Engine, image: str
     for the migration's end: its last state record, the daemon's log and the last x86_64 count of role 0 seen
     before the daemon started. With `android`, the Android profile applies on top of the recode; `fault` is
     injected in the daemon (ANDROCOND_INJECT_FAULT)."""
-    table = arm64_device_table(device, directory, extra='profile = "android"' if android else "")
-    # The guest's CPU is emulated: generous deadlines.
-    config = write_daemon_config(agent, directory, extra=table + "[timeouts]\nconnect = 60\n")
+    config = daemon_config(agent, device, directory, android=android)
     env = {**os.environ, "ANDROCOND_INJECT_FAULT": f"{fault}@{name}"} if fault else None
     daemon = DaemonProcess(config, env=env)
     try:
@@ -66,20 +71,20 @@ async def _move(agent: AgentBed, device: Arm64Device, engine: Engine, image: str
         cid = await engine.create_container(
             {"Image": image, "Cmd": [f"/bin/{BIN}", LOG, *args], "Labels": labels}, name=name)
         await engine.start_container(cid)
-        counted = await _counting_on_x86(engine, name, roles)
+        counted = await counting_on_x86(engine, name, roles)
         await daemon.start()
         return await finished(daemon, name, timeout=300), daemon.lines, counted
     finally:
         await daemon.kill()
 
 
-async def _counting_on_x86(engine: Engine, name: str, roles: int, at_least: int = 4, timeout: float = 60) -> int:
+async def counting_on_x86(engine: Engine, name: str, roles: int, at_least: int = 4, timeout: float = 60) -> int:
     """Wait (polling its logs) until every role counted to at_least on x86_64: what the tests compare after the
     move was counted before the freeze (at 4 told, 3 is stored: a resume is at count 3 at least). The last count
     of role 0 seen."""
     async with asyncio.timeout(timeout):
         while True:
-            lines = _lines(await engine.container_logs(name))
+            lines = log_lines(await engine.container_logs(name))
             last = {role: max((n for kind, n, isa, r in lines if kind == "count" and isa == "x86_64" and r == role),
                               default=0) for role in range(roles)}
             if all(n >= at_least for n in last.values()):
@@ -87,12 +92,12 @@ async def _counting_on_x86(engine: Engine, name: str, roles: int, at_least: int 
             await asyncio.sleep(0.1)
 
 
-def _lines(text: str) -> list[tuple[str, int, str, int]]:
+def log_lines(text: str) -> list[tuple[str, int, str, int]]:
     return [(m[1], int(m[2]), m[3], int(m[4])) for m in map(LINE.match, text.splitlines()) if m]
 
 
-def _device_log(device: Arm64Device, name: str) -> list[tuple[str, int, str, int]]:
-    return _lines(device.adb_shell(f"docker exec {name} cat {LOG}", timeout=120))
+def device_log(device: Arm64Device, name: str) -> list[tuple[str, int, str, int]]:
+    return log_lines(device.adb_shell(f"docker exec {name} cat {LOG}", timeout=120))
 
 
 def _assert_resumed(lines: list[tuple[str, int, str, int]], role: int) -> int:
@@ -115,7 +120,7 @@ def _assert_resumed(lines: list[tuple[str, int, str, int]], role: int) -> int:
 async def test_a_two_isa_container_resumes_on_the_arm64_device(
         arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, twoisa_image: str, tmp_path: Path,
         on_device: str) -> None:
-    end, lines, _ = await _move(agent_server, arm64_device, engine_a, twoisa_image, on_device, tmp_path)
+    end, lines, _ = await move_out(agent_server, arm64_device, engine_a, twoisa_image, on_device, tmp_path)
     assert end["state"] == "done", end.get("detail")
     assert not await running(engine_a, on_device)
     recoded = [e for e in lines if e.get("msg") == "configuration adjusted" and e.get("by") == "recoder"]
@@ -125,10 +130,10 @@ async def test_a_two_isa_container_resumes_on_the_arm64_device(
     assert sh(f"docker exec {on_device} uname -m", timeout=120).strip() == "aarch64"
 
     def counted_on() -> bool:
-        return sum(1 for line in _device_log(arm64_device, on_device) if line[2] == "aarch64") >= 3
+        return sum(1 for line in device_log(arm64_device, on_device) if line[2] == "aarch64") >= 3
 
     wait_for(counted_on, timeout=120, interval=1, what="counting on the device")
-    resumed_at = _assert_resumed(_device_log(arm64_device, on_device), role=0)
+    resumed_at = _assert_resumed(device_log(arm64_device, on_device), role=0)
     assert resumed_at >= 3, "resumed from the start, not from where x86_64 stopped"
     logs = sh(f"docker logs {on_device} 2>&1", timeout=120)
     assert f"resumed at count {resumed_at} on aarch64" in logs, logs[-500:]
@@ -140,16 +145,16 @@ async def test_a_parent_and_its_child_both_resume(
         arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, twoisa_image: str, tmp_path: Path,
         on_device: str) -> None:
     """Two tasks of one binary, and the Android profile applied on top of the ISA recode."""
-    end, _, _ = await _move(agent_server, arm64_device, engine_a, twoisa_image, on_device, tmp_path, "1", roles=2,
+    end, _, _ = await move_out(agent_server, arm64_device, engine_a, twoisa_image, on_device, tmp_path, "1", roles=2,
                             android=True)
     assert end["state"] == "done", end.get("detail")
 
     def both_count_on() -> bool:
-        lines = _device_log(arm64_device, on_device)
+        lines = device_log(arm64_device, on_device)
         return all(sum(1 for line in lines if line[2] == "aarch64" and line[3] == role) >= 3 for role in (0, 1))
 
     wait_for(both_count_on, timeout=120, interval=1, what="parent and child counting on the device")
-    lines = _device_log(arm64_device, on_device)
+    lines = device_log(arm64_device, on_device)
     for role in (0, 1):
         _assert_resumed(lines, role)
     processes = arm64_device.adb_shell(f"docker top {on_device} -o pid,args", timeout=120)
@@ -160,7 +165,7 @@ async def _assert_counting_at_source(engine: Engine, name: str, counted: int) ->
     """Running at the source, still on x86_64, its count going on past `counted` (the count seen before the move)
     and past where its log is now, without a restart."""
     async def x86_counts() -> list[int]:
-        return [n for kind, n, isa, _ in _lines(await engine.container_logs(name)) if kind == "count"
+        return [n for kind, n, isa, _ in log_lines(await engine.container_logs(name)) if kind == "count"
                 and isa == "x86_64"]
 
     before = await x86_counts()
@@ -179,7 +184,7 @@ async def _assert_counting_at_source(engine: Engine, name: str, counted: int) ->
 async def test_a_program_that_never_reaches_a_migration_point_stays_at_the_source(
         arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, twoisa_image: str, tmp_path: Path,
         on_device: str) -> None:
-    end, lines, counted = await _move(agent_server, arm64_device, engine_a, twoisa_image, on_device, tmp_path,
+    end, lines, counted = await move_out(agent_server, arm64_device, engine_a, twoisa_image, on_device, tmp_path,
                                       "0", "0", "stubborn")
     assert end["state"] == "rejected", end.get("detail")
     assert "did not reach a migration point" in end["detail"]
@@ -193,7 +198,7 @@ async def test_the_devices_criu_refusing_the_restore_rolls_back(
         on_device: str) -> None:
     """Injected (`wrong-exe`): the device keeps the x86_64 binary at `<bin>`; its own CRIU refuses to map it for
     the aarch64 task, and says why; the container goes on at the source."""
-    end, _, counted = await _move(agent_server, arm64_device, engine_a, twoisa_image, on_device, tmp_path,
+    end, _, counted = await move_out(agent_server, arm64_device, engine_a, twoisa_image, on_device, tmp_path,
                                   fault="wrong-exe")
     assert end["state"] == "rolled-back", end.get("detail")
     assert "restore refused by the device engine" in end["detail"]

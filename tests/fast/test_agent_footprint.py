@@ -126,7 +126,8 @@ def test_command_of() -> None:
 # is the host's (container_config, transport, the daemon, ...) and would pull the host's code onto the device.
 SHARED = {"androcond", "androcond.cli_common", "androcond.config", "androcond.logging", "androcond.errors",
           "androcond.engine", "androcond.criu", "androcond.criu.compat", "androcond.criu.leftovers",
-          "androcond.criu.runc", "androcond.aio"}
+          "androcond.criu.runc", "androcond.aio", "androcond.popcorn", "androcond.popcorn.notify",
+          "androcond.popcorn.symbols"}
 
 
 def test_agent_imports_only_shared_modules() -> None:

@@ -98,7 +98,7 @@ async def test_every_blocker_is_named() -> None:
 
 
 async def test_no_third_isa() -> None:
-    with pytest.raises(Rejected, match="only x86_64 → aarch64"):
+    with pytest.raises(Rejected, match=r"cannot move from x86_64 to riscv64 \(x86_64 ↔ aarch64 only\)"):
         await _across_isas(Source(), device("true"), FACTS, hello(isa="riscv64"))  # type: ignore[arg-type]
 
 
@@ -119,3 +119,25 @@ def test_a_container_with_its_own_init_keeps_it_unadjusted() -> None:
                        Emulated(QEMU, "10.0.13"))
     assert plan.body["HostConfig"] == {"Init": True, "Memory": 64 << 20}
     assert "HostConfig.Init" not in plan.adjusted
+
+
+ON_THE_DEVICE = SourceFacts(pids=(), va_bits=47, isa="aarch64", criu_options=(), inet_sockets=0, cgroup_v2=True,
+                            absent_paths=frozenset(), page_server_blocker="", memory=0, disk=0)
+
+
+@pytest.mark.parametrize("emulate", ["auto", "true"])
+async def test_the_way_back_recodes_and_never_emulates(emulate: TriState) -> None:
+    """aarch64 → x86_64 (a device as the source): Popcorn binaries or a refusal, whatever `emulate` says."""
+    way = await _across_isas(Source(popcorn=True), device(emulate), ON_THE_DEVICE,  # type: ignore[arg-type]
+                             hello(emulator="", isa="x86_64"))
+    assert isinstance(way, CrossIsa) and way.target == "x86_64" and way.vdso.image == VDSO
+    source = Source()
+    with pytest.raises(Rejected, match="__migrate_gb missing") as refused:
+        await _across_isas(source, device(emulate), ON_THE_DEVICE, hello(isa="x86_64"))  # type: ignore[arg-type]
+    assert "emulat" not in str(refused.value) and source.asked == ["popcorn"]
+
+
+async def test_an_isa_pair_without_a_way_is_refused() -> None:
+    with pytest.raises(Rejected, match=r"cannot move from aarch64 to riscv64 \(x86_64 ↔ aarch64 only\)"):
+        await _across_isas(Source(popcorn=True), device("auto"), ON_THE_DEVICE,  # type: ignore[arg-type]
+                           hello(isa="riscv64"))

@@ -3,12 +3,14 @@ stand-in runc that prints its arguments (ANDROCOND_RUNC)."""
 
 from __future__ import annotations
 
+import json
 import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from androcond.agent.device import RUNTIME_LAZY, RUNTIME_STUB, runtime_path
+from androcond.agent.device import RUNTIME_CRIU_CONFIG, RUNTIME_LAZY, RUNTIME_STUB, runtime_path
 
 
 @pytest.fixture
@@ -20,7 +22,8 @@ def fake_runc(tmp_path: Path) -> Path:
 
 
 def _call(runc: Path, *args: str) -> list[str]:
-    out = subprocess.run([str(runtime_path()), *args], env={"ANDROCOND_RUNC": str(runc), "PATH": "/usr/bin:/bin"},
+    env = {"ANDROCOND_RUNC": str(runc), "ANDROCOND_PYTHON": sys.executable, "PATH": "/usr/bin:/bin"}
+    out = subprocess.run([str(runtime_path()), *args], env=env,
                          capture_output=True, text=True, check=True, timeout=10)
     return out.stdout.splitlines()
 
@@ -63,3 +66,25 @@ def test_everything_else_passes_through_unchanged(fake_runc: Path, tmp_path: Pat
     assert _call(fake_runc, *plain) == plain
     for args in (["state", "cid"], ["create", "--bundle", "/b", "cid"], ["delete", "--force", "cid"]):
         assert _call(fake_runc, *args) == args
+
+
+def test_the_criu_configuration_reaches_runc_through_the_bundle(fake_runc: Path, stub: tuple[Path, Path],
+                                                               tmp_path: Path) -> None:
+    """An engine older than API 1.43 drops the container's `org.criu.config` annotation: the wrapper puts it in
+    the bundle's spec before runc reads it, keeping the spec's other annotations."""
+    directory, _images = stub
+    (directory / RUNTIME_CRIU_CONFIG).write_text("/var/spool/androcond/criu-restore.conf")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "config.json").write_text(json.dumps({"ociVersion": "1.0.2", "annotations": {"team": "edge"}}))
+    _call(fake_runc, "restore", "--bundle", str(bundle), "--image-path", str(directory), "cid")
+    spec = json.loads((bundle / "config.json").read_text())
+    assert spec["annotations"] == {"team": "edge", "org.criu.config": "/var/spool/androcond/criu-restore.conf"}
+    (bundle / "config.json").write_text(json.dumps({"ociVersion": "1.0.2"}))
+    _call(fake_runc, "restore", f"--bundle={bundle}", "--image-path", str(directory), "cid")
+    assert json.loads((bundle / "config.json").read_text())["annotations"] == {
+        "org.criu.config": "/var/spool/androcond/criu-restore.conf"}
+    # Not an androcond restore (no stub): the spec is runc's business alone.
+    (bundle / "config.json").write_text("{}")
+    _call(fake_runc, "restore", "--bundle", str(bundle), "--image-path", str(tmp_path), "cid")
+    assert (bundle / "config.json").read_text() == "{}"

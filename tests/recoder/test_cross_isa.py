@@ -15,7 +15,7 @@ import pytest
 from androcond.images import Pagemap, image_files, pb, read_image, roundtrip_dir
 from androcond.popcorn.notify import notify_tasks
 from androcond.recoder import RecodeError, RecodeOptions, VdsoTemplate, prepare, recode
-from androcond.recoder.arch import PROT_EXEC, VMA_FILE_PRIVATE
+from androcond.recoder.arch import PROT_EXEC, VMA_FILE_PRIVATE, open_flags_for
 
 from ..images.test_real_dump import crit, num
 from .conftest import (
@@ -185,10 +185,16 @@ def test_exe_entry_describes_the_aarch64_binary(cross_dump: CrossDump, recoded: 
     assert entry["reg"]["build_id"] == _readelf_build_id(builds.aarch64)
     for files in (before, after):
         for e in files["entries"]:
+            for part in ("reg", "pipe"):
+                e.get(part, {}).pop("flags", None)  # moved to aarch64's bits (below)
             if e.get("reg", {}).get("name") == exe:
                 e["reg"].pop("size")
                 e["reg"].pop("build_id", None)
     assert after == before
+    flags = [[(m.reg.flags, m.pipe.flags) for m in (e.get(pb.file_entry) for e in read_image(d / "files.img").entries)]
+             for d in (cross_dump.images, recoded)]
+    assert flags[1] == [(open_flags_for(r, "x86_64", "aarch64"), open_flags_for(p, "x86_64", "aarch64"))
+                        for r, p in flags[0]]
 
 
 def test_untouched_images_are_byte_identical_and_output_round_trips(cross_dump: CrossDump, recoded: Path) -> None:

@@ -12,9 +12,12 @@ import pytest
 
 from androcond.criu.compat import task_tree
 from androcond.popcorn.notify import PopcornError, PopcornTimeout, find_variable, notify, notify_tasks
+from androcond.popcorn.symbols import ElfSymbolsError, read_symbols
 from androcond.recoder import RecodeRefused, check_executable, preflight_processes, read_elf
+from androcond.recoder.elf import POPCORN_SYMBOLS
 
-from .conftest import STANDIN, Builds, Process
+from .build import build_twoisa
+from .conftest import STANDIN, Builds, Process, require_tools
 
 AARCH64_MAGIC = 0xAABCBDEADBEAF
 
@@ -122,3 +125,18 @@ def test_preflight_of_live_processes(builds: Builds, tmp_path: Path, processes: 
     assert {p.pid for p in refused.value.problems} == {plain.pid}
     assert "ticker_x86-64 missing beside it" in str(refused.value)
     assert "ticker lacks __migrate_gb_variable" in str(refused.value)
+
+
+def test_the_agent_s_symbol_reader_agrees_with_pyelftools(tmp_path: Path) -> None:
+    """The device's agent reads `__migrate_gb_variable` without pyelftools: the same answer, both ISAs."""
+    require_tools()
+    for binary in build_twoisa(tmp_path).values():
+        light = read_symbols(binary, POPCORN_SYMBOLS)
+        full = read_elf(binary, POPCORN_SYMBOLS)
+        assert light.isa == full.isa and light.position_independent == full.position_independent
+        assert light.symbols == {name: (s.address, s.size) for name, s in full.symbols.items()}
+        assert set(light.symbols) == set(POPCORN_SYMBOLS)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("not an executable\n")
+    with pytest.raises(ElfSymbolsError, match="not an ELF file"):
+        read_symbols(plain, POPCORN_SYMBOLS)

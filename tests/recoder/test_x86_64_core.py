@@ -14,7 +14,7 @@ import pytest
 from androcond.criu.compat import task_tree
 from androcond.images import Pagemap, pb
 from androcond.popcorn.notify import notify_tasks
-from androcond.recoder.arch import X86_64_REGSET_SIZE, X86Regs, x86_64_core
+from androcond.recoder.arch import OPEN_FLAG_BITS, X86_64_REGSET_SIZE, X86Regs, open_flags_for, x86_64_core
 from androcond.recoder.elf import read_elf
 from androcond.recoder.imageset import ImageSet, RecodeError, write_outputs
 
@@ -72,3 +72,15 @@ def test_an_aarch64_register_set_is_not_taken_for_x86_64() -> None:
     regset = (0xAABCBDEADBEAF).to_bytes(8, "little") + bytes(X86_64_REGSET_SIZE - 8)
     with pytest.raises(RecodeError, match="an aarch64 register set: notified for the wrong target"):
         X86Regs.unpack(regset, bytes(8), "task 7")
+
+
+def test_open_flags_mean_the_same_on_the_other_isa() -> None:
+    """A pipe CRIU reopened on the device carries aarch64's O_LARGEFILE (0o400000), which is O_NOFOLLOW on
+    x86_64: the host's CRIU then fails to reopen it (ELOOP). The bits that differ move; the rest stay."""
+    o_rdwr, o_nonblock, o_cloexec = 0o2, 0o4000, 0o2000000
+    assert open_flags_for(0o400000 | o_rdwr, "aarch64", "x86_64") == 0o100000 | o_rdwr
+    assert open_flags_for(0o100000 | o_nonblock, "x86_64", "aarch64") == 0o400000 | o_nonblock
+    every = sum(OPEN_FLAG_BITS["x86_64"].values()) | o_rdwr | o_nonblock | o_cloexec
+    for flags in (0, o_rdwr, every, 0o40000 | o_cloexec, 0o200000 | 0o400000):
+        there = open_flags_for(flags, "x86_64", "aarch64")
+        assert open_flags_for(there, "aarch64", "x86_64") == flags

@@ -1,0 +1,127 @@
+"""Across ISAs and back, for real: the two-ISA program (the stand-in for a Popcorn binary) goes x86_64 → the
+arm64 device by its label, then `androcond migrate NAME --to host` brings it home: the device's agent notifies
+its task for x86_64 and freezes it, the daemon recodes the aarch64 dump for this host (the x86_64 registers the
+runtime left, the host's own vdso, `<bin>_x86-64` at `<bin>` again) and the host restores it in place; it says
+it resumed on x86_64 and counts on. A fault after the device froze it leaves it counting on the device."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from androcond.engine import Engine
+
+from ..helpers import DaemonProcess
+from ..testbed.arm64 import Arm64Device
+from ..testbed.engines import DOCKER_CLI
+from ..testbed.proc import run, wait_for
+from ..testbed.twoisa import BIN
+from .arm64_bed import ARM64_MARKS
+from .conftest import AgentBed
+from .daemon_bed import migrate_by_cli, running
+from .test_cross_isa_resume import LOG, daemon_config, device_log, log_lines, move_out, on_device, twoisa_image
+
+pytestmark = ARM64_MARKS
+__all__ = ["on_device", "twoisa_image"]  # the fixtures, shared with the way out's tests
+
+Line = tuple[str, int, str, int]
+
+
+async def _out_and_counting_on_aarch64(agent: AgentBed, device: Arm64Device, engine: Engine, image: str, name: str,
+                                       directory: Path) -> int:
+    """Moved to the arm64 device by its label; the last count it told there once it counted on."""
+    end, _, _ = await move_out(agent, device, engine, image, name, directory)
+    assert end["state"] == "done", end.get("detail")
+
+    def counted_on() -> bool:
+        return sum(1 for line in device_log(device, name) if line[2] == "aarch64") >= 3
+
+    wait_for(counted_on, timeout=120, interval=1, what="counting on the device")
+    return max(n for kind, n, isa, _ in device_log(device, name) if kind == "count" and isa == "aarch64")
+
+
+def _home_log(engine_a_host: str, name: str) -> list[Line]:
+    return log_lines(run([DOCKER_CLI, "-H", engine_a_host, "exec", name, "cat", LOG]).stdout.decode())
+
+
+async def _home(daemon: DaemonProcess, config: Path, name: str) -> tuple[int, dict[str, object]]:
+    await daemon.start()
+    await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
+    return await migrate_by_cli(config, name, "host")
+
+
+async def test_x86_64_to_aarch64_and_back_counts_on(
+        arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, twoisa_image: str, tmp_path: Path,
+        on_device: str) -> None:
+    bed = agent_server.bed
+    try:
+        on_arm = await _out_and_counting_on_aarch64(agent_server, arm64_device, engine_a, twoisa_image, on_device,
+                                                    tmp_path)
+        config = daemon_config(agent_server, arm64_device, tmp_path)
+        daemon = DaemonProcess(config)
+        try:
+            code, record = await _home(daemon, config, on_device)
+            assert code == 0 and record["state"] == "done", (record["state"], record.get("error"))
+            assert (record["from"], record["to"]) == ("arm64", "host"), record
+            timings = record.get("timings")
+            assert isinstance(timings, dict) and {"notify_s", "recode_s"} <= set(timings), record
+        finally:
+            await daemon.kill()
+
+        def resumed_home() -> bool:
+            return any(kind == "count" and isa == "x86_64" and n > on_arm
+                       for kind, n, isa, _ in _home_log(bed.engine_a.host, on_device))
+
+        wait_for(resumed_home, timeout=60, interval=0.5, what="counting on at home")
+        story = [line for line in _home_log(bed.engine_a.host, on_device) if line[3] == 0]
+        resumes = [(i, n, isa) for i, (kind, n, isa, _) in enumerate(story) if kind == "resumed at count"]
+        assert [isa for _, _, isa in resumes] == ["aarch64", "x86_64"], story
+        at, count, _ = resumes[1]
+        arm_counts = [n for kind, n, isa, _ in story[:at] if kind == "count" and isa == "aarch64"]
+        # Frozen between telling a count and storing it, the other ISA tells that count again.
+        assert count in (arm_counts[-1], arm_counts[-1] - 1), (count, arm_counts[-3:])
+        after = [(n, isa) for kind, n, isa, _ in story[at + 1:] if kind == "count"]
+        assert after[0] == (count + 1, "x86_64") and [n for n, _ in after] == list(range(count + 1,
+                                                                                          count + 1 + len(after)))
+        logs = await engine_a.container_logs(on_device)
+        assert f"resumed at count {count} on x86_64" in logs, logs[-400:]
+        # Exactly once: the device's copy is gone, and at home it is the x86_64 build at <bin> again.
+        assert on_device not in arm64_device.adb_shell("docker ps -a --format '{{.Names}}'", timeout=120)
+        home = await engine_a.inspect_container(on_device)
+        assert home["Config"]["Cmd"] == [f"/bin/{BIN}", LOG]
+        exe = run([DOCKER_CLI, "-H", bed.engine_a.host, "exec", on_device, "sh", "-c",
+                   f"cmp /bin/{BIN} /bin/{BIN}_x86-64 && echo same"]).stdout.decode()
+        assert exe.strip() == "same"
+    finally:
+        bed.engine_a.cli("rm", "-f", on_device, check=False)
+
+
+async def test_a_fault_after_the_device_froze_it_leaves_it_counting_on_aarch64(
+        arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, twoisa_image: str, tmp_path: Path,
+        on_device: str) -> None:
+    bed = agent_server.bed
+    try:
+        on_arm = await _out_and_counting_on_aarch64(agent_server, arm64_device, engine_a, twoisa_image, on_device,
+                                                    tmp_path)
+        config = daemon_config(agent_server, arm64_device, tmp_path)
+        daemon = DaemonProcess(config, env={**os.environ, "ANDROCOND_INJECT_FAULT": f"stream@{on_device}"})
+        try:
+            code, record = await _home(daemon, config, on_device)
+            assert code != 0 and record["state"] == "rolled-back", record
+            assert "injected fault" in str(record["error"])
+        finally:
+            await daemon.kill()
+        assert not await running(engine_a, on_device)
+
+        def counts_on_past(at: int) -> bool:
+            return any(kind == "count" and isa == "aarch64" and n >= at + 3
+                       for kind, n, isa, _ in device_log(arm64_device, on_device))
+
+        wait_for(lambda: counts_on_past(on_arm), timeout=120, interval=1, what="counting on the device again")
+        story = [line for line in device_log(arm64_device, on_device) if line[3] == 0]
+        assert [isa for kind, _, isa, _ in story if kind == "resumed at count"] == ["aarch64"], \
+            "rolled back from the device's own checkpoint, not restarted and not resumed elsewhere"
+        arm = [n for kind, n, isa, _ in story if kind == "count" and isa == "aarch64"]
+        assert len(set(arm)) >= len(arm) - 1 and arm == sorted(arm), "counting on, not from the start"
+    finally:
+        bed.engine_a.cli("rm", "-f", on_device, check=False)
