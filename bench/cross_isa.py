@@ -4,7 +4,10 @@ aarch64) and, as the baseline in the same run, to the bed's x86_64 device (engin
 recode), interleaved. Times are the daemon's own (its journal): notify (the program keeps running), checkpoint,
 recode, transfer, restore on the device; downtime is from the freeze to the device's answer that it runs.
 
-Run as root:  .venv/bin/python -m bench.cross_isa [--mb 16] [--runs 3]
+With --back, each container then comes home (`migrate --to host`): from the x86_64 device as it went, from the
+arm64 device notified for x86_64 there and recoded back here; the same phases, timed by the daemon.
+
+Run as root:  .venv/bin/python -m bench.cross_isa [--mb 16] [--runs 3] [--back]
 (ANDROCOND_ARM64_ATTACH=<the JSON line of `python -m tests.testbed.arm64 boot`> uses a device booted already.)
 """
 
@@ -32,8 +35,10 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--mb", type=int, default=16, help="touched memory of the program, MB")
     parser.add_argument("--runs", type=int, default=3)
+    parser.add_argument("--back", action="store_true", help="then bring each container home, timed too")
     args = parser.parse_args()
     results: dict[str, dict[str, list[float]]] = {}
+    back: dict[str, dict[str, list[float]]] = {}
     with tempfile.TemporaryDirectory() as tmp, arm64_bench(Path(tmp), AGENT_PORT, LABEL) as on:
         bed, device = on.bed, on.device
         image = install_twoisa_image(bed.engine_a, device, Path(tmp))
@@ -47,27 +52,42 @@ def main() -> int:
                     return "count 3 " in bed.engine_a.cli("logs", n)
 
                 wait_for(counting, timeout=60, what=f"{name} counting")
-                total, timings = androcond_flow(on.config, name, target, keep_source=False)
-                row = results.setdefault(target, {})
-                row.setdefault("total", []).append(total)
-                row.setdefault("downtime", []).append(sum(timings.get(k, 0.0) for k in FROZEN))
-                for phase in PHASES:
-                    row.setdefault(phase, []).append(timings.get(phase, 0.0))
+                _record(results, target, *androcond_flow(on.config, name, target, keep_source=False))
+                if args.back:
+                    _record(back, target, *androcond_flow(on.config, name, "host", keep_source=False))
                 bed.engine_a.remove_containers(f"{LABEL}=1")
                 bed.engine_b.remove_containers(f"{LABEL}=1")
                 device.adb_shell(f"docker rm -f {name} >/dev/null 2>&1 || true", timeout=120)
+    _table(results, args, {"pixel": "x86_64 device (engine B), same ISA",
+                            "arm64": "arm64 device (qemu TCG), recoded to aarch64"}, "x86_64 device")
+    if args.back:
+        print()
+        _table(back, args, {"pixel": "x86_64 device → host, same ISA",
+                            "arm64": "arm64 device → host, recoded to x86_64"}, "same ISA back")
+    return 0
+
+
+def _record(results: dict[str, dict[str, list[float]]], target: str, total: float,
+            timings: dict[str, float]) -> None:
+    row = results.setdefault(target, {})
+    row.setdefault("total", []).append(total)
+    row.setdefault("downtime", []).append(sum(timings.get(k, 0.0) for k in FROZEN))
+    for phase in PHASES:
+        row.setdefault(phase, []).append(timings.get(phase, 0.0))
+
+
+def _table(results: dict[str, dict[str, list[float]]], args: argparse.Namespace, labels: dict[str, str],
+           baseline: str) -> None:
     med = statistics.median
     base = results["pixel"]
     print(f"| {args.mb} MB touched, median of {args.runs} | notify | checkpoint | recode | transfer | restore | "
-          f"downtime (s) | total (s) | downtime vs x86_64 device |")
+          f"downtime (s) | total (s) | downtime vs {baseline} |")
     print("|---|---|---|---|---|---|---|---|---|")
-    for target, label in (("pixel", "x86_64 device (engine B), same ISA"),
-                          ("arm64", "arm64 device (qemu TCG), recoded to aarch64")):
+    for target, label in labels.items():
         row = results[target]
         print(f"| {label} | " + " | ".join(f"{med(row[p]):.2f}" for p in PHASES) +
               f" | {med(row['downtime']):.2f} | {med(row['total']):.2f} | "
               f"{med(row['downtime']) / med(base['downtime']):.2f}× |")
-    return 0
 
 
 if __name__ == "__main__":
