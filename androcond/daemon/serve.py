@@ -21,7 +21,7 @@ from ..faults import NO_FAULTS, Faults
 from ..link.adb import AdbClient
 from ..logging import get_logger, log_context
 from ..migration import Context, new_record, phase_timeouts
-from ..migration.journal import HOME, Journal, MigrationRecord
+from ..migration.journal import HOME, Journal, JournalError, MigrationRecord
 from ..migration.roles import Source
 from ..migration.states import MigrationState
 from ..migration.stream import Workspace
@@ -202,6 +202,13 @@ class Daemon:
             await settle_home(settings.docker.host, settings.daemon.state_dir)
         except Exception as exc:  # each later link to the host's engine settles them too
             log.error("could not settle what a previous run left on the host's target", error=str(exc))
+        try:
+            unfinished = {record.id for record in await journal.unfinished()}
+            swept = await Workspace.sweep(settings.daemon.state_dir, keep=unfinished)
+            if swept:
+                log.info("removed what finished migrations left in the workspace", migrations=swept)
+        except (OSError, JournalError) as exc:
+            log.error("could not sweep the migrations' workspace", error=str(exc))
         links = home_links(settings.docker.host, settings.daemon.state_dir, timeouts, devices)
         ctx = Context(settings, journal, links=links, sources=source, on_change=self._on_migration_change,
                       on_end=self.metrics.migration_ended, background=self.background, faults=self.faults)

@@ -31,6 +31,11 @@ from .roles import Source, TargetLink
 log = get_logger(__name__)
 
 
+# The workspace's directories under the state directory, one subdirectory per migration in each, in the order
+# of Workspace's fields.
+WORKSPACE_KINDS = ("recode", "lazy", "emulation", "pulled")
+
+
 @dataclass(frozen=True)
 class Workspace:
     """The daemon's own files for one migration (removed when it ends)."""
@@ -42,12 +47,29 @@ class Workspace:
 
     @classmethod
     def of(cls, state_dir: Path, migration_id: str) -> Workspace:
-        return cls(state_dir / "recode" / migration_id, state_dir / "lazy" / migration_id,
-                   state_dir / "emulation" / migration_id, state_dir / "pulled" / migration_id)
+        return cls(*(state_dir / kind / migration_id for kind in WORKSPACE_KINDS))
 
     async def remove(self) -> None:
         for directory in (self.recoded, self.lazy, self.emulation, self.pulled):
             await asyncio.to_thread(shutil.rmtree, directory, True)
+
+    @staticmethod
+    async def sweep(state_dir: Path, keep: set[str]) -> list[str]:
+        """Remove what migrations left in the workspaces but those in `keep` (a daemon killed after "done" never
+        ran its own cleanup). The migrations whose workspace went, by id."""
+
+        def sweep() -> list[str]:
+            gone: set[str] = set()
+            for kind in WORKSPACE_KINDS:
+                if not (state_dir / kind).is_dir():
+                    continue
+                for directory in (state_dir / kind).iterdir():
+                    if directory.name not in keep:
+                        shutil.rmtree(directory, True)
+                        gone.add(directory.name)
+            return sorted(gone)
+
+        return await asyncio.to_thread(sweep)
 
 
 async def recode(plan: Plan, frozen: Frozen, *, root: Path | None, out: Path, recorder: Recorder,

@@ -16,10 +16,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from androcond.engine import Engine
+from androcond.migration.stream import WORKSPACE_KINDS
 
 from ..helpers import DaemonProcess, counter_config, start_counting
 from ..testbed.engines import DOCKER_CLI
-from ..testbed.proc import run
+from ..testbed.proc import run, wait_for
 from .conftest import AgentBed
 from .daemon_bed import continuous, counting_on, finished, migrate_by_cli, running, state_of, write_daemon_config
 
@@ -108,12 +109,24 @@ async def test_out_and_back_counts_on_with_the_device_s_files_and_its_home_confi
             await daemon.wait_for_log(lambda e: e.get("msg") == "not migrating on its own: it was brought back"
                                       and e.get("container") == unique_name, timeout=30)
             assert await running(engine_a, unique_name)
+            # The first daemon was killed right after "done"; this one swept what that left, and its own move
+            # cleans up after itself.
+            _workspace_empty(tmp_path / "state")
         finally:
             await daemon.kill()
     finally:
         for engine in (bed.engine_a, bed.engine_b):
             engine.cli("rm", "-f", unique_name, check=False)
     assert home is not None
+
+
+def _workspace_empty(state: Path) -> None:
+    def left() -> list[str]:
+        return [f"{kind}/{d.name}" for kind in WORKSPACE_KINDS if (state / kind).is_dir()
+                for d in (state / kind).iterdir()]
+
+    # The daemon is another process: polling its files blocks nothing of it.
+    wait_for(lambda: not left(), timeout=30, interval=0.1, what=f"an empty workspace (left: {left()})")
 
 
 @pytest.mark.parametrize("fault", ["stream", "commit", "restore-refused"])
