@@ -1,17 +1,20 @@
-"""`androcond devices [--json]`."""
+"""`androcond devices [--json]` and `androcond devices doctor`."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import base64
 import json
+import sys
 from typing import Any
 
-from ..cli_common import EXIT_OK, add_config_option
+from ..cli_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_config_option
 from ..config import load_settings
 from ..criu import compat as criu_compat
-from ..link.adb import AdbClient
+from ..link.adb import AdbClient, AdbError
 from ..link.devices import EMULATION_VA_BITS, DeviceStatus, probe_all
+from ..provision import doctor
 
 
 def register(commands: Any) -> None:
@@ -19,6 +22,53 @@ def register(commands: Any) -> None:
     add_config_option(devices)
     devices.add_argument("--json", action="store_true", help="one JSON document")
     devices.set_defaults(handler=_cmd_devices)
+    verbs = devices.add_subparsers(dest="devices_verb", metavar="VERB")
+    doctor = verbs.add_parser("doctor", help="what a device has of what androcond needs there (over adb alone)")
+    doctor.add_argument("name", nargs="?", help="a configured device (its adb_serial is used)")
+    doctor.add_argument("--adb", metavar="SERIAL", help="the device's adb serial (instead of a configured name)")
+    doctor.add_argument("--json", action="store_true", help="one JSON document")
+    add_config_option(doctor)
+    doctor.set_defaults(handler=_cmd_doctor)
+
+
+def _cmd_doctor(args: argparse.Namespace) -> int:
+    serial = args.adb
+    if not serial:
+        if not args.name:
+            print("androcond devices doctor: name a configured device or give --adb SERIAL", file=sys.stderr)
+            return EXIT_USAGE
+        device = load_settings(args.config).devices.get(args.name)
+        if device is None or not device.adb_serial:
+            print(f"androcond devices doctor: no device {args.name!r} with an adb_serial in the configuration",
+                  file=sys.stderr)
+            return EXIT_USAGE
+        serial = device.adb_serial
+    try:
+        output = asyncio.run(probe_over_adb(AdbClient(), serial))
+    except AdbError as exc:
+        print(f"androcond devices doctor: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    found = doctor.assess(output, criu_compat.runc_options())
+    missing = [r for r in found if r.state == doctor.State.MISSING]
+    if args.json:
+        print(json.dumps({"serial": serial, "ready": not missing, "requirements": doctor.as_json(found)}, indent=2))
+    else:
+        for r in found:
+            print(f"{r.state.upper():<8} {r.name:<28} {r.detail}")
+            if r.state != doctor.State.OK:
+                print(f"{'':<8} {'':<28} without it: {r.blocks}" + (f"; fix: {r.fix}" if r.fix else ""))
+        print(f"{serial}: " + ("ready" if not missing else f"{len(missing)} requirement(s) missing"))
+    return EXIT_OK if not missing else EXIT_FAILED
+
+
+async def probe_over_adb(adb: AdbClient, serial: str) -> str:
+    """The probe's output, run as root: through the device's su when adbd is not root."""
+    first = (await adb.shell(serial, doctor.PROBE)).text
+    if doctor.sections(first).get("id", ["?"])[0].strip() == "0":
+        return first
+    encoded = base64.b64encode(doctor.PROBE.encode()).decode()
+    again = (await adb.shell(serial, f"echo {encoded} | base64 -d | su 0 sh 2>/dev/null")).text
+    return again if doctor.sections(again).get("id", ["?"])[0].strip() == "0" else first
 
 
 def _cmd_devices(args: argparse.Namespace) -> int:
