@@ -7,6 +7,7 @@ import asyncio
 import base64
 import json
 import sys
+from pathlib import Path
 from typing import Any
 
 from ..cli_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_config_option
@@ -14,7 +15,7 @@ from ..config import load_settings
 from ..criu import compat as criu_compat
 from ..link.adb import AdbClient, AdbError
 from ..link.devices import EMULATION_VA_BITS, DeviceStatus, probe_all
-from ..provision import doctor
+from ..provision import bundle, doctor
 
 
 def register(commands: Any) -> None:
@@ -29,6 +30,20 @@ def register(commands: Any) -> None:
     doctor.add_argument("--json", action="store_true", help="one JSON document")
     add_config_option(doctor)
     doctor.set_defaults(handler=_cmd_doctor)
+    one_file = verbs.add_parser("bundle", help="write the agent as one file (a zipapp) for a device's own Python")
+    one_file.add_argument("out", type=Path, help="where to write it (e.g. androcond-agent.pyz)")
+    one_file.set_defaults(handler=_cmd_bundle)
+
+
+def _cmd_bundle(args: argparse.Namespace) -> int:
+    try:
+        size = bundle.build(args.out)
+    except (bundle.BundleError, OSError) as exc:
+        print(f"androcond devices bundle: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{args.out}: {size} bytes; run it as `python3 {args.out.name} agent serve --config FILE` on the device "
+          "(it needs python3 and its cryptography)")
+    return EXIT_OK
 
 
 def _cmd_doctor(args: argparse.Namespace) -> int:

@@ -4,7 +4,8 @@
    the daemon, and a labelled counter container that moves there and keeps counting.
 2. The arm64 device (Debian for arm64 under qemu-system-aarch64, booted while hop 1 runs): the daemon, now
    configured with it too, sees a labelled x86_64 container running the two-ISA program and moves it there;
-   it resumes on aarch64 at the count it had reached and counts on.
+   it resumes on aarch64 at the count it had reached and counts on; then `migrate --to host` brings it home,
+   where it resumes on x86_64 and counts on.
 
 Run (as root, after scripts/setup.sh): .venv/bin/python -m tests.testbed.demo
 """
@@ -133,6 +134,22 @@ def main() -> int:
         _show(lines[resumed:resumed + 4])
         machine = arm64.adb_shell(f"docker exec {moving} uname -m", timeout=120).strip()
         say(f"`docker exec {moving} uname -m` on the device: {machine}")
+        say(f"and home again across ISAs: `androcond migrate {moving} --to host --wait` (notified for x86_64 on "
+            "the device, recoded back here)")
+        subprocess.run([sys.executable, "-m", "androcond", "migrate", moving, "--to", "host", "--wait",
+                        "--config", str(config)], check=True)
+
+        def resumed_home() -> bool:
+            return any(kind == "resumed at count" and isa == "x86_64"
+                       for kind, _, isa in _twoisa_lines(bed.engine_a.cli("logs", moving)))
+
+        wait_for(resumed_home, timeout=60, interval=0.5, what=f"{moving} counting at home")
+        wait_for(lambda: len(_twoisa_lines(bed.engine_a.cli("logs", moving))) >= 3, timeout=30,
+                 what=f"{moving} counting at home")
+        home = _twoisa_lines(bed.engine_a.cli("logs", moving))
+        back = next(i for i, (kind, _, isa) in enumerate(home) if kind == "resumed at count" and isa == "x86_64")
+        say(f"{moving} resumed on x86_64 at {home[back][1]} and counts on (`docker logs` on the host):")
+        _show(home[back:back + 4])
         daemon.journal()
         say(f"the host's engine stays up (docker -H {bed.engine_a.host} logs -f {name}); "
             "remove the test bed when done: scripts/testbed.sh down")
