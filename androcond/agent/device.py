@@ -23,6 +23,7 @@ from typing import Any
 
 from .. import __version__
 from ..aio import complete
+from ..build import build_version
 from ..criu import compat as criu_compat
 from ..criu.leftovers import place_nonce, remove_extractions
 from ..engine import Engine, EngineError
@@ -53,14 +54,12 @@ class DeviceFacts:
     emulator: str = ""  # its static qemu-x86_64 ("": it cannot run x86_64 containers emulated)
     emulator_version: str = ""  # that qemu's version ("10.0.2")
     binfmt_x86_64: bool = False  # binfmt_misc runs x86_64 programs through a static qemu (`docker exec` works)
+    agent_version: str = __version__  # this agent's build (androcond.build): gather_facts reads it
 
     @property
     def criu_dumps_sockets(self) -> bool:
         return criu_compat.dumps_inet_sockets(self.criu_version, self.kernel_release)
 
-    @property
-    def agent_version(self) -> str:
-        return __version__
 
 
 def read_vdso(maps: Path = Path("/proc/self/maps"), mem: Path = Path("/proc/self/mem")) -> tuple[bytes, int]:
@@ -109,7 +108,7 @@ async def gather_facts(engine: Engine) -> DeviceFacts:
                        cgroup2=await asyncio.to_thread(criu_compat.cgroup_v2),
                        absent_masked_paths=tuple(await asyncio.to_thread(criu_compat.absent_paths)),
                        lazy_restore=lazy_restore, emulator=emulator.path, emulator_version=emulator.version,
-                       binfmt_x86_64=emulator.binfmt)
+                       binfmt_x86_64=emulator.binfmt, agent_version=await asyncio.to_thread(build_version))
 
 
 @dataclass

@@ -167,6 +167,10 @@ class AgentSession(Receiving, PostCopy, Sourcing):
             raise ProtocolViolation(f"protocol version {frame.client_hello.protocol_version} is not supported "
                                     f"(agent speaks {PROTOCOL_VERSION})")
         facts = self.device.facts
+        if frame.client_hello.client_version != facts.agent_version:
+            # Told apart, not refused: the protocol version above is what decides whether the two can talk.
+            log.warning("the daemon is another build than this agent", daemon=frame.client_hello.client_version,
+                        agent=facts.agent_version)
         await self.send(pb.Frame(agent_hello=pb.AgentHello(
             protocol_version=PROTOCOL_VERSION, agent_version=facts.agent_version, isa=facts.isa,
             page_size=facts.page_size, criu_version=facts.criu_version, engine_version=facts.engine_version,

@@ -13,6 +13,7 @@ from contextlib import asynccontextmanager
 from dataclasses import asdict, dataclass
 
 from ..aio import complete
+from ..build import build_version
 from ..config import DeviceSettings
 from ..criu import compat as criu_compat
 from ..errors import AndrocondError
@@ -68,6 +69,7 @@ class DeviceStatus:
     adb_state: str = ""
     isa: str = ""
     agent_version: str = ""
+    agent_current: bool | None = None  # its agent is this daemon's build (None: not reached); setup upgrades it
     engine_version: str = ""
     kernel: str = ""
     criu_version: str = ""
@@ -118,8 +120,10 @@ async def probe(device: DeviceSettings, adb: AdbClient) -> DeviceStatus:
     except (TransportError, AdbError, DeviceError) as exc:
         return DeviceStatus(device.name, reached_by, False, adb_state, error=str(exc))
     here = await asyncio.to_thread(criu_compat.runc_options)
+    ours = await asyncio.to_thread(build_version)
     return DeviceStatus(
         device.name, reached_by, True, adb_state, isa=hello.isa, agent_version=hello.agent_version,
+        agent_current=hello.agent_version == ours,
         engine_version=hello.engine_version, kernel=hello.kernel_release, criu_version=hello.criu_version,
         criu_dumps_sockets=criu_compat.dumps_inet_sockets(hello.criu_version, hello.kernel_release),
         fast_restore=hello.androcond_runtime, va_bits=hello.va_bits, vdso_size=len(hello.vdso),

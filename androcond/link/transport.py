@@ -19,7 +19,7 @@ from typing import Protocol, Self, TypeVar
 
 import asyncssh
 
-from .. import __version__
+from ..build import build_version
 from ..logging import get_logger
 from ..protocol import compression, ssh
 from ..protocol import protocol_pb2 as pb
@@ -143,7 +143,8 @@ class AgentConnection:
         return self
 
     async def _hello(self) -> None:
-        hello = pb.Frame(client_hello=pb.ClientHello(protocol_version=PROTOCOL_VERSION, client_version=__version__,
+        ours = await asyncio.to_thread(build_version)
+        hello = pb.Frame(client_hello=pb.ClientHello(protocol_version=PROTOCOL_VERSION, client_version=ours,
                                                      codecs=compression.available()))
         await within_phase("hello", self.timeouts.hello, self._send(hello))
         frame = await within_phase("hello", self.timeouts.hello, self._read())
@@ -155,6 +156,9 @@ class AgentConnection:
             raise TransportError(f"agent speaks protocol {frame.agent_hello.protocol_version}, "
                                  f"we speak {PROTOCOL_VERSION}")
         self.hello = frame.agent_hello
+        if self.hello.agent_version != ours:
+            log.warning("the agent is another build than this daemon (androcond devices setup upgrades it)",
+                        agent=self.hello.agent_version, daemon=ours)
         # An agent before compression names no codec: it gets every chunk as it is.
         choice = compression.choose(self.compress, compression.available(), tuple(self.hello.codecs))
         if choice.why:

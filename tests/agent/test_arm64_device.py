@@ -21,7 +21,7 @@ import pytest
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import SymbolTableSection
 
-from androcond import __version__
+from androcond.build import build_version
 from androcond.engine import Engine
 from androcond.link.adb import AdbClient
 from androcond.link.ssh import Endpoint, PhaseTimeouts
@@ -59,7 +59,7 @@ async def test_agent_hello_through_adb(arm64_device: Arm64Device, tmp_path: Path
     finally:
         await adb.killforward(serial, port)
     assert hello.isa == "aarch64"
-    assert hello.agent_version == __version__
+    assert hello.agent_version == build_version()
     assert hello.page_size == 4096
     assert hello.criu_version.startswith("4."), hello.criu_version
     assert hello.engine_version, "the guest's Docker engine did not answer the agent"
@@ -96,7 +96,7 @@ async def test_devices_lists_it_cross_isa(arm64_device: Arm64Device, tmp_path: P
     assert device["emulation"] is True and device["emulate"] == "auto"
     assert device["emulator"] and device["emulator_version"].startswith("10.")
     assert isinstance(device["binfmt_x86_64"], bool)  # whether its entry has flag F is the package's choice
-    assert device["agent_version"] == __version__
+    assert device["agent_version"] == build_version()
 
 
 async def test_a_plain_x86_64_container_is_refused_before_the_freeze(
@@ -189,5 +189,5 @@ async def test_the_guests_openssh_through_an_adb_forward_runs_a_shell_and_the_ag
             hello = link.hello
     finally:
         await adb.killforward(serial, port)
-    assert (hello.isa, hello.kernel_release, hello.agent_version) == ("aarch64", release, __version__)
+    assert (hello.isa, hello.kernel_release, hello.agent_version) == ("aarch64", release, build_version())
     assert hello.cgroup2 and "tcp-close" in hello.criu_runc_options

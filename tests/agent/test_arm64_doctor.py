@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-import androcond
+from androcond.build import build_version
 from androcond.provision.bundle import build
 
 from ..testbed.arm64 import Arm64Device
@@ -102,7 +102,7 @@ connect = 60
                               capture_output=True, text=True, timeout=300, check=False)
         (status,) = json.loads(done.stdout)["devices"]
         assert status["reachable"], (status, sh("tail -5 /tmp/pyz-agent.log", timeout=60))
-        assert status["isa"] == "aarch64" and status["agent_version"] == androcond.__version__
+        assert status["isa"] == "aarch64" and status["agent_version"] == build_version()
         rss = sh(f"grep VmRSS /proc/{pid}/status", timeout=60).split()[1]
         print(f"agent file: {agent_file.stat().st_size} bytes; `agent serve --help` cold on the device: "
               f"{cold_s:.1f} s against {installed_s:.1f} s installed (adb included); idle RSS {int(rss) // 1024} MiB")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from androcond import __version__
+from androcond.build import build_version
 
 from .conftest import AGENT_PORT, AgentBed
 
@@ -51,7 +51,7 @@ known_hosts = "{known_hosts}"
     assert devices["usb"]["reached_by"] == f"adb {bed.adb_serial}"
     for name in ("usb", "net"):
         assert devices[name]["isa"] == "x86_64"
-        assert devices[name]["agent_version"] == __version__
+        assert devices[name]["agent_version"] == build_version()
         assert devices[name]["engine_version"].startswith("20.10")
         assert devices[name]["va_bits"] == 47 and devices[name]["cross_isa"] is None  # same ISA: no recode
         assert devices[name]["fast_restore"] is True  # the bed's engine B has androcond's runtime
