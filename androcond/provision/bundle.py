@@ -23,11 +23,13 @@ from packaging.requirements import Requirement
 
 import androcond
 
+from ..build import BUILD_FILE, build_version
 from ..errors import AndrocondError
 
 # The device brings these (its python3-cryptography pulls cffi); nothing compiled goes in the file.
 FROM_THE_DEVICE: Final = frozenset({"cryptography", "cffi", "pycparser"})
 COMPILED: Final = (".so", ".pyd", ".dylib")
+FIXED_MTIME: Final = 315532800  # 1980-01-01, the earliest time a zip entry holds
 MAIN: Final = '''"""androcond's agent, as one file: python3 androcond-agent.pyz agent serve --config FILE"""
 import os
 import sys
@@ -92,6 +94,11 @@ def stage(directory: Path) -> None:
             if _wanted(relative):
                 _copy(Path(str(dist.locate_file(file))), directory / relative)
     (directory / "__main__.py").write_text(MAIN)
+    (directory / "androcond" / BUILD_FILE).write_text(build_version() + "\n")
+    # The same sources make the same bytes (setup compares digests to know whether the device's copy is current):
+    # zipapp stores each file's mtime, so every one gets the same.
+    for path in directory.rglob("*"):
+        os.utime(path, (FIXED_MTIME, FIXED_MTIME))
 
 
 def build(out: Path) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 import cryptography
 import pytest
 
+from androcond.build import build_version
 from androcond.provision.bundle import COMPILED, FROM_THE_DEVICE, build, runtime_distributions
 
 
@@ -71,3 +72,16 @@ print(api_implementation.Type(), *outside)
     implementation, *outside = done.stdout.split()
     assert implementation == "python"
     assert set(outside) <= {"cryptography", "_cffi_backend", "cffi"}, outside
+
+
+def test_the_file_names_this_build_and_the_same_sources_make_the_same_bytes(agent_file: Path, tmp_path: Path,
+                                                                             only_cryptography: Path) -> None:
+    probe = f"import sys; sys.path.insert(0, {str(agent_file)!r}); import androcond.build as b; " \
+            "print(b.build_version())"
+    done = _bare_python(only_cryptography, "-c", probe)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == build_version()
+    # `devices setup` compares digests to decide whether the device's copy is current.
+    again = tmp_path / "again.pyz"
+    build(again)
+    assert again.read_bytes() == agent_file.read_bytes()

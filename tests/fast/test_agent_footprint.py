@@ -124,8 +124,8 @@ def test_command_of() -> None:
 
 # What the agent may import from outside agent/ and protocol/: the modules both sides share. Anything else
 # is the host's (container_config, transport, the daemon, ...) and would pull the host's code onto the device.
-SHARED = {"androcond", "androcond.cli_common", "androcond.config", "androcond.logging", "androcond.errors",
-          "androcond.engine", "androcond.criu", "androcond.criu.compat", "androcond.criu.leftovers",
+SHARED = {"androcond", "androcond.build", "androcond.cli_common", "androcond.config", "androcond.logging",
+          "androcond.errors", "androcond.engine", "androcond.criu", "androcond.criu.compat", "androcond.criu.leftovers",
           "androcond.criu.runc", "androcond.aio", "androcond.popcorn", "androcond.popcorn.notify",
           "androcond.popcorn.symbols"}
 
