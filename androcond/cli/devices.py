@@ -6,16 +6,23 @@ import argparse
 import asyncio
 import base64
 import json
+import os
 import sys
+import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
+import asyncssh
+
+from ..build import build_version
 from ..cli_common import EXIT_FAILED, EXIT_OK, EXIT_USAGE, add_config_option
-from ..config import load_settings
+from ..config import DEFAULT_CONFIG_PATH, DeviceSettings, load_settings, locate_config
 from ..criu import compat as criu_compat
 from ..link.adb import AdbClient, AdbError
-from ..link.devices import EMULATION_VA_BITS, DeviceStatus, probe_all
+from ..link.devices import EMULATION_VA_BITS, DeviceStatus, probe, probe_all
 from ..provision import bundle, doctor
+from ..provision import setup as provision
 
 
 def register(commands: Any) -> None:
@@ -33,6 +40,106 @@ def register(commands: Any) -> None:
     one_file = verbs.add_parser("bundle", help="write the agent as one file (a zipapp) for a device's own Python")
     one_file.add_argument("out", type=Path, help="where to write it (e.g. androcond-agent.pyz)")
     one_file.set_defaults(handler=_cmd_bundle)
+    setup = verbs.add_parser("setup", help="make a rooted device a target over adb alone (idempotent)")
+    setup.add_argument("name", help="the device's name in the daemon's config")
+    setup.add_argument("--adb", metavar="SERIAL", required=True, help="the device's adb serial")
+    setup.add_argument("--identity", type=Path, required=True,
+                       help="the daemon's ssh client key (its public half is authorized on the device)")
+    setup.add_argument("--port", type=int, default=8022, help="the agent's port on the device (default 8022)")
+    setup.add_argument("--dir", help="the agent's directory there (default /data/androcond, else "
+                                     "/var/lib/androcond)")
+    setup.add_argument("--known-hosts", type=Path, help="where the agent's host key goes (default: beside the "
+                                                        "identity, known_hosts-NAME)")
+    setup.add_argument("--restart-engine", action="store_true",
+                       help="restart the engine even when containers run there, when it must restart (to turn its "
+                            "experimental API on)")
+    setup.add_argument("--print", action="store_true", help="print the [devices.NAME] table instead of adding it "
+                                                            "to the config")
+    add_config_option(setup)
+    setup.set_defaults(handler=_cmd_setup)
+    undo = verbs.add_parser("remove", help="undo on the device what setup did")
+    undo.add_argument("name")
+    undo.add_argument("--adb", metavar="SERIAL", required=True)
+    undo.add_argument("--dir", help="the agent's directory there, as given to setup")
+    undo.set_defaults(handler=_cmd_remove)
+
+
+async def _agent_dir(device: provision.Device, given: str | None) -> str:
+    if given:
+        return given
+    return "/data/androcond" if "yes" in await device.sh("[ -d /data ] && echo yes; true", "looking for /data") \
+        else "/var/lib/androcond"
+
+
+def _cmd_setup(args: argparse.Namespace) -> int:
+    try:
+        public = asyncssh.read_private_key(args.identity).export_public_key().decode().strip()
+    except (OSError, ValueError, asyncssh.KeyImportError) as exc:
+        print(f"androcond devices setup: cannot read the identity {args.identity}: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    known_hosts = args.known_hosts or args.identity.parent / f"known_hosts-{args.name}"
+
+    async def run() -> tuple[str, provision.Setup]:
+        device = provision.Device(AdbClient(), args.adb)
+        await device.become_root()
+        plan = provision.Setup(args.name, await _agent_dir(device, args.dir), args.port, public,
+                               restart_engine=args.restart_engine)
+        with tempfile.TemporaryDirectory(prefix="androcond-setup-") as tmp:
+            agent_file = await asyncio.to_thread(provision.agent_file, Path(tmp))
+            return await provision.setup(device, plan, agent_file), plan
+
+    started = time.monotonic()
+    try:
+        host_key, plan = asyncio.run(run())
+    except (AdbError, provision.RemoteError, bundle.BundleError, TimeoutError) as exc:
+        print(f"androcond devices setup: {exc or 'the agent did not start listening'}", file=sys.stderr)
+        return EXIT_FAILED
+    known_hosts.write_text(f"{args.adb} {host_key}\n")
+    for change in plan.changes:
+        print(f"  {change}")
+    # The proof: the daemon's own way in (adb forward, ssh with its key, the host key just read) reaches an
+    # agent of this build.
+    settings = DeviceSettings(args.name, adb_serial=args.adb, agent_port=args.port, identity=args.identity,
+                              known_hosts=known_hosts)
+    status = asyncio.run(probe(settings, AdbClient()))
+    if not status.reachable:
+        print(f"androcond devices setup: the agent does not answer: {status.error}", file=sys.stderr)
+        return EXIT_FAILED
+    if not status.agent_current:
+        print(f"androcond devices setup: the agent answering is build {status.agent_version}, not this one "
+              f"({build_version()})", file=sys.stderr)
+        return EXIT_FAILED
+    print(f"{args.name}: " + ("set up" if plan.changes else "nothing changed") +
+          f" in {time.monotonic() - started:.1f} s; agent {status.agent_version} answers from {plan.directory}, "
+          f"port {plan.port}")
+    table = (f'\n[devices.{args.name}]\nadb_serial = "{args.adb}"\nagent_port = {args.port}\n'
+             f'identity = "{args.identity}"\nknown_hosts = "{known_hosts}"\n')
+    config = locate_config(args.config, os.environ) or DEFAULT_CONFIG_PATH
+    if args.print:
+        print(table)
+    elif f"[devices.{args.name}]" in (config.read_text() if config.exists() else ""):
+        print(f"{config} already has [devices.{args.name}] (left as it is)")
+    else:
+        with config.open("a") as f:
+            f.write(table)
+        print(f"added [devices.{args.name}] to {config}")
+    return EXIT_OK
+
+
+def _cmd_remove(args: argparse.Namespace) -> int:
+    async def run() -> list[str]:
+        device = provision.Device(AdbClient(), args.adb)
+        await device.become_root()
+        return await provision.remove(device, await _agent_dir(device, args.dir), args.name)
+
+    try:
+        undone = asyncio.run(run())
+    except (AdbError, provision.RemoteError) as exc:
+        print(f"androcond devices remove: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    for step in undone:
+        print(f"  {step}")
+    return EXIT_OK
 
 
 def _cmd_bundle(args: argparse.Namespace) -> int:
@@ -116,6 +223,8 @@ def describe(s: DeviceStatus) -> str:
         notes += f"  emulation: {_emulation(s)}"
     if s.compression:
         notes += f"  compression: {s.compression}"
+    if s.agent_current is False:
+        notes += f"  (agent NOT this daemon's build {build_version()}: `androcond devices setup {s.name}` upgrades it)"
     return (f"{s.name:<16} {s.reached_by:<28} reachable  {s.isa}  agent {s.agent_version}  "
             f"engine {s.engine_version or '-'}  criu {s.criu_version or '-'}  kernel {s.kernel or '?'}{notes}")
 

@@ -23,6 +23,7 @@ from typing import Any
 from .. import __version__
 from ..cli_common import EXIT_FAILED, EXIT_USAGE
 from ..errors import AndrocondError, ConfigError
+from ..logging import configure_logging
 
 Registrar = Callable[[Any], None]
 
@@ -114,6 +115,9 @@ def main(argv: Sequence[str] | None = None) -> int:
               f"({', '.join(missing)} not installed): {DAEMON_INSTALL}", file=sys.stderr)
         return EXIT_USAGE
     args = build_parser(command, missing).parse_args(argv)
+    # Until a verb configures its own (the daemon and the agent do, from their config): warnings and errors on
+    # stderr, so a log line never lands in a verb's output (a --json document on stdout).
+    configure_logging("warning")
     try:
         code: int = args.handler(args)
     except ConfigError as exc:

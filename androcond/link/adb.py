@@ -21,6 +21,7 @@ import re
 import struct
 from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 
 from ..aio import run
 from ..errors import AndrocondError
@@ -42,6 +43,9 @@ _SHELL_STDERR = 2
 _SHELL_EXIT = 3
 _SHELL_CLOSE_STDIN = 4
 _SHELL_HEADER = struct.Struct("<BI")
+# The sync service (`adb push`): 4-byte ids with little-endian u32 lengths; DATA carries at most 64 KiB.
+_SYNC_LENGTH = struct.Struct("<I")
+_SYNC_DATA_MAX = 64 * 1024
 
 
 # --- errors -----------------------------------------------------------------------------------------------
@@ -374,6 +378,32 @@ class AdbClient:
         return set((await self._query(f"host-serial:{serial}:features")).split(","))
 
     # --- device services ---
+
+    async def push(self, serial: str, local: Path, remote: str, mode: int = 0o644) -> None:
+        """``adb push`` of one file, through the sync service (SEND, DATA chunks, DONE; OKAY or FAIL)."""
+        request = "sync:"
+        async with self._session(f"push {remote}", self.shell_timeout) as conn:
+            transport = f"host:transport:{serial}"
+            await conn.send(transport)
+            await conn.read_status(transport)
+            await conn.send(request)
+            await conn.read_status(request)
+            target = f"{remote},{mode}".encode()
+            await conn.send_raw(b"SEND" + _SYNC_LENGTH.pack(len(target)) + target)
+            mtime = int((await asyncio.to_thread(local.stat)).st_mtime)
+            with local.open("rb") as f:
+                # One 64 KiB read at a time: a small file (the agent's) is all a push carries here.
+                while chunk := await asyncio.to_thread(f.read, _SYNC_DATA_MAX):
+                    await conn.send_raw(b"DATA" + _SYNC_LENGTH.pack(len(chunk)) + chunk)
+            await conn.send_raw(b"DONE" + _SYNC_LENGTH.pack(mtime))
+            status = await conn.read_exactly(4)
+            length = _SYNC_LENGTH.unpack(await conn.read_exactly(4))[0]
+            if status == b"FAIL":
+                message = (await conn.read_exactly(length)).decode(errors="replace")
+                raise AdbFailure(f"push {remote}", message)
+            if status != b"OKAY":
+                raise AdbStreamError(f"adb server at {self.address} answered a push with {status!r}")
+            await conn.send_raw(b"QUIT" + _SYNC_LENGTH.pack(0))
 
     async def shell(self, serial: str, command: str) -> ShellResult:
         """Run ``command`` with the device's shell; stdin is closed. Exit status with shell protocol v2."""
