@@ -28,6 +28,7 @@ elif [ -r "/boot/config-$(uname -r)" ]; then echo "source=/boot/config-$(uname -
 fi
 echo @@maps; cat /proc/self/maps
 echo @@docker; docker version --format '{{.Server.Version}} {{.Server.APIVersion}}' 2>&1
+echo @@experimental; docker version --format '{{.Server.Experimental}}' 2>/dev/null
 echo @@runtimes; docker info --format '{{json .Runtimes}}' 2>/dev/null
 echo @@dockerroot; docker info --format '{{.DockerRootDir}}' 2>/dev/null
 echo @@criu; criu --version 2>&1 | head -1
@@ -39,6 +40,9 @@ echo @@qemu
 for q in qemu-x86_64-static qemu-x86_64 /usr/bin/qemu-x86_64-static /usr/bin/qemu-x86_64; do
   command -v "$q" 2>/dev/null && break
 done
+echo @@agent
+for f in /proc/[0-9]*/cmdline; do tr '\0' ' ' < "$f" 2>/dev/null; echo; done | grep 'androcond.* agent serve' | \
+  grep -v grep | head -1
 echo @@end
 """
 
@@ -146,6 +150,13 @@ def _engine(s: dict[str, list[str]]) -> list[Requirement]:
     found = f"Docker {docker}" if match else docker or "none"
     out = [Requirement("engine", State.OK if match else State.MISSING, found, "every move",
                        "" if match else "install Docker and start dockerd")]
+    experimental = " ".join(s.get("experimental") or []).strip()
+    on = experimental == "true"
+    out.append(Requirement("engine experimental", State.OK if on else (State.MISSING if match else State.UNKNOWN),
+                           experimental or "unknown",
+                           "every move (checkpoints and restores from them are the engine's experimental API)",
+                           "" if on else 'androcond devices setup (or "experimental": true in the engine\'s '
+                                         "daemon.json, then restart dockerd: SIGHUP does not reread it)"))
     runtimes = " ".join(s.get("runtimes") or []).strip()
     try:
         names = set(json.loads(runtimes)) if runtimes else set()
@@ -194,6 +205,10 @@ def _rest(s: dict[str, list[str]]) -> list[Requirement]:
                            python[-200:] or "none", "the agent (androcond runs on the device's own Python)",
                            "" if ok else "install python3 and python3-cryptography (Termux: python, "
                                          "python-cryptography)"))
+    agent = " ".join(s.get("agent") or []).strip()
+    out.append(Requirement("agent", State.OK if agent else State.MISSING, agent[-200:] or "not running",
+                           "every move (nothing on the device answers the daemon)",
+                           "" if agent else "androcond devices setup NAME --adb SERIAL"))
     qemu = " ".join(s.get("qemu") or []).strip()
     out.append(Requirement("qemu-x86_64", State.OK if qemu else State.MISSING, qemu or "none",
                            "x86_64 containers that are not Popcorn binaries (they run emulated)",

@@ -12,7 +12,9 @@ READY_CONFIG = "\n".join(f"CONFIG_{o}=y" for o in (
 
 def probe(*, uid: str = "0", config: str = READY_CONFIG, stack: str = "fffffffdd000-ffffffffe000",
           runc_conf: str = "tcp-close", docker: str = "26.1.5+dfsg1 1.45", python: str = "3.13.5 43.0.0",
-          qemu: str = "/usr/bin/qemu-x86_64-static", end: bool = True) -> str:
+          qemu: str = "/usr/bin/qemu-x86_64-static", experimental: str = "true",
+          agent: str = "python3 /data/androcond/androcond-agent.pyz agent serve --config /data/androcond/agent.toml",
+          end: bool = True) -> str:
     return f"""@@id
 {uid}
 @@uname
@@ -26,6 +28,8 @@ source=/proc/config.gz
 {stack} rw-p 00000000 00:00 0 [stack]
 @@docker
 {docker}
+@@experimental
+{experimental}
 @@runtimes
 {{"androcond":{{"path":"/data/androcond/androcond-runc"}},"runc":{{"path":"runc"}}}}
 @@dockerroot
@@ -43,6 +47,8 @@ Looks good.
 {python}
 @@qemu
 {qemu}
+@@agent
+{agent}
 """ + ("@@end\n" if end else "")
 
 
@@ -88,3 +94,10 @@ def test_without_a_readable_kernel_config_the_options_are_unknown_not_missing() 
 
 def test_a_probe_cut_short_says_so() -> None:
     assert [(r.name, r.state) for r in assess(probe(end=False), [])] == [("probe", State.UNKNOWN)]
+
+
+def test_a_device_before_setup_lacks_the_agent_and_the_experimental_api() -> None:
+    found = {r.name: r for r in assess(probe(experimental="false", agent=""), ["tcp-close"])}
+    assert {n for n, r in found.items() if r.state != State.OK} == {"engine experimental", "agent"}
+    assert "devices setup" in found["agent"].fix and found["agent"].detail == "not running"
+    assert '"experimental": true' in found["engine experimental"].fix
