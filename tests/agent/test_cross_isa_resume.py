@@ -48,22 +48,24 @@ def on_device(arm64_device: Arm64Device, unique_name: str) -> Iterator[str]:
     arm64_device.adb_shell(f"docker rm -f {unique_name} >/dev/null 2>&1 || true", timeout=120)
 
 
-def daemon_config(agent: AgentBed, device: Arm64Device, directory: Path, *, android: bool = False) -> Path:
-    """The daemon's config in `directory` (its state there too): the arm64 device over adb."""
-    table = arm64_device_table(device, directory, extra='profile = "android"' if android else "")
+def daemon_config(agent: AgentBed, device: Arm64Device, directory: Path, *, android: bool = False,
+                  extra: str = "") -> Path:
+    """The daemon's config in `directory` (its state there too): the arm64 device over adb (`extra`: more lines
+    of its table)."""
+    table = arm64_device_table(device, directory, extra=('profile = "android"\n' if android else "") + extra)
     # The guest's CPU is emulated: generous deadlines.
     return write_daemon_config(agent, directory, extra=table + "[timeouts]\nconnect = 60\n")
 
 
 async def move_out(agent: AgentBed, device: Arm64Device, engine: Engine, image: str, name: str, directory: Path,
-                *args: str, roles: int = 1, android: bool = False,
-                fault: str = "") -> tuple[dict[str, Any], list[dict[str, Any]], int]:
+                *args: str, roles: int = 1, android: bool = False, fault: str = "",
+                extra: str = "") -> tuple[dict[str, Any], list[dict[str, Any]], int]:
     """Start the program (`args` after its log file) labelled for the arm64 device, wait until each of its `roles`
     processes counted on x86_64, then start a daemon of its own (which moves it from its startup scan) and wait
     for the migration's end: its last state record, the daemon's log and the last x86_64 count of role 0 seen
     before the daemon started. With `android`, the Android profile applies on top of the recode; `fault` is
-    injected in the daemon (ANDROCOND_INJECT_FAULT)."""
-    config = daemon_config(agent, device, directory, android=android)
+    injected in the daemon (ANDROCOND_INJECT_FAULT); `extra`: more lines of the device's table."""
+    config = daemon_config(agent, device, directory, android=android, extra=extra)
     env = {**os.environ, "ANDROCOND_INJECT_FAULT": f"{fault}@{name}"} if fault else None
     daemon = DaemonProcess(config, env=env)
     try:
@@ -100,7 +102,7 @@ def device_log(device: Arm64Device, name: str) -> list[tuple[str, int, str, int]
     return log_lines(device.adb_shell(f"docker exec {name} cat {LOG}", timeout=120))
 
 
-def _assert_resumed(lines: list[tuple[str, int, str, int]], role: int) -> int:
+def assert_resumed(lines: list[tuple[str, int, str, int]], role: int) -> int:
     """One role's story in the log: counted on x86_64, resumed on aarch64 from that count, counting on."""
     mine = [line for line in lines if line[3] == role]
     x86 = [n for kind, n, isa, _ in mine if kind == "count" and isa == "x86_64"]
@@ -133,7 +135,7 @@ async def test_a_two_isa_container_resumes_on_the_arm64_device(
         return sum(1 for line in device_log(arm64_device, on_device) if line[2] == "aarch64") >= 3
 
     wait_for(counted_on, timeout=120, interval=1, what="counting on the device")
-    resumed_at = _assert_resumed(device_log(arm64_device, on_device), role=0)
+    resumed_at = assert_resumed(device_log(arm64_device, on_device), role=0)
     assert resumed_at >= 3, "resumed from the start, not from where x86_64 stopped"
     logs = sh(f"docker logs {on_device} 2>&1", timeout=120)
     assert f"resumed at count {resumed_at} on aarch64" in logs, logs[-500:]
@@ -156,12 +158,12 @@ async def test_a_parent_and_its_child_both_resume(
     wait_for(both_count_on, timeout=120, interval=1, what="parent and child counting on the device")
     lines = device_log(arm64_device, on_device)
     for role in (0, 1):
-        _assert_resumed(lines, role)
+        assert_resumed(lines, role)
     processes = arm64_device.adb_shell(f"docker top {on_device} -o pid,args", timeout=120)
     assert processes.count(f"/bin/{BIN}") == 2, processes
 
 
-async def _assert_counting_at_source(engine: Engine, name: str, counted: int) -> None:
+async def assert_counting_at_source(engine: Engine, name: str, counted: int) -> None:
     """Running at the source, still on x86_64, its count going on past `counted` (the count seen before the move)
     and past where its log is now, without a restart."""
     async def x86_counts() -> list[int]:
@@ -189,7 +191,7 @@ async def test_a_program_that_never_reaches_a_migration_point_stays_at_the_sourc
     assert end["state"] == "rejected", end.get("detail")
     assert "did not reach a migration point" in end["detail"]
     assert not any(e.get("state") == "checkpointing" and e.get("container") == on_device for e in lines)
-    await _assert_counting_at_source(engine_a, on_device, counted)
+    await assert_counting_at_source(engine_a, on_device, counted)
     assert on_device not in arm64_device.adb_shell("docker ps -a --format '{{.Names}}'", timeout=120)
 
 
@@ -203,5 +205,5 @@ async def test_the_devices_criu_refusing_the_restore_rolls_back(
     assert end["state"] == "rolled-back", end.get("detail")
     assert "restore refused by the device engine" in end["detail"]
     assert "CRIU: " in end["detail"], "CRIU's own reason is in the message"
-    await _assert_counting_at_source(engine_a, on_device, counted)
+    await assert_counting_at_source(engine_a, on_device, counted)
     assert on_device not in arm64_device.adb_shell("docker ps -a --format '{{.Names}}'", timeout=120)

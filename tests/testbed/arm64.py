@@ -87,8 +87,11 @@ install -d -m 700 /root/.ssh /etc/androcond
 install -m 600 "$seed/authorized_keys" /root/.ssh/authorized_keys
 install -m 600 "$seed/ssh_host_ed25519_key" /etc/ssh/ssh_host_ed25519_key
 install -m 644 "$seed/ssh_host_ed25519_key.pub" /etc/ssh/ssh_host_ed25519_key.pub
-install -m 600 "$seed/agent.toml" /etc/androcond/agent.toml
-install -m 600 "$seed/agent_host_key" /etc/androcond/agent_host_key
+# A bare device's seed has no agent: `androcond devices setup` brings it over adb.
+if [ -f "$seed/agent.toml" ]; then
+    install -m 600 "$seed/agent.toml" /etc/androcond/agent.toml
+    install -m 600 "$seed/agent_host_key" /etc/androcond/agent_host_key
+fi
 umount "$seed"
 modprobe virtio_net 2>/dev/null || true
 wait_for test -e /sys/class/net/eth0
@@ -189,6 +192,15 @@ MASKED_UNITS = ("adbd.service",)
 ENABLED_UNITS = ("androcond-seed.service", "androcond-adbd.service", "androcond-agent.service",
                  "docker.service", "ssh.service")
 
+# The bare variant: what a person's device has before `androcond devices setup` — Docker (its stock
+# configuration, no daemon.json), CRIU, adbd, python3 with cryptography — and nothing of androcond: no agent,
+# no keys of it, no runtime, no runc.conf. (The tree has no python3-cryptography package; the pinned wheels of
+# cryptography and cffi stand in for it, installed where Debian's python3 finds them.)
+BARE_LEFT_OUT = ("etc/systemd/system/androcond-agent.service", "etc/docker/daemon.json", "etc/criu/runc.conf")
+BARE_GUEST_FILES = {rel: spec for rel, spec in GUEST_FILES.items() if rel not in BARE_LEFT_OUT}
+BARE_ENABLED_UNITS = tuple(u for u in ENABLED_UNITS if u != "androcond-agent.service")
+BARE_WHEELS = ("cryptography", "cffi", "pycparser")
+
 
 # --- the image -----------------------------------------------------------------------------------------------
 
@@ -276,6 +288,16 @@ def current_image() -> Arm64Image:
     return Arm64Image(CACHE_DIR / f"arm64-{image_key()}")
 
 
+def bare_image_key() -> str:
+    recipe = json.dumps({"files": BARE_GUEST_FILES, "units": BARE_ENABLED_UNITS, "masked": MASKED_UNITS,
+                         "wheels": BARE_WHEELS, "disk": DISK_SIZE}, sort_keys=True)
+    return _digest(base_dir().name, _wheels_dir().name, recipe)
+
+
+def current_bare_image() -> Arm64Image:
+    return Arm64Image(CACHE_DIR / f"arm64-bare-{bare_image_key()}")
+
+
 @contextlib.contextmanager
 def _cache_lock() -> Iterator[None]:
     CACHE_DIR.mkdir(parents=True, exist_ok=True)
@@ -333,12 +355,33 @@ def ensure_image(progress: Progress = _silent, log_dir: Path | None = None) -> A
         progress("arm64 image: androcond laid over the tree, then the 8 GiB disk (about a minute)")
         _build_image(image, wheels)
         progress(f"arm64 image: ready in {time.monotonic() - started:.0f}s ({image.directory})")
-        for old in CACHE_DIR.glob("arm64-*"):  # earlier images of this base: no longer current
-            if old.name.startswith("arm64-base-") or old == image.directory or not old.is_dir():
-                continue
-            if not _in_use(old):
-                shutil.rmtree(old, ignore_errors=True)
+        _drop_old_images("arm64-", image)
         return image
+
+
+def ensure_bare_image(progress: Progress = _silent, log_dir: Path | None = None) -> Arm64Image:
+    """The bare variant (BARE_GUEST_FILES), built from the same root tree and wheels if not cached yet."""
+    ensure_image(progress, log_dir)  # the root tree and the wheels
+    with _cache_lock():
+        image = current_bare_image()
+        if image.done.exists():
+            return image
+        started = time.monotonic()
+        progress("arm64 bare image: the tree with python3's cryptography and nothing of androcond (a minute)")
+        _build_image(image, _download_wheels(), bare=True)
+        progress(f"arm64 bare image: ready in {time.monotonic() - started:.0f}s ({image.directory})")
+        _drop_old_images("arm64-bare-", image)
+        return image
+
+
+def _drop_old_images(prefix: str, current: Arm64Image) -> None:
+    """Earlier images of this kind (full: arm64-<key>, bare: arm64-bare-<key>) that no qemu boots from."""
+    for old in CACHE_DIR.glob(f"{prefix}*"):
+        rest = old.name.removeprefix(prefix)
+        if old == current.directory or not old.is_dir() or (prefix == "arm64-" and "-" in rest):
+            continue
+        if not _in_use(old):
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def _build_rootfs(build_log: Path, progress: Progress) -> None:
@@ -408,7 +451,7 @@ def _download_wheels() -> Path:
     return wheels
 
 
-def _build_image(image: Arm64Image, wheels: Path) -> None:
+def _build_image(image: Arm64Image, wheels: Path, *, bare: bool = False) -> None:
     shutil.rmtree(image.directory, ignore_errors=True)
     image.directory.mkdir(parents=True)
     with tempfile.TemporaryDirectory(prefix="androcond-arm64-", dir=CACHE_DIR) as tmp:
@@ -420,14 +463,18 @@ def _build_image(image: Arm64Image, wheels: Path) -> None:
             shutil.copyfile(CHECKOUT / name, source / name)
         shutil.copytree(CHECKOUT / "androcond", source / "androcond",
                         ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
-        _pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(dist), str(source))
+        if not bare:
+            _pip("wheel", "--quiet", "--no-deps", "--wheel-dir", str(dist), str(source))
         upper, overlay_work, merged = work / "upper", work / "work", work / "merged"
         for d in (upper, overlay_work, merged):
             d.mkdir()
         run(["mount", "-t", "overlay", "overlay", "-o",
              f"lowerdir={base_rootfs()},upperdir={upper},workdir={overlay_work}", str(merged)])
         try:
-            _lay_over(merged, wheels, dist)
+            if bare:
+                _lay_over_bare(merged, wheels)
+            else:
+                _lay_over(merged, wheels, dist)
             sparse = image.directory / "disk.img.tmp"
             with sparse.open("wb") as f:
                 f.truncate(DISK_SIZE)
@@ -455,15 +502,35 @@ def _lay_over(root: Path, wheels: Path, dist: Path) -> None:
     _pip("install", "--quiet", "--no-index", "--no-deps", "--no-compile", "--upgrade", "--target", str(site),
          *_platform_args(), *map(str, sorted(wheels.glob("*.whl"))), *map(str, sorted(dist.glob("*.whl"))))
     (root / RUNC_WRAPPER.lstrip("/")).chmod(0o755)
-    for rel, (text, mode) in GUEST_FILES.items():
+    _guest_files(root, GUEST_FILES, ENABLED_UNITS)
+    (root / "var/lib/androcond/spool").mkdir(parents=True, exist_ok=True)
+    # Compile the bytecode now (in the guest's own Python, through binfmt) rather than at every boot under TCG.
+    run(["chroot", str(root), "/usr/bin/python3", "-m", "compileall", "-q", "-j", "0", f"/{GUEST_SITE}"],
+        check=False, timeout=1200)
+
+
+def _lay_over_bare(root: Path, wheels: Path) -> None:
+    """The bare variant: python3's cryptography and the device's units, nothing of androcond."""
+    site = root / GUEST_SITE
+    site.mkdir(parents=True, exist_ok=True)
+    chosen = [str(w) for w in sorted(wheels.glob("*.whl")) if w.name.split("-")[0].lower() in BARE_WHEELS]
+    _pip("install", "--quiet", "--no-index", "--no-deps", "--no-compile", "--upgrade", "--target", str(site),
+         *_platform_args(), *chosen)
+    _guest_files(root, BARE_GUEST_FILES, BARE_ENABLED_UNITS)
+    run(["chroot", str(root), "/usr/bin/python3", "-m", "compileall", "-q", "-j", "0", f"/{GUEST_SITE}"],
+        check=False, timeout=1200)
+
+
+def _guest_files(root: Path, files: dict[str, tuple[str, int]], enabled: tuple[str, ...]) -> None:
+    """The device's files and units over the tree; the tree's own ssh host keys dropped."""
+    for rel, (text, mode) in files.items():
         path = root / rel
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         path.chmod(mode)
-    (root / "var/lib/androcond/spool").mkdir(parents=True, exist_ok=True)
     wants = root / "etc/systemd/system/multi-user.target.wants"
     wants.mkdir(parents=True, exist_ok=True)
-    for unit in ENABLED_UNITS:
+    for unit in enabled:
         link = wants / unit
         if not link.is_symlink():
             target = f"/etc/systemd/system/{unit}" if unit.startswith("androcond-") else f"/lib/systemd/system/{unit}"
@@ -478,9 +545,6 @@ def _lay_over(root: Path, wheels: Path, dist: Path) -> None:
     # Keys are per device (the seed disk), never baked in: drop the ones the packages generated.
     for key in (root / "etc/ssh").glob("ssh_host_*"):
         key.unlink()
-    # Compile the bytecode now (in the guest's own Python, through binfmt) rather than at every boot under TCG.
-    run(["chroot", str(root), "/usr/bin/python3", "-m", "compileall", "-q", "-j", "0", f"/{GUEST_SITE}"],
-        check=False, timeout=1200)
 
 
 # --- the device ----------------------------------------------------------------------------------------------
@@ -518,6 +582,7 @@ class Arm64Device:
     agent_port: int = 0
     pid: int | None = None
     timings: dict[str, float] = field(default_factory=dict)
+    bare: bool = False  # booted from the bare variant: no agent until `androcond devices setup`
 
     def __post_init__(self) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
@@ -577,8 +642,9 @@ class Arm64Device:
         shutil.copyfile(self.host_key, seed_dir / "ssh_host_ed25519_key")
         shutil.copyfile(self.host_key.with_suffix(".pub"), seed_dir / "ssh_host_ed25519_key.pub")
         shutil.copyfile(self.client_key.with_suffix(".pub"), seed_dir / "authorized_keys")
-        shutil.copyfile(self.agent_host_key_path, seed_dir / "agent_host_key")
-        (seed_dir / "agent.toml").write_text(GUEST_AGENT_CONFIG)
+        if not self.bare:
+            shutil.copyfile(self.agent_host_key_path, seed_dir / "agent_host_key")
+            (seed_dir / "agent.toml").write_text(GUEST_AGENT_CONFIG)
         seed = self.directory / "seed.img"
         seed.unlink(missing_ok=True)
         with seed.open("wb") as f:
@@ -614,12 +680,27 @@ class Arm64Device:
     def up(self, timeout: float = BOOT_TIMEOUT_S) -> Arm64Device:
         if self.pid is not None and alive(self.pid):
             return self
-        self.image = self.image or ensure_image()
-        seed = self._make_seed()
+        self.image = self.image or (ensure_bare_image() if self.bare else ensure_image())
         overlay = self.directory / "root.qcow2"
         overlay.unlink(missing_ok=True)
         run(["qemu-img", "create", "-q", "-f", "qcow2", "-F", "raw", "-b", str(self.image.disk), str(overlay)])
         self.ssh_port, self.adb_port, self.agent_port = free_port(), free_port(), free_port()
+        return self._boot(overlay, timeout)
+
+    def reboot(self, timeout: float = BOOT_TIMEOUT_S) -> Arm64Device:
+        """Reboot the guest from its own disk (what it wrote stays): qemu runs with -no-reboot, so the guest's
+        reboot ends it, and it boots again with the same disk, ports and keys."""
+        pid = self.pid
+        assert pid is not None
+        run([ADB, "-s", self.adb_serial, "shell", "systemctl reboot"], check=False, timeout=60)
+        wait_for(lambda: not alive(pid), timeout=180, interval=1.0, what="the arm64 guest going down",
+                 diagnose=lambda: f"console:\n{tail(self.console_log, 40)}")
+        self.pid = None
+        self.adb.disconnect(self.adb_serial)
+        return self._boot(self.directory / "root.qcow2", timeout)
+
+    def _boot(self, overlay: Path, timeout: float) -> Arm64Device:
+        seed = self._make_seed()
         self.console_log.unlink(missing_ok=True)
         self.adb.start()
         started = time.monotonic()
@@ -629,7 +710,8 @@ class Arm64Device:
         try:
             self._wait("sshd", lambda: ssh_banner(self.ssh_port).startswith("SSH-2.0-OpenSSH"), deadline, started)
             self._wait("adbd", self._adb_online, deadline, started)
-            self._wait("agent", lambda: "AsyncSSH" in ssh_banner(self.agent_port), deadline, started)
+            if not self.bare:
+                self._wait("agent", lambda: "AsyncSSH" in ssh_banner(self.agent_port), deadline, started)
         except BaseException:
             self.down()
             raise
@@ -672,22 +754,27 @@ class Arm64Device:
 
 
 def main() -> None:
-    """`python -m tests.testbed.arm64 build|boot DIR`: build the image, or boot a device and wait for Enter."""
+    """`python -m tests.testbed.arm64 build|boot DIR`: build the images (full and bare; `--bare`: that one only),
+    or boot a device and wait for Enter."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="python -m tests.testbed.arm64")
     parser.add_argument("action", choices=("build", "boot"))
     parser.add_argument("directory", nargs="?", type=Path, default=Path("/run/androcond-testbed/arm64"))
     parser.add_argument("--log-dir", type=Path, help="where the build's logs go (default: the cache)")
+    parser.add_argument("--bare", action="store_true", help="the bare variant (no agent: `androcond devices "
+                                                            "setup` makes it a target)")
     args = parser.parse_args()
     started = time.monotonic()
 
     def progress(line: str) -> None:
         print(f"[arm64 {time.monotonic() - started:4.0f}s] {line}", file=sys.stderr, flush=True)
 
-    image = ensure_image(progress, args.log_dir)
+    image = (ensure_bare_image if args.bare else ensure_image)(progress, args.log_dir)
+    if args.action == "build" and not args.bare:
+        ensure_bare_image(progress, args.log_dir)  # the tests boot both (tests/agent/test_arm64_bare.py)
     if args.action == "boot":
-        device = Arm64Device(args.directory, image).up()
+        device = Arm64Device(args.directory, image, bare=args.bare).up()
         print(json.dumps({"pid": device.pid, "ssh_port": device.ssh_port, "adb_serial": device.adb_serial,
                           "agent_port": device.agent_port, "directory": str(device.directory),
                           "timings": {k: round(v, 1) for k, v in device.timings.items()}}), flush=True)
