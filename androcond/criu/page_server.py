@@ -4,22 +4,25 @@
 disk (docs/post-copy.md): the tasks are not kept frozen for it, and the same dump stays the rollback's source.
 Its socket is one end of a socketpair, whose other end is ours: the bytes travel as Pages frames over the
 migration's ssh channel, so neither CRIU listens on any network address (CRIU's own page server binds every
-interface whatever address it is given).
+interface whatever address it is given). When the device's CRIU speaks another header than ours
+(page_protocol.py), the headers are rewritten on the way.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import mmap
 import shutil
 import socket
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from ..errors import AndrocondError
 from ..logging import get_logger
-from .compat import CRIU_PATH, log_errors
+from .compat import CRIU_PATH, local_criu_version, log_errors
+from .page_protocol import HeaderRewriter, PageProtocolError, header_for
 
 log = get_logger(__name__)
 
@@ -34,18 +37,24 @@ class PageServerError(AndrocondError):
 
 class PageServer:
     def __init__(self, proc: asyncio.subprocess.Process, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, work: Path) -> None:
+                 writer: asyncio.StreamWriter, work: Path, rewriter: HeaderRewriter | None = None) -> None:
         self.proc = proc
+        self.rewriter = rewriter
         self._reader = reader
         self._writer = writer
         self.work = work
         self.bytes_served = 0
 
     @classmethod
-    async def start(cls, dump: Path) -> PageServer:
+    async def start(cls, dump: Path, client_criu: str = "") -> PageServer:
+        """`client_criu`: the version of the device's CRIU, whose lazy-pages will ask ("": as ours)."""
         criu = shutil.which("criu", path=CRIU_PATH)
         if criu is None:
             raise PageServerError("criu is not installed")
+        server_header, client_header = header_for(await local_criu_version()), header_for(client_criu)
+        rewriter = None
+        if server_header is not None and client_header is not None and server_header is not client_header:
+            rewriter = HeaderRewriter(client_header, server_header, mmap.PAGESIZE)
         work = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="androcond-pages-"))
         ours, theirs = socket.socketpair()
         try:
@@ -60,11 +69,15 @@ class PageServer:
         finally:
             theirs.close()
         reader, writer = await asyncio.open_unix_connection(sock=ours, limit=CHUNK * 4)
-        log.info("page server started", pid=proc.pid, dump=str(dump))
-        return cls(proc, reader, writer, work)
+        log.info("page server started", pid=proc.pid, dump=str(dump),
+                 rewriting=f"{rewriter.client.size}-byte headers" if rewriter else "no")
+        return cls(proc, reader, writer, work, rewriter)
 
     async def feed(self, data: bytes) -> None:
-        """A request of the device's lazy-pages."""
+        """A request of the device's lazy-pages. A stream that cannot be rewritten ends the page server
+        (ConnectionResetError): the device's lazy-pages fails, and the move rolls back."""
+        if self.rewriter is not None:
+            data = self._rewritten(self.rewriter.requests, data)
         self._writer.write(data)
         await self._writer.drain()
 
@@ -72,7 +85,18 @@ class PageServer:
         """What the page server answers, until it closes its socket."""
         while data := await self._reader.read(CHUNK):
             self.bytes_served += len(data)
+            if self.rewriter is not None:
+                data = self._rewritten(self.rewriter.replies, data)
             yield data
+
+    def _rewritten(self, rewrite: Callable[[bytes], bytes], data: bytes) -> bytes:
+        try:
+            return rewrite(data)
+        except PageProtocolError as exc:
+            log.error("the page transfer cannot be rewritten; stopping the page server", error=str(exc))
+            with contextlib.suppress(ProcessLookupError):
+                self.proc.kill()
+            raise ConnectionResetError(str(exc)) from exc
 
     async def close(self) -> None:
         """Stop serving: the page server, our socket, its work directory (its log goes to ours first)."""

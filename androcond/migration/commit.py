@@ -42,15 +42,16 @@ class EagerCommit:
 
 
 class LazyCommit:
-    def __init__(self, paging_s: float, faults: Faults) -> None:
+    def __init__(self, paging_s: float, faults: Faults, target_criu: str) -> None:
         self.paging_s = paging_s
         self.faults = faults
+        self.target_criu = target_criu  # its lazy-pages' page-transfer headers are CRIU's of that version
 
     async def commit(self, link: TargetLink, shipped: Shipped, frozen: Frozen, recorder: Recorder,
                      progress: Progress) -> pb.Outcome:
         t0 = time.monotonic()
         try:
-            server = await PageServer.start(shipped.images)
+            server = await PageServer.start(shipped.images, client_criu=self.target_criu)
         except (PageServerError, OSError) as exc:
             raise TransportError(f"the page server did not start: {exc}") from exc
 
@@ -76,5 +77,5 @@ class LazyCommit:
         return outcome
 
 
-def strategy(lazy: bool, paging_s: float, faults: Faults) -> CommitStrategy:
-    return LazyCommit(paging_s, faults) if lazy else EagerCommit()
+def strategy(lazy: bool, paging_s: float, faults: Faults, target_criu: str = "") -> CommitStrategy:
+    return LazyCommit(paging_s, faults, target_criu) if lazy else EagerCommit()

@@ -159,8 +159,8 @@ class Migration:
                                        faults=self.ctx.faults)
             await self.recorder.transition(S.RESTORING)
             self.ctx.faults.inject("commit", record.container_name)
-            outcome = await strategy(plan.lazy, t.paging, self.ctx.faults).commit(link, shipped, frozen,
-                                                                                  self.recorder, self.progress)
+            commit = strategy(plan.lazy, t.paging, self.ctx.faults, target_criu=plan.recode.target_criu)
+            outcome = await commit.commit(link, shipped, frozen, self.recorder, self.progress)
             if outcome.state != pb.OUTCOME_RUNNING:
                 raise DeviceDidNotRestore(
                     f"{'the host' if record.device == HOME else 'the device'} did not restore the container: "
