@@ -52,7 +52,7 @@ async def plan(source: Source, device: DeviceSettings, inspect: dict[str, Any], 
         vdso=cross.vdso if cross else None,
         cgroup_v1_to_v2=hello.cgroup2 and not facts.cgroup_v2 and emulated is None, target_criu=hello.criu_version,
         absent_mounts=() if emulated else tuple(p for p in hello.absent_masked_paths if p not in facts.absent_paths))
-    lazy = _lazy(facts, device, hello, cross, emulated)
+    lazy = _lazy(facts, device, hello, emulated)
     needed = facts.disk + facts.memory + SPACE_MARGIN
     if needed > hello.free_bytes:
         raise Rejected(f"the device has {hello.free_bytes} bytes free; this container needs about "
@@ -114,10 +114,11 @@ async def _cross_isa(source: Source, facts: SourceFacts, hello: pb.AgentHello) -
     return CrossIsa(facts.pids, hello.isa, VdsoTemplate(hello.vdso, hello.vvar_size, hello.page_size), executables)
 
 
-def _lazy(facts: SourceFacts, device: DeviceSettings, hello: pb.AgentHello, cross: CrossIsa | None,
-          emulated: Emulated | None) -> bool:
+def _lazy(facts: SourceFacts, device: DeviceSettings, hello: pb.AgentHello, emulated: Emulated | None) -> bool:
     """Post-copy per the device's `lazy` setting: "true" refuses a move that cannot have it, "auto" takes it when
-    every part can."""
+    every part can. Across ISAs too: the page server serves the recoded images, whose pages are the memory as the
+    notified program left it (its own state, ISA-neutral); only the executable's pages differ, and the recode
+    drops those, so they are read from the target's binary, never served."""
     if device.lazy == "false":
         return False
     why_not = []
@@ -126,8 +127,6 @@ def _lazy(facts: SourceFacts, device: DeviceSettings, hello: pb.AgentHello, cros
                        "and userfaultfd in its kernel)")
     if facts.page_server_blocker:
         why_not.append(facts.page_server_blocker)
-    if cross is not None:
-        why_not.append("post-copy across ISAs is not built (the page server would serve x86_64 pages)")
     if emulated is not None:
         why_not.append("post-copy under emulation is not built (the restorer reads every page before it resumes)")
     if why_not and device.lazy == "true":
