@@ -24,7 +24,7 @@ from tests.testbed.twoisa import arm64_device_table
 class Arm64Bench:
     bed: TestBed
     device: Arm64Device
-    config: Path  # the daemon's: devices `pixel` and `arm64`
+    config: Path  # the daemon's: devices `pixel`, `arm64` and `arm64-lazy` (the same, with post-copy)
 
 
 @contextmanager
@@ -35,7 +35,9 @@ def arm64_bench(work: Path, agent_port: int, label: str) -> Iterator[Arm64Bench]
     device = Arm64Device.attached(attach) if attach else Arm64Device(work / "arm64", ensure_image()).up()
     agent = DeviceAgent(bed, work, agent_port)
     config = daemon_config(agent, work, daemon=f'api = "unix:{work / "api.sock"}"\nlog_level = "warning"',
-                           extra=arm64_device_table(device, work) + "[timeouts]\nconnect = 60\n")
+                           extra=arm64_device_table(device, work) +
+                           arm64_device_table(device, work, name="arm64-lazy", extra="lazy = true") +
+                           "[timeouts]\nconnect = 60\n")
     agent.start()
     daemon = subprocess.Popen([sys.executable, "-m", "androcond", "run", "--config", str(config)],
                               stderr=(work / "daemon.log").open("wb"))
