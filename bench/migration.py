@@ -41,6 +41,9 @@ from tests.testbed.proc import wait_for
 
 AGENT_PORT = 8199
 # flow → the daemon's device it moves to ("seeds" is the hand-made flow, no device entry)
+# Where the device's restore went (the plain engine restore has no runtime to stamp it: not broken down).
+STEPS = ("restore_device_s", "restore_pager_s", "restore_engine_s", "restore_runc_s", "restore_criu_s",
+         "restore_answer_s")
 FLOWS = {"seeds": "", "androcond-plain": "plain", "androcond": "pixel", "androcond-lazy": "lazy"}
 CHECK_EVERY = 50  # counts between two reads of the whole memory (5 s)
 TICK_S = 0.1
@@ -169,7 +172,7 @@ lazy = true
                         else:
                             total, timings = androcond_flow(config, name, device)
                             row.setdefault("total", []).append(total)
-                            for key_name in ("checkpoint_s", "stream_s", "restore_s"):
+                            for key_name in ("checkpoint_s", "stream_s", "restore_s", *STEPS):
                                 row.setdefault(key_name, []).append(timings.get(key_name, 0.0))
                             # Without post-copy every page is there once the restore returns.
                             row.setdefault("last_page_s", []).append(
@@ -200,6 +203,14 @@ lazy = true
             print(f"| {mb} MB | {label} | {med(ours['downtime']):.2f} | {med(ours['total']):.2f} | "
                   f"{med(ours['last_page_s']):.2f} | {med(ours['downtime']) / med(seeds['downtime']):.2f}× | "
                   f"{med(ours['checkpoint_s']):.2f} | {med(ours['stream_s']):.2f} | {med(ours['restore_s']):.2f} |")
+    print(f"\n| touched memory | flow | restore (s) | of it: on the device | pager ready | engine → runtime | "
+          f"runc → CRIU | CRIU | CRIU → the engine's answer |   (agent/restore_steps.py; median of {args.runs})")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for mb in sizes:
+        for flow, label in (("androcond", "restore in place (runtime)"), ("androcond-lazy", "post-copy")):
+            ours = results[(mb, flow)]
+            print(f"| {mb} MB | {label} | {med(ours['restore_s']):.2f} | " +
+                  " | ".join(f"{med(ours[step]):.3f}" for step in STEPS) + " |")
     print(f"\npeak RSS over this run: daemon {peaks['daemon'] / 2**20:.0f} MiB, "
           f"agent {peaks['agent'] / 2**20:.0f} MiB (largest container: {max(sizes)} MB)")
     return 0

@@ -28,7 +28,7 @@ from ..criu import compat as criu_compat
 from ..criu.leftovers import place_nonce, remove_extractions
 from ..engine import Engine, EngineError
 from ..logging import get_logger
-from . import emulated
+from . import emulated, restore_steps
 from .emulator import find_emulator
 from .errors import RestoreError
 
@@ -249,19 +249,23 @@ class DeviceEngine:
             raise RestoreError(f"volume {name!r} is not on the device: {exc}") from exc
         return Path(str(volume["Mountpoint"]))
 
-    async def restore(self, target: TargetContainer, checkpoint_name: str, *, clean: bool = True) -> None:
-        """Start the container from its checkpoint. With `clean`, what the restore leaves is removed at once
-        (a lazy restore keeps it until its pages have arrived: lazy-pages works in the images directory)."""
+    async def restore(self, target: TargetContainer, checkpoint_name: str, *, clean: bool = True) -> dict[str, float]:
+        """Start the container from its checkpoint; where its time went (restore_steps.py). With `clean`, what
+        the restore leaves is removed at once (a lazy restore keeps it until its pages have arrived: lazy-pages
+        works in the images directory)."""
+        called = time.time()
         try:
-            state = await self._start_from_checkpoint(target, checkpoint_name)
+            state, answered = await self._start_from_checkpoint(target, checkpoint_name)
         except BaseException:
             await self.clean_after_restore(target)
             raise
+        steps = await asyncio.to_thread(restore_steps.read, target.checkpoint_dir, called, answered)
         if clean:
             await self.clean_after_restore(target)
         if not state.get("Running"):
             raise RestoreError(f"restored container is not running (status {state.get('Status')}, "
                                f"exit code {state.get('ExitCode')}, error {state.get('Error')!r})")
+        return steps
 
     async def start_emulated(self, target: TargetContainer) -> float:
         """Start an emulated container (its restorer rebuilds the process); the seconds until it did. Its
@@ -271,18 +275,21 @@ class DeviceEngine:
         finally:
             await self.clean_after_restore(target)
 
-    async def _start_from_checkpoint(self, target: TargetContainer, checkpoint_name: str) -> dict[str, Any]:
+    async def _start_from_checkpoint(self, target: TargetContainer,
+                                     checkpoint_name: str) -> tuple[dict[str, Any], float]:
+        """The container's state, and when the engine answered the start (time.time())."""
         try:
             if target.stub_dir is not None and target.stub_dir != target.checkpoint_dir:
                 # runc reads descriptors.json from the path the engine gives it: the stub's copy.
                 await asyncio.to_thread(shutil.copyfile, target.checkpoint_dir / "descriptors.json",
                                         target.stub_dir / "descriptors.json")
             await self.engine.start_container(target.container_id, checkpoint=checkpoint_name)
+            answered = time.time()
             state: dict[str, Any] = (await self.engine.inspect_container(target.container_id))["State"]
         except (EngineError, OSError) as exc:
             why = await asyncio.to_thread(criu_log_errors, str(exc), self._failed_logs())
             raise RestoreError(f"restore refused by the device engine: {exc}{why}") from exc
-        return state
+        return state, answered
 
     async def clean_after_restore(self, target: TargetContainer) -> None:
         """What a restore leaves on the device: containerd's extraction of the checkpoint (it never removes

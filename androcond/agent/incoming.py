@@ -24,3 +24,4 @@ class IncomingMigration:
     finished: bool = False
     fitted: Fitted | None = None  # the create body as this device can honour it
     keeper: PageKeeper | None = None  # post-copy, from the commit until the last page (or the discard)
+    pager_s: float = 0.0  # post-copy: how long the keeper and lazy-pages took to be ready

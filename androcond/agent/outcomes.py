@@ -12,7 +12,7 @@ import asyncio
 import json
 import os
 import re
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -66,6 +66,7 @@ class OutcomeRecord:
     error: str = ""
     restore_seconds: float = 0.0
     restorer_seconds: float = 0.0
+    restore_steps: dict[str, float] = field(default_factory=dict)  # where restore_seconds went (restore_steps.py)
     bytes_received: int = 0
     # The agent process that wrote the record (0: a file from before owners were recorded).
     owner_pid: int = 0

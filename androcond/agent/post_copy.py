@@ -66,6 +66,7 @@ class PostCopy:
         started = time.monotonic()
         try:
             migration.keeper = await PageKeeper.start(target.checkpoint_dir)
+            migration.pager_s = time.monotonic() - started
         except (RestoreError, OSError) as exc:
             await self._discard(migration, OutcomeState.FAILED, f"post-copy could not start: {exc}")
             await self._query(record.migration_id)
@@ -82,7 +83,7 @@ class PostCopy:
         assert target is not None
         assert keeper is not None
         try:
-            await self.device.restore(target, migration.begin.checkpoint_name, clean=False)
+            steps = await self.device.restore(target, migration.begin.checkpoint_name, clean=False)
         except RestoreError as exc:
             if not migration.finished:
                 await self._discard(migration, OutcomeState.FAILED, f"{exc}{await keeper.log_reason()}")
@@ -92,9 +93,11 @@ class PostCopy:
             return  # discarded meanwhile: the client went away during the restore
         record.state = OutcomeState.PAGING
         record.restore_seconds = time.monotonic() - started
+        # Before the engine's restore: the page keeper and lazy-pages started, until lazy-pages is ready.
+        record.restore_steps = {"pager": round(migration.pager_s, 3), **steps}
         await self.outcomes.put(record)
         log.info("resumed; pages arriving", container_id=record.container_id,
-                 restore_s=round(record.restore_seconds, 3))
+                 restore_s=round(record.restore_seconds, 3), steps=record.restore_steps)
         await self._tell(record.migration_id)
         code = await keeper.wait()
         if migration.finished:

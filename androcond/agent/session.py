@@ -301,7 +301,7 @@ class AgentSession(Receiving, PostCopy, Sourcing):
             if begin.emulate:
                 record.restorer_seconds = await self.device.start_emulated(migration.target)
             else:
-                await self.device.restore(migration.target, begin.checkpoint_name)
+                record.restore_steps = await self.device.restore(migration.target, begin.checkpoint_name)
         except RestoreError as exc:
             await self._discard(migration, OutcomeState.FAILED, str(exc))
         else:
@@ -314,7 +314,8 @@ class AgentSession(Receiving, PostCopy, Sourcing):
         record.restore_seconds = restore_seconds
         record.pager_pid = record.pager_start = 0
         await self.outcomes.put(record)
-        log.info("restored", container_id=record.container_id, restore_s=round(record.restore_seconds, 3))
+        log.info("restored", container_id=record.container_id, restore_s=round(record.restore_seconds, 3),
+                 steps=record.restore_steps)
         if migration.fitted is not None and migration.fitted.restart_policy:
             # Only now: a policy on a container whose restore failed would start it afresh, a second copy.
             await self.device.apply_restart_policy(record.container_id, migration.fitted.restart_policy)
@@ -327,7 +328,7 @@ class AgentSession(Receiving, PostCopy, Sourcing):
         await self.send(pb.Frame(outcome=pb.Outcome(
             migration_id=record.migration_id, state=record.state.wire, container_id=record.container_id,
             error=record.error, restore_seconds=record.restore_seconds, bytes_received=record.bytes_received,
-            restorer_seconds=record.restorer_seconds)))
+            restorer_seconds=record.restorer_seconds, restore_steps=record.restore_steps)))
 
     async def _abort(self, reason: str) -> None:
         migration = self._active()

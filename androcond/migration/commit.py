@@ -36,6 +36,7 @@ class EagerCommit:
         t0 = time.monotonic()
         outcome = await link.commit(shipped.file_count)  # a broken link here is settled by asking the target
         recorder.time("restore_s", t0)
+        record_steps(recorder, outcome)
         if outcome.restorer_seconds:  # emulated: the part of restore_s that the restorer itself took
             recorder.record.timings["restorer_s"] = round(outcome.restorer_seconds, 3)
         return outcome
@@ -57,6 +58,7 @@ class LazyCommit:
 
         async def resumed(outcome: pb.Outcome) -> None:
             recorder.time("restore_s", t0)
+            record_steps(recorder, outcome)
             recorder.time("resumed_s", frozen.at)  # the downtime, should the move end done
             await recorder.transition(S.PAGING, f"running on {recorder.record.device} as "
                                                 f"{outcome.container_id[:12]}; its memory is arriving")
@@ -75,6 +77,16 @@ class LazyCommit:
         if outcome.state == pb.OUTCOME_RUNNING:
             recorder.time("last_page_s", frozen.at)
         return outcome
+
+
+def record_steps(recorder: Recorder, outcome: pb.Outcome) -> None:
+    """Where the target's restore went, as timings: the part the target itself measured (`restore_device_s`; the
+    rest of `restore_s` is the link and this daemon) and its steps `restore_<step>_s` (pager, engine, runc, criu,
+    answer)."""
+    if outcome.restore_seconds:
+        recorder.record.timings["restore_device_s"] = round(outcome.restore_seconds, 3)
+    for step, seconds in outcome.restore_steps.items():
+        recorder.record.timings[f"restore_{step}_s"] = round(seconds, 3)
 
 
 def strategy(lazy: bool, paging_s: float, faults: Faults, target_criu: str = "") -> CommitStrategy:

@@ -245,7 +245,14 @@ class Commit(_message.Message):
     def __init__(self, file_count: _Optional[int] = ...) -> None: ...
 
 class Outcome(_message.Message):
-    __slots__ = ("migration_id", "container_id", "error", "restore_seconds", "bytes_received", "state", "restorer_seconds")
+    __slots__ = ("migration_id", "container_id", "error", "restore_seconds", "bytes_received", "state", "restorer_seconds", "restore_steps")
+    class RestoreStepsEntry(_message.Message):
+        __slots__ = ("key", "value")
+        KEY_FIELD_NUMBER: _ClassVar[int]
+        VALUE_FIELD_NUMBER: _ClassVar[int]
+        key: str
+        value: float
+        def __init__(self, key: _Optional[str] = ..., value: _Optional[float] = ...) -> None: ...
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_ID_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
@@ -253,6 +260,7 @@ class Outcome(_message.Message):
     BYTES_RECEIVED_FIELD_NUMBER: _ClassVar[int]
     STATE_FIELD_NUMBER: _ClassVar[int]
     RESTORER_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RESTORE_STEPS_FIELD_NUMBER: _ClassVar[int]
     migration_id: str
     container_id: str
     error: str
@@ -260,7 +268,8 @@ class Outcome(_message.Message):
     bytes_received: int
     state: OutcomeState
     restorer_seconds: float
-    def __init__(self, migration_id: _Optional[str] = ..., container_id: _Optional[str] = ..., error: _Optional[str] = ..., restore_seconds: _Optional[float] = ..., bytes_received: _Optional[int] = ..., state: _Optional[_Union[OutcomeState, str]] = ..., restorer_seconds: _Optional[float] = ...) -> None: ...
+    restore_steps: _containers.ScalarMap[str, float]
+    def __init__(self, migration_id: _Optional[str] = ..., container_id: _Optional[str] = ..., error: _Optional[str] = ..., restore_seconds: _Optional[float] = ..., bytes_received: _Optional[int] = ..., state: _Optional[_Union[OutcomeState, str]] = ..., restorer_seconds: _Optional[float] = ..., restore_steps: _Optional[_Mapping[str, float]] = ...) -> None: ...
 
 class Query(_message.Message):
     __slots__ = ("migration_id",)

@@ -131,9 +131,11 @@ class LoadDies(DeviceEngine):
 class HoldRestore(DeviceEngine):
     """The session has written the outcome "restoring" and asks for the restore: it never happens."""
 
-    async def restore(self, target: TargetContainer, checkpoint_name: str, *, clean: bool = True) -> None:
+    async def restore(self, target: TargetContainer, checkpoint_name: str, *,
+                      clean: bool = True) -> dict[str, float]:
         get_logger("hold-restore").info("holding the restore", container_id=target.container_id)
         await asyncio.Event().wait()
+        return {}
 
 
 class SlowPages(AgentSession):

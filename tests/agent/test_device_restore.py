@@ -71,6 +71,19 @@ async def test_five_migrations_leave_nothing_on_the_device(agent_server: AgentBe
             await start_counter(engine_a, name, mb=256, label=False)
             code, record = await migrate_by_cli(daemon.config, name)
             assert (code, record["state"]) == (0, "done"), record
+            # Where the device's restore went, from its own clocks; the plain engine restore has no runtime
+            # to stamp it, so it is not broken down.
+            timings = record["timings"]
+            assert 0 < timings["restore_device_s"] <= timings["restore_s"], timings
+            steps = {k: v for k, v in timings.items()
+                     if k.startswith("restore_") and k not in ("restore_s", "restore_device_s")}
+            if way == "no-runtime":
+                assert steps == {}, steps
+            else:
+                wanted = {"engine", "runc", "criu", "answer"} | ({"pager"} if way == "post-copy" else set())
+                assert set(steps) == {f"restore_{step}_s" for step in wanted}, timings
+                assert steps["restore_criu_s"] > 0, timings
+                assert sum(steps.values()) <= timings["restore_device_s"] + 0.01, timings
         for name in names:
             moved = await engine_b.inspect_container(name)
             assert moved["HostConfig"]["Runtime"] == ("androcond" if fault == "none" else "runc")
