@@ -46,8 +46,10 @@ class PageServer:
         self.bytes_served = 0
 
     @classmethod
-    async def start(cls, dump: Path, client_criu: str = "") -> PageServer:
-        """`client_criu`: the version of the device's CRIU, whose lazy-pages will ask ("": as ours)."""
+    async def start(cls, dump: Path, client_criu: str = "", parent: Path | None = None) -> PageServer:
+        """`client_criu`: the version of the device's CRIU, whose lazy-pages will ask ("": as ours). Its work
+        directory goes under `parent` (the migration's workspace, so a daemon killed meanwhile leaves it where
+        its restart sweeps), else in the system's temporary directory."""
         criu = shutil.which("criu", path=CRIU_PATH)
         if criu is None:
             raise PageServerError("criu is not installed")
@@ -55,7 +57,9 @@ class PageServer:
         rewriter = None
         if server_header is not None and client_header is not None and server_header is not client_header:
             rewriter = HeaderRewriter(client_header, server_header, mmap.PAGESIZE)
-        work = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="androcond-pages-"))
+        if parent is not None:
+            await asyncio.to_thread(parent.mkdir, parents=True, exist_ok=True)
+        work = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="androcond-pages-", dir=parent))
         ours, theirs = socket.socketpair()
         try:
             proc = await asyncio.create_subprocess_exec(

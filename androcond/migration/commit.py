@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Protocol
 
 from ..criu.page_server import PageServer, PageServerError
@@ -43,16 +44,17 @@ class EagerCommit:
 
 
 class LazyCommit:
-    def __init__(self, paging_s: float, faults: Faults, target_criu: str) -> None:
+    def __init__(self, paging_s: float, faults: Faults, target_criu: str, work: Path | None) -> None:
         self.paging_s = paging_s
         self.faults = faults
+        self.work = work  # where the page server works: in the migration's workspace, which a restart sweeps
         self.target_criu = target_criu  # its lazy-pages' page-transfer headers are CRIU's of that version
 
     async def commit(self, link: TargetLink, shipped: Shipped, frozen: Frozen, recorder: Recorder,
                      progress: Progress) -> pb.Outcome:
         t0 = time.monotonic()
         try:
-            server = await PageServer.start(shipped.images, client_criu=self.target_criu)
+            server = await PageServer.start(shipped.images, client_criu=self.target_criu, parent=self.work)
         except (PageServerError, OSError) as exc:
             raise TransportError(f"the page server did not start: {exc}") from exc
 
@@ -89,5 +91,6 @@ def record_steps(recorder: Recorder, outcome: pb.Outcome) -> None:
         recorder.record.timings[f"restore_{step}_s"] = round(seconds, 3)
 
 
-def strategy(lazy: bool, paging_s: float, faults: Faults, target_criu: str = "") -> CommitStrategy:
-    return LazyCommit(paging_s, faults, target_criu) if lazy else EagerCommit()
+def strategy(lazy: bool, paging_s: float, faults: Faults, target_criu: str = "",
+             work: Path | None = None) -> CommitStrategy:
+    return LazyCommit(paging_s, faults, target_criu, work) if lazy else EagerCommit()

@@ -159,7 +159,8 @@ class Migration:
                                        faults=self.ctx.faults)
             await self.recorder.transition(S.RESTORING)
             self.ctx.faults.inject("commit", record.container_name)
-            commit = strategy(plan.lazy, t.paging, self.ctx.faults, target_criu=plan.recode.target_criu)
+            commit = strategy(plan.lazy, t.paging, self.ctx.faults, target_criu=plan.recode.target_criu,
+                              work=self.workspace.lazy)
             outcome = await commit.commit(link, shipped, frozen, self.recorder, self.progress)
             if outcome.state != pb.OUTCOME_RUNNING:
                 raise DeviceDidNotRestore(
@@ -221,6 +222,9 @@ async def resolve(ctx: Context, record: MigrationRecord) -> bool:
         else:
             reason = "the daemon stopped before anything was frozen"
         finished = await settler.settle(reason)
+        if finished:
+            # What the crashed run kept for it (a page server's work directory, pulled files): no longer needed.
+            await Workspace.of(ctx.settings.daemon.state_dir, record.id).remove()
         if finished and ctx.on_end is not None:
             ctx.on_end(record)
         return finished

@@ -22,7 +22,7 @@ from ..helpers import DaemonProcess, counts, wait_for_count
 from ..testbed.agent import DeviceAgent
 from ..testbed.bed import RUN_FILTER
 from ..testbed.engines import DOCKER_CLI
-from ..testbed.proc import run
+from ..testbed.proc import run, wait_for
 from .conftest import AGENT_PORT, AgentBed
 from .daemon_bed import (
     Receiver,
@@ -219,6 +219,7 @@ async def test_the_daemon_killed_while_pages_arrive(agent_server: AgentBed, engi
     bed = agent_server.bed
     agent, receiver, daemon = await lazy_move(agent_server, tmp_path, "slow-pages", AGENT_PORT + 55)
     spool = agent.directory / f"{agent.name}-spool"
+    pages_dirs = page_server_dirs()
     await daemon.start()
     again = DaemonProcess(daemon.config)
     try:
@@ -227,9 +228,14 @@ async def test_the_daemon_killed_while_pages_arrive(agent_server: AgentBed, engi
         await daemon.wait_for_log(state_of(unique_name, "paging"), timeout=120)
         await daemon.kill()  # no cleanup of any kind
         await asyncio.gather(move, return_exceptions=True)  # the client lost its daemon
+        left = list((tmp_path / "state" / "lazy").glob("*/androcond-pages-*"))
+        assert left, "the killed daemon's page server worked in the migration's workspace"
         await again.start()
         end = await finished(again, unique_name, timeout=120)
         assert end["state"] == "rolled-back", end
+        # Settled: the restarted daemon removes what the killed one kept for the migration.
+        wait_for(lambda: not any(path.exists() for path in left), timeout=30, what="the workspace removed")
+        assert page_server_dirs() == pages_dirs, "nothing in the system's temporary directory"
         await assert_back_at_source(engine_a, engine_b, unique_name, at_source[-1])
         assert not await exists(engine_b, unique_name)
         assert left_on_device(spool) == []
