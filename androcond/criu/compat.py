@@ -68,6 +68,18 @@ async def local_criu_version() -> str:
     return first[0].removeprefix("Version: ").strip() if first else ""
 
 
+_host_criu_version: str | None = None
+
+
+async def host_criu_version() -> str:
+    """local_criu_version, asked once per process: the daemon's host (its preflight, its page server) treats it
+    as a process-wide fact."""
+    global _host_criu_version  # noqa: PLW0603 - a value cache, not state
+    if _host_criu_version is None:
+        _host_criu_version = await local_criu_version()
+    return _host_criu_version
+
+
 async def lazy_restore_supported() -> bool:
     """Whether CRIU can restore lazily here: userfaultfd with the non-cooperative events (fork, mremap) that
     a restored process tree needs."""

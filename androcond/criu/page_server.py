@@ -21,7 +21,7 @@ from pathlib import Path
 
 from ..errors import AndrocondError
 from ..logging import get_logger
-from .compat import CRIU_PATH, local_criu_version, log_errors
+from .compat import CRIU_PATH, host_criu_version, log_errors
 from .page_protocol import HeaderRewriter, PageProtocolError, header_for
 
 log = get_logger(__name__)
@@ -53,7 +53,7 @@ class PageServer:
         criu = shutil.which("criu", path=CRIU_PATH)
         if criu is None:
             raise PageServerError("criu is not installed")
-        server_header, client_header = header_for(await local_criu_version()), header_for(client_criu)
+        server_header, client_header = header_for(await host_criu_version()), header_for(client_criu)
         rewriter = None
         if server_header is not None and client_header is not None and server_header is not client_header:
             rewriter = HeaderRewriter(client_header, server_header, mmap.PAGESIZE)

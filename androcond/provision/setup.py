@@ -113,13 +113,17 @@ class Setup:
 
     @property
     def unit(self) -> str:
-        return f"androcond-agent-{self.name}"
+        return unit_name(self.name)
+
+
+def unit_name(device: str) -> str:
+    """The agent's systemd unit on the device, named after the device (several daemons may set one up)."""
+    return f"androcond-agent-{device}"
 
 
 async def setup(device: Device, plan: Setup, agent_file: Path) -> str:
-    """Make the device a target; the agent's public host key (one OpenSSH line). `plan.changes` says what
-    changed (empty on a second run)."""
-    await device.become_root()
+    """Make the device a target (`device` rooted: Device.become_root); the agent's public host key (one OpenSSH
+    line). `plan.changes` says what changed (empty on a second run)."""
     d = plan.directory
     state = await _state(device, d)
     await device.sh(f"mkdir -p {d}/spool && chmod 700 {d}", "making the agent's directory")
@@ -161,11 +165,10 @@ async def setup(device: Device, plan: Setup, agent_file: Path) -> str:
 
 
 async def remove(device: Device, directory: str, name: str, docker_config: str = DOCKER_CONFIG) -> list[str]:
-    """Undo what setup did on the device; what was undone."""
-    await device.become_root()
+    """Undo what setup did on the device (`device` rooted: Device.become_root); what was undone."""
     state = await _state(device, directory)
     undone: list[str] = []
-    unit = f"androcond-agent-{name}"
+    unit = unit_name(name)
     if state.get("service") == "systemd":
         await device.sh(f"systemctl disable --now {unit} 2>/dev/null; rm -f /etc/systemd/system/{unit}.service; "
                         "systemctl daemon-reload", "removing the agent's service")

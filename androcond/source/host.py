@@ -71,17 +71,6 @@ def _read_nonce(checkpoint_dir: Path) -> str:
         return ""
 
 
-_criu_version: str | None = None
-
-
-async def criu_version() -> str:
-    """The CRIU runc runs on this host (asked once per daemon: a process-wide fact)."""
-    global _criu_version  # noqa: PLW0603 - a value cache, not state
-    if _criu_version is None:
-        _criu_version = await criu_compat.local_criu_version()
-    return _criu_version
-
-
 @dataclass(frozen=True)
 class Machine:
     """What this machine itself offers, as opposed to the container: what its CRIU dumps with, its cgroups, the
@@ -159,7 +148,7 @@ class HostSource:
 
     async def sockets_blocker(self, count: int) -> str:
         """Why this host's CRIU cannot dump the container's INET sockets on its kernel, '' when it can."""
-        here, release = await criu_version(), criu_compat.kernel_release()
+        here, release = await criu_compat.host_criu_version(), criu_compat.kernel_release()
         if criu_compat.dumps_inet_sockets(here, release):
             return ""
         return f"the container holds {count} network socket(s), and this host's " \
