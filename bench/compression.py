@@ -1,10 +1,6 @@
 """Compression on the wire, on a link like a phone's: the same container moved to the bed's x86_64 device with
-`compress = "none"` (the baseline), `"zstd"` and `"auto"`, interleaved, on the bed's veth shaped with tc:
-
-- `usb2`: 300 Mbit/s token bucket each way (about 38 MB/s, what USB 2 adb gives on a real phone);
-- `wifi-rate`: 120 Mbit/s (about 15 MB/s), Wi-Fi adb's rate without its 10 ms RTT: adding delay needs tc's
-  netem, which the bed's kernel lacks (the qdisc kind is unknown there);
-- `unshaped`: the veth as it is (faster than the compressor).
+`compress = "none"` (the baseline), `"zstd"` and `"auto"`, interleaved, on the bed's link shaped like a phone's
+(bench/link.py: `usb2`, `wifi`, `unshaped`).
 
 Two workloads: an interpreter's heap (busybox awk holding an array of short records: strings and hash nodes,
 as real programs' memory is) and a heap of xorshift output (tests/testbed/programs/emulated/heap.c,
@@ -23,46 +19,25 @@ import subprocess
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
-from bench.migration import migrate_record
+from bench.link import LINKS, shaped
+from bench.migration import AWK, RECORDS_PER_MB, migrate_record
 from tests.helpers import counts
 from tests.testbed import TestBed
 from tests.testbed.agent import DeviceAgent, daemon_config
 from tests.testbed.emulated import install_emulated_image
 from tests.testbed.images import TEST_IMAGE
-from tests.testbed.proc import run, wait_for
+from tests.testbed.proc import wait_for
 
 AGENT_PORT = 8196
 LABEL = "androcond-bench"
-LINKS: dict[str, str] = {"usb2": "300mbit", "wifi-rate": "120mbit", "unshaped": ""}
 SETTINGS = ("none", "zstd", "auto")
-RECORDS_PER_MB = 9000  # busybox awk: about 110 MB resident for a million records
-AWK = ('BEGIN { for (i = 0; i < {n}; i++) a[i] = "record " i " name-" i % 977 " value " i * 7; '
-       'for (c = 1; ; c++) { print "count " c; fflush(); system("sleep 0.1") } }')
-
-
-@contextmanager
-def shaped(bed: TestBed, link: str) -> Iterator[None]:
-    """tc on both ends of the device's veth for the duration; removed after, whatever happens."""
-    rate = LINKS[link]
-    ends = [["tc"], ["ip", "netns", "exec", bed.device.netns, "tc"]]
-    devices = [bed.device.host_if, bed.device.device_if]
-    try:
-        for tc, dev in zip(ends, devices, strict=True):
-            if rate:
-                run([*tc, "qdisc", "add", "dev", dev, "root", "tbf", "rate", rate, "burst", "256kb", "latency", "50ms"])
-        yield
-    finally:
-        for tc, dev in zip(ends, devices, strict=True):
-            run([*tc, "qdisc", "del", "dev", dev, "root"], check=False)
 
 
 def workload(kind: str, mb: int, random_image: str) -> list[str]:
     if kind == "heap":
-        return [TEST_IMAGE, "/bin/busybox", "awk", AWK.replace("{n}", str(mb * RECORDS_PER_MB))]
+        return [TEST_IMAGE, "/bin/busybox", "awk", AWK.format(n=mb * RECORDS_PER_MB)]
     return [random_image, "/bin/heap", str(mb)]
 
 
@@ -88,14 +63,15 @@ def main() -> int:
     args = parser.parse_args()
     bed = TestBed().up()
     results: dict[tuple[str, str], list[dict[str, float]]] = {}
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, shaped(bed, args.link, [AGENT_PORT]) as at:
         work = Path(tmp)
         agent = DeviceAgent(bed, work, AGENT_PORT)
+        host, port = at[AGENT_PORT]
         tables = "".join(f"""
 [devices.{setting}]
-address = "{bed.device.device_ip}:{AGENT_PORT}"
+address = "{host}:{port}"
 identity = "{bed.device.client_key}"
-known_hosts = "{agent.known_hosts(work / f'known_hosts-{setting}')}"
+known_hosts = "{agent.known_hosts(work / f'known_hosts-{setting}', host=host, port=port)}"
 compress = "{setting}"
 """ for setting in SETTINGS)
         config = daemon_config(agent, work, daemon=f'api = "unix:{work / "api.sock"}"\nlog_level = "warning"',
@@ -105,12 +81,11 @@ compress = "{setting}"
         try:
             random_image = install_emulated_image(bed.engine_a, work)
             wait_for((work / "api.sock").exists, timeout=30, what="daemon API")
-            with shaped(bed, args.link):
-                for _ in range(args.runs):
-                    for kind in ("heap", "xorshift"):
-                        for setting in SETTINGS:  # interleaved: drift hits all alike
-                            results.setdefault((kind, setting), []).append(
-                                move_once(bed, config, kind, args.mb, setting, random_image))
+            for _ in range(args.runs):
+                for kind in ("heap", "xorshift"):
+                    for setting in SETTINGS:  # interleaved: drift hits all alike
+                        results.setdefault((kind, setting), []).append(
+                            move_once(bed, config, kind, args.mb, setting, random_image))
         finally:
             daemon.terminate()
             daemon.wait(timeout=30)

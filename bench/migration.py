@@ -12,13 +12,21 @@ that reads all of its memory at once waits for all of it, and then post-copy's d
 page. "Last page" is from the freeze until the device has every page (post-copy; the others have them at the
 restore).
 
-Run as root:  .venv/bin/python -m bench.migration [--sizes 16,256] [--runs 5]
+Two workloads (`--workload`): the counter above (xorshift memory: incompressible), and an interpreter's heap
+(busybox awk holding short records, which compresses as real programs' memory does; it reads its memory only
+as it counts). `--link` shapes the device's link like a phone's (bench/link.py): `unshaped`, `usb2`, `wifi`.
+`androcond-uncompressed` is the plain move with `compress = "none"`, as every move was before compression:
+on a shaped link it is the baseline the compressed flows are held against.
+
+Run as root:  .venv/bin/python -m bench.migration [--sizes 16,256] [--runs 5] [--link unshaped|usb2|wifi]
+              [--workload counter|heap] [--flows seeds,androcond-plain,...]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import signal
 import statistics
@@ -32,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from androcond.criu.leftovers import extractions
+from bench.link import LINKS, shaped
 from bench.procfs import peak_rss
 from tests.testbed import TestBed
 from tests.testbed.agent import DeviceAgent, daemon_config
@@ -44,10 +53,25 @@ AGENT_PORT = 8199
 # Where the device's restore went (the plain engine restore has no runtime to stamp it: not broken down).
 STEPS = ("restore_device_s", "restore_pager_s", "restore_engine_s", "restore_runc_s", "restore_criu_s",
          "restore_answer_s")
-FLOWS = {"seeds": "", "androcond-plain": "plain", "androcond": "pixel", "androcond-lazy": "lazy"}
+FLOWS = {"seeds": "", "androcond-uncompressed": "raw", "androcond-plain": "plain", "androcond": "pixel",
+         "androcond-lazy": "lazy"}
+LABELS = {"androcond-uncompressed": "androcond, restore in place, compress = none",
+          "androcond-plain": "androcond, plain engine restore",
+          "androcond": "androcond, engine restore in place (runtime)",
+          "androcond-lazy": "androcond, post-copy (lazy = true)"}
 CHECK_EVERY = 50  # counts between two reads of the whole memory (5 s)
 TICK_S = 0.1
 LABEL = "androcond-bench"
+RECORDS_PER_MB = 9000  # busybox awk: about 110 MB resident for a million records
+AWK = ('BEGIN {{ for (i = 0; i < {n}; i++) a[i] = "record " i " name-" i % 977 " value " i * 7; '
+       'for (c = 1; ; c++) {{ print "count " c; fflush(); system("sleep 0.1") }} }}')
+
+
+def workload(kind: str, mb: int) -> list[str]:
+    """The image and command of a container with about mb MB of memory, printing "count N" every 100 ms."""
+    if kind == "heap":
+        return [TEST_IMAGE, "/bin/busybox", "awk", AWK.format(n=mb * RECORDS_PER_MB)]
+    return [TEST_IMAGE, "/bin/counter", str(mb), str(CHECK_EVERY)]
 
 
 def log_times(engine: DockerEngine, name: str) -> list[tuple[float, int]]:
@@ -62,10 +86,9 @@ def log_times(engine: DockerEngine, name: str) -> list[tuple[float, int]]:
     return rows
 
 
-def start_counter(bed: TestBed, name: str, mb: int) -> None:
-    bed.engine_a.cli("run", "-d", "--name", name, "--label", f"{LABEL}=1", TEST_IMAGE, "/bin/counter", str(mb),
-                     str(CHECK_EVERY))
-    wait_for(lambda: len(log_times(bed.engine_a, name)) >= 3, timeout=120, what=f"{name} counting")
+def start_counter(bed: TestBed, name: str, command: list[str]) -> None:
+    bed.engine_a.cli("run", "-d", "--name", name, "--label", f"{LABEL}=1", *command)
+    wait_for(lambda: len(log_times(bed.engine_a, name)) >= 3, timeout=300, what=f"{name} counting")
 
 
 def downtime(bed: TestBed, name: str) -> float:
@@ -80,7 +103,7 @@ def downtime(bed: TestBed, name: str) -> float:
     return first_device - last_source - TICK_S
 
 
-def seeds_flow(bed: TestBed, name: str, mb: int, work: Path) -> float:
+def seeds_flow(bed: TestBed, name: str, command: list[str], work: Path, ssh_at: tuple[str, int]) -> float:
     """What people do by hand today, step after step."""
     started = time.perf_counter()
     cid = bed.engine_a.cli("inspect", "-f", "{{.Id}}", name).strip()
@@ -91,14 +114,13 @@ def seeds_flow(bed: TestBed, name: str, mb: int, work: Path) -> float:
     ssh = ["-i", str(bed.device.client_key), "-o", "BatchMode=yes", "-o", "StrictHostKeyChecking=no",
            "-o", "UserKnownHostsFile=/dev/null", "-o", "LogLevel=ERROR"]
     remote_tar = f"/tmp/{name}.tgz"
-    subprocess.run(["scp", "-P", str(bed.sshd_port), *ssh, str(tarball), f"root@{bed.device.device_ip}:{remote_tar}"],
-                   check=True)
+    host, port = ssh_at
+    subprocess.run(["scp", "-P", str(port), *ssh, str(tarball), f"root@{host}:{remote_tar}"], check=True)
     b = f"{DOCKER_CLI} -H {bed.engine_b.host}"
-    script = (f"set -e; id=$({b} create --name {name} --label {LABEL}=1 {TEST_IMAGE} /bin/counter {mb} "
-              f"{CHECK_EVERY}); "
+    script = (f"set -e; id=$({b} create --name {name} --label {LABEL}=1 {shlex.join(command)}); "
               f"d={bed.engine_b.data_root}/containers/$id/checkpoints/cp; "
               f"mkdir -p $d; tar xzf {remote_tar} -C $d; rm {remote_tar}; {b} start --checkpoint cp $id >/dev/null")
-    subprocess.run(["ssh", "-p", str(bed.sshd_port), *ssh, f"root@{bed.device.device_ip}", script], check=True)
+    subprocess.run(["ssh", "-p", str(port), *ssh, f"root@{host}", script], check=True)
     total = time.perf_counter() - started
     tarball.unlink()
     return total
@@ -129,25 +151,40 @@ def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--sizes", default="16,256", help="touched memory of the container, MB (comma list)")
     parser.add_argument("--runs", type=int, default=5)
+    parser.add_argument("--link", choices=sorted(LINKS), default="unshaped")
+    parser.add_argument("--workload", choices=("counter", "heap"), default="counter")
+    parser.add_argument("--flows", default=",".join(FLOWS), help="comma list of: " + ", ".join(FLOWS))
     args = parser.parse_args()
     sizes = [int(s) for s in args.sizes.split(",")]
+    flows = [f for f in FLOWS if f in args.flows.split(",")]
+    if not flows or len(flows) != len(args.flows.split(",")):
+        parser.error(f"--flows: choose among {', '.join(FLOWS)}")
     bed = TestBed().up()
-    with tempfile.TemporaryDirectory() as tmp:
+    with tempfile.TemporaryDirectory() as tmp, shaped(bed, args.link, [AGENT_PORT, AGENT_PORT + 1, bed.sshd_port]) \
+            as at:
         work = Path(tmp)
         agent = DeviceAgent(bed, work, AGENT_PORT)
         plain = DeviceAgent(bed, work, AGENT_PORT + 1, module=("tests.agent.faulty_agent", "no-runtime"),
                             name="agent-plain", host_key=agent.host_key_path)
+        host, port = at[AGENT_PORT]
+        plain_host, plain_port = at[plain.port]
+
+        def device(name: str, settings: str) -> str:
+            return f"""
+[devices.{name}]
+address = "{host}:{port}"
+identity = "{bed.device.client_key}"
+known_hosts = "{agent.known_hosts(work / f'known_hosts-{name}', host=host, port=port)}"
+{settings}
+"""
         config = daemon_config(agent, work, daemon=f'api = "unix:{work / "api.sock"}"\nlog_level = "warning"',
-                               extra=f"""
+                               host=host, port=port, extra=f"""
 [devices.plain]
-address = "{bed.device.device_ip}:{plain.port}"
+address = "{plain_host}:{plain_port}"
 identity = "{bed.device.client_key}"
-known_hosts = "{agent.known_hosts(work / 'known_hosts-plain', port=plain.port)}"
-[devices.lazy]
-address = "{bed.device.device_ip}:{agent.port}"
-identity = "{bed.device.client_key}"
-known_hosts = "{agent.known_hosts(work / 'known_hosts-lazy')}"
-lazy = true
+known_hosts = "{agent.known_hosts(work / 'known_hosts-plain', host=plain_host, port=plain_port)}"
+{device("lazy", "lazy = true")}
+{device("raw", 'compress = "none"')}
 """)
         agent.start()
         plain.start()
@@ -157,20 +194,22 @@ lazy = true
         try:
             wait_for((work / "api.sock").exists, timeout=30, what="daemon API")
             for mb in sizes:
+                command = workload(args.workload, mb)
                 for _ in range(args.runs):
-                    for flow, device in FLOWS.items():  # interleaved: drift hits them all alike
+                    for flow in flows:  # interleaved: drift hits them all alike
                         name = f"bench-{flow}-{mb}-{uuid.uuid4().hex[:6]}"
-                        start_counter(bed, name, mb)
+                        start_counter(bed, name, command)
                         row = results.setdefault((mb, flow), {})
                         if flow == "seeds":
                             before = extractions()
-                            row.setdefault("total", []).append(seeds_flow(bed, name, mb, work))
+                            row.setdefault("total", []).append(seeds_flow(bed, name, command, work,
+                                                                          at[bed.sshd_port]))
                             # containerd never removes its extraction of the checkpoint (the seeds' flow
                             # leaves the container's memory on the disk each time): this benchmark does.
                             for leftover in extractions() - before:
                                 shutil.rmtree(leftover, ignore_errors=True)
                         else:
-                            total, timings = androcond_flow(config, name, device)
+                            total, timings = androcond_flow(config, name, FLOWS[flow])
                             row.setdefault("total", []).append(total)
                             for key_name in ("checkpoint_s", "stream_s", "restore_s", *STEPS):
                                 row.setdefault(key_name, []).append(timings.get(key_name, 0.0))
@@ -188,32 +227,45 @@ lazy = true
             plain.stop()
             bed.engine_a.remove_containers(f"{LABEL}=1")
             bed.engine_b.remove_containers(f"{LABEL}=1")
+    print_tables(args, sizes, flows, results)
+    print(f"\npeak RSS over this run: daemon {peaks['daemon'] / 2**20:.0f} MiB, "
+          f"agent {peaks['agent'] / 2**20:.0f} MiB (largest container: {max(sizes)} MB)")
+    return 0
+
+
+def print_tables(args: argparse.Namespace, sizes: list[int], flows: list[str],
+                 results: dict[tuple[int, str], dict[str, list[float]]]) -> None:
     med = statistics.median
-    print(f"| touched memory | flow | downtime (s) | total (s) | last page (s) | downtime vs seeds | "
-          f"checkpoint (runc) | transfer | engine restore |   (median of {args.runs})")
-    print("|---|---|---|---|---|---|---|---|---|")
+    baseline = flows[0]
+    print(f"| {args.workload}, link {args.link} | flow | downtime (s) | total (s) | last page (s) | "
+          f"downtime vs {baseline} | total vs {baseline} | checkpoint (runc) | transfer | restore |   "
+          f"(median of {args.runs})")
+    print("|---|---|---|---|---|---|---|---|---|---|")
     for mb in sizes:
-        seeds = results[(mb, "seeds")]
-        print(f"| {mb} MB | seeds' sequential flow | {med(seeds['downtime']):.2f} | {med(seeds['total']):.2f} | | "
-              f"1.00× | | | |")
-        for flow, label in (("androcond-plain", "androcond, plain engine restore"),
-                            ("androcond", "androcond, engine restore in place (runtime)"),
-                            ("androcond-lazy", "androcond, post-copy (lazy = true)")):
+        base = results[(mb, baseline)]
+        for flow in flows:
             ours = results[(mb, flow)]
+            label = LABELS.get(flow, "seeds' sequential flow")
+            if flow == "seeds":
+                print(f"| {mb} MB | {label} | {med(ours['downtime']):.2f} | {med(ours['total']):.2f} | | "
+                      f"{med(ours['downtime']) / med(base['downtime']):.2f}× | "
+                      f"{med(ours['total']) / med(base['total']):.2f}× | | | |")
+                continue
             print(f"| {mb} MB | {label} | {med(ours['downtime']):.2f} | {med(ours['total']):.2f} | "
-                  f"{med(ours['last_page_s']):.2f} | {med(ours['downtime']) / med(seeds['downtime']):.2f}× | "
+                  f"{med(ours['last_page_s']):.2f} | {med(ours['downtime']) / med(base['downtime']):.2f}× | "
+                  f"{med(ours['total']) / med(base['total']):.2f}× | "
                   f"{med(ours['checkpoint_s']):.2f} | {med(ours['stream_s']):.2f} | {med(ours['restore_s']):.2f} |")
+    broken_down = [f for f in ("androcond", "androcond-lazy") if f in flows]
+    if not broken_down:
+        return
     print(f"\n| touched memory | flow | restore (s) | of it: on the device | pager ready | engine → runtime | "
           f"runc → CRIU | CRIU | CRIU → the engine's answer |   (agent/restore_steps.py; median of {args.runs})")
     print("|---|---|---|---|---|---|---|---|---|")
     for mb in sizes:
-        for flow, label in (("androcond", "restore in place (runtime)"), ("androcond-lazy", "post-copy")):
+        for flow in broken_down:
             ours = results[(mb, flow)]
-            print(f"| {mb} MB | {label} | {med(ours['restore_s']):.2f} | " +
+            print(f"| {mb} MB | {LABELS[flow]} | {med(ours['restore_s']):.2f} | " +
                   " | ".join(f"{med(ours[step]):.3f}" for step in STEPS) + " |")
-    print(f"\npeak RSS over this run: daemon {peaks['daemon'] / 2**20:.0f} MiB, "
-          f"agent {peaks['agent'] / 2**20:.0f} MiB (largest container: {max(sizes)} MB)")
-    return 0
 
 
 if __name__ == "__main__":

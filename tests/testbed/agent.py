@@ -86,11 +86,13 @@ exec_root = "{engine.run_dir / 'exec'}"
 
 
 def daemon_config(agent: DeviceAgent, directory: Path, *, daemon: str = "", docker: str = "",
-                  device: str = "", extra: str = "", port: int | None = None) -> Path:
+                  device: str = "", extra: str = "", port: int | None = None, host: str | None = None) -> Path:
     """A config for `androcond run` on the bed: engine A as the source, `agent` as the device `pixel`
-    (on `port`, default the agent's own). The keyword strings add TOML lines to their tables."""
+    (on `port`, default the agent's own; at `host`, default the device's address: a relay in front of it
+    otherwise). The keyword strings add TOML lines to their tables."""
     bed = agent.bed
     port = port or agent.port
+    host = host or bed.device.device_ip
     path = directory / f"androcond-{port}.toml"
     path.write_text(f"""
 [daemon]
@@ -101,9 +103,9 @@ host = "{bed.engine_a.host}"
 runc_root = "{bed.engine_a.runc_root}"
 {docker}
 [devices.pixel]
-address = "{bed.device.device_ip}:{port}"
+address = "{host}:{port}"
 identity = "{bed.device.client_key}"
-known_hosts = "{agent.known_hosts(directory / f'known_hosts-{port}', port=port)}"
+known_hosts = "{agent.known_hosts(directory / f'known_hosts-{port}', host=host, port=port)}"
 {device}
 {extra}
 """)
