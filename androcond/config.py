@@ -31,6 +31,7 @@ CONFIG_ENV = "ANDROCOND_CONFIG"
 LogFormat = Literal["auto", "json", "console"]
 TriState = Literal["true", "false", "auto"]
 LazyMode = TriState
+FreezeMode = Literal["dump", "flat"]
 _LOG_FORMATS: tuple[LogFormat, ...] = ("auto", "json", "console")
 _LOG_LEVELS = ("debug", "info", "warning", "error")
 _DEVICE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,62}$")
@@ -116,6 +117,10 @@ class DeviceSettings:
     # shrinks it and while the link is not faster than the compressor (link/compress.py); "zstd" or "zlib" that
     # codec for every chunk (uncompressed, with a warning, when an end lacks it); "none" never.
     compress: CompressSetting = "auto"
+    # With post-copy, how the source freezes: "dump" writes the whole memory first (the rollback's copy, inside
+    # the downtime); "flat" dumps all but the memory and serves the pages from the frozen tasks, which stay
+    # paused here until the device has every page (criu/lazy_dump.py; same-ISA moves from this host).
+    freeze: FreezeMode = "dump"
 
 
 @dataclass(frozen=True)
@@ -343,7 +348,7 @@ def parse_settings(doc: Mapping[str, Any], file: Path) -> Settings:
             raise top.error(where, "device names are 1-63 letters, digits, '.', '_' or '-'")
         r = _Reader(file, where, table, frozenset(
             {"adb_serial", "address", "agent_port", "agent_command", "user", "identity", "known_hosts",
-             "profile", "allow_privileged", "lazy", "emulate", "compress"}))
+             "profile", "allow_privileged", "lazy", "emulate", "compress", "freeze"}))
         device = DeviceSettings(
             name=name,
             adb_serial=r.opt_str("adb_serial"),
@@ -358,7 +363,10 @@ def parse_settings(doc: Mapping[str, Any], file: Path) -> Settings:
             lazy=_tri_state(r, "lazy", "false"),
             emulate=_tri_state(r, "emulate", "auto"),
             compress=_compress(r),
+            freeze="flat" if r.choice("freeze", "dump", ("dump", "flat")) == "flat" else "dump",
         )
+        if device.freeze == "flat" and device.lazy == "false":
+            raise r.error("freeze", "\"flat\" serves the memory after the resume: it needs lazy = true or \"auto\"")
         if device.adb_serial is None and device.address is None:
             raise top.error(where, "a device needs adb_serial or address (neither is set)")
         if device.adb_serial is not None and device.address is not None:

@@ -227,6 +227,13 @@ class Engine:
                     raise
                 await asyncio.sleep(0.25 * (attempt + 1))
 
+    async def pause(self, ref: str) -> None:
+        """Freeze every task of the container (its cgroup's freezer)."""
+        await self._call(self._container(ref, "pause"), "POST")
+
+    async def unpause(self, ref: str) -> None:
+        await self._call(self._container(ref, "unpause"), "POST")
+
     async def wait_stopped(self, ref: str) -> None:
         """Return once the engine sees the container not running (its wait endpoint, no polling)."""
         await self._call(self._container(ref, "wait"), "POST", params={"condition": "not-running"})

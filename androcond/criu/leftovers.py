@@ -15,6 +15,8 @@ import uuid
 from pathlib import Path
 
 NONCE_FILE = "androcond-nonce"
+# Marks a lazy dump's checkpoint (the flat freeze): it holds no memory, so nothing can start from it.
+FLAT_FILE = "androcond-flat"
 # containerd's TMPDIR when the engine sets none (Debian's docker.io, the bed's engines).
 CONTAINERD_TMP: tuple[Path, ...] = (Path("/tmp"),)
 

@@ -112,3 +112,69 @@ class HeaderRewriter:
         if header is NARROW and nr_pages > NARROW_MAX_PAGES:
             raise PageProtocolError(f"{nr_pages} pages in one transfer do not fit CRIU 4.1's header")
         return header.pack(cmd, nr_pages, vaddr, dst_id)
+
+
+class CloseGate:
+    """Holds back lazy-pages' CLOSE from a lazy *dump*'s page server until the move is confirmed.
+
+    A lazy dump ends (and kills the source's tasks) once its client says CLOSE. lazy-pages says it as soon as it
+    has fetched every page, even when the container on the device has died meanwhile: forwarded at once, both
+    copies could be lost. So the gate answers the CLOSE itself (status 0, after every reply before it, as the
+    page server would) and leaves the real one to :meth:`LazyDump.confirm`. Works on the page server's headers
+    (after any rewriting of the requests, before any of the replies)."""
+
+    def __init__(self, header: struct.Struct, page_size: int) -> None:
+        self.header = header
+        self.page_size = page_size
+        self.close_held: bytes | None = None  # the CLOSE header held back, once lazy-pages sent it
+        self._requests = bytearray()
+        self._replies = bytearray()
+        self._pages_due = 0  # GET requests forwarded whose reply header has not come back yet
+        self._payload_left = 0
+
+    def requests(self, data: bytes) -> bytes:
+        """What may go on to the page server."""
+        self._requests += data
+        out = bytearray()
+        size = self.header.size
+        while len(self._requests) >= size:
+            request = bytes(self._requests[:size])
+            del self._requests[:size]
+            command = self.header.unpack(request)[0] & CMD_MASK
+            if self.close_held is not None:
+                raise PageProtocolError("lazy-pages sent a request after its CLOSE")
+            if command == PS_IOV_GET:
+                self._pages_due += 1
+                out += request
+            elif command in (PS_IOV_CLOSE, PS_IOV_FORCE_CLOSE):
+                self.close_held = request
+            else:
+                raise PageProtocolError(f"lazy-pages sent command {command:#x}, which post-copy never sends")
+        return bytes(out)
+
+    def replies(self, data: bytes) -> None:
+        """Follow the page server's replies (they pass unchanged), to know when every GET has its answer."""
+        self._replies += data
+        while self._replies:
+            if self._payload_left:
+                take = min(self._payload_left, len(self._replies))
+                del self._replies[:take]
+                self._payload_left -= take
+                continue
+            if len(self._replies) < self.header.size:
+                break
+            if not self._pages_due:
+                raise PageProtocolError("the page server sent bytes that answer no request")
+            nr_pages = self.header.unpack_from(self._replies)[1]
+            del self._replies[:self.header.size]
+            self._pages_due -= 1
+            self._payload_left = nr_pages * self.page_size
+
+    @property
+    def status_due(self) -> bool:
+        """lazy-pages waits for the answer to its CLOSE, and every reply before it has passed."""
+        return self.close_held is not None and not self._pages_due and not self._payload_left \
+            and not self._replies
+
+
+CLOSED_OK: Final = STATUS.pack(0)

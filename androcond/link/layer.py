@@ -7,7 +7,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path, PurePosixPath
 
-from ..criu.leftovers import NONCE_FILE
+from ..criu.leftovers import FLAT_FILE, NONCE_FILE
 from ..errors import AndrocondError
 from ..protocol import protocol_pb2 as pb
 from ..protocol.tree import Entry, TreeError, entries
@@ -61,8 +61,8 @@ def replace_files(files: list[OutgoingFile], replacements: list[OutgoingFile]) -
 
 
 def checkpoint_files(directory: Path) -> list[OutgoingFile]:
-    # The source's nonce marks its own checkpoint (for its rollback's cleanup); the device places its own.
-    files = [f for f in tree_files(directory, pb.CHECKPOINT) if f.path != NONCE_FILE]
+    # The source's marks of its own checkpoint (for its rollback): the device places its own.
+    files = [f for f in tree_files(directory, pb.CHECKPOINT) if f.path not in (NONCE_FILE, FLAT_FILE)]
     odd = [f.path for f in files if f.kind != pb.REGULAR]
     if odd:
         raise LayerError(f"checkpoint {directory} holds non-regular files: {', '.join(odd[:5])}")

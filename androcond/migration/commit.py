@@ -13,17 +13,20 @@ import time
 from pathlib import Path
 from typing import Protocol
 
+from ..criu.lazy_dump import LazyDumpError
 from ..criu.page_server import PageServer, PageServerError
 from ..faults import Faults
 from ..link.payload import Progress
 from ..link.ssh import TransportError
+from ..logging import get_logger
 from ..protocol import protocol_pb2 as pb
-from .plan import Frozen, Shipped
+from .plan import Frozen, LiveDump, Shipped
 from .recorder import Recorder
 from .roles import TargetLink
 from .states import MigrationState
 
 S = MigrationState
+log = get_logger(__name__)
 
 
 class CommitStrategy(Protocol):
@@ -53,10 +56,16 @@ class LazyCommit:
     async def commit(self, link: TargetLink, shipped: Shipped, frozen: Frozen, recorder: Recorder,
                      progress: Progress) -> pb.Outcome:
         t0 = time.monotonic()
-        try:
-            server = await PageServer.start(shipped.images, client_criu=self.target_criu, parent=self.work)
-        except (PageServerError, OSError) as exc:
-            raise TransportError(f"the page server did not start: {exc}") from exc
+        live = frozen.pages
+        server: PageServer | LiveDump
+        if live is not None:  # the flat freeze: the frozen tasks serve their pages
+            live.speak_with(self.target_criu)
+            server = live
+        else:
+            try:
+                server = await PageServer.start(shipped.images, client_criu=self.target_criu, parent=self.work)
+            except (PageServerError, OSError) as exc:
+                raise TransportError(f"the page server did not start: {exc}") from exc
 
         async def resumed(outcome: pb.Outcome) -> None:
             recorder.time("restore_s", t0)
@@ -68,6 +77,8 @@ class LazyCommit:
 
         try:
             outcome = await link.commit_lazy(shipped.file_count, server, resumed, self.paging_s)
+            if live is not None and outcome.state == pb.OUTCOME_RUNNING:
+                await self._confirm(live)
         finally:
             await server.close()
             # The memory, sent after the resume: in the live progress too, which the API shows (over the
@@ -79,6 +90,16 @@ class LazyCommit:
         if outcome.state == pb.OUTCOME_RUNNING:
             recorder.time("last_page_s", frozen.at)
         return outcome
+
+
+    @staticmethod
+    async def _confirm(live: LiveDump) -> None:
+        """The device runs it with every page: the lazy dump ends, and with it the source's tasks. A dump that
+        ends badly is logged, not a failure: the device's copy is the container now."""
+        try:
+            await live.confirm()
+        except (LazyDumpError, OSError, TimeoutError) as exc:
+            log.error("the lazy dump did not end cleanly after the device had every page", error=str(exc))
 
 
 def record_steps(recorder: Recorder, outcome: pb.Outcome) -> None:

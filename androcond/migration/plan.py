@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
+from ..link.transport import PageSource
 from ..recoder import RecodeOptions, VdsoTemplate
 from .container_config import TargetPlan
 
@@ -58,6 +59,19 @@ class Plan:
     recode: RecodeOptions  # what the target needs of the images
     lazy: bool  # post-copy
     estimate: int  # bytes it will take on the target
+    flat: bool = False  # post-copy from a lazy dump: the pages are served from the frozen tasks
+
+
+class LiveDump(PageSource, Protocol):
+    """A lazy dump, as the commit sees it: it serves the pages, and ends well only when confirmed."""
+
+    bytes_served: int
+
+    def speak_with(self, client_criu: str) -> None: ...
+
+    async def confirm(self) -> None: ...
+
+    async def close(self) -> None: ...
 
 
 @dataclass(frozen=True)
@@ -66,10 +80,12 @@ class Frozen:
 
     images: Path
     at: float  # time.monotonic() of the freeze: the downtime's start
-    via: str  # "runc" or "engine"
+    via: str  # "runc", "engine", or "lazy-dump" (the flat freeze)
     # Seconds of the freeze's own steps worth a line in the record (the way back: the device's checkpoint and
     # bringing its files here), by timing name.
     steps: dict[str, float] = field(default_factory=dict)
+    # The flat freeze: the lazy dump that holds the tasks and serves their pages (criu/lazy_dump.LazyDump).
+    pages: LiveDump | None = None
 
 
 @dataclass(frozen=True)

@@ -58,7 +58,7 @@ async def plan(source: Source, device: DeviceSettings, inspect: dict[str, Any], 
         raise Rejected(f"the device has {hello.free_bytes} bytes free; this container needs about "
                        f"{needed} (memory {facts.memory}, files {facts.disk})")
     return Plan(inspect=inspect, target=target, cross=cross, emulated=emulated, recode=recode, lazy=lazy,
-                estimate=facts.disk + facts.memory)
+                estimate=facts.disk + facts.memory, flat=_flat(device, lazy, cross, emulated))
 
 
 def _target_criu_restores(facts: SourceFacts, device: DeviceSettings, hello: pb.AgentHello) -> None:
@@ -112,6 +112,20 @@ async def _cross_isa(source: Source, facts: SourceFacts, hello: pb.AgentHello) -
         raise Rejected(f"the {hello.isa} device did not report its vdso (agent too old?)")
     executables = await source.popcorn_executables(facts.pids, hello.isa)
     return CrossIsa(facts.pids, hello.isa, VdsoTemplate(hello.vdso, hello.vvar_size, hello.page_size), executables)
+
+
+def _flat(device: DeviceSettings, lazy: bool, cross: CrossIsa | None, emulated: Emulated | None) -> bool:
+    """The flat freeze (`freeze = "flat"`) where it is built: post-copy of a same-ISA move from this host. Else
+    the memory is dumped first, as with `freeze = "dump"`."""
+    if device.freeze != "flat":
+        return False
+    why_not = [why for why, blocks in (
+        ("post-copy is off for this move", not lazy),
+        ("the move crosses ISAs (a recoded lazy dump is not built)", cross is not None or emulated is not None),
+    ) if blocks]
+    if why_not:
+        log.info("the flat freeze is off for this move; the memory is dumped first", why="; ".join(why_not))
+    return not why_not
 
 
 def _lazy(facts: SourceFacts, device: DeviceSettings, hello: pb.AgentHello, emulated: Emulated | None) -> bool:

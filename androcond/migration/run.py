@@ -146,7 +146,7 @@ class Migration:
                 self.recorder.time("notify_s", n0)
             async with budget("checkpoint", t.checkpoint):
                 await self.recorder.transition(S.CHECKPOINTING)
-                frozen = await self.source.freeze(plan.inspect)
+                frozen = await self.source.freeze(plan.inspect, flat=plan.flat)
                 self.settler.frozen = frozen
                 self.recorder.time("checkpoint_s", frozen.at)
                 record.timings.update({name: round(seconds, 3) for name, seconds in frozen.steps.items()})

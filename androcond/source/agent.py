@@ -201,9 +201,9 @@ class AgentSource:
         yield b""  # pragma: no cover - makes this an async generator
 
     # --- the freeze --------------------------------------------------------------------------------------
-    async def freeze(self, inspect: dict[str, Any]) -> Frozen:
+    async def freeze(self, inspect: dict[str, Any], *, flat: bool = False) -> Frozen:
         """Frozen on the device; its files land in the workspace before this returns (the recode and the stream
-        read them here)."""
+        read them here). A full dump always: the device serves no pages (preflight never asks it for flat)."""
         await asyncio.to_thread(shutil.rmtree, self.workspace, True)
         await asyncio.to_thread(self.workspace.mkdir, parents=True)
         async with self._session() as (link, _facts):

@@ -17,7 +17,8 @@ from typing import Any
 from ..config import DeviceSettings, DockerSettings
 from ..criu import compat as criu_compat
 from ..criu import runc
-from ..criu.leftovers import NONCE_FILE, place_nonce, remove_extractions
+from ..criu.lazy_dump import LazyDump, LazyDumpError
+from ..criu.leftovers import FLAT_FILE, NONCE_FILE, place_nonce, remove_extractions
 from ..emulation.cpu import cpu_fit, read_source_cpu
 from ..emulation.live import live_refusals
 from ..engine import Engine, EngineError
@@ -209,11 +210,15 @@ class HostSource:
         root = self._root or DEFAULT_ROOT
         return root / "containers" / self.record.container_id / "checkpoints" / self.record.checkpoint_name
 
-    async def freeze(self, inspect: dict[str, Any]) -> Frozen:
+    async def freeze(self, inspect: dict[str, Any], *, flat: bool = False) -> Frozen:
         restart = str(((inspect.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name") or "")
         fast = self.docker.checkpoint == "runc" and runc.usable(self.docker.runc_root, self.record.container_id,
                                                                 restart)
         at = time.monotonic()
+        if flat and fast:
+            return await self._freeze_flat(at)
+        if flat:
+            log.warning("the flat freeze needs runc (checkpoint = \"runc\", no restart policy): dumping the memory")
         if fast:
             await runc.checkpoint(self.docker.runc_root, self.record.container_id, self.checkpoint_dir())
             # The engine learns of the stop a moment later (0.4 s for a task that frees 1 GiB as it exits); a
@@ -225,6 +230,20 @@ class HostSource:
             await self.engine.create_checkpoint(self.record.container_id, self.record.checkpoint_name)
         frozen = Frozen(self.checkpoint_dir(), at, "runc" if fast else "engine")
         # Marks this checkpoint, so a rollback can find containerd's copy of it again (and remove it).
+        self._nonce = await asyncio.to_thread(place_nonce, frozen.images)
+        return frozen
+
+    async def _freeze_flat(self, at: float) -> Frozen:
+        """A lazy dump of the paused container. On a failure its tasks are left paused (frozen): the rollback
+        unpauses them."""
+        cid = self.record.container_id
+        await self.engine.pause(cid)
+        try:
+            dump = await LazyDump.start(self.docker.runc_root, cid, self.checkpoint_dir())
+        except LazyDumpError as exc:
+            raise runc.RuncError(str(exc)) from exc
+        await asyncio.to_thread((self.checkpoint_dir() / FLAT_FILE).write_text, "")
+        frozen = Frozen(self.checkpoint_dir(), at, "lazy-dump", pages=dump)
         self._nonce = await asyncio.to_thread(place_nonce, frozen.images)
         return frozen
 
@@ -272,11 +291,19 @@ class HostSource:
         await self.engine.remove_container(self.record.container_id, force=True)
 
     async def restore(self) -> None:
-        """Start the container again from its checkpoint (unless it runs: a restore that was already done)."""
+        """Start the container again from its checkpoint (unless it runs: a restore that was already done), or
+        unpause it after a flat freeze (its tasks, held frozen, are the container)."""
         await self.stopped()
         state = (await self.engine.inspect_container(self.record.container_id))["State"]
-        if not state.get("Running"):
-            await self.engine.start_container(self.record.container_id, checkpoint=self.record.checkpoint_name)
+        if state.get("Paused"):
+            await self.engine.unpause(self.record.container_id)
+            return
+        if state.get("Running"):
+            return
+        await self._engine_root()
+        if await asyncio.to_thread((self.checkpoint_dir() / FLAT_FILE).exists):
+            raise EngineError("the container's tasks are gone and its flat freeze kept no memory to restore from")
+        await self.engine.start_container(self.record.container_id, checkpoint=self.record.checkpoint_name)
 
     async def clean_after_rollback(self) -> None:
         """The container runs again at the source: its checkpoint and containerd's extraction of it (the

@@ -1,0 +1,140 @@
+"""The flat freeze on the real bed (`freeze = "flat"` with post-copy): the source dumps all but the memory, and
+the paused tasks serve their pages to the device (criu/lazy_dump.py). Exactly once rests on CRIU's end of the
+page transfer: only the daemon's confirmation ends the dump (and the source's tasks); every other end leaves
+them frozen until the device's word, then the rollback unpauses them — the same process, counting on."""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from androcond.engine import Engine
+
+from ..helpers import DaemonProcess, counts, wait_for_count
+from ..testbed.bed import RUN_FILTER
+from .conftest import AGENT_PORT, AgentBed
+from .daemon_bed import assert_back_at_source, finished, migrate_by_cli, state_of
+from .test_daemon_faults import injected
+from .test_post_copy import checks, counting, exists, keepers_alive, lazy_move, left_on_device, processes_with, states
+
+pytestmark = pytest.mark.testbed
+
+FLAT = 'freeze = "flat"'
+
+
+def lazy_dumps_alive() -> list[int]:
+    return processes_with(b"--lazy-pages\x00--page-server")
+
+
+async def started_at(engine: Engine, name: str) -> str:
+    return str((await engine.inspect_container(name))["State"]["StartedAt"])
+
+
+async def test_the_memory_is_served_from_the_frozen_tasks(agent_server: AgentBed, engine_a: Engine,
+                                                          engine_b: Engine, tmp_path: Path,
+                                                          unique_name: str) -> None:
+    bed = agent_server.bed
+    agent, receiver, daemon = await lazy_move(agent_server, tmp_path, "none", AGENT_PORT + 60, device=FLAT)
+    spool = agent.directory / f"{agent.name}-spool"
+    await daemon.start()
+    try:
+        at_source, source_checks = await counting(engine_a, unique_name, mb=64)
+        code, record = await migrate_by_cli(daemon.config, unique_name)
+        assert code == 0, record
+        end = await finished(daemon, unique_name, timeout=120)
+        assert end["state"] == "done", end
+        assert states(daemon, unique_name)[-3:] == ["restoring", "paging", "done"]
+        ready = next(e for e in daemon.lines if e.get("msg", "").startswith("lazy dump ready"))
+        assert ready["port"] > 0
+        # No memory was dumped: every touched page went after the resume, from the tasks.
+        split = next(e for e in daemon.lines if e.get("msg") == "post-copy: pages left to the page server")
+        assert split["lazy_bytes"] < 2**20, split
+        assert record["bytes_sent"] >= 64 * 2**20
+        seen = await wait_for_count(engine_b, unique_name, at_least=at_source[-1] + 5)
+        assert seen[0] > at_source[0], "restarted instead of restored"
+        assert checks(await engine_b.container_logs(unique_name)) == source_checks
+        timings = record["timings"]
+        assert timings["downtime_s"] == timings["resumed_s"] <= timings["last_page_s"]
+        # Confirmed: the dump ended and took the source's tasks with it; the source container is removed.
+        assert not await exists(engine_a, unique_name)
+        assert lazy_dumps_alive() == []
+        assert keepers_alive() == []
+        assert left_on_device(spool) == []
+    finally:
+        await daemon.kill()
+        await receiver.stop()
+        agent.stop()
+        bed.engine_b.remove_containers(RUN_FILTER)
+
+
+async def test_a_link_cut_while_pages_arrive_unpauses_the_source(agent_server: AgentBed, engine_a: Engine,
+                                                                 engine_b: Engine, tmp_path: Path,
+                                                                 unique_name: str) -> None:
+    """The connection to the device dies at `paging`: the dump's connection is reset, its tasks go back to
+    frozen, the device removes its copy, and then the source is unpaused — the same process (never restarted or
+    restored: its start time is the one it had), counting on from where it was."""
+    bed = agent_server.bed
+    agent, receiver, daemon = await lazy_move(agent_server, tmp_path, "slow-pages", AGENT_PORT + 61,
+                                              env=injected("paging", unique_name), device=FLAT)
+    spool = agent.directory / f"{agent.name}-spool"
+    await daemon.start()
+    try:
+        at_source, _checks = await counting(engine_a, unique_name, mb=64)
+        began = await started_at(engine_a, unique_name)
+        code, record = await migrate_by_cli(daemon.config, unique_name)
+        assert (code, record["state"]) != (0, "done"), record
+        end = await finished(daemon, unique_name, timeout=120)
+        assert end["state"] == "rolled-back", end
+        assert "paging" in states(daemon, unique_name)
+        await assert_back_at_source(engine_a, engine_b, unique_name, at_source[-1])
+        assert await started_at(engine_a, unique_name) == began, "restored from a checkpoint, not unpaused"
+        assert not (await engine_a.inspect_container(unique_name))["State"]["Paused"]
+        assert not await exists(engine_b, unique_name)
+        assert left_on_device(spool) == []
+        assert lazy_dumps_alive() == []
+        assert keepers_alive() == []
+    finally:
+        await daemon.kill()
+        await receiver.stop()
+        agent.stop()
+        bed.engine_b.remove_containers(RUN_FILTER)
+
+
+async def test_the_daemon_killed_while_pages_arrive(agent_server: AgentBed, engine_a: Engine, engine_b: Engine,
+                                                    tmp_path: Path, unique_name: str) -> None:
+    """SIGKILL to the daemon at `paging`: its socket to the dump resets as the process dies (SO_LINGER 0), so
+    the dump fails and its tasks go back to frozen, not running; the restarted daemon asks the device and
+    unpauses them."""
+    bed = agent_server.bed
+    agent, receiver, daemon = await lazy_move(agent_server, tmp_path, "slow-pages", AGENT_PORT + 62, device=FLAT)
+    spool = agent.directory / f"{agent.name}-spool"
+    await daemon.start()
+    again = DaemonProcess(daemon.config)
+    try:
+        at_source, _checks = await counting(engine_a, unique_name, mb=64)
+        began = await started_at(engine_a, unique_name)
+        move = asyncio.create_task(migrate_by_cli(daemon.config, unique_name))
+        await daemon.wait_for_log(state_of(unique_name, "paging"), timeout=120)
+        await daemon.kill()
+        await asyncio.gather(move, return_exceptions=True)
+        # Until the device's word, nothing runs the container at the source: its tasks are frozen.
+        before = counts(await engine_a.container_logs(unique_name))
+        await asyncio.sleep(1.0)  # what is watched is that nothing happens: ten of the counter's ticks
+        assert counts(await engine_a.container_logs(unique_name)) == before, "the source ran before the word"
+        assert (await engine_a.inspect_container(unique_name))["State"]["Paused"]
+        await again.start()
+        end = await finished(again, unique_name, timeout=120)
+        assert end["state"] == "rolled-back", end
+        await assert_back_at_source(engine_a, engine_b, unique_name, at_source[-1])
+        assert await started_at(engine_a, unique_name) == began
+        assert not await exists(engine_b, unique_name)
+        assert left_on_device(spool) == []
+        assert lazy_dumps_alive() == []
+    finally:
+        await again.kill()
+        await daemon.kill()
+        await receiver.stop()
+        agent.stop()
+        bed.engine_b.remove_containers(RUN_FILTER)
