@@ -3,7 +3,8 @@ sequential flow (`docker checkpoint create` → `tar czf` → `scp` → untar in
 `docker start --checkpoint`), on the same test bed, in the same run, interleaved. androcond runs three ways: to
 a device whose agent ignores androcond's runtime (the plain engine restore, containerd copying the images
 twice), to one whose engine has it (the engine restores from the images in place), and with post-copy
-(`lazy = true`: the container resumes before its memory, which CRIU's page server sends after it).
+(`lazy = true`: the container resumes before its memory, which CRIU's page server sends after it), from a full
+dump or from a flat freeze (`freeze = "flat"`: a lazy dump, the memory served from the paused tasks).
 
 Downtime is read from the container's own output: the gap between its last line at the source and its first
 line on the device (Docker's log timestamps, one host clock), less one 100 ms tick of the counter. The counter
@@ -54,11 +55,12 @@ AGENT_PORT = 8199
 STEPS = ("restore_device_s", "restore_pager_s", "restore_engine_s", "restore_runc_s", "restore_criu_s",
          "restore_answer_s")
 FLOWS = {"seeds": "", "androcond-uncompressed": "raw", "androcond-plain": "plain", "androcond": "pixel",
-         "androcond-lazy": "lazy"}
+         "androcond-lazy": "lazy", "androcond-flat": "flat"}
 LABELS = {"androcond-uncompressed": "androcond, restore in place, compress = none",
           "androcond-plain": "androcond, plain engine restore",
           "androcond": "androcond, engine restore in place (runtime)",
-          "androcond-lazy": "androcond, post-copy (lazy = true)"}
+          "androcond-lazy": "androcond, post-copy (lazy = true)",
+          "androcond-flat": "androcond, post-copy from a flat freeze (freeze = \"flat\")"}
 CHECK_EVERY = 50  # counts between two reads of the whole memory (5 s)
 TICK_S = 0.1
 LABEL = "androcond-bench"
@@ -185,6 +187,7 @@ identity = "{bed.device.client_key}"
 known_hosts = "{agent.known_hosts(work / 'known_hosts-plain', host=plain_host, port=plain_port)}"
 {device("lazy", "lazy = true")}
 {device("raw", 'compress = "none"')}
+{device("flat", 'lazy = true\nfreeze = "flat"')}
 """)
         agent.start()
         plain.start()
@@ -255,7 +258,7 @@ def print_tables(args: argparse.Namespace, sizes: list[int], flows: list[str],
                   f"{med(ours['last_page_s']):.2f} | {med(ours['downtime']) / med(base['downtime']):.2f}× | "
                   f"{med(ours['total']) / med(base['total']):.2f}× | "
                   f"{med(ours['checkpoint_s']):.2f} | {med(ours['stream_s']):.2f} | {med(ours['restore_s']):.2f} |")
-    broken_down = [f for f in ("androcond", "androcond-lazy") if f in flows]
+    broken_down = [f for f in ("androcond", "androcond-lazy", "androcond-flat") if f in flows]
     if not broken_down:
         return
     print(f"\n| touched memory | flow | restore (s) | of it: on the device | pager ready | engine → runtime | "

@@ -138,3 +138,37 @@ async def test_the_daemon_killed_while_pages_arrive(agent_server: AgentBed, engi
         await receiver.stop()
         agent.stop()
         bed.engine_b.remove_containers(RUN_FILTER)
+
+
+async def test_the_agent_killed_while_pages_arrive(agent_server: AgentBed, engine_a: Engine, engine_b: Engine,
+                                                   tmp_path: Path, unique_name: str) -> None:
+    """SIGKILL to the agent at `paging`: the source's tasks stay frozen while no one can say what the device
+    runs; the restarted agent removes its partial container, and the daemon then unpauses the source."""
+    bed = agent_server.bed
+    agent, receiver, daemon = await lazy_move(agent_server, tmp_path, "slow-pages", AGENT_PORT + 63, device=FLAT)
+    spool = agent.directory / f"{agent.name}-spool"
+    await daemon.start()
+    try:
+        at_source, _checks = await counting(engine_a, unique_name, mb=64)
+        began = await started_at(engine_a, unique_name)
+        move = asyncio.create_task(migrate_by_cli(daemon.config, unique_name))
+        await daemon.wait_for_log(state_of(unique_name, "paging"), timeout=120)
+        agent.kill()
+        before = counts(await engine_a.container_logs(unique_name))
+        await asyncio.sleep(1.0)  # what is watched is that nothing happens: ten of the counter's ticks
+        assert counts(await engine_a.container_logs(unique_name)) == before, "the source ran without the word"
+        agent.start()
+        end = await finished(daemon, unique_name, timeout=120)
+        assert end["state"] == "rolled-back", end
+        assert (await move)[1]["state"] == "rolled-back"
+        await assert_back_at_source(engine_a, engine_b, unique_name, at_source[-1])
+        assert await started_at(engine_a, unique_name) == began
+        assert not await exists(engine_b, unique_name)
+        assert left_on_device(spool) == []
+        assert lazy_dumps_alive() == []
+        assert keepers_alive() == []
+    finally:
+        await daemon.kill()
+        await receiver.stop()
+        agent.stop()
+        bed.engine_b.remove_containers(RUN_FILTER)
