@@ -64,6 +64,7 @@ LABELS = {"androcond-uncompressed": "androcond, restore in place, compress = non
 CHECK_EVERY = 50  # counts between two reads of the whole memory (5 s)
 TICK_S = 0.1
 LABEL = "androcond-bench"
+FLAT = 'lazy = true\nfreeze = "flat"'
 RECORDS_PER_MB = 9000  # busybox awk: about 110 MB resident for a million records
 AWK = ('BEGIN {{ for (i = 0; i < {n}; i++) a[i] = "record " i " name-" i % 977 " value " i * 7; '
        'for (c = 1; ; c++) {{ print "count " c; fflush(); system("sleep 0.1") }} }}')
@@ -187,7 +188,7 @@ identity = "{bed.device.client_key}"
 known_hosts = "{agent.known_hosts(work / 'known_hosts-plain', host=plain_host, port=plain_port)}"
 {device("lazy", "lazy = true")}
 {device("raw", 'compress = "none"')}
-{device("flat", 'lazy = true\nfreeze = "flat"')}
+{device("flat", FLAT)}
 """)
         agent.start()
         plain.start()
