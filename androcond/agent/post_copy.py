@@ -14,6 +14,7 @@ from collections.abc import Coroutine
 from typing import Any, Protocol
 
 from ..logging import get_logger
+from ..protocol import compression
 from ..protocol import protocol_pb2 as pb
 from ..protocol.codes import OutcomeState
 from ..protocol.wire import ChannelClosed
@@ -137,12 +138,18 @@ class PostCopy:
         task.add_done_callback(self._paging.discard)
         task.add_done_callback(lambda _task: work.close())  # cancelled before it ran: no "never awaited"
 
-    async def _pages(self: SessionPort, data: bytes) -> None:
+    async def _pages(self: SessionPort, pages: pb.Pages) -> None:
         migration = self.migration
         if migration is None or migration.keeper is None:
             raise ProtocolViolation("pages outside a post-copy restore")
         if migration.finished:
             return  # the last page is in, or the migration was discarded: late bytes mean nothing
+        data = pages.data
+        if pages.codec:
+            try:
+                data = await asyncio.to_thread(compression.decode, pages.codec, data, pages.raw_size)
+            except (compression.CorruptChunk, compression.UnknownCodec) as exc:
+                raise ProtocolViolation(f"pages that do not decompress: {exc}") from exc
         try:
             await migration.keeper.feed(data)
         except (ConnectionError, OSError) as exc:

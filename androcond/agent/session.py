@@ -180,7 +180,8 @@ class AgentSession(Receiving, PostCopy, Sourcing):
             criu_runc_options=list(facts.criu_runc_options), cgroup2=facts.cgroup2,
             absent_masked_paths=list(facts.absent_masked_paths), reports_stored=True,
             lazy_pages=self.device.post_copy, emulator=facts.emulator, emulator_version=facts.emulator_version,
-            binfmt_x86_64=facts.binfmt_x86_64, codecs=compression.available())))
+            binfmt_x86_64=facts.binfmt_x86_64, codecs=compression.available(),
+            compressed_pages=True)))
 
     def _phase_of(self, frame: pb.Frame) -> str:
         kind = body(frame)
@@ -206,7 +207,7 @@ class AgentSession(Receiving, PostCopy, Sourcing):
             elif kind == "commit":
                 await self._commit(frame.commit.file_count)
             elif kind == "pages":
-                await self._pages(frame.pages.data)
+                await self._pages(frame.pages)
             elif kind == "query":
                 await self._query(frame.query.migration_id)
             elif kind == "abort":

@@ -58,6 +58,8 @@ T = TypeVar("T")
 UNSTORED_LIMIT = 32 * 1024 * 1024
 DEFAULT_TIMEOUTS = PhaseTimeouts()
 CLOSE_TIMEOUT_S = 5.0
+# Pages go without the agent's Stored reports: only the channel's window (8 MiB) takes them at once.
+PAGES_WARMUP = 8 * 1024 * 1024
 # Below this a chunk is compressed on the loop: a thread's round trip would cost more than the work.
 INLINE_COMPRESS = 64 * 1024
 
@@ -116,6 +118,7 @@ class AgentConnection:
         self._pages_gone = False  # the page server took no more: later requests are dropped
         self.compress = compress  # the device's setting
         self.codec = compression.NONE  # what the hello chose for this link
+        self.pages_wire_bytes = 0  # post-copy's pages as they went on the wire (compressed or not)
 
     # --- connection ------------------------------------------------------------------------------------
     @classmethod
@@ -435,9 +438,18 @@ class AgentConnection:
             self._pages_gone = True
 
     async def _page_replies(self, pages: PageSource) -> None:
+        # Pages compress like files (an interpreter's heap, 3×): the same codec and per-stream policy, to an
+        # agent that decompresses them. On a link faster than the compressor, `auto` ends up sending them raw.
+        codec = self.codec if self.hello.compressed_pages else compression.NONE
+        policy = policy_for(self.compress, codec, PAGES_WARMUP)
         try:
             async for data in pages.replies():
-                await self._send(pb.Frame(pages=pb.Pages(data=data)))
+                wire, used, compress_s = await self._encode(policy, data)
+                sending = time.perf_counter()
+                await self._send(pb.Frame(pages=pb.Pages(data=wire, codec=used, raw_size=len(data) if used else 0)))
+                policy.record(raw=len(data), wire=len(wire), compress_s=compress_s,
+                              link_s=time.perf_counter() - sending)
+                self.pages_wire_bytes += len(wire)
         except TransportError as exc:
             self._fail(exc)
         except (OSError, ConnectionError) as exc:

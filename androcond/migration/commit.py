@@ -84,7 +84,7 @@ class LazyCommit:
             # The memory, sent after the resume: in the live progress too, which the API shows (over the
             # journal's figure) until the migration has ended.
             progress.bytes_sent += server.bytes_served
-            progress.wire_bytes += server.bytes_served  # the page server's replies go as they are
+            progress.wire_bytes += link.pages_wire_bytes
             recorder.record.bytes_sent = progress.bytes_sent
             recorder.record.wire_bytes = progress.wire_bytes
         if outcome.state == pb.OUTCOME_RUNNING:

@@ -23,6 +23,7 @@ class TargetLink(Protocol):
     """An open link to the target, after its hello (what it is: ISA, kernel, CRIU, space, …)."""
 
     hello: pb.AgentHello
+    pages_wire_bytes: int  # post-copy's pages as they went on the wire
 
     async def begin(self, begin: pb.Begin) -> pb.BeginAck: ...
 
