@@ -23,5 +23,5 @@ class IncomingMigration:
     failed: str = ""
     finished: bool = False
     fitted: Fitted | None = None  # the create body as this device can honour it
-    keeper: PageKeeper | None = None  # post-copy, from the commit until the last page (or the discard)
+    keeper: PageKeeper | None = None  # post-copy, from the target's creation until the last page (or the discard)
     pager_s: float = 0.0  # post-copy: how long the keeper and lazy-pages took to be ready

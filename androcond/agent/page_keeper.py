@@ -1,5 +1,6 @@
 """The device's end of post-copy: `criu lazy-pages`, and a process that holds its page socket open
-(`python -m androcond.agent.page_keeper IMAGES THEIRS HOLD STATUS`, started by the agent in a session of its own).
+(`python -m androcond.agent.page_keeper IMAGES THEIRS HOLD STATUS`, started by the agent in a session of its own
+when it makes the target container; it starts lazy-pages when the agent writes GO on its stdin, at the commit).
 
 Why a process apart from the agent: when `criu lazy-pages` loses its page-server socket it exits and closes the
 restored tasks' userfaultfds, and from then on every page that never arrived reads as zeros, so the container
@@ -22,10 +23,13 @@ from pathlib import Path
 from ..criu.compat import CRIU_PATH
 
 LOG_NAME = "lazy-pages.log"
+GO = b"g"
 
 
 def main(argv: list[str]) -> int:
     images, theirs, hold, status_fd = Path(argv[0]), int(argv[1]), int(argv[2]), int(argv[3])
+    if sys.stdin.buffer.read(1) != GO:
+        return 0  # the agent went away (or discarded the migration) before its commit: nothing to guard
     criu = shutil.which("criu", path=CRIU_PATH)
     if criu is None:
         print("page keeper: criu not found", file=sys.stderr)

@@ -66,7 +66,9 @@ class PostCopy:
         assert target is not None
         started = time.monotonic()
         try:
-            migration.keeper = await PageKeeper.start(target.checkpoint_dir)
+            if migration.keeper is None:
+                migration.keeper = await PageKeeper.spawn(target.checkpoint_dir)
+            await migration.keeper.go()
             migration.pager_s = time.monotonic() - started
         except (RestoreError, OSError) as exc:
             await self._discard(migration, OutcomeState.FAILED, f"post-copy could not start: {exc}")
@@ -140,7 +142,7 @@ class PostCopy:
 
     async def _pages(self: SessionPort, pages: pb.Pages) -> None:
         migration = self.migration
-        if migration is None or migration.keeper is None:
+        if migration is None or migration.keeper is None or not migration.keeper.started:
             raise ProtocolViolation("pages outside a post-copy restore")
         if migration.finished:
             return  # the last page is in, or the migration was discarded: late bytes mean nothing

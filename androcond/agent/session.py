@@ -41,6 +41,7 @@ from .errors import PEER_GONE, IdleTimeout, NoSpace, ProtocolViolation, RestoreE
 from .files import FREE_SPACE_MARGIN, OpenFile, free_bytes
 from .fit import fit
 from .incoming import IncomingMigration
+from .lazy_pages import PageKeeper
 from .outcomes import OutcomeRecord, OutcomeStore, check_id
 from .post_copy import PostCopy
 from .receive import Receiving
@@ -279,6 +280,8 @@ class AgentSession(Receiving, PostCopy, Sourcing):
         # Should this process die now, whoever settles the record knows which container to remove.
         await self.outcomes.put(OutcomeRecord(begin.migration_id, OutcomeState.RECEIVING, migration.target.container_id,
                                               bytes_received=migration.bytes_received))
+        if begin.lazy:  # its interpreter starts now, not in the downtime (lazy_pages.PageKeeper.spawn)
+            migration.keeper = await PageKeeper.spawn(migration.target.checkpoint_dir)
 
     # --- commit, query, abort --------------------------------------------------------------------------
     async def _commit(self, file_count: int = 0) -> None:
@@ -360,7 +363,7 @@ class AgentSession(Receiving, PostCopy, Sourcing):
             except AndrocondError as exc:
                 log.error("could not remove the prepared container", error=str(exc),
                           container_id=migration.target.container_id)
-                if migration.keeper is not None:
+                if migration.keeper is not None and migration.keeper.started:
                     # Killing the keeper under a container that may still run would turn its missing pages into
                     # zeros: it stays until the container is removed by hand (its pid is in this line).
                     log.error("the page keeper stays until the container is removed",

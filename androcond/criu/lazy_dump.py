@@ -78,6 +78,7 @@ class LazyDump:
         self.rewriter: HeaderRewriter | None = None
         self.bytes_served = 0
         self.confirmed = False
+        self.closed = False
         self._status = asyncio.Event()  # lazy-pages' CLOSE is held and due its answer
 
     @classmethod
@@ -229,7 +230,10 @@ class LazyDump:
 
     async def close(self) -> None:
         """Without a confirmation: reset the connection, so that CRIU lets the tasks go back to frozen; wait
-        for runc to end. Its work directory goes (its errors to our log first)."""
+        for runc to end. Its work directory goes (its errors to our log first). Once; again, nothing."""
+        if self.closed:
+            return
+        self.closed = True
         if not self.confirmed:
             self._reset()
         with contextlib.suppress(TimeoutError):

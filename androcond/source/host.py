@@ -105,6 +105,7 @@ class HostSource:
         # After a freeze through runc: until the engine has seen the source stop (awaited before the source is
         # restored or removed; the stream and the target's restore need not wait for it).
         self._stopping: asyncio.Task[None] | None = None
+        self._dump: LazyDump | None = None  # the flat freeze's lazy dump, holding the tasks until it ends
 
     # --- what it is ------------------------------------------------------------------------------------
     async def inspect(self) -> dict[str, Any]:
@@ -242,6 +243,7 @@ class HostSource:
             dump = await LazyDump.start(self.docker.runc_root, cid, self.checkpoint_dir())
         except LazyDumpError as exc:
             raise runc.RuncError(str(exc)) from exc
+        self._dump = dump
         await asyncio.to_thread((self.checkpoint_dir() / FLAT_FILE).write_text, "")
         frozen = Frozen(self.checkpoint_dir(), at, "lazy-dump", pages=dump)
         self._nonce = await asyncio.to_thread(place_nonce, frozen.images)
@@ -262,9 +264,17 @@ class HostSource:
         except (EngineError, TimeoutError) as exc:
             log.warning("the engine did not report the checkpointed source stopped", error=str(exc))
 
+    async def end_dump(self) -> None:
+        """End the flat freeze's lazy dump if it still holds the tasks (a failure before the commit, or one the
+        commit did not close): its connection is reset, CRIU puts them back frozen, runc exits."""
+        dump = self._dump
+        if dump is not None:
+            await dump.close()
+
     async def forget_stopping(self) -> None:
         """A migration that finished no longer needs to wait for the engine. One that did not (a second cancel
         while settling) leaves it to the settle task, which awaits it before restoring the source."""
+        await self.end_dump()
         task = self._stopping
         if task is not None and self.record.finished:
             self._stopping = None
@@ -293,6 +303,7 @@ class HostSource:
     async def restore(self) -> None:
         """Start the container again from its checkpoint (unless it runs: a restore that was already done), or
         unpause it after a flat freeze (its tasks, held frozen, are the container)."""
+        await self.end_dump()
         await self.stopped()
         state = (await self.engine.inspect_container(self.record.container_id))["State"]
         if state.get("Paused"):

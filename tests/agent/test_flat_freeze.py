@@ -14,6 +14,7 @@ from androcond.engine import Engine
 
 from ..helpers import DaemonProcess, counts, wait_for_count
 from ..testbed.bed import RUN_FILTER
+from ..testbed.proc import wait_for
 from .conftest import AGENT_PORT, AgentBed
 from .daemon_bed import assert_back_at_source, finished, migrate_by_cli, state_of
 from .test_daemon_faults import injected
@@ -170,6 +171,39 @@ async def test_the_agent_killed_while_pages_arrive(agent_server: AgentBed, engin
         assert left_on_device(spool) == []
         assert lazy_dumps_alive() == []
         assert keepers_alive() == []
+    finally:
+        await daemon.kill()
+        await receiver.stop()
+        agent.stop()
+        bed.engine_b.remove_containers(RUN_FILTER)
+
+
+@pytest.mark.parametrize("phase", ["checkpoint", "stream", "commit"])
+async def test_a_fault_before_the_resume_unpauses_the_source(agent_server: AgentBed, engine_a: Engine,
+                                                             engine_b: Engine, tmp_path: Path, unique_name: str,
+                                                             phase: str) -> None:
+    """The daemon's error after the lazy dump and before the device resumed anything: the dump's connection is
+    reset, the device discards its container (and the page keeper it spawned with it, lazy-pages never
+    started), and the source is unpaused."""
+    bed = agent_server.bed
+    port = AGENT_PORT + 64 + ["checkpoint", "stream", "commit"].index(phase)
+    agent, receiver, daemon = await lazy_move(agent_server, tmp_path, "none", port, env=injected(phase, unique_name),
+                                              device=FLAT)
+    spool = agent.directory / f"{agent.name}-spool"
+    await daemon.start()
+    try:
+        at_source, _checks = await counting(engine_a, unique_name, mb=64)
+        began = await started_at(engine_a, unique_name)
+        await migrate_by_cli(daemon.config, unique_name)
+        end = await finished(daemon, unique_name, timeout=120)
+        assert end["state"] == "rolled-back", end
+        assert "paging" not in states(daemon, unique_name)
+        await assert_back_at_source(engine_a, engine_b, unique_name, at_source[-1])
+        assert await started_at(engine_a, unique_name) == began
+        assert not await exists(engine_b, unique_name)
+        assert left_on_device(spool) == []
+        wait_for(lambda: keepers_alive() == [], timeout=30, what="the spawned page keeper gone")
+        assert lazy_dumps_alive() == []
     finally:
         await daemon.kill()
         await receiver.stop()
