@@ -209,3 +209,33 @@ async def test_a_fault_before_the_resume_unpauses_the_source(agent_server: Agent
         await receiver.stop()
         agent.stop()
         bed.engine_b.remove_containers(RUN_FILTER)
+
+
+async def test_the_daemon_stopped_while_pages_arrive(agent_server: AgentBed, engine_a: Engine, engine_b: Engine,
+                                                     tmp_path: Path, unique_name: str) -> None:
+    """SIGTERM at `paging` (a graceful stop, as systemd's): the daemon ends the dump's transfer, the device
+    removes its copy, and before it exits the daemon has the source unpaused and the move rolled back."""
+    bed = agent_server.bed
+    agent, receiver, daemon = await lazy_move(agent_server, tmp_path, "slow-pages", AGENT_PORT + 67, device=FLAT)
+    spool = agent.directory / f"{agent.name}-spool"
+    await daemon.start()
+    try:
+        at_source, _checks = await counting(engine_a, unique_name, mb=64)
+        began = await started_at(engine_a, unique_name)
+        move = asyncio.create_task(migrate_by_cli(daemon.config, unique_name))
+        await daemon.wait_for_log(state_of(unique_name, "paging"), timeout=120)
+        assert await daemon.stop(timeout=30) == 0
+        await asyncio.gather(move, return_exceptions=True)
+        end = next(e for e in reversed(daemon.lines)
+                   if e.get("msg") == "migration state" and e.get("container") == unique_name)
+        assert end["state"] == "rolled-back", end
+        await assert_back_at_source(engine_a, engine_b, unique_name, at_source[-1])
+        assert await started_at(engine_a, unique_name) == began
+        assert not await exists(engine_b, unique_name)
+        assert left_on_device(spool) == []
+        assert lazy_dumps_alive() == []
+    finally:
+        await daemon.kill()
+        await receiver.stop()
+        agent.stop()
+        bed.engine_b.remove_containers(RUN_FILTER)
