@@ -220,10 +220,17 @@ class LazyDump:
             await self._writer.drain()
             answer = await self._reader.readexactly(STATUS.size)
             self.confirmed = True
+            # From here a clean end: no more reset at close (CRIU reads once more after its answer, and a reset
+            # there fails the dump), our end first, then CRIU's.
+            sock = self._writer.get_extra_info("socket")
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 0, 0))
+            self._writer.write_eof()
+            await self._reader.read()
             self._writer.close()
             await self.proc.wait()
         if STATUS.unpack(answer)[0] != 0 or self.proc.returncode != 0:
             raise LazyDumpError(await self._failure(self.proc, self.work, "the lazy dump ended badly"))
+        log.info("the lazy dump ended: the source's tasks are gone, the device has every page")
 
     def _reset(self) -> None:
         self._writer.transport.abort()  # SO_LINGER 0: a reset, which CRIU takes as the transfer failing

@@ -61,7 +61,9 @@ async def test_the_memory_is_served_from_the_frozen_tasks(agent_server: AgentBed
         assert checks(await engine_b.container_logs(unique_name)) == source_checks
         timings = record["timings"]
         assert timings["downtime_s"] == timings["resumed_s"] <= timings["last_page_s"]
-        # Confirmed: the dump ended and took the source's tasks with it; the source container is removed.
+        # Confirmed: the dump ended well and took the source's tasks with it; the source container is removed.
+        assert any(e.get("msg", "").startswith("the lazy dump ended: ") for e in daemon.lines)
+        assert not any("did not end cleanly" in e.get("msg", "") for e in daemon.lines)
         assert not await exists(engine_a, unique_name)
         assert lazy_dumps_alive() == []
         assert keepers_alive() == []
