@@ -91,7 +91,6 @@ class LazyCommit:
             recorder.time("last_page_s", frozen.at)
         return outcome
 
-
     @staticmethod
     async def _confirm(live: LiveDump) -> None:
         """The device runs it with every page: the lazy dump ends, and with it the source's tasks. A dump that

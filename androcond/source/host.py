@@ -305,14 +305,16 @@ class HostSource:
         unpause it after a flat freeze (its tasks, held frozen, are the container)."""
         await self.end_dump()
         await self.stopped()
+        await self._engine_root()
+        # Only a flat freeze's pause is ours to undo (a container its user paused stays paused).
+        flat = await asyncio.to_thread((self.checkpoint_dir() / FLAT_FILE).exists)
         state = (await self.engine.inspect_container(self.record.container_id))["State"]
-        if state.get("Paused"):
+        if flat and state.get("Paused"):
             await self.engine.unpause(self.record.container_id)
             return
         if state.get("Running"):
             return
-        await self._engine_root()
-        if await asyncio.to_thread((self.checkpoint_dir() / FLAT_FILE).exists):
+        if flat:
             raise EngineError("the container's tasks are gone and its flat freeze kept no memory to restore from")
         await self.engine.start_container(self.record.container_id, checkpoint=self.record.checkpoint_name)
 
