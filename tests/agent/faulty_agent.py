@@ -139,9 +139,9 @@ class HoldRestore(DeviceEngine):
 
 
 class SlowPages(AgentSession):
-    async def _pages(self, data: bytes) -> None:
+    async def _pages(self, pages: pb.Pages) -> None:
         await asyncio.sleep(0.05)
-        await super()._pages(data)
+        await super()._pages(pages)
 
 
 FAULTS: dict[str, tuple[type[AgentSession], type[DeviceEngine]]] = {
