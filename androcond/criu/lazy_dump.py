@@ -36,10 +36,22 @@ from pathlib import Path
 from ..errors import AndrocondError
 from ..logging import get_logger
 from .compat import host_criu_version, log_errors
-from .page_protocol import CLOSED_OK, STATUS, WIDE, CloseGate, HeaderRewriter, PageProtocolError, header_for
+from .page_protocol import (
+    CLOSED_OK,
+    STATUS,
+    WIDE,
+    CloseGate,
+    HeaderRewriter,
+    PageProtocolError,
+    header_for,
+    rewriter_for,
+)
 from .runc import RUNC_PATH
 
 log = get_logger(__name__)
+
+# How a freeze that left a lazy dump says so (Frozen.via, and the protocol's Frozen.via).
+LAZY_DUMP = "lazy-dump"
 
 CHUNK = 256 * 1024
 STATUS_TIMEOUT_S = 120.0  # the dump of everything but the memory
@@ -150,9 +162,7 @@ class LazyDump:
 
     def speak_with(self, client_criu: str) -> None:
         """The device's lazy-pages is of CRIU `client_criu`: rewrite its headers when they differ from ours."""
-        client = header_for(client_criu)
-        if client is not None and client is not self.header:
-            self.rewriter = HeaderRewriter(client, self.header, mmap.PAGESIZE)
+        self.rewriter = rewriter_for(client_criu, self.header, mmap.PAGESIZE)
 
     # --- a PageSource, for the lazy commit ---------------------------------------------------------------
     async def feed(self, data: bytes) -> None:

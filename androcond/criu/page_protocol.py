@@ -42,6 +42,15 @@ def header_for(criu_version: str) -> struct.Struct | None:
     return WIDE if version >= WIDE_SINCE else NARROW
 
 
+def rewriter_for(client_criu: str, server: struct.Struct | None, page_size: int) -> HeaderRewriter | None:
+    """What a lazy-pages of CRIU `client_criu` needs to talk to a page server speaking `server`: a rewriter when
+    the headers differ, None when they match or either is unknown (taken as the same)."""
+    client = header_for(client_criu)
+    if client is None or server is None or client is server:
+        return None
+    return HeaderRewriter(client, server, page_size)
+
+
 class _Reply(enum.Enum):
     PAGES = "pages"  # a header, then its pages
     STATUS = "status"  # 4 bytes

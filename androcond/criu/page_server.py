@@ -22,7 +22,7 @@ from pathlib import Path
 from ..errors import AndrocondError
 from ..logging import get_logger
 from .compat import CRIU_PATH, host_criu_version, log_errors
-from .page_protocol import HeaderRewriter, PageProtocolError, header_for
+from .page_protocol import HeaderRewriter, PageProtocolError, header_for, rewriter_for
 
 log = get_logger(__name__)
 
@@ -53,10 +53,7 @@ class PageServer:
         criu = shutil.which("criu", path=CRIU_PATH)
         if criu is None:
             raise PageServerError("criu is not installed")
-        server_header, client_header = header_for(await host_criu_version()), header_for(client_criu)
-        rewriter = None
-        if server_header is not None and client_header is not None and server_header is not client_header:
-            rewriter = HeaderRewriter(client_header, server_header, mmap.PAGESIZE)
+        rewriter = rewriter_for(client_criu, header_for(await host_criu_version()), mmap.PAGESIZE)
         if parent is not None:
             await asyncio.to_thread(parent.mkdir, parents=True, exist_ok=True)
         work = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="androcond-pages-", dir=parent))

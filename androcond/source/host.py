@@ -17,7 +17,7 @@ from typing import Any
 from ..config import DeviceSettings, DockerSettings
 from ..criu import compat as criu_compat
 from ..criu import runc
-from ..criu.lazy_dump import LazyDump, LazyDumpError
+from ..criu.lazy_dump import LAZY_DUMP, LazyDump, LazyDumpError
 from ..criu.leftovers import FLAT_FILE, NONCE_FILE, place_nonce, remove_extractions
 from ..emulation.cpu import cpu_fit, read_source_cpu
 from ..emulation.live import live_refusals
@@ -245,7 +245,7 @@ class HostSource:
             raise runc.RuncError(str(exc)) from exc
         self._dump = dump
         await asyncio.to_thread((self.checkpoint_dir() / FLAT_FILE).write_text, "")
-        frozen = Frozen(self.checkpoint_dir(), at, "lazy-dump", pages=dump)
+        frozen = Frozen(self.checkpoint_dir(), at, LAZY_DUMP, pages=dump)
         self._nonce = await asyncio.to_thread(place_nonce, frozen.images)
         return frozen
 
