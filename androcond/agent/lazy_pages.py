@@ -21,7 +21,7 @@ from ..criu import compat as criu_compat
 from ..logging import get_logger
 from .errors import RestoreError
 from .outcomes import ProcessIdentity
-from .page_keeper import GO, LOG_NAME
+from .page_keeper import GO, KEEPER_LOG, LOG_NAME
 
 log = get_logger(__name__)
 
@@ -54,14 +54,17 @@ class PageKeeper:
         """The keeper, waiting (on its stdin) for :meth:`go` to start lazy-pages. Spawned when the target
         container is made, long before the commit: the interpreter's start (50 ms here, far more on a phone)
         stays out of the downtime. If the agent dies first, the keeper reads the end of its stdin and exits."""
+        # It outlives this process by design, so it must not hold this process's stdout and stderr: whoever
+        # watches them (a supervisor, the daemon's log pipe when the agent runs in it) would wait for it too.
+        errors = await asyncio.to_thread((images / KEEPER_LOG).open, "ab")
         ours, theirs = socket.socketpair()
         status_r, status_w = os.pipe()
         try:
             # The keeper gets lazy-pages' end and a copy of ours, which it holds (page_keeper.py).
             proc = await asyncio.create_subprocess_exec(
                 sys.executable, "-m", "androcond.agent.page_keeper", str(images), str(theirs.fileno()),
-                str(ours.fileno()), str(status_w), stdin=asyncio.subprocess.PIPE,
-                pass_fds=(theirs.fileno(), ours.fileno(), status_w), start_new_session=True)
+                str(ours.fileno()), str(status_w), stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.DEVNULL,
+                stderr=errors, pass_fds=(theirs.fileno(), ours.fileno(), status_w), start_new_session=True)
         except BaseException:
             os.close(status_r)
             ours.close()
@@ -69,6 +72,7 @@ class PageKeeper:
         finally:
             os.close(status_w)
             theirs.close()
+            errors.close()
         reader, writer = await asyncio.open_unix_connection(sock=ours, limit=4 * CHUNK)
         keeper = cls(proc, images, reader, writer)
         keeper._status_r = status_r

@@ -23,6 +23,7 @@ from pathlib import Path
 from ..criu.compat import CRIU_PATH
 
 LOG_NAME = "lazy-pages.log"
+KEEPER_LOG = "page-keeper.log"  # the keeper's own stderr (and lazy-pages' before its log opens)
 GO = b"g"
 
 
