@@ -119,6 +119,10 @@ class AgentSession(Receiving, PostCopy, Sourcing):
                 for task in list(self._paging):
                     task.cancel()
                 await asyncio.gather(*self._paging, return_exceptions=True)
+                try:
+                    await self._end_dump()
+                except Exception:
+                    log.exception("could not end the lazy dump this session held")
 
     async def _fail(self, exc: Exception) -> None:
         """Log the failure, discard the unfinished migration, then tell the client (if it is still there)."""
@@ -172,6 +176,9 @@ class AgentSession(Receiving, PostCopy, Sourcing):
             # Told apart, not refused: the protocol version above is what decides whether the two can talk.
             log.warning("the daemon is another build than this agent", daemon=frame.client_hello.client_version,
                         agent=facts.agent_version)
+        # The flat freeze (post-copy back) needs runc's states of the engine's containers.
+        exec_root = self.device.exec_root
+        serves_pages = exec_root is not None and await asyncio.to_thread(exec_root.is_dir)
         await self.send(pb.Frame(agent_hello=pb.AgentHello(
             protocol_version=PROTOCOL_VERSION, agent_version=facts.agent_version, isa=facts.isa,
             page_size=facts.page_size, criu_version=facts.criu_version, engine_version=facts.engine_version,
@@ -182,7 +189,7 @@ class AgentSession(Receiving, PostCopy, Sourcing):
             absent_masked_paths=list(facts.absent_masked_paths), reports_stored=True,
             lazy_pages=self.device.post_copy, emulator=facts.emulator, emulator_version=facts.emulator_version,
             binfmt_x86_64=facts.binfmt_x86_64, codecs=compression.available(),
-            compressed_pages=True)))
+            compressed_pages=True, serves_pages=serves_pages)))
 
     def _phase_of(self, frame: pb.Frame) -> str:
         kind = body(frame)
@@ -207,8 +214,8 @@ class AgentSession(Receiving, PostCopy, Sourcing):
                 await self._begin(frame.begin)
             elif kind == "commit":
                 await self._commit(frame.commit.file_count)
-            elif kind == "pages":
-                await self._pages(frame.pages)
+            elif kind == "pages":  # requests to this source's lazy dump, or pages for this target's restore
+                await (self._source_pages if self.outgoing is not None else self._pages)(frame.pages)
             elif kind == "query":
                 await self._query(frame.query.migration_id)
             elif kind == "abort":
@@ -216,7 +223,7 @@ class AgentSession(Receiving, PostCopy, Sourcing):
             elif kind == "source_open":
                 await self._source_open(frame.source_open)
             elif kind == "freeze":
-                await self._freeze()
+                await self._freeze(frame.freeze)
             elif kind == "source_end":
                 await self._source_end(frame.source_end.action)
             elif kind == "cross_prepare":

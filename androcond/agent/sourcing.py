@@ -3,6 +3,12 @@ agent reports what preflight needs, freezes it through the engine into a checkpo
 writable layer and the named volumes (protocol/tree.py reads them as the daemon reads the host's), and on the
 daemon's word either restores it from that checkpoint (the move failed) or removes it (it runs elsewhere).
 
+The flat freeze (`Freeze.lazy`, post-copy back): the container is paused, `runc checkpoint --lazy-pages` dumps
+all but its memory, and the paused tasks serve their pages (criu/lazy_dump.py) as Pages frames answering the
+daemon's; the dump ends well only on SOURCE_CONFIRM (the target runs it with every page). Any other end — the
+session's, a rollback's, this agent's death (its socket resets) — leaves the tasks paused until the daemon's
+word: SOURCE_RESTORE unpauses them, SOURCE_REMOVE removes them.
+
 The agent decides nothing on its own here: a session that ends leaves a frozen container frozen, because only
 the daemon knows whether the target already runs it — it settles the move, in this session or a later one.
 
@@ -12,6 +18,7 @@ A part of the agent's session (session.py), kept here: its methods run with the 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import os
@@ -24,13 +31,14 @@ from typing import Any, Protocol
 from ..aio import complete
 from ..criu import compat as criu_compat
 from ..criu import runc
-from ..criu.leftovers import place_nonce, remove_extractions
+from ..criu.lazy_dump import LAZY_DUMP, LazyDump, LazyDumpError
+from ..criu.leftovers import FLAT_FILE, NONCE_FILE, place_nonce, remove_extractions
 from ..engine import EngineError
 from ..logging import get_logger
 from ..popcorn import notify as popcorn
 from ..protocol import protocol_pb2 as pb
 from ..protocol.tree import Entry, TreeError, entries, tree_size
-from ..protocol.wire import CHUNK
+from ..protocol.wire import CHUNK, ChannelClosed
 from .device import DeviceEngine
 from .errors import AgentError, ProtocolViolation, RestoreError
 from .outcomes import check_id
@@ -45,6 +53,11 @@ _busy: dict[str, asyncio.Lock] = {}
 
 def _lock(container_id: str) -> asyncio.Lock:
     return _busy.setdefault(container_id, asyncio.Lock())
+
+
+# The flat freezes' lazy dumps, by container: whoever ends one first (the confirmation, the end of its session, a
+# rollback asked in a later session) takes it out, under the container's lock, and the others find it gone.
+_dumps: dict[str, LazyDump] = {}
 
 
 class SourceRefused(AgentError):
@@ -90,7 +103,8 @@ def _facts(inspect: dict[str, Any]) -> tuple[int, int, int]:
 
 def _listing(checkpoint: Path, inspect: dict[str, Any]) -> list[tuple[int, str, Entry]]:
     """What moves, in order: (destination, volume, entry). Blocking."""
-    files: list[tuple[int, str, Entry]] = [(pb.CHECKPOINT, "", e) for e in entries(checkpoint) if e.kind == pb.REGULAR]
+    files: list[tuple[int, str, Entry]] = [(pb.CHECKPOINT, "", e) for e in entries(checkpoint)
+                                           if e.kind == pb.REGULAR and e.name not in (NONCE_FILE, FLAT_FILE)]
     files += [(pb.ROOTFS, "", e) for e in entries(_upper_dir(inspect))]
     for name, source in _volumes(inspect):
         files += [(pb.VOLUME, name, e) for e in entries(source)]
@@ -121,6 +135,7 @@ def _kept_policy(spool: Path | None, migration_id: str) -> dict[str, Any] | None
 class SourcePort(Protocol):
     device: DeviceEngine
     outgoing: OutgoingMigration | None
+    _paging: set[asyncio.Task[None]]
 
     async def send(self, frame: pb.Frame) -> None: ...
 
@@ -165,7 +180,7 @@ class Sourcing:
             raise ProtocolViolation("no source migration opened (send source_open first)")
         return self.outgoing
 
-    async def _freeze(self: SourcePort) -> None:
+    async def _freeze(self: SourcePort, request: pb.Freeze) -> None:
         outgoing = Sourcing._opened(self)
         if not outgoing.container_id or outgoing.checkpoint_dir is None:
             raise SourceRefused(f"no container {outgoing.request.container!r} on this device")
@@ -177,7 +192,7 @@ class Sourcing:
             await Sourcing._hold_restarts(self, outgoing, inspect)
             await asyncio.to_thread(_configured_oom_scores, inspect)
             started = time.monotonic()
-            via = await _checkpoint(self.device, outgoing)
+            via = await (_freeze_flat if request.lazy else _checkpoint)(self.device, outgoing)
             seconds = time.monotonic() - started
         log.info("checkpointed as a source", checkpoint_s=round(seconds, 3), via=via)
         try:
@@ -190,6 +205,30 @@ class Sourcing:
         for number, (destination, volume, item) in enumerate(listing, start=1):
             await _send_file(self, number, destination, volume, item)
         log.info("sent what moves", files=len(listing), bytes=total)
+        dump = _dumps.get(outgoing.container_id) if via == LAZY_DUMP else None
+        if dump is not None:  # its pages go as the daemon asks for them (owned by the session, reaped at its end)
+            self._paging.add(asyncio.create_task(_serve_pages(self, dump), name="source-pages"))
+
+    async def _source_pages(self: SourcePort, pages: pb.Pages) -> None:
+        """The target's lazy-pages' requests, relayed by the daemon, to the dump's page server."""
+        outgoing = Sourcing._opened(self)
+        dump = _dumps.get(outgoing.container_id)
+        if dump is None:
+            raise ProtocolViolation("pages asked of a container no lazy dump holds")
+        if pages.codec:
+            raise ProtocolViolation("page requests come uncompressed")
+        try:
+            await dump.feed(pages.data)
+        except (ConnectionError, OSError) as exc:
+            # Reset: the tasks are back to paused; the target's lazy-pages fails and the daemon rolls back.
+            log.warning("the lazy dump took no more requests", error=str(exc))
+
+    async def _end_dump(self: SourcePort) -> None:
+        """The session ends: a lazy dump it still holds is reset (its tasks stay paused until the daemon's word)."""
+        outgoing = self.outgoing
+        if outgoing is not None and outgoing.container_id in _dumps:
+            async with _lock(outgoing.container_id):
+                await _close_dump(outgoing.container_id)
 
     async def _cross_prepare(self: SourcePort, request: pb.CrossPrepare) -> None:
         """Across ISAs back: every task must be a Popcorn binary; with `notify` each is told to reach a migration
@@ -232,7 +271,11 @@ class Sourcing:
     async def _source_end(self: SourcePort, action: int) -> None:
         outgoing = Sourcing._opened(self)
         cid = outgoing.container_id
-        if action == pb.SOURCE_RESTORE:
+        if action == pb.SOURCE_CONFIRM:
+            async with _lock(cid):
+                await _confirm(self.device, cid)
+            await self.send(pb.Frame(source_ended=pb.SourceEnded(present=True, container_id=cid)))
+        elif action == pb.SOURCE_RESTORE:
             if not cid:
                 raise SourceRefused(f"no container {outgoing.request.container!r} to restore on this device")
             async with _lock(cid):
@@ -241,6 +284,7 @@ class Sourcing:
         elif action == pb.SOURCE_REMOVE:
             if cid:
                 async with _lock(cid):
+                    await _close_dump(cid)  # unconfirmed: the tasks go with the container, paused
                     stopping = _stopping.pop(cid, None)
                     if stopping is not None:
                         await stopping
@@ -313,6 +357,57 @@ async def _checkpoint(device: DeviceEngine, outgoing: OutgoingMigration) -> str:
     return "engine"
 
 
+async def _freeze_flat(device: DeviceEngine, outgoing: OutgoingMigration) -> str:
+    """Pause it, then a lazy dump into the engine's checkpoint directory, marked as ours to unpause. A dump that
+    does not start leaves nothing frozen: the tasks, back as they were, are unpaused here."""
+    cid = outgoing.container_id
+    assert outgoing.checkpoint_dir is not None
+    root = await asyncio.to_thread(_runc_root, device.exec_root, cid)
+    if root is None or not await asyncio.to_thread(runc.usable, root, cid, ""):
+        raise SourceRefused("the flat freeze needs the container's runc state, which this agent does not find "
+                            "(its engine's exec-root: [agent] exec_root)")
+    await device.engine.pause(cid)
+    try:
+        dump = await LazyDump.start(root, cid, outgoing.checkpoint_dir)
+    except (LazyDumpError, OSError) as exc:
+        await device.engine.unpause(cid)
+        raise SourceRefused(f"the device could not freeze the container flat: {exc}") from exc
+    _dumps[cid] = dump
+    await asyncio.to_thread((outgoing.checkpoint_dir / FLAT_FILE).write_text, "")
+    return LAZY_DUMP
+
+
+async def _serve_pages(session: SourcePort, dump: LazyDump) -> None:
+    """The page server's replies to the daemon. A send that fails means the daemon is gone: the session's end
+    resets the dump."""
+    with contextlib.suppress(ChannelClosed, ConnectionError, OSError):
+        async for data in dump.replies():
+            await session.send(pb.Frame(pages=pb.Pages(data=data)))
+
+
+async def _close_dump(container_id: str) -> None:
+    """End the container's lazy dump, if one holds it (the caller holds the container's lock): reset unless
+    confirmed, so CRIU lets the tasks go back to paused."""
+    dump = _dumps.pop(container_id, None)
+    if dump is not None:
+        await dump.close()
+
+
+async def _confirm(device: DeviceEngine, container_id: str) -> None:
+    """The target runs it with every page: the dump ends well and its tasks go (the engine sees it stop)."""
+    dump = _dumps.pop(container_id, None)
+    if dump is None:
+        raise SourceRefused("no flat freeze holds the container (its dump ended before the confirmation)")
+    try:
+        await dump.confirm()
+    except (LazyDumpError, OSError, TimeoutError) as exc:
+        raise SourceRefused(f"the lazy dump did not end well: {exc}") from exc
+    finally:
+        await dump.close()
+    _stopping[container_id] = asyncio.create_task(_until_stopped(device, container_id),
+                                                  name=f"stopping-{container_id[:12]}")
+
+
 # After a freeze through runc: until the engine has seen the container stop (awaited before a restore).
 _stopping: dict[str, asyncio.Task[None]] = {}
 STOP_SEEN_S = 30.0
@@ -329,11 +424,19 @@ async def _until_stopped(device: DeviceEngine, container_id: str) -> None:
 async def _restore(device: DeviceEngine, outgoing: OutgoingMigration) -> bool:
     """Run it again from its checkpoint unless it runs, then give it its restart policy back; whether it runs."""
     cid = outgoing.container_id
+    await _close_dump(cid)
     stopping = _stopping.pop(cid, None)
     if stopping is not None:
         await stopping
-    if not await device.is_running(cid):
-        checkpoint = outgoing.checkpoint_dir
+    checkpoint = outgoing.checkpoint_dir
+    if checkpoint is not None and await asyncio.to_thread((checkpoint / FLAT_FILE).exists):
+        # The flat freeze: its paused tasks are the container (no memory was dumped to start it from).
+        state = (await device.engine.inspect_container(cid))["State"]
+        if state.get("Paused"):
+            await device.engine.unpause(cid)
+        elif not state.get("Running"):
+            raise RestoreError("the container's tasks are gone and its flat freeze kept no memory to restore from")
+    elif not await device.is_running(cid):
         # containerd never removes its extraction of a checkpoint (criu/leftovers.py): marked, to be found.
         nonce = await asyncio.to_thread(place_nonce, checkpoint) if checkpoint and checkpoint.is_dir() else ""
         try:

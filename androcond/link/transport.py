@@ -116,6 +116,8 @@ class AgentConnection:
         self._stored_news = asyncio.Event()  # set on each Stored frame and on failure
         self._pages: PageSource | None = None  # post-copy: where the device's page requests go
         self._pages_gone = False  # the page server took no more: later requests are dropped
+        # Post-copy back: the source agent's page replies, until its consumer takes them (bounded, like replies).
+        self._pages_back: asyncio.Queue[bytes | BaseException] | None = None
         self.compress = compress  # the device's setting
         self.codec = compression.NONE  # what the hello chose for this link
         self.pages_wire_bytes = 0  # post-copy's pages as they went on the wire (compressed or not)
@@ -218,7 +220,7 @@ class AgentConnection:
                     self._data_stored = max(self._data_stored, frame.stored.bytes)
                     self._stored_news.set()
                 elif kind == "pages":
-                    await self._page_request(frame.pages.data)
+                    await self._pages_in(frame.pages)
                 elif kind == "error":
                     raise AgentRefused.from_frame(frame.error)
                 else:
@@ -249,6 +251,10 @@ class AgentConnection:
         while replies.full():
             replies.get_nowait()
         replies.put_nowait(pb.Frame(error=pb.Error(message=str(exc))))
+        if self._pages_back is not None:
+            while self._pages_back.full():
+                self._pages_back.get_nowait()
+            self._pages_back.put_nowait(exc)
         self._stored_news.set()
 
     async def _relay_stderr(self) -> None:
@@ -425,6 +431,14 @@ class AgentConnection:
         await on_resumed(first)
         return (await within_phase("paging", paging_s, self._reply("paging", "outcome"))).outcome
 
+    async def _pages_in(self, pages: pb.Pages) -> None:
+        if self._pages_back is not None:  # this agent is the source: its page server's replies
+            if pages.codec:
+                raise TransportError("the source agent sent compressed pages, which it was not asked for")
+            await self._pages_back.put(pages.data)
+            return
+        await self._page_request(pages.data)
+
     async def _page_request(self, data: bytes) -> None:
         if self._pages is None:
             raise TransportError("the agent sent pages outside a post-copy commit")
@@ -469,9 +483,28 @@ class AgentConnection:
         frame = pb.Frame(cross_prepare=pb.CrossPrepare(target_isa=target_isa, notify=notify))
         return (await self._request(frame, "source", seconds, "cross_ready")).cross_ready
 
-    async def freeze(self, seconds: float) -> pb.Frozen:
-        """Checkpoint the agent's container; its files follow, read with :meth:`incoming`."""
-        return (await self._request(pb.Frame(freeze=pb.Freeze()), "freeze", seconds, "frozen")).frozen
+    async def freeze(self, seconds: float, *, lazy: bool = False) -> pb.Frozen:
+        """Checkpoint the agent's container; its files follow, read with :meth:`incoming`. `lazy`: the flat
+        freeze, whose pages are asked with :meth:`send_pages` and read with :meth:`source_pages`."""
+        if lazy:
+            self._pages_back = asyncio.Queue(REPLIES_LIMIT)
+        return (await self._request(pb.Frame(freeze=pb.Freeze(lazy=lazy)), "freeze", seconds, "frozen")).frozen
+
+    async def send_pages(self, data: bytes) -> None:
+        """Page requests (the target's lazy-pages') to the source agent's lazy dump."""
+        await self._send(pb.Frame(pages=pb.Pages(data=data)))
+
+    async def source_pages(self) -> AsyncIterator[bytes]:
+        """The source agent's page replies as they come; the link's failure is raised. No idle deadline: the
+        target asks for pages when it needs them, and the commit's `paging` deadline bounds the whole."""
+        queue = self._pages_back
+        if queue is None:
+            raise TransportError("no flat freeze on this link: the source serves no pages")
+        while True:
+            item = await queue.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
 
     async def incoming(self) -> pb.Frame:
         """The next frame of the files the agent sends, failing if none comes for `stream_idle` seconds."""

@@ -19,10 +19,14 @@ from .roles import LinkFactory, Source, TargetLink
 SourceFactory = Callable[[MigrationRecord], Source]
 
 
-def home_place() -> DeviceSettings:
+def home_place(leaving: DeviceSettings | None = None) -> DeviceSettings:
     """The host as a place a container moves to: its own engine, reached without a link (target/host.py); no
-    compression (nothing crosses a wire), post-copy and emulation off (the way back restores whole)."""
-    return DeviceSettings(name=HOME, lazy="false", emulate="false", compress="none")
+    compression (nothing crosses a wire), no emulation. Post-copy back where the device the container leaves
+    freezes flat (`freeze = "flat"`: the only way a device serves pages), taken as "auto": the way home is
+    never refused for want of post-copy (across ISAs, or an agent that cannot, it moves whole)."""
+    flat = leaving is not None and leaving.freeze == "flat" and leaving.lazy != "false"
+    return DeviceSettings(name=HOME, lazy="auto" if flat else "false", emulate="false", compress="none",
+                          freeze="flat" if flat else "dump")
 
 
 def phase_timeouts(t: TimeoutSettings) -> PhaseTimeouts:
@@ -50,6 +54,12 @@ class Context:
     def place(self, name: str) -> DeviceSettings | None:
         """A migration's target or source by name: a configured device, or the host itself (the way back)."""
         return home_place() if name == HOME else self.settings.devices.get(name)
+
+    def target_of(self, record: MigrationRecord) -> DeviceSettings | None:
+        """Where the migration goes, with the settings it goes by: the host takes those of the device left."""
+        if record.device == HOME:
+            return home_place(self.settings.devices.get(record.source))
+        return self.settings.devices.get(record.device)
 
     def source_for(self, record: MigrationRecord) -> Source:
         return self.sources(record)

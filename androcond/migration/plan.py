@@ -28,6 +28,7 @@ class SourceFacts:
     page_server_blocker: str  # why the source cannot serve pages lazily (post-copy), "" when it can
     memory: int  # bytes in use, 0 when the engine does not say
     disk: int  # bytes of the writable layer and the named volumes
+    lazy_needs_flat: bool = False  # its pages are served from a flat freeze only (a device: it keeps no dump)
 
 
 @dataclass(frozen=True)

@@ -52,7 +52,7 @@ async def plan(source: Source, device: DeviceSettings, inspect: dict[str, Any], 
         vdso=cross.vdso if cross else None,
         cgroup_v1_to_v2=hello.cgroup2 and not facts.cgroup_v2 and emulated is None, target_criu=hello.criu_version,
         absent_mounts=() if emulated else tuple(p for p in hello.absent_masked_paths if p not in facts.absent_paths))
-    lazy = _lazy(facts, device, hello, emulated)
+    lazy = _lazy(facts, device, hello, cross, emulated)
     needed = facts.disk + facts.memory + SPACE_MARGIN
     if needed > hello.free_bytes:
         raise Rejected(f"the device has {hello.free_bytes} bytes free; this container needs about "
@@ -115,8 +115,8 @@ async def _cross_isa(source: Source, facts: SourceFacts, hello: pb.AgentHello) -
 
 
 def _flat(device: DeviceSettings, lazy: bool, cross: CrossIsa | None, emulated: Emulated | None) -> bool:
-    """The flat freeze (`freeze = "flat"`) where it is built: post-copy of a same-ISA move from this host. Else
-    the memory is dumped first, as with `freeze = "dump"`."""
+    """The flat freeze (`freeze = "flat"`) where it is built: post-copy of a same-ISA move, from this host or
+    from a device (the way back). Else the memory is dumped first, as with `freeze = "dump"`."""
     if device.freeze != "flat":
         return False
     why_not = [why for why, blocks in (
@@ -128,7 +128,8 @@ def _flat(device: DeviceSettings, lazy: bool, cross: CrossIsa | None, emulated: 
     return not why_not
 
 
-def _lazy(facts: SourceFacts, device: DeviceSettings, hello: pb.AgentHello, emulated: Emulated | None) -> bool:
+def _lazy(facts: SourceFacts, device: DeviceSettings, hello: pb.AgentHello, cross: CrossIsa | None,
+          emulated: Emulated | None) -> bool:
     """Post-copy per the device's `lazy` setting: "true" refuses a move that cannot have it, "auto" takes it when
     every part can. Across ISAs too: the page server serves the recoded images, whose pages are the memory as the
     notified program left it (its own state, ISA-neutral); only the executable's pages differ, and the recode
@@ -143,6 +144,8 @@ def _lazy(facts: SourceFacts, device: DeviceSettings, hello: pb.AgentHello, emul
         why_not.append(facts.page_server_blocker)
     if emulated is not None:
         why_not.append("post-copy under emulation is not built (the restorer reads every page before it resumes)")
+    if facts.lazy_needs_flat and (device.freeze != "flat" or cross is not None):
+        why_not.append("post-copy from a device is served by its flat freeze only (freeze = \"flat\", same ISA)")
     if why_not and device.lazy == "true":
         raise Rejected(f"post-copy (lazy = true) is not possible: {'; '.join(why_not)}")
     if why_not:

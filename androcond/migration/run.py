@@ -117,7 +117,7 @@ class Migration:
     # --- the phases ----------------------------------------------------------------------------------------
     async def _migrate(self) -> None:
         record, t = self.record, self.timeouts
-        device = self.ctx.place(record.device)
+        device = self.ctx.target_of(record)
         if device is None:
             raise Rejected(f"unknown device {record.device!r}")
         await self.recorder.transition(S.PREFLIGHT)

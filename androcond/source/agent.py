@@ -2,12 +2,15 @@
 agent reports its facts, freezes it into a checkpoint there and sends the checkpoint, writable layer and volumes,
 which land in the daemon's workspace for the migration (checked against the agent's SHA-256 of each) and go on
 to the target from there like the host's own; and on the daemon's word the agent restores it (the rollback) or
-removes it. Each of those is one link: a daemon that restarts settles the move with a source made afresh.
+removes it. Each of those is one link: a daemon that restarts settles the move with a source made afresh —
+but for the flat freeze (post-copy back, device_pages.py), whose link stays open from the freeze until the
+target has every page: its end, however it comes, leaves the device's tasks paused until the daemon's word.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import shutil
 import time
@@ -21,6 +24,7 @@ from ..agent import files as received
 from ..agent.errors import AgentError
 from ..agent.paths import check_name
 from ..config import DeviceSettings, TimeoutSettings
+from ..criu.lazy_dump import LAZY_DUMP
 from ..engine import Engine, EngineError
 from ..link.layer import tree_files
 from ..link.payload import OutgoingFile
@@ -34,6 +38,7 @@ from ..migration.plan import Frozen, SourceFacts
 from ..protocol import protocol_pb2 as pb
 from ..protocol.wire import body
 from ..recoder import check_executable
+from .device_pages import DevicePages
 from .rootfs import RootfsError, container_root
 
 log = get_logger(__name__)
@@ -50,9 +55,13 @@ class SourceLink(Protocol):
 
     async def cross_prepare(self, target_isa: str, *, notify: bool, seconds: float) -> pb.CrossReady: ...
 
-    async def freeze(self, seconds: float) -> pb.Frozen: ...
+    async def freeze(self, seconds: float, *, lazy: bool = False) -> pb.Frozen: ...
 
     async def incoming(self) -> pb.Frame: ...
+
+    async def send_pages(self, data: bytes) -> None: ...
+
+    def source_pages(self) -> AsyncIterator[bytes]: ...
 
     async def source_end(self, action: int, seconds: float) -> pb.SourceEnded: ...
 
@@ -82,6 +91,7 @@ class AgentSource:
         self.workspace = workspace  # where the agent's files land (removed with the migration's workspace)
         self._timeouts = timeouts
         self._seen: _Seen | None = None
+        self._held: contextlib.AsyncExitStack | None = None  # the flat freeze's link, until its pages are served
 
     def _open(self) -> pb.SourceOpen:
         return pb.SourceOpen(migration_id=self.record.id, container=self.record.container_name,
@@ -123,8 +133,10 @@ class AgentSource:
         return SourceFacts(pids=(), va_bits=f.va_bits, isa=hello.isa, criu_options=tuple(hello.criu_runc_options),
                            inet_sockets=f.inet_sockets, cgroup_v2=hello.cgroup2,
                            absent_paths=frozenset(hello.absent_masked_paths),
-                           page_server_blocker="post-copy from a device is not built yet: the way back moves whole",
-                           memory=f.memory, disk=f.disk)
+                           page_server_blocker="" if hello.serves_pages else
+                           f"device {self.device.name}'s agent cannot serve pages (an older agent: androcond "
+                           "devices setup; or no runc states where its [agent] exec_root says)",
+                           memory=f.memory, disk=f.disk, lazy_needs_flat=True)
 
     async def target_plan(self, inspect: dict[str, Any], device: DeviceSettings) -> TargetPlan:
         """The configuration the container had at home, as the move that took it out recorded it; else (a move
@@ -203,24 +215,37 @@ class AgentSource:
     # --- the freeze --------------------------------------------------------------------------------------
     async def freeze(self, inspect: dict[str, Any], *, flat: bool = False) -> Frozen:
         """Frozen on the device; its files land in the workspace before this returns (the recode and the stream
-        read them here). A full dump always: the device serves no pages (preflight never asks it for flat)."""
+        read them here). `flat`: a lazy dump, whose link is held open for its pages (Frozen.pages)."""
         await asyncio.to_thread(shutil.rmtree, self.workspace, True)
         await asyncio.to_thread(self.workspace.mkdir, parents=True)
-        async with self._session() as (link, _facts):
+        async with contextlib.AsyncExitStack() as stack:
+            link, _facts = await stack.enter_async_context(self._session())
             at = time.monotonic()
-            frozen = await link.freeze(self._timeouts.checkpoint)
+            frozen = await link.freeze(self._timeouts.checkpoint, lazy=flat)
             log.info("checkpointed on the device", seconds=round(frozen.checkpoint_seconds, 3),
-                     files=frozen.file_count, bytes=frozen.total_bytes)
+                     files=frozen.file_count, bytes=frozen.total_bytes, via=frozen.via)
             pulling = time.monotonic()
             try:
                 await _receive(link, frozen.file_count, self.workspace)
             except (AgentError, OSError) as exc:
                 raise TransportError(f"what the device sent could not be stored: {exc}") from exc
             pulled_s = time.monotonic() - pulling
+            pages: DevicePages | None = None
+            if frozen.via == LAZY_DUMP:  # from here the link is ours until the pages are served (or not)
+                self._held = stack.pop_all()
+                pages = DevicePages(link, self._facts_seen().hello.criu_version, confirm_s=self._timeouts.commit,
+                                    release=self._release)
         log.info("the device's files are here", seconds=round(pulled_s, 3),
                  mb_per_s=round(frozen.total_bytes / 2**20 / max(pulled_s, 1e-6), 1))
         return Frozen(self.workspace / CHECKPOINT, at, frozen.via or "engine",
-                      steps={"device_checkpoint_s": frozen.checkpoint_seconds, "pull_s": pulled_s})
+                      steps={"device_checkpoint_s": frozen.checkpoint_seconds, "pull_s": pulled_s}, pages=pages)
+
+    async def _release(self) -> None:
+        """Close the flat freeze's link if it is still held: an unconfirmed dump is reset on the device, and its
+        tasks stay paused until the daemon's word."""
+        held, self._held = self._held, None
+        if held is not None:
+            await held.aclose()
 
     def payload(self, inspect: dict[str, Any]) -> list[OutgoingFile]:
         """The writable layer and the volumes, as they landed here. Blocking."""
@@ -238,11 +263,13 @@ class AgentSource:
         """The device's engine checkpoint returns once the container stopped."""
 
     async def forget_stopping(self) -> None:
-        """Nothing waits on the device's engine here."""
+        """Nothing waits on the device's engine here; a flat freeze's link still held goes."""
+        await self._release()
 
     async def restore(self) -> None:
-        """Run it again on the device from its checkpoint (a no-op when it runs). The device unreachable
-        raises: the migration stays unresolved and the resolver asks again."""
+        """Run it again on the device from its checkpoint (a no-op when it runs), or unpause a flat freeze's
+        tasks. The device unreachable raises: the migration stays unresolved and the resolver asks again."""
+        await self._release()
         async with self._session() as (link, _facts):
             try:
                 ended = await link.source_end(pb.SOURCE_RESTORE, self._timeouts.commit)
@@ -252,6 +279,7 @@ class AgentSource:
             raise SourceLost(f"device {self.device.name} did not run the container again")
 
     async def remove(self) -> None:
+        await self._release()
         async with self._session() as (link, _facts):
             await link.source_end(pb.SOURCE_REMOVE, self._timeouts.commit)
 

@@ -263,6 +263,7 @@ class Device:
                                  data_root=data_root)
         self.fast_restore = True
         self.post_copy = False
+        self.exec_root = None  # no runc states: as a source it could not freeze flat
 
     async def clean_after_restore(self, target: TargetContainer) -> None:
         pass
