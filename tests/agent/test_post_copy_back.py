@@ -15,8 +15,17 @@ from androcond.engine import Engine
 
 from ..helpers import DaemonProcess, counts
 from ..testbed.proc import wait_for
-from .conftest import AgentBed
-from .daemon_bed import continuous, counting_on, finished, migrate_by_cli, running, state_of, write_daemon_config
+from .conftest import AGENT_PORT, AgentBed
+from .daemon_bed import (
+    continuous,
+    counting_on,
+    faulty_agent,
+    finished,
+    migrate_by_cli,
+    running,
+    state_of,
+    write_daemon_config,
+)
 from .test_daemon_faults import injected
 from .test_flat_freeze import lazy_dumps_alive, started_at
 from .test_post_copy import checks, counting, exists, keepers_alive, states
@@ -27,11 +36,11 @@ BACK = 'lazy = true\nfreeze = "flat"'
 MB = 64
 
 
-async def _out(agent: AgentBed, engine_a: Engine, engine_b: Engine, directory: Path, name: str
-               ) -> tuple[Path, int, set[int]]:
-    """Out to the device (a daemon of its own, gone after); the count it reached there and its memory's
-    checksums as the host saw them."""
-    config = write_daemon_config(agent, directory, extra=BACK)
+async def _out(agent: AgentBed, engine_a: Engine, engine_b: Engine, directory: Path, name: str,
+               port: int = AGENT_PORT) -> tuple[Path, int, set[int]]:
+    """Out to the device (a daemon of its own, gone after), through the agent on `port`; the count it reached
+    there and its memory's checksums as the host saw them."""
+    config = write_daemon_config(agent, directory, port=port, extra=BACK)
     daemon = await _ready(DaemonProcess(config))
     try:
         at_home, home_checks = await counting(engine_a, name, mb=MB)
@@ -156,5 +165,43 @@ async def test_the_daemon_killed_while_pages_come_home(
         assert not await exists(engine_a, unique_name), "the home copy is removed"
         wait_for(lambda: keepers_alive() == [], timeout=30, what="the home restore's page keeper gone")
     finally:
+        for engine in (bed.engine_a, bed.engine_b):
+            engine.cli("rm", "-f", unique_name, check=False)
+
+
+async def test_the_device_s_agent_killed_while_it_serves_pages(
+        agent_server: AgentBed, engine_a: Engine, engine_b: Engine, tmp_path: Path, unique_name: str) -> None:
+    """SIGKILL to the device's agent at `paging`: its socket to the dump resets as it dies, so the device's tasks
+    go back to paused (not running) while no one can unpause them; the home copy, short of pages, is removed,
+    and once the agent is back the daemon unpauses them — the same process, counting on."""
+    bed = agent_server.bed
+    agent = faulty_agent(agent_server, "none", AGENT_PORT + 68, tmp_path)
+    try:
+        config, on_device, _checks = await _out(agent_server, engine_a, engine_b, tmp_path, unique_name,
+                                                port=AGENT_PORT + 68)
+        began = await started_at(engine_b, unique_name)
+        daemon = await _ready(DaemonProcess(config))
+        try:
+            move = asyncio.create_task(migrate_by_cli(config, unique_name, "host"))
+            await daemon.wait_for_log(state_of(unique_name, "paging"), timeout=120)
+            agent.kill()
+            wait_for(lambda: lazy_dumps_alive() == [], timeout=30, what="the device's dump reset")
+            before = counts(await engine_b.container_logs(unique_name))
+            await asyncio.sleep(1.0)  # what is watched is that nothing happens: ten of the counter's ticks
+            assert counts(await engine_b.container_logs(unique_name)) == before, "the device ran without the word"
+            assert (await engine_b.inspect_container(unique_name))["State"]["Paused"]
+            agent.start()
+            end = await finished(daemon, unique_name, timeout=120)
+            assert end["state"] == "rolled-back", end
+            assert (await move)[1]["state"] == "rolled-back"
+        finally:
+            await daemon.kill()
+        seen = await counting_on(engine_b, unique_name, on_device)
+        assert on_device in seen and continuous(seen[seen.index(on_device):]), seen
+        assert await started_at(engine_b, unique_name) == began, "restored from a checkpoint, not unpaused"
+        assert not await exists(engine_a, unique_name), "the home copy is removed"
+        wait_for(lambda: keepers_alive() == [], timeout=30, what="the home restore's page keeper gone")
+    finally:
+        agent.stop()
         for engine in (bed.engine_a, bed.engine_b):
             engine.cli("rm", "-f", unique_name, check=False)
