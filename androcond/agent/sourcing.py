@@ -32,7 +32,7 @@ from ..aio import complete
 from ..criu import compat as criu_compat
 from ..criu import runc
 from ..criu.lazy_dump import LAZY_DUMP, LazyDump, LazyDumpError
-from ..criu.leftovers import FLAT_FILE, NONCE_FILE, place_nonce, remove_extractions
+from ..criu.leftovers import FLAT_FILE, NONCE_FILE, mark_flat, place_nonce, remove_extractions
 from ..engine import EngineError
 from ..logging import get_logger
 from ..popcorn import notify as popcorn
@@ -366,14 +366,20 @@ async def _freeze_flat(device: DeviceEngine, outgoing: OutgoingMigration) -> str
     if root is None or not await asyncio.to_thread(runc.usable, root, cid, ""):
         raise SourceRefused("the flat freeze needs the container's runc state, which this agent does not find "
                             "(its engine's exec-root: [agent] exec_root)")
-    await device.engine.pause(cid)
+    # Marked before the pause: an agent killed at any point of the freeze leaves the mark, and the daemon's
+    # word then unpauses (_restore).
+    await asyncio.to_thread(mark_flat, outgoing.checkpoint_dir)
+    try:
+        await device.engine.pause(cid)
+    except EngineError as exc:
+        await asyncio.to_thread(shutil.rmtree, outgoing.checkpoint_dir, True)  # a pause not ours (its user's)
+        raise SourceRefused(f"the device could not pause the container: {exc}") from exc
     try:
         dump = await LazyDump.start(root, cid, outgoing.checkpoint_dir)
     except (LazyDumpError, OSError) as exc:
         await device.engine.unpause(cid)
         raise SourceRefused(f"the device could not freeze the container flat: {exc}") from exc
     _dumps[cid] = dump
-    await asyncio.to_thread((outgoing.checkpoint_dir / FLAT_FILE).write_text, "")
     return LAZY_DUMP
 
 

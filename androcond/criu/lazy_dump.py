@@ -95,13 +95,14 @@ class LazyDump:
 
     @classmethod
     async def start(cls, runc_root: Path, container_id: str, image_dir: Path) -> LazyDump:
-        """Dump all but the memory into image_dir and connect to the page server that holds the rest. The
-        container must be paused already. On failure the dump is stopped (the tasks go back to frozen)."""
+        """Dump all but the memory into image_dir (the caller's: made and marked before the pause) and connect to
+        the page server that holds the rest. The container must be paused already. On failure the dump is
+        stopped (the tasks go back to frozen) and the images it wrote stay for the caller to remove."""
         runc = shutil.which("runc", path=RUNC_PATH)
         if runc is None:
             raise LazyDumpError("runc is not installed")
         header = header_for(await host_criu_version()) or WIDE
-        await asyncio.to_thread(image_dir.mkdir, parents=True, exist_ok=False)
+        await asyncio.to_thread(image_dir.mkdir, parents=True, exist_ok=True)
         work = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="androcond-lazy-dump-"))
         port = _free_port()
         status_r, status_w = os.pipe()
@@ -129,7 +130,6 @@ class LazyDump:
             reader, writer = await asyncio.open_connection("127.0.0.1", port, limit=CHUNK * 4)
         except BaseException:
             await cls._stop(proc)
-            await asyncio.to_thread(shutil.rmtree, image_dir, True)
             await asyncio.to_thread(shutil.rmtree, work, True)
             raise
         finally:

@@ -15,7 +15,9 @@ import uuid
 from pathlib import Path
 
 NONCE_FILE = "androcond-nonce"
-# Marks a lazy dump's checkpoint (the flat freeze): it holds no memory, so nothing can start from it.
+# Marks a lazy dump's checkpoint (the flat freeze): it holds no memory, so nothing can start from it, and the
+# container's pause is ours to undo. Placed before the pause (mark_flat), so that whoever settles the move after
+# a crash at any point of the freeze finds it.
 FLAT_FILE = "androcond-flat"
 # containerd's TMPDIR when the engine sets none (Debian's docker.io, the bed's engines).
 CONTAINERD_TMP: tuple[Path, ...] = (Path("/tmp"),)
@@ -25,6 +27,12 @@ def place_nonce(checkpoint_dir: Path) -> str:
     nonce = uuid.uuid4().hex
     (checkpoint_dir / NONCE_FILE).write_text(nonce)
     return nonce
+
+
+def mark_flat(checkpoint_dir: Path) -> None:
+    """Make the flat freeze's checkpoint directory, marked, before the container is paused."""
+    checkpoint_dir.mkdir(parents=True, exist_ok=False)
+    (checkpoint_dir / FLAT_FILE).write_text("")
 
 
 def extractions(tmp_dirs: tuple[Path, ...] = CONTAINERD_TMP) -> set[Path]:

@@ -18,7 +18,7 @@ from ..config import DeviceSettings, DockerSettings
 from ..criu import compat as criu_compat
 from ..criu import runc
 from ..criu.lazy_dump import LAZY_DUMP, LazyDump, LazyDumpError
-from ..criu.leftovers import FLAT_FILE, NONCE_FILE, place_nonce, remove_extractions
+from ..criu.leftovers import FLAT_FILE, NONCE_FILE, mark_flat, place_nonce, remove_extractions
 from ..emulation.cpu import cpu_fit, read_source_cpu
 from ..emulation.live import live_refusals
 from ..engine import Engine, EngineError
@@ -235,16 +235,21 @@ class HostSource:
         return frozen
 
     async def _freeze_flat(self, at: float) -> Frozen:
-        """A lazy dump of the paused container. On a failure its tasks are left paused (frozen): the rollback
-        unpauses them."""
+        """A lazy dump of the paused container, its directory marked before the pause (a daemon killed at any
+        point of the freeze leaves the mark, and its restart unpauses). On a failure the tasks are left paused
+        (frozen): the rollback unpauses them."""
         cid = self.record.container_id
-        await self.engine.pause(cid)
+        await asyncio.to_thread(mark_flat, self.checkpoint_dir())
+        try:
+            await self.engine.pause(cid)
+        except EngineError:
+            await asyncio.to_thread(shutil.rmtree, self.checkpoint_dir(), True)  # a pause not ours (its user's)
+            raise
         try:
             dump = await LazyDump.start(self.docker.runc_root, cid, self.checkpoint_dir())
         except LazyDumpError as exc:
             raise runc.RuncError(str(exc)) from exc
         self._dump = dump
-        await asyncio.to_thread((self.checkpoint_dir() / FLAT_FILE).write_text, "")
         frozen = Frozen(self.checkpoint_dir(), at, LAZY_DUMP, pages=dump)
         self._nonce = await asyncio.to_thread(place_nonce, frozen.images)
         return frozen

@@ -241,3 +241,35 @@ async def test_the_daemon_stopped_while_pages_arrive(agent_server: AgentBed, eng
         await receiver.stop()
         agent.stop()
         bed.engine_b.remove_containers(RUN_FILTER)
+
+
+async def test_the_daemon_killed_while_it_freezes_flat(agent_server: AgentBed, engine_a: Engine, engine_b: Engine,
+                                                       tmp_path: Path, unique_name: str) -> None:
+    """SIGKILL to the daemon as the flat freeze begins (the pause, the lazy dump starting): the checkpoint is
+    marked before the pause, so the restarted daemon knows the pause is its own to undo — the same process
+    counts on, never left paused."""
+    bed = agent_server.bed
+    agent, receiver, daemon = await lazy_move(agent_server, tmp_path, "none", AGENT_PORT + 69, device=FLAT)
+    await daemon.start()
+    again = DaemonProcess(daemon.config)
+    try:
+        at_source, _checks = await counting(engine_a, unique_name, mb=64)
+        began = await started_at(engine_a, unique_name)
+        move = asyncio.create_task(migrate_by_cli(daemon.config, unique_name))
+        await daemon.wait_for_log(state_of(unique_name, "checkpointing"), timeout=120)
+        await daemon.kill()
+        await asyncio.gather(move, return_exceptions=True)
+        await again.start()
+        end = await finished(again, unique_name, timeout=120)
+        assert end["state"] == "rolled-back", end
+        await assert_back_at_source(engine_a, engine_b, unique_name, at_source[-1])
+        assert await started_at(engine_a, unique_name) == began
+        assert not (await engine_a.inspect_container(unique_name))["State"]["Paused"]
+        assert not await exists(engine_b, unique_name)
+        wait_for(lambda: lazy_dumps_alive() == [], timeout=30, what="no lazy dump left holding the tasks")
+    finally:
+        await again.kill()
+        await daemon.kill()
+        await receiver.stop()
+        agent.stop()
+        bed.engine_b.remove_containers(RUN_FILTER)
