@@ -8,7 +8,11 @@ Faults: an injected exception in the stream or before the commit (a daemon start
 SIGKILLed when the move enters checkpointing, streaming or restoring (a new daemon settles it), the device's
 agent SIGKILLed while files travel (started again at once; the resolver settles the move).
 
-Run as root:  .venv/bin/python -m bench.soak_way_back [--moves 50] [--containers 3] [--seed 20261205]
+`--flat`: the device's table says `lazy = true` and `freeze = "flat"`, so every move goes by post-copy from a
+flat freeze (out from the host's, home from the device's), and the faults add an injected exception and the
+daemon SIGKILLed at `paging` (the container resumed, its memory still arriving).
+
+Run as root:  .venv/bin/python -m bench.soak_way_back [--moves 50] [--containers 3] [--seed 20261205] [--flat]
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ from tests.testbed.proc import wait_for
 AGENT_PORT = 8195
 FAULTS = {"none": 8, "inject:stream": 1, "inject:commit": 1, "kill-daemon:checkpointing": 1,
           "kill-daemon:streaming": 1, "kill-daemon:restoring": 1, "kill-agent": 1}
+FLAT_FAULTS = {**FAULTS, "inject:paging": 1, "kill-daemon:paging": 1}
 TERMINAL = ("done", "rolled-back", "failed", "rejected")
 
 
@@ -152,9 +157,12 @@ def main() -> int:
     parser.add_argument("--moves", type=int, default=50)
     parser.add_argument("--containers", type=int, default=3)
     parser.add_argument("--seed", type=int, default=20261205)
+    parser.add_argument("--flat", action="store_true", help="post-copy from a flat freeze, both ways")
     args = parser.parse_args()
     rng = random.Random(args.seed)
-    print(f"seed {args.seed}, {args.moves} moves of {args.containers} containers", flush=True)
+    faults = FLAT_FAULTS if args.flat else FAULTS
+    print(f"seed {args.seed}, {args.moves} moves of {args.containers} containers"
+          + (", post-copy from a flat freeze both ways" if args.flat else ""), flush=True)
     bed = TestBed().up()
     violations: list[str] = []
     outcomes: dict[str, int] = {}
@@ -162,6 +170,7 @@ def main() -> int:
         work = Path(tmp)
         agent = DeviceAgent(bed, work, AGENT_PORT)
         config = daemon_config(agent, work, daemon=f'api = "unix:{work / "api.sock"}"\nlog_format = "json"',
+                               device='lazy = true\nfreeze = "flat"' if args.flat else "",
                                extra="[timeouts]\nresolve_backoff_max = 2.0")
         agent.start()
         before = extractions()
@@ -178,7 +187,7 @@ def main() -> int:
             for move in range(args.moves):
                 name = rng.choice(names)
                 place = "pixel" if where[name] == "host" else "host"
-                fault = rng.choices(list(FAULTS), weights=list(FAULTS.values()))[0]
+                fault = rng.choices(list(faults), weights=list(faults.values()))[0]
                 kind, _, point = fault.partition(":")
                 started = time.monotonic()
                 print(f"move {move + 1:2}: {name} {where[name]} → {place}, fault {fault} …", flush=True)
