@@ -62,6 +62,28 @@ def _dump_ended_well(daemon: DaemonProcess) -> bool:
     return any(e.get("msg", "").startswith("the device's lazy dump ended") for e in daemon.lines)
 
 
+async def _held_paused(engine_b: Engine, name: str) -> None:
+    """The device's dump is reset and its tasks are paused: nothing runs the container until the daemon's word."""
+    wait_for(lambda: lazy_dumps_alive() == [], timeout=30, what="the device's dump reset")
+    before = counts(await engine_b.container_logs(name))
+    await asyncio.sleep(1.0)  # what is watched is that nothing happens: ten of the counter's ticks
+    assert counts(await engine_b.container_logs(name)) == before, "the device ran before the word"
+    assert (await engine_b.inspect_container(name))["State"]["Paused"]
+
+
+async def _back_on_the_device(engine_a: Engine, engine_b: Engine, name: str, on_device: int, began: str) -> None:
+    """Rolled back: the device's same process (its start time unchanged: unpaused, not restored), counting on
+    from where it was; no copy at home, no lazy dump, no page keeper left."""
+    seen = await counting_on(engine_b, name, on_device)
+    assert on_device in seen and continuous(seen[seen.index(on_device):]), seen
+    assert await started_at(engine_b, name) == began, "restored from a checkpoint, not unpaused"
+    assert not (await engine_b.inspect_container(name))["State"]["Paused"]
+    assert not await running(engine_a, name)
+    assert not await exists(engine_a, name), "the home copy is removed"
+    assert lazy_dumps_alive() == []
+    wait_for(lambda: keepers_alive() == [], timeout=30, what="the home restore's page keeper gone")
+
+
 async def test_the_way_home_resumes_before_the_memory_arrives_from_the_device(
         agent_server: AgentBed, engine_a: Engine, engine_b: Engine, tmp_path: Path, unique_name: str) -> None:
     bed = agent_server.bed
@@ -116,13 +138,7 @@ async def test_a_fault_on_the_way_home_unpauses_the_device_s_tasks(
             assert not _dump_ended_well(daemon)
         finally:
             await daemon.kill()
-        seen = await counting_on(engine_b, unique_name, on_device)
-        assert on_device in seen and continuous(seen[seen.index(on_device):]), seen
-        assert await started_at(engine_b, unique_name) == began, "restored from a checkpoint, not unpaused"
-        assert not (await engine_b.inspect_container(unique_name))["State"]["Paused"]
-        assert not await exists(engine_a, unique_name), "the home copy is removed"
-        assert lazy_dumps_alive() == []
-        wait_for(lambda: keepers_alive() == [], timeout=30, what="the home restore's page keeper gone")
+        await _back_on_the_device(engine_a, engine_b, unique_name, on_device, began)
     finally:
         for engine in (bed.engine_a, bed.engine_b):
             engine.cli("rm", "-f", unique_name, check=False)
@@ -143,11 +159,7 @@ async def test_the_daemon_killed_while_pages_come_home(
             await daemon.wait_for_log(state_of(unique_name, "paging"), timeout=120)
             await daemon.kill()
             await asyncio.gather(move, return_exceptions=True)
-            wait_for(lambda: lazy_dumps_alive() == [], timeout=30, what="the device's dump reset")
-            before = counts(await engine_b.container_logs(unique_name))
-            await asyncio.sleep(1.0)  # what is watched is that nothing happens: ten of the counter's ticks
-            assert counts(await engine_b.container_logs(unique_name)) == before, "the device ran before the word"
-            assert (await engine_b.inspect_container(unique_name))["State"]["Paused"]
+            await _held_paused(engine_b, unique_name)
         finally:
             await daemon.kill()
             await asyncio.gather(move, return_exceptions=True)
@@ -158,12 +170,7 @@ async def test_the_daemon_killed_while_pages_come_home(
             assert end["state"] == "rolled-back", end
         finally:
             await again.kill()
-        seen = await counting_on(engine_b, unique_name, on_device)
-        assert on_device in seen and continuous(seen[seen.index(on_device):]), seen
-        assert await started_at(engine_b, unique_name) == began
-        assert not await running(engine_a, unique_name)
-        assert not await exists(engine_a, unique_name), "the home copy is removed"
-        wait_for(lambda: keepers_alive() == [], timeout=30, what="the home restore's page keeper gone")
+        await _back_on_the_device(engine_a, engine_b, unique_name, on_device, began)
     finally:
         for engine in (bed.engine_a, bed.engine_b):
             engine.cli("rm", "-f", unique_name, check=False)
@@ -185,22 +192,14 @@ async def test_the_device_s_agent_killed_while_it_serves_pages(
             move = asyncio.create_task(migrate_by_cli(config, unique_name, "host"))
             await daemon.wait_for_log(state_of(unique_name, "paging"), timeout=120)
             agent.kill()
-            wait_for(lambda: lazy_dumps_alive() == [], timeout=30, what="the device's dump reset")
-            before = counts(await engine_b.container_logs(unique_name))
-            await asyncio.sleep(1.0)  # what is watched is that nothing happens: ten of the counter's ticks
-            assert counts(await engine_b.container_logs(unique_name)) == before, "the device ran without the word"
-            assert (await engine_b.inspect_container(unique_name))["State"]["Paused"]
+            await _held_paused(engine_b, unique_name)
             agent.start()
             end = await finished(daemon, unique_name, timeout=120)
             assert end["state"] == "rolled-back", end
             assert (await move)[1]["state"] == "rolled-back"
         finally:
             await daemon.kill()
-        seen = await counting_on(engine_b, unique_name, on_device)
-        assert on_device in seen and continuous(seen[seen.index(on_device):]), seen
-        assert await started_at(engine_b, unique_name) == began, "restored from a checkpoint, not unpaused"
-        assert not await exists(engine_a, unique_name), "the home copy is removed"
-        wait_for(lambda: keepers_alive() == [], timeout=30, what="the home restore's page keeper gone")
+        await _back_on_the_device(engine_a, engine_b, unique_name, on_device, began)
     finally:
         agent.stop()
         for engine in (bed.engine_a, bed.engine_b):
