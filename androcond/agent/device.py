@@ -210,7 +210,7 @@ class DeviceEngine:
         images_dir = stub_dir
         if self.fast_restore:
             images_dir = self._spooled_images(migration_id or cid)
-        nonce = await asyncio.to_thread(_make_checkpoint_dirs, stub_dir, images_dir, lazy, criu_conf)
+        nonce = await asyncio.to_thread(_make_checkpoint_dirs, stub_dir, images_dir, migration_id, lazy, criu_conf)
         return TargetContainer(cid, images_dir, upper, stub_dir, nonce)
 
     async def _remove_quietly(self, cid: str) -> None:
@@ -397,10 +397,10 @@ def runtime_path() -> Path:
     return Path(__file__).parent / "runtime" / "androcond-runc"
 
 
-def _make_checkpoint_dirs(stub_dir: Path, images_dir: Path, lazy: bool = False,
+def _make_checkpoint_dirs(stub_dir: Path, images_dir: Path, migration_id: str, lazy: bool = False,
                           criu_conf: Path | None = None) -> str:
     stub_dir.mkdir(parents=True, exist_ok=False)
-    nonce = place_nonce(stub_dir)
+    nonce = place_nonce(stub_dir, owner=migration_id)
     if images_dir != stub_dir:
         images_dir.mkdir(parents=True, exist_ok=True)
         (stub_dir / RUNTIME_STUB).write_text(str(images_dir))

@@ -7,6 +7,9 @@ the daemon gets a final answer instead of "restoring" forever.
 
 from __future__ import annotations
 
+import asyncio
+
+from ..criu.leftovers import remove_extractions_of
 from ..errors import AndrocondError
 from ..logging import get_logger
 from ..protocol.codes import OutcomeState
@@ -50,8 +53,13 @@ async def settle_if_stale(store: OutcomeStore, device: DeviceEngine, record: Out
             settled = OutcomeRecord(record.migration_id, OutcomeState.ABORTED, error=RECEIVE_DIED + removed,
                                     bytes_received=record.bytes_received)
     await store.put(settled)
-    # Whatever the answer, the spooled images are of no more use (CRIU read them, or never will).
+    # Whatever the answer, the spooled images are of no more use (CRIU read them, or never will), nor is
+    # containerd's extraction of the checkpoint, which it never removes and whose nonce died with the agent.
     await device.remove_spooled(record.migration_id)
+    extracted = await asyncio.to_thread(remove_extractions_of, record.migration_id)
+    if extracted:
+        log.info("removed containerd's copy of the checkpoint", migration_id=record.migration_id,
+                 paths=[str(p) for p in extracted])
     log.warning("settled a stale outcome", migration_id=record.migration_id, was=before, now=settled.state,
                 container_id=cid, dead_owner_pid=record.owner_pid)
     return settled

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import shutil
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 
 NONCE_FILE = "androcond-nonce"
@@ -23,8 +24,11 @@ FLAT_FILE = "androcond-flat"
 CONTAINERD_TMP: tuple[Path, ...] = (Path("/tmp"),)
 
 
-def place_nonce(checkpoint_dir: Path) -> str:
-    nonce = uuid.uuid4().hex
+def place_nonce(checkpoint_dir: Path, owner: str = "") -> str:
+    """Mark the checkpoint with a new nonce. A restore's `owner` (its migration id) prefixes it, so that
+    whoever settles that migration after a crash, when the nonce died with the process, still finds
+    containerd's extraction (remove_extractions_of)."""
+    nonce = f"{owner}.{uuid.uuid4().hex}" if owner else uuid.uuid4().hex
     (checkpoint_dir / NONCE_FILE).write_text(nonce)
     return nonce
 
@@ -42,10 +46,21 @@ def extractions(tmp_dirs: tuple[Path, ...] = CONTAINERD_TMP) -> set[Path]:
 
 def remove_extractions(nonce: str, tmp_dirs: tuple[Path, ...] = CONTAINERD_TMP) -> list[Path]:
     """Remove containerd's extractions of the checkpoint that carries `nonce`; return what was removed."""
+    return _remove_where(lambda found: found == nonce, tmp_dirs)
+
+
+def remove_extractions_of(owner: str, tmp_dirs: tuple[Path, ...] = CONTAINERD_TMP) -> list[Path]:
+    """Remove containerd's extractions of every checkpoint placed for `owner` (a migration id)."""
+    if not owner:
+        return []
+    return _remove_where(lambda found: found.startswith(f"{owner}."), tmp_dirs)
+
+
+def _remove_where(matches: Callable[[str], bool], tmp_dirs: tuple[Path, ...]) -> list[Path]:
     removed: list[Path] = []
     for extracted in extractions(tmp_dirs):
         try:
-            if (extracted / NONCE_FILE).read_text() != nonce:
+            if not matches((extracted / NONCE_FILE).read_text()):
                 continue
         except OSError:
             continue

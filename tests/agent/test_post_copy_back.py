@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 
+from androcond.criu.leftovers import extractions
 from androcond.engine import Engine
 
 from ..helpers import DaemonProcess, counts
@@ -153,6 +154,7 @@ async def test_the_daemon_killed_while_pages_come_home(
     try:
         config, on_device, _checks = await _out(agent_server, engine_a, engine_b, tmp_path, unique_name)
         began = await started_at(engine_b, unique_name)
+        before = extractions()
         daemon = await _ready(DaemonProcess(config))
         move = asyncio.create_task(migrate_by_cli(config, unique_name, "host"))
         try:
@@ -171,6 +173,8 @@ async def test_the_daemon_killed_while_pages_come_home(
         finally:
             await again.kill()
         await _back_on_the_device(engine_a, engine_b, unique_name, on_device, began)
+        # The home restore the kill cut left containerd's copy of its checkpoint; the restart's settling removed it.
+        assert extractions() - before == set()
     finally:
         for engine in (bed.engine_a, bed.engine_b):
             engine.cli("rm", "-f", unique_name, check=False)
