@@ -21,8 +21,8 @@ def fake_runc(tmp_path: Path) -> Path:
     return runc
 
 
-def _call(runc: Path, *args: str) -> list[str]:
-    env = {"ANDROCOND_RUNC": str(runc), "ANDROCOND_PYTHON": sys.executable, "PATH": "/usr/bin:/bin"}
+def _call(runc: Path, *args: str, python: str = sys.executable) -> list[str]:
+    env = {"ANDROCOND_RUNC": str(runc), "ANDROCOND_PYTHON": python, "PATH": "/usr/bin:/bin"}
     out = subprocess.run([str(runtime_path()), *args], env=env,
                          capture_output=True, text=True, check=True, timeout=10)
     return out.stdout.splitlines()
@@ -88,3 +88,23 @@ def test_the_criu_configuration_reaches_runc_through_the_bundle(fake_runc: Path,
     (bundle / "config.json").write_text("{}")
     _call(fake_runc, "restore", "--bundle", str(bundle), "--image-path", str(tmp_path), "cid")
     assert (bundle / "config.json").read_text() == "{}"
+
+
+def test_a_spec_that_has_the_annotation_already_is_left_alone_without_an_interpreter(
+        fake_runc: Path, stub: tuple[Path, Path], tmp_path: Path) -> None:
+    """An engine of API 1.43 or later passed the annotation on: the wrapper sees it in the spec (Go's compact JSON)
+    and starts no interpreter, whose start would count in the downtime (here it could not start: it fails)."""
+    directory, _images = stub
+    (directory / RUNTIME_CRIU_CONFIG).write_text("/var/spool/androcond/criu-restore.conf")
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    spec = '{"ociVersion":"1.0.2","annotations":{"org.criu.config":"/var/spool/androcond/criu-restore.conf"}}'
+    (bundle / "config.json").write_text(spec)
+    args = _call(fake_runc, "restore", "--bundle", str(bundle), "--image-path", str(directory), "cid",
+                 python="/bin/false")
+    assert args[0] == "restore" and (bundle / "config.json").read_text() == spec
+    # Another configuration named there: the interpreter is needed, and its failure fails the restore.
+    (bundle / "config.json").write_text(spec.replace("criu-restore.conf", "other.conf"))
+    with pytest.raises(subprocess.CalledProcessError):
+        _call(fake_runc, "restore", "--bundle", str(bundle), "--image-path", str(directory), "cid",
+              python="/bin/false")
