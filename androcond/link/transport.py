@@ -13,7 +13,7 @@ import asyncio
 import contextlib
 import hashlib
 import time
-from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Protocol, Self, TypeVar
 
@@ -62,6 +62,15 @@ CLOSE_TIMEOUT_S = 5.0
 PAGES_WARMUP = 8 * 1024 * 1024
 # Below this a chunk is compressed on the loop: a thread's round trip would cost more than the work.
 INLINE_COMPRESS = 64 * 1024
+
+
+async def _each(files: Iterable[OutgoingFile] | AsyncIterable[OutgoingFile]) -> AsyncIterator[OutgoingFile]:
+    if isinstance(files, AsyncIterable):
+        async for spec in files:
+            yield spec
+    else:
+        for spec in files:
+            yield spec
 
 
 class PageSource(Protocol):
@@ -316,9 +325,10 @@ class AgentConnection:
     async def begin(self, begin: pb.Begin) -> pb.BeginAck:
         return (await self._request(pb.Frame(begin=begin), "begin", self.timeouts.begin, "begin_ack")).begin_ack
 
-    async def send_files(self, files: list[OutgoingFile], *, window: int = 8,
+    async def send_files(self, files: Iterable[OutgoingFile] | AsyncIterable[OutgoingFile], *, window: int = 8,
                          progress: ProgressCallback | None = None) -> Progress:
-        """Stream files in order; up to `window` of them may await the agent's digest verdict at once.
+        """Stream files in order; up to `window` of them may await the agent's digest verdict at once. `files`
+        may come as they are known (a relay): each is sent whole before the next is asked for.
 
         Every wait has a deadline: a frame the link does not take, a window slot no verdict frees, or a
         stream that yields nothing for `stream_idle` seconds ends the stream with StreamStalled."""
@@ -327,7 +337,7 @@ class AgentConnection:
         slots = asyncio.Semaphore(window)
         policy = policy_for(self.compress, self.codec, UNSTORED_LIMIT)  # one per stream: its measures are this stream's
         acks: list[tuple[OutgoingFile, asyncio.Future[pb.FileAck]]] = []
-        for spec in files:
+        async for spec in _each(files):
             try:
                 async with asyncio.timeout(idle):
                     await slots.acquire()  # a link failure fails every pending ack, which frees the slots

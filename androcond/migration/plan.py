@@ -4,10 +4,12 @@ and returns what the next one needs; nothing passes through a shared object."""
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from ..link.payload import OutgoingFile
 from ..link.transport import PageSource
 from ..recoder import RecodeOptions, VdsoTemplate
 from .container_config import TargetPlan
@@ -87,6 +89,9 @@ class Frozen:
     steps: dict[str, float] = field(default_factory=dict)
     # The flat freeze: the lazy dump that holds the tasks and serves their pages (criu/lazy_dump.LazyDump).
     pages: LiveDump | None = None
+    # The source's files still on their way (the way back, nothing to recode): the stream phase relays them to
+    # the target as they come (source/relay.py) instead of reading them from `images`. Read once.
+    relayed: AsyncIterator[OutgoingFile] | None = None
 
 
 @dataclass(frozen=True)

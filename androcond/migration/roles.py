@@ -6,7 +6,7 @@ implementations of the same roles, not copies of the phases."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +27,7 @@ class TargetLink(Protocol):
 
     async def begin(self, begin: pb.Begin) -> pb.BeginAck: ...
 
-    async def send_files(self, files: list[OutgoingFile], *, window: int = 8,
+    async def send_files(self, files: Iterable[OutgoingFile] | AsyncIterable[OutgoingFile], *, window: int = 8,
                          progress: ProgressCallback | None = None) -> Progress: ...
 
     async def commit(self, file_count: int = 0) -> pb.Outcome: ...
@@ -69,7 +69,8 @@ class Source(Protocol):
 
     # --- the freeze and what moves ---
     # flat: a lazy dump whose tasks serve the memory (Frozen.pages), where the source can; else a full dump.
-    async def freeze(self, inspect: dict[str, Any], *, flat: bool = False) -> Frozen: ...
+    # relay: a source whose files must come to the daemon first may hand them on as they come (Frozen.relayed).
+    async def freeze(self, inspect: dict[str, Any], *, flat: bool = False, relay: bool = False) -> Frozen: ...
 
     def mounted_root(self, inspect: dict[str, Any]) -> AbstractAsyncContextManager[Path]: ...
 

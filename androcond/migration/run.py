@@ -33,7 +33,7 @@ from .recorder import Recorder
 from .roles import Source, TargetLink
 from .settle import Settler, ask_target
 from .states import FROZEN, DeviceAnswer, MigrationState
-from .stream import Workspace, stream
+from .stream import Workspace, relays, stream
 
 log = get_logger(__name__)
 S = MigrationState
@@ -146,7 +146,7 @@ class Migration:
                 self.recorder.time("notify_s", n0)
             async with budget("checkpoint", t.checkpoint):
                 await self.recorder.transition(S.CHECKPOINTING)
-                frozen = await self.source.freeze(plan.inspect, flat=plan.flat)
+                frozen = await self.source.freeze(plan.inspect, flat=plan.flat, relay=relays(plan))
                 self.settler.frozen = frozen
                 self.recorder.time("checkpoint_s", frozen.at)
                 record.timings.update({name: round(seconds, 3) for name, seconds in frozen.steps.items()})

@@ -9,7 +9,7 @@ import contextlib
 import platform
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -19,6 +19,7 @@ from ..link.layer import LayerError, checkpoint_files, executables_for_target, r
 from ..link.payload import OutgoingFile, Progress
 from ..link.ssh import TransportError
 from ..logging import get_logger
+from ..protocol import protocol_pb2 as pb
 from ..recoder import recode_async, stages_for
 from ..recoder.arch import VARIANT_SUFFIX
 from . import emulate
@@ -72,14 +73,26 @@ class Workspace:
         return await asyncio.to_thread(sweep)
 
 
+def needs_recode(plan: Plan) -> bool:
+    """Whether the images must be recoded for the target: across ISAs always, else for what the target's kernel,
+    CRIU or profile needs of the same ISA's images."""
+    return plan.cross is not None or bool(stages_for(plan.recode.target, plan.recode))
+
+
+def relays(plan: Plan) -> bool:
+    """Whether a source whose files come to the daemon (the way back) hands them on to the target as they come:
+    when nothing here reads them whole (a recode, the emulator's plan, a page server over the images)."""
+    return not (needs_recode(plan) or plan.emulated is not None or plan.lazy)
+
+
 async def recode(plan: Plan, frozen: Frozen, *, root: Path | None, out: Path, recorder: Recorder,
                  deadline_s: float, faults: Faults) -> Path:
     """The images as the target needs them, else the dump as it is. `root` is the stopped container's root
     filesystem (a cross-ISA recode reads the binaries there)."""
     faults.inject("recode", recorder.record.container_name)
-    options = replace(plan.recode, root=root or Path("/"))
-    if not stages_for(platform.machine(), options):
+    if not needs_recode(plan):
         return frozen.images
+    options = replace(plan.recode, root=root or Path("/"))
     t0 = time.monotonic()
     await asyncio.to_thread(shutil.rmtree, out, True)
     async with budget("recode", deadline_s):
@@ -99,6 +112,14 @@ async def stream(source: Source, link: TargetLink, plan: Plan, frozen: Frozen, *
     record: MigrationRecord = recorder.record
     faults.inject("stream", record.container_name)
     t0 = time.monotonic()
+    if frozen.relayed is not None:  # the source's files as they come: nothing reads them whole on the way
+        relayed = frozen.relayed
+        if faults.armed("restore-refused", record.container_name):
+            relayed = _emptied(relayed, "inventory.img")
+        sent = await link.send_files(relayed, progress=on_progress)
+        log.info("relayed the source's files to the target as they came", files=sent.files_sent,
+                 bytes=sent.bytes_sent)
+        return _shipped(sent, frozen.images, recorder, t0)
     cross = plan.cross
     async with contextlib.AsyncExitStack() as mounted:
         # The root stays mounted until the binaries placed from it have been sent.
@@ -139,7 +160,31 @@ async def stream(source: Source, link: TargetLink, plan: Plan, frozen: Frozen, *
         except (LayerError, OSError) as exc:
             raise TransportError(f"cannot read what must move: {exc}") from exc
         sent = await link.send_files(files, progress=on_progress)
-    record.bytes_sent = sent.bytes_sent
-    record.wire_bytes = sent.wire_bytes
+    return _shipped(sent, images, recorder, t0)
+
+
+def _shipped(sent: Progress, images: Path, recorder: Recorder, t0: float) -> Shipped:
+    recorder.record.bytes_sent = sent.bytes_sent
+    recorder.record.wire_bytes = sent.wire_bytes
     recorder.time("stream_s", t0)
-    return Shipped(len(files), images)
+    return Shipped(sent.files_sent, images)
+
+
+async def _emptied(files: AsyncIterator[OutgoingFile], path: str) -> AsyncIterator[OutgoingFile]:
+    """An injected fault: the checkpoint's `path` goes empty (the source's data for it is still read and
+    checked), so the target's CRIU refuses the images while the source keeps its own checkpoint."""
+    async for spec in files:
+        if spec.destination == pb.CHECKPOINT and spec.path == path and spec.stream is not None:
+            yield replace(spec, size=0, stream=_drained(spec.stream))
+        else:
+            yield spec
+
+
+def _drained(stream: Callable[[], AsyncIterator[bytes]]) -> Callable[[], AsyncIterator[bytes]]:
+    async def nothing() -> AsyncIterator[bytes]:
+        async for _ in stream():
+            pass
+        return
+        yield b""  # pragma: no cover - makes this an async generator
+
+    return nothing

@@ -1,10 +1,12 @@
 """A device's agent as a migration's source (the way back): the container runs in the device's engine; the
 agent reports its facts, freezes it into a checkpoint there and sends the checkpoint, writable layer and volumes,
-which land in the daemon's workspace for the migration (checked against the agent's SHA-256 of each) and go on
-to the target from there like the host's own; and on the daemon's word the agent restores it (the rollback) or
-removes it. Each of those is one link: a daemon that restarts settles the move with a source made afresh —
-but for the flat freeze (post-copy back, device_pages.py), whose link stays open from the freeze until the
-target has every page: its end, however it comes, leaves the device's tasks paused until the daemon's word.
+which go on to the target as they come (relay.py) when nothing must be recoded, else land in the daemon's
+workspace for the migration (checked against the agent's SHA-256 of each) and go on from there like the host's
+own; and on the daemon's word the agent restores it (the rollback) or removes it. Each of those is one link: a
+daemon that restarts settles the move with a source made afresh — but for a relay, whose link stays open until
+its last file has passed, and for the flat freeze (post-copy back, device_pages.py), whose link stays open from
+the freeze until the target has every page: its end, however it comes, leaves the device's tasks paused until
+the daemon's word.
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from ..protocol import protocol_pb2 as pb
 from ..protocol.wire import body
 from ..recoder import check_executable
 from .device_pages import DevicePages
+from .relay import Relay
 from .rootfs import RootfsError, container_root
 
 log = get_logger(__name__)
@@ -91,7 +94,8 @@ class AgentSource:
         self.workspace = workspace  # where the agent's files land (removed with the migration's workspace)
         self._timeouts = timeouts
         self._seen: _Seen | None = None
-        self._held: contextlib.AsyncExitStack | None = None  # the flat freeze's link, until its pages are served
+        # The link held after the freeze: a flat freeze's until its pages are served, a relay's until its files are.
+        self._held: contextlib.AsyncExitStack | None = None
 
     def _open(self) -> pb.SourceOpen:
         return pb.SourceOpen(migration_id=self.record.id, container=self.record.container_name,
@@ -213,9 +217,11 @@ class AgentSource:
         yield b""  # pragma: no cover - makes this an async generator
 
     # --- the freeze --------------------------------------------------------------------------------------
-    async def freeze(self, inspect: dict[str, Any], *, flat: bool = False) -> Frozen:
+    async def freeze(self, inspect: dict[str, Any], *, flat: bool = False, relay: bool = False) -> Frozen:
         """Frozen on the device; its files land in the workspace before this returns (the recode and the stream
-        read them here). `flat`: a lazy dump, whose link is held open for its pages (Frozen.pages)."""
+        read them here). `flat`: a lazy dump, whose link is held open for its pages (Frozen.pages). `relay`
+        (not with `flat`): the link is held open instead, and the files go on to the target as the stream phase
+        reads them (Frozen.relayed)."""
         await asyncio.to_thread(shutil.rmtree, self.workspace, True)
         await asyncio.to_thread(self.workspace.mkdir, parents=True)
         async with contextlib.AsyncExitStack() as stack:
@@ -224,6 +230,11 @@ class AgentSource:
             frozen = await link.freeze(self._timeouts.checkpoint, lazy=flat)
             log.info("checkpointed on the device", seconds=round(frozen.checkpoint_seconds, 3),
                      files=frozen.file_count, bytes=frozen.total_bytes, via=frozen.via)
+            if relay and frozen.via != LAZY_DUMP:
+                self._held = stack.pop_all()  # released once the last file has passed, or by the rollback
+                relayed = Relay(link, frozen.file_count, release=self._release)
+                return Frozen(self.workspace / CHECKPOINT, at, frozen.via or "engine",
+                              steps={"device_checkpoint_s": frozen.checkpoint_seconds}, relayed=relayed.files())
             pulling = time.monotonic()
             try:
                 await _receive(link, frozen.file_count, self.workspace)
@@ -241,8 +252,8 @@ class AgentSource:
                       steps={"device_checkpoint_s": frozen.checkpoint_seconds, "pull_s": pulled_s}, pages=pages)
 
     async def _release(self) -> None:
-        """Close the flat freeze's link if it is still held: an unconfirmed dump is reset on the device, and its
-        tasks stay paused until the daemon's word."""
+        """Close the link held after the freeze if it still is: an unconfirmed flat freeze's dump is reset on the
+        device, and its tasks stay paused until the daemon's word; a relay ends where it is."""
         held, self._held = self._held, None
         if held is not None:
             await held.aclose()

@@ -211,7 +211,8 @@ class HostSource:
         root = self._root or DEFAULT_ROOT
         return root / "containers" / self.record.container_id / "checkpoints" / self.record.checkpoint_name
 
-    async def freeze(self, inspect: dict[str, Any], *, flat: bool = False) -> Frozen:
+    async def freeze(self, inspect: dict[str, Any], *, flat: bool = False, relay: bool = False) -> Frozen:
+        """The checkpoint in the engine's directory (`relay` is moot: the stream reads it there)."""
         restart = str(((inspect.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name") or "")
         fast = self.docker.checkpoint == "runc" and runc.usable(self.docker.runc_root, self.record.container_id,
                                                                 restart)

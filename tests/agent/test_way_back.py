@@ -92,6 +92,9 @@ async def test_out_and_back_counts_on_with_the_device_s_files_and_its_home_confi
             code, record = await migrate_by_cli(config, unique_name, "host")
             assert code == 0, record
             assert record["state"] == "done" and record["from"] == "pixel" and record["to"] == "host", record
+            # Nothing to recode: the device's files went on to the host as they came, not through the workspace.
+            relayed = await daemon.wait_for_log(lambda e: e.get("msg", "").startswith("relayed the source's files"))
+            assert relayed["files"] >= 10 and relayed["bytes"] == record["bytes_sent"] > 0, relayed
             seen = await counting_on(engine_a, unique_name, on_device)
             assert continuous(seen[seen.index(on_device):] if on_device in seen else seen)
             assert not await running(engine_b, unique_name)  # the device's copy is gone: exactly once
