@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import os
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import settings
 
+from androcond.criu.leftovers import NONCE_FILE, extractions
 from androcond.engine import Engine
 
 from .testbed import TestBed
@@ -25,6 +28,40 @@ if os.environ.get("CI"):
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     classify(items)
+
+
+# containerd never removes its copy of a checkpoint it restored (androcond/criu/leftovers.py): what a bed test
+# leaves there is named at the end of the session (by test, and whose: androcond's marked ones or not), and
+# removed, so that one test's leftover is not the next one's.
+_EXTRACTIONS_LEFT: list[tuple[str, list[str]]] = []
+
+
+@pytest.fixture(autouse=True)
+def _extractions_left(request: pytest.FixtureRequest) -> Iterator[None]:
+    if request.node.get_closest_marker("testbed") is None:
+        yield
+        return
+    before = extractions()
+    yield
+    left = sorted(extractions() - before)
+    if left:
+        _EXTRACTIONS_LEFT.append((request.node.nodeid, [f"{p.name} ({_whose(p)})" for p in left]))
+        for path in left:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def _whose(extracted: Path) -> str:
+    try:
+        return f"androcond nonce {(extracted / NONCE_FILE).read_text()[:40]}"
+    except OSError:
+        return "no androcond nonce"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    if _EXTRACTIONS_LEFT:
+        terminalreporter.section("containerd's checkpoint extractions the tests left (removed)")
+        for nodeid, left in _EXTRACTIONS_LEFT:
+            terminalreporter.write_line(f"{nodeid}: {', '.join(left)}")
 
 
 @pytest.fixture(scope="session")

@@ -4,15 +4,27 @@ the engine API), placed under engine B's container directory, restores there and
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 
 import pytest
 
+from androcond.criu.leftovers import extractions
 from androcond.engine import Engine
 
 from .helpers import counter_config, counts, wait_for_count
 from .testbed import TestBed
 
 pytestmark = pytest.mark.testbed
+
+
+@pytest.fixture(autouse=True)
+def _plain_restores() -> Iterator[None]:
+    """These restores go through the engine alone: containerd's copy of each checkpoint (which it never removes)
+    is removed here, as androcond removes its own."""
+    before = extractions()
+    yield
+    for path in extractions() - before:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 async def test_counter_continues_on_engine_b(testbed: TestBed, engine_a: Engine, engine_b: Engine) -> None:
