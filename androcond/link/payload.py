@@ -36,6 +36,9 @@ class OutgoingFile:
     opaque: bool = False
     # Content from a stream instead of `source` (e.g. `docker save`); size 0 when not known up front.
     stream: Callable[[], AsyncIterator[bytes]] | None = None
+    # The SHA-256 its own source computed, known once `stream` has ended (a relay): sent as the file's digest
+    # instead of one computed here, so the target checks the data end to end against its origin.
+    vouched: Callable[[], bytes] | None = None
 
 
 @dataclass

@@ -171,11 +171,11 @@ def _shipped(sent: Progress, images: Path, recorder: Recorder, t0: float) -> Shi
 
 
 async def _emptied(files: AsyncIterator[OutgoingFile], path: str) -> AsyncIterator[OutgoingFile]:
-    """An injected fault: the checkpoint's `path` goes empty (the source's data for it is still read and
-    checked), so the target's CRIU refuses the images while the source keeps its own checkpoint."""
+    """An injected fault: the checkpoint's `path` goes empty (the source's data for it is still read), with the
+    digest of what is sent, so the target's CRIU refuses the images while the source keeps its own checkpoint."""
     async for spec in files:
         if spec.destination == pb.CHECKPOINT and spec.path == path and spec.stream is not None:
-            yield replace(spec, size=0, stream=_drained(spec.stream))
+            yield replace(spec, size=0, stream=_drained(spec.stream), vouched=None)
         else:
             yield spec
 

@@ -2,16 +2,16 @@
 the source agent sends — its checkpoint, writable layer and volumes — goes on to the target's link chunk by chunk,
 instead of landing in the daemon's workspace first and being read back from there.
 
-Each file's data is checked against the source agent's SHA-256 as it passes; a mismatch (or a short file) fails
-before the file's end goes on, so the target never verifies it and the move rolls back. The target checks its
-own digest of what it received, as for any file. The source's link is released once the last file has passed.
+The digest each file goes on with is the source agent's own (OutgoingFile.vouched), so the target checks what
+it received against the data's origin, end to end, and nothing hashes it on the way. The relay checks the sizes:
+a file longer or shorter than announced fails before its end goes on, so the target never verifies it and the
+move rolls back. The source's link is released once the last file has passed.
 """
 
 from __future__ import annotations
 
-import asyncio
-import hashlib
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Protocol
 
 from ..agent.errors import UnsafePath
@@ -28,32 +28,40 @@ class FrameSource(Protocol):
     async def incoming(self) -> pb.Frame: ...
 
 
+@dataclass
+class _Passing:
+    """A regular file on its way: its data is read off the link as the target's stream asks for it."""
+
+    start: pb.FileStart
+    sha256: bytes | None = None  # the source's digest, once its end has come
+
+    def vouched(self) -> bytes:
+        if self.sha256 is None:
+            raise TransportError(f"{self.start.path!r}: its end had not come from the device")
+        return self.sha256
+
+
 class Relay:
     """`count` files read off `link` (start, data, end), as OutgoingFiles whose data is read off the link when the
     stream sends them. The consumer takes every file's data before asking for the next file (send_files does)."""
 
-    def __init__(self, link: FrameSource, count: int, *, release: Callable[[], Awaitable[None]],
-                 emptied: frozenset[str] = frozenset()) -> None:
+    def __init__(self, link: FrameSource, count: int, *, release: Callable[[], Awaitable[None]]) -> None:
         self._link = link
         self._count = count
         self._release = release
-        # Checkpoint files announced empty and sent without their data (an injected fault: the target's CRIU
-        # refuses an empty inventory); their data is still read and checked.
-        self._emptied = emptied
-        self._open: pb.FileStart | None = None  # the regular file whose data the consumer is reading
         self.bytes_relayed = 0
 
     async def files(self) -> AsyncIterator[OutgoingFile]:
         for _ in range(self._count):
             start = await self._start()
-            if start.kind == pb.REGULAR:
-                self._open = start
+            if start.kind != pb.REGULAR:
+                await self._end(start)
                 yield self._outgoing(start)
-                if self._open is not None:
-                    raise TransportError(f"{start.path!r} from the device was not relayed whole")
-            else:
-                await self._end(start, hashlib.sha256(), 0)
-                yield self._outgoing(start)
+                continue
+            passing = _Passing(start)
+            yield self._outgoing(start, passing)
+            if passing.sha256 is None:
+                raise TransportError(f"{start.path!r} from the device was not relayed whole")
         await self._release()
 
     async def _start(self) -> pb.FileStart:
@@ -73,15 +81,15 @@ class Relay:
             raise TransportError(f"the device sent {exc}") from exc
         return start
 
-    def _outgoing(self, start: pb.FileStart) -> OutgoingFile:
-        empty = start.destination == pb.CHECKPOINT and start.path in self._emptied
-        return OutgoingFile(start.destination, start.path, kind=start.kind, size=0 if empty else start.size,
-                            mode=start.mode, uid=start.uid, gid=start.gid, mtime_ns=start.mtime_ns,
-                            link_target=start.link_target, volume=start.volume, opaque=start.opaque,
-                            stream=(lambda: self._data(start, empty)) if start.kind == pb.REGULAR else None)
+    def _outgoing(self, start: pb.FileStart, passing: _Passing | None = None) -> OutgoingFile:
+        return OutgoingFile(start.destination, start.path, kind=start.kind, size=start.size, mode=start.mode,
+                            uid=start.uid, gid=start.gid, mtime_ns=start.mtime_ns, link_target=start.link_target,
+                            volume=start.volume, opaque=start.opaque,
+                            stream=(lambda: self._data(passing)) if passing is not None else None,
+                            vouched=passing.vouched if passing is not None else None)
 
-    async def _data(self, start: pb.FileStart, empty: bool) -> AsyncIterator[bytes]:
-        digest = hashlib.sha256()
+    async def _data(self, passing: _Passing) -> AsyncIterator[bytes]:
+        start = passing.start
         received = 0
         while True:
             frame = await self._link.incoming()
@@ -96,21 +104,13 @@ class Relay:
             received += len(data)
             if received > start.size:
                 raise TransportError(f"{start.path!r} from the device is longer than its {start.size} bytes")
-            await asyncio.to_thread(digest.update, data)  # hashlib releases the GIL
             self.bytes_relayed += len(data)
-            if not empty:
-                yield data
-        self._check(start, frame.file_end, digest, received)
-        self._open = None
+            yield data
+        if received != start.size:
+            raise TransportError(f"{start.path!r} from the device is short: {received} of {start.size} bytes")
+        passing.sha256 = frame.file_end.sha256
 
-    async def _end(self, start: pb.FileStart, digest: hashlib._Hash, received: int) -> None:
+    async def _end(self, start: pb.FileStart) -> None:
         frame = await self._link.incoming()
         if body(frame) != "file_end":
             raise TransportError(f"unexpected {body(frame)} from the device within {start.path!r}")
-        self._check(start, frame.file_end, digest, received)
-
-    @staticmethod
-    def _check(start: pb.FileStart, end: pb.FileEnd, digest: hashlib._Hash, received: int) -> None:
-        if start.kind == pb.REGULAR and (received != start.size or end.sha256 != digest.digest()):
-            raise TransportError(f"{start.path!r} from the device does not match its digest "
-                                 f"({received} of {start.size} bytes)")
