@@ -1,5 +1,6 @@
 """Transport throughput: androcond's push to the agent over the device namespace link, against OpenSSH's
-`ssh host 'cat > /dev/null'` (and `cat > FILE`, which also writes to disk like the agent) on the same link.
+`ssh host 'cat > /dev/null'` (and `cat > FILE`, which also writes to disk like the agent) on the same link, and
+against asyncssh alone (bench/ssh_sink.py): the ceiling of any transport built on it.
 
 Run as root:  .venv/bin/python -m bench.transport [--size-mb 256] [--runs 5]
 Prints a Markdown table (median of the runs, MB/s, ratio to OpenSSH).
@@ -26,12 +27,14 @@ from androcond.link.payload import OutgoingFile
 from androcond.link.ssh import Endpoint
 from androcond.link.transport import AgentConnection
 from androcond.protocol import protocol_pb2 as pb
+from androcond.protocol import ssh
 from bench.procfs import peak_rss
 from tests.testbed import TestBed
 from tests.testbed.agent import DeviceAgent
 from tests.testbed.images import TEST_IMAGE
 
 AGENT_PORT = 8024
+SINK_PORT = 8025
 
 
 async def push_once(endpoint: Endpoint, payload: Path) -> tuple[float, str]:
@@ -48,6 +51,38 @@ async def push_once(endpoint: Endpoint, payload: Path) -> tuple[float, str]:
         elapsed = time.perf_counter() - started
         await link.abort("benchmark")  # the agent removes the file and the prepared container
     return elapsed, cipher
+
+
+async def bare_asyncssh_once(host: str, port: int, client_key: Path, payload: Path) -> float:
+    """The same push through asyncssh alone (bench/ssh_sink.py discards it): no frames, digests or disk."""
+    async with asyncssh.connect(host, port, username="root", client_keys=[str(client_key)], known_hosts=None,
+                                agent_path=None, encryption_algs=ssh.CIPHERS) as conn:
+        writer, reader, _ = await conn.open_session(encoding=None, window=ssh.CHANNEL_WINDOW,
+                                                    max_pktsize=ssh.CHANNEL_PACKET)
+        with payload.open("rb") as f:
+            started = time.perf_counter()
+            while chunk := f.read(1 << 20):
+                writer.write(chunk)
+                await writer.drain()
+            writer.write_eof()
+            got = int(await reader.read())
+            elapsed = time.perf_counter() - started
+    if got != payload.stat().st_size:
+        raise RuntimeError(f"the sink read {got} bytes of {payload.stat().st_size}")
+    return elapsed
+
+
+def start_sink(bed: TestBed, work: Path) -> subprocess.Popen[bytes]:
+    key = asyncssh.generate_private_key("ssh-ed25519")
+    key.write_private_key(str(work / "sink_host_key"))
+    sink = subprocess.Popen(bed.device.nsenter(sys.executable, "-m", "bench.ssh_sink", str(SINK_PORT),
+                                               str(work / "sink_host_key"), f"{bed.device.client_key}.pub"),
+                            stdout=subprocess.PIPE)
+    assert sink.stdout is not None
+    if sink.stdout.readline().strip() != b"ready":
+        sink.kill()
+        raise RuntimeError("the bare asyncssh sink did not start")
+    return sink
 
 
 def openssh_once(bed: TestBed, payload: Path, target: str) -> float:
@@ -75,20 +110,26 @@ def main() -> int:
         endpoint = Endpoint(bed.device.device_ip, AGENT_PORT, "root", bed.device.client_key,
                             agent.known_hosts(Path(work_dir) / "known_hosts"))
         disk_target = bed.engine_b.data_root / f"bench-{uuid.uuid4().hex}"
+        sink = start_sink(bed, Path(work_dir))
         try:
-            ours, plain, to_disk, cipher = [], [], [], ""
-            for _ in range(args.runs):  # interleaved, so drift hits all three alike
+            ours, plain, to_disk, bare, cipher = [], [], [], [], ""
+            for _ in range(args.runs):  # interleaved, so drift hits all four alike
                 seconds, cipher = asyncio.run(push_once(endpoint, payload))
                 ours.append(seconds)
                 plain.append(openssh_once(bed, payload, "/dev/null"))
                 to_disk.append(openssh_once(bed, payload, str(disk_target)))
+                bare.append(asyncio.run(bare_asyncssh_once(bed.device.device_ip, SINK_PORT, bed.device.client_key,
+                                                           payload)))
             agent_peak = peak_rss(agent.proc.pid) if agent.proc is not None else 0
         finally:
             disk_target.unlink(missing_ok=True)
             agent.stop()
+            sink.kill()
+            sink.wait()
     mb = args.size_mb * 1048576 / 1e6
     base = statistics.median(plain)
     rows = [("OpenSSH `cat > /dev/null` (baseline)", plain), ("OpenSSH `cat > FILE` (writes to disk)", to_disk),
+            ("asyncssh alone → a sink that discards (the same ciphers, window and packets; no protocol)", bare),
             (f"androcond transport → agent (asyncssh, {cipher}; digest checked on disk)", ours)]
     print(f"| {args.size_mb} MB over the namespace link, median of {args.runs} | seconds | MB/s | vs baseline |")
     print("|---|---|---|---|")
