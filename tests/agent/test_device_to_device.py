@@ -88,6 +88,10 @@ async def test_a_container_moves_from_one_device_to_another_and_home_from_there(
                 code, record = await migrate_by_cli(config, unique_name, "tablet")
                 assert code == 0, record
                 assert record["state"] == "done" and record["from"] == "pixel" and record["to"] == "tablet"
+                # The same ISA, nothing to recode: pixel's files went on to tablet's agent as they came, each with
+                # pixel's own digest, which tablet checked.
+                relayed = await daemon.wait_for_log(lambda e: e.get("msg", "").startswith("relayed the source's"))
+                assert relayed["bytes"] == record["bytes_sent"] > 0, relayed
                 on_tablet = (await counting_on(engine_c, unique_name, on_pixel))[-1]
                 assert not await running(engine_b, unique_name) and not await running(engine_a, unique_name)
                 assert _exec(tablet.engine.host, unique_name, "cat", "/tmp/news").strip() == "written-on-pixel"
