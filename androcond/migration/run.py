@@ -132,6 +132,7 @@ class Migration:
             async with budget("preflight", t.preflight):
                 self.ctx.faults.inject("preflight", record.container_name)
                 plan = await preflight.plan(self.source, device, inspect, link.hello)
+                relay = relays(plan)
                 self.progress.bytes_expected = plan.estimate
                 # The target container is made (and the image shipped) while the source still runs: none of
                 # that belongs in the downtime.
@@ -146,7 +147,7 @@ class Migration:
                 self.recorder.time("notify_s", n0)
             async with budget("checkpoint", t.checkpoint):
                 await self.recorder.transition(S.CHECKPOINTING)
-                frozen = await self.source.freeze(plan.inspect, flat=plan.flat, relay=relays(plan))
+                frozen = await self.source.freeze(plan.inspect, flat=plan.flat, relay=relay)
                 self.settler.frozen = frozen
                 self.recorder.time("checkpoint_s", frozen.at)
                 record.timings.update({name: round(seconds, 3) for name, seconds in frozen.steps.items()})

@@ -218,19 +218,21 @@ class AgentSource:
 
     # --- the freeze --------------------------------------------------------------------------------------
     async def freeze(self, inspect: dict[str, Any], *, flat: bool = False, relay: bool = False) -> Frozen:
-        """Frozen on the device; its files land in the workspace before this returns (the recode and the stream
-        read them here). `flat`: a lazy dump, whose link is held open for its pages (Frozen.pages). `relay`
-        (not with `flat`): the link is held open instead, and the files go on to the target as the stream phase
-        reads them (Frozen.relayed)."""
-        await asyncio.to_thread(shutil.rmtree, self.workspace, True)
-        await asyncio.to_thread(self.workspace.mkdir, parents=True)
+        """Frozen on the device. With `relay` (and not `flat`) its link is held open and its files go on to the
+        target as the stream phase reads them (Frozen.relayed); else they land in the workspace before this
+        returns (the recode and the stream read them there). `flat`: a lazy dump, whose link is held open for
+        its pages (Frozen.pages)."""
+        relaying = relay and not flat
+        if not relaying:
+            await asyncio.to_thread(shutil.rmtree, self.workspace, True)
+            await asyncio.to_thread(self.workspace.mkdir, parents=True)
         async with contextlib.AsyncExitStack() as stack:
             link, _facts = await stack.enter_async_context(self._session())
             at = time.monotonic()
             frozen = await link.freeze(self._timeouts.checkpoint, lazy=flat)
             log.info("checkpointed on the device", seconds=round(frozen.checkpoint_seconds, 3),
                      files=frozen.file_count, bytes=frozen.total_bytes, via=frozen.via)
-            if relay and frozen.via != LAZY_DUMP:
+            if relaying:
                 self._held = stack.pop_all()  # released once the last file has passed, or by the rollback
                 relayed = Relay(link, frozen.file_count, release=self._release)
                 return Frozen(self.workspace / CHECKPOINT, at, frozen.via or "engine",
