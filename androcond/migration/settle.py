@@ -105,8 +105,10 @@ class Settler:
                             f"{record.checkpoint_name} {record.container_name})")
             await self.recorder.transition(S.FAILED, record.error)
             return
-        await self.recorder.transition(S.ROLLED_BACK, reason)
+        # Cleaned before the record says so: a crash in between is settled again on restart (the restore finds
+        # it running) and cleans then; after "rolled-back" nothing would.
         await self.source.clean_after_rollback()
+        await self.recorder.transition(S.ROLLED_BACK, reason)
 
 
 async def ask_target(links: LinkFactory, device: DeviceSettings | None, migration_id: str,
