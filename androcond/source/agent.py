@@ -24,7 +24,6 @@ from typing import Any, Protocol
 
 from ..agent import files as received
 from ..agent.errors import AgentError
-from ..agent.paths import check_name
 from ..config import DeviceSettings, TimeoutSettings
 from ..criu.lazy_dump import LAZY_DUMP
 from ..engine import Engine, EngineError
@@ -41,7 +40,7 @@ from ..protocol import protocol_pb2 as pb
 from ..protocol.wire import body
 from ..recoder import check_executable
 from .device_pages import DevicePages
-from .relay import Relay
+from .relay import Relay, check_volume
 from .rootfs import RootfsError, container_root
 
 log = get_logger(__name__)
@@ -310,9 +309,7 @@ def _root_for(workspace: Path, start: pb.FileStart) -> Path:
     elif start.destination == pb.ROOTFS:
         root = workspace / ROOTFS
     elif start.destination == pb.VOLUME:
-        root = workspace / VOLUMES / check_name(start.volume).as_posix()
-        if "/" in start.volume:
-            raise TransportError(f"the device named a volume {start.volume!r}")
+        root = workspace / VOLUMES / check_volume(start.volume)
     else:
         raise TransportError(f"the device sent a file for destination {start.destination}")
     root.mkdir(parents=True, exist_ok=True)

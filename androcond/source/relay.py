@@ -24,6 +24,17 @@ from ..protocol.wire import body
 RELAYED = (pb.CHECKPOINT, pb.ROOTFS, pb.VOLUME)
 
 
+def check_volume(name: str) -> str:
+    """A volume the device names: one plain name, never a path (TransportError otherwise)."""
+    try:
+        check_name(name)
+    except UnsafePath as exc:
+        raise TransportError(f"the device sent {exc}") from exc
+    if "/" in name:
+        raise TransportError(f"the device named a volume {name!r}")
+    return name
+
+
 class FrameSource(Protocol):
     async def incoming(self) -> pb.Frame: ...
 
@@ -73,12 +84,10 @@ class Relay:
             raise TransportError(f"the device sent a file for destination {start.destination}")
         try:
             check_name(start.path)
-            if start.destination == pb.VOLUME:
-                check_name(start.volume)
-                if "/" in start.volume:
-                    raise UnsafePath(f"refused volume {start.volume!r}")
         except UnsafePath as exc:
             raise TransportError(f"the device sent {exc}") from exc
+        if start.destination == pb.VOLUME:
+            check_volume(start.volume)
         return start
 
     def _outgoing(self, start: pb.FileStart, passing: _Passing | None = None) -> OutgoingFile:
