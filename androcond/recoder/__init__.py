@@ -99,7 +99,7 @@ def stages_for(source: str, options: RecodeOptions) -> list[Stage]:
             raise RecodeError(f"recode {source} -> {options.target} is not implemented")
         if options.vdso is None:
             raise RecodeError("a cross-ISA recode needs the target's vdso image")
-        stages.append(across(options.vdso, options.root))
+        stages.append(across(options.vdso, options.root, target_criu=options.target_criu))
     if options.profile == "android":
         stages.append(AndroidProfile(options.dropped_mounts))
     if options.cgroup_v1_to_v2:

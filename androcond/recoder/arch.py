@@ -19,6 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Final
 
+from ..criu.compat import version_tuple
 from ..images import Entry, Image, ImageFormatError, Pagemap, pb
 from ..images.pagemap import PE_PRESENT
 from .android import clear_seccomp
@@ -40,6 +41,18 @@ SPECIAL_AREAS: Final = VMA_AREA_VSYSCALL | VMA_AREA_VDSO | VMA_AREA_VVAR
 PROT_READ, PROT_EXEC = 1, 4
 MAP_PRIVATE, MAP_ANONYMOUS = 0x02, 0x20
 AT_SYSINFO_EHDR: Final = 33
+
+# How many auxv words the target's CRIU takes (its AT_VECTOR_SIZE; a longer vector is "Image corrupted"). aarch64's
+# grew from 40 to 50 in CRIU 4.1, when it counted the kernel's rseq entries (Linux 6.3). A kernel's vector can be
+# longer than the other ISA's CRIU takes: 22 entries fill x86_64's.
+AUXV_WORDS: Final = {"x86_64": 44, "aarch64": 50}
+AUXV_WORDS_AARCH64_BEFORE_4_1: Final = 40
+AARCH64_AUXV_GREW: Final = (4, 1, 0)
+# Dropped, in this order, when the vector does not fit: first what describes the source's CPU and means nothing on
+# the target (AT_HWCAP4, AT_HWCAP3, the cache geometry entries, AT_BASE_PLATFORM, AT_MINSIGSTKSZ, AT_HWCAP2,
+# AT_PLATFORM, AT_HWCAP), then the rseq entries. Only /proc/PID/auxv shows the kernel's copy; the program's own
+# (on its stack, which getauxval reads) is unchanged.
+AUXV_EXPENDABLE: Final = (30, 29, 40, 41, 42, 43, 44, 45, 46, 47, 24, 51, 26, 15, 16, 28, 27)
 
 # The Popcorn runtime's aarch64 register set: magic@0, sp@8, pc@16, x0..x30@24, v0..v31 (16 bytes each)@272.
 AARCH64_REGSET_MAGIC: Final = 0xAABCBDEADBEAF
@@ -212,9 +225,10 @@ class IsaRecode:
     target_isa = ""
     regset_size = 0
 
-    def __init__(self, target: VdsoTemplate, root: str | Path = "/") -> None:
+    def __init__(self, target: VdsoTemplate, root: str | Path = "/", *, target_criu: str = "") -> None:
         self.target = target
         self.root = Path(root)
+        self.auxv_words = auxv_words(self.target_isa, target_criu)
         self._elves: dict[Path, ElfInfo] = {}  # tasks of one container mostly share their executables
         self._foreign_text: set[str] = set()  # other files' executable mappings with dumped pages
         self._unfiltered: set[int] = set()  # tasks whose seccomp filter was removed
@@ -291,6 +305,12 @@ class IsaRecode:
         _rewrite_vmas(mm, self.target, vvar_start, vdso_start, template_vma)
         _set_auxv(mm, AT_SYSINFO_EHDR, vdso_start)
         _trim_auxv(mm)
+        dropped = _fit_auxv(mm, self.auxv_words, pid)
+        if dropped:
+            images.warnings.append(
+                f"task {pid}'s auxiliary vector is longer than the {self.target_isa} CRIU takes "
+                f"({self.auxv_words // 2} entries): the kernel's copy leaves out AT_ type(s) "
+                f"{', '.join(map(str, dropped))} (only /proc/PID/auxv shows it; the program's own copy is whole)")
         segments = _rewrite_pagemap(pagemap_image, pagemap, removed + exe_text, vdso_start, self.target.vdso_pages)
         images.plan_pages(pagemap.pages_name, segments)
 
@@ -488,6 +508,34 @@ def _trim_auxv(mm: pb.mm_entry) -> None:
         if auxv[i] == 0:
             del mm.mm_saved_auxv[i:]
             return
+
+
+def auxv_words(isa: str, criu_version: str) -> int:
+    """The auxv words a CRIU of `isa` and this version restores (an unknown version: a current one)."""
+    version = version_tuple(criu_version)
+    if isa == "aarch64" and version is not None and version < AARCH64_AUXV_GREW:
+        return AUXV_WORDS_AARCH64_BEFORE_4_1
+    return AUXV_WORDS[isa]
+
+
+def _fit_auxv(mm: pb.mm_entry, words: int, pid: int) -> list[int]:
+    """Drop expendable entries (AUXV_EXPENDABLE's order) until the vector fits `words`; the types dropped. One that
+    still does not fit is refused: every other entry describes the program itself."""
+    pairs = list(zip(mm.mm_saved_auxv[::2], mm.mm_saved_auxv[1::2], strict=True))
+    dropped: list[int] = []
+    for key in AUXV_EXPENDABLE:
+        if 2 * len(pairs) <= words:
+            break
+        if any(k == key for k, _ in pairs):
+            pairs = [(k, v) for k, v in pairs if k != key]
+            dropped.append(key)
+    if 2 * len(pairs) > words:
+        raise RecodeError(f"task {pid}: its auxiliary vector has {len(pairs)} entries, and the target's CRIU takes "
+                          f"{words // 2}")
+    if dropped:
+        del mm.mm_saved_auxv[:]
+        mm.mm_saved_auxv.extend(word for pair in pairs for word in pair)
+    return dropped
 
 
 def _rewrite_pagemap(image: Image, pagemap: Pagemap, removed: list[tuple[int, int]], vdso_start: int,

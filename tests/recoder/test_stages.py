@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import struct
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import pytest
@@ -24,6 +24,7 @@ from androcond.recoder import (
     read_elf,
     recode,
 )
+from androcond.recoder.arch import auxv_words
 from androcond.recoder.imageset import _copy_range
 
 from ..images.builders import build, common
@@ -182,6 +183,54 @@ def test_vdso_moves_to_a_gap_when_its_place_is_taken(builds: Builds, tmp_path: P
         assert vdso_vma.end <= start or end <= vvar_vma.start, "no overlap with any kept area"
     auxv = dict(zip(mm.mm_saved_auxv[::2], mm.mm_saved_auxv[1::2], strict=True))
     assert auxv[33] == vdso_vma.start
+
+
+# An x86_64 kernel's vector of 22 entries (Linux 6.18): it fills x86_64 CRIU's 44 words, and CRIU before 4.1 takes
+# 40 on aarch64.
+X86_AUXV_KEYS = (33, 51, 16, 6, 17, 3, 4, 5, 7, 8, 9, 11, 12, 13, 14, 23, 25, 26, 31, 15, 27, 28)
+
+
+def _with_auxv(directory: Path, keys: tuple[int, ...]) -> None:
+    image = read_image(directory / "mm-1.img")
+    mm = image.entries[0].get(pb.mm_entry)
+    vdso = dict(zip(mm.mm_saved_auxv[::2], mm.mm_saved_auxv[1::2], strict=True))[33]
+    del mm.mm_saved_auxv[:]
+    mm.mm_saved_auxv.extend(word for key in keys for word in (key, vdso if key == 33 else 1000 + key))
+    write_image(directory / "mm-1.img", image)
+
+
+@pytest.mark.parametrize(("criu", "dropped"), [("4.1.1", ()), ("", ()), ("3.19", (51, 26))])
+def test_the_auxiliary_vector_fits_the_target_s_criu(builds: Builds, vdso: VdsoTemplate, tmp_path: Path, criu: str,
+                                                      dropped: tuple[int, ...]) -> None:
+    """What a CRIU restores is its AT_VECTOR_SIZE words at most ("Image corrupted" beyond): the entries that only
+    describe the source's CPU go first, and the report says which."""
+    make_dump(tmp_path / "src", builds)
+    _with_auxv(tmp_path / "src", X86_AUXV_KEYS)
+    report = recode(tmp_path / "src", tmp_path / "out", replace(options(builds, tmp_path, vdso), target_criu=criu))
+    mm = read_image(tmp_path / "out" / "mm-1.img").entries[0].get(pb.mm_entry)
+    keys = list(mm.mm_saved_auxv[::2])
+    assert keys == [k for k in X86_AUXV_KEYS if k not in dropped], "the rest in its order"
+    assert dict(zip(keys, mm.mm_saved_auxv[1::2], strict=True))[6] == 1006, "values kept"
+    said = [w for w in report.warnings if "auxiliary vector" in w]
+    if dropped:
+        assert len(mm.mm_saved_auxv) <= 40
+        assert said and "51, 26" in said[0], report.warnings
+    else:
+        assert not said
+
+
+def test_an_auxiliary_vector_that_cannot_fit_is_refused(builds: Builds, vdso: VdsoTemplate, tmp_path: Path) -> None:
+    make_dump(tmp_path / "src", builds)
+    _with_auxv(tmp_path / "src", (33, *range(3, 15), 17, 23, 25, 31, 32, 34, 35, 36, 37))  # 22: none expendable
+    refused = r"task 1: its auxiliary vector has 22 entries, and the target's CRIU takes 20"
+    with pytest.raises(RecodeError, match=refused):
+        recode(tmp_path / "src", tmp_path / "out", replace(options(builds, tmp_path, vdso), target_criu="4.0"))
+
+
+def test_auxv_words_per_target_criu() -> None:
+    assert auxv_words("x86_64", "4.2.1") == auxv_words("x86_64", "") == 44
+    assert auxv_words("aarch64", "4.1.1") == auxv_words("aarch64", "") == 50
+    assert auxv_words("aarch64", "4.0") == 40
 
 
 def test_multi_threaded_task_is_refused(builds: Builds, vdso: VdsoTemplate, tmp_path: Path) -> None:
