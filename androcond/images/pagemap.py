@@ -140,6 +140,9 @@ class Pagemap:
         parts: list[bytes] = []
         while length > 0:
             run = self.find(addr)
+            if run is not None and run.pages_offset is None and run.flags & PE_LAZY:
+                raise ImageFormatError(self.name, 0, f"address 0x{addr:x} is in memory left to post-copy (a lazy "
+                                                     "dump's anonymous pages are served later, not written)")
             if run is None or run.pages_offset is None:
                 raise ImageFormatError(self.name, 0, f"address 0x{addr:x} has no PRESENT page in this dump")
             run_end = run.vaddr + run.nr_pages * self.page_size

@@ -85,6 +85,15 @@ def test_read_spans_adjacent_runs_and_refuses_absent_pages() -> None:
         pagemap.read(pages, 0x2FFE, 4)
 
 
+def test_read_names_memory_a_lazy_dump_left_to_post_copy() -> None:
+    """A lazy dump (the flat freeze) writes no anonymous page: what a recode would read there is named as such."""
+    pagemap = _load(pagemap_image(1, (0x1000, 1, PE_PRESENT), (0x2000, 1, PE_LAZY)))
+    pages = io.BytesIO(b"a" * PAGE)
+    assert pagemap.read(pages, 0x1000, 2) == b"aa"
+    with pytest.raises(ImageFormatError, match="0x2008 is in memory left to post-copy"):
+        pagemap.read(pages, 0x2008, 8)
+
+
 def test_pagemap_claiming_more_than_pages_file(tmp_path: Path) -> None:
     (tmp_path / "pagemap-7.img").write_bytes(pagemap_image(1, (0x1000, 1, PE_PRESENT), (0x4000, 2, PE_PRESENT)))
     (tmp_path / "pages-1.img").write_bytes(b"x" * 2 * PAGE)
