@@ -30,37 +30,53 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     classify(items)
 
 
-# containerd never removes its copy of a checkpoint it restored (androcond/criu/leftovers.py): what a bed test
-# leaves there is named at the end of the session (by test, and whose: androcond's marked ones or not), and
-# removed, so that one test's leftover is not the next one's.
-_EXTRACTIONS_LEFT: list[tuple[str, list[str]]] = []
+# containerd never removes its copy of a checkpoint it restored (androcond/criu/leftovers.py), and a process killed
+# mid-step can leave androcond's own temporary directories in /tmp (androcond-*): what a bed test leaves of either
+# is named at the end of the session (by test, and whose) and removed, so that one test's leftover is not the next
+# one's. A mount point (a root mounted for a recode) is named, never removed.
+_LEFT: list[tuple[str, list[str]]] = []
+TMP = Path("/tmp")
+
+
+def _leftovers() -> set[Path]:
+    return extractions() | set(TMP.glob("androcond-*"))
 
 
 @pytest.fixture(autouse=True)
-def _extractions_left(request: pytest.FixtureRequest) -> Iterator[None]:
+def _leftovers_of_each_test(request: pytest.FixtureRequest) -> Iterator[None]:
     if request.node.get_closest_marker("testbed") is None:
         yield
         return
-    before = extractions()
+    before = _leftovers()
     yield
-    left = sorted(extractions() - before)
+    left = sorted(_leftovers() - before)
     if left:
-        _EXTRACTIONS_LEFT.append((request.node.nodeid, [f"{p.name} ({_whose(p)})" for p in left]))
+        _LEFT.append((request.node.nodeid, [f"{p.name} ({_whose(p)})" for p in left]))
         for path in left:
-            shutil.rmtree(path, ignore_errors=True)
+            if os.path.ismount(path):
+                continue
+            if path.is_dir():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
 
 
-def _whose(extracted: Path) -> str:
+def _whose(left: Path) -> str:
+    if not left.name.startswith("ctrd-checkpoint"):
+        if os.path.ismount(left) or not left.is_dir():
+            return "mounted" if os.path.ismount(left) else "a file"
+        return "holding " + (", ".join(sorted(p.name for p in left.iterdir())[:4]) or "nothing")
     try:
-        return f"androcond nonce {(extracted / NONCE_FILE).read_text()[:40]}"
+        return f"androcond nonce {(left / NONCE_FILE).read_text()[:40]}"
     except OSError:
         return "no androcond nonce"
 
 
 def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
-    if _EXTRACTIONS_LEFT:
-        terminalreporter.section("containerd's checkpoint extractions the tests left (removed)")
-        for nodeid, left in _EXTRACTIONS_LEFT:
+    if _LEFT:
+        terminalreporter.section("what the tests left in /tmp: containerd's checkpoint extractions, androcond's "
+                                 "temporary directories (removed)")
+        for nodeid, left in _LEFT:
             terminalreporter.write_line(f"{nodeid}: {', '.join(left)}")
 
 

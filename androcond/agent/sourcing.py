@@ -32,7 +32,7 @@ from ..aio import complete
 from ..criu import compat as criu_compat
 from ..criu import runc
 from ..criu.lazy_dump import LAZY_DUMP, LazyDump, LazyDumpError
-from ..criu.leftovers import FLAT_FILE, NONCE_FILE, mark_flat, place_nonce, remove_extractions
+from ..criu.leftovers import FLAT_FILE, is_own, mark_flat, place_nonce, remove_extractions
 from ..engine import EngineError
 from ..logging import get_logger
 from ..popcorn import notify as popcorn
@@ -104,7 +104,7 @@ def _facts(inspect: dict[str, Any]) -> tuple[int, int, int]:
 def _listing(checkpoint: Path, inspect: dict[str, Any]) -> list[tuple[int, str, Entry]]:
     """What moves, in order: (destination, volume, entry). Blocking."""
     files: list[tuple[int, str, Entry]] = [(pb.CHECKPOINT, "", e) for e in entries(checkpoint)
-                                           if e.kind == pb.REGULAR and e.name not in (NONCE_FILE, FLAT_FILE)]
+                                           if e.kind == pb.REGULAR and not is_own(e.name)]
     files += [(pb.ROOTFS, "", e) for e in entries(_upper_dir(inspect))]
     for name, source in _volumes(inspect):
         files += [(pb.VOLUME, name, e) for e in entries(source)]

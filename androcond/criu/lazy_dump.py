@@ -29,13 +29,13 @@ import shutil
 import signal
 import socket
 import struct
-import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 from ..errors import AndrocondError
 from ..logging import get_logger
 from .compat import host_criu_version, log_errors
+from .leftovers import LAZY_DUMP_WORK
 from .page_protocol import (
     CLOSED_OK,
     STATUS,
@@ -102,8 +102,8 @@ class LazyDump:
         if runc is None:
             raise LazyDumpError("runc is not installed")
         header = header_for(await host_criu_version()) or WIDE
-        await asyncio.to_thread(image_dir.mkdir, parents=True, exist_ok=True)
-        work = Path(await asyncio.to_thread(tempfile.mkdtemp, prefix="androcond-lazy-dump-"))
+        work = image_dir / LAZY_DUMP_WORK
+        await asyncio.to_thread(work.mkdir, parents=True, exist_ok=True)
         port = _free_port()
         status_r, status_w = os.pipe()
         try:

@@ -20,8 +20,18 @@ NONCE_FILE = "androcond-nonce"
 # container's pause is ours to undo. Placed before the pause (mark_flat), so that whoever settles the move after
 # a crash at any point of the freeze finds it.
 FLAT_FILE = "androcond-flat"
+# A lazy dump's work directory (CRIU's dump.log, runc's output), inside its checkpoint directory: it goes with
+# the checkpoint whoever ends the move (the rollback removes the checkpoint, the end removes the container), so a
+# process killed while the dump holds the tasks leaves nothing of it elsewhere.
+LAZY_DUMP_WORK = ".androcond-lazy-dump"
 # containerd's TMPDIR when the engine sets none (Debian's docker.io, the bed's engines).
 CONTAINERD_TMP: tuple[Path, ...] = (Path("/tmp"),)
+
+
+def is_own(path: str) -> bool:
+    """Whether `path` (relative to a checkpoint directory) is androcond's own, never sent with the images: the
+    marks and a lazy dump's work directory (the device places its own)."""
+    return path in (NONCE_FILE, FLAT_FILE) or path == LAZY_DUMP_WORK or path.startswith(f"{LAZY_DUMP_WORK}/")
 
 
 def place_nonce(checkpoint_dir: Path, owner: str = "") -> str:

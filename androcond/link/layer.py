@@ -7,7 +7,7 @@ from __future__ import annotations
 import stat
 from pathlib import Path, PurePosixPath
 
-from ..criu.leftovers import FLAT_FILE, NONCE_FILE
+from ..criu.leftovers import is_own
 from ..errors import AndrocondError
 from ..protocol import protocol_pb2 as pb
 from ..protocol.tree import Entry, TreeError, entries
@@ -62,7 +62,7 @@ def replace_files(files: list[OutgoingFile], replacements: list[OutgoingFile]) -
 
 def checkpoint_files(directory: Path) -> list[OutgoingFile]:
     # The source's marks of its own checkpoint (for its rollback): the device places its own.
-    files = [f for f in tree_files(directory, pb.CHECKPOINT) if f.path not in (NONCE_FILE, FLAT_FILE)]
+    files = [f for f in tree_files(directory, pb.CHECKPOINT) if not is_own(f.path)]
     odd = [f.path for f in files if f.kind != pb.REGULAR]
     if odd:
         raise LayerError(f"checkpoint {directory} holds non-regular files: {', '.join(odd[:5])}")

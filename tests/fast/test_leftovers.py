@@ -7,7 +7,16 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from androcond.criu.leftovers import NONCE_FILE, place_nonce, remove_extractions, remove_extractions_of
+from androcond.criu.leftovers import (
+    FLAT_FILE,
+    LAZY_DUMP_WORK,
+    NONCE_FILE,
+    is_own,
+    place_nonce,
+    remove_extractions,
+    remove_extractions_of,
+)
+from androcond.link.layer import checkpoint_files
 
 
 def _extracted(tmp: Path, checkpoint: Path, suffix: str) -> Path:
@@ -52,3 +61,18 @@ def test_a_nonce_names_one_extraction(tmp_path: Path) -> None:
     ours, theirs = _extracted(tmp, first, "a"), _extracted(tmp, second, "b")
     assert remove_extractions(nonce, (tmp,)) == [ours]
     assert list(tmp.iterdir()) == [theirs]
+
+
+def test_a_lazy_dump_s_work_and_the_marks_stay_out_of_what_is_sent(tmp_path: Path) -> None:
+    """The flat freeze's work directory lives in its checkpoint directory (so it goes with it, whoever ends the
+    move), and like the marks it is never sent: the images are."""
+    checkpoint, _nonce = _checkpoint(tmp_path, "cp")
+    (checkpoint / FLAT_FILE).write_text("")
+    work = checkpoint / LAZY_DUMP_WORK
+    work.mkdir()
+    (work / "dump.log").write_text("growing while the pages are served")
+    (checkpoint / "pagemap-1.img").write_bytes(b"\0" * 8)
+    assert sorted(f.path for f in checkpoint_files(checkpoint)) == ["inventory.img", "pagemap-1.img"]
+    assert is_own(NONCE_FILE) and is_own(FLAT_FILE) and is_own(LAZY_DUMP_WORK)
+    assert is_own(f"{LAZY_DUMP_WORK}/dump.log")
+    assert not is_own(f"{LAZY_DUMP_WORK}x/dump.log") and not is_own("dump.log")
