@@ -110,18 +110,25 @@ async def _cross_isa(source: Source, facts: SourceFacts, hello: pb.AgentHello) -
     """Across ISAs in the manner of criu-het: every task must be a Popcorn binary with both variants."""
     if not hello.vdso:
         raise Rejected(f"the {hello.isa} device did not report its vdso (agent too old?)")
-    executables = await source.popcorn_executables(facts.pids, hello.isa)
-    return CrossIsa(facts.pids, hello.isa, VdsoTemplate(hello.vdso, hello.vvar_size, hello.page_size), executables)
+    binaries = await source.popcorn_executables(facts.pids, hello.isa)
+    blocker = "; ".join(f"{name} keeps {' and '.join(symbols)} in anonymous memory (.bss), which a lazy dump leaves "
+                        "to post-copy: the recode could not read the registers there"
+                        for name, symbols in sorted(binaries.anonymous_regsets.items()))
+    return CrossIsa(facts.pids, hello.isa, VdsoTemplate(hello.vdso, hello.vvar_size, hello.page_size),
+                    binaries.executables, lazy_dump_blocker=blocker)
 
 
 def _flat(device: DeviceSettings, lazy: bool, cross: CrossIsa | None, emulated: Emulated | None) -> bool:
-    """The flat freeze (`freeze = "flat"`) where it is built: post-copy of a same-ISA move, from this host or
-    from a device (the way back). Else the memory is dumped first, as with `freeze = "dump"`."""
+    """The flat freeze (`freeze = "flat"`) where it is built: post-copy, from this host or from a device (the way
+    back), on the same ISA or across ISAs. Across ISAs the recode reads one thing of the memory, the registers the
+    notify left in regs_dst/tls_dst: a lazy dump writes them when they lie in the binary's file-backed data, not in
+    its .bss (anonymous memory, left to post-copy). Else the memory is dumped first, as with `freeze = "dump"`."""
     if device.freeze != "flat":
         return False
     why_not = [why for why, blocks in (
         ("post-copy is off for this move", not lazy),
-        ("the move crosses ISAs (a recoded lazy dump is not built)", cross is not None or emulated is not None),
+        ("the move runs emulated (the restorer reads every page before it resumes)", emulated is not None),
+        (cross.lazy_dump_blocker if cross else "", bool(cross and cross.lazy_dump_blocker)),
     ) if blocks]
     if why_not:
         log.info("the flat freeze is off for this move; the memory is dumped first", why="; ".join(why_not))
@@ -131,9 +138,9 @@ def _flat(device: DeviceSettings, lazy: bool, cross: CrossIsa | None, emulated: 
 def _lazy(facts: SourceFacts, device: DeviceSettings, hello: pb.AgentHello, cross: CrossIsa | None,
           emulated: Emulated | None) -> bool:
     """Post-copy per the device's `lazy` setting: "true" refuses a move that cannot have it, "auto" takes it when
-    every part can. Across ISAs too: the page server serves the recoded images, whose pages are the memory as the
-    notified program left it (its own state, ISA-neutral); only the executable's pages differ, and the recode
-    drops those, so they are read from the target's binary, never served."""
+    every part can. Across ISAs too: what is served (the recoded images, or the frozen tasks of a flat freeze) is
+    the memory as the notified program left it (its own state, ISA-neutral); only the executable's pages differ,
+    and the recode drops those, so they are read from the target's binary, never served."""
     if device.lazy == "false":
         return False
     why_not = []
@@ -144,8 +151,10 @@ def _lazy(facts: SourceFacts, device: DeviceSettings, hello: pb.AgentHello, cros
         why_not.append(facts.page_server_blocker)
     if emulated is not None:
         why_not.append("post-copy under emulation is not built (the restorer reads every page before it resumes)")
-    if facts.lazy_needs_flat and (device.freeze != "flat" or cross is not None):
-        why_not.append("post-copy from a device is served by its flat freeze only (freeze = \"flat\", same ISA)")
+    if facts.lazy_needs_flat and device.freeze != "flat":
+        why_not.append("post-copy from a device is served by its flat freeze only (freeze = \"flat\")")
+    elif facts.lazy_needs_flat and cross is not None and cross.lazy_dump_blocker:
+        why_not.append(f"post-copy from a device is served by its flat freeze only, and {cross.lazy_dump_blocker}")
     if why_not and device.lazy == "true":
         raise Rejected(f"post-copy (lazy = true) is not possible: {'; '.join(why_not)}")
     if why_not:

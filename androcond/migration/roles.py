@@ -16,7 +16,7 @@ from ..link.payload import OutgoingFile, Progress, ProgressCallback
 from ..link.transport import PageSource
 from ..protocol import protocol_pb2 as pb
 from .container_config import TargetPlan
-from .plan import Frozen, SourceFacts
+from .plan import Frozen, PopcornBinaries, SourceFacts
 
 
 class TargetLink(Protocol):
@@ -54,7 +54,7 @@ class Source(Protocol):
 
     async def sockets_blocker(self, count: int) -> str: ...  # why its CRIU cannot dump the sockets, or ""
 
-    async def popcorn_executables(self, pids: tuple[int, ...], target_isa: str) -> tuple[str, ...]: ...
+    async def popcorn_executables(self, pids: tuple[int, ...], target_isa: str) -> PopcornBinaries: ...
 
     async def notify(self, pids: tuple[int, ...], target_isa: str) -> None: ...
 

@@ -30,12 +30,13 @@ from ..migration import container_config
 from ..migration.container_config import TargetPlan
 from ..migration.errors import Rejected
 from ..migration.journal import MigrationRecord
-from ..migration.plan import Frozen, SourceFacts
+from ..migration.plan import Frozen, PopcornBinaries, SourceFacts
 from ..popcorn import notify as popcorn
 from ..popcorn.notify import PopcornError
 from ..protocol import protocol_pb2 as pb
 from ..protocol.tree import tree_size
 from ..recoder import RecodeRefused, preflight_processes
+from ..recoder.preflight import anonymous_regsets
 from .rootfs import container_root
 
 log = get_logger(__name__)
@@ -168,13 +169,14 @@ class HostSource:
         except container_config.ConfigRefused as exc:
             raise Rejected(f"the container's configuration cannot move: {exc}") from exc
 
-    async def popcorn_executables(self, pids: tuple[int, ...], target_isa: str) -> tuple[str, ...]:
+    async def popcorn_executables(self, pids: tuple[int, ...], target_isa: str) -> PopcornBinaries:
         """Every task must be a Popcorn binary with both variants beside it (criu-het's way across ISAs)."""
         try:
             found = await asyncio.to_thread(preflight_processes, list(pids), platform.machine(), target_isa)
         except RecodeRefused as exc:
             raise Rejected(f"cannot move to an {target_isa} device: {exc}") from exc
-        return tuple(found)
+        anonymous = await asyncio.to_thread(anonymous_regsets, list(pids), platform.machine())
+        return PopcornBinaries(tuple(found), anonymous)
 
     async def notify(self, pids: tuple[int, ...], target_isa: str) -> None:
         """The Popcorn protocol: every task reaches a migration point with the target's registers ready."""

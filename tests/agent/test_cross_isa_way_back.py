@@ -2,12 +2,18 @@
 arm64 device by its label, then `androcond migrate NAME --to host` brings it home: the device's agent notifies
 its task for x86_64 and freezes it, the daemon recodes the aarch64 dump for this host (the x86_64 registers the
 runtime left, the host's own vdso, `<bin>_x86-64` at `<bin>` again) and the host restores it in place; it says
-it resumed on x86_64 and counts on. A fault after the device froze it leaves it counting on the device."""
+it resumes on x86_64 and counts on. A fault after the device froze it leaves it counting on the device.
+
+Post-copy back across ISAs (`lazy = true`, `freeze = "flat"` in the device's table): the device dumps all but the
+memory, the daemon recodes that for x86_64, the host resumes the program at once, and the device's paused tasks
+serve its pages; a link cut while they arrive unpauses the same process on the device."""
 
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
+from typing import Any
 
 from androcond.engine import Engine
 
@@ -19,7 +25,10 @@ from ..testbed.twoisa import BIN
 from .arm64_bed import ARM64_MARKS
 from .conftest import AgentBed
 from .daemon_bed import migrate_by_cli, running
+from .test_arm64_post_copy import MB, MEMORY_CHECK, lazy_pages_running
 from .test_cross_isa_resume import LOG, daemon_config, device_log, log_lines, move_out, on_device, twoisa_image
+from .test_daemon_faults import injected
+from .test_post_copy import exists, keepers_alive, states
 
 pytestmark = ARM64_MARKS
 __all__ = ["on_device", "twoisa_image"]  # the fixtures, shared with the way out's tests
@@ -28,9 +37,10 @@ Line = tuple[str, int, str, int]
 
 
 async def _out_and_counting_on_aarch64(agent: AgentBed, device: Arm64Device, engine: Engine, image: str, name: str,
-                                       directory: Path) -> int:
-    """Moved to the arm64 device by its label; the last count it told there once it counted on."""
-    end, _, _ = await move_out(agent, device, engine, image, name, directory)
+                                       directory: Path, *args: str) -> int:
+    """Moved to the arm64 device by its label (`args`: the program's after its log file); the last count it told
+    there once it counted on."""
+    end, _, _ = await move_out(agent, device, engine, image, name, directory, *args)
     assert end["state"] == "done", end.get("detail")
 
     def counted_on() -> bool:
@@ -44,7 +54,7 @@ def _home_log(engine_a_host: str, name: str) -> list[Line]:
     return log_lines(run([DOCKER_CLI, "-H", engine_a_host, "exec", name, "cat", LOG]).stdout.decode())
 
 
-async def _home(daemon: DaemonProcess, config: Path, name: str) -> tuple[int, dict[str, object]]:
+async def _home(daemon: DaemonProcess, config: Path, name: str) -> tuple[int, dict[str, Any]]:
     await daemon.start()
     await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
     return await migrate_by_cli(config, name, "host")
@@ -123,5 +133,93 @@ async def test_a_fault_after_the_device_froze_it_leaves_it_counting_on_aarch64(
             "rolled back from the device's own checkpoint, not restarted and not resumed elsewhere"
         arm = [n for kind, n, isa, _ in story if kind == "count" and isa == "aarch64"]
         assert len(set(arm)) >= len(arm) - 1 and arm == sorted(arm), "counting on, not from the start"
+    finally:
+        bed.engine_a.cli("rm", "-f", on_device, check=False)
+
+
+FLAT = 'lazy = true\nfreeze = "flat"\n'
+
+
+def _device_started_at(device: Arm64Device, name: str) -> str:
+    return device.adb_shell(f"docker inspect -f '{{{{.State.StartedAt}}}}' {name}", timeout=120).strip()
+
+
+def _bad_pages_at_home(pid: int) -> str:
+    """The memory check of the arm64 post-copy test, run here on the home copy's process."""
+    return run([sys.executable, "-c", MEMORY_CHECK, str(pid), str(MB)]).stdout.decode().strip()
+
+
+async def test_post_copy_back_across_isas_resumes_home_before_the_memory_arrives(
+        arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, twoisa_image: str, tmp_path: Path,
+        on_device: str) -> None:
+    bed = agent_server.bed
+    try:
+        on_arm = await _out_and_counting_on_aarch64(agent_server, arm64_device, engine_a, twoisa_image, on_device,
+                                                    tmp_path, "0", str(MB))
+        config = daemon_config(agent_server, arm64_device, tmp_path, extra=FLAT)
+        daemon = DaemonProcess(config)
+        try:
+            code, record = await _home(daemon, config, on_device)
+            assert code == 0 and record["state"] == "done", (record["state"], record.get("error"))
+            assert states(daemon, on_device)[-3:] == ["restoring", "paging", "done"]
+            frozen = next(e for e in daemon.lines if e.get("msg") == "checkpointed on the device")
+            assert frozen["via"] == "lazy-dump" and frozen["bytes"] < MB * 2**20, frozen
+            # The memory came after the resume, from the device's tasks.
+            assert record["bytes_sent"] >= MB * 2**20, record
+            timings = record["timings"]
+            assert isinstance(timings, dict) and {"notify_s", "recode_s"} <= set(timings), record
+            assert timings["downtime_s"] == timings["resumed_s"] <= timings["last_page_s"], timings
+            assert any(e.get("msg", "").startswith("the device's lazy dump ended") for e in daemon.lines)
+        finally:
+            await daemon.kill()
+
+        def resumed_home() -> bool:
+            return any(kind == "count" and isa == "x86_64" and n > on_arm
+                       for kind, n, isa, _ in _home_log(bed.engine_a.host, on_device))
+
+        wait_for(resumed_home, timeout=60, interval=0.5, what="counting on at home")
+        story = [line for line in _home_log(bed.engine_a.host, on_device) if line[3] == 0]
+        assert [isa for kind, _, isa, _ in story if kind == "resumed at count"] == ["aarch64", "x86_64"], story
+        # Every page is home, as aarch64 left it (and x86_64 first wrote it).
+        pid = int((await engine_a.inspect_container(on_device))["State"]["Pid"])
+        assert _bad_pages_at_home(pid) == "0"
+        assert on_device not in arm64_device.adb_shell("docker ps -a --format '{{.Names}}'", timeout=120)
+        assert lazy_pages_running(arm64_device) == "" and keepers_alive() == []
+    finally:
+        bed.engine_a.cli("rm", "-f", on_device, check=False)
+
+
+async def test_a_link_cut_while_pages_come_home_unpauses_the_device_s_tasks(
+        arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, twoisa_image: str, tmp_path: Path,
+        on_device: str) -> None:
+    """Cut at `paging`, resumed at home with its memory on the way: the device's dump is reset, its tasks go back
+    to paused, the home copy is removed, and the rollback unpauses them — the same process (its start time
+    unchanged) counting on aarch64, never resumed elsewhere."""
+    bed = agent_server.bed
+    try:
+        on_arm = await _out_and_counting_on_aarch64(agent_server, arm64_device, engine_a, twoisa_image, on_device,
+                                                    tmp_path, "0", str(MB))
+        began = _device_started_at(arm64_device, on_device)
+        config = daemon_config(agent_server, arm64_device, tmp_path, extra=FLAT)
+        daemon = DaemonProcess(config, env=injected("paging", on_device))
+        try:
+            code, record = await _home(daemon, config, on_device)
+            assert code != 0 and record["state"] == "rolled-back", record
+            assert "paging" in states(daemon, on_device)
+        finally:
+            await daemon.kill()
+        assert not await exists(engine_a, on_device), "the home copy is removed"
+
+        def counts_on_past(at: int) -> bool:
+            return any(kind == "count" and isa == "aarch64" and n >= at + 3
+                       for kind, n, isa, _ in device_log(arm64_device, on_device))
+
+        wait_for(lambda: counts_on_past(on_arm), timeout=120, interval=1, what="counting on the device again")
+        assert _device_started_at(arm64_device, on_device) == began, "restored from a checkpoint, not unpaused"
+        story = [line for line in device_log(arm64_device, on_device) if line[3] == 0]
+        assert [isa for kind, _, isa, _ in story if kind == "resumed at count"] == ["aarch64"], story
+        arm = [n for kind, n, isa, _ in story if kind == "count" and isa == "aarch64"]
+        assert arm == sorted(arm) and len(set(arm)) >= len(arm) - 1, "counting on, not from the start"
+        assert keepers_alive() == []
     finally:
         bed.engine_a.cli("rm", "-f", on_device, check=False)

@@ -5,6 +5,7 @@ The dump itself (runc, CRIU, the paused tasks) is proven on the bed: tests/agent
 from __future__ import annotations
 
 import tomllib
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -107,7 +108,9 @@ def test_preflight_takes_the_flat_freeze_only_where_it_is_built() -> None:
     vdso, vvar_size = read_vdso()  # this process's own: any kernel's will do for the decision
     cross = CrossIsa((1,), "aarch64", VdsoTemplate(vdso, vvar_size, 4096), ("/bin/app",))
     assert _flat(flat, True, None, None)
+    assert _flat(flat, True, cross, None), "across ISAs: the registers the notify left are in the file's data"
     assert not _flat(DeviceSettings(name="board", adb_serial="s", lazy="true"), True, None, None)
     assert not _flat(flat, False, None, None), "post-copy off for this move (lazy = auto): the dump"
-    assert not _flat(flat, True, cross, None)
     assert not _flat(flat, True, None, Emulated("/usr/bin/qemu-x86_64", "10.0"))
+    in_bss = replace(cross, lazy_dump_blocker="/bin/app keeps regs_dst in anonymous memory (.bss)")
+    assert not _flat(flat, True, in_bss, None), "the recode could not read the registers: the dump"

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+from dataclasses import replace
 
 import pytest
 
@@ -61,12 +62,15 @@ def test_a_device_serves_pages_from_its_flat_freeze_only() -> None:
     hello = pb.AgentHello(lazy_pages=True)
     flat = device("true", "flat")
     assert _lazy(facts(from_device=True), flat, hello, None, None)
+    assert _lazy(facts(from_device=True), flat, hello, cross_isa(), None), "across ISAs from its flat freeze too"
     assert _lazy(facts(from_device=False), device("true"), hello, None, None), "the host serves from its dump"
     with pytest.raises(Rejected, match=r"served by its flat freeze only"):
         _lazy(facts(from_device=True), device("true"), hello, None, None)
-    with pytest.raises(Rejected, match=r"served by its flat freeze only"):
-        _lazy(facts(from_device=True), flat, hello, cross_isa(), None)
-    assert not _lazy(facts(from_device=True), device("auto", "flat"), hello, cross_isa(), None), "auto: whole"
+    assert not _lazy(facts(from_device=True), device("auto"), hello, None, None), "auto without it: whole"
+    in_bss = replace(cross_isa(), lazy_dump_blocker="/bin/app keeps regs_dst in anonymous memory (.bss)")
+    with pytest.raises(Rejected, match=r"flat freeze only, and /bin/app keeps regs_dst in anonymous memory"):
+        _lazy(facts(from_device=True), flat, hello, in_bss, None)
+    assert _lazy(facts(from_device=False), device("true"), hello, in_bss, None), "the host's full dump has it all"
     with pytest.raises(Rejected, match=r"cannot serve pages \(upgrade"):
         _lazy(facts(from_device=True, blocker="device phone's agent cannot serve pages (upgrade it)"), flat,
               hello, None, None)
