@@ -24,7 +24,9 @@ from tests.testbed.twoisa import arm64_device_table
 class Arm64Bench:
     bed: TestBed
     device: Arm64Device
-    config: Path  # the daemon's: devices `pixel`, `arm64` and `arm64-lazy` (the same, with post-copy)
+    # The daemon's: devices `pixel`, `arm64`, `arm64-lazy` (the same, with post-copy) and `arm64-flat` (post-copy
+    # from the flat freeze, both ways).
+    config: Path
 
 
 @contextmanager
@@ -37,6 +39,7 @@ def arm64_bench(work: Path, agent_port: int, label: str) -> Iterator[Arm64Bench]
     config = daemon_config(agent, work, daemon=f'api = "unix:{work / "api.sock"}"\nlog_level = "warning"',
                            extra=arm64_device_table(device, work) +
                            arm64_device_table(device, work, name="arm64-lazy", extra="lazy = true") +
+                           arm64_device_table(device, work, name="arm64-flat", extra='lazy = true\nfreeze = "flat"') +
                            "[timeouts]\nconnect = 60\n")
     agent.start()
     daemon = subprocess.Popen([sys.executable, "-m", "androcond", "run", "--config", str(config)],

@@ -7,10 +7,13 @@ recode, transfer, restore on the device; downtime is from the freeze to the devi
 With --lazy, a third target in the same run: the arm64 device with post-copy (`lazy = true`: it resumes before its
 memory has arrived, which the page server serves from the recoded images); its time to the last page too.
 
-With --back, each container then comes home (`migrate --to host`): from the x86_64 device as it went, from the
-arm64 device notified for x86_64 there and recoded back here; the same phases, timed by the daemon.
+With --flat, a fourth: the arm64 device with post-copy from the flat freeze (`freeze = "flat"`: no memory is
+dumped; the paused source serves it). With --back, each container then comes home (`migrate --to host`): from the
+x86_64 device as it went, from the arm64 device notified for x86_64 there and recoded back here (and from
+`arm64-flat` with post-copy from the device's flat freeze); the same phases, timed by the daemon. Downtime is
+the daemon's own (from the freeze to the target's word that it runs).
 
-Run as root:  .venv/bin/python -m bench.cross_isa [--mb 16] [--runs 3] [--lazy] [--back]
+Run as root:  .venv/bin/python -m bench.cross_isa [--mb 16] [--runs 3] [--lazy] [--flat] [--back]
 (ANDROCOND_ARM64_ATTACH=<the JSON line of `python -m tests.testbed.arm64 boot`> uses a device booted already.)
 """
 
@@ -39,6 +42,7 @@ def main() -> int:
     parser.add_argument("--mb", type=int, default=16, help="touched memory of the program, MB")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--lazy", action="store_true", help="and onto the arm64 device with post-copy")
+    parser.add_argument("--flat", action="store_true", help="and onto it with post-copy from the flat freeze")
     parser.add_argument("--back", action="store_true", help="then bring each container home, timed too")
     args = parser.parse_args()
     results: dict[str, dict[str, list[float]]] = {}
@@ -47,7 +51,8 @@ def main() -> int:
         bed, device = on.bed, on.device
         image = install_twoisa_image(bed.engine_a, device, Path(tmp))
         for _ in range(args.runs):
-            targets = ("pixel", "arm64", "arm64-lazy") if args.lazy else ("pixel", "arm64")
+            targets = ("pixel", "arm64", *(("arm64-lazy",) if args.lazy else ()), *(("arm64-flat",) if args.flat
+                                                                                     else ()))
             for target in targets:  # interleaved: drift hits all alike
                 name = f"bench-twoisa-{target}-{uuid.uuid4().hex[:6]}"
                 bed.engine_a.cli("run", "-d", "--name", name, "--label", f"{LABEL}=1", image, f"/bin/{BIN}",
@@ -66,11 +71,17 @@ def main() -> int:
     labels = {"pixel": "x86_64 device (engine B), same ISA", "arm64": "arm64 device (qemu TCG), recoded to aarch64"}
     if args.lazy:
         labels["arm64-lazy"] = "arm64 device, recoded, post-copy (lazy = true)"
+    if args.flat:
+        labels["arm64-flat"] = "arm64 device, recoded, post-copy from the flat freeze"
     _table(results, args, labels, "x86_64 device")
     if args.back:
         print()
-        _table(back, args, {"pixel": "x86_64 device → host, same ISA",
-                            "arm64": "arm64 device → host, recoded to x86_64"}, "same ISA back")
+        home = {"pixel": "x86_64 device → host, same ISA", "arm64": "arm64 device → host, recoded to x86_64"}
+        if args.lazy:
+            home["arm64-lazy"] = "arm64 device → host, recoded (no post-copy: the device keeps no dump to serve)"
+        if args.flat:
+            home["arm64-flat"] = "arm64 device → host, recoded, post-copy from the device's flat freeze"
+        _table(back, args, home, "same ISA back")
     return 0
 
 
@@ -78,7 +89,8 @@ def _record(results: dict[str, dict[str, list[float]]], target: str, total: floa
             timings: dict[str, float]) -> None:
     row = results.setdefault(target, {})
     row.setdefault("total", []).append(total)
-    row.setdefault("downtime", []).append(sum(timings.get(k, 0.0) for k in FROZEN))
+    # The daemon's own (post-copy: until the target resumed it); else the frozen phases' sum.
+    row.setdefault("downtime", []).append(timings.get("downtime_s") or sum(timings.get(k, 0.0) for k in FROZEN))
     for phase in PHASES:
         row.setdefault(phase, []).append(timings.get(phase, 0.0))
     # Post-copy: from the freeze until the device has every page (the others have them when they resume).

@@ -15,8 +15,8 @@ the page transfer (verified on this bed with runc 1.1.5 and CRIU 4.2.1, cgroup v
 
 CRIU's page server, when runc starts it, listens on every interface whatever address it is given (runc drops it;
 seen with `ss`). It takes one connection, ours, made the moment the status byte comes: the port is open to the
-network for that long. Not verified: cgroup v2's freezer; CRIU killed while it serves lets the tasks run
-(the pause is lost).
+network for that long. Under cgroup v2's freezer a reset dump puts the tasks back paused as under v1 (verified on
+the arm64 device: Debian 13, CRIU 4.1.1). CRIU killed while it serves lets the tasks run (the pause is lost).
 """
 
 from __future__ import annotations

@@ -10,6 +10,7 @@ serve its pages; a link cut while they arrive unpauses the same process on the d
 
 from __future__ import annotations
 
+import asyncio
 import os
 import sys
 from pathlib import Path
@@ -24,7 +25,7 @@ from ..testbed.proc import run, wait_for
 from ..testbed.twoisa import BIN
 from .arm64_bed import ARM64_MARKS
 from .conftest import AgentBed
-from .daemon_bed import migrate_by_cli, running
+from .daemon_bed import finished, migrate_by_cli, running, state_of
 from .test_arm64_post_copy import MB, MEMORY_CHECK, lazy_pages_running
 from .test_cross_isa_resume import LOG, daemon_config, device_log, log_lines, move_out, on_device, twoisa_image
 from .test_daemon_faults import injected
@@ -221,5 +222,74 @@ async def test_a_link_cut_while_pages_come_home_unpauses_the_device_s_tasks(
         arm = [n for kind, n, isa, _ in story if kind == "count" and isa == "aarch64"]
         assert arm == sorted(arm) and len(set(arm)) >= len(arm) - 1, "counting on, not from the start"
         assert keepers_alive() == []
+    finally:
+        bed.engine_a.cli("rm", "-f", on_device, check=False)
+
+
+def _device_paused(device: Arm64Device, name: str) -> bool:
+    return device.adb_shell(f"docker inspect -f '{{{{.State.Paused}}}}' {name}", timeout=120).strip() == "true"
+
+
+def _paused_log(device: Arm64Device, name: str) -> list[Line]:
+    """The program's log read through its root from the device's side (`docker exec` refuses a paused one)."""
+    pid = device.adb_shell(f"docker inspect -f '{{{{.State.Pid}}}}' {name}", timeout=120).strip()
+    return log_lines(device.adb_shell(f"cat /proc/{pid}/root{LOG}", timeout=120))
+
+
+def _device_dump_alive(device: Arm64Device) -> bool:
+    return bool(device.adb_shell("pgrep -f '[c]heckpoint --lazy-pages' || true", timeout=120).strip())
+
+
+async def test_the_daemon_killed_while_pages_come_home_leaves_the_device_s_tasks_frozen_under_cgroup_v2(
+        arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, twoisa_image: str, tmp_path: Path,
+        on_device: str) -> None:
+    """The arm64 device's engine runs on cgroup v2 (the x86_64 bed is v1): its freezer is the one that must hold
+    the tasks. SIGKILL to the daemon at `paging`: the device's agent sees its session end and resets the dump;
+    CRIU puts the tasks back as they were, paused, and they stay so (not counting) until the restarted daemon
+    settles the move and unpauses them — the same process, counting on aarch64."""
+    bed = agent_server.bed
+    assert arm64_device.adb_shell("stat -fc %T /sys/fs/cgroup", timeout=120).strip() == "cgroup2fs"
+    try:
+        await _out_and_counting_on_aarch64(agent_server, arm64_device, engine_a, twoisa_image, on_device, tmp_path,
+                                           "0", str(MB))
+        began = _device_started_at(arm64_device, on_device)
+        config = daemon_config(agent_server, arm64_device, tmp_path, extra=FLAT)
+        daemon = DaemonProcess(config)
+        await daemon.start()
+        await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
+        move = asyncio.create_task(migrate_by_cli(config, on_device, "host"))
+        try:
+            await daemon.wait_for_log(state_of(on_device, "paging"), timeout=300)
+            await daemon.kill()
+            await asyncio.gather(move, return_exceptions=True)
+        finally:
+            await daemon.kill()
+            await asyncio.gather(move, return_exceptions=True)
+        wait_for(lambda: not _device_dump_alive(arm64_device), timeout=120, interval=1,
+                 what="the device's lazy dump reset")
+        assert _device_paused(arm64_device, on_device), "CRIU let the tasks go instead of back to paused"
+        before = [n for kind, n, _isa, _ in _paused_log(arm64_device, on_device) if kind == "count"]
+        await asyncio.sleep(3.0)  # what is watched is that nothing happens: fifteen of the program's ticks
+        after = [n for kind, n, _isa, _ in _paused_log(arm64_device, on_device) if kind == "count"]
+        assert after == before, "the device's tasks ran before the daemon's word"
+        assert _device_paused(arm64_device, on_device)
+        again = DaemonProcess(config)
+        await again.start()
+        try:
+            end = await finished(again, on_device, timeout=300)
+            assert end["state"] == "rolled-back", end
+        finally:
+            await again.kill()
+        assert not await exists(engine_a, on_device), "the home copy is removed"
+
+        def counts_on_past(at: int) -> bool:
+            return any(kind == "count" and isa == "aarch64" and n >= at + 3
+                       for kind, n, isa, _ in device_log(arm64_device, on_device))
+
+        wait_for(lambda: counts_on_past(max(before)), timeout=120, interval=1, what="counting on the device again")
+        assert not _device_paused(arm64_device, on_device)
+        assert _device_started_at(arm64_device, on_device) == began, "restored from a checkpoint, not unpaused"
+        story = [line for line in device_log(arm64_device, on_device) if line[3] == 0]
+        assert [isa for kind, _, isa, _ in story if kind == "resumed at count"] == ["aarch64"], story
     finally:
         bed.engine_a.cli("rm", "-f", on_device, check=False)
