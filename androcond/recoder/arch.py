@@ -521,7 +521,7 @@ def auxv_words(isa: str, criu_version: str) -> int:
 def _fit_auxv(mm: pb.mm_entry, words: int, pid: int) -> list[int]:
     """Drop expendable entries (AUXV_EXPENDABLE's order) until the vector fits `words`; the types dropped. One that
     still does not fit is refused: every other entry describes the program itself."""
-    pairs = list(zip(mm.mm_saved_auxv[::2], mm.mm_saved_auxv[1::2], strict=True))
+    pairs = list(zip(mm.mm_saved_auxv[::2], mm.mm_saved_auxv[1::2], strict=False))  # an odd last word: not a pair
     dropped: list[int] = []
     for key in AUXV_EXPENDABLE:
         if 2 * len(pairs) <= words:

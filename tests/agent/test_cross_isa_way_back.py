@@ -55,6 +55,27 @@ def _home_log(engine_a_host: str, name: str) -> list[Line]:
     return log_lines(run([DOCKER_CLI, "-H", engine_a_host, "exec", name, "cat", LOG]).stdout.decode())
 
 
+def _counting_on_at_home(engine_a_host: str, name: str, on_arm: int) -> list[Line]:
+    """Once it counts on x86_64 at home past what it told on aarch64: role 0's log, from its start."""
+
+    def resumed_home() -> bool:
+        return any(kind == "count" and isa == "x86_64" and n > on_arm
+                   for kind, n, isa, _ in _home_log(engine_a_host, name))
+
+    wait_for(resumed_home, timeout=60, interval=0.5, what="counting on at home")
+    return [line for line in _home_log(engine_a_host, name) if line[3] == 0]
+
+
+def _counting_on_aarch64_past(device: Arm64Device, name: str, at: int) -> list[Line]:
+    """Once it counts on the device 3 past `at`: role 0's log there, from its start."""
+
+    def counts_on() -> bool:
+        return any(kind == "count" and isa == "aarch64" and n >= at + 3 for kind, n, isa, _ in device_log(device, name))
+
+    wait_for(counts_on, timeout=120, interval=1, what="counting on the device again")
+    return [line for line in device_log(device, name) if line[3] == 0]
+
+
 async def _home(daemon: DaemonProcess, config: Path, name: str) -> tuple[int, dict[str, Any]]:
     await daemon.start()
     await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
@@ -79,12 +100,7 @@ async def test_x86_64_to_aarch64_and_back_counts_on(
         finally:
             await daemon.kill()
 
-        def resumed_home() -> bool:
-            return any(kind == "count" and isa == "x86_64" and n > on_arm
-                       for kind, n, isa, _ in _home_log(bed.engine_a.host, on_device))
-
-        wait_for(resumed_home, timeout=60, interval=0.5, what="counting on at home")
-        story = [line for line in _home_log(bed.engine_a.host, on_device) if line[3] == 0]
+        story = _counting_on_at_home(bed.engine_a.host, on_device, on_arm)
         resumes = [(i, n, isa) for i, (kind, n, isa, _) in enumerate(story) if kind == "resumed at count"]
         assert [isa for _, _, isa in resumes] == ["aarch64", "x86_64"], story
         at, count, _ = resumes[1]
@@ -124,12 +140,7 @@ async def test_a_fault_after_the_device_froze_it_leaves_it_counting_on_aarch64(
             await daemon.kill()
         assert not await running(engine_a, on_device)
 
-        def counts_on_past(at: int) -> bool:
-            return any(kind == "count" and isa == "aarch64" and n >= at + 3
-                       for kind, n, isa, _ in device_log(arm64_device, on_device))
-
-        wait_for(lambda: counts_on_past(on_arm), timeout=120, interval=1, what="counting on the device again")
-        story = [line for line in device_log(arm64_device, on_device) if line[3] == 0]
+        story = _counting_on_aarch64_past(arm64_device, on_device, on_arm)
         assert [isa for kind, _, isa, _ in story if kind == "resumed at count"] == ["aarch64"], \
             "rolled back from the device's own checkpoint, not restarted and not resumed elsewhere"
         arm = [n for kind, n, isa, _ in story if kind == "count" and isa == "aarch64"]
@@ -174,12 +185,7 @@ async def test_post_copy_back_across_isas_resumes_home_before_the_memory_arrives
         finally:
             await daemon.kill()
 
-        def resumed_home() -> bool:
-            return any(kind == "count" and isa == "x86_64" and n > on_arm
-                       for kind, n, isa, _ in _home_log(bed.engine_a.host, on_device))
-
-        wait_for(resumed_home, timeout=60, interval=0.5, what="counting on at home")
-        story = [line for line in _home_log(bed.engine_a.host, on_device) if line[3] == 0]
+        story = _counting_on_at_home(bed.engine_a.host, on_device, on_arm)
         assert [isa for kind, _, isa, _ in story if kind == "resumed at count"] == ["aarch64", "x86_64"], story
         # Every page is home, as aarch64 left it (and x86_64 first wrote it).
         pid = int((await engine_a.inspect_container(on_device))["State"]["Pid"])
@@ -211,13 +217,8 @@ async def test_a_link_cut_while_pages_come_home_unpauses_the_device_s_tasks(
             await daemon.kill()
         assert not await exists(engine_a, on_device), "the home copy is removed"
 
-        def counts_on_past(at: int) -> bool:
-            return any(kind == "count" and isa == "aarch64" and n >= at + 3
-                       for kind, n, isa, _ in device_log(arm64_device, on_device))
-
-        wait_for(lambda: counts_on_past(on_arm), timeout=120, interval=1, what="counting on the device again")
+        story = _counting_on_aarch64_past(arm64_device, on_device, on_arm)
         assert _device_started_at(arm64_device, on_device) == began, "restored from a checkpoint, not unpaused"
-        story = [line for line in device_log(arm64_device, on_device) if line[3] == 0]
         assert [isa for kind, _, isa, _ in story if kind == "resumed at count"] == ["aarch64"], story
         arm = [n for kind, n, isa, _ in story if kind == "count" and isa == "aarch64"]
         assert arm == sorted(arm) and len(set(arm)) >= len(arm) - 1, "counting on, not from the start"
@@ -282,14 +283,9 @@ async def test_the_daemon_killed_while_pages_come_home_leaves_the_device_s_tasks
             await again.kill()
         assert not await exists(engine_a, on_device), "the home copy is removed"
 
-        def counts_on_past(at: int) -> bool:
-            return any(kind == "count" and isa == "aarch64" and n >= at + 3
-                       for kind, n, isa, _ in device_log(arm64_device, on_device))
-
-        wait_for(lambda: counts_on_past(max(before)), timeout=120, interval=1, what="counting on the device again")
+        story = _counting_on_aarch64_past(arm64_device, on_device, max(before))
         assert not _device_paused(arm64_device, on_device)
         assert _device_started_at(arm64_device, on_device) == began, "restored from a checkpoint, not unpaused"
-        story = [line for line in device_log(arm64_device, on_device) if line[3] == 0]
         assert [isa for kind, _, isa, _ in story if kind == "resumed at count"] == ["aarch64"], story
     finally:
         bed.engine_a.cli("rm", "-f", on_device, check=False)
