@@ -54,12 +54,12 @@ def main() -> int:
     args = parser.parse_args()
     results: dict[str, dict[str, list[float]]] = {}
     back: dict[str, dict[str, list[float]]] = {}
+    targets = [target for target, wanted in (("pixel", True), ("arm64", True), ("arm64-lazy", args.lazy),
+                                           ("arm64-flat", args.flat)) if wanted]
     with tempfile.TemporaryDirectory() as tmp, arm64_bench(Path(tmp), AGENT_PORT, LABEL) as on:
         bed, device = on.bed, on.device
         image = install_twoisa_image(bed.engine_a, device, Path(tmp))
         for _ in range(args.runs):
-            targets = ("pixel", "arm64", *(("arm64-lazy",) if args.lazy else ()), *(("arm64-flat",) if args.flat
-                                                                                     else ()))
             for target in targets:  # interleaved: drift hits all alike
                 name = f"bench-twoisa-{target}-{uuid.uuid4().hex[:6]}"
                 bed.engine_a.cli("run", "-d", "--name", name, "--label", f"{LABEL}=1", image, f"/bin/{BIN}",
@@ -75,12 +75,10 @@ def main() -> int:
                 bed.engine_a.remove_containers(f"{LABEL}=1")
                 bed.engine_b.remove_containers(f"{LABEL}=1")
                 device.adb_shell(f"docker rm -f {name} >/dev/null 2>&1 || true", timeout=120)
-    shown = [target for target, wanted in (("pixel", True), ("arm64", True), ("arm64-lazy", args.lazy),
-                                           ("arm64-flat", args.flat)) if wanted]
-    _table(results, args, {target: OUT[target] for target in shown}, "x86_64 device")
+    _table(results, args, {target: OUT[target] for target in targets}, "x86_64 device")
     if args.back:
         print()
-        _table(back, args, {target: BACK[target] for target in shown}, "same ISA back")
+        _table(back, args, {target: BACK[target] for target in targets}, "same ISA back")
     return 0
 
 

@@ -26,7 +26,7 @@ from ..testbed.twoisa import BIN
 from .arm64_bed import ARM64_MARKS
 from .conftest import AgentBed
 from .daemon_bed import finished, migrate_by_cli, running, state_of
-from .test_arm64_post_copy import MB, MEMORY_CHECK, lazy_pages_running
+from .test_arm64_post_copy import MB, MEMORY_CHECK, gone_from, lazy_pages_running
 from .test_cross_isa_resume import LOG, daemon_config, device_log, log_lines, move_out, on_device, twoisa_image
 from .test_daemon_faults import injected
 from .test_post_copy import exists, keepers_alive, states
@@ -113,7 +113,7 @@ async def test_x86_64_to_aarch64_and_back_counts_on(
         logs = await engine_a.container_logs(on_device)
         assert f"resumed at count {count} on x86_64" in logs, logs[-400:]
         # Exactly once: the device's copy is gone, and at home it is the x86_64 build at <bin> again.
-        assert on_device not in arm64_device.adb_shell("docker ps -a --format '{{.Names}}'", timeout=120)
+        assert gone_from(arm64_device, on_device)
         home = await engine_a.inspect_container(on_device)
         assert home["Config"]["Cmd"] == [f"/bin/{BIN}", LOG]
         exe = run([DOCKER_CLI, "-H", bed.engine_a.host, "exec", on_device, "sh", "-c",
@@ -190,7 +190,7 @@ async def test_post_copy_back_across_isas_resumes_home_before_the_memory_arrives
         # Every page is home, as aarch64 left it (and x86_64 first wrote it).
         pid = int((await engine_a.inspect_container(on_device))["State"]["Pid"])
         assert _bad_pages_at_home(pid) == "0"
-        assert on_device not in arm64_device.adb_shell("docker ps -a --format '{{.Names}}'", timeout=120)
+        assert gone_from(arm64_device, on_device)
         assert lazy_pages_running(arm64_device) == "" and keepers_alive() == []
     finally:
         bed.engine_a.cli("rm", "-f", on_device, check=False)
