@@ -11,9 +11,10 @@ With --flat, a fourth: the arm64 device with post-copy from the flat freeze (`fr
 dumped; the paused source serves it). With --back, each container then comes home (`migrate --to host`): from the
 x86_64 device as it went, from the arm64 device notified for x86_64 there and recoded back here (and from
 `arm64-flat` with post-copy from the device's flat freeze); the same phases, timed by the daemon. Downtime is
-the daemon's own (from the freeze to the target's word that it runs).
+the daemon's own (from the freeze to the target's word that it runs). With --regset-in-bss, the program is the
+build whose regs_dst/tls_dst lie in .bss (which a lazy dump leaves to post-copy: the notify's copy is recoded).
 
-Run as root:  .venv/bin/python -m bench.cross_isa [--mb 16] [--runs 3] [--lazy] [--flat] [--back]
+Run as root:  .venv/bin/python -m bench.cross_isa [--mb 16] [--runs 3] [--lazy] [--flat] [--back] [--regset-in-bss]
 (ANDROCOND_ARM64_ATTACH=<the JSON line of `python -m tests.testbed.arm64 boot`> uses a device booted already.)
 """
 
@@ -51,6 +52,7 @@ def main() -> int:
     parser.add_argument("--lazy", action="store_true", help="and onto the arm64 device with post-copy")
     parser.add_argument("--flat", action="store_true", help="and onto it with post-copy from the flat freeze")
     parser.add_argument("--back", action="store_true", help="then bring each container home, timed too")
+    parser.add_argument("--regset-in-bss", action="store_true", help="the build with regs_dst/tls_dst in .bss")
     args = parser.parse_args()
     results: dict[str, dict[str, list[float]]] = {}
     back: dict[str, dict[str, list[float]]] = {}
@@ -58,7 +60,7 @@ def main() -> int:
                                            ("arm64-flat", args.flat)) if wanted]
     with tempfile.TemporaryDirectory() as tmp, arm64_bench(Path(tmp), AGENT_PORT, LABEL) as on:
         bed, device = on.bed, on.device
-        image = install_twoisa_image(bed.engine_a, device, Path(tmp))
+        image = install_twoisa_image(bed.engine_a, device, Path(tmp), regset_in_bss=args.regset_in_bss)
         for _ in range(args.runs):
             for target in targets:  # interleaved: drift hits all alike
                 name = f"bench-twoisa-{target}-{uuid.uuid4().hex[:6]}"

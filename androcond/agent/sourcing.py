@@ -244,16 +244,18 @@ class Sourcing:
             if not inspect["State"].get("Running"):
                 raise SourceRefused(f"container {outgoing.request.container} is not running here")
             pids = await asyncio.to_thread(criu_compat.task_tree, int(inspect["State"].get("Pid") or 0))
+            regsets: list[popcorn.Regset] = []
             try:
                 executables = await asyncio.to_thread(_popcorn_executables, pids)
                 if request.notify:
                     started = time.monotonic()
-                    await popcorn.notify(pids, target)
+                    regsets = await popcorn.notify(pids, target)
                     log.info("notified for the target", target=target, tasks=len(pids),
                              seconds=round(time.monotonic() - started, 3))
             except popcorn.PopcornError as exc:
                 raise SourceRefused(str(exc)) from exc
-        await self.send(pb.Frame(cross_ready=pb.CrossReady(executables=executables)))
+        await self.send(pb.Frame(cross_ready=pb.CrossReady(
+            executables=executables, regsets=[pb.Regset(pid=r.pid, regs=r.regs, tls=r.tls) for r in regsets])))
 
     async def _hold_restarts(self: SourcePort, outgoing: OutgoingMigration, inspect: dict[str, Any]) -> None:
         """The engine restarts a container with a restart policy afresh once its checkpoint stopped it (seen on

@@ -34,22 +34,11 @@ class SourceFacts:
 
 
 @dataclass(frozen=True)
-class PopcornBinaries:
-    """The source's answer on a container's Popcorn binaries (it refuses when any task runs something else)."""
-
-    executables: tuple[str, ...]  # the tasks' binaries as they see them
-    # By binary: its regs_dst/tls_dst that lie in anonymous memory (.bss), which a lazy dump does not write, so
-    # the recode could not read the registers the notify leaves there.
-    anonymous_regsets: dict[str, list[str]] = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class CrossIsa:
     pids: tuple[int, ...]  # every task of the container (source pids), for the Popcorn notify
     target: str  # the target's ISA
     vdso: VdsoTemplate  # the target kernel's, from its hello
     executables: tuple[str, ...]  # the tasks' binaries as they see them: `<bin>_<isa>` goes there on the target
-    lazy_dump_blocker: str = ""  # why the flat freeze cannot serve this move, "" when it can
 
 
 @dataclass(frozen=True)

@@ -52,13 +52,13 @@ async def plan(source: Source, device: DeviceSettings, inspect: dict[str, Any], 
         vdso=cross.vdso if cross else None,
         cgroup_v1_to_v2=hello.cgroup2 and not facts.cgroup_v2 and emulated is None, target_criu=hello.criu_version,
         absent_mounts=() if emulated else tuple(p for p in hello.absent_masked_paths if p not in facts.absent_paths))
-    lazy = _lazy(facts, device, hello, cross, emulated)
+    lazy = _lazy(facts, device, hello, emulated)
     needed = facts.disk + facts.memory + SPACE_MARGIN
     if needed > hello.free_bytes:
         raise Rejected(f"the device has {hello.free_bytes} bytes free; this container needs about "
                        f"{needed} (memory {facts.memory}, files {facts.disk})")
     return Plan(inspect=inspect, target=target, cross=cross, emulated=emulated, recode=recode, lazy=lazy,
-                estimate=facts.disk + facts.memory, flat=_flat(device, lazy, cross, emulated))
+                estimate=facts.disk + facts.memory, flat=_flat(device, lazy, emulated))
 
 
 def _target_criu_restores(facts: SourceFacts, device: DeviceSettings, hello: pb.AgentHello) -> None:
@@ -110,33 +110,27 @@ async def _cross_isa(source: Source, facts: SourceFacts, hello: pb.AgentHello) -
     """Across ISAs in the manner of criu-het: every task must be a Popcorn binary with both variants."""
     if not hello.vdso:
         raise Rejected(f"the {hello.isa} device did not report its vdso (agent too old?)")
-    binaries = await source.popcorn_executables(facts.pids, hello.isa)
-    blocker = "; ".join(f"{name} keeps {' and '.join(symbols)} in anonymous memory (.bss), which a lazy dump leaves "
-                        "to post-copy: the recode could not read the registers there"
-                        for name, symbols in sorted(binaries.anonymous_regsets.items()))
-    return CrossIsa(facts.pids, hello.isa, VdsoTemplate(hello.vdso, hello.vvar_size, hello.page_size),
-                    binaries.executables, lazy_dump_blocker=blocker)
+    executables = await source.popcorn_executables(facts.pids, hello.isa)
+    return CrossIsa(facts.pids, hello.isa, VdsoTemplate(hello.vdso, hello.vvar_size, hello.page_size), executables)
 
 
-def _flat(device: DeviceSettings, lazy: bool, cross: CrossIsa | None, emulated: Emulated | None) -> bool:
+def _flat(device: DeviceSettings, lazy: bool, emulated: Emulated | None) -> bool:
     """The flat freeze (`freeze = "flat"`) where it is built: post-copy, from this host or from a device (the way
     back), on the same ISA or across ISAs. Across ISAs the recode reads one thing of the memory, the registers the
-    notify left in regs_dst/tls_dst: a lazy dump writes them when they lie in the binary's file-backed data, not in
-    its .bss (anonymous memory, left to post-copy). Else the memory is dumped first, as with `freeze = "dump"`."""
+    notify left in regs_dst/tls_dst; where a lazy dump leaves them to post-copy (a runtime's .bss), it takes the
+    copy the notify read at the migration point. Else the memory is dumped first, as with `freeze = "dump"`."""
     if device.freeze != "flat":
         return False
     why_not = [why for why, blocks in (
         ("post-copy is off for this move", not lazy),
         ("the move runs emulated (the restorer reads every page before it resumes)", emulated is not None),
-        (cross.lazy_dump_blocker if cross else "", bool(cross and cross.lazy_dump_blocker)),
     ) if blocks]
     if why_not:
         log.info("the flat freeze is off for this move; the memory is dumped first", why="; ".join(why_not))
     return not why_not
 
 
-def _lazy(facts: SourceFacts, device: DeviceSettings, hello: pb.AgentHello, cross: CrossIsa | None,
-          emulated: Emulated | None) -> bool:
+def _lazy(facts: SourceFacts, device: DeviceSettings, hello: pb.AgentHello, emulated: Emulated | None) -> bool:
     """Post-copy per the device's `lazy` setting: "true" refuses a move that cannot have it, "auto" takes it when
     every part can. Across ISAs too: what is served (the recoded images, or the frozen tasks of a flat freeze) is
     the memory as the notified program left it (its own state, ISA-neutral); only the executable's pages differ,
@@ -153,8 +147,6 @@ def _lazy(facts: SourceFacts, device: DeviceSettings, hello: pb.AgentHello, cros
         why_not.append("post-copy under emulation is not built (the restorer reads every page before it resumes)")
     if facts.lazy_needs_flat and device.freeze != "flat":
         why_not.append("post-copy from a device is served by its flat freeze only (freeze = \"flat\")")
-    elif facts.lazy_needs_flat and cross is not None and cross.lazy_dump_blocker:
-        why_not.append(f"post-copy from a device is served by its flat freeze only, and {cross.lazy_dump_blocker}")
     if why_not and device.lazy == "true":
         raise Rejected(f"post-copy (lazy = true) is not possible: {'; '.join(why_not)}")
     if why_not:

@@ -14,9 +14,10 @@ from typing import Any, Protocol
 from ..config import DeviceSettings
 from ..link.payload import OutgoingFile, Progress, ProgressCallback
 from ..link.transport import PageSource
+from ..popcorn.notify import Regset
 from ..protocol import protocol_pb2 as pb
 from .container_config import TargetPlan
-from .plan import Frozen, PopcornBinaries, SourceFacts
+from .plan import Frozen, SourceFacts
 
 
 class TargetLink(Protocol):
@@ -54,9 +55,10 @@ class Source(Protocol):
 
     async def sockets_blocker(self, count: int) -> str: ...  # why its CRIU cannot dump the sockets, or ""
 
-    async def popcorn_executables(self, pids: tuple[int, ...], target_isa: str) -> PopcornBinaries: ...
+    async def popcorn_executables(self, pids: tuple[int, ...], target_isa: str) -> tuple[str, ...]: ...
 
-    async def notify(self, pids: tuple[int, ...], target_isa: str) -> None: ...
+    # The Popcorn notify: what each task's runtime left in regs_dst/tls_dst (the recode's registers).
+    async def notify(self, pids: tuple[int, ...], target_isa: str) -> tuple[Regset, ...]: ...
 
     # What stops its processes from running under an x86_64 emulator of this version, named, and what the
     # move cannot know (notes).

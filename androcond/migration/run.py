@@ -15,6 +15,7 @@ import contextlib
 import functools
 import json
 import time
+from dataclasses import replace
 
 from ..errors import AndrocondError
 from ..link.payload import OutgoingFile, Progress
@@ -143,7 +144,8 @@ class Migration:
             self.recorder.time("preflight_s", t0)
             if plan.cross is not None:
                 n0 = time.monotonic()
-                await self.source.notify(plan.cross.pids, plan.cross.target)
+                regsets = await self.source.notify(plan.cross.pids, plan.cross.target)
+                plan = replace(plan, recode=replace(plan.recode, regsets=regsets))
                 self.recorder.time("notify_s", n0)
             async with budget("checkpoint", t.checkpoint):
                 await self.recorder.transition(S.CHECKPOINTING)

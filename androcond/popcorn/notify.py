@@ -5,6 +5,11 @@ with ptrace; at its next migration point the runtime rewrites its stack for the 
 and `tls_dst`, sets the variable back to -1 and raises SIGALRM. We wait for that SIGALRM stop, swallow the
 signal and detach (CRIU-IMAGES.md section 7). The task then keeps running until it is dumped.
 
+At that stop the notify also reads what the runtime left in `regs_dst` and `tls_dst` (`Regset`): the recode
+reads the registers from there, and a lazy dump (the flat freeze) does not write a binary's .bss, where a C
+runtime keeps them. The runtime writes them once, at the migration point, so the copy taken at the stop is
+what the dump would hold.
+
 ptrace requests for a tracee must all come from the thread that attached, so each task's protocol runs
 start to finish in one thread: call `notify_tasks()` in a worker thread, or await `notify()`.
 (Webhook notifications live in `daemon/notify.py`; this module is the Popcorn protocol only.)
@@ -27,6 +32,12 @@ from ..errors import AndrocondError
 from .symbols import ElfSymbolsError, read_symbols
 
 MIGRATE_VARIABLE: Final = "__migrate_gb_variable"
+REGS_DST: Final = "regs_dst"
+TLS_DST: Final = "tls_dst"
+TLS_SIZE: Final = 8
+# How much of regs_dst is read: its symbol's size up to this, or this when the symbol has none. The larger ISA's
+# register set (aarch64's, 784 bytes): the runtime's struct holds either.
+REGSET_BYTES: Final = 784
 
 TARGET_IDS: Final = {"aarch64": 0, "x86_64": 1}  # what the runtime expects in __migrate_gb_variable
 DEFAULT_TIMEOUT: Final = 10.0
@@ -75,14 +86,27 @@ def ptrace(request: int, pid: int, addr: int = 0, data: int = 0) -> int:
 class Variable:
     address: int
     size: int  # 4 or 8 bytes: the runtime declares it as an int or a long
+    regs: tuple[int, int] | None = None  # regs_dst's (address, size), None when the binary lacks it
+    tls: int | None = None  # tls_dst's address
+
+
+@dataclass(frozen=True)
+class Regset:
+    """What the runtime left in regs_dst and tls_dst at the migration point, for the task's `pid` in its own
+    pid namespace (as a dump names it)."""
+
+    pid: int
+    regs: bytes
+    tls: bytes
 
 
 def find_variable(pid: int, proc: str | Path = "/proc") -> Variable:
-    """Address of `__migrate_gb_variable` in the task's executable (a non-PIE Popcorn binary)."""
+    """Address of `__migrate_gb_variable` in the task's executable (a non-PIE Popcorn binary), and of
+    `regs_dst` and `tls_dst` when it has them."""
     exe = Path(proc) / str(pid) / "exe"
     try:
         target = os.readlink(exe)
-        info = read_symbols(exe, (MIGRATE_VARIABLE,))
+        info = read_symbols(exe, (MIGRATE_VARIABLE, REGS_DST, TLS_DST))
     except (OSError, ElfSymbolsError) as exc:
         raise PopcornError(f"task {pid}: cannot read its executable: {exc}") from exc
     name = Path(target).name
@@ -94,7 +118,38 @@ def find_variable(pid: int, proc: str | Path = "/proc") -> Variable:
     if problems:
         raise PopcornError(f"task {pid} ({target}): {'; '.join(problems)}")
     address, size = info.symbols[MIGRATE_VARIABLE]
-    return Variable(address, size if size in (4, 8) else WORD)
+    regs = info.symbols.get(REGS_DST)
+    tls = info.symbols.get(TLS_DST)
+    return Variable(address, size if size in (4, 8) else WORD,
+                    (regs[0], min(regs[1] or REGSET_BYTES, REGSET_BYTES)) if regs else None, tls[0] if tls else None)
+
+
+def namespace_pid(pid: int, proc: str | Path = "/proc") -> int:
+    """The task's pid in its own (innermost) pid namespace: what CRIU names it in a container's dump."""
+    try:
+        status = (Path(proc) / str(pid) / "status").read_text()
+    except OSError as exc:
+        raise PopcornError(f"task {pid}: cannot read its status: {exc.strerror or exc}") from exc
+    for line in status.splitlines():
+        if line.startswith("NSpid:"):
+            return int(line.split()[-1])
+    return pid  # a kernel before 4.1 has no NSpid line: one namespace
+
+
+def _capture(pid: int, var: Variable, proc: str | Path = "/proc") -> Regset | None:
+    """regs_dst and tls_dst as the runtime left them (the tracee is stopped). None when the binary lacks them:
+    the recode then names what is missing."""
+    if var.regs is None or var.tls is None:
+        return None
+    fd = os.open(Path(proc) / str(pid) / "mem", os.O_RDONLY)
+    try:
+        regs = os.pread(fd, var.regs[1], var.regs[0])
+        tls = os.pread(fd, TLS_SIZE, var.tls)
+    finally:
+        os.close(fd)
+    if len(regs) != var.regs[1] or len(tls) != TLS_SIZE:
+        raise PopcornError(f"task {pid}: regs_dst/tls_dst could not be read whole from its memory")
+    return Regset(namespace_pid(pid, proc), regs, tls)
 
 
 def _read(pid: int, var: Variable) -> int:
@@ -143,8 +198,10 @@ def _resume(pid: int, stop: _Stop) -> None:
         ptrace(PTRACE_CONT, pid, 0, stop.signo)
 
 
-def notify_task(pid: int, target: str, timeout: float = DEFAULT_TIMEOUT, var: Variable | None = None) -> None:
-    """Run the protocol on one task (blocking). Raises PopcornTimeout or PopcornError."""
+def notify_task(pid: int, target: str, timeout: float = DEFAULT_TIMEOUT,
+                var: Variable | None = None) -> Regset | None:
+    """Run the protocol on one task (blocking): what it left in regs_dst/tls_dst (None when its binary lacks
+    them). Raises PopcornTimeout or PopcornError."""
     if target not in TARGET_IDS:
         raise PopcornError(f"unknown target ISA {target!r}")
     variable = var or find_variable(pid)
@@ -169,8 +226,10 @@ def notify_task(pid: int, target: str, timeout: float = DEFAULT_TIMEOUT, var: Va
                     f"task {pid} did not reach a migration point within {timeout:g}s (its variable was reset)"
                 )
             if stop.event == 0 and stop.signo == signal.SIGALRM and _read(pid, variable) == -1:
-                ptrace(PTRACE_DETACH, pid, 0, 0)  # the SIGALRM was for us: the task must not see it
-                return
+                try:
+                    return _capture(pid, variable)
+                finally:
+                    ptrace(PTRACE_DETACH, pid, 0, 0)  # the SIGALRM was for us: the task must not see it
             _resume(pid, stop)
     except OSError as exc:
         _detach_quietly(pid)
@@ -199,16 +258,15 @@ def _detach_quietly(pid: int) -> None:
             raise
 
 
-def notify_tasks(pids: Iterable[int], target: str, timeout: float = DEFAULT_TIMEOUT) -> None:
-    """Notify every task in turn (blocking). Every executable is checked first, so a container with one
-    non-Popcorn process is refused before any task is touched."""
+def notify_tasks(pids: Iterable[int], target: str, timeout: float = DEFAULT_TIMEOUT) -> list[Regset]:
+    """Notify every task in turn (blocking): the register sets they left. Every executable is checked first, so
+    a container with one non-Popcorn process is refused before any task is touched."""
     tasks = list(pids)
     variables = {pid: find_variable(pid) for pid in tasks}
-    for pid in tasks:
-        notify_task(pid, target, timeout, variables[pid])
+    return [regset for pid in tasks if (regset := notify_task(pid, target, timeout, variables[pid])) is not None]
 
 
-async def notify(pids: Iterable[int], target: str, task_timeout: float = DEFAULT_TIMEOUT) -> None:
+async def notify(pids: Iterable[int], target: str, task_timeout: float = DEFAULT_TIMEOUT) -> list[Regset]:
     """notify_tasks() in a worker thread (one thread per call, as ptrace requires). The time limit is per
     task and enforced in the thread: a thread blocked in ptrace cannot be cancelled from the loop."""
-    await asyncio.to_thread(notify_tasks, list(pids), target, task_timeout)
+    return await asyncio.to_thread(notify_tasks, list(pids), target, task_timeout)

@@ -354,10 +354,22 @@ class CrossPrepare(_message.Message):
     def __init__(self, target_isa: _Optional[str] = ..., notify: _Optional[bool] = ...) -> None: ...
 
 class CrossReady(_message.Message):
-    __slots__ = ("executables",)
+    __slots__ = ("executables", "regsets")
     EXECUTABLES_FIELD_NUMBER: _ClassVar[int]
+    REGSETS_FIELD_NUMBER: _ClassVar[int]
     executables: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, executables: _Optional[_Iterable[str]] = ...) -> None: ...
+    regsets: _containers.RepeatedCompositeFieldContainer[Regset]
+    def __init__(self, executables: _Optional[_Iterable[str]] = ..., regsets: _Optional[_Iterable[_Union[Regset, _Mapping]]] = ...) -> None: ...
+
+class Regset(_message.Message):
+    __slots__ = ("pid", "regs", "tls")
+    PID_FIELD_NUMBER: _ClassVar[int]
+    REGS_FIELD_NUMBER: _ClassVar[int]
+    TLS_FIELD_NUMBER: _ClassVar[int]
+    pid: int
+    regs: bytes
+    tls: bytes
+    def __init__(self, pid: _Optional[int] = ..., regs: _Optional[bytes] = ..., tls: _Optional[bytes] = ...) -> None: ...
 
 class SourceEnd(_message.Message):
     __slots__ = ("action",)

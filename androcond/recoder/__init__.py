@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..images.files import StrPath
+from ..popcorn.notify import Regset
 from .android import DEFAULT_DROPPED_MOUNTS, AbsentMountpoints, AndroidProfile, CgroupV1Mounts
 from .arch import Aarch64Recode, AArch64Regs, IsaRecode, VdsoTemplate, X86_64Recode, X86Regs, core_isa
 from .elf import ElfInfo, read_elf
@@ -42,6 +43,7 @@ class RecodeOptions:
     cgroup_v1_to_v2: bool = False  # the dump's cgroups are v1 and the target's v2: drop the controller mounts
     target_criu: str = ""  # the target's CRIU version ("": the same as the dump's)
     absent_mounts: tuple[str, ...] = ()  # mountpoints the target lacks (its agent says which)
+    regsets: tuple[Regset, ...] = ()  # across ISAs: what the notify read of regs_dst/tls_dst, per task
 
 
 @dataclass(frozen=True)
@@ -99,7 +101,8 @@ def stages_for(source: str, options: RecodeOptions) -> list[Stage]:
             raise RecodeError(f"recode {source} -> {options.target} is not implemented")
         if options.vdso is None:
             raise RecodeError("a cross-ISA recode needs the target's vdso image")
-        stages.append(across(options.vdso, options.root, target_criu=options.target_criu))
+        stages.append(across(options.vdso, options.root, target_criu=options.target_criu,
+                             regsets=options.regsets))
     if options.profile == "android":
         stages.append(AndroidProfile(options.dropped_mounts))
     if options.cgroup_v1_to_v2:

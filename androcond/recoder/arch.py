@@ -2,12 +2,13 @@
 (the way out) and aarch64 → x86_64 (the way back).
 
 Per task: the target's registers and TLS the Popcorn runtime left in `regs_dst` / `tls_dst` are read from the
-dumped memory (located through the executable's symbols and the pagemap, PRESENT pages only, magic
-checked); every core is rewritten for the target; the source's vdso, vvar and vsyscall areas are replaced by
-the target's vdso and vvar; the executable's files.img entries take the target variant's (`<bin>_aarch64`,
-`<bin>_x86-64`) size and build id, and the dumped pages of its executable mappings are dropped: CRIU's
-parasite made them copy-on-write (the first one is where it was injected), so they hold the source ISA's
-code, and the target must map its own variant's text there. Every other image and page is copied unchanged.
+dumped memory (located through the executable's symbols and the pagemap, PRESENT pages only, magic checked), or,
+where the dump left them to post-copy (a lazy dump does not write .bss), from the copy the notify read at the
+migration point (`popcorn.notify.Regset`); every core is rewritten for the target; the source's vdso, vvar and
+vsyscall areas are replaced by the target's vdso and vvar; the executable's files.img entries take the target
+variant's (`<bin>_aarch64`, `<bin>_x86-64`) size and build id, and the dumped pages of its executable mappings are
+dropped: CRIU's parasite made them copy-on-write (the first one is where it was injected), so they hold the source
+ISA's code, and the target must map its own variant's text there. Every other image and page is copied unchanged.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ from __future__ import annotations
 import bisect
 import itertools
 import struct
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Final
@@ -22,6 +24,7 @@ from typing import Final
 from ..criu.compat import version_tuple
 from ..images import Entry, Image, ImageFormatError, Pagemap, pb
 from ..images.pagemap import PE_PRESENT
+from ..popcorn.notify import Regset
 from .android import clear_seccomp
 from .elf import REGS_DST, TLS_DST, ElfInfo, build_id_words, popcorn_problems, read_elf
 from .imageset import CopyRange, ImageSet, NewBytes, RecodeError, Segment, iter_tasks
@@ -225,9 +228,11 @@ class IsaRecode:
     target_isa = ""
     regset_size = 0
 
-    def __init__(self, target: VdsoTemplate, root: str | Path = "/", *, target_criu: str = "") -> None:
+    def __init__(self, target: VdsoTemplate, root: str | Path = "/", *, target_criu: str = "",
+                 regsets: Iterable[Regset] = ()) -> None:
         self.target = target
         self.root = Path(root)
+        self.regsets = {r.pid: r for r in regsets}  # the notify's copies, by the dump's pids
         self.auxv_words = auxv_words(self.target_isa, target_criu)
         self._elves: dict[Path, ElfInfo] = {}  # tasks of one container mostly share their executables
         self._foreign_text: set[str] = set()  # other files' executable mappings with dumped pages
@@ -286,7 +291,8 @@ class IsaRecode:
         page_size = self.target.page_size
         pagemap = Pagemap.from_entries(pagemap_image.entries, pagemap_name, page_size)
         regset, tls = _read_regset(images, pagemap, source_elf.symbols[REGS_DST].address,
-                                   source_elf.symbols[TLS_DST].address, size=self.regset_size, pid=pid)
+                                   source_elf.symbols[TLS_DST].address, size=self.regset_size, pid=pid,
+                                   captured=self.regsets.get(pid))
 
         for tid in threads:
             core_image = images.edit(f"core-{tid}.img")
@@ -425,7 +431,8 @@ def _file_name(files: Image, file_id: int) -> str:
 
 
 def _read_regset(images: ImageSet, pagemap: Pagemap, regs_addr: int, tls_addr: int, *, size: int,
-                 pid: int) -> tuple[bytes, bytes]:
+                 pid: int, captured: Regset | None) -> tuple[bytes, bytes]:
+    """The dumped bytes where the dump holds them, else the notify's copy."""
     where = f"task {pid}"
     try:
         with images.path(pagemap.pages_name).open("rb") as pages:
@@ -433,7 +440,10 @@ def _read_regset(images: ImageSet, pagemap: Pagemap, regs_addr: int, tls_addr: i
     except OSError as exc:
         raise RecodeError(f"{where}: cannot read {pagemap.pages_name}: {exc.strerror or exc}") from exc
     except ImageFormatError as exc:
-        raise RecodeError(f"{where}: regs_dst/tls_dst not in the dumped pages ({exc})") from exc
+        if captured is not None:
+            return captured.regs[:size], captured.tls
+        raise RecodeError(f"{where}: regs_dst/tls_dst not in the dumped pages ({exc}), and the notify read none "
+                          "for it") from exc
 
 
 def _overlaps(start: int, end: int, ranges: list[tuple[int, int]]) -> bool:

@@ -40,19 +40,9 @@ class ElfInfo:
     symbols: dict[str, Symbol]  # only the names asked for that exist
     build_id: bytes | None
     size: int
-    # The loaded bytes that come from the file: each PT_LOAD's [p_vaddr, p_vaddr + p_filesz). Past them (.bss)
-    # the memory is anonymous from the start.
-    file_backed: tuple[tuple[int, int], ...] = ()
 
     def missing(self, names: Iterable[str]) -> list[str]:
         return [name for name in names if name not in self.symbols]
-
-    def in_anonymous_memory(self, names: Iterable[str]) -> list[str]:
-        """The symbols of `names` (found ones) that lie, even in part, outside the file-backed bytes: in memory
-        CRIU dumps as anonymous, which a lazy dump leaves to post-copy instead of writing it."""
-        return [name for name in names if name in self.symbols and not any(
-            lo <= self.symbols[name].address and self.symbols[name].address + self.symbols[name].size <= hi
-            for lo, hi in self.file_backed)]
 
 
 def popcorn_problems(info: ElfInfo, isa: str | None, symbols: Iterable[str], name: str | None = None) -> list[str]:
@@ -80,9 +70,6 @@ def read_elf(path: str | os.PathLike[str], names: Iterable[str] = POPCORN_SYMBOL
             machine = str(elf.header.e_machine)
             symbols: dict[str, Symbol] = {}
             build_id: bytes | None = None
-            file_backed = tuple(
-                (int(seg["p_vaddr"]), int(seg["p_vaddr"]) + int(seg["p_filesz"]))
-                for seg in elf.iter_segments() if seg["p_type"] == "PT_LOAD" and seg["p_filesz"] > 0)
             for section in elf.iter_sections():
                 if isinstance(section, SymbolTableSection) and section.name == ".symtab" and wanted:
                     symbols = _find_symbols(elf, section, wanted)
@@ -97,7 +84,6 @@ def read_elf(path: str | os.PathLike[str], names: Iterable[str] = POPCORN_SYMBOL
                 symbols=symbols,
                 build_id=build_id,
                 size=os.fstat(f.fileno()).st_size,
-                file_backed=file_backed,
             )
     except OSError as exc:
         raise RecodeError(f"{p}: cannot read: {exc.strerror or exc}") from exc

@@ -72,18 +72,6 @@ def check_executable(root: str | Path, name: str, source: str, target: str, pid:
     return problems
 
 
-def regset_in_anonymous_memory(root: str | Path, name: str, source: str) -> list[str]:
-    """Of regs_dst and tls_dst in the source variant of `name` (under `root`), those that lie past its file's bytes
-    (.bss): a lazy dump leaves that memory to post-copy, so the recode could not read the registers the notify
-    left there. A binary that cannot be read says nothing here (check_executable names it)."""
-    try:
-        binary = exe_path(Path(root), name)
-        return read_elf(binary.with_name(binary.name + VARIANT_SUFFIX[source]),
-                        POPCORN_SYMBOLS).in_anonymous_memory((REGS_DST, TLS_DST))
-    except (RecodeError, KeyError):
-        return []
-
-
 def preflight_processes(pids: Iterable[int], source: str, target: str, *,
                         proc: str | Path = "/proc") -> list[str]:
     """Check live processes (host pids) through /proc; raises RecodeRefused listing every problem. Returns
@@ -102,18 +90,3 @@ def preflight_processes(pids: Iterable[int], source: str, target: str, *,
     if problems:
         raise RecodeRefused(target, problems)
     return sorted(names)
-
-
-def anonymous_regsets(pids: Iterable[int], source: str, *, proc: str | Path = "/proc") -> dict[str, list[str]]:
-    """regset_in_anonymous_memory for the executables of live processes (host pids), by executable: only those
-    with such symbols."""
-    found: dict[str, list[str]] = {}
-    for pid in pids:
-        try:
-            name = os.readlink(Path(proc) / str(pid) / "exe")
-        except OSError:
-            continue  # preflight_processes names it
-        symbols = regset_in_anonymous_memory(Path(proc) / str(pid) / "root", name, source)
-        if symbols:
-            found[name] = symbols
-    return found

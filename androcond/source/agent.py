@@ -35,11 +35,11 @@ from ..migration import container_config
 from ..migration.container_config import TargetPlan
 from ..migration.errors import Rejected
 from ..migration.journal import Journal, MigrationRecord
-from ..migration.plan import Frozen, PopcornBinaries, SourceFacts
+from ..migration.plan import Frozen, SourceFacts
+from ..popcorn.notify import Regset
 from ..protocol import protocol_pb2 as pb
 from ..protocol.wire import body
 from ..recoder import check_executable
-from ..recoder.preflight import regset_in_anonymous_memory
 from .device_pages import DevicePages
 from .relay import Relay, check_volume
 from .rootfs import RootfsError, container_root
@@ -162,7 +162,7 @@ class AgentSource:
                "dump them on its kernel"
 
     # --- across ISAs (Popcorn binaries, recoded here) ----------------------------------------------------------
-    async def popcorn_executables(self, pids: tuple[int, ...], target_isa: str) -> PopcornBinaries:
+    async def popcorn_executables(self, pids: tuple[int, ...], target_isa: str) -> tuple[str, ...]:
         """The device's agent checks that every task runs a Popcorn binary (it knows the tasks' pids)."""
         try:
             async with self._session() as (link, _facts):
@@ -171,24 +171,20 @@ class AgentSource:
             raise Rejected(f"cannot move from device {self.device.name} to {target_isa}: {_reason(exc)}") from exc
         # The recode reads both variants of each binary in the host's image: checked now, before the freeze.
         isa = self._facts_seen().hello.isa
-        anonymous: dict[str, list[str]] = {}
         async with self.mounted_root(self._facts_seen().inspect) as root:
             problems = [p for name in ready.executables
                         for p in await asyncio.to_thread(check_executable, root, name, isa, target_isa)]
-            for name in ready.executables:
-                symbols = await asyncio.to_thread(regset_in_anonymous_memory, root, name, isa)
-                if symbols:
-                    anonymous[name] = symbols
         if problems:
             raise Rejected(f"cannot move from device {self.device.name} to {target_isa}: the host's image "
                            f"{self.image_name(self._facts_seen().inspect)}: {'; '.join(map(str, problems))}")
-        return PopcornBinaries(tuple(ready.executables), anonymous)
+        return tuple(ready.executables)
 
-    async def notify(self, pids: tuple[int, ...], target_isa: str) -> None:
+    async def notify(self, pids: tuple[int, ...], target_isa: str) -> tuple[Regset, ...]:
         """The Popcorn protocol, run by the agent on the device's tasks."""
         try:
             async with self._session() as (link, _facts):
-                await link.cross_prepare(target_isa, notify=True, seconds=self._timeouts.checkpoint)
+                ready = await link.cross_prepare(target_isa, notify=True, seconds=self._timeouts.checkpoint)
+                return tuple(Regset(r.pid, r.regs, r.tls) for r in ready.regsets)
         except (Rejected, AgentRefused) as exc:
             raise Rejected(f"the container did not reach a migration point on device {self.device.name}: "
                            f"{_reason(exc)}") from exc

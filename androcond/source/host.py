@@ -30,13 +30,12 @@ from ..migration import container_config
 from ..migration.container_config import TargetPlan
 from ..migration.errors import Rejected
 from ..migration.journal import MigrationRecord
-from ..migration.plan import Frozen, PopcornBinaries, SourceFacts
+from ..migration.plan import Frozen, SourceFacts
 from ..popcorn import notify as popcorn
-from ..popcorn.notify import PopcornError
+from ..popcorn.notify import PopcornError, Regset
 from ..protocol import protocol_pb2 as pb
 from ..protocol.tree import tree_size
 from ..recoder import RecodeRefused, preflight_processes
-from ..recoder.preflight import anonymous_regsets
 from .rootfs import container_root
 
 log = get_logger(__name__)
@@ -169,19 +168,18 @@ class HostSource:
         except container_config.ConfigRefused as exc:
             raise Rejected(f"the container's configuration cannot move: {exc}") from exc
 
-    async def popcorn_executables(self, pids: tuple[int, ...], target_isa: str) -> PopcornBinaries:
+    async def popcorn_executables(self, pids: tuple[int, ...], target_isa: str) -> tuple[str, ...]:
         """Every task must be a Popcorn binary with both variants beside it (criu-het's way across ISAs)."""
         try:
             found = await asyncio.to_thread(preflight_processes, list(pids), platform.machine(), target_isa)
         except RecodeRefused as exc:
             raise Rejected(f"cannot move to an {target_isa} device: {exc}") from exc
-        anonymous = await asyncio.to_thread(anonymous_regsets, list(pids), platform.machine())
-        return PopcornBinaries(tuple(found), anonymous)
+        return tuple(found)
 
-    async def notify(self, pids: tuple[int, ...], target_isa: str) -> None:
+    async def notify(self, pids: tuple[int, ...], target_isa: str) -> tuple[Regset, ...]:
         """The Popcorn protocol: every task reaches a migration point with the target's registers ready."""
         try:
-            await popcorn.notify(list(pids), target_isa)
+            return tuple(await popcorn.notify(list(pids), target_isa))
         except PopcornError as exc:
             raise Rejected(f"the container did not reach a migration point: {exc}") from exc
 

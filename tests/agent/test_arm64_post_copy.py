@@ -134,7 +134,7 @@ async def test_a_link_cut_while_pages_arrive_rolls_back_to_the_source(
     assert page_servers_alive() == []
 
 
-async def _flat_move(agent: AgentBed, device: Arm64Device, engine: Engine, image: str, name: str,
+async def flat_move(agent: AgentBed, device: Arm64Device, engine: Engine, image: str, name: str,
                      directory: Path, fault: str = "") -> tuple[DaemonProcess, int, dict[str, Any], str]:
     """The program with MB megabytes counting on x86_64, moved with the flat freeze (`fault` injected): the daemon
     (killed), its last x86_64 count before the move, the migration's record, and its start time at the source."""
@@ -159,7 +159,7 @@ async def test_the_flat_freeze_across_isas_serves_the_memory_from_the_frozen_tas
         tmp_path: Path, on_device: str) -> None:  # noqa: F811
     """Notified for aarch64, paused and dumped without its memory: the recoded images go to the device, which
     resumes the program and takes every page from the source's frozen tasks."""
-    daemon, _counted, record, _began = await _flat_move(agent_server, arm64_device, engine_a, twoisa_image,
+    daemon, _counted, record, _began = await flat_move(agent_server, arm64_device, engine_a, twoisa_image,
                                                         on_device, tmp_path)
     assert record["state"] == "done", record
     assert states(daemon, on_device)[-3:] == ["restoring", "paging", "done"]
@@ -190,7 +190,7 @@ async def test_a_link_cut_while_pages_arrive_unpauses_the_notified_source(
     """The flat freeze across ISAs cut at `paging`: the dump's connection is reset, the source's tasks go back to
     paused, the device removes its copy, and the rollback unpauses them: the same process (its start time
     unchanged), counting on x86_64 from where it was."""
-    daemon, counted, record, began = await _flat_move(agent_server, arm64_device, engine_a, twoisa_image,
+    daemon, counted, record, began = await flat_move(agent_server, arm64_device, engine_a, twoisa_image,
                                                       on_device, tmp_path, fault="paging")
     assert record["state"] == "rolled-back", record
     assert "paging" in states(daemon, on_device)

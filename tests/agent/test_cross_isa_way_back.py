@@ -16,17 +16,20 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from androcond.engine import Engine
 
 from ..helpers import DaemonProcess
+from ..testbed import TestBed
 from ..testbed.arm64 import Arm64Device
 from ..testbed.engines import DOCKER_CLI
 from ..testbed.proc import run, wait_for
-from ..testbed.twoisa import BIN
+from ..testbed.twoisa import BIN, install_twoisa_image
 from .arm64_bed import ARM64_MARKS
 from .conftest import AgentBed
 from .daemon_bed import finished, migrate_by_cli, running, state_of
-from .test_arm64_post_copy import MB, MEMORY_CHECK, gone_from, lazy_pages_running
+from .test_arm64_post_copy import MB, MEMORY_CHECK, flat_move, gone_from, lazy_pages_running
 from .test_cross_isa_resume import LOG, daemon_config, device_log, log_lines, move_out, on_device, twoisa_image
 from .test_daemon_faults import injected
 from .test_post_copy import exists, keepers_alive, states
@@ -43,6 +46,11 @@ async def _out_and_counting_on_aarch64(agent: AgentBed, device: Arm64Device, eng
     there once it counted on."""
     end, _, _ = await move_out(agent, device, engine, image, name, directory, *args)
     assert end["state"] == "done", end.get("detail")
+    return _counted_on_aarch64(device, name)
+
+
+def _counted_on_aarch64(device: Arm64Device, name: str) -> int:
+    """Once it told three counts on the device: the last of them."""
 
     def counted_on() -> bool:
         return sum(1 for line in device_log(device, name) if line[2] == "aarch64") >= 3
@@ -192,6 +200,48 @@ async def test_post_copy_back_across_isas_resumes_home_before_the_memory_arrives
         assert _bad_pages_at_home(pid) == "0"
         assert gone_from(arm64_device, on_device)
         assert lazy_pages_running(arm64_device) == "" and keepers_alive() == []
+    finally:
+        bed.engine_a.cli("rm", "-f", on_device, check=False)
+
+
+@pytest.fixture(scope="module")
+def twoisa_bss_image(testbed: TestBed, arm64_device: Arm64Device, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """The build whose regs_dst and tls_dst lie in .bss, as a C runtime's plain globals do."""
+    return install_twoisa_image(testbed.engine_a, arm64_device, tmp_path_factory.mktemp("twoisa-bss"),
+                                regset_in_bss=True)
+
+
+async def test_registers_in_bss_go_out_and_home_with_flat_freezes(
+        arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, twoisa_bss_image: str, tmp_path: Path,
+        on_device: str) -> None:
+    """A runtime that keeps regs_dst/tls_dst in .bss (anonymous memory, which a lazy dump leaves to post-copy): the
+    recode takes the registers the notify read at the migration point, on the host on the way out and on the
+    device on the way home, and neither freeze dumps the memory."""
+    bed = agent_server.bed
+    try:
+        out, _counted, record, _began = await flat_move(agent_server, arm64_device, engine_a, twoisa_bss_image,
+                                                        on_device, tmp_path)
+        assert record["state"] == "done", (record["state"], record.get("error"))
+        frozen = next(e for e in out.lines if e.get("msg") == "checkpointed")
+        assert frozen["via"] == "lazy-dump", frozen
+        assert record["bytes_sent"] >= MB * 2**20, "the memory came after the resume"
+        on_arm = _counted_on_aarch64(arm64_device, on_device)
+
+        config = daemon_config(agent_server, arm64_device, tmp_path, extra=FLAT)
+        daemon = DaemonProcess(config)
+        try:
+            code, record = await _home(daemon, config, on_device)
+            assert code == 0 and record["state"] == "done", (record["state"], record.get("error"))
+            frozen = next(e for e in daemon.lines if e.get("msg") == "checkpointed on the device")
+            assert frozen["via"] == "lazy-dump" and frozen["bytes"] < MB * 2**20, frozen
+        finally:
+            await daemon.kill()
+
+        story = _counting_on_at_home(bed.engine_a.host, on_device, on_arm)
+        assert [isa for kind, _, isa, _ in story if kind == "resumed at count"] == ["aarch64", "x86_64"], story
+        pid = int((await engine_a.inspect_container(on_device))["State"]["Pid"])
+        assert _bad_pages_at_home(pid) == "0"
+        assert gone_from(arm64_device, on_device)
     finally:
         bed.engine_a.cli("rm", "-f", on_device, check=False)
 

@@ -7,21 +7,18 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
-from dataclasses import replace
 
 import pytest
 
-from androcond.agent.device import read_vdso
 from androcond.config import DeviceSettings
 from androcond.criu.lazy_dump import LazyDumpError
 from androcond.criu.page_protocol import NARROW, PS_IOV_GET, WIDE
 from androcond.link.ssh import AgentRefused, TransportError
 from androcond.migration.context import home_place
 from androcond.migration.errors import Rejected
-from androcond.migration.plan import CrossIsa, SourceFacts
+from androcond.migration.plan import SourceFacts
 from androcond.migration.preflight import _lazy
 from androcond.protocol import protocol_pb2 as pb
-from androcond.recoder import VdsoTemplate
 from androcond.source.device_pages import DevicePages
 
 PAGE = 4096
@@ -53,27 +50,17 @@ def facts(*, from_device: bool, blocker: str = "") -> SourceFacts:
                        lazy_needs_flat=from_device)
 
 
-def cross_isa() -> CrossIsa:
-    vdso, vvar_size = read_vdso()  # this process's own: any kernel's will do for the decision
-    return CrossIsa((1,), "x86_64", VdsoTemplate(vdso, vvar_size, PAGE), ("/bin/app",))
-
-
 def test_a_device_serves_pages_from_its_flat_freeze_only() -> None:
     hello = pb.AgentHello(lazy_pages=True)
     flat = device("true", "flat")
-    assert _lazy(facts(from_device=True), flat, hello, None, None)
-    assert _lazy(facts(from_device=True), flat, hello, cross_isa(), None), "across ISAs from its flat freeze too"
-    assert _lazy(facts(from_device=False), device("true"), hello, None, None), "the host serves from its dump"
+    assert _lazy(facts(from_device=True), flat, hello, None), "the same ISA or across ISAs"
+    assert _lazy(facts(from_device=False), device("true"), hello, None), "the host serves from its dump"
     with pytest.raises(Rejected, match=r"served by its flat freeze only"):
-        _lazy(facts(from_device=True), device("true"), hello, None, None)
-    assert not _lazy(facts(from_device=True), device("auto"), hello, None, None), "auto without it: whole"
-    in_bss = replace(cross_isa(), lazy_dump_blocker="/bin/app keeps regs_dst in anonymous memory (.bss)")
-    with pytest.raises(Rejected, match=r"flat freeze only, and /bin/app keeps regs_dst in anonymous memory"):
-        _lazy(facts(from_device=True), flat, hello, in_bss, None)
-    assert _lazy(facts(from_device=False), device("true"), hello, in_bss, None), "the host's full dump has it all"
+        _lazy(facts(from_device=True), device("true"), hello, None)
+    assert not _lazy(facts(from_device=True), device("auto"), hello, None), "auto without it: whole"
     with pytest.raises(Rejected, match=r"cannot serve pages \(upgrade"):
         _lazy(facts(from_device=True, blocker="device phone's agent cannot serve pages (upgrade it)"), flat,
-              hello, None, None)
+              hello, None)
 
 
 class SourceLinkStandIn:

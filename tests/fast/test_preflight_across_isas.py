@@ -13,7 +13,7 @@ from androcond.config import DeviceSettings, TriState
 from androcond.migration.container_config import TargetPlan
 from androcond.migration.emulate import target_plan
 from androcond.migration.errors import Rejected
-from androcond.migration.plan import CrossIsa, Emulated, PopcornBinaries, SourceFacts
+from androcond.migration.plan import CrossIsa, Emulated, SourceFacts
 from androcond.migration.preflight import _across_isas
 from androcond.protocol import protocol_pb2 as pb
 from androcond.protocol.emulation import EMULATOR, MOUNT, PLAN, RESTORER
@@ -26,13 +26,12 @@ class Source:
     popcorn: bool = False
     blockers: list[str] = field(default_factory=list)
     asked: list[str] = field(default_factory=list)
-    anonymous: dict[str, list[str]] = field(default_factory=dict)
 
-    async def popcorn_executables(self, pids: tuple[int, ...], target_isa: str) -> PopcornBinaries:
+    async def popcorn_executables(self, pids: tuple[int, ...], target_isa: str) -> tuple[str, ...]:
         self.asked.append("popcorn")
         if not self.popcorn:
             raise Rejected(f"cannot move to an {target_isa} device: process 1 (/bin/app): __migrate_gb missing")
-        return PopcornBinaries(("/bin/app",), self.anonymous)
+        return ("/bin/app",)
 
     async def emulation_blockers(self, pids: tuple[int, ...], version: str) -> tuple[list[str], list[str]]:
         self.asked.append(f"emulation {version}")
@@ -58,16 +57,6 @@ def device(emulate: TriState) -> DeviceSettings:
 async def test_auto_recodes_popcorn_binaries() -> None:
     way = await _across_isas(Source(popcorn=True), device("auto"), FACTS, hello())  # type: ignore[arg-type]
     assert isinstance(way, CrossIsa) and way.executables == ("/bin/app",)
-    assert way.lazy_dump_blocker == ""
-
-
-async def test_registers_in_anonymous_memory_keep_the_memory_in_the_freeze() -> None:
-    """A Popcorn runtime whose regs_dst is in .bss: a lazy dump would not write it, so the recode could not read
-    it; the move says so (and preflight then dumps the memory first)."""
-    source = Source(popcorn=True, anonymous={"/bin/app": ["regs_dst"]})
-    way = await _across_isas(source, device("auto"), FACTS, hello())  # type: ignore[arg-type]
-    assert isinstance(way, CrossIsa)
-    assert way.lazy_dump_blocker.startswith("/bin/app keeps regs_dst in anonymous memory (.bss)")
 
 
 async def test_auto_emulates_what_is_not_popcorn_when_the_device_can() -> None:

@@ -41,9 +41,12 @@ TWOISA_FLAGS: Final = (
 ISA_FLAGS: Final = {"x86_64": (), "aarch64": ("-mgeneral-regs-only",)}
 
 
-def build_twoisa(out_dir: Path) -> dict[str, Path]:
-    """The two-ISA program (programs/twoisa/), one binary per ISA: {"x86_64": path, "aarch64": path}."""
+def build_twoisa(out_dir: Path, *, regset_in_bss: bool = False) -> dict[str, Path]:
+    """The two-ISA program (programs/twoisa/), one binary per ISA: {"x86_64": path, "aarch64": path}. With
+    `regset_in_bss`, its regs_dst and tls_dst lie in .bss (anonymous memory) instead of .data."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    return {isa: compile_c(compiler, out_dir / f"twoisa-{isa}", TWOISA_DIR / "twoisa.c",
-                           flags=TWOISA_FLAGS + ISA_FLAGS[isa])
+    variant = ("-DTWOISA_REGSET_IN_BSS",) if regset_in_bss else ()
+    stem = "twoisa-bss" if regset_in_bss else "twoisa"
+    return {isa: compile_c(compiler, out_dir / f"{stem}-{isa}", TWOISA_DIR / "twoisa.c",
+                           flags=TWOISA_FLAGS + ISA_FLAGS[isa] + variant)
             for isa, compiler in COMPILERS.items()}

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from androcond.images import PE_LAZY, PE_PARENT, PE_PRESENT, ImageHeader, Pagemap, pb, read_image, write_image
+from androcond.popcorn.notify import Regset
 from androcond.recoder import (
     AbsentMountpoints,
     AndroidProfile,
@@ -51,7 +52,8 @@ def regset(sp: int = 0x5000, pc: int = 0x401000) -> bytes:
 
 
 def make_dump(directory: Path, builds: Builds, *, parent_before: bool = True, threads: tuple[int, ...] = (1,),
-              straddle: bool = False, nr_pages64: bool = False, regs_present: bool = True) -> Layout:
+              straddle: bool = False, nr_pages64: bool = False, regs_present: bool = True,
+              regs_lazy: bool = False) -> Layout:
     """A one-task x86_64 dump whose memory holds the stand-in's regs_dst/tls_dst with known values."""
     symbols = read_elf(builds.x86_64).symbols
     regs, tls = symbols["regs_dst"].address, symbols["tls_dst"].address
@@ -73,8 +75,10 @@ def make_dump(directory: Path, builds: Builds, *, parent_before: bool = True, th
     pages_file = b""
     if parent_before:
         runs.append(entry(lo - 16 * P, 3, PE_PARENT))  # in a parent dump: no bytes here
-    runs.append(entry(lo, pages, PE_PRESENT if regs_present else PE_PARENT))
-    pages_file += bytes(data) if regs_present else b""
+    # A lazy dump's anonymous memory (a runtime's .bss): in the pagemap, left to post-copy, no bytes here.
+    flags = PE_LAZY if regs_lazy else PE_PRESENT if regs_present else PE_PARENT
+    runs.append(entry(lo, pages, flags))
+    pages_file += bytes(data) if flags == PE_PRESENT else b""
     if straddle:
         runs.append(entry(layout.vdso, 3, PE_PRESENT))
         pages_file += vdso_bytes + after_vdso
@@ -140,6 +144,27 @@ def test_registers_not_dumped_here_are_refused(builds: Builds, vdso: VdsoTemplat
     make_dump(tmp_path / "src", builds, regs_present=False)
     with pytest.raises(RecodeError, match="task 1: regs_dst/tls_dst not in the dumped pages"):
         recode(tmp_path / "src", tmp_path / "out", options(builds, tmp_path, vdso))
+
+
+def test_registers_a_lazy_dump_left_to_post_copy_come_from_the_notify(builds: Builds, vdso: VdsoTemplate,
+                                                                     tmp_path: Path) -> None:
+    """The flat freeze across ISAs: a lazy dump does not write .bss, where a C runtime keeps regs_dst; the recode
+    takes what the notify read there at the migration point, for the task the dump names (its namespace pid)."""
+    make_dump(tmp_path / "src", builds, regs_lazy=True)
+    with pytest.raises(RecodeError, match=r"task 1: regs_dst/tls_dst not in the dumped pages .*left to post-copy.*"
+                                          "and the notify read none for it"):
+        recode(tmp_path / "src", tmp_path / "out", options(builds, tmp_path, vdso))
+    captured = Regset(pid=1, regs=regset(sp=0x6000, pc=0x401100), tls=struct.pack("<Q", TLS + 8))
+    others = Regset(pid=7, regs=regset(sp=0x9000), tls=bytes(8))
+    recode(tmp_path / "src", tmp_path / "out", replace(options(builds, tmp_path, vdso), regsets=(others, captured)))
+    core = read_image(tmp_path / "out" / "core-1.img").entries[0].get(pb.core_entry)
+    assert (core.ti_aarch64.gpregs.sp, core.ti_aarch64.gpregs.pc) == (0x6000, 0x401100)
+    assert list(core.ti_aarch64.gpregs.regs) == list(X) and core.ti_aarch64.tls == TLS + 8
+    # Where the dump holds them, its bytes are the registers (the notify's copy is the same memory, read earlier).
+    make_dump(tmp_path / "dumped", builds)
+    recode(tmp_path / "dumped", tmp_path / "out2", replace(options(builds, tmp_path, vdso), regsets=(captured,)))
+    core = read_image(tmp_path / "out2" / "core-1.img").entries[0].get(pb.core_entry)
+    assert (core.ti_aarch64.gpregs.sp, core.ti_aarch64.tls) == (0x5000, TLS)
 
 
 @pytest.mark.parametrize("nr_pages64", [False, True])

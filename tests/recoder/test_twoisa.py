@@ -22,10 +22,10 @@ from .conftest import Process, require_tools
 SHARED = ("__migrate_gb_variable", "regs_dst", "tls_dst", "state", "resume", "resume_stack")
 
 
-@pytest.fixture(scope="module")
-def twoisa(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+@pytest.fixture(scope="module", params=[False, True], ids=["regset-in-data", "regset-in-bss"])
+def twoisa(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> dict[str, Path]:
     require_tools()
-    return build_twoisa(tmp_path_factory.mktemp("twoisa"))
+    return build_twoisa(tmp_path_factory.mktemp("twoisa"), regset_in_bss=request.param)
 
 
 def _layout(path: Path) -> tuple[str, list[tuple[Any, ...]], dict[str, int], int]:
@@ -51,6 +51,12 @@ def test_both_builds_have_one_layout(twoisa: dict[str, Path]) -> None:
     assert x86_note == arm_note == 36, "the build-id notes differ in size"
     first_exec = min(s[2] for s in x86_segments if s[0] == "PT_LOAD" and s[5] & 1)
     assert x86_symbols["resume"] == first_exec, "resume() opens the first executable page (the parasite's)"
+    # Where the register set lies: in the file's bytes (.data), or past them (.bss, anonymous memory).
+    in_bss = "bss" in twoisa["x86_64"].name
+    for name, size in (("regs_dst", 784), ("tls_dst", 8)):
+        at = x86_symbols[name]
+        in_file = any(s[2] <= at and at + size <= s[2] + s[3] for s in x86_segments if s[0] == "PT_LOAD")
+        assert in_file != in_bss, f"{name} at 0x{at:x}"
 
 
 def test_the_notify_gets_an_aarch64_register_set_that_enters_resume(
@@ -59,9 +65,11 @@ def test_the_notify_gets_an_aarch64_register_set_that_enters_resume(
     proc = Process([str(twoisa["x86_64"]), str(out)])
     processes.append(proc)
     proc.wait_for(lambda: out.exists() and b"count 2 " in out.read_bytes(), "two counts")
-    notify_tasks(task_tree(proc.pid), "aarch64", timeout=10)
+    (regset,) = notify_tasks(task_tree(proc.pid), "aarch64", timeout=10)
     _, _, symbols, _ = _layout(twoisa["x86_64"])
     with open(f"/proc/{proc.pid}/mem", "rb") as mem:
+        mem.seek(symbols["regs_dst"])
+        assert mem.read(784) == regset.regs, "the notify's copy is what the runtime left"
         mem.seek(symbols["regs_dst"])
         magic, sp, pc = struct.unpack("<3Q", mem.read(24))
         mem.seek(symbols["__migrate_gb_variable"])

@@ -29,11 +29,13 @@ known_hosts = "{known_hosts}"
 """
 
 
-def install_twoisa_image(engine_a: DockerEngine, device: Arm64Device, work: Path) -> str:
+def install_twoisa_image(engine_a: DockerEngine, device: Arm64Device, work: Path, *,
+                         regset_in_bss: bool = False) -> str:
     """The two-ISA program's image under one name on engine A (x86_64 busybox) and on the device (its aarch64
     busybox, so `docker exec` works there), both with `<bin>` = the x86_64 build, `<bin>_x86-64` and
-    `<bin>_aarch64` in bin/. Tagged by the binaries, so a changed program is a new image."""
-    built = build_twoisa(work / "bin")
+    `<bin>_aarch64` in bin/. Tagged by the binaries, so a changed program is a new image. `regset_in_bss`: the
+    build whose regs_dst and tls_dst lie in .bss."""
+    built = build_twoisa(work / "bin", regset_in_bss=regset_in_bss)
     programs = {BIN: built["x86_64"], f"{BIN}_x86-64": built["x86_64"], f"{BIN}_aarch64": built["aarch64"]}
     digest = hashlib.sha256(b"".join(p.read_bytes() for _, p in sorted(programs.items())))
     image = f"androcond-test/twoisa:{digest.hexdigest()[:12]}"

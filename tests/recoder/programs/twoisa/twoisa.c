@@ -11,7 +11,10 @@
  *
  * usage: twoisa OUTFILE [CHILDREN [MEGABYTES [stubborn]]]
  *   CHILDREN: processes to fork (each counts with its own role); MEGABYTES: memory to touch first;
- *   stubborn: never look at __migrate_gb_variable (a program that never reaches a migration point). */
+ *   stubborn: never look at __migrate_gb_variable (a program that never reaches a migration point).
+ *
+ * Built with -DTWOISA_REGSET_IN_BSS, regs_dst and tls_dst live in .bss (as a C runtime's plain globals do):
+ * anonymous memory, which a lazy dump leaves to post-copy. Otherwise they are in the file-backed .data. */
 
 typedef unsigned long u64;
 typedef long i64;
@@ -68,11 +71,16 @@ __asm__(".text\n.global _start\n_start:\n  mov x0, sp\n  bl start\n  brk #0\n");
 #define AT(name) __attribute__((section(name), used))
 
 /* The Popcorn runtime's globals (CRIU-IMAGES.md section 7). */
+#ifdef TWOISA_REGSET_IN_BSS
+#define REGSET_AT(data, bss) AT(bss)
+#else
+#define REGSET_AT(data, bss) AT(data)
+#endif
 volatile i64 __migrate_gb_variable AT(".twoisa_migrate") = -1;
-u64 tls_dst AT(".twoisa_tls") = 0;
+u64 tls_dst REGSET_AT(".twoisa_tls", ".twoisa_bss_tls") = 0;
 struct regset {
     u64 words[98]; /* 784 bytes: aarch64 magic, sp, pc, x0..x30, v0..v31; x86_64's 624 fit inside */
-} regs_dst AT(".twoisa_regs") = {{0}};
+} regs_dst REGSET_AT(".twoisa_regs", ".twoisa_bss_regs") = {{0}};
 
 /* What the computation needs to go on, on either ISA: no pointers into code or read-only data. */
 struct state {
