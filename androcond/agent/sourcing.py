@@ -387,10 +387,19 @@ async def _freeze_flat(device: DeviceEngine, outgoing: OutgoingMigration) -> str
 
 async def _serve_pages(session: SourcePort, dump: LazyDump) -> None:
     """The page server's replies to the daemon. A send that fails means the daemon is gone: the session's end
-    resets the dump."""
-    with contextlib.suppress(ChannelClosed, ConnectionError, OSError):
+    resets the dump. A page server that fails (its CRIU gone: the tasks stay frozen) is reported at once, so
+    that the daemon rolls back instead of waiting for pages until its paging deadline."""
+    try:
         async for data in dump.replies():
-            await session.send(pb.Frame(pages=pb.Pages(data=data)))
+            try:
+                await session.send(pb.Frame(pages=pb.Pages(data=data)))
+            except (ChannelClosed, ConnectionError, OSError):
+                return
+    except (ConnectionError, OSError) as exc:
+        log.error("the lazy dump stopped serving pages", error=str(exc))
+        with contextlib.suppress(ChannelClosed, ConnectionError, OSError):
+            await session.send(pb.Frame(error=pb.Error(message=f"the device's lazy dump stopped serving pages: {exc}",
+                                                       phase="paging", code=pb.ERROR_RESTORE)))
 
 
 async def _close_dump(container_id: str) -> None:

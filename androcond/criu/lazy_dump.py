@@ -16,7 +16,12 @@ the page transfer (verified on this bed with runc 1.1.5 and CRIU 4.2.1, cgroup v
 CRIU's page server, when runc starts it, listens on every interface whatever address it is given (runc drops it;
 seen with `ss`). It takes one connection, ours, made the moment the status byte comes: the port is open to the
 network for that long. Under cgroup v2's freezer a reset dump puts the tasks back paused as under v1 (verified on
-the arm64 device: Debian 13, CRIU 4.1.1). CRIU killed while it serves lets the tasks run (the pause is lost).
+the arm64 device: Debian 13, CRIU 4.1.1).
+
+CRIU killed while it serves would let the tasks run: it thaws the container's freezer once it has seized them.
+So the freezer is frozen again as soon as the dump is ready (criu/freezer.py), and thawed only for the confirmed
+end, right before the CLOSE on which CRIU kills them. A page server that ends before that (CRIU gone) fails the
+transfer at once (ConnectionAbortedError from :meth:`LazyDump.replies`), not at the paging deadline.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ from pathlib import Path
 from ..errors import AndrocondError
 from ..logging import get_logger
 from .compat import host_criu_version, log_errors
+from .freezer import Freezer, FreezerError
 from .leftovers import LAZY_DUMP_WORK
 from .page_protocol import (
     CLOSED_OK,
@@ -80,8 +86,9 @@ class LazyDump:
     """One lazy dump: the runc process that holds the tasks, and our connection to its page server."""
 
     def __init__(self, proc: asyncio.subprocess.Process, reader: asyncio.StreamReader,
-                 writer: asyncio.StreamWriter, work: Path, header: struct.Struct) -> None:
+                 writer: asyncio.StreamWriter, work: Path, header: struct.Struct, *, freezer: Freezer) -> None:
         self.proc = proc
+        self.freezer = freezer
         self._reader = reader
         self._writer = writer
         self.work = work
@@ -136,8 +143,17 @@ class LazyDump:
             os.close(status_r)
         sock = writer.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-        log.info("lazy dump ready: the tasks are held, their pages served from them", pid=proc.pid, port=port)
-        return cls(proc, reader, writer, work, header)
+        try:
+            freezer = await asyncio.to_thread(Freezer.of_container, runc_root, container_id)
+            await asyncio.to_thread(freezer.freeze)
+        except FreezerError as exc:
+            writer.transport.abort()  # a reset: CRIU fails the dump and puts the tasks back paused
+            why = await cls._failure(proc, work, f"the tasks could not be held in the freezer ({exc})")
+            await asyncio.to_thread(shutil.rmtree, work, True)
+            raise LazyDumpError(why) from exc
+        log.info("lazy dump ready: the tasks are held, their pages served from them", pid=proc.pid, port=port,
+                 freezer=await asyncio.to_thread(freezer.state))
+        return cls(proc, reader, writer, work, header, freezer=freezer)
 
     @staticmethod
     async def _failure(proc: asyncio.subprocess.Process, work: Path, what: str) -> str:
@@ -196,7 +212,10 @@ class LazyDump:
                     continue  # the CLOSE came: answered above, if nothing is left to pass before it
                 data, read = read.result(), None
                 if not data:
-                    return
+                    # Before lazy-pages' CLOSE (answered above), CRIU ends its connection only by dying: the
+                    # tasks stay frozen (the freezer's hold), and the target will get no more pages.
+                    raise ConnectionAbortedError("the lazy dump's page server ended before the target had every "
+                                                 f"page (runc exit {self.proc.returncode})")
                 self.bytes_served += len(data)
                 try:
                     self.gate.replies(data)
@@ -225,6 +244,12 @@ class LazyDump:
         tasks). Raises LazyDumpError when the dump does not end well; the target's copy stands anyway."""
         if self.gate.close_held is None:
             raise LazyDumpError("the device's lazy-pages never said it had every page")
+        try:
+            # CRIU kills the tasks on the CLOSE, and under cgroup v1 a frozen task cannot die. Until then
+            # they stay stopped under ptrace.
+            await asyncio.to_thread(self.freezer.thaw)
+        except FreezerError as exc:
+            raise LazyDumpError(f"the tasks could not be let go for the dump's end: {exc}") from exc
         async with asyncio.timeout(CONFIRM_TIMEOUT_S):
             self._writer.write(self.gate.close_held)
             await self._writer.drain()

@@ -485,7 +485,10 @@ class AgentConnection:
         except TransportError as exc:
             self._fail(exc)
         except (OSError, ConnectionError) as exc:
+            # The source can serve no more (its CRIU gone, or a stream that could not be followed): the target
+            # would wait for its pages until the paging deadline, so the commit fails now and the move rolls back.
             log.warning("the page server stopped answering", error=str(exc))
+            self._fail(TransportError(f"the page server stopped answering: {exc}"))
 
     async def abort(self, reason: str) -> pb.Outcome:
         return (await self._request(pb.Frame(abort=pb.Abort(reason=reason)), "abort", self.timeouts.query,

@@ -6,6 +6,10 @@ them frozen until the device's word, then the rollback unpauses them — the sam
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
+from datetime import datetime
 from pathlib import Path
 
 import pytest
@@ -273,3 +277,63 @@ async def test_the_daemon_killed_while_it_freezes_flat(agent_server: AgentBed, e
         await receiver.stop()
         agent.stop()
         bed.engine_b.remove_containers(RUN_FILTER)
+
+
+async def test_criu_killed_while_pages_arrive_leaves_the_tasks_frozen(agent_server: AgentBed, engine_a: Engine,
+                                                                      engine_b: Engine, tmp_path: Path,
+                                                                      unique_name: str) -> None:
+    """SIGKILL to the lazy dump's runc and CRIU at `paging`, as the OOM killer or systemd's SIGKILL to what is
+    left of a dead daemon's unit would. CRIU thawed the freezer once it had seized the tasks, so they would run
+    at once while the device's copy does; the hold keeps them frozen until the rollback has heard from the
+    device. The page server's end fails the move at once (not at the paging deadline), and the same process
+    counts on at the source."""
+    bed = agent_server.bed
+    agent, receiver, daemon = await lazy_move(agent_server, tmp_path, "slow-pages", AGENT_PORT + 71, device=FLAT)
+    spool = agent.directory / f"{agent.name}-spool"
+    await daemon.start()
+    try:
+        at_source, _checks = await counting(engine_a, unique_name, mb=64)
+        began = await started_at(engine_a, unique_name)
+        move = asyncio.create_task(migrate_by_cli(daemon.config, unique_name))
+        await daemon.wait_for_log(state_of(unique_name, "paging"), timeout=120)
+        (dump,) = lazy_dumps_alive()
+        killed = time.time()
+        os.killpg(dump, signal.SIGKILL)  # runc and the CRIU it started: one process group
+        end = await finished(daemon, unique_name, timeout=60)
+        assert end["state"] == "rolled-back", end
+        assert "the page server stopped answering" in str(end.get("detail")), end
+        await asyncio.gather(move, return_exceptions=True)
+        await assert_back_at_source(engine_a, engine_b, unique_name, at_source[-1])
+        assert_still_until_settled(daemon, bed.engine_a.cli("logs", "-t", unique_name), killed)
+        assert await started_at(engine_a, unique_name) == began, "restored from a checkpoint, not unpaused"
+        assert not await exists(engine_b, unique_name)
+        assert left_on_device(spool) == []
+        assert lazy_dumps_alive() == []
+    finally:
+        await daemon.kill()
+        await receiver.stop()
+        agent.stop()
+        bed.engine_b.remove_containers(RUN_FILTER)
+
+
+def assert_still_until_settled(daemon: DaemonProcess, stamped_logs: str, killed: float) -> None:
+    """Not one count between CRIU's death (`killed`, epoch seconds) and the daemon's settling, which follows the
+    target's answer that its copy is gone. `stamped_logs`: the container's `docker logs -t`."""
+    settling = next(e for e in daemon.lines if e.get("msg") == "settling")
+    assert settling["device_says"] != "running", settling
+    settled = datetime.fromisoformat(settling["timestamp"]).timestamp()
+    told = [stamp for stamp, line in _stamped(stamped_logs) if "count" in line]
+    first = min(stamp for stamp in told if stamp > killed)
+    assert first >= settled, f"counted {first - killed:.3f} s after CRIU died, {settled - first:.3f} s before the " \
+                             "target's answer"
+
+
+def _stamped(logs: str) -> list[tuple[float, str]]:
+    """`docker logs -t` lines as (epoch seconds, text); the engine's stamps have nanoseconds, Python's take
+    microseconds."""
+    out = []
+    for line in logs.splitlines():
+        stamp, _, text = line.partition(" ")
+        whole, _, fraction = stamp.rstrip("Z").partition(".")
+        out.append((datetime.fromisoformat(f"{whole}.{fraction[:6].ljust(6, '0')}+00:00").timestamp(), text))
+    return out

@@ -7,6 +7,9 @@ dump; every other end leaves the device's tasks paused until the rollback unpaus
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
+import time
 from pathlib import Path
 
 import pytest
@@ -28,7 +31,7 @@ from .daemon_bed import (
     write_daemon_config,
 )
 from .test_daemon_faults import injected
-from .test_flat_freeze import lazy_dumps_alive, started_at
+from .test_flat_freeze import assert_still_until_settled, lazy_dumps_alive, started_at
 from .test_post_copy import checks, counting, exists, keepers_alive, states
 
 pytestmark = pytest.mark.testbed
@@ -175,6 +178,36 @@ async def test_the_daemon_killed_while_pages_come_home(
         await _back_on_the_device(engine_a, engine_b, unique_name, on_device, began)
         # The home restore the kill cut left containerd's copy of its checkpoint; the restart's settling removed it.
         assert extractions() - before == set()
+    finally:
+        for engine in (bed.engine_a, bed.engine_b):
+            engine.cli("rm", "-f", unique_name, check=False)
+
+
+async def test_the_device_s_criu_killed_while_it_serves_pages(
+        agent_server: AgentBed, engine_a: Engine, engine_b: Engine, tmp_path: Path, unique_name: str) -> None:
+    """SIGKILL to the device's lazy dump (its runc and CRIU) at `paging`: CRIU had thawed the device's freezer
+    once it seized the tasks, and the agent's hold froze it again, so they stay still. The agent reports that
+    its dump stopped serving; the daemon rolls back at once, removes the home copy, and only then unpauses the
+    device's same process."""
+    bed = agent_server.bed
+    try:
+        config, on_device, _checks = await _out(agent_server, engine_a, engine_b, tmp_path, unique_name)
+        began = await started_at(engine_b, unique_name)
+        daemon = await _ready(DaemonProcess(config))
+        try:
+            move = asyncio.create_task(migrate_by_cli(config, unique_name, "host"))
+            await daemon.wait_for_log(state_of(unique_name, "paging"), timeout=120)
+            (dump,) = lazy_dumps_alive()
+            killed = time.time()
+            os.killpg(dump, signal.SIGKILL)  # runc and the CRIU it started: one process group
+            end = await finished(daemon, unique_name, timeout=60)
+            assert end["state"] == "rolled-back", end
+            assert "the device's lazy dump stopped serving pages" in str(end.get("detail")), end
+            assert (await move)[1]["state"] == "rolled-back"
+        finally:
+            await daemon.kill()
+        await _back_on_the_device(engine_a, engine_b, unique_name, on_device, began)
+        assert_still_until_settled(daemon, bed.engine_b.cli("logs", "-t", unique_name), killed)
     finally:
         for engine in (bed.engine_a, bed.engine_b):
             engine.cli("rm", "-f", unique_name, check=False)
