@@ -214,8 +214,7 @@ class LazyDump:
                 if not data:
                     # Before lazy-pages' CLOSE (answered above), CRIU ends its connection only by dying: the
                     # tasks stay frozen (the freezer's hold), and the target will get no more pages.
-                    raise ConnectionAbortedError("the lazy dump's page server ended before the target had every "
-                                                 f"page (runc exit {self.proc.returncode})")
+                    raise ConnectionAbortedError("the lazy dump's page server ended before the target had every page")
                 self.bytes_served += len(data)
                 try:
                     self.gate.replies(data)

@@ -35,8 +35,8 @@ MIGRATE_VARIABLE: Final = "__migrate_gb_variable"
 REGS_DST: Final = "regs_dst"
 TLS_DST: Final = "tls_dst"
 TLS_SIZE: Final = 8
-# How much of regs_dst is read: its symbol's size up to this, or this when the symbol has none. The larger ISA's
-# register set (aarch64's, 784 bytes): the runtime's struct holds either.
+# How much of regs_dst is read, whatever its symbol's size: the larger ISA's register set (aarch64's), as the
+# recode reads it from a dump.
 REGSET_BYTES: Final = 784
 
 TARGET_IDS: Final = {"aarch64": 0, "x86_64": 1}  # what the runtime expects in __migrate_gb_variable
@@ -86,8 +86,8 @@ def ptrace(request: int, pid: int, addr: int = 0, data: int = 0) -> int:
 class Variable:
     address: int
     size: int  # 4 or 8 bytes: the runtime declares it as an int or a long
-    regs: tuple[int, int] | None = None  # regs_dst's (address, size), None when the binary lacks it
-    tls: int | None = None  # tls_dst's address
+    regs: int | None = None  # regs_dst's address, None when the binary lacks it
+    tls: int | None = None  # tls_dst's
 
 
 @dataclass(frozen=True)
@@ -118,10 +118,8 @@ def find_variable(pid: int, proc: str | Path = "/proc") -> Variable:
     if problems:
         raise PopcornError(f"task {pid} ({target}): {'; '.join(problems)}")
     address, size = info.symbols[MIGRATE_VARIABLE]
-    regs = info.symbols.get(REGS_DST)
-    tls = info.symbols.get(TLS_DST)
-    return Variable(address, size if size in (4, 8) else WORD,
-                    (regs[0], min(regs[1] or REGSET_BYTES, REGSET_BYTES)) if regs else None, tls[0] if tls else None)
+    regs, tls = info.symbols.get(REGS_DST), info.symbols.get(TLS_DST)
+    return Variable(address, size if size in (4, 8) else WORD, regs[0] if regs else None, tls[0] if tls else None)
 
 
 def namespace_pid(pid: int, proc: str | Path = "/proc") -> int:
@@ -143,11 +141,11 @@ def _capture(pid: int, var: Variable, proc: str | Path = "/proc") -> Regset | No
         return None
     fd = os.open(Path(proc) / str(pid) / "mem", os.O_RDONLY)
     try:
-        regs = os.pread(fd, var.regs[1], var.regs[0])
+        regs = os.pread(fd, REGSET_BYTES, var.regs)
         tls = os.pread(fd, TLS_SIZE, var.tls)
     finally:
         os.close(fd)
-    if len(regs) != var.regs[1] or len(tls) != TLS_SIZE:
+    if len(regs) != REGSET_BYTES or len(tls) != TLS_SIZE:
         raise PopcornError(f"task {pid}: regs_dst/tls_dst could not be read whole from its memory")
     return Regset(namespace_pid(pid, proc), regs, tls)
 

@@ -316,6 +316,45 @@ async def test_criu_killed_while_pages_arrive_leaves_the_tasks_frozen(agent_serv
         bed.engine_b.remove_containers(RUN_FILTER)
 
 
+async def test_the_daemon_and_criu_killed_together(agent_server: AgentBed, engine_a: Engine, engine_b: Engine,
+                                                  tmp_path: Path, unique_name: str) -> None:
+    """What systemd does to the unit of a daemon that crashed (`KillMode=mixed`): SIGKILL to what is left of
+    it, the lazy dump's runc and CRIU, as the daemon dies at `paging`. The tasks stay frozen (the hold), whoever
+    dies first; the restarted daemon asks the device and unpauses the same process."""
+    bed = agent_server.bed
+    agent, receiver, daemon = await lazy_move(agent_server, tmp_path, "slow-pages", AGENT_PORT + 72, device=FLAT)
+    spool = agent.directory / f"{agent.name}-spool"
+    await daemon.start()
+    again = DaemonProcess(daemon.config)
+    try:
+        at_source, _checks = await counting(engine_a, unique_name, mb=64)
+        began = await started_at(engine_a, unique_name)
+        move = asyncio.create_task(migrate_by_cli(daemon.config, unique_name))
+        await daemon.wait_for_log(state_of(unique_name, "paging"), timeout=120)
+        (dump,) = lazy_dumps_alive()
+        os.killpg(dump, signal.SIGKILL)
+        await daemon.kill()
+        await asyncio.gather(move, return_exceptions=True)
+        before = counts(await engine_a.container_logs(unique_name))
+        await asyncio.sleep(1.0)  # what is watched is that nothing happens: ten of the counter's ticks
+        assert counts(await engine_a.container_logs(unique_name)) == before, "the source ran before the word"
+        assert (await engine_a.inspect_container(unique_name))["State"]["Paused"]
+        await again.start()
+        end = await finished(again, unique_name, timeout=120)
+        assert end["state"] == "rolled-back", end
+        await assert_back_at_source(engine_a, engine_b, unique_name, at_source[-1])
+        assert await started_at(engine_a, unique_name) == began
+        assert not await exists(engine_b, unique_name)
+        assert left_on_device(spool) == []
+        assert lazy_dumps_alive() == []
+    finally:
+        await again.kill()
+        await daemon.kill()
+        await receiver.stop()
+        agent.stop()
+        bed.engine_b.remove_containers(RUN_FILTER)
+
+
 def assert_still_until_settled(daemon: DaemonProcess, stamped_logs: str, killed: float) -> None:
     """Not one count between CRIU's death (`killed`, epoch seconds) and the daemon's settling, which follows the
     target's answer that its copy is gone. `stamped_logs`: the container's `docker logs -t`."""
