@@ -112,11 +112,14 @@ async def test_a_link_cut_while_pages_arrive_unpauses_the_source(agent_server: A
         bed.engine_b.remove_containers(RUN_FILTER)
 
 
+@pytest.mark.parametrize("dump_too", [False, True], ids=["the-daemon", "the-daemon-and-its-lazy-dump"])
 async def test_the_daemon_killed_while_pages_arrive(agent_server: AgentBed, engine_a: Engine, engine_b: Engine,
-                                                    tmp_path: Path, unique_name: str) -> None:
+                                                    tmp_path: Path, unique_name: str, dump_too: bool) -> None:
     """SIGKILL to the daemon at `paging`: its socket to the dump resets as the process dies (SO_LINGER 0), so
     the dump fails and its tasks go back to frozen, not running; the restarted daemon asks the device and
-    unpauses them."""
+    unpauses them. `dump_too`: the lazy dump's runc and CRIU are SIGKILLed with it, as systemd does to what is
+    left of a crashed daemon's unit (`KillMode=mixed`): whoever dies first, the freezer's hold keeps the tasks
+    still."""
     bed = agent_server.bed
     agent, receiver, daemon = await lazy_move(agent_server, tmp_path, "slow-pages", AGENT_PORT + 62, device=FLAT)
     spool = agent.directory / f"{agent.name}-spool"
@@ -127,6 +130,9 @@ async def test_the_daemon_killed_while_pages_arrive(agent_server: AgentBed, engi
         began = await started_at(engine_a, unique_name)
         move = asyncio.create_task(migrate_by_cli(daemon.config, unique_name))
         await daemon.wait_for_log(state_of(unique_name, "paging"), timeout=120)
+        if dump_too:
+            (dump,) = lazy_dumps_alive()
+            os.killpg(dump, signal.SIGKILL)  # runc and the CRIU it started: one process group
         await daemon.kill()
         await asyncio.gather(move, return_exceptions=True)
         # Until the device's word, nothing runs the container at the source: its tasks are frozen.
@@ -310,45 +316,6 @@ async def test_criu_killed_while_pages_arrive_leaves_the_tasks_frozen(agent_serv
         assert left_on_device(spool) == []
         assert lazy_dumps_alive() == []
     finally:
-        await daemon.kill()
-        await receiver.stop()
-        agent.stop()
-        bed.engine_b.remove_containers(RUN_FILTER)
-
-
-async def test_the_daemon_and_criu_killed_together(agent_server: AgentBed, engine_a: Engine, engine_b: Engine,
-                                                  tmp_path: Path, unique_name: str) -> None:
-    """What systemd does to the unit of a daemon that crashed (`KillMode=mixed`): SIGKILL to what is left of
-    it, the lazy dump's runc and CRIU, as the daemon dies at `paging`. The tasks stay frozen (the hold), whoever
-    dies first; the restarted daemon asks the device and unpauses the same process."""
-    bed = agent_server.bed
-    agent, receiver, daemon = await lazy_move(agent_server, tmp_path, "slow-pages", AGENT_PORT + 72, device=FLAT)
-    spool = agent.directory / f"{agent.name}-spool"
-    await daemon.start()
-    again = DaemonProcess(daemon.config)
-    try:
-        at_source, _checks = await counting(engine_a, unique_name, mb=64)
-        began = await started_at(engine_a, unique_name)
-        move = asyncio.create_task(migrate_by_cli(daemon.config, unique_name))
-        await daemon.wait_for_log(state_of(unique_name, "paging"), timeout=120)
-        (dump,) = lazy_dumps_alive()
-        os.killpg(dump, signal.SIGKILL)
-        await daemon.kill()
-        await asyncio.gather(move, return_exceptions=True)
-        before = counts(await engine_a.container_logs(unique_name))
-        await asyncio.sleep(1.0)  # what is watched is that nothing happens: ten of the counter's ticks
-        assert counts(await engine_a.container_logs(unique_name)) == before, "the source ran before the word"
-        assert (await engine_a.inspect_container(unique_name))["State"]["Paused"]
-        await again.start()
-        end = await finished(again, unique_name, timeout=120)
-        assert end["state"] == "rolled-back", end
-        await assert_back_at_source(engine_a, engine_b, unique_name, at_source[-1])
-        assert await started_at(engine_a, unique_name) == began
-        assert not await exists(engine_b, unique_name)
-        assert left_on_device(spool) == []
-        assert lazy_dumps_alive() == []
-    finally:
-        await again.kill()
         await daemon.kill()
         await receiver.stop()
         agent.stop()
