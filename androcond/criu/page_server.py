@@ -83,12 +83,21 @@ class PageServer:
         await self._writer.drain()
 
     async def replies(self) -> AsyncIterator[bytes]:
-        """What the page server answers, until it closes its socket."""
+        """What the page server answers, until it closes its socket. It does so after lazy-pages' CLOSE and exits
+        0; one that ends otherwise (killed, or failed) raises ConnectionAbortedError, so the move fails now
+        rather than leaving the device waiting for its pages until the paging deadline."""
         while data := await self._reader.read(CHUNK):
             self.bytes_served += len(data)
             if self.rewriter is not None:
                 data = self._rewritten(self.rewriter.replies, data)
             yield data
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(EXIT_TIMEOUT_S):
+                await self.proc.wait()
+        if self.proc.returncode:
+            errors = await asyncio.to_thread(log_errors, self.work / LOG_NAME)
+            raise ConnectionAbortedError(f"the page server ended with status {self.proc.returncode} before the "
+                                         f"device had every page{': ' + '; '.join(errors) if errors else ''}")
 
     def _rewritten(self, rewrite: Callable[[bytes], bytes], data: bytes) -> bytes:
         try:

@@ -7,7 +7,9 @@ wrong (or as zeros) shows in its own output."""
 from __future__ import annotations
 
 import asyncio
+import os
 import re
+import signal
 import tempfile
 from pathlib import Path
 
@@ -171,6 +173,36 @@ async def test_a_link_cut_while_pages_arrive_rolls_back_to_the_source(agent_serv
         counted = await metrics(tmp_path / "api.sock", "androcond_migrations_total")
         assert counted["androcond_migration_downtime_seconds_count"] == 0
         assert counted["androcond_migration_last_page_seconds_count"] == 0
+    finally:
+        await daemon.kill()
+        await receiver.stop()
+        agent.stop()
+        bed.engine_b.remove_containers(RUN_FILTER)
+
+
+async def test_the_page_server_killed_while_pages_arrive(agent_server: AgentBed, engine_a: Engine, engine_b: Engine,
+                                                        tmp_path: Path, unique_name: str) -> None:
+    """SIGKILL to the source's page server at `paging`: the device can get no more pages, so the move fails at
+    once (not at the paging deadline, an hour) and rolls back: the device's partial container is removed and the
+    container runs at the source again, restored from the dump."""
+    bed = agent_server.bed
+    agent, receiver, daemon = await lazy_move(agent_server, tmp_path, "slow-pages", AGENT_PORT + 73)
+    spool = agent.directory / f"{agent.name}-spool"
+    await daemon.start()
+    try:
+        at_source, _checks = await counting(engine_a, unique_name, mb=64)
+        move = asyncio.create_task(migrate_by_cli(daemon.config, unique_name))
+        await daemon.wait_for_log(state_of(unique_name, "paging"), timeout=120)
+        (server,) = processes_with(b"page-server\x00--lazy-pages\x00-D")  # the source's, serving the dump
+        os.kill(server, signal.SIGKILL)
+        end = await finished(daemon, unique_name, timeout=60)
+        assert end["state"] == "rolled-back", end
+        assert "the page server ended with status -9" in str(end.get("detail")), end
+        await asyncio.gather(move, return_exceptions=True)
+        await assert_back_at_source(engine_a, engine_b, unique_name, at_source[-1])
+        assert not await exists(engine_b, unique_name)
+        assert left_on_device(spool) == []
+        assert keepers_alive() == []
     finally:
         await daemon.kill()
         await receiver.stop()
