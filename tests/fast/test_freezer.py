@@ -57,3 +57,15 @@ def test_a_freezer_that_cannot_be_found_is_named(tmp_path: Path, paths: object, 
 def test_no_runc_state(tmp_path: Path) -> None:
     with pytest.raises(FreezerError, match="cannot read the container's runc state"):
         Freezer.of_container(tmp_path, "absent")
+
+
+def test_a_cgroup_gone_before_the_write_is_named(tmp_path: Path) -> None:
+    cgroup = tmp_path / "sys" / "freezer" / "docker" / "c4"
+    cgroup.mkdir(parents=True)
+    (cgroup / "freezer.state").write_text("THAWED\n")
+    runc_state(tmp_path / "runc", "c4", {"freezer": str(cgroup)})
+    freezer = Freezer.of_container(tmp_path / "runc", "c4")
+    (cgroup / "freezer.state").unlink()
+    cgroup.rmdir()  # the container went away meanwhile
+    with pytest.raises(FreezerError, match=r"cannot write FROZEN to .*c4/freezer.state"):
+        freezer.freeze()
