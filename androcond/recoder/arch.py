@@ -24,9 +24,9 @@ from typing import Final
 from ..criu.compat import version_tuple
 from ..images import Entry, Image, ImageFormatError, Pagemap, pb
 from ..images.pagemap import PE_PRESENT
-from ..popcorn.notify import Regset
+from ..popcorn.notify import REGS_DST, TLS_DST, Regset
 from .android import clear_seccomp
-from .elf import REGS_DST, TLS_DST, ElfInfo, build_id_words, popcorn_problems, read_elf
+from .elf import ElfInfo, build_id_words, popcorn_problems, read_elf
 from .imageset import CopyRange, ImageSet, NewBytes, RecodeError, Segment, iter_tasks
 
 MTYPE_X86_64: Final = 1

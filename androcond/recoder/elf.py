@@ -14,15 +14,13 @@ from elftools.common.exceptions import ELFError
 from elftools.elf.elffile import ELFFile
 from elftools.elf.sections import NoteSection, SymbolTableSection
 
+from ..popcorn.notify import MIGRATE_VARIABLE, REGS_DST, TLS_DST
 from .imageset import RecodeError
 
 _ELF64_SYM: Final = struct.Struct("<IBBHQQ")
 MACHINES: Final = {"EM_X86_64": "x86_64", "EM_AARCH64": "aarch64"}
 
-# The Popcorn runtime's globals (CRIU-IMAGES.md section 7).
-MIGRATE_VARIABLE: Final = "__migrate_gb_variable"
-REGS_DST: Final = "regs_dst"
-TLS_DST: Final = "tls_dst"
+# The Popcorn runtime's globals (CRIU-IMAGES.md section 7), named where the notify reads them.
 POPCORN_SYMBOLS: Final = (MIGRATE_VARIABLE, REGS_DST, TLS_DST)
 
 

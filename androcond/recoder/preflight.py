@@ -12,8 +12,9 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..popcorn.notify import MIGRATE_VARIABLE, REGS_DST, TLS_DST
 from .arch import VARIANT_SUFFIX, exe_path
-from .elf import MIGRATE_VARIABLE, POPCORN_SYMBOLS, REGS_DST, TLS_DST, popcorn_problems, read_elf
+from .elf import POPCORN_SYMBOLS, popcorn_problems, read_elf
 from .imageset import RecodeError
 
 ISAS = ("x86_64", "aarch64")
