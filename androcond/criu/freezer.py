@@ -19,7 +19,7 @@ from typing import Final
 
 from ..errors import AndrocondError
 
-# What each hierarchy's control file takes (and v1's reads back).
+# What each hierarchy's control file takes.
 V1_FROZEN, V1_THAWED = "FROZEN", "THAWED"
 V2_FROZEN, V2_THAWED = "1", "0"
 V1_FILE: Final = "freezer.state"
@@ -58,21 +58,18 @@ class Freezer:
             raise FreezerError(f"the container's freezer {control} is not there")
         return cls(control)
 
+    @classmethod
+    def hold(cls, runc_root: Path, container_id: str) -> Freezer:
+        """The container's freezer, frozen (blocking: one thread hop for both inside the downtime)."""
+        freezer = cls.of_container(runc_root, container_id)
+        freezer.freeze()
+        return freezer
+
     def freeze(self) -> None:
         self._write(V2_FROZEN if self.v2 else V1_FROZEN)
 
     def thaw(self) -> None:
         self._write(V2_THAWED if self.v2 else V1_THAWED)
-
-    def state(self) -> str:
-        """"FROZEN", "FREEZING" or "THAWED" (v1's words; v2's cgroup.freeze reads as one of the first and last)."""
-        try:
-            text = self.control.read_text().strip()
-        except OSError as exc:
-            raise FreezerError(f"cannot read {self.control}: {exc.strerror or exc}") from exc
-        if self.v2:
-            return V1_FROZEN if text == V2_FROZEN else V1_THAWED
-        return text
 
     def _write(self, value: str) -> None:
         try:

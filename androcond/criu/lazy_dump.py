@@ -144,15 +144,14 @@ class LazyDump:
         sock = writer.get_extra_info("socket")
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
         try:
-            freezer = await asyncio.to_thread(Freezer.of_container, runc_root, container_id)
-            await asyncio.to_thread(freezer.freeze)
+            freezer = await asyncio.to_thread(Freezer.hold, runc_root, container_id)
         except FreezerError as exc:
             writer.transport.abort()  # a reset: CRIU fails the dump and puts the tasks back paused
             why = await cls._failure(proc, work, f"the tasks could not be held in the freezer ({exc})")
             await asyncio.to_thread(shutil.rmtree, work, True)
             raise LazyDumpError(why) from exc
         log.info("lazy dump ready: the tasks are held, their pages served from them", pid=proc.pid, port=port,
-                 freezer=await asyncio.to_thread(freezer.state))
+                 freezer=str(freezer.control))
         return cls(proc, reader, writer, work, header, freezer=freezer)
 
     @staticmethod
