@@ -169,6 +169,31 @@ def _bad_pages_at_home(pid: int) -> str:
     return run([sys.executable, "-c", MEMORY_CHECK, str(pid), str(MB)]).stdout.decode().strip()
 
 
+async def _home_from_flat_freeze(agent: AgentBed, device: Arm64Device, directory: Path,
+                                 name: str) -> tuple[DaemonProcess, dict[str, Any]]:
+    """Home with post-copy from the device's flat freeze: the daemon (killed once the move ended) and the move's
+    record. The device was checkpointed by its lazy dump, with less than the memory in its images."""
+    config = daemon_config(agent, device, directory, extra=FLAT)
+    daemon = DaemonProcess(config)
+    try:
+        code, record = await _home(daemon, config, name)
+        assert code == 0 and record["state"] == "done", (record["state"], record.get("error"))
+        frozen = next(e for e in daemon.lines if e.get("msg") == "checkpointed on the device")
+        assert frozen["via"] == "lazy-dump" and frozen["bytes"] < MB * 2**20, frozen
+    finally:
+        await daemon.kill()
+    return daemon, record
+
+
+async def _counting_on_at_home_with_every_page(agent: AgentBed, engine_a: Engine, name: str, on_arm: int) -> None:
+    """Resumed on aarch64 and then on x86_64 at home, counting on, every page as aarch64 left it (and x86_64 first
+    wrote it)."""
+    story = _counting_on_at_home(agent.bed.engine_a.host, name, on_arm)
+    assert [isa for kind, _, isa, _ in story if kind == "resumed at count"] == ["aarch64", "x86_64"], story
+    pid = int((await engine_a.inspect_container(name))["State"]["Pid"])
+    assert _bad_pages_at_home(pid) == "0"
+
+
 async def test_post_copy_back_across_isas_resumes_home_before_the_memory_arrives(
         arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, twoisa_image: str, tmp_path: Path,
         on_device: str) -> None:
@@ -176,28 +201,15 @@ async def test_post_copy_back_across_isas_resumes_home_before_the_memory_arrives
     try:
         on_arm = await _out_and_counting_on_aarch64(agent_server, arm64_device, engine_a, twoisa_image, on_device,
                                                     tmp_path, "0", str(MB))
-        config = daemon_config(agent_server, arm64_device, tmp_path, extra=FLAT)
-        daemon = DaemonProcess(config)
-        try:
-            code, record = await _home(daemon, config, on_device)
-            assert code == 0 and record["state"] == "done", (record["state"], record.get("error"))
-            assert states(daemon, on_device)[-3:] == ["restoring", "paging", "done"]
-            frozen = next(e for e in daemon.lines if e.get("msg") == "checkpointed on the device")
-            assert frozen["via"] == "lazy-dump" and frozen["bytes"] < MB * 2**20, frozen
-            # The memory came after the resume, from the device's tasks.
-            assert record["bytes_sent"] >= MB * 2**20, record
-            timings = record["timings"]
-            assert isinstance(timings, dict) and {"notify_s", "recode_s"} <= set(timings), record
-            assert timings["downtime_s"] == timings["resumed_s"] <= timings["last_page_s"], timings
-            assert any(e.get("msg", "").startswith("the device's lazy dump ended") for e in daemon.lines)
-        finally:
-            await daemon.kill()
-
-        story = _counting_on_at_home(bed.engine_a.host, on_device, on_arm)
-        assert [isa for kind, _, isa, _ in story if kind == "resumed at count"] == ["aarch64", "x86_64"], story
-        # Every page is home, as aarch64 left it (and x86_64 first wrote it).
-        pid = int((await engine_a.inspect_container(on_device))["State"]["Pid"])
-        assert _bad_pages_at_home(pid) == "0"
+        daemon, record = await _home_from_flat_freeze(agent_server, arm64_device, tmp_path, on_device)
+        assert states(daemon, on_device)[-3:] == ["restoring", "paging", "done"]
+        # The memory came after the resume, from the device's tasks.
+        assert record["bytes_sent"] >= MB * 2**20, record
+        timings = record["timings"]
+        assert isinstance(timings, dict) and {"notify_s", "recode_s"} <= set(timings), record
+        assert timings["downtime_s"] == timings["resumed_s"] <= timings["last_page_s"], timings
+        assert any(e.get("msg", "").startswith("the device's lazy dump ended") for e in daemon.lines)
+        await _counting_on_at_home_with_every_page(agent_server, engine_a, on_device, on_arm)
         assert gone_from(arm64_device, on_device)
         assert lazy_pages_running(arm64_device) == "" and keepers_alive() == []
     finally:
@@ -227,20 +239,8 @@ async def test_registers_in_bss_go_out_and_home_with_flat_freezes(
         assert record["bytes_sent"] >= MB * 2**20, "the memory came after the resume"
         on_arm = _counted_on_aarch64(arm64_device, on_device)
 
-        config = daemon_config(agent_server, arm64_device, tmp_path, extra=FLAT)
-        daemon = DaemonProcess(config)
-        try:
-            code, record = await _home(daemon, config, on_device)
-            assert code == 0 and record["state"] == "done", (record["state"], record.get("error"))
-            frozen = next(e for e in daemon.lines if e.get("msg") == "checkpointed on the device")
-            assert frozen["via"] == "lazy-dump" and frozen["bytes"] < MB * 2**20, frozen
-        finally:
-            await daemon.kill()
-
-        story = _counting_on_at_home(bed.engine_a.host, on_device, on_arm)
-        assert [isa for kind, _, isa, _ in story if kind == "resumed at count"] == ["aarch64", "x86_64"], story
-        pid = int((await engine_a.inspect_container(on_device))["State"]["Pid"])
-        assert _bad_pages_at_home(pid) == "0"
+        await _home_from_flat_freeze(agent_server, arm64_device, tmp_path, on_device)
+        await _counting_on_at_home_with_every_page(agent_server, engine_a, on_device, on_arm)
         assert gone_from(arm64_device, on_device)
     finally:
         bed.engine_a.cli("rm", "-f", on_device, check=False)
