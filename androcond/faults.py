@@ -12,7 +12,9 @@ move send the source's binary where the device needs its own, so the device's CR
 ``restore-refused`` empties the inventory of the images a way back brought home (the device keeps its own), so
 the host's CRIU refuses the restore.
 ``paging`` strikes once a post-copy restore runs on the device, before its last page: the daemon's error closes
-the connection, which cuts the page transfer. Unset — always, outside tests — nothing happens.
+the connection, which cuts the page transfer. ``dump-end`` SIGKILLs a flat freeze's runc and CRIU at its confirmed
+end, between the freezer's thaw and the CLOSE on which CRIU would kill the tasks. Unset — always, outside tests —
+nothing happens.
 
 The agent's faults are whole behaviours (a flipped byte, a refused restore, a slow disk), not points: the bed
 gives the agent other parts (androcond/agent/server.py's ``AgentParts``) the same explicit way.
@@ -26,7 +28,7 @@ from dataclasses import dataclass
 
 ENV = "ANDROCOND_INJECT_FAULT"
 POINTS = frozenset({"preflight", "checkpoint", "recode", "stream", "commit", "paging", "finish-source",
-                    "forward-gone", "wrong-exe", "bad-plan", "restore-refused"})
+                    "forward-gone", "wrong-exe", "bad-plan", "restore-refused", "dump-end"})
 
 
 class InjectedFault(RuntimeError):

@@ -5,7 +5,9 @@ held by ptrace alone, seen on the bed: `freezer.state` reads THAWED while it ser
 (the OOM killer, or systemd's SIGKILL to what is left of a unit whose daemon died) detaches them, and they run
 while the target's copy may run too. Frozen again once the dump is ready, they stay still whatever happens to
 CRIU: ptrace-stopped tasks count as frozen, and a task that CRIU lets go goes straight into the freezer. Only the
-confirmed end needs them thawed (CRIU kills them then, and a frozen task cannot die under cgroup v1).
+confirmed end needs them thawed (CRIU kills them then, and a frozen task cannot die under cgroup v1) — and they get
+their SIGKILL before the thaw (:meth:`Freezer.kill_and_thaw`): a task with SIGKILL pending never returns to user
+space, so CRIU dying between the thaw and its own kill cannot let one run either.
 
 The cgroup is the one runc itself pauses: its state file names it (`cgroup_paths`), on v1 (`freezer`) and v2.
 """
@@ -13,6 +15,8 @@ The cgroup is the one runc itself pauses: its state file names it (`cgroup_paths
 from __future__ import annotations
 
 import json
+import os
+import signal
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
@@ -24,6 +28,7 @@ V1_FROZEN, V1_THAWED = "FROZEN", "THAWED"
 V2_FROZEN, V2_THAWED = "1", "0"
 V1_FILE: Final = "freezer.state"
 V2_FILE: Final = "cgroup.freeze"
+PROCS_FILE: Final = "cgroup.procs"  # beside either control file: the cgroup's processes, by pid in our namespace
 
 
 class FreezerError(AndrocondError):
@@ -70,6 +75,26 @@ class Freezer:
 
     def thaw(self) -> None:
         self._write(V2_THAWED if self.v2 else V1_THAWED)
+
+    def kill_and_thaw(self) -> int:
+        """The confirmed end (blocking): SIGKILL every process of the frozen cgroup, then thaw it. Returns how many
+        were killed. A SIGKILL sent while frozen stays pending (v1) or ends the task at once (v2); either way no
+        task runs another instruction of its own, whoever thaws or detaches it next. Frozen, none can fork or
+        exit, so the pids read are the tasks', not reused ones."""
+        procs = self.control.parent / PROCS_FILE
+        try:
+            pids = [int(line) for line in procs.read_text().split()]
+        except (OSError, ValueError) as exc:
+            raise FreezerError(f"cannot read the frozen cgroup's processes from {procs}: {exc}") from exc
+        for pid in pids:
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass  # already gone
+            except OSError as exc:
+                raise FreezerError(f"cannot kill process {pid} of {procs.parent}: {exc.strerror or exc}") from exc
+        self.thaw()
+        return len(pids)
 
     def _write(self, value: str) -> None:
         try:

@@ -20,8 +20,9 @@ the arm64 device: Debian 13, CRIU 4.1.1).
 
 CRIU killed while it serves would let the tasks run: it thaws the container's freezer once it has seized them.
 So the freezer is frozen again as soon as the dump is ready (criu/freezer.py), and thawed only for the confirmed
-end, right before the CLOSE on which CRIU kills them. A page server that ends before that (CRIU gone) fails the
-transfer at once (ConnectionAbortedError from :meth:`LazyDump.replies`), not at the paging deadline.
+end, right before the CLOSE on which CRIU kills them — after we have killed them ourselves, still frozen. A page
+server that ends before that (CRIU gone) fails the transfer at once (ConnectionAbortedError from
+:meth:`LazyDump.replies`), not at the paging deadline.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import shutil
 import signal
 import socket
 import struct
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from ..errors import AndrocondError
@@ -97,8 +98,11 @@ class LazyDump:
         self.rewriter: HeaderRewriter | None = None
         self.bytes_served = 0
         self.confirmed = False
+        self.tasks_killed = False  # by the confirmed end, whether or not CRIU answered its CLOSE
         self.closed = False
         self._status = asyncio.Event()  # lazy-pages' CLOSE is held and due its answer
+        # Runs between the confirmed end's thaw and its CLOSE: the bed's fault point there (faults.py).
+        self.on_thawed: Callable[[], None] = lambda: None
 
     @classmethod
     async def start(cls, runc_root: Path, container_id: str, image_dir: Path) -> LazyDump:
@@ -238,20 +242,28 @@ class LazyDump:
 
     # --- the end -----------------------------------------------------------------------------------------
     async def confirm(self) -> None:
-        """The target runs the container with all its memory: end the dump successfully (CRIU kills the
-        tasks). Raises LazyDumpError when the dump does not end well; the target's copy stands anyway."""
+        """The target runs the container with all its memory: end the dump successfully (the tasks die). Raises
+        LazyDumpError when the dump does not end well; the target's copy stands anyway."""
         if self.gate.close_held is None:
             raise LazyDumpError("the device's lazy-pages never said it had every page")
         try:
-            # CRIU kills the tasks on the CLOSE, and under cgroup v1 a frozen task cannot die. Until then
-            # they stay stopped under ptrace.
-            await asyncio.to_thread(self.freezer.thaw)
+            # CRIU kills the tasks on the CLOSE, and under cgroup v1 a frozen task cannot die: so they are
+            # thawed, but killed first, so that CRIU's death before its own kill cannot let them run.
+            killed = await asyncio.to_thread(self.freezer.kill_and_thaw)
         except FreezerError as exc:
-            raise LazyDumpError(f"the tasks could not be let go for the dump's end: {exc}") from exc
+            raise LazyDumpError(f"the tasks could not be ended for the dump's end: {exc}") from exc
+        self.tasks_killed = True
+        log.debug("the source's tasks killed while frozen, then thawed", processes=killed)
+        self.on_thawed()
         async with asyncio.timeout(CONFIRM_TIMEOUT_S):
             self._writer.write(self.gate.close_held)
-            await self._writer.drain()
-            answer = await self._reader.readexactly(STATUS.size)
+            try:
+                await self._writer.drain()
+                answer = await self._reader.readexactly(STATUS.size)
+            except (asyncio.IncompleteReadError, ConnectionError) as exc:
+                # CRIU gone before its answer: the tasks died anyway (killed above, while frozen).
+                raise LazyDumpError(await self._failure(self.proc, self.work, "the lazy dump ended before its "
+                                                        f"answer to the CLOSE ({exc!r})")) from exc
             self.confirmed = True
             # From here a clean end: no more reset at close (CRIU reads once more after its answer, and a reset
             # there fails the dump), our end first, then CRIU's.
@@ -264,6 +276,11 @@ class LazyDump:
         if STATUS.unpack(answer)[0] != 0 or self.proc.returncode != 0:
             raise LazyDumpError(await self._failure(self.proc, self.work, "the lazy dump ended badly"))
         log.info("the lazy dump ended: the source's tasks are gone, the device has every page")
+
+    def kill_dumper(self) -> None:
+        """SIGKILL runc and the CRIU it started (one process group), as the OOM killer might."""
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
 
     def _reset(self) -> None:
         self._writer.transport.abort()  # SO_LINGER 0: a reset, which CRIU takes as the transfer failing
@@ -284,7 +301,8 @@ class LazyDump:
             await self._stop(self.proc)
         if not self.confirmed:
             errors = await asyncio.to_thread(log_errors, self.work / "dump.log")
-            log.info("the lazy dump ended unconfirmed: the source's tasks are held frozen",
+            log.info("the lazy dump ended unconfirmed: " + ("the source's tasks were killed at its end"
+                     if self.tasks_killed else "the source's tasks are held frozen"),
                      runc_exit=self.proc.returncode, errors=errors)
         await asyncio.to_thread(shutil.rmtree, self.work, True)
 

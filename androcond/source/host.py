@@ -250,6 +250,8 @@ class HostSource:
             dump = await LazyDump.start(self.docker.runc_root, cid, self.checkpoint_dir())
         except LazyDumpError as exc:
             raise runc.RuncError(str(exc)) from exc
+        if self._faults.armed("dump-end", self.record.container_name):
+            dump.on_thawed = dump.kill_dumper
         self._dump = dump
         frozen = Frozen(self.checkpoint_dir(), at, LAZY_DUMP, pages=dump)
         self._nonce = await asyncio.to_thread(place_nonce, frozen.images)

@@ -18,6 +18,7 @@ from androcond.engine import Engine
 
 from ..helpers import DaemonProcess, counts, wait_for_count
 from ..testbed.bed import RUN_FILTER
+from ..testbed.engines import DOCKER_CLI
 from ..testbed.proc import wait_for
 from .conftest import AGENT_PORT, AgentBed
 from .daemon_bed import assert_back_at_source, finished, migrate_by_cli, state_of
@@ -316,6 +317,45 @@ async def test_criu_killed_while_pages_arrive_leaves_the_tasks_frozen(agent_serv
         assert left_on_device(spool) == []
         assert lazy_dumps_alive() == []
     finally:
+        await daemon.kill()
+        await receiver.stop()
+        agent.stop()
+        bed.engine_b.remove_containers(RUN_FILTER)
+
+
+async def test_criu_killed_at_the_confirmed_end_lets_no_task_run(agent_server: AgentBed, engine_a: Engine,
+                                                                 engine_b: Engine, tmp_path: Path,
+                                                                 unique_name: str) -> None:
+    """SIGKILL to the lazy dump's runc and CRIU at its confirmed end, after the freezer's thaw and before the CLOSE
+    on which CRIU would kill the tasks (fault `dump-end`). The device has every page: the move is done, and the
+    source's tasks, killed while still frozen, never print a count the device's copy prints too."""
+    bed = agent_server.bed
+    agent, receiver, daemon = await lazy_move(agent_server, tmp_path, "none", AGENT_PORT + 72,
+                                              env=injected("dump-end", unique_name), device=FLAT)
+    await daemon.start()
+    follower: asyncio.subprocess.Process | None = None
+    try:
+        at_source, _checks = await counting(engine_a, unique_name, mb=64)
+        # Everything the source prints until its container is removed, even after the move ended.
+        follower = await asyncio.create_subprocess_exec(
+            DOCKER_CLI, "-H", bed.engine_a.host, "logs", "-f", unique_name,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT)
+        code, record = await migrate_by_cli(daemon.config, unique_name)
+        assert (code, record["state"]) == (0, "done"), record
+        assert any(e.get("msg", "").startswith("the lazy dump did not end cleanly") and "before its answer to the "
+                   "CLOSE" in e.get("error", "") for e in daemon.lines), "the fault did not strike"
+        on_device = await wait_for_count(engine_b, unique_name, at_least=at_source[-1] + 5)
+        assert not await exists(engine_a, unique_name)
+        async with asyncio.timeout(30):
+            printed, _ = await follower.communicate()  # its container removed, the follower ends
+        at_source = counts(printed.decode(errors="replace"))
+        assert at_source and max(at_source) < on_device[0], \
+            f"the source counted to {max(at_source)} while the device counts from {on_device[0]}"
+        assert lazy_dumps_alive() == []
+    finally:
+        if follower is not None and follower.returncode is None:
+            follower.kill()
+            await follower.wait()
         await daemon.kill()
         await receiver.stop()
         agent.stop()

@@ -4,6 +4,8 @@ would (the hold itself, on real cgroups, is proven on the bed: tests/agent/test_
 from __future__ import annotations
 
 import json
+import signal
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -68,3 +70,34 @@ def test_a_cgroup_gone_before_the_write_is_named(tmp_path: Path) -> None:
     cgroup.rmdir()  # the container went away meanwhile
     with pytest.raises(FreezerError, match=r"cannot write FROZEN to .*c4/freezer.state"):
         freezer.freeze()
+
+
+def test_the_confirmed_end_kills_every_process_then_thaws(tmp_path: Path) -> None:
+    """Real processes listed in the cgroup's cgroup.procs get their SIGKILL before the control file says thawed
+    (the ordering that keeps a thawed task from running is the kernel's, proven on the bed)."""
+    cgroup = tmp_path / "sys" / "freezer" / "docker" / "c5"
+    cgroup.mkdir(parents=True)
+    (cgroup / "freezer.state").write_text("FROZEN\n")
+    runc_state(tmp_path / "runc", "c5", {"freezer": str(cgroup)})
+    children = [subprocess.Popen(["sleep", "60"]) for _ in range(2)]
+    try:
+        gone = subprocess.Popen(["true"])
+        gone.wait()  # a pid listed but already ended is no error
+        (cgroup / "cgroup.procs").write_text("".join(f"{p.pid}\n" for p in (*children, gone)))
+        assert Freezer.of_container(tmp_path / "runc", "c5").kill_and_thaw() == 3
+        assert [child.wait(timeout=10) for child in children] == [-signal.SIGKILL] * 2
+        assert (cgroup / "freezer.state").read_text() == "THAWED"
+    finally:
+        for child in children:
+            child.kill()
+            child.wait()
+
+
+def test_a_cgroup_without_its_process_list_is_not_thawed(tmp_path: Path) -> None:
+    cgroup = tmp_path / "sys" / "fs" / "cgroup" / "c6"
+    cgroup.mkdir(parents=True)
+    (cgroup / "cgroup.freeze").write_text("1\n")
+    runc_state(tmp_path / "runc", "c6", {"": str(cgroup)})
+    with pytest.raises(FreezerError, match=r"cannot read the frozen cgroup's processes"):
+        Freezer.of_container(tmp_path / "runc", "c6").kill_and_thaw()
+    assert (cgroup / "cgroup.freeze").read_text() == "1\n"  # left frozen: nothing was killed
