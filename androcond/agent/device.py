@@ -28,6 +28,7 @@ from ..criu import compat as criu_compat
 from ..criu.leftovers import place_nonce, remove_extractions
 from ..engine import Engine, EngineError
 from ..logging import get_logger
+from ..protocol.emulation import stub_supported
 from . import emulated, restore_steps
 from .emulator import find_emulator
 from .errors import RestoreError
@@ -54,6 +55,12 @@ class DeviceFacts:
     emulator: str = ""  # its static qemu-x86_64 ("": it cannot run x86_64 containers emulated)
     emulator_version: str = ""  # that qemu's version ("10.0.2")
     binfmt_x86_64: bool = False  # binfmt_misc runs x86_64 programs through a static qemu (`docker exec` works)
+
+    @property
+    def emulator_stub(self) -> bool:
+        """Its emulator runs the gdb stub without waiting (protocol/emulation.py): mounted in each emulated
+        container, so that the process can be read out later."""
+        return bool(self.emulator) and stub_supported(self.emulator_version)
     agent_version: str = __version__  # this agent's build (androcond.build): gather_facts reads it
 
     @property
@@ -164,7 +171,7 @@ class DeviceEngine:
             emulated_dir = self.spool_dir / "emulated" / (migration_id or name)
             await asyncio.to_thread(emulated_dir.mkdir, parents=True, exist_ok=True)
             await asyncio.to_thread(emulated.place_emulator, Path(self.facts.emulator), emulated_dir)
-            config = emulated.mounted(config, emulated_dir)
+            config = await asyncio.to_thread(emulated.mounted, config, emulated_dir, stub=self.facts.emulator_stub)
         elif self.fast_restore:
             assert self.spool_dir is not None
             criu_conf = await asyncio.to_thread(write_restore_config, self.spool_dir)

@@ -16,7 +16,7 @@ from typing import Any
 
 from ..engine import Engine, EngineError
 from ..logging import get_logger
-from ..protocol.emulation import EMULATOR, MOUNT, RESTORER, STATUS
+from ..protocol.emulation import EMULATOR, MOUNT, RESTORER, STATUS, STUB_MOUNT, STUB_SOCKET
 from .errors import RestoreError
 
 log = get_logger(__name__)
@@ -27,13 +27,25 @@ STATUS_DEADLINE_S = 300.0
 # the resume; this long it must keep running before the device says it runs.
 PROBATION_S = 2.0
 STATUS_LINE_LIMIT = 4096
+STUB_TMPFS = "mode=1777,size=64k"  # the container's user makes the socket; nothing else goes there
 
 
-def mounted(config: dict[str, Any], images_dir: Path) -> dict[str, Any]:
-    """The create body with the migration's directory mounted read-only where the restorer looks."""
+def mounted(config: dict[str, Any], images_dir: Path, *, stub: bool = False) -> dict[str, Any]:
+    """The create body with the migration's directory mounted read-only where the restorer looks, and with
+    `stub` a tmpfs of the container's own where qemu's gdb stub makes its socket: writable whatever the
+    container's user and root filesystem, gone with the container (the images directory is removed once the
+    restorer has read it)."""
     host = dict(config.get("HostConfig") or {})
     host["Binds"] = [*(host.get("Binds") or []), f"{images_dir}:{MOUNT}:ro"]
+    if stub:
+        host["Tmpfs"] = {**(host.get("Tmpfs") or {}), STUB_MOUNT: STUB_TMPFS}
     return {**config, "HostConfig": host}
+
+
+def stub_socket(container_pid: int) -> Path:
+    """Where the agent reaches the gdb stub of an emulated container, through the root of one of its
+    processes (the engine's State.Pid: its init, in the container's mount namespace)."""
+    return Path(f"/proc/{container_pid}/root{STUB_MOUNT}/{STUB_SOCKET}")
 
 
 def place_emulator(emulator: Path, images_dir: Path) -> None:

@@ -189,7 +189,7 @@ class AgentSession(Receiving, PostCopy, Sourcing):
             absent_masked_paths=list(facts.absent_masked_paths), reports_stored=True,
             lazy_pages=self.device.post_copy, emulator=facts.emulator, emulator_version=facts.emulator_version,
             binfmt_x86_64=facts.binfmt_x86_64, codecs=compression.available(),
-            compressed_pages=True, serves_pages=serves_pages)))
+            compressed_pages=True, serves_pages=serves_pages, emulator_stub=facts.emulator_stub)))
 
     def _phase_of(self, frame: pb.Frame) -> str:
         kind = body(frame)

@@ -32,7 +32,7 @@ PLAN_VERSION: Final = 2
 PAGE_SIZE: Final = 4096
 
 # Record types (restorer.c: enum record_type)
-R_END, R_STATUS, R_PAGES_FILE, R_CWD, R_VMA, R_PAGES, R_FD, R_SIGACTION, R_THREAD = range(9)
+R_END, R_STATUS, R_PAGES_FILE, R_CWD, R_VMA, R_PAGES, R_FD, R_SIGACTION, R_THREAD, R_STUB = range(10)
 # VMA kinds
 VMA_ANON, VMA_FILE_PRIVATE, VMA_FILE_SHARED, VMA_VDSO, VMA_VVAR = range(5)
 # fd kinds
@@ -117,10 +117,12 @@ class PlanSummary:
     notes: tuple[str, ...]  # what was dropped or left to the new container, for people
 
 
-def entrypoint(emulator: str, mount: str = MOUNT) -> list[str]:
+def entrypoint(emulator: str, mount: str = MOUNT, *, stub: bool = False) -> list[str]:
     """The new container's argv. `-B 0` pins guest_base to 0 (qemu also picks it for the non-PIE
-    restorer): guest addresses must be host addresses for the dumped layout to be recreated."""
-    return [emulator, "-B", "0", f"{mount}/{RESTORER_NAME}", f"{mount}/{PLAN_NAME}"]
+    restorer): guest addresses must be host addresses for the dumped layout to be recreated. With `stub`,
+    qemu's gdb stub listens (without stopping the guest), so that the process can be read out later."""
+    stub_options = emulation.stub_argv() if stub else []
+    return [emulator, "-B", "0", *stub_options, f"{mount}/{RESTORER_NAME}", f"{mount}/{PLAN_NAME}"]
 
 
 # ---- encoding ----
@@ -207,8 +209,10 @@ def _fields(entry: Entry) -> wire.Fields:
     return wire.parse(entry.raw)
 
 
-def make_plan(images: Path, out: Path, *, mount: str = MOUNT, status: str | None = None) -> PlanSummary:
-    """Write the plan for the dump in `images` to `out`; `status` defaults to `<mount>/<STATUS_NAME>`.
+def make_plan(images: Path, out: Path, *, mount: str = MOUNT, status: str | None = None,
+              stub: str | None = None) -> PlanSummary:
+    """Write the plan for the dump in `images` to `out`; `status` defaults to `<mount>/<STATUS_NAME>`. `stub`:
+    the path of the emulator's gdb stub socket, whose fd the restorer moves out of the dumped fds' way.
 
     Raises EmulationRefused naming every process, thread, mapping or fd the restorer cannot restore."""
     images = Path(images)
@@ -233,6 +237,8 @@ def make_plan(images: Path, out: Path, *, mount: str = MOUNT, status: str | None
     files_id = wire.get_int(ids, 2)
 
     records: list[bytes] = [_record(R_STATUS, _string(status))]
+    if stub:
+        records.append(_record(R_STUB, _string(stub)))
     files = _files(dump)
     vmas, vma_ranges = _vmas(dump, pid, files)
     page_records, page_bytes, pages_name = _pages(dump, pid, vma_ranges)

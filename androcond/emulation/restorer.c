@@ -42,9 +42,11 @@ typedef unsigned char u8;
 #define SYS_rt_sigreturn 15
 #define SYS_pread64 17
 #define SYS_dup2 33
+#define SYS_nanosleep 35
 #define SYS_socket 41
 #define SYS_bind 49
 #define SYS_listen 50
+#define SYS_getsockname 51
 #define SYS_setsockopt 54
 #define SYS_clone 56
 #define SYS_exit_group 231
@@ -52,6 +54,7 @@ typedef unsigned char u8;
 #define SYS_chdir 80
 #define SYS_arch_prctl 158
 #define SYS_gettid 186
+#define SYS_getdents64 217
 #define SYS_set_tid_address 218
 #define SYS_set_robust_list 273
 
@@ -65,6 +68,7 @@ typedef unsigned char u8;
 #define O_TRUNC 01000
 #define O_NONBLOCK 04000
 #define O_CLOEXEC 02000000
+#define O_DIRECTORY 0200000
 
 #define PROT_READ 1
 #define PROT_WRITE 2
@@ -77,12 +81,14 @@ typedef unsigned char u8;
 #define F_GETFD 1
 #define F_SETFD 2
 #define F_SETFL 4
+#define F_DUPFD_CLOEXEC 1030
 #define ARCH_SET_GS 0x1001
 #define ARCH_SET_FS 0x1002
 #define SOL_SOCKET 1
 #define SO_REUSEADDR 2
 #define IPPROTO_IPV6 41
 #define IPV6_V6ONLY 26
+#define AF_UNIX 1
 #define AF_INET 2
 #define AF_INET6 10
 #define EBADF 9
@@ -111,6 +117,7 @@ enum record_type {
     R_FD = 6,
     R_SIGACTION = 7,
     R_THREAD = 8,
+    R_STUB = 9,     /* the emulator's gdb stub socket path: its fd is moved out of the dumped fds' way */
 };
 
 struct plan_header {
@@ -617,8 +624,110 @@ static void install_fd(s64 got, const struct fd_rec *f)
     if (r < 0) fail(EXIT_FDS, "fcntl-setfd", 0, (u64)f->fd, r);
 }
 
+/* ---- the emulator's gdb stub (R_STUB): qemu made its listening socket before we ran, at the lowest free fd,
+ * which a dumped fd may need. ---- */
+
+/* accept and accept4 as the host numbers them in /proc/<tid>/syscall: the emulator's threads are the host's
+ * (aarch64 on a phone; x86_64 under qemu on an x86_64 host). */
+static const s64 accept_calls[] = {202, 242, 43, 288};
+
+static int streq(const char *a, const char *b)
+{
+    while (*a && *a == *b) {
+        a++;
+        b++;
+    }
+    return *a == *b;
+}
+
+static s64 parse_dec(const char **s)
+{
+    s64 v = 0;
+    while (**s >= '0' && **s <= '9') v = v * 10 + (**s - '0'), (*s)++;
+    return v;
+}
+
+static int is_stub_socket(s64 fd, const char *stub)
+{
+    struct {
+        u16 family;
+        char path[108];
+    } sun;
+    u32 len = sizeof(sun);
+    memset(&sun, 0, sizeof(sun));
+    if (sys3(SYS_getsockname, fd, &sun, &len) < 0 || sun.family != AF_UNIX) return 0;
+    sun.path[sizeof(sun.path) - 1] = 0;
+    return streq(sun.path, stub);
+}
+
+/* Whether one of our threads (the emulator's accept thread: it shares our fd table) waits in accept() on fd. */
+static int accepting_on(s64 fd)
+{
+    static u8 dents[8192];
+    char path[80], buf[160];
+    s64 dir = sys3(SYS_open, "/proc/self/task", O_RDONLY | O_DIRECTORY | O_CLOEXEC, 0);
+    if (dir < 0) return 0;
+    int found = 0;
+    for (s64 n; !found && (n = sys3(SYS_getdents64, dir, dents, sizeof(dents))) > 0;) {
+        for (s64 off = 0; off < n && !found;) {
+            u16 reclen = *(const u16 *)(dents + off + 16);
+            const char *name = (const char *)(dents + off + 19);
+            off += reclen;
+            if (name[0] < '0' || name[0] > '9' || slen(name) > 20) continue;
+            char *end = fmt_s(fmt_s(fmt_s(path, "/proc/self/task/"), name), "/syscall");
+            *end = 0;
+            s64 f = sys3(SYS_open, path, O_RDONLY | O_CLOEXEC, 0);
+            if (f < 0) continue;
+            s64 got = sys3(SYS_read, f, buf, sizeof(buf) - 1);
+            sys1(SYS_close, f);
+            if (got <= 0) continue;
+            buf[got] = 0;
+            const char *s = buf;
+            s64 nr = parse_dec(&s);
+            if (s[0] != ' ' || s[1] != '0' || s[2] != 'x') continue;
+            s += 3;
+            u64 arg = parse_hex(&s);
+            for (u64 i = 0; i < sizeof(accept_calls) / sizeof(accept_calls[0]); i++)
+                if (nr == accept_calls[i] && arg == (u64)fd) found = 1;
+        }
+    }
+    sys1(SYS_close, dir);
+    return found;
+}
+
+/* Give the stub's fd number to the dumped fd that needs it: the socket moves above every dumped fd. Only once
+ * qemu's accept thread waits in accept() on it (it keeps the file, not the number; and it never closes the
+ * number after a connection), else it could accept on the dumped fd that took the number. */
+static void move_stub(const char *stub)
+{
+    s64 top = 2;
+    FOR_RECORDS(r, p)
+    {
+        if (r->type == R_FD && ((const struct fd_rec *)p)->fd > top) top = ((const struct fd_rec *)p)->fd;
+    }
+    FOR_RECORDS(r, p)
+    {
+        if (r->type != R_FD) continue;
+        s64 fd = ((const struct fd_rec *)p)->fd;
+        if (fd <= 2 || sys2(SYS_fcntl, fd, F_GETFD) == -EBADF || !is_stub_socket(fd, stub)) continue;
+        for (int waited = 0; !accepting_on(fd); waited++) {
+            if (waited == 5000) fail(EXIT_FDS, "stub-not-waiting", stub, (u64)fd, 16);
+            struct {
+                s64 sec, nsec;
+            } ms = {0, 1000000};
+            sys2(SYS_nanosleep, &ms, 0);
+        }
+        s64 moved = sys3(SYS_fcntl, fd, F_DUPFD_CLOEXEC, top + 1);
+        if (moved < 0) fail(EXIT_FDS, "stub-move", stub, (u64)fd, moved);
+        sys1(SYS_close, fd);
+        return;
+    }
+}
+
 static void restore_fds(void)
 {
+    const char *stub = find_string(R_STUB);
+    if (stub) move_stub(stub);
     FOR_RECORDS(r, p)
     {
         if (r->type != R_FD) continue;

@@ -12,7 +12,7 @@ from ..emulation.build import restorer_path
 from ..emulation.plan import EmulationRefused, PlanSummary, entrypoint, make_plan
 from ..link.payload import OutgoingFile
 from ..protocol import protocol_pb2 as pb
-from ..protocol.emulation import EMULATOR, MOUNT, PLAN, RESTORER, STATUS
+from ..protocol.emulation import EMULATOR, MOUNT, PLAN, RESTORER, STATUS, STUB_MOUNT, STUB_SOCKET
 from .container_config import TargetPlan
 from .errors import Rejected
 from .plan import Emulated
@@ -27,7 +27,7 @@ INIT_WHY = "the engine's init runs the emulator, so an emulated process that die
 def target_plan(target: TargetPlan, emulated: Emulated) -> TargetPlan:
     """The create body with the emulator and the restorer as the entry point (the image and all else stay)."""
     body = dict(target.body)
-    argv = entrypoint(f"{MOUNT}/{EMULATOR}", MOUNT)  # the device places its own emulator there
+    argv = entrypoint(f"{MOUNT}/{EMULATOR}", MOUNT, stub=emulated.stub)  # the device places its own emulator there
     adjusted = dict(target.adjusted)
     adjusted["Entrypoint"] = {"from": body.get("Entrypoint"), "to": argv, "why": WHY}
     adjusted["Cmd"] = {"from": body.get("Cmd"), "to": None, "why": WHY}
@@ -41,15 +41,18 @@ def target_plan(target: TargetPlan, emulated: Emulated) -> TargetPlan:
     return TargetPlan(body, adjusted)
 
 
-async def files(images: Path, workspace: Path, *, cut_plan: bool = False) -> tuple[list[OutgoingFile], PlanSummary]:
+async def files(images: Path, workspace: Path, *, cut_plan: bool = False,
+                stub: bool = False) -> tuple[list[OutgoingFile], PlanSummary]:
     """The restorer and its plan, made from the dump in `images` into `workspace`. A dump the restorer cannot
     rebuild (what the live checks could not see) is refused here, and the move rolls back. `cut_plan` is the
-    `bad-plan` fault: half the plan is sent."""
+    `bad-plan` fault: half the plan is sent. `stub`: the emulator runs its gdb stub (the plan names its socket,
+    which the restorer moves out of the dumped fds' way)."""
 
     def make() -> tuple[list[OutgoingFile], PlanSummary]:
         workspace.mkdir(parents=True, exist_ok=True)
         plan = workspace / PLAN
-        summary = make_plan(images, plan, mount=MOUNT, status=f"{MOUNT}/{STATUS}")
+        summary = make_plan(images, plan, mount=MOUNT, status=f"{MOUNT}/{STATUS}",
+                            stub=f"{STUB_MOUNT}/{STUB_SOCKET}" if stub else None)
         if cut_plan:
             with plan.open("r+b") as f:
                 f.truncate(plan.stat().st_size // 2)

@@ -49,6 +49,7 @@ class Emulated:
     emulator: str  # the device's qemu-x86_64
     emulator_version: str
     notes: tuple[str, ...] = ()  # what the move cannot know or will leave behind (said in the record)
+    stub: bool = False  # the device runs qemu's gdb stub for it (hello.emulator_stub): it can be read out later
 
 
 @dataclass(frozen=True)

@@ -103,7 +103,7 @@ async def _emulated(source: Source, device: DeviceSettings, facts: SourceFacts, 
     if blockers:
         raise Rejected("cannot run this container emulated on device "
                        f"{device.name}:\n  " + "\n  ".join(blockers))
-    return Emulated(hello.emulator, hello.emulator_version, tuple(notes))
+    return Emulated(hello.emulator, hello.emulator_version, tuple(notes), stub=hello.emulator_stub)
 
 
 async def _cross_isa(source: Source, facts: SourceFacts, hello: pb.AgentHello) -> CrossIsa:

@@ -133,7 +133,8 @@ async def stream(source: Source, link: TargetLink, plan: Plan, frozen: Frozen, *
         if plan.emulated is not None:
             p0 = time.monotonic()
             restorer, summary = await emulate.files(
-                images, workspace.emulation, cut_plan=faults.armed("bad-plan", record.container_name))
+                images, workspace.emulation, cut_plan=faults.armed("bad-plan", record.container_name),
+                stub=plan.emulated.stub)
             recorder.time("plan_s", p0)
             log.info("the restorer's plan is made", threads=summary.threads, vmas=summary.vmas,
                      page_bytes=summary.page_bytes, notes=list(summary.notes))

@@ -10,3 +10,25 @@ PLAN = "androcond-plan"  # the restorer's plan (written by the daemon from the C
 RESTORER = "androcond-restorer"  # androcond's x86_64 restorer (no libc), run by qemu-x86_64 as the guest
 EMULATOR = "androcond-qemu-x86_64"  # the device's own static qemu-x86_64 (the image has none)
 STATUS = "androcond-status"  # a FIFO: the restorer writes "ok\n" once the process is rebuilt, else "error: …"
+
+# qemu's gdb stub, for reading the emulated process out later (the way home, docs/emulation.md): the guest's
+# registers live in qemu, not in the kernel. Its socket needs a writable directory (MOUNT is read-only): the
+# device mounts a small tmpfs of the container's own at STUB_MOUNT. qemu 10 runs the guest at once with
+# `suspend=n` and accepts one connection per run; older versions read the option as part of the path and wait.
+STUB_MOUNT = "/.androcond-stub"
+STUB_SOCKET = "gdb.sock"
+STUB_MIN_QEMU = (10, 0)
+
+
+def stub_supported(emulator_version: str) -> bool:
+    """Whether a qemu-x86_64 of this version ("10.0.13") runs its gdb stub without waiting for a debugger."""
+    try:
+        major, minor = (int(part) for part in emulator_version.split(".")[:2])
+    except ValueError:
+        return False
+    return (major, minor) >= STUB_MIN_QEMU
+
+
+def stub_argv() -> list[str]:
+    """qemu-x86_64's options for the stub: listening on STUB_MOUNT/STUB_SOCKET, the guest running at once."""
+    return ["-g", f"{STUB_MOUNT}/{STUB_SOCKET},suspend=n"]

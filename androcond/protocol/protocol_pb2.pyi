@@ -91,7 +91,7 @@ class ClientHello(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., client_version: _Optional[str] = ..., codecs: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class AgentHello(_message.Message):
-    __slots__ = ("protocol_version", "agent_version", "isa", "page_size", "criu_version", "engine_version", "free_bytes", "vdso", "vvar_size", "kernel_release", "criu_dumps_sockets", "androcond_runtime", "va_bits", "criu_runc_options", "cgroup2", "absent_masked_paths", "reports_stored", "lazy_pages", "emulator", "emulator_version", "binfmt_x86_64", "codecs", "compressed_pages", "serves_pages")
+    __slots__ = ("protocol_version", "agent_version", "isa", "page_size", "criu_version", "engine_version", "free_bytes", "vdso", "vvar_size", "kernel_release", "criu_dumps_sockets", "androcond_runtime", "va_bits", "criu_runc_options", "cgroup2", "absent_masked_paths", "reports_stored", "lazy_pages", "emulator", "emulator_version", "binfmt_x86_64", "codecs", "compressed_pages", "serves_pages", "emulator_stub")
     PROTOCOL_VERSION_FIELD_NUMBER: _ClassVar[int]
     AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
     ISA_FIELD_NUMBER: _ClassVar[int]
@@ -116,6 +116,7 @@ class AgentHello(_message.Message):
     CODECS_FIELD_NUMBER: _ClassVar[int]
     COMPRESSED_PAGES_FIELD_NUMBER: _ClassVar[int]
     SERVES_PAGES_FIELD_NUMBER: _ClassVar[int]
+    EMULATOR_STUB_FIELD_NUMBER: _ClassVar[int]
     protocol_version: int
     agent_version: str
     isa: str
@@ -140,7 +141,8 @@ class AgentHello(_message.Message):
     codecs: _containers.RepeatedScalarFieldContainer[str]
     compressed_pages: bool
     serves_pages: bool
-    def __init__(self, protocol_version: _Optional[int] = ..., agent_version: _Optional[str] = ..., isa: _Optional[str] = ..., page_size: _Optional[int] = ..., criu_version: _Optional[str] = ..., engine_version: _Optional[str] = ..., free_bytes: _Optional[int] = ..., vdso: _Optional[bytes] = ..., vvar_size: _Optional[int] = ..., kernel_release: _Optional[str] = ..., criu_dumps_sockets: _Optional[bool] = ..., androcond_runtime: _Optional[bool] = ..., va_bits: _Optional[int] = ..., criu_runc_options: _Optional[_Iterable[str]] = ..., cgroup2: _Optional[bool] = ..., absent_masked_paths: _Optional[_Iterable[str]] = ..., reports_stored: _Optional[bool] = ..., lazy_pages: _Optional[bool] = ..., emulator: _Optional[str] = ..., emulator_version: _Optional[str] = ..., binfmt_x86_64: _Optional[bool] = ..., codecs: _Optional[_Iterable[str]] = ..., compressed_pages: _Optional[bool] = ..., serves_pages: _Optional[bool] = ...) -> None: ...
+    emulator_stub: bool
+    def __init__(self, protocol_version: _Optional[int] = ..., agent_version: _Optional[str] = ..., isa: _Optional[str] = ..., page_size: _Optional[int] = ..., criu_version: _Optional[str] = ..., engine_version: _Optional[str] = ..., free_bytes: _Optional[int] = ..., vdso: _Optional[bytes] = ..., vvar_size: _Optional[int] = ..., kernel_release: _Optional[str] = ..., criu_dumps_sockets: _Optional[bool] = ..., androcond_runtime: _Optional[bool] = ..., va_bits: _Optional[int] = ..., criu_runc_options: _Optional[_Iterable[str]] = ..., cgroup2: _Optional[bool] = ..., absent_masked_paths: _Optional[_Iterable[str]] = ..., reports_stored: _Optional[bool] = ..., lazy_pages: _Optional[bool] = ..., emulator: _Optional[str] = ..., emulator_version: _Optional[str] = ..., binfmt_x86_64: _Optional[bool] = ..., codecs: _Optional[_Iterable[str]] = ..., compressed_pages: _Optional[bool] = ..., serves_pages: _Optional[bool] = ..., emulator_stub: _Optional[bool] = ...) -> None: ...
 
 class Begin(_message.Message):
     __slots__ = ("migration_id", "container_name", "image", "create_config_json", "checkpoint_name", "total_bytes", "file_count", "lazy", "emulate")

@@ -6,6 +6,7 @@ is refused before the freeze, and a restore that fails on the device ends with t
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
 import subprocess
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from androcond.engine import Engine
+from androcond.protocol.emulation import MOUNT, RESTORER, STUB_MOUNT, STUB_SOCKET
 
 from ..helpers import DaemonProcess
 from ..testbed import TestBed
@@ -145,6 +147,95 @@ async def test_a_dynamic_program_with_two_threads_and_a_64_mb_heap_resumes_emula
     assert sh(f"docker inspect -f '{{{{.State.Running}}}}' {on_device}", timeout=120).strip() == "false"
 
 
+# Run in the device's own Python (the agent's package is installed there): the readout through the emulator's gdb
+# stub, then a detach that lets the process run on.
+READOUT = """
+import asyncio, json, sys, time
+from pathlib import Path
+from androcond.agent.gdb_remote import GdbRemote
+from androcond.agent.guest_state import host_pid, read_memory, read_out
+
+async def main():
+    began = time.monotonic()
+    stub = await GdbRemote.connect(Path(sys.argv[1]))
+    state = await read_out(stub)
+    took = time.monotonic() - began
+    program = next(m for m in state.maps if m.path == sys.argv[2] and m.offset == 0)
+    qemu = host_pid(state.pid, int(sys.argv[3]))  # the stub names it as the container sees it
+    with open(f"/proc/{qemu}/root{sys.argv[2]}", "rb") as f:
+        same = read_memory(qemu, program, 4096) == f.read(4096)
+    await stub.detach(state.pid)
+    print(json.dumps({"pid": state.pid, "exe": state.exe, "seconds": took, "program_bytes_match": same,
+                      "threads": [{"tid": t.tid, **{r: t.value(r) for r in ("rip", "rsp", "fs_base")}}
+                                  for t in state.threads],
+                      "maps": [[m.start, m.end, m.perms, m.path] for m in state.maps]}))
+
+asyncio.run(main())
+"""
+
+
+def _read_out(device: Arm64Device, name: str, program: str, directory: Path) -> dict[str, Any]:
+    """READOUT run on the device against the container's stub, reached as the agent does (emulated.stub_socket)."""
+    script = directory / "readout.py"
+    script.write_text(READOUT)
+    device.adb_push(script, "/tmp/androcond-readout.py")
+    init = device.adb_shell(f"docker inspect -f '{{{{.State.Pid}}}}' {name}", timeout=120).strip()
+    sock = f"/proc/{init}/root{STUB_MOUNT}/{STUB_SOCKET}"
+    out = device.adb_shell(f"python3 /tmp/androcond-readout.py {sock} {program} {init} 2>&1 || true", timeout=300)
+    try:
+        return dict(json.loads(out.strip().splitlines()[-1]))
+    except (ValueError, IndexError):
+        pytest.fail(f"the readout failed: {out[-2000:]}")
+
+
+async def test_the_emulated_process_can_be_read_out_through_the_stub_and_runs_on(
+        arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, emulated_image: str, tmp_path: Path,
+        on_device: str) -> None:
+    """The device's qemu runs with its gdb stub (the way home needs the registers only qemu holds): connecting
+    stops both threads; each one's registers, the guest's own memory map and its memory (at the guest's
+    addresses in /proc/<qemu>/mem) come out consistent; after the detach both threads count on."""
+    end, _ = await _move(agent_server, arm64_device, engine_a, _heap(emulated_image, TUNABLES), on_device,
+                         tmp_path, _counted(3))
+    assert end["state"] == "done", end.get("detail")
+    sh = arm64_device.adb_shell
+    argv = sh(f"docker inspect -f '{{{{json .Config.Entrypoint}}}}' {on_device}", timeout=120)
+    assert f'"-g","{STUB_MOUNT}/{STUB_SOCKET},suspend=n"' in argv, argv
+    tmpfs = sh(f"docker inspect -f '{{{{json .HostConfig.Tmpfs}}}}' {on_device}", timeout=120)
+    assert STUB_MOUNT in tmpfs, tmpfs
+
+    def device_lines() -> list[tuple[int, int, str]]:
+        return _lines(sh(f"docker logs {on_device} 2>&1", timeout=120))
+
+    wait_for(lambda: all(sum(1 for _, r, _ in device_lines() if r == role) >= 2 for role in (0, 1)),
+             timeout=240, interval=2, what="both threads printing on the device")
+    state = _read_out(arm64_device, on_device, "/bin/heap", tmp_path)
+    assert state["exe"] == f"{MOUNT}/{RESTORER}", "the guest qemu runs is the restorer, which became the program"
+    threads = state["threads"]
+    assert len(threads) == 2 and threads[0]["tid"] == state["pid"]
+    maps = [(start, end_, perms, path) for start, end_, perms, path in state["maps"]]
+
+    def mapping(address: int) -> tuple[int, int, str, str]:
+        return next(m for m in maps if m[0] <= address < m[1])
+
+    assert len({t["fs_base"] for t in threads}) == 2, "each thread has its own TLS"
+    for thread in threads:
+        assert mapping(thread["rip"])[2].startswith("r-x"), thread
+        assert mapping(thread["rsp"])[2].startswith("rw"), thread
+        assert mapping(thread["fs_base"])[2].startswith("rw"), thread
+    paths = {path for *_, path in maps}
+    assert "/bin/heap" in paths and any("libc" in path for path in paths), paths
+    assert state["program_bytes_match"], "guest memory at its own address is not the program's bytes"
+    # Let go: the same process counts on, both threads, no count lost.
+    before = device_lines()
+    last = {role: max(n for n, r, _ in before if r == role) for role in (0, 1)}
+    wait_for(lambda: all(max(n for n, r, _ in device_lines() if r == role) >= last[role] + 3 for role in (0, 1)),
+             timeout=240, interval=2, what="both threads counting on after the readout")
+    for role in (0, 1):
+        counts = [n for n, r, _ in device_lines() if r == role]
+        assert counts == list(range(counts[0], counts[0] + len(counts))), (role, counts)
+    print(f"readout took {state['seconds']:.3f} s on the emulated device")
+
+
 def _fetch_through_adb(device: Arm64Device, port: int) -> str:
     forwarded = subprocess.run([ADB, "-s", device.adb_serial, "forward", "tcp:0", f"tcp:{port}"],
                                capture_output=True, check=True, timeout=60).stdout.decode().strip()
@@ -179,6 +270,11 @@ async def test_an_http_server_keeps_serving_its_state_from_the_device(
     # From the device's published port: the same process, its memory with it.
     assert _fetch_through_adb(arm64_device, HTTP_PORT) == f"hits 3 token {token}\n"
     assert _fetch_through_adb(arm64_device, HTTP_PORT) == f"hits 4 token {token}\n"
+    # Its listening socket took fd 3, where qemu had made the stub's socket: the restorer moved the stub's
+    # above it, and the stub still answers through it; the server serves on after the detach.
+    state = _read_out(arm64_device, on_device, "/bin/http", tmp_path)
+    assert len(state["threads"]) == 1 and state["program_bytes_match"], state
+    assert _fetch_through_adb(arm64_device, HTTP_PORT) == f"hits 5 token {token}\n"
 
 
 async def test_two_processes_are_refused_before_the_freeze(

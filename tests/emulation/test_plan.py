@@ -133,6 +133,13 @@ def cstring(payload: bytes) -> str:
     return payload[: payload.index(b"\0")].decode()
 
 
+def test_the_plan_names_the_emulators_stub_socket(tmp_path: Path) -> None:
+    images = make_dump(tmp_path)
+    make_plan(images, tmp_path / "plan", mount="/m", stub="/.androcond-stub/gdb.sock")
+    stubs = [cstring(payload) for kind, payload in records((tmp_path / "plan").read_bytes()) if kind == P.R_STUB]
+    assert stubs == ["/.androcond-stub/gdb.sock"]
+
+
 def test_plan_of_a_simple_dump(tmp_path: Path) -> None:
     images = make_dump(tmp_path, threads=(PID, PID + 1))
     summary = make_plan(images, tmp_path / "plan", mount="/m")
@@ -144,6 +151,7 @@ def test_plan_of_a_simple_dump(tmp_path: Path) -> None:
     for kind, payload in recs:
         by_kind.setdefault(kind, []).append(payload)
     assert cstring(by_kind[P.R_STATUS][0]) == f"/m/{P.STATUS_NAME}"
+    assert P.R_STUB not in by_kind  # qemu runs no stub unless the plan is told
     assert cstring(by_kind[P.R_PAGES_FILE][0]) == "/m/pages-1.img"
     assert cstring(by_kind[P.R_CWD][0]) == "/srv"
     vmas = [struct.unpack_from("<QQQII", v) for v in by_kind[P.R_VMA]]

@@ -9,12 +9,21 @@ import stat
 from pathlib import Path
 
 from androcond.agent import emulated
-from androcond.protocol.emulation import EMULATOR, MOUNT, RESTORER, STATUS
+from androcond.protocol.emulation import EMULATOR, MOUNT, RESTORER, STATUS, STUB_MOUNT, STUB_SOCKET
 
 
 def test_the_images_are_mounted_read_only_beside_the_containers_own_binds(tmp_path: Path) -> None:
     body = emulated.mounted({"Image": "x", "HostConfig": {"Binds": ["/srv:/srv"]}}, tmp_path)
     assert body["HostConfig"]["Binds"] == ["/srv:/srv", f"{tmp_path}:{MOUNT}:ro"]
+
+
+def test_the_stub_gets_a_writable_tmpfs_of_the_containers_own() -> None:
+    body = emulated.mounted({"Image": "x", "HostConfig": {"Tmpfs": {"/run": ""}}}, Path("/spool/m1"), stub=True)
+    assert body["HostConfig"]["Binds"] == [f"/spool/m1:{MOUNT}:ro"]
+    assert body["HostConfig"]["Tmpfs"] == {"/run": "", STUB_MOUNT: emulated.STUB_TMPFS}
+    assert "mode=1777" in emulated.STUB_TMPFS  # whoever the container's user is, it makes the socket
+    assert emulated.stub_socket(4242) == Path(f"/proc/4242/root{STUB_MOUNT}/{STUB_SOCKET}")
+    assert "Tmpfs" not in emulated.mounted({"Image": "x"}, Path("/spool/m1"))["HostConfig"]
 
 
 def test_any_user_may_read_the_files_and_write_the_status(tmp_path: Path) -> None:

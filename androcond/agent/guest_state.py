@@ -1,0 +1,178 @@
+"""An emulated container's process read out through qemu's gdb stub: what the way home needs of it that only
+the emulator knows (docs/emulation.md, "Going back").
+
+Connecting stops every guest thread. Each thread's registers come from the stub, laid out as its target
+description says (fs_base and gs_base included); the memory map is the guest's own view (qemu emulates
+/proc/self/maps for the guest: its own mappings are left out). The memory itself is not read here: with
+guest_base 0 a guest address is a host address, so /proc/<qemu>/mem gives it at about a thousand times the
+stub's speed (16 MiB in 7 ms against 2.7 s, measured with qemu 10.0).
+
+Stopped is not frozen: a thread inside a blocking host syscall finishes it (and may write guest memory) while
+the guest is stopped, and the thread the stub signals to stop sees its syscall end with EINTR. The readout
+ends with the guest either detached (running on) or killed; the stub takes no second connection in a run.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from .gdb_remote import GdbRemote, GdbRemoteError
+
+TARGET_XML_LIMIT = 1 << 16  # qemu's x86_64 description is about 10 KB in three files
+MAPS_LIMIT = 1 << 22
+_COMMENT = re.compile(rb"<!--.*?-->", re.S)
+_TAG = re.compile(r"<(?P<tag>reg|xi:include)\b(?P<attrs>[^<>]*)/?>")
+_ATTR = re.compile(r'([\w:]+)\s*=\s*"([^"]*)"')
+
+
+@dataclass(frozen=True)
+class Register:
+    name: str
+    offset: int  # in the `g` packet's bytes
+    size: int  # bytes
+
+
+@dataclass(frozen=True)
+class GuestMapping:
+    start: int
+    end: int
+    perms: str  # "r-xp"
+    offset: int
+    path: str  # "" for anonymous memory, "[stack]", "[vdso]", … as the guest sees them
+
+
+@dataclass(frozen=True)
+class GuestThread:
+    tid: int
+    registers: dict[str, bytes]  # by the target description's names (little-endian, as the stub sends them)
+
+    def value(self, name: str) -> int:
+        return int.from_bytes(self.registers[name], "little")
+
+
+@dataclass(frozen=True)
+class GuestState:
+    pid: int  # qemu's, as the container sees it (the guest's getpid() is the same under qemu-user): host_pid
+    exe: str  # the guest's program as it sees it
+    threads: tuple[GuestThread, ...]  # the main thread (tid == pid) first
+    maps: tuple[GuestMapping, ...]
+
+
+def register_layout(describe: dict[str, bytes], top: str = "target.xml") -> list[Register]:
+    """The registers of the `g` packet, in order, from the target description's files (`describe`: by name,
+    includes fetched by the caller). A register with a regnum takes that place, the others follow on."""
+    numbered: list[tuple[int, str, int]] = []
+    seen: set[str] = set()
+
+    def walk(name: str) -> None:
+        if name in seen:
+            raise GdbRemoteError(f"the target description includes {name} twice")
+        if name not in describe:
+            raise GdbRemoteError(f"the target description {name} was not read")
+        seen.add(name)
+        for tag, attrs in _tags(describe[name]):
+            if tag == "xi:include":
+                walk(attrs.get("href", ""))
+            elif tag == "reg":
+                number = int(attrs["regnum"]) if "regnum" in attrs else (numbered[-1][0] + 1 if numbered else 0)
+                bits = int(attrs.get("bitsize", "0"))
+                if bits <= 0 or bits % 8:
+                    raise GdbRemoteError(f"register {attrs.get('name')} has {bits} bits")
+                numbered.append((number, attrs.get("name", ""), bits // 8))
+
+    walk(top)
+    layout, offset = [], 0
+    for _, name, size in sorted(numbered):
+        layout.append(Register(name, offset, size))
+        offset += size
+    return layout
+
+
+def includes(text: bytes) -> list[str]:
+    """The files a description includes (to be fetched before register_layout)."""
+    return [attrs.get("href", "") for tag, attrs in _tags(text) if tag == "xi:include"]
+
+
+def _tags(text: bytes) -> list[tuple[str, dict[str, str]]]:
+    """The `reg` and `xi:include` elements of a description, scanned, not parsed: qemu's own target.xml uses
+    the xi prefix without declaring it (no XML parser takes it), and what listens on the socket in the
+    container may send anything, so nothing is expanded. Comments are skipped (qemu's hold registers)."""
+    body = _COMMENT.sub(b"", text).decode("utf-8", "replace")
+    return [(m["tag"], dict(_ATTR.findall(m["attrs"]))) for m in _TAG.finditer(body)]
+
+
+def split_registers(raw: bytes, layout: list[Register]) -> dict[str, bytes]:
+    """A `g` packet's bytes by register name; the stub may leave the last registers out (qemu: orig_rax)."""
+    return {reg.name: raw[reg.offset:reg.offset + reg.size] for reg in layout if reg.offset + reg.size <= len(raw)}
+
+
+def parse_maps(text: str) -> list[GuestMapping]:
+    out = []
+    for line in text.splitlines():
+        fields = line.split(maxsplit=5)
+        if len(fields) < 5:
+            continue
+        start, _, end = fields[0].partition("-")
+        try:
+            out.append(GuestMapping(int(start, 16), int(end, 16), fields[1], int(fields[2], 16),
+                                    fields[5] if len(fields) > 5 else ""))
+        except ValueError as exc:
+            raise GdbRemoteError(f"not a maps line: {line[:80]!r}") from exc
+    return out
+
+
+async def read_out(stub: GdbRemote) -> GuestState:
+    """The stopped guest's threads, registers, program and memory map. The caller ends the connection
+    (stub.detach or stub.kill) and reads the memory from /proc/<pid>/mem meanwhile."""
+    await stub.handshake()
+    await stub.stop_reason()  # connected: every thread is stopped
+    pid = await stub.process()
+    describe: dict[str, bytes] = {}
+    pending = ["target.xml"]
+    while pending:
+        name = pending.pop()
+        if name in describe:
+            continue
+        describe[name] = await stub.transfer("features", name, limit=TARGET_XML_LIMIT)
+        pending += includes(describe[name])
+    layout = register_layout(describe)
+    threads = []
+    for tid in await stub.threads():
+        threads.append(GuestThread(tid, split_registers(await stub.registers(tid), layout)))
+    threads.sort(key=lambda thread: thread.tid != pid)
+    exe = (await stub.transfer("exec-file", f"{pid:x}")).decode(errors="replace")
+    maps = parse_maps((await stub.read_file(f"/proc/{pid}/maps", limit=MAPS_LIMIT)).decode(errors="replace"))
+    return GuestState(pid, exe, tuple(threads), tuple(maps))
+
+
+def host_pid(ns_pid: int, beside: int) -> int:
+    """The pid in our namespace of the process that is `ns_pid` in the pid namespace of process `beside` (the
+    container's init: the stub names qemu as the container sees it). Blocking. Raises GdbRemoteError."""
+    try:
+        namespace = os.readlink(f"/proc/{beside}/ns/pid")
+    except OSError as exc:
+        raise GdbRemoteError(f"the container's process {beside} is gone: {exc}") from exc
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            if os.readlink(entry / "ns" / "pid") != namespace:
+                continue
+            status = (entry / "status").read_text()
+        except OSError:
+            continue  # ended meanwhile, or not ours to see
+        for line in status.splitlines():
+            if line.startswith("NSpid:") and line.split()[-1] == str(ns_pid):
+                return int(entry.name)
+    raise GdbRemoteError(f"no process {ns_pid} in the pid namespace of process {beside}")
+
+
+def read_memory(pid: int, mapping: GuestMapping, length: int | None = None) -> bytes:
+    """Guest memory at its own address, from /proc/<pid>/mem (`pid` in our namespace; guest_base 0).
+    Blocking."""
+    with Path(f"/proc/{pid}/mem").open("rb", buffering=0) as mem:
+        mem.seek(mapping.start)
+        return mem.read(length if length is not None else mapping.end - mapping.start)
