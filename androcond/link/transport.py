@@ -58,6 +58,9 @@ T = TypeVar("T")
 UNSTORED_LIMIT = 32 * 1024 * 1024
 DEFAULT_TIMEOUTS = PhaseTimeouts()
 CLOSE_TIMEOUT_S = 5.0
+# A send that finds the channel closed waits this long for the reader to deliver why (the agent's error or
+# rejection, read just before the close): the agent's reason is what the user should see.
+SEND_FAILURE_GRACE_S = 2.0
 # Pages go without the agent's Stored reports: only the channel's window (8 MiB) takes them at once.
 PAGES_WARMUP = 8 * 1024 * 1024
 # Below this a chunk is compressed on the loop: a thread's round trip would cost more than the work.
@@ -118,6 +121,7 @@ class AgentConnection:
         self.hello = pb.AgentHello()
         self._pending = _Pending()
         self._failure: BaseException | None = None
+        self._failed = asyncio.Event()  # set with _failure
         self._next_stream = 1
         self._tasks: list[asyncio.Task[None]] = []
         self._data_sent = 0  # file-data bytes sent in this session
@@ -250,6 +254,7 @@ class AgentConnection:
     def _fail(self, exc: BaseException) -> None:
         if self._failure is None:
             self._failure = exc
+            self._failed.set()
         for future in self._pending.acks.values():
             if not future.done():
                 future.set_exception(exc)
@@ -296,6 +301,12 @@ class AgentConnection:
         try:
             await write_frame(self._writer, frame)
         except (asyncssh.Error, OSError, ConnectionError) as exc:
+            # The agent may have said why it closed (a rejected file) in what the reader has yet to read.
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(SEND_FAILURE_GRACE_S):
+                    await self._failed.wait()
+            if isinstance(self._failure, (FileRejected, AgentRefused)):
+                raise self._failure from exc
             raise TransportError(f"link to the agent broke while sending: {exc}") from exc
 
     async def _send_within(self, frame: pb.Frame, idle: float) -> None:

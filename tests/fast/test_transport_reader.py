@@ -11,7 +11,7 @@ from typing import Any, cast
 
 import pytest
 
-from androcond.link.ssh import PhaseTimeouts, TransportError
+from androcond.link.ssh import AgentRefused, PhaseTimeouts, TransportError
 from androcond.link.transport import UNSTORED_LIMIT, AgentConnection
 from androcond.protocol import protocol_pb2 as pb
 from androcond.protocol.wire import encode_frame
@@ -104,4 +104,35 @@ async def test_it_also_wakes_a_sender_waiting_for_the_agent_to_store() -> None:
     with pytest.raises(TransportError, match="reader failed"):
         async with asyncio.timeout(1.0):
             await waiting
+    await link.close()
+
+
+class ClosedChannel(Channel):
+    """The agent has closed the channel: every write fails as asyncssh's does."""
+
+    def write(self, data: bytes) -> None:
+        raise BrokenPipeError("Channel not open for sending")
+
+
+async def test_a_send_on_a_closed_channel_raises_the_agents_reason_not_the_broken_pipe() -> None:
+    """The agent said why (its error frame, then the close) but the reader has not read it yet when the next
+    send finds the channel closed: the send raises the agent's reason."""
+    channel = ClosedChannel()
+    link = link_on(channel)
+    channel.reader.feed_data(encode_frame(pb.Frame(error=pb.Error(
+        message="pages-1.img: the compressed chunk at byte 0 is unreadable", phase="stream"))))
+    channel.reader.feed_eof()
+    with pytest.raises(AgentRefused, match="compressed chunk at byte 0 is unreadable"):
+        async with asyncio.timeout(1.0):
+            await link.query("m1")
+    await link.close()
+
+
+async def test_without_a_reason_the_broken_pipe_is_named() -> None:
+    channel = ClosedChannel()
+    link = link_on(channel)
+    channel.reader.feed_eof()  # closed without a word
+    with pytest.raises(TransportError, match="broke while sending") as caught:
+        await link.query("m1")
+    assert not isinstance(caught.value, AgentRefused)
     await link.close()
