@@ -183,6 +183,17 @@ class GdbRemote:
         except ValueError as exc:
             raise GdbRemoteError(f"registers of thread {thread} are not hex") from exc
 
+    async def register(self, number: int, size: int) -> bytes:
+        """One register of the thread `registers` selected last (`p` packet)."""
+        answer = await self.request(f"p{number:x}")
+        try:
+            value = bytes.fromhex(answer.decode())
+        except ValueError as exc:
+            raise GdbRemoteError(f"register {number} is not hex") from exc
+        if len(value) != size:
+            raise GdbRemoteError(f"register {number} has {len(value)} bytes, not {size}")
+        return value
+
     async def read_memory(self, address: int, length: int) -> bytes:
         out = bytearray()
         step = min(MEMORY_STEP, max(16, (self.packet_size - 8) // 2))
@@ -229,6 +240,12 @@ class GdbRemote:
                     raise GdbRemoteError(f"{path} exceeds {limit} bytes")
         finally:
             await self.request(f"vFile:close:{fd:x}")
+
+    async def readlink(self, path: str) -> str:
+        """A symbolic link as the guest sees it (vFile:readlink: qemu-user resolves /proc/self/cwd for the guest)."""
+        answer = await self.request(f"vFile:readlink:{path.encode().hex()}")
+        count = _vfile_result(answer, f"readlink {path}")
+        return answer.partition(b";")[2][:count].decode("utf-8", "surrogateescape")
 
     async def process(self) -> int:
         """The guest's process id (qemu-user: qemu's own pid), from the current thread's multiprocess id."""

@@ -33,6 +33,7 @@ class Register:
     name: str
     offset: int  # in the `g` packet's bytes
     size: int  # bytes
+    number: int  # for a `p` packet
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,7 @@ class GuestState:
     exe: str  # the guest's program as it sees it
     threads: tuple[GuestThread, ...]  # the main thread (tid == pid) first
     maps: tuple[GuestMapping, ...]
+    cwd: str  # the guest's working directory, as it sees it
 
 
 def register_layout(describe: dict[str, bytes], top: str = "target.xml") -> list[Register]:
@@ -85,8 +87,8 @@ def register_layout(describe: dict[str, bytes], top: str = "target.xml") -> list
 
     walk(top)
     layout, offset = [], 0
-    for _, name, size in sorted(numbered):
-        layout.append(Register(name, offset, size))
+    for number, name, size in sorted(numbered):
+        layout.append(Register(name, offset, size, number))
         offset += size
     return layout
 
@@ -141,11 +143,15 @@ async def read_out(stub: GdbRemote) -> GuestState:
     layout = register_layout(describe)
     threads = []
     for tid in await stub.threads():
-        threads.append(GuestThread(tid, split_registers(await stub.registers(tid), layout)))
+        registers = split_registers(await stub.registers(tid), layout)
+        for reg in layout:  # what `g` leaves out (qemu: orig_rax, the number of the syscall last entered)
+            if reg.name not in registers:
+                registers[reg.name] = await stub.register(reg.number, reg.size)
+        threads.append(GuestThread(tid, registers))
     threads.sort(key=lambda thread: thread.tid != pid)
     exe = (await stub.transfer("exec-file", f"{pid:x}")).decode(errors="replace")
     maps = parse_maps((await stub.read_file(f"/proc/{pid}/maps", limit=MAPS_LIMIT)).decode(errors="replace"))
-    return GuestState(pid, exe, tuple(threads), tuple(maps))
+    return GuestState(pid, exe, tuple(threads), tuple(maps), await stub.readlink(f"/proc/{pid}/cwd"))
 
 
 def host_pid(ns_pid: int, beside: int) -> int:

@@ -19,6 +19,24 @@ from typing import Final
 from ..errors import AndrocondError
 from ..images import PE_LAZY, PE_PARENT, Entry, Image, Pagemap, pb, read_image
 from ..protocol import emulation
+from ..protocol import restorer_plan as rp
+from ..protocol.restorer_plan import (
+    FD_BOUND,
+    FD_FILE,
+    FD_LISTEN,
+    FD_SOCKET,
+    R_CWD,
+    R_FD,
+    R_PAGES_FILE,
+    R_SIGACTION,
+    R_STATUS,
+    R_STUB,
+    VMA_ANON,
+    VMA_FILE_PRIVATE,
+    VMA_FILE_SHARED,
+    VMA_VDSO,
+    VMA_VVAR,
+)
 from . import wire
 
 # The names the device uses too (the agent mounts the directory and makes the status FIFO).
@@ -27,16 +45,7 @@ PLAN_NAME: Final = emulation.PLAN
 RESTORER_NAME: Final = emulation.RESTORER
 STATUS_NAME: Final = emulation.STATUS
 
-PLAN_MAGIC: Final = b"ACDPLAN\0"
-PLAN_VERSION: Final = 2
 PAGE_SIZE: Final = 4096
-
-# Record types (restorer.c: enum record_type)
-R_END, R_STATUS, R_PAGES_FILE, R_CWD, R_VMA, R_PAGES, R_FD, R_SIGACTION, R_THREAD, R_STUB = range(10)
-# VMA kinds
-VMA_ANON, VMA_FILE_PRIVATE, VMA_FILE_SHARED, VMA_VDSO, VMA_VVAR = range(5)
-# fd kinds
-FD_FILE, FD_LISTEN, FD_SOCKET, FD_BOUND = 1, 2, 3, 4
 
 # vma_entry.status bits (CRIU-IMAGES.md section 4)
 VMA_AREA_VSYSCALL: Final = 1 << 2
@@ -128,16 +137,6 @@ def entrypoint(emulator: str, mount: str = MOUNT, *, stub: bool = False) -> list
 # ---- encoding ----
 
 
-def _string(value: str) -> bytes:
-    data = value.encode("utf-8", "surrogateescape") + b"\0"
-    return data + b"\0" * (-len(data) % 8)
-
-
-def _record(kind: int, payload: bytes) -> bytes:
-    payload += b"\0" * (-len(payload) % 8)
-    return struct.pack("<II", kind, len(payload)) + payload
-
-
 @dataclass
 class _Fd:
     fd: int
@@ -170,7 +169,7 @@ class _Fd:
             self.v6only,
             self.addr,
         )
-        return fixed + (_string(self.path) if self.kind == FD_FILE else b"")
+        return fixed + (rp.string(self.path) if self.kind == FD_FILE else b"")
 
 
 def _fxsave(fp: pb.user_x86_fpregs_entry | None) -> bytes:
@@ -236,30 +235,28 @@ def make_plan(images: Path, out: Path, *, mount: str = MOUNT, status: str | None
         ids = wire.get_message(_fields(cores[pid]), 4) or {}
     files_id = wire.get_int(ids, 2)
 
-    records: list[bytes] = [_record(R_STATUS, _string(status))]
+    records: list[bytes] = [rp.record(R_STATUS, rp.string(status))]
     if stub:
-        records.append(_record(R_STUB, _string(stub)))
+        records.append(rp.record(R_STUB, rp.string(stub)))
     files = _files(dump)
     vmas, vma_ranges = _vmas(dump, pid, files)
     page_records, page_bytes, pages_name = _pages(dump, pid, vma_ranges)
     if pages_name:
-        records.append(_record(R_PAGES_FILE, _string(f"{mount}/{pages_name}")))
+        records.append(rp.record(R_PAGES_FILE, rp.string(f"{mount}/{pages_name}")))
     cwd = _cwd(dump, pid, files)
     if cwd:
-        records.append(_record(R_CWD, _string(cwd)))
+        records.append(rp.record(R_CWD, rp.string(cwd)))
     records += vmas + page_records
     fds = _fds(dump, files_id, files)
-    records += [_record(R_FD, f.pack()) for f in fds]
+    records += [rp.record(R_FD, f.pack()) for f in fds]
     records += _sigactions(dump, pid, cores[pid])
     _check_locks(dump)
     records += [_thread(dump, pid, tid, cores[tid], main_core) for tid in tids]
 
     if dump.refusals:
         raise EmulationRefused(dump.refusals)
-    body = b"".join(records) + _record(R_END, b"")
-    header = PLAN_MAGIC + struct.pack("<II", PLAN_VERSION, 16 + len(body))
     tmp = out.with_name(out.name + ".tmp")
-    tmp.write_bytes(header + body)
+    tmp.write_bytes(rp.plan(records))
     os.replace(tmp, out)
     return PlanSummary(
         pid=pid,
@@ -323,8 +320,8 @@ def _vmas(dump: _Dump, pid: int, files: Files) -> tuple[list[bytes], Ranges]:
             continue
         else:
             kind = VMA_ANON
-        payload = struct.pack("<QQQIIII", vma.start, vma.end, vma.pgoff, vma.prot & 7, kind, open_flags, 0)
-        records.append(_record(R_VMA, payload + (_string(path) if path else b"")))
+        records.append(rp.vma(vma.start, vma.end, pgoff=vma.pgoff, prot=vma.prot, kind=kind, open_flags=open_flags,
+                              path=path))
         ranges.append((vma.start, vma.end, kind))
     return records, ranges
 
@@ -359,7 +356,7 @@ def _pages(dump: _Dump, pid: int, ranges: list[tuple[int, int, int]]) -> tuple[l
             if kind == VMA_VVAR:
                 continue  # [vvar] stays zero: the vDSO then falls back to real syscalls
             offset = run.pages_offset + part_start - start
-            records.append(_record(R_PAGES, struct.pack("<QQQ", part_start, part_end - part_start, offset)))
+            records.append(rp.pages(part_start, part_end - part_start, offset))
             total += part_end - part_start
         if covered != end - start:
             dump.refuse(f"process {pid}: dumped pages 0x{start:x}-0x{end:x} lie outside every restored mapping")
@@ -470,7 +467,7 @@ def _sigactions(dump: _Dump, pid: int, core: Entry) -> list[bytes]:
             continue
         if handler == flags == mask == 0:
             continue  # SIG_DFL with nothing else: the default already
-        records.append(_record(R_SIGACTION, struct.pack("<IIQQQQ", signo, 0, handler, flags, restorer, mask)))
+        records.append(rp.record(R_SIGACTION, struct.pack("<IIQQQQ", signo, 0, handler, flags, restorer, mask)))
     _check_pending(dump, f"process {pid}", wire.get_message(tc, 10))
     timers = wire.get_message(tc, 7) or {}
     itimers = [wire.get_ints(t, n) for n in (1, 2, 3) for t in wire.get_messages(timers, n)]
@@ -565,16 +562,6 @@ def _thread(dump: _Dump, pid: int, tid: int, entry: Entry, main_core: pb.core_en
         sigmask = core.tc.blk_sigset if core.HasField("tc") else main_core.tc.blk_sigset
     gp = [regs.r8, regs.r9, regs.r10, regs.r11, regs.r12, regs.r13, regs.r14, regs.r15, regs.di, regs.si]
     gp += [regs.bp, regs.bx, regs.dx, regs.ax, regs.cx, regs.sp, regs.ip, regs.flags]
-    head = struct.pack(
-        "<IIQQQQQQQ",
-        tid,
-        int(is_main),
-        info.clear_tid_addr,
-        sigmask,
-        regs.fs_base,
-        regs.gs_base,
-        tcore.futex_rla,
-        tcore.futex_rla_len,
-        _tid_address(dump, pid, tid, info.clear_tid_addr, regs.fs_base),
-    )
-    return _record(R_THREAD, head + struct.pack("<18Q", *gp) + _fxsave(fp))
+    return rp.Thread(tid, is_main, info.clear_tid_addr, sigmask, regs.fs_base, regs.gs_base, tcore.futex_rla,
+                     tcore.futex_rla_len, _tid_address(dump, pid, tid, info.clear_tid_addr, regs.fs_base), gp,
+                     _fxsave(fp)).pack()

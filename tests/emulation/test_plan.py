@@ -13,6 +13,7 @@ from androcond.emulation import wire
 from androcond.emulation.plan import MOUNT, EmulationRefused, entrypoint, make_plan
 from androcond.errors import AndrocondError
 from androcond.images import Entry, ImageHeader, ImageWriter, pb, read_image
+from androcond.protocol import restorer_plan as RP
 
 PID = 42
 EXE = "/usr/bin/prog"
@@ -116,16 +117,16 @@ def make_dump(
 
 
 def records(plan: bytes) -> list[tuple[int, bytes]]:
-    assert plan[:8] == P.PLAN_MAGIC
+    assert plan[:8] == RP.PLAN_MAGIC
     version, size = struct.unpack_from("<II", plan, 8)
-    assert (version, size) == (P.PLAN_VERSION, len(plan))
+    assert (version, size) == (RP.PLAN_VERSION, len(plan))
     out, pos = [], 16
     while pos < len(plan):
         kind, length = struct.unpack_from("<II", plan, pos)
         assert length % 8 == 0
         out.append((kind, plan[pos + 8 : pos + 8 + length]))
         pos += 8 + length
-    assert out[-1] == (P.R_END, b"")
+    assert out[-1] == (RP.R_END, b"")
     return out
 
 
@@ -136,7 +137,7 @@ def cstring(payload: bytes) -> str:
 def test_the_plan_names_the_emulators_stub_socket(tmp_path: Path) -> None:
     images = make_dump(tmp_path)
     make_plan(images, tmp_path / "plan", mount="/m", stub="/.androcond-stub/gdb.sock")
-    stubs = [cstring(payload) for kind, payload in records((tmp_path / "plan").read_bytes()) if kind == P.R_STUB]
+    stubs = [cstring(payload) for kind, payload in records((tmp_path / "plan").read_bytes()) if kind == RP.R_STUB]
     assert stubs == ["/.androcond-stub/gdb.sock"]
 
 
@@ -150,46 +151,46 @@ def test_plan_of_a_simple_dump(tmp_path: Path) -> None:
     by_kind: dict[int, list[bytes]] = {}
     for kind, payload in recs:
         by_kind.setdefault(kind, []).append(payload)
-    assert cstring(by_kind[P.R_STATUS][0]) == f"/m/{P.STATUS_NAME}"
-    assert P.R_STUB not in by_kind  # qemu runs no stub unless the plan is told
-    assert cstring(by_kind[P.R_PAGES_FILE][0]) == "/m/pages-1.img"
-    assert cstring(by_kind[P.R_CWD][0]) == "/srv"
-    vmas = [struct.unpack_from("<QQQII", v) for v in by_kind[P.R_VMA]]
+    assert cstring(by_kind[RP.R_STATUS][0]) == f"/m/{P.STATUS_NAME}"
+    assert RP.R_STUB not in by_kind  # qemu runs no stub unless the plan is told
+    assert cstring(by_kind[RP.R_PAGES_FILE][0]) == "/m/pages-1.img"
+    assert cstring(by_kind[RP.R_CWD][0]) == "/srv"
+    vmas = [struct.unpack_from("<QQQII", v) for v in by_kind[RP.R_VMA]]
     assert [(v[0], v[4]) for v in vmas] == [
-        (0x400000, P.VMA_FILE_PRIVATE),
-        (0x600000, P.VMA_ANON),
-        (0x7FFF00000000, P.VMA_ANON),
-        (0x7FFF10000000, P.VMA_VVAR),
-        (0x7FFF10002000, P.VMA_VDSO),
+        (0x400000, RP.VMA_FILE_PRIVATE),
+        (0x600000, RP.VMA_ANON),
+        (0x7FFF00000000, RP.VMA_ANON),
+        (0x7FFF10000000, RP.VMA_VVAR),
+        (0x7FFF10002000, RP.VMA_VDSO),
     ]
-    assert cstring(by_kind[P.R_VMA][0][40:]) == EXE
-    pages = [struct.unpack("<QQQ", p) for p in by_kind[P.R_PAGES]]
+    assert cstring(by_kind[RP.R_VMA][0][40:]) == EXE
+    pages = [struct.unpack("<QQQ", p) for p in by_kind[RP.R_PAGES]]
     assert pages == [
         (0x401000, 4096, 0),
         (0x600000, 8192, 4096),
         (0x7FFF0000E000, 8192, 3 * 4096),
         (0x7FFF10002000, 8192, 5 * 4096),
     ]
-    fds = {struct.unpack_from("<i", f)[0]: f for f in by_kind[P.R_FD]}
+    fds = {struct.unpack_from("<i", f)[0]: f for f in by_kind[RP.R_FD]}
     assert sorted(fds) == [3, 4, 5]
     _, kind, flags, fdflags, pos = struct.unpack_from("<iIIIQ", fds[3])
-    assert (kind, flags, fdflags, pos, cstring(fds[3][64:])) == (P.FD_FILE, 0o2001, 1, 1234, "/var/log/prog.log")
+    assert (kind, flags, fdflags, pos, cstring(fds[3][64:])) == (RP.FD_FILE, 0o2001, 1, 1234, "/var/log/prog.log")
     listen = struct.unpack_from("<iIIIQIIIIII16s", fds[4])
-    assert listen[1] == P.FD_LISTEN and listen[2] == 0o4000 and listen[5:11] == (2, 1, 6, 8080, 16, 0)
+    assert listen[1] == RP.FD_LISTEN and listen[2] == 0o4000 and listen[5:11] == (2, 1, 6, 8080, 16, 0)
     assert listen[11][:4] == bytes([127, 0, 0, 1])
-    assert struct.unpack_from("<iI", fds[5])[1] == P.FD_SOCKET
-    sigs = [struct.unpack("<IIQQQQ", s) for s in by_kind[P.R_SIGACTION]]
+    assert struct.unpack_from("<iI", fds[5])[1] == RP.FD_SOCKET
+    sigs = [struct.unpack("<IIQQQQ", s) for s in by_kind[RP.R_SIGACTION]]
     assert [(s[0], s[2], s[5]) for s in sigs] == [(1, 1, 0), (2, 0x401234, 1 << 9)]
-    threads = [struct.unpack_from("<IIQQQQQQQ", t) for t in by_kind[P.R_THREAD]]
+    threads = [struct.unpack_from("<IIQQQQQQQ", t) for t in by_kind[RP.R_THREAD]]
     # Neither libc's TID copy is in this dump's memory: no address to write the new TID to, and a note says so.
     assert [(t[0], t[1], t[2], t[3], t[4], t[8]) for t in threads] == [
         (PID, 1, 0x7F0000002000, 1, 0x7F0000003000, 0),
         (PID + 1, 0, 0x7F0000002100, 2, 0x7F0000003100, 0),
     ]
     assert sum("copy of its TID was not found" in n for n in summary.notes) == 2
-    regs = struct.unpack_from("<18Q", by_kind[P.R_THREAD][0], 64)
+    regs = struct.unpack_from("<18Q", by_kind[RP.R_THREAD][0], 64)
     assert regs[16] == 0x401000 and regs[15] == 0x7FFF0000F000  # rip, rsp in sigcontext order
-    fx = by_kind[P.R_THREAD][0][208:720]
+    fx = by_kind[RP.R_THREAD][0][208:720]
     assert struct.unpack_from("<I", fx, 24)[0] == 0x1F80
     assert struct.unpack_from("<64I", fx, 160) == tuple(range(64))
     assert fx[464:] == bytes(48)  # no XSAVE magic: an FXSAVE-only frame
