@@ -151,7 +151,10 @@ class GdbRemote:
             elif item:
                 features[item[:-1] if item[-1:] in "+-?" else item] = item[-1:]
         if "PacketSize" in features:
-            self.packet_size = max(256, min(int(features["PacketSize"], 16), PACKET_LIMIT))
+            try:
+                self.packet_size = max(256, min(int(features["PacketSize"], 16), PACKET_LIMIT))
+            except ValueError as exc:
+                raise GdbRemoteError(f"not a packet size: {features['PacketSize'][:40]!r}") from exc
         if features.get("QStartNoAckMode") == "+" and await self.request(b"QStartNoAckMode") == b"OK":
             self._acks = False
         return features

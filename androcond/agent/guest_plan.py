@@ -85,7 +85,10 @@ def write_plan(state: GuestState, qemu_pid: int, out: Path, *, mount: str, statu
             mem.seek(m.start)
             left = m.end - m.start
             while left:
-                chunk = mem.read(min(CHUNK, left))
+                try:
+                    chunk = mem.read(min(CHUNK, left))
+                except OSError as exc:
+                    raise GuestPlanRefused(f"guest memory at 0x{m.end - left:x} could not be read: {exc}") from exc
                 if not chunk:
                     raise GuestPlanRefused(f"guest memory at 0x{m.end - left:x} could not be read")
                 pages.write(chunk)

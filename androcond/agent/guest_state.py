@@ -79,8 +79,11 @@ def register_layout(describe: dict[str, bytes], top: str = "target.xml") -> list
             if tag == "xi:include":
                 walk(attrs.get("href", ""))
             elif tag == "reg":
-                number = int(attrs["regnum"]) if "regnum" in attrs else (numbered[-1][0] + 1 if numbered else 0)
-                bits = int(attrs.get("bitsize", "0"))
+                try:
+                    number = int(attrs["regnum"]) if "regnum" in attrs else (numbered[-1][0] + 1 if numbered else 0)
+                    bits = int(attrs.get("bitsize", "0"))
+                except ValueError as exc:
+                    raise GdbRemoteError(f"register {attrs.get('name')} is described badly: {exc}") from exc
                 if bits <= 0 or bits % 8:
                     raise GdbRemoteError(f"register {attrs.get('name')} has {bits} bits")
                 numbered.append((number, attrs.get("name", ""), bits // 8))

@@ -87,3 +87,8 @@ def test_the_stub_runs_only_where_qemu_runs_the_guest_without_waiting() -> None:
     argv = entrypoint("/q", "/m", stub=True)
     assert argv[:5] == ["/q", "-B", "0", "-g", f"{STUB_MOUNT}/{STUB_SOCKET},suspend=n"]
     assert "-g" not in entrypoint("/q", "/m")
+
+
+def test_a_description_with_bad_numbers_is_refused_by_name() -> None:
+    with pytest.raises(GdbRemoteError, match="described badly"):
+        register_layout({"target.xml": b'<feature><reg name="rax" bitsize="sixty-four"/></feature>'})

@@ -114,6 +114,9 @@ def test_what_cannot_exist_natively_is_refused(tmp_path: Path, memory: tuple[mma
     shared = (GuestMapping(base, base + PAGE, "rw-s", 0, "/dev/shm/x"),)
     with pytest.raises(GuestPlanRefused, match="shared"):
         write_plan(GuestState(TID, "", (thread(TID),), shared, "/"), os.getpid(), tmp_path, mount="/m")
+    unmapped = (GuestMapping(0x1000, 0x2000, "rw-p", 0, ""),)  # not mapped in this process: EIO
+    with pytest.raises(GuestPlanRefused, match="could not be read"):
+        write_plan(GuestState(TID, "", (thread(TID),), unmapped, "/"), os.getpid(), tmp_path, mount="/m")
     assert not (tmp_path / PLAN).exists()
 
 
