@@ -55,13 +55,13 @@ class DeviceFacts:
     emulator: str = ""  # its static qemu-x86_64 ("": it cannot run x86_64 containers emulated)
     emulator_version: str = ""  # that qemu's version ("10.0.2")
     binfmt_x86_64: bool = False  # binfmt_misc runs x86_64 programs through a static qemu (`docker exec` works)
+    agent_version: str = __version__  # this agent's build (androcond.build): gather_facts reads it
 
     @property
     def emulator_stub(self) -> bool:
         """Its emulator runs the gdb stub without waiting (protocol/emulation.py): mounted in each emulated
         container, so that the process can be read out later."""
         return bool(self.emulator) and stub_supported(self.emulator_version)
-    agent_version: str = __version__  # this agent's build (androcond.build): gather_facts reads it
 
     @property
     def criu_dumps_sockets(self) -> bool:
