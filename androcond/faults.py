@@ -10,7 +10,7 @@ the daemon removes it, as when the phone is unplugged right after the restore. `
 move send the source's binary where the device needs its own, so the device's CRIU refuses the restore.
 ``bad-plan`` cuts an emulated move's restorer plan short, so the restorer on the device refuses it.
 ``restore-refused`` empties the inventory of the images a way back brought home (the device keeps its own), so
-the host's CRIU refuses the restore.
+the host's CRIU refuses the restore; home from emulation, it empties the restorer's plan, which it refuses.
 ``paging`` strikes once a post-copy restore runs on the device, before its last page: the daemon's error closes
 the connection, which cuts the page transfer. ``dump-end`` SIGKILLs a flat freeze's runc and CRIU at its confirmed
 end, between the freezer's thaw and the CLOSE on which CRIU would kill the tasks. Unset — always, outside tests —

@@ -158,20 +158,29 @@ class DeviceEngine:
         return self.fast_restore and self.facts.lazy_restore
 
     async def create(self, name: str, config: dict[str, Any], checkpoint_name: str,
-                     migration_id: str = "", *, lazy: bool = False, emulate: bool = False) -> TargetContainer:
+                     migration_id: str = "", *, lazy: bool = False, emulate: bool = False,
+                     native_plan: bool = False) -> TargetContainer:
+        """The target container, made while the source still runs. `emulate`: the restorer runs under this
+        device's qemu-x86_64; `native_plan` (the way home from emulation, on x86_64): it runs natively. Either
+        way no CRIU runs: the restorer reads its plan from a directory mounted into the container."""
         if lazy and not self.post_copy:
             raise RestoreError("this device cannot restore lazily (it needs androcond's runtime and "
                                "userfaultfd): migrate without post-copy")
         emulated_dir: Path | None = None
         criu_conf: Path | None = None
-        if emulate:
-            if not self.facts.emulator or self.spool_dir is None:
-                raise RestoreError("this device cannot run x86_64 containers emulated (no static qemu-x86_64)")
-            # No CRIU here: the restorer reads the images from a directory mounted into the container.
+        if emulate and not self.facts.emulator:
+            raise RestoreError("this device cannot run x86_64 containers emulated (no static qemu-x86_64)")
+        if native_plan and self.facts.isa != "x86_64":
+            raise RestoreError(f"androcond's restorer runs natively on x86_64 only, not on {self.facts.isa}")
+        if emulate or native_plan:
+            if self.spool_dir is None:
+                raise RestoreError("this agent has no spool directory for the restorer's files")
             emulated_dir = self.spool_dir / "emulated" / (migration_id or name)
             await asyncio.to_thread(emulated_dir.mkdir, parents=True, exist_ok=True)
-            await asyncio.to_thread(emulated.place_emulator, Path(self.facts.emulator), emulated_dir)
-            config = await asyncio.to_thread(emulated.mounted, config, emulated_dir, stub=self.facts.emulator_stub)
+            if emulate:
+                await asyncio.to_thread(emulated.place_emulator, Path(self.facts.emulator), emulated_dir)
+            config = await asyncio.to_thread(emulated.mounted, config, emulated_dir,
+                                             stub=emulate and self.facts.emulator_stub)
         elif self.fast_restore:
             assert self.spool_dir is not None
             criu_conf = await asyncio.to_thread(write_restore_config, self.spool_dir)
@@ -274,11 +283,12 @@ class DeviceEngine:
                                f"exit code {state.get('ExitCode')}, error {state.get('Error')!r})")
         return steps
 
-    async def start_emulated(self, target: TargetContainer) -> float:
-        """Start an emulated container (its restorer rebuilds the process); the seconds until it did. Its
-        files are removed either way: the restorer has read them (or will never)."""
+    async def start_emulated(self, target: TargetContainer, *, native: bool = False) -> float:
+        """Start an emulated container (its restorer rebuilds the process; `native`: without an emulator, the
+        way home); the seconds until it did. Its files are removed either way: the restorer has read them (or
+        will never)."""
         try:
-            return await emulated.start(self.engine, target.container_id, target.checkpoint_dir)
+            return await emulated.start(self.engine, target.container_id, target.checkpoint_dir, native=native)
         finally:
             await self.clean_after_restore(target)
 

@@ -127,9 +127,12 @@ async def _why_stopped(engine: Engine, container_id: str) -> str:
 
 
 async def start(engine: Engine, container_id: str, images_dir: Path, *,
-                deadline_s: float = STATUS_DEADLINE_S, probation_s: float = PROBATION_S) -> float:
-    """Start the emulated container; returns the seconds until the restorer said "ok". Raises RestoreError
-    when it did not, or when the container stopped within the probation."""
+                deadline_s: float = STATUS_DEADLINE_S, probation_s: float = PROBATION_S,
+                native: bool = False) -> float:
+    """Start the emulated container (`native`: the restorer runs natively, the way home from emulation);
+    returns the seconds until the restorer said "ok". Raises RestoreError when it did not, or when the
+    container stopped within the probation."""
+    how = "natively" if native else "under emulation"
     await asyncio.to_thread(open_to_all, images_dir)
     loop = asyncio.get_running_loop()
     with _status_fifo(images_dir / STATUS) as fd:
@@ -144,7 +147,7 @@ async def start(engine: Engine, container_id: str, images_dir: Path, *,
             async with asyncio.timeout(deadline_s):
                 await asyncio.wait({exited, status}, return_when=asyncio.FIRST_COMPLETED)
             if not status.done():
-                raise RestoreError("the emulated restore stopped before the restorer said anything: "
+                raise RestoreError(f"the restore {how} stopped before the restorer said anything: "
                                    f"{await _why_stopped(engine, container_id)}")
             word = status.result()
             restored_s = loop.time() - started
@@ -154,15 +157,15 @@ async def start(engine: Engine, container_id: str, images_dir: Path, *,
                 async with asyncio.timeout(probation_s):
                     await asyncio.shield(exited)
             if exited.done():
-                raise RestoreError("the process stopped right after it was resumed under emulation ("
-                                   f"{await _why_stopped(engine, container_id)}); a CPU feature the emulator "
-                                   "lacks is the usual cause (docs/emulation.md)")
+                cause = "" if native else "; a CPU feature the emulator lacks is the usual cause (docs/emulation.md)"
+                raise RestoreError(f"the process stopped right after it was resumed {how} ("
+                                   f"{await _why_stopped(engine, container_id)}){cause}")
         except TimeoutError as exc:
             raise RestoreError(f"the restorer said nothing within {deadline_s:.0f} s") from exc
         finally:
             for task in (exited, status):
                 task.cancel()
             await asyncio.gather(exited, status, return_exceptions=True)
-    log.info("resumed under emulation", container_id=container_id, restore_s=round(restored_s, 3))
+    log.info(f"resumed {how}", container_id=container_id, restore_s=round(restored_s, 3))
     return restored_s
 

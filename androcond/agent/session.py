@@ -252,16 +252,17 @@ class AgentSession(Receiving, PostCopy, Sourcing):
                           f"{free} free (keeping {FREE_SPACE_MARGIN} spare)")
         # Fitted now, before the daemon freezes anything: a host port taken here refuses the migration.
         fitted = await fit(self.device.engine, parse_create_config(begin.create_config_json))
-        if self.device.fast_restore and not begin.emulate:
+        by_restorer = begin.emulate or begin.native_plan  # androcond's restorer rebuilds it, not CRIU
+        if self.device.fast_restore and not by_restorer:
             fitted.adjusted["HostConfig.Runtime"] = {
                 "from": (fitted.body.get("HostConfig") or {}).get("Runtime"), "to": self.device.facts.runtime,
                 "why": "androcond's runtime restores the images in place (for all else it is runc)"}
-        if begin.emulate and fitted.restart_policy:
+        if by_restorer and fitted.restart_policy:
             # Its entry point rebuilds the process once, from files removed after the restore: started again,
             # it could only fail.
             fitted.adjusted["HostConfig.RestartPolicy"] = {
                 "from": fitted.restart_policy, "to": None,
-                "why": "an emulated container cannot be started afresh by its engine"}
+                "why": "a container rebuilt by androcond's restorer cannot be started afresh by its engine"}
             fitted.restart_policy = None
         for name, change in fitted.adjusted.items():
             log.info("configuration adjusted for this device", field=name, why=change.get("why"))
@@ -283,7 +284,7 @@ class AgentSession(Receiving, PostCopy, Sourcing):
         assert migration.fitted is not None
         migration.target = await self.device.create(begin.container_name, migration.fitted.body,
                                                     begin.checkpoint_name, begin.migration_id, lazy=begin.lazy,
-                                                    emulate=begin.emulate)
+                                                    emulate=begin.emulate, native_plan=begin.native_plan)
         # Should this process die now, whoever settles the record knows which container to remove.
         await self.outcomes.put(OutcomeRecord(begin.migration_id, OutcomeState.RECEIVING, migration.target.container_id,
                                               bytes_received=migration.bytes_received))
@@ -309,8 +310,9 @@ class AgentSession(Receiving, PostCopy, Sourcing):
         await self.outcomes.put(record)
         started = time.monotonic()
         try:
-            if begin.emulate:
-                record.restorer_seconds = await self.device.start_emulated(migration.target)
+            if begin.emulate or begin.native_plan:
+                record.restorer_seconds = await self.device.start_emulated(migration.target,
+                                                                           native=begin.native_plan)
             else:
                 record.restore_steps = await self.device.restore(migration.target, begin.checkpoint_name)
         except RestoreError as exc:

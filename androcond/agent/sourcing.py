@@ -9,6 +9,9 @@ daemon's; the dump ends well only on SOURCE_CONFIRM (the target runs it with eve
 session's, a rollback's, this agent's death (its socket resets) — leaves the tasks paused until the daemon's
 word: SOURCE_RESTORE unpauses them, SOURCE_REMOVE removes them.
 
+The readout (`Freeze.readout`, home from emulation): an emulated container is read out of its emulator into a
+restorer's plan (readout.py) instead of a CRIU checkpoint, and stays paused the same way until the daemon's word.
+
 The agent decides nothing on its own here: a session that ends leaves a frozen container frozen, because only
 the daemon knows whether the target already runs it — it settles the move, in this session or a later one.
 
@@ -39,11 +42,13 @@ from ..popcorn import notify as popcorn
 from ..protocol import protocol_pb2 as pb
 from ..protocol.tree import Entry, TreeError, entries, tree_size
 from ..protocol.wire import CHUNK, ChannelClosed
+from . import readout
 from .device import DeviceEngine
 from .errors import AgentError, ProtocolViolation, RestoreError
 from .outcomes import check_id
 
 log = get_logger(__name__)
+READOUT = "readout"  # Frozen.via of an emulated container read out of its emulator (readout.py)
 
 
 # One freeze or restore of a container at a time in this agent: a daemon that restarted may ask for the
@@ -164,6 +169,9 @@ class Sourcing:
                                    "checkpoints" / request.checkpoint_name)
         self.outgoing = outgoing
         facts = pb.SourceFacts(inspect_json=json.dumps(inspect))
+        if readout.emulated(inspect):
+            facts.emulated = True
+            facts.readout_blocker = await asyncio.to_thread(readout.blocker, inspect, self.device.spool_dir)
         if inspect["State"].get("Running"):
             facts.va_bits, facts.inet_sockets, facts.disk = await asyncio.to_thread(_facts, inspect)
             try:
@@ -192,7 +200,11 @@ class Sourcing:
             await Sourcing._hold_restarts(self, outgoing, inspect)
             await asyncio.to_thread(_configured_oom_scores, inspect)
             started = time.monotonic()
-            via = await (_freeze_flat if request.lazy else _checkpoint)(self.device, outgoing)
+            notes: tuple[str, ...] = ()
+            if request.readout:
+                via, notes = await _read_out(self.device, outgoing, inspect)
+            else:
+                via = await (_freeze_flat if request.lazy else _checkpoint)(self.device, outgoing)
             seconds = time.monotonic() - started
         log.info("checkpointed as a source", checkpoint_s=round(seconds, 3), via=via)
         try:
@@ -201,7 +213,7 @@ class Sourcing:
             raise SourceRefused(f"cannot read what must move: {exc}") from exc
         total = sum(e.size for _d, _v, e in listing)
         await self.send(pb.Frame(frozen=pb.Frozen(file_count=len(listing), total_bytes=total,
-                                                  checkpoint_seconds=seconds, via=via)))
+                                                  checkpoint_seconds=seconds, via=via, notes=notes)))
         for number, (destination, volume, item) in enumerate(listing, start=1):
             await _send_file(self, number, destination, volume, item)
         log.info("sent what moves", files=len(listing), bytes=total)
@@ -291,6 +303,7 @@ class Sourcing:
                     if stopping is not None:
                         await stopping
                     await self.device.discard(cid)  # its checkpoint goes with it
+                    await asyncio.to_thread(readout.forget, self.device.spool_dir, cid)
                 log.info("removed: it runs at the target", container_id=cid)
             await asyncio.to_thread(_kept_policy, self.device.spool_dir, outgoing.request.migration_id)
             await self.send(pb.Frame(source_ended=pb.SourceEnded(container_id=cid)))
@@ -385,6 +398,23 @@ async def _freeze_flat(device: DeviceEngine, outgoing: OutgoingMigration) -> str
     return LAZY_DUMP
 
 
+async def _read_out(device: DeviceEngine, outgoing: OutgoingMigration,
+                    inspect: dict[str, Any]) -> tuple[str, tuple[str, ...]]:
+    """An emulated container: read out of its emulator into the checkpoint directory, left paused (marked as
+    a flat freeze is: the daemon's word unpauses it). A readout that fails leaves it running."""
+    assert outgoing.checkpoint_dir is not None
+    why_not = await asyncio.to_thread(readout.blocker, inspect, device.spool_dir) if readout.emulated(inspect) \
+        else "it does not run under androcond's emulator here"
+    if why_not or device.spool_dir is None:
+        raise SourceRefused(f"container {outgoing.request.container} cannot be read out: {why_not}")
+    try:
+        summary = await readout.freeze(device.engine, inspect, outgoing.checkpoint_dir, device.spool_dir)
+    except readout.ReadoutError as exc:
+        await asyncio.to_thread(shutil.rmtree, outgoing.checkpoint_dir, True)
+        raise SourceRefused(f"the emulated container could not be read out: {exc}") from exc
+    return READOUT, summary.notes
+
+
 async def _serve_pages(session: SourcePort, dump: LazyDump) -> None:
     """The page server's replies to the daemon. A send that fails means the daemon is gone: the session's end
     resets the dump. A page server that fails (its CRIU gone: the tasks stay frozen) is reported at once, so
@@ -447,12 +477,13 @@ async def _restore(device: DeviceEngine, outgoing: OutgoingMigration) -> bool:
         await stopping
     checkpoint = outgoing.checkpoint_dir
     if checkpoint is not None and await asyncio.to_thread((checkpoint / FLAT_FILE).exists):
-        # The flat freeze: its paused tasks are the container (no memory was dumped to start it from).
+        # The flat freeze or a readout: its paused tasks are the container (no CRIU dump to start it from).
         state = (await device.engine.inspect_container(cid))["State"]
         if state.get("Paused"):
             await device.engine.unpause(cid)
         elif not state.get("Running"):
-            raise RestoreError("the container's tasks are gone and its flat freeze kept no memory to restore from")
+            raise RestoreError("the container's tasks are gone, and its flat freeze or readout kept no dump to "
+                               "restore from")
     elif not await device.is_running(cid):
         # containerd never removes its extraction of a checkpoint (criu/leftovers.py): marked, to be found.
         nonce = await asyncio.to_thread(place_nonce, checkpoint) if checkpoint and checkpoint.is_dir() else ""

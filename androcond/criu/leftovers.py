@@ -16,9 +16,9 @@ from collections.abc import Callable
 from pathlib import Path
 
 NONCE_FILE = "androcond-nonce"
-# Marks a lazy dump's checkpoint (the flat freeze): it holds no memory, so nothing can start from it, and the
-# container's pause is ours to undo. Placed before the pause (mark_flat), so that whoever settles the move after
-# a crash at any point of the freeze finds it.
+# Marks a lazy dump's checkpoint (the flat freeze), or an emulated container's readout (agent/readout.py): it
+# holds no CRIU dump, so nothing can start from it, and the container's pause is ours to undo. Placed before the
+# pause (mark_flat), so that whoever settles the move after a crash at any point of the freeze finds it.
 FLAT_FILE = "androcond-flat"
 # A lazy dump's work directory (CRIU's dump.log, runc's output), inside its checkpoint directory: it goes with
 # the checkpoint whoever ends the move (the rollback removes the checkpoint, the end removes the container), so a

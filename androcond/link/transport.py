@@ -515,12 +515,14 @@ class AgentConnection:
         frame = pb.Frame(cross_prepare=pb.CrossPrepare(target_isa=target_isa, notify=notify))
         return (await self._request(frame, "source", seconds, "cross_ready")).cross_ready
 
-    async def freeze(self, seconds: float, *, lazy: bool = False) -> pb.Frozen:
+    async def freeze(self, seconds: float, *, lazy: bool = False, readout: bool = False) -> pb.Frozen:
         """Checkpoint the agent's container; its files follow, read with :meth:`incoming`. `lazy`: the flat
-        freeze, whose pages are asked with :meth:`send_pages` and read with :meth:`source_pages`."""
+        freeze, whose pages are asked with :meth:`send_pages` and read with :meth:`source_pages`. `readout`: an
+        emulated container, read out of its emulator into a restorer's plan."""
         if lazy:
             self._pages_back = asyncio.Queue(REPLIES_LIMIT)
-        return (await self._request(pb.Frame(freeze=pb.Freeze(lazy=lazy)), "freeze", seconds, "frozen")).frozen
+        frame = pb.Frame(freeze=pb.Freeze(lazy=lazy, readout=readout))
+        return (await self._request(frame, "freeze", seconds, "frozen")).frozen
 
     async def send_pages(self, data: bytes) -> None:
         """Page requests (the target's lazy-pages') to the source agent's lazy dump."""

@@ -31,6 +31,8 @@ class SourceFacts:
     memory: int  # bytes in use, 0 when the engine does not say
     disk: int  # bytes of the writable layer and the named volumes
     lazy_needs_flat: bool = False  # its pages are served from a flat freeze only (a device: it keeps no dump)
+    emulated: bool = False  # it runs x86_64 under androcond's emulator on its device (`isa` is the program's)
+    readout_blocker: str = ""  # emulated: why it cannot be read out of its emulator, "" when it can
 
 
 @dataclass(frozen=True)
@@ -64,6 +66,9 @@ class Plan:
     lazy: bool  # post-copy
     estimate: int  # bytes it will take on the target
     flat: bool = False  # post-copy from a lazy dump: the pages are served from the frozen tasks
+    # The way home from emulation: the source reads the process out of its emulator (a readout, not a CRIU
+    # dump) and the target runs androcond's restorer natively on it.
+    native_resume: bool = False
 
 
 class LiveDump(PageSource, Protocol):
@@ -88,6 +93,7 @@ class Frozen:
     # Seconds of the freeze's own steps worth a line in the record (the way back: the device's checkpoint and
     # bringing its files here), by timing name.
     steps: dict[str, float] = field(default_factory=dict)
+    notes: tuple[str, ...] = ()  # what the freeze could not carry (a readout's), for people
     # The flat freeze: the lazy dump that holds the tasks and serves their pages (criu/lazy_dump.LazyDump).
     pages: LiveDump | None = None
     # The source's files still on their way (the way back, nothing to recode): the stream phase relays them to

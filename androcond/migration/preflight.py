@@ -11,6 +11,7 @@ from ..logging import get_logger
 from ..protocol import protocol_pb2 as pb
 from ..recoder import RecodeOptions, VdsoTemplate
 from . import emulate
+from .container_config import TargetPlan
 from .errors import Rejected
 from .plan import CrossIsa, Emulated, Plan, SourceFacts
 from .roles import Source
@@ -28,6 +29,8 @@ async def plan(source: Source, device: DeviceSettings, inspect: dict[str, Any], 
     # First the configuration (bind mounts, host devices, host namespaces, …): the target's create body.
     target = await source.target_plan(inspect, device)
     facts = await source.facts(inspect)
+    if facts.emulated:
+        return _home_from_emulation(facts, device, inspect, target, hello)
     if hello.va_bits and facts.va_bits > hello.va_bits:
         raise Rejected(f"the container's memory reaches {facts.va_bits}-bit addresses, and device {device.name}'s "
                        f"kernel gives a process {hello.va_bits} bits (CRIU restores every mapping at its address; an "
@@ -53,12 +56,38 @@ async def plan(source: Source, device: DeviceSettings, inspect: dict[str, Any], 
         cgroup_v1_to_v2=hello.cgroup2 and not facts.cgroup_v2 and emulated is None, target_criu=hello.criu_version,
         absent_mounts=() if emulated else tuple(p for p in hello.absent_masked_paths if p not in facts.absent_paths))
     lazy = _lazy(facts, device, hello, emulated)
+    _room(facts, hello)
+    return Plan(inspect=inspect, target=target, cross=cross, emulated=emulated, recode=recode, lazy=lazy,
+                estimate=facts.disk + facts.memory, flat=_flat(device, lazy, emulated))
+
+
+def _room(facts: SourceFacts, hello: pb.AgentHello) -> None:
     needed = facts.disk + facts.memory + SPACE_MARGIN
     if needed > hello.free_bytes:
         raise Rejected(f"the device has {hello.free_bytes} bytes free; this container needs about "
                        f"{needed} (memory {facts.memory}, files {facts.disk})")
-    return Plan(inspect=inspect, target=target, cross=cross, emulated=emulated, recode=recode, lazy=lazy,
-                estimate=facts.disk + facts.memory, flat=_flat(device, lazy, emulated))
+
+
+def _home_from_emulation(facts: SourceFacts, device: DeviceSettings, inspect: dict[str, Any], target: TargetPlan,
+                         hello: pb.AgentHello) -> Plan:
+    """The container runs x86_64 under its device's emulator: it goes to an x86_64 machine only, read out of the
+    emulator and rebuilt there natively by androcond's restorer (no CRIU on either side, nothing to recode)."""
+    where = "the container runs x86_64 under emulation on its device"
+    if hello.isa != facts.isa:
+        raise Rejected(f"{where}; it can go to an x86_64 machine only, and {device.name} is {hello.isa} (a move "
+                       "between devices under emulation is not built)")
+    if facts.readout_blocker:
+        raise Rejected(f"{where}, and cannot be read out: {facts.readout_blocker}")
+    if facts.inet_sockets:
+        raise Rejected(f"{where} and holds {facts.inet_sockets} network socket(s): the way home from emulation "
+                       "does not carry descriptors yet")
+    if device.lazy == "true":
+        raise Rejected("post-copy (lazy = true) is not possible: the way home from emulation reads every page "
+                       "out before the target resumes it")
+    _room(facts, hello)
+    return Plan(inspect=inspect, target=emulate.native_target_plan(target), cross=None, emulated=None,
+                recode=RecodeOptions(target=facts.isa), lazy=False, estimate=facts.disk + facts.memory,
+                native_resume=True)
 
 
 def _target_criu_restores(facts: SourceFacts, device: DeviceSettings, hello: pb.AgentHello) -> None:

@@ -72,7 +72,9 @@ class Source(Protocol):
     # --- the freeze and what moves ---
     # flat: a lazy dump whose tasks serve the memory (Frozen.pages), where the source can; else a full dump.
     # relay: a source whose files must come to the daemon first may hand them on as they come (Frozen.relayed).
-    async def freeze(self, inspect: dict[str, Any], *, flat: bool = False, relay: bool = False) -> Frozen: ...
+    # readout: an emulated container is read out of its emulator (Plan.native_resume).
+    async def freeze(self, inspect: dict[str, Any], *, flat: bool = False, relay: bool = False,
+                     readout: bool = False) -> Frozen: ...
 
     def mounted_root(self, inspect: dict[str, Any]) -> AbstractAsyncContextManager[Path]: ...
 

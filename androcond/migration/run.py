@@ -149,10 +149,13 @@ class Migration:
                 self.recorder.time("notify_s", n0)
             async with budget("checkpoint", t.checkpoint):
                 await self.recorder.transition(S.CHECKPOINTING)
-                frozen = await self.source.freeze(plan.inspect, flat=plan.flat, relay=relay)
+                frozen = await self.source.freeze(plan.inspect, flat=plan.flat, relay=relay,
+                                                  readout=plan.native_resume)
                 self.settler.frozen = frozen
                 self.recorder.time("checkpoint_s", frozen.at)
                 record.timings.update({name: round(seconds, 3) for name, seconds in frozen.steps.items()})
+                if frozen.notes:
+                    self.recorder.adjusted({"(readout)": {"why": "; ".join(frozen.notes)}}, "device")
                 log.info("checkpointed", via=frozen.via, seconds=record.timings["checkpoint_s"])
                 self.ctx.faults.inject("checkpoint", record.container_name)
             async with budget("stream", t.stream):
@@ -180,7 +183,7 @@ class Migration:
         begin = pb.Begin(migration_id=self.record.id, container_name=self.record.container_name,
                          image=str(config["Image"]), create_config_json=json.dumps(config),
                          checkpoint_name=self.record.checkpoint_name, total_bytes=plan.estimate, lazy=plan.lazy,
-                         emulate=plan.emulated is not None)
+                         emulate=plan.emulated is not None, native_plan=plan.native_resume)
         if plan.emulated is not None and plan.emulated.notes:
             self.recorder.adjusted({"(emulation)": {"why": "; ".join(plan.emulated.notes)}}, "daemon")
         try:

@@ -20,6 +20,7 @@ from ..link.payload import OutgoingFile, Progress
 from ..link.ssh import TransportError
 from ..logging import get_logger
 from ..protocol import protocol_pb2 as pb
+from ..protocol.emulation import PLAN
 from ..recoder import recode_async, stages_for
 from ..recoder.arch import VARIANT_SUFFIX
 from . import emulate
@@ -115,7 +116,9 @@ async def stream(source: Source, link: TargetLink, plan: Plan, frozen: Frozen, *
     if frozen.relayed is not None:  # the source's files as they come: nothing reads them whole on the way
         relayed = frozen.relayed
         if faults.armed("restore-refused", record.container_name):
-            relayed = _emptied(relayed, "inventory.img")
+            relayed = _emptied(relayed, PLAN if plan.native_resume else "inventory.img")
+        if plan.native_resume:  # the target has no restorer of its own
+            relayed = _after(await asyncio.to_thread(emulate.restorer_file), relayed)
         sent = await link.send_files(relayed, progress=on_progress)
         log.info("relayed the source's files to the target as they came", files=sent.files_sent,
                  bytes=sent.bytes_sent)
@@ -171,9 +174,15 @@ def _shipped(sent: Progress, images: Path, recorder: Recorder, t0: float) -> Shi
     return Shipped(sent.files_sent, images)
 
 
+async def _after(first: OutgoingFile, files: AsyncIterator[OutgoingFile]) -> AsyncIterator[OutgoingFile]:
+    yield first
+    async for spec in files:
+        yield spec
+
+
 async def _emptied(files: AsyncIterator[OutgoingFile], path: str) -> AsyncIterator[OutgoingFile]:
     """An injected fault: the checkpoint's `path` goes empty (the source's data for it is still read), with the
-    digest of what is sent, so the target's CRIU refuses the images while the source keeps its own checkpoint."""
+    digest of what is sent, so the target's CRIU (or restorer) refuses it while the source keeps its own."""
     async for spec in files:
         if spec.destination == pb.CHECKPOINT and spec.path == path and spec.stream is not None:
             yield replace(spec, size=0, stream=_drained(spec.stream), vouched=None)

@@ -145,7 +145,7 @@ class AgentHello(_message.Message):
     def __init__(self, protocol_version: _Optional[int] = ..., agent_version: _Optional[str] = ..., isa: _Optional[str] = ..., page_size: _Optional[int] = ..., criu_version: _Optional[str] = ..., engine_version: _Optional[str] = ..., free_bytes: _Optional[int] = ..., vdso: _Optional[bytes] = ..., vvar_size: _Optional[int] = ..., kernel_release: _Optional[str] = ..., criu_dumps_sockets: _Optional[bool] = ..., androcond_runtime: _Optional[bool] = ..., va_bits: _Optional[int] = ..., criu_runc_options: _Optional[_Iterable[str]] = ..., cgroup2: _Optional[bool] = ..., absent_masked_paths: _Optional[_Iterable[str]] = ..., reports_stored: _Optional[bool] = ..., lazy_pages: _Optional[bool] = ..., emulator: _Optional[str] = ..., emulator_version: _Optional[str] = ..., binfmt_x86_64: _Optional[bool] = ..., codecs: _Optional[_Iterable[str]] = ..., compressed_pages: _Optional[bool] = ..., serves_pages: _Optional[bool] = ..., emulator_stub: _Optional[bool] = ...) -> None: ...
 
 class Begin(_message.Message):
-    __slots__ = ("migration_id", "container_name", "image", "create_config_json", "checkpoint_name", "total_bytes", "file_count", "lazy", "emulate")
+    __slots__ = ("migration_id", "container_name", "image", "create_config_json", "checkpoint_name", "total_bytes", "file_count", "lazy", "emulate", "native_plan")
     MIGRATION_ID_FIELD_NUMBER: _ClassVar[int]
     CONTAINER_NAME_FIELD_NUMBER: _ClassVar[int]
     IMAGE_FIELD_NUMBER: _ClassVar[int]
@@ -155,6 +155,7 @@ class Begin(_message.Message):
     FILE_COUNT_FIELD_NUMBER: _ClassVar[int]
     LAZY_FIELD_NUMBER: _ClassVar[int]
     EMULATE_FIELD_NUMBER: _ClassVar[int]
+    NATIVE_PLAN_FIELD_NUMBER: _ClassVar[int]
     migration_id: str
     container_name: str
     image: str
@@ -164,7 +165,8 @@ class Begin(_message.Message):
     file_count: int
     lazy: bool
     emulate: bool
-    def __init__(self, migration_id: _Optional[str] = ..., container_name: _Optional[str] = ..., image: _Optional[str] = ..., create_config_json: _Optional[str] = ..., checkpoint_name: _Optional[str] = ..., total_bytes: _Optional[int] = ..., file_count: _Optional[int] = ..., lazy: _Optional[bool] = ..., emulate: _Optional[bool] = ...) -> None: ...
+    native_plan: bool
+    def __init__(self, migration_id: _Optional[str] = ..., container_name: _Optional[str] = ..., image: _Optional[str] = ..., create_config_json: _Optional[str] = ..., checkpoint_name: _Optional[str] = ..., total_bytes: _Optional[int] = ..., file_count: _Optional[int] = ..., lazy: _Optional[bool] = ..., emulate: _Optional[bool] = ..., native_plan: _Optional[bool] = ...) -> None: ...
 
 class BeginAck(_message.Message):
     __slots__ = ("need_image", "container_id", "adjusted_json")
@@ -316,36 +318,44 @@ class SourceOpen(_message.Message):
     def __init__(self, migration_id: _Optional[str] = ..., container: _Optional[str] = ..., checkpoint_name: _Optional[str] = ...) -> None: ...
 
 class SourceFacts(_message.Message):
-    __slots__ = ("inspect_json", "memory", "disk", "va_bits", "inet_sockets")
+    __slots__ = ("inspect_json", "memory", "disk", "va_bits", "inet_sockets", "emulated", "readout_blocker")
     INSPECT_JSON_FIELD_NUMBER: _ClassVar[int]
     MEMORY_FIELD_NUMBER: _ClassVar[int]
     DISK_FIELD_NUMBER: _ClassVar[int]
     VA_BITS_FIELD_NUMBER: _ClassVar[int]
     INET_SOCKETS_FIELD_NUMBER: _ClassVar[int]
+    EMULATED_FIELD_NUMBER: _ClassVar[int]
+    READOUT_BLOCKER_FIELD_NUMBER: _ClassVar[int]
     inspect_json: str
     memory: int
     disk: int
     va_bits: int
     inet_sockets: int
-    def __init__(self, inspect_json: _Optional[str] = ..., memory: _Optional[int] = ..., disk: _Optional[int] = ..., va_bits: _Optional[int] = ..., inet_sockets: _Optional[int] = ...) -> None: ...
+    emulated: bool
+    readout_blocker: str
+    def __init__(self, inspect_json: _Optional[str] = ..., memory: _Optional[int] = ..., disk: _Optional[int] = ..., va_bits: _Optional[int] = ..., inet_sockets: _Optional[int] = ..., emulated: _Optional[bool] = ..., readout_blocker: _Optional[str] = ...) -> None: ...
 
 class Freeze(_message.Message):
-    __slots__ = ("lazy",)
+    __slots__ = ("lazy", "readout")
     LAZY_FIELD_NUMBER: _ClassVar[int]
+    READOUT_FIELD_NUMBER: _ClassVar[int]
     lazy: bool
-    def __init__(self, lazy: _Optional[bool] = ...) -> None: ...
+    readout: bool
+    def __init__(self, lazy: _Optional[bool] = ..., readout: _Optional[bool] = ...) -> None: ...
 
 class Frozen(_message.Message):
-    __slots__ = ("file_count", "total_bytes", "checkpoint_seconds", "via")
+    __slots__ = ("file_count", "total_bytes", "checkpoint_seconds", "via", "notes")
     FILE_COUNT_FIELD_NUMBER: _ClassVar[int]
     TOTAL_BYTES_FIELD_NUMBER: _ClassVar[int]
     CHECKPOINT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     VIA_FIELD_NUMBER: _ClassVar[int]
+    NOTES_FIELD_NUMBER: _ClassVar[int]
     file_count: int
     total_bytes: int
     checkpoint_seconds: float
     via: str
-    def __init__(self, file_count: _Optional[int] = ..., total_bytes: _Optional[int] = ..., checkpoint_seconds: _Optional[float] = ..., via: _Optional[str] = ...) -> None: ...
+    notes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, file_count: _Optional[int] = ..., total_bytes: _Optional[int] = ..., checkpoint_seconds: _Optional[float] = ..., via: _Optional[str] = ..., notes: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class CrossPrepare(_message.Message):
     __slots__ = ("target_isa", "notify")

@@ -45,6 +45,7 @@ from .relay import Relay, check_volume
 from .rootfs import RootfsError, container_root
 
 log = get_logger(__name__)
+EMULATED_ISA = "x86_64"  # what the device's emulator runs
 # The directories of the workspace the agent's files land in, by destination.
 CHECKPOINT, ROOTFS, VOLUMES = "checkpoint", "rootfs", "volumes"
 
@@ -58,7 +59,7 @@ class SourceLink(Protocol):
 
     async def cross_prepare(self, target_isa: str, *, notify: bool, seconds: float) -> pb.CrossReady: ...
 
-    async def freeze(self, seconds: float, *, lazy: bool = False) -> pb.Frozen: ...
+    async def freeze(self, seconds: float, *, lazy: bool = False, readout: bool = False) -> pb.Frozen: ...
 
     async def incoming(self) -> pb.Frame: ...
 
@@ -134,13 +135,16 @@ class AgentSource:
     async def facts(self, inspect: dict[str, Any]) -> SourceFacts:
         seen = self._facts_seen()
         f, hello = seen.facts, seen.hello
-        return SourceFacts(pids=(), va_bits=f.va_bits, isa=hello.isa, criu_options=tuple(hello.criu_runc_options),
+        # An emulated container's program is x86_64 whatever the device is.
+        isa = EMULATED_ISA if f.emulated else hello.isa
+        return SourceFacts(pids=(), va_bits=f.va_bits, isa=isa, criu_options=tuple(hello.criu_runc_options),
                            inet_sockets=f.inet_sockets, cgroup_v2=hello.cgroup2,
                            absent_paths=frozenset(hello.absent_masked_paths),
                            page_server_blocker="" if hello.serves_pages else
                            f"device {self.device.name}'s agent cannot serve pages (an older agent: androcond "
                            "devices setup; or no runc states where its [agent] exec_root says)",
-                           memory=f.memory, disk=f.disk, lazy_needs_flat=True)
+                           memory=f.memory, disk=f.disk, lazy_needs_flat=True, emulated=f.emulated,
+                           readout_blocker=f.readout_blocker)
 
     async def target_plan(self, inspect: dict[str, Any], device: DeviceSettings) -> TargetPlan:
         """The configuration the container had at home, as the move that took it out recorded it; else (a move
@@ -218,11 +222,13 @@ class AgentSource:
         yield b""  # pragma: no cover - makes this an async generator
 
     # --- the freeze --------------------------------------------------------------------------------------
-    async def freeze(self, inspect: dict[str, Any], *, flat: bool = False, relay: bool = False) -> Frozen:
+    async def freeze(self, inspect: dict[str, Any], *, flat: bool = False, relay: bool = False,
+                     readout: bool = False) -> Frozen:
         """Frozen on the device. With `relay` (and not `flat`) its link is held open and its files go on to the
         target as the stream phase reads them (Frozen.relayed); else they land in the workspace before this
         returns (the recode and the stream read them there). `flat`: a lazy dump, whose link is held open for
-        its pages (Frozen.pages)."""
+        its pages (Frozen.pages). `readout`: an emulated container read out of its emulator (its files are a
+        restorer's plan and its pages), left paused like a flat freeze's."""
         relaying = relay and not flat
         if not relaying:
             await asyncio.to_thread(shutil.rmtree, self.workspace, True)
@@ -230,14 +236,16 @@ class AgentSource:
         async with contextlib.AsyncExitStack() as stack:
             link, _facts = await stack.enter_async_context(self._session())
             at = time.monotonic()
-            frozen = await link.freeze(self._timeouts.checkpoint, lazy=flat)
+            frozen = await link.freeze(self._timeouts.checkpoint, lazy=flat, readout=readout)
             log.info("checkpointed on the device", seconds=round(frozen.checkpoint_seconds, 3),
                      files=frozen.file_count, bytes=frozen.total_bytes, via=frozen.via)
+            notes = tuple(frozen.notes)
             if relaying:
                 self._held = stack.pop_all()  # released once the last file has passed, or by the rollback
                 relayed = Relay(link, frozen.file_count, release=self._release)
                 return Frozen(self.workspace / CHECKPOINT, at, frozen.via or "engine",
-                              steps={"device_checkpoint_s": frozen.checkpoint_seconds}, relayed=relayed.files())
+                              steps={"device_checkpoint_s": frozen.checkpoint_seconds}, relayed=relayed.files(),
+                              notes=notes)
             pulling = time.monotonic()
             try:
                 await _receive(link, frozen.file_count, self.workspace)
@@ -252,7 +260,8 @@ class AgentSource:
         log.info("the device's files are here", seconds=round(pulled_s, 3),
                  mb_per_s=round(frozen.total_bytes / 2**20 / max(pulled_s, 1e-6), 1))
         return Frozen(self.workspace / CHECKPOINT, at, frozen.via or "engine",
-                      steps={"device_checkpoint_s": frozen.checkpoint_seconds, "pull_s": pulled_s}, pages=pages)
+                      steps={"device_checkpoint_s": frozen.checkpoint_seconds, "pull_s": pulled_s}, pages=pages,
+                      notes=notes)
 
     async def _release(self) -> None:
         """Close the link held after the freeze if it still is: an unconfirmed flat freeze's dump is reset on the

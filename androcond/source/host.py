@@ -211,8 +211,12 @@ class HostSource:
         root = self._root or DEFAULT_ROOT
         return root / "containers" / self.record.container_id / "checkpoints" / self.record.checkpoint_name
 
-    async def freeze(self, inspect: dict[str, Any], *, flat: bool = False, relay: bool = False) -> Frozen:
-        """The checkpoint in the engine's directory (`relay` is moot: the stream reads it there)."""
+    async def freeze(self, inspect: dict[str, Any], *, flat: bool = False, relay: bool = False,
+                     readout: bool = False) -> Frozen:
+        """The checkpoint in the engine's directory (`relay` is moot: the stream reads it there; `readout` never
+        asked: the host's containers run natively, and preflight says so)."""
+        if readout:
+            raise Rejected("the host's containers run natively: there is no emulator to read one out of")
         restart = str(((inspect.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name") or "")
         fast = self.docker.checkpoint == "runc" and runc.usable(self.docker.runc_root, self.record.container_id,
                                                                 restart)

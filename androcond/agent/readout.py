@@ -1,0 +1,103 @@
+"""The freeze of an emulated container on the way home: it is read out of its emulator instead of being dumped
+by CRIU (whose images would describe qemu, not the x86_64 program). qemu's gdb stub stops every guest thread
+and gives their registers, the guest's memory map and working directory (guest_state.py); the container is
+paused right after (its cgroup's freezer: nothing runs while its memory is read); the stub's connection is
+closed, which qemu reads as "go on" once it runs again; then the restorer's plan and the guest's pages are
+written into the checkpoint directory (guest_plan.py), and go to the daemon like a checkpoint.
+
+From then on the container is paused, as a flat freeze's tasks are (marked the same way, criu/leftovers.py):
+the daemon's word unpauses it (the rollback: the guest runs on where it stopped) or removes it. qemu's stub
+serves one connection per run, so a container read out once cannot be read out again: that is remembered in
+the spool, and a second way home is refused with the reason (the first's rollback leaves it running).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from pathlib import Path
+from typing import Any
+
+from ..criu.leftovers import mark_flat
+from ..engine import Engine, EngineError
+from ..logging import get_logger
+from ..protocol.emulation import MOUNT, STATUS, STUB_MOUNT
+from .emulated import stub_socket
+from .gdb_remote import GdbRemote, GdbRemoteError
+from .guest_plan import GuestPlanRefused, GuestPlanSummary, write_plan
+from .guest_state import host_pid, read_out
+
+log = get_logger(__name__)
+READOUTS = "readouts"  # beneath the spool: one empty file per container whose stub was used
+
+
+class ReadoutError(Exception):
+    """The container could not be read out of its emulator (nothing stays paused)."""
+
+
+def emulated(inspect: dict[str, Any]) -> bool:
+    """Whether the engine runs this container under androcond's emulator: the restorer's directory is mounted
+    at MOUNT (emulated.mounted)."""
+    binds = (inspect.get("HostConfig") or {}).get("Binds") or []
+    return any(str(bind).split(":")[1:2] == [MOUNT] for bind in binds)
+
+
+def _used_mark(spool: Path, container_id: str) -> Path:
+    return spool / READOUTS / container_id
+
+
+def blocker(inspect: dict[str, Any], spool: Path | None) -> str:
+    """Why this emulated container cannot be read out, "" when it can. Blocking."""
+    tmpfs = (inspect.get("HostConfig") or {}).get("Tmpfs") or {}
+    if STUB_MOUNT not in tmpfs:
+        return ("it runs without qemu's gdb stub (its device's qemu-x86_64 was older than 10.0 when it moved "
+                "there), so its registers cannot be read out of the emulator")
+    if spool is None:
+        return "this agent has no spool directory to keep its readouts in"
+    if _used_mark(spool, str(inspect["Id"])).exists():
+        return ("it was read out once already (a way home that rolled back): qemu's stub answers one connection "
+                "per run, so it cannot be read out again until its emulator restarts")
+    return ""
+
+
+def forget(spool: Path | None, container_id: str) -> None:
+    """The container is gone: its mark goes with it. Blocking."""
+    if spool is not None:
+        _used_mark(spool, container_id).unlink(missing_ok=True)
+
+
+async def freeze(engine: Engine, inspect: dict[str, Any], checkpoint_dir: Path, spool: Path) -> GuestPlanSummary:
+    """Read the running container out into `checkpoint_dir` (the plan and its pages) and leave it paused. A
+    failure before the plan is whole lets it run on and raises ReadoutError."""
+    cid = str(inspect["Id"])
+    init_pid = int(inspect["State"].get("Pid") or 0)
+    await asyncio.to_thread(mark_flat, checkpoint_dir)  # before the pause: whoever settles later unpauses
+    mark = _used_mark(spool, cid)
+    await asyncio.to_thread(mark.parent.mkdir, parents=True, exist_ok=True)
+    await asyncio.to_thread(mark.touch)  # before connecting: an attempt may use the stub's one connection up
+    paused = False
+    stub: GdbRemote | None = None
+    try:
+        stub = await GdbRemote.connect(stub_socket(init_pid))
+        state = await read_out(stub)  # every guest thread stopped from here
+        # Paused before the stub lets go: the guest must not run between its registers and its memory. A
+        # frozen qemu cannot answer the stub, so nothing more is asked of it; closing the connection tells it
+        # to go on once it is thawed (gdbstub: end of file, no signal).
+        await engine.pause(cid)
+        paused = True
+        await stub.close()
+        stub = None
+        qemu = await asyncio.to_thread(host_pid, state.pid, init_pid)
+        summary = await asyncio.to_thread(write_plan, state, qemu, checkpoint_dir, mount=MOUNT,
+                                          status=f"{MOUNT}/{STATUS}")
+    except (GdbRemoteError, GuestPlanRefused, EngineError, OSError) as exc:
+        if stub is not None:
+            await stub.close()
+        if paused:
+            try:
+                await engine.unpause(cid)
+            except EngineError as again:
+                log.error("the container read out in part stays paused", error=str(again))
+        raise ReadoutError(str(exc)) from exc
+    log.info("read out of the emulator", threads=summary.threads, vmas=summary.vmas, page_bytes=summary.page_bytes,
+             notes=list(summary.notes))
+    return summary
