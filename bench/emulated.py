@@ -10,10 +10,15 @@ probation), and the restorer's own part of it (`restorer_s`: from the container'
 the device (downtime less the part of the restore after the restorer's ok: the agent's probation, while the
 source still waits).
 
+With `--home`, each program moved to the arm64 device comes home again (`androcond migrate NAME --to host`): the
+device reads it out of its emulator (checkpoint: the readout), its plan and pages come to engine A, where
+androcond's restorer resumes it natively (restore: the container's start, the restorer and the probation). The
+way out of the same run is its baseline.
+
 Then the cost of emulation itself: a fixed compute loop (bench/programs/compute.c) built static for x86_64 and
 run under the device's qemu-x86_64, against the same loop built for aarch64 and run natively there.
 
-Run as root:  .venv/bin/python -m bench.emulated [--sizes 16,64] [--runs 3] [--steps 200000000]
+Run as root:  .venv/bin/python -m bench.emulated [--sizes 16,64] [--runs 3] [--steps 200000000] [--home]
 (ANDROCOND_ARM64_ATTACH=<the JSON line of `python -m tests.testbed.arm64 boot`> uses a device booted already.)
 """
 
@@ -41,24 +46,32 @@ TARGETS = (("pixel", "x86_64 device (engine B), same ISA, CRIU"), ("arm64", "arm
 SECONDS = re.compile(r"steps (\d+) sum ([0-9a-f]{16}) seconds ([0-9.]+)")
 
 
-def move_once(on: Arm64Bench, image: str, mb: int, target: str) -> dict[str, float]:
-    bed, device = on.bed, on.device
-    name = f"bench-emulated-{target}-{uuid.uuid4().hex[:6]}"
-    bed.engine_a.cli("run", "-d", "--name", name, "--label", f"{LABEL}=1", "-e", TUNABLES, image, "/bin/heap",
-                     str(mb))
-    try:
-        wait_for(lambda: "count 2 role 0" in bed.engine_a.cli("logs", name), timeout=120, what=f"{name} counting")
-        total, timings = androcond_flow(on.config, name, target, keep_source=False)
-    finally:
-        bed.engine_a.remove_containers(f"{LABEL}=1")
-        bed.engine_b.remove_containers(f"{LABEL}=1")
-        device.adb_shell(f"docker rm -f {name} >/dev/null 2>&1 || true", timeout=120)
+def _row(total: float, timings: dict[str, float]) -> dict[str, float]:
     row = {phase: timings.get(phase, 0.0) for phase in PHASES}
     row["downtime"] = timings["downtime_s"]
     row["total"] = total
     # The agent answers after its probation; the program was running again once the restorer said ok.
     row["resumed"] = row["downtime"] - row["restore_s"] + row["restorer_s"] if row["restorer_s"] else row["downtime"]
     return row
+
+
+def move_once(on: Arm64Bench, image: str, mb: int, target: str, *, home: bool = False) -> dict[str, dict[str, float]]:
+    """The move to `target`, by its row; with `home` (the arm64 target) also the way home, as "home"."""
+    bed, device = on.bed, on.device
+    name = f"bench-emulated-{target}-{uuid.uuid4().hex[:6]}"
+    bed.engine_a.cli("run", "-d", "--name", name, "--label", f"{LABEL}=1", "-e", TUNABLES, image, "/bin/heap",
+                     str(mb))
+    try:
+        wait_for(lambda: "count 2 role 0" in bed.engine_a.cli("logs", name), timeout=120, what=f"{name} counting")
+        rows = {target: _row(*androcond_flow(on.config, name, target, keep_source=False))}
+        if home and target == "arm64":
+            rows["home"] = _row(*androcond_flow(on.config, name, "host", keep_source=False))
+            wait_for(lambda: "count" in bed.engine_a.cli("logs", name), timeout=60, what=f"{name} counting at home")
+    finally:
+        bed.engine_a.remove_containers(f"{LABEL}=1")
+        bed.engine_b.remove_containers(f"{LABEL}=1")
+        device.adb_shell(f"docker rm -f {name} >/dev/null 2>&1 || true", timeout=120)
+    return rows
 
 
 def compute_loop(device: Arm64Device, work: Path, steps: int, runs: int) -> dict[str, list[float]]:
@@ -89,7 +102,10 @@ def main() -> int:
     parser.add_argument("--sizes", default="16,64", help="heap of the program, MB (comma list)")
     parser.add_argument("--runs", type=int, default=3)
     parser.add_argument("--steps", type=int, default=200_000_000, help="steps of the compute loop")
+    parser.add_argument("--home", action="store_true", help="bring each emulated program home again")
+    parser.add_argument("--no-loop", action="store_true", help="skip the compute loop")
     args = parser.parse_args()
+    targets = TARGETS + ((("home", "home from the arm64 device, natively"),) if args.home else ())
     sizes = [int(s) for s in args.sizes.split(",")]
     results: dict[tuple[int, str], list[dict[str, float]]] = {}
     with tempfile.TemporaryDirectory() as tmp, arm64_bench(Path(tmp), AGENT_PORT, LABEL) as on:
@@ -99,19 +115,22 @@ def main() -> int:
         for _ in range(args.runs):
             for mb in sizes:
                 for target, _ in TARGETS:  # interleaved: drift hits both alike
-                    results.setdefault((mb, target), []).append(move_once(on, image, mb, target))
-        loop = compute_loop(on.device, Path(tmp), args.steps, args.runs)
+                    for row_target, row in move_once(on, image, mb, target, home=args.home).items():
+                        results.setdefault((mb, row_target), []).append(row)
+        loop = None if args.no_loop else compute_loop(on.device, Path(tmp), args.steps, args.runs)
     med = statistics.median
     print(f"| heap, median of {args.runs} | checkpoint | plan | transfer | restore | of it the restorer | "
           "downtime (s) | resumed after (s) | total (s) | downtime vs same ISA |")
     print("|---|---|---|---|---|---|---|---|---|---|")
     for mb in sizes:
         base = med(r["downtime"] for r in results[(mb, "pixel")])
-        for target, label in TARGETS:
+        for target, label in targets:
             rows = results[(mb, target)]
             cells = [med(r[p] for r in rows) for p in (*PHASES, "downtime", "resumed", "total")]
             print(f"| {mb} MB, {label} | " + " | ".join(f"{c:.3f}" if c < 0.1 else f"{c:.2f}" for c in cells) +
                   f" | {med(r['downtime'] for r in rows) / base:.2f}× |")
+    if loop is None:
+        return 0
     x86, a64 = med(loop["x86_64"]), med(loop["aarch64"])
     print(f"\ncompute loop, {args.steps} steps, median of {args.runs} on the device: aarch64 native {a64:.2f} s, "
           f"x86_64 under qemu-x86_64 {x86:.2f} s: {x86 / a64:.1f}× slower")
