@@ -4,10 +4,10 @@ plan as it ran under qemu here: no CRIU image is written.
 
 What goes into the plan: every guest mapping below x86_64's user-space top with its memory (read from
 /proc/<qemu>/mem), every thread with its registers, fs_base and FXSAVE image (x87/SSE), where glibc or musl keep
-its TID, and the working directory. What does not, said in the summary's notes: the signal mask, signal
-actions, robust lists and descriptors above stdio (qemu keeps the first three in its own memory; carrying fds
-is the next step). Mappings qemu placed above the user-space top (its start-up pages) cannot exist natively
-and are left out, unless a thread's registers point into one: then the plan is refused.
+its TID, the working directory, and its descriptors (guest_fds.py: files reopened, TCP and UDP sockets made
+afresh). What does not, said in the summary's notes: the signal mask, signal actions and robust lists (qemu
+keeps them in its own memory). Mappings qemu placed above the user-space top (its start-up pages) cannot exist
+natively and are left out, unless a thread's registers point into one: then the plan is refused.
 """
 
 from __future__ import annotations
@@ -21,6 +21,7 @@ from pathlib import Path
 from ..protocol import restorer_plan as rp
 from ..protocol.emulation import PLAN
 from .errors import AgentError
+from .guest_fds import GuestFds
 from .guest_state import GuestMapping, GuestState, GuestThread
 
 USER_TOP = 1 << 47  # x86_64's user space with 4-level paging: what a native process can map
@@ -59,11 +60,14 @@ def fxsave(thread: GuestThread) -> bytes:
     return bytes(image)
 
 
-def write_plan(state: GuestState, qemu_pid: int, out: Path, *, mount: str, status: str | None = None
-               ) -> GuestPlanSummary:
+NO_FDS = GuestFds((), ("descriptors above stdio are not carried",), ())
+
+
+def write_plan(state: GuestState, qemu_pid: int, out: Path, *, mount: str, status: str | None = None,
+               fds: GuestFds = NO_FDS) -> GuestPlanSummary:
     """The plan (`out`/<PLAN>) and its pages (`out`/guest-pages.img) of the stopped guest; paths in the plan
-    under `mount`, where the restorer will find them. `qemu_pid`: in our namespace (guest_state.host_pid).
-    Blocking. Raises GuestPlanRefused."""
+    under `mount`, where the restorer will find them. `qemu_pid`: in our namespace (guest_state.host_pid);
+    `fds`: its descriptors, read while it is frozen (guest_fds.py). Blocking. Raises GuestPlanRefused."""
     notes = ["the signal mask, signal actions and robust lists are not carried (qemu keeps them)"]
     kept, dropped = _mappings(state)
     if dropped:
@@ -96,9 +100,10 @@ def write_plan(state: GuestState, qemu_pid: int, out: Path, *, mount: str, statu
             page_bytes += m.end - m.start
         for thread in state.threads:
             records.append(_thread(state, thread, mem, notes))
-    fds = sorted(int(fd) for fd in os.listdir(f"/proc/{qemu_pid}/fd") if int(fd) > 2)
-    if fds:
-        notes.append(f"descriptors above stdio are not carried yet (qemu's own among them): {fds}")
+    if fds.refused:
+        raise GuestPlanRefused("; ".join(fds.refused))
+    records += [f.record() for f in fds.files]
+    notes += fds.notes
     tmp = out / (PLAN + ".tmp")
     tmp.write_bytes(rp.plan(records))
     os.replace(tmp, out / PLAN)

@@ -23,6 +23,7 @@ from ..logging import get_logger
 from ..protocol.emulation import MOUNT, STATUS, STUB_MOUNT
 from .emulated import stub_socket
 from .gdb_remote import GdbRemote, GdbRemoteError
+from .guest_fds import children, guest_fds, sockets
 from .guest_plan import GuestPlanRefused, GuestPlanSummary, write_plan
 from .guest_state import host_pid, read_out
 
@@ -56,6 +57,11 @@ def blocker(inspect: dict[str, Any], spool: Path | None) -> str:
     if _used_mark(spool, str(inspect["Id"])).exists():
         return ("it was read out once already (a way home that rolled back): qemu's stub answers one connection "
                 "per run, so it cannot be read out again until its emulator restarts")
+    emulators = children(int((inspect.get("State") or {}).get("Pid") or 0))
+    if len(emulators) == 1:  # the init's one child: the emulator (the readout checks again, frozen)
+        refused = guest_fds(emulators[0]).refused
+        if refused:
+            return "; ".join(refused)
     return ""
 
 
@@ -76,7 +82,10 @@ async def freeze(engine: Engine, inspect: dict[str, Any], checkpoint_dir: Path, 
     await asyncio.to_thread(mark.touch)  # before connecting: an attempt may use the stub's one connection up
     paused = False
     stub: GdbRemote | None = None
+    emulators = await asyncio.to_thread(children, init_pid)
     try:
+        # The sockets qemu holds before the agent connects: the one it accepts then is the stub's.
+        before = await asyncio.to_thread(sockets, emulators[0]) if len(emulators) == 1 else set()
         stub = await GdbRemote.connect(stub_socket(init_pid))
         state = await read_out(stub)  # every guest thread stopped from here
         # Paused before the stub lets go: the guest must not run between its registers and its memory. A
@@ -87,9 +96,13 @@ async def freeze(engine: Engine, inspect: dict[str, Any], checkpoint_dir: Path, 
         await stub.close()
         stub = None
         qemu = await asyncio.to_thread(host_pid, state.pid, init_pid)
+        if emulators != [qemu]:
+            raise ReadoutError(f"the emulator is process {qemu}, not the container's init's one child {emulators}")
+        accepted = frozenset(await asyncio.to_thread(sockets, qemu)) - before
+        fds = await asyncio.to_thread(guest_fds, qemu, accepted)
         summary = await asyncio.to_thread(write_plan, state, qemu, checkpoint_dir, mount=MOUNT,
-                                          status=f"{MOUNT}/{STATUS}")
-    except (GdbRemoteError, GuestPlanRefused, EngineError, OSError) as exc:
+                                          status=f"{MOUNT}/{STATUS}", fds=fds)
+    except (ReadoutError, GdbRemoteError, GuestPlanRefused, EngineError, OSError) as exc:
         if stub is not None:
             await stub.close()
         if paused:

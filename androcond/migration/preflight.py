@@ -71,16 +71,15 @@ def _room(facts: SourceFacts, hello: pb.AgentHello) -> None:
 def _home_from_emulation(facts: SourceFacts, device: DeviceSettings, inspect: dict[str, Any], target: TargetPlan,
                          hello: pb.AgentHello) -> Plan:
     """The container runs x86_64 under its device's emulator: it goes to an x86_64 machine only, read out of the
-    emulator and rebuilt there natively by androcond's restorer (no CRIU on either side, nothing to recode)."""
+    emulator and rebuilt there natively by androcond's restorer (no CRIU on either side, nothing to recode). What
+    of it the restorer cannot rebuild (a unix socket, a pipe beyond stdio, …) the agent names in readout_blocker;
+    its TCP and UDP sockets are made afresh at home."""
     where = "the container runs x86_64 under emulation on its device"
     if hello.isa != facts.isa:
         raise Rejected(f"{where}; it can go to an x86_64 machine only, and {device.name} is {hello.isa} (a move "
                        "between devices under emulation is not built)")
     if facts.readout_blocker:
         raise Rejected(f"{where}, and cannot be read out: {facts.readout_blocker}")
-    if facts.inet_sockets:
-        raise Rejected(f"{where} and holds {facts.inet_sockets} network socket(s): the way home from emulation "
-                       "does not carry descriptors yet")
     if device.lazy == "true":
         raise Rejected("post-copy (lazy = true) is not possible: the way home from emulation reads every page "
                        "out before the target resumes it")

@@ -39,6 +39,24 @@ def vma(start: int, end: int, *, pgoff: int, prot: int, kind: int, open_flags: i
     return record(R_VMA, payload + (string(path) if path else b""))
 
 
+FD_FIXED = "<iIIIQIIIIII16s"  # fd, kind, flags, fdflags, pos, family, type, proto, port, backlog, v6only, addr
+
+
+def fd_file(fd: int, flags: int, fdflags: int, pos: int, path: str) -> bytes:
+    """An FD record of kind FD_FILE: `path` opened with `flags` (less O_CREAT, O_EXCL, O_TRUNC), at `pos`, as
+    `fd`, with `fdflags` (FD_CLOEXEC)."""
+    fixed = struct.pack(FD_FIXED, fd, FD_FILE, flags, fdflags, pos, 0, 0, 0, 0, 0, 0, b"")
+    return record(R_FD, fixed + string(path))
+
+
+def fd_socket(fd: int, kind: int, flags: int, fdflags: int, *, family: int, type: int, proto: int, port: int = 0,
+              backlog: int = 0, v6only: int = 0, addr: bytes = b"") -> bytes:
+    """An FD record of a socket the restorer makes afresh: FD_LISTEN (bound to `addr`:`port`, listening),
+    FD_BOUND (bound) or FD_SOCKET (unbound). `addr`: the address's bytes in network order. `flags`: O_NONBLOCK."""
+    fixed = struct.pack(FD_FIXED, fd, kind, flags, fdflags, 0, family, type, proto, port, backlog, v6only, addr)
+    return record(R_FD, fixed)
+
+
 def pages(address: int, length: int, offset: int) -> bytes:
     return record(R_PAGES, struct.pack("<QQQ", address, length, offset))
 

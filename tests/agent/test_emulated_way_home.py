@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import os
+import subprocess
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -18,27 +20,49 @@ from androcond.engine import Engine, EngineError
 from androcond.protocol.emulation import MOUNT, RESTORER
 
 from ..helpers import DaemonProcess
+from ..testbed import TestBed
 from ..testbed.arm64 import Arm64Device
 from ..testbed.emulated import TUNABLES
 from ..testbed.proc import wait_for
 from .arm64_bed import ARM64_MARKS
 from .conftest import AgentBed
-from .daemon_bed import migrate_by_cli
+from .daemon_bed import finished, migrate_by_cli, state_of
 from .test_cross_isa_resume import daemon_config
-from .test_emulated_resume import _counted, _heap, _lines, _move, emulated_image, on_device
+from .test_emulated_resume import (
+    HTTP_PORT,
+    _counted,
+    _fetch_through_adb,
+    _heap,
+    _lines,
+    _move,
+    emulated_image,
+    on_device,
+)
 
 pytestmark = ARM64_MARKS
 __all__ = ["emulated_image", "on_device"]  # the fixtures, shared with the way out's tests
 
 Counts = dict[int, tuple[int, set[str]]]
+LOG = "/tmp/heap.log"
 
 
-def _on_the_device(device: Arm64Device, name: str, more_than: Counts | None = None) -> Counts:
+def _device_logs(device: Arm64Device, name: str) -> str:
+    return device.adb_shell(f"docker logs {name} 2>&1", timeout=120)
+
+
+def _device_file(device: Arm64Device, name: str) -> str:
+    """LOG in the container's writable layer on the device (no `docker exec` needed there)."""
+    upper = device.adb_shell(f"docker inspect -f '{{{{.GraphDriver.Data.UpperDir}}}}' {name}", timeout=120).strip()
+    return device.adb_shell(f"cat {upper}{LOG}", timeout=120)
+
+
+def _on_the_device(device: Arm64Device, name: str, more_than: Counts | None = None,
+                   read: Callable[[Arm64Device, str], str] = _device_logs) -> Counts:
     """Each thread's last count on the device and the checksums it told, once both told two counts (or, with
     `more_than`, two more than those)."""
 
     def lines() -> list[tuple[int, int, str]]:
-        return _lines(device.adb_shell(f"docker logs {name} 2>&1", timeout=120))
+        return _lines(read(device, name))
 
     def told() -> bool:
         seen = lines()
@@ -68,41 +92,47 @@ def _device_state(device: Arm64Device, name: str) -> str:
 
 
 async def test_an_emulated_container_comes_home_and_runs_natively(
-        arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, emulated_image: str, tmp_path: Path,
-        on_device: str) -> None:
-    end, _ = await _move(agent_server, arm64_device, engine_a, _heap(emulated_image, TUNABLES), on_device,
-                         tmp_path, _counted(3))
+        testbed: TestBed, arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, emulated_image: str,
+        tmp_path: Path, on_device: str) -> None:
+    """The program writes its counts into a file of its writable layer (its stdout, an fd the way home carries):
+    started at the source, written on under emulation on the device, written on natively at home — one file,
+    each thread's counts consecutive from 1 across the three, the memory's checksums unchanged."""
+    config = {"Image": emulated_image, "Env": [TUNABLES], "Cmd": ["/bin/sh", "-c", f"exec /bin/heap > {LOG}"]}
+
+    def counted_at_source(_logs: str) -> bool:
+        return bool(_counted(3)(testbed.engine_a.cli("exec", on_device, "cat", LOG, check=False)))
+
+    end, _ = await _move(agent_server, arm64_device, engine_a, config, on_device, tmp_path, counted_at_source)
     assert end["state"] == "done", end.get("detail")
-    there = _on_the_device(arm64_device, on_device)
+    there = _on_the_device(arm64_device, on_device, read=_device_file)
     try:
         code, record = await _home(agent_server, arm64_device, tmp_path, on_device)
         assert code == 0 and record["state"] == "done", (record["state"], record.get("error"))
         assert (record["from"], record["to"]) == ("arm64", "host"), record
-        print(f"home from emulation: {record.get('timings')}")
-        adjusted = record.get("adjusted") or {}
-        assert "(readout)" in adjusted and "signal mask" in str(adjusted["(readout)"]), adjusted
+        print(f"home from emulation: {record.get('timings')}; adjusted: {record.get('adjusted')}")
+        readout = str((record.get("adjusted") or {}).get("(readout)"))
+        assert "signal mask" in readout and "fd 2 (pipe) is the new container's own" in readout, readout
         at_home: list[tuple[int, int, str]] = []
         for _ in range(600):
-            at_home = _lines(await engine_a.container_logs(on_device))
-            if all(sum(1 for _, r, _ in at_home if r == role) >= 3 for role in (0, 1)):
+            at_home = _lines(testbed.engine_a.cli("exec", on_device, "cat", LOG))
+            if all(any(r == role and n >= there[role][0] + 3 for n, r, _ in at_home) for role in (0, 1)):
                 break
             await asyncio.sleep(0.1)
         else:
-            pytest.fail(f"not counting at home: {(await engine_a.container_logs(on_device))[-1000:]}")
+            pytest.fail(f"not counting on at home: {testbed.engine_a.cli('exec', on_device, 'cat', LOG)[-1000:]}")
         for role in (0, 1):
-            last, sums = there[role]
             counts = [n for n, r, _ in at_home if r == role]
-            # On from the device's last count or later (counts told after we read the log), never from 1.
-            assert last <= counts[0] <= last + 30, (role, last, counts[:3])
-            assert counts == list(range(counts[0], counts[0] + len(counts))), counts
-            assert {s for _, r, s in at_home if r == role} == sums, "memory changed on the way home"
+            # One file from the source's first count on: nothing lost, nothing told twice, nothing overwritten.
+            assert counts == list(range(1, len(counts) + 1)), (role, counts)
+            assert {s for _, r, s in at_home if r == role} == there[role][1], "memory changed on the way home"
         # Natively: the restorer became the program under the engine's init; no emulator at home.
         inspect = await engine_a.inspect_container(on_device)
         (child,) = Path(f"/proc/{inspect['State']['Pid']}/task/{inspect['State']['Pid']}/children").read_text().split()
         # (Its file is gone: the restorer's directory is emptied once it has read it.)
         assert os.readlink(f"/proc/{child}/exe").startswith(f"{MOUNT}/{RESTORER}")
         assert len(os.listdir(f"/proc/{child}/task")) == 2
-        assert inspect["Config"]["Env"][-1:] == [TUNABLES] or TUNABLES in inspect["Config"]["Env"]
+        assert os.readlink(f"/proc/{child}/fd/1").endswith(LOG)
+        assert TUNABLES in inspect["Config"]["Env"]
         # Exactly once: the device's container is gone.
         assert "No such" in _device_state(arm64_device, on_device) or not _device_state(arm64_device, on_device)
     finally:
@@ -139,3 +169,105 @@ async def test_a_fault_after_the_readout_leaves_it_counting_on_the_device(
     code, record = await _home(agent_server, arm64_device, tmp_path, on_device)
     assert record["state"] == "rejected" and "read out once already" in str(record.get("error")), record
     assert _device_state(arm64_device, on_device) == "running"
+
+
+@pytest.mark.parametrize("state", ["checkpointing", "streaming", "restoring"])
+async def test_the_daemon_killed_on_the_way_home_is_settled_by_its_restart(
+        arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, emulated_image: str, tmp_path: Path,
+        on_device: str, state: str) -> None:
+    """SIGKILL when the way home enters `state` (`checkpointing`: while the device reads it out); the next
+    daemon settles it: it runs exactly once, at home or on the device, counting on, and nothing of the move is
+    left at home when it stays on the device."""
+    end, _ = await _move(agent_server, arm64_device, engine_a, _heap(emulated_image, TUNABLES), on_device,
+                         tmp_path, _counted(3))
+    assert end["state"] == "done", end.get("detail")
+    there = _on_the_device(arm64_device, on_device)
+    config = daemon_config(agent_server, arm64_device, tmp_path)
+    daemon = DaemonProcess(config)
+    asking: asyncio.Task[tuple[int, dict[str, Any]]] | None = None
+    try:
+        await daemon.start()
+        await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
+        asking = asyncio.create_task(migrate_by_cli(config, on_device, "host"))
+        await daemon.wait_for_log(state_of(on_device, state), timeout=120)
+        await daemon.kill()
+    finally:
+        await daemon.kill()
+        if asking is not None:
+            await asyncio.gather(asking, return_exceptions=True)
+    again = DaemonProcess(config)
+    await again.start()
+    try:
+        settled = await finished(again, on_device, timeout=300)
+    finally:
+        await again.kill()
+    try:
+        if settled["state"] == "done":
+            assert state == "restoring", settled
+            assert "No such" in _device_state(arm64_device, on_device), "running twice: still on the device"
+            for _ in range(600):
+                at_home = _lines(await engine_a.container_logs(on_device))
+                if all(sum(1 for _, r, _ in at_home if r == role) >= 2 for role in (0, 1)):
+                    break
+                await asyncio.sleep(0.1)
+            else:
+                pytest.fail("settled as done, but not counting at home")
+        else:
+            assert settled["state"] == "rolled-back", settled
+            assert _device_state(arm64_device, on_device) == "running"
+            again_there = _on_the_device(arm64_device, on_device, more_than=there)
+            assert all(again_there[role][1] == there[role][1] for role in (0, 1)), "memory changed on the device"
+            with pytest.raises(EngineError):  # nothing of the move left at home
+                await engine_a.inspect_container(on_device)
+    finally:
+        try:
+            await engine_a.remove_container(on_device, force=True)
+        except EngineError:
+            pass
+
+
+def _fetch_at_home() -> str:
+    fetched = subprocess.run(["curl", "-sS", "--max-time", "10", f"http://127.0.0.1:{HTTP_PORT}/"],
+                             capture_output=True, timeout=30, check=False)
+    return fetched.stdout.decode()
+
+
+async def test_a_server_comes_home_listening_on_its_port_with_its_state(
+        testbed: TestBed, arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, emulated_image: str,
+        tmp_path: Path, on_device: str) -> None:
+    """The http program (one listening socket, its hit count in memory): asked twice at the source, once on the
+    device, then brought home, where its listening socket is made afresh on the same port and the same process
+    answers on — its fourth hit, its token."""
+    config = {"Image": emulated_image, "Cmd": ["/bin/http"], "Env": [TUNABLES], "ExposedPorts": {"8080/tcp": {}},
+              "HostConfig": {"PortBindings": {"8080/tcp": [{"HostPort": str(HTTP_PORT)}]}}}
+    answers: list[str] = []
+
+    def served_twice(logs: str) -> bool:
+        if "serving token" not in logs:
+            return False
+        while len(answers) < 2:  # asked inside the container, on the source
+            answers.append(testbed.engine_a.cli("exec", on_device, "wget", "-qO-", "http://127.0.0.1:8080/"))
+        return True
+
+    end, _ = await _move(agent_server, arm64_device, engine_a, config, on_device, tmp_path, served_twice)
+    assert end["state"] == "done", end.get("detail")
+    token = answers[0].split()[3]
+    assert _fetch_through_adb(arm64_device, HTTP_PORT) == f"hits 3 token {token}\n"
+    try:
+        code, record = await _home(agent_server, arm64_device, tmp_path, on_device)
+        assert code == 0 and record["state"] == "done", (record["state"], record.get("error"))
+        # From the host's published port, as its users reach it at home.
+        answer = ""
+        for _ in range(100):
+            answer = _fetch_at_home()
+            if answer:
+                break
+            await asyncio.sleep(0.2)
+        assert answer == f"hits 4 token {token}\n", answer
+        inspect = await engine_a.inspect_container(on_device)
+        assert [b["HostPort"] for b in inspect["HostConfig"]["PortBindings"]["8080/tcp"]] == [str(HTTP_PORT)]
+    finally:
+        try:
+            await engine_a.remove_container(on_device, force=True)
+        except EngineError:
+            pass
