@@ -29,6 +29,8 @@ PAGES_NAME = "guest-pages.img"
 GLIBC_TID_OFFSET = 0x2D0  # glibc: struct pthread's tid, also the thread's clear_child_tid
 MUSL_TID_OFFSET = 48
 CHUNK = 1 << 20
+PAGE = 4096  # x86_64's, the guest's
+ZERO_CHUNK = bytes(CHUNK)
 SYSCALL = b"\x0f\x05"
 _PROT = {"r": 1, "w": 2, "x": 4}
 
@@ -80,26 +82,34 @@ def write_plan(state: GuestState, qemu_pid: int, out: Path, *, mount: str, statu
         kind = _kind(m)
         records.append(rp.vma(m.start, m.end, pgoff=m.offset if kind == rp.VMA_FILE_PRIVATE else 0,
                               prot=_prot(m.perms), kind=kind, path=m.path if kind == rp.VMA_FILE_PRIVATE else ""))
-    page_bytes = 0
+    page_bytes = skipped = 0
     with (out / PAGES_NAME).open("wb") as pages, io.FileIO(f"/proc/{qemu_pid}/mem", "r") as mem:
         for m in kept:
             if "r" not in m.perms:
                 continue  # a guard: nothing to read, nothing to fill
-            records.append(rp.pages(m.start, m.end - m.start, pages.tell()))
+            anonymous = _kind(m) == rp.VMA_ANON
             mem.seek(m.start)
             left = m.end - m.start
             while left:
+                at = m.end - left
                 try:
                     chunk = mem.read(min(CHUNK, left))
                 except OSError as exc:
-                    raise GuestPlanRefused(f"guest memory at 0x{m.end - left:x} could not be read: {exc}") from exc
+                    raise GuestPlanRefused(f"guest memory at 0x{at:x} could not be read: {exc}") from exc
                 if not chunk:
-                    raise GuestPlanRefused(f"guest memory at 0x{m.end - left:x} could not be read")
-                pages.write(chunk)
+                    raise GuestPlanRefused(f"guest memory at 0x{at:x} could not be read")
+                carried = 0
+                for start, end in _carried(chunk, anonymous):
+                    records.append(rp.pages(at + start, end - start, pages.tell()))
+                    pages.write(chunk[start:end])
+                    carried += end - start
+                page_bytes += carried
+                skipped += len(chunk) - carried
                 left -= len(chunk)
-            page_bytes += m.end - m.start
         for thread in state.threads:
             records.append(_thread(state, thread, mem, notes))
+    if skipped:
+        notes.append(f"{skipped} bytes of all-zero anonymous pages not sent (the restorer maps them zero-filled)")
     if fds.refused:
         raise GuestPlanRefused("; ".join(fds.refused))
     records += [f.record() for f in fds.files]
@@ -108,6 +118,26 @@ def write_plan(state: GuestState, qemu_pid: int, out: Path, *, mount: str, statu
     tmp.write_bytes(rp.plan(records))
     os.replace(tmp, out / PLAN)
     return GuestPlanSummary(len(state.threads), len(kept), page_bytes, tuple(notes))
+
+
+def _carried(chunk: bytes, anonymous: bool) -> list[tuple[int, int]]:
+    """The runs of `chunk` (offsets) that go into the pages file: all of it, or for anonymous memory — which
+    the restorer maps zero-filled — its pages that are not all zero (a thread's stack, a heap's untouched
+    tail: never read at home, never sent)."""
+    if not anonymous:
+        return [(0, len(chunk))]
+    if chunk == ZERO_CHUNK[:len(chunk)]:
+        return []
+    runs: list[tuple[int, int]] = []
+    for offset in range(0, len(chunk), PAGE):
+        if chunk[offset:offset + PAGE] == ZERO_CHUNK[:PAGE]:
+            continue
+        end = min(offset + PAGE, len(chunk))
+        if runs and runs[-1][1] == offset:
+            runs[-1] = (runs[-1][0], end)
+        else:
+            runs.append((offset, end))
+    return runs
 
 
 def _mappings(state: GuestState) -> tuple[list[GuestMapping], list[GuestMapping]]:

@@ -126,3 +126,27 @@ def test_the_fxsave_image_of_the_x87_and_sse_registers() -> None:
     assert struct.unpack_from("<II", image, 24) == (0x1FA0, 0xFFFF)
     assert image[32 + 16 * 3:32 + 16 * 3 + 10] == bytes([3]) * 10 and image[32 + 16 * 3 + 10:32 + 16 * 4] == bytes(6)
     assert image[160 + 16 * 15:176 + 16 * 15] == bytes([0x4F]) * 16
+
+
+def test_all_zero_anonymous_pages_are_not_carried(tmp_path: Path, memory: tuple[mmap.mmap, int]) -> None:
+    """The restorer maps anonymous memory zero-filled: of an anonymous mapping only the pages that hold
+    something go into the pages file; a file-backed one goes whole (its zero page may hide the file's bytes)."""
+    area, base = memory
+    area[:PAGE] = b"\x01" * PAGE
+    area[2 * PAGE:] = b"\x02" * PAGE  # the page between stays zero
+    state = GuestState(TID, "", (thread(TID, rip=base, rsp=base + 64),),
+                       (GuestMapping(base, base + 3 * PAGE, "rw-p", 0, ""),), "/")
+    summary = write_plan(state, os.getpid(), tmp_path, mount="/m")
+    pages = [struct.unpack("<QQQ", p) for k, p in records((tmp_path / PLAN).read_bytes()) if k == rp.R_PAGES]
+    assert pages == [(base, PAGE, 0), (base + 2 * PAGE, PAGE, PAGE)]
+    assert (tmp_path / PAGES_NAME).read_bytes() == b"\x01" * PAGE + b"\x02" * PAGE
+    assert summary.page_bytes == 2 * PAGE
+    assert any(f"{PAGE} bytes of all-zero anonymous pages" in note for note in summary.notes), summary.notes
+
+    area[:] = bytes(3 * PAGE)  # wholly zero: nothing carried at all
+    file_backed = GuestState(TID, "", (thread(TID, rip=base, rsp=base + 64),),
+                             (GuestMapping(base, base + 3 * PAGE, "rw-p", 0, "/bin/heap"),), "/")
+    assert write_plan(file_backed, os.getpid(), tmp_path, mount="/m").page_bytes == 3 * PAGE
+    zero = GuestState(TID, "", (thread(TID, rip=base, rsp=base + 64),),
+                      (GuestMapping(base, base + 3 * PAGE, "rw-p", 0, ""),), "/")
+    assert write_plan(zero, os.getpid(), tmp_path, mount="/m").page_bytes == 0
