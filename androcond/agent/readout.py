@@ -22,6 +22,7 @@ from ..engine import Engine, EngineError
 from ..logging import get_logger
 from ..protocol.emulation import MOUNT, STATUS, STUB_MOUNT
 from .emulated import stub_socket
+from .errors import AgentError
 from .gdb_remote import GdbRemote, GdbRemoteError
 from .guest_fds import children, guest_fds, sockets
 from .guest_plan import GuestPlanRefused, GuestPlanSummary, write_plan
@@ -31,7 +32,7 @@ log = get_logger(__name__)
 READOUTS = "readouts"  # beneath the spool: one empty file per container whose stub was used
 
 
-class ReadoutError(Exception):
+class ReadoutError(AgentError):
     """The container could not be read out of its emulator (nothing stays paused)."""
 
 
@@ -78,14 +79,14 @@ async def freeze(engine: Engine, inspect: dict[str, Any], checkpoint_dir: Path, 
     init_pid = int(inspect["State"].get("Pid") or 0)
     await asyncio.to_thread(mark_flat, checkpoint_dir)  # before the pause: whoever settles later unpauses
     mark = _used_mark(spool, cid)
-    await asyncio.to_thread(mark.parent.mkdir, parents=True, exist_ok=True)
-    await asyncio.to_thread(mark.touch)  # before connecting: an attempt may use the stub's one connection up
     paused = False
     stub: GdbRemote | None = None
     emulators = await asyncio.to_thread(children, init_pid)
     try:
         # The sockets qemu holds before the agent connects: the one it accepts then is the stub's.
         before = await asyncio.to_thread(sockets, emulators[0]) if len(emulators) == 1 else set()
+        await asyncio.to_thread(mark.parent.mkdir, parents=True, exist_ok=True)
+        await asyncio.to_thread(mark.touch)  # before connecting: an attempt may use the stub's one connection up
         stub = await GdbRemote.connect(stub_socket(init_pid))
         state = await read_out(stub)  # every guest thread stopped from here
         # Paused before the stub lets go: the guest must not run between its registers and its memory. A
