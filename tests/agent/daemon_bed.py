@@ -135,6 +135,22 @@ class Receiver:
             await self._runner.cleanup()
 
 
+async def killed_at(config: Path, name: str, to: str, state: str, timeout: float = 60) -> None:
+    """`androcond migrate NAME --to TO` through a daemon of its own, SIGKILLed as the move enters `state`."""
+    daemon = DaemonProcess(config)
+    asking: asyncio.Task[tuple[int, dict[str, Any]]] | None = None
+    try:
+        await daemon.start()
+        await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
+        asking = asyncio.create_task(migrate_by_cli(config, name, to))
+        await daemon.wait_for_log(state_of(name, state), timeout=timeout)
+        await daemon.kill()
+    finally:
+        await daemon.kill()
+        if asking is not None:
+            await asyncio.gather(asking, return_exceptions=True)
+
+
 async def migrate_by_cli(config: Path, name: str, device: str = "pixel") -> tuple[int, dict[str, Any]]:
     """`androcond migrate NAME --to DEVICE --wait --json`, as a user runs it: its exit code and record."""
     proc = await asyncio.create_subprocess_exec(

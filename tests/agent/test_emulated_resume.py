@@ -9,7 +9,6 @@ import asyncio
 import json
 import os
 import re
-import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,9 +16,8 @@ from typing import Any
 
 import pytest
 
-from androcond.emulation.build import restorer_path
 from androcond.engine import Engine
-from androcond.protocol.emulation import MOUNT, PLAN, RESTORER, STUB_MOUNT, STUB_SOCKET
+from androcond.protocol.emulation import MOUNT, RESTORER, STUB_MOUNT, STUB_SOCKET
 
 from ..helpers import DaemonProcess
 from ..testbed import TestBed
@@ -239,98 +237,6 @@ async def test_the_emulated_process_can_be_read_out_through_the_stub_and_runs_on
 
 
 # On the device: read the emulated process out, write the restorer's plan and its pages from it, end qemu.
-HOME_PLAN = """
-import asyncio, json, sys, time
-from pathlib import Path
-from androcond.agent.gdb_remote import GdbRemote
-from androcond.agent.guest_plan import write_plan
-from androcond.agent.guest_state import host_pid, read_out
-
-async def main():
-    began = time.monotonic()
-    stub = await GdbRemote.connect(Path(sys.argv[1]))
-    state = await read_out(stub)
-    out = Path(sys.argv[3])
-    out.mkdir(parents=True, exist_ok=True)
-    summary = write_plan(state, host_pid(state.pid, int(sys.argv[2])), out, mount=sys.argv[4])
-    took = time.monotonic() - began
-    await stub.kill()
-    print(json.dumps({"threads": summary.threads, "page_bytes": summary.page_bytes, "notes": summary.notes,
-                      "seconds": took}))
-
-asyncio.run(main())
-"""
-
-
-async def test_an_emulated_process_resumes_natively_at_home_from_its_readout(
-        arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, emulated_image: str, tmp_path: Path,
-        on_device: str) -> None:
-    """The core of the way home from emulation, without the daemon's orchestration (not built yet): the heap
-    program, moved out under emulation, is read out on the device through qemu's stub into a restorer's plan;
-    at home the same restorer runs it natively on that plan. Both threads count on from where they were on the
-    device, the 64 MB heap's checksum unchanged, and no qemu runs it at home."""
-    end, _ = await _move(agent_server, arm64_device, engine_a, _heap(emulated_image, TUNABLES), on_device,
-                         tmp_path, _counted(3))
-    assert end["state"] == "done", end.get("detail")
-    sh = arm64_device.adb_shell
-
-    def device_lines() -> list[tuple[int, int, str]]:
-        return _lines(sh(f"docker logs {on_device} 2>&1", timeout=120))
-
-    wait_for(lambda: all(sum(1 for _, r, _ in device_lines() if r == role) >= 2 for role in (0, 1)),
-             timeout=240, interval=2, what="both threads printing on the device")
-    script = tmp_path / "home_plan.py"
-    script.write_text(HOME_PLAN)
-    arm64_device.adb_push(script, "/tmp/androcond-home-plan.py")
-    init = sh(f"docker inspect -f '{{{{.State.Pid}}}}' {on_device}", timeout=120).strip()
-    remote = f"/tmp/androcond-home-{on_device}"
-    out = sh(f"python3 /tmp/androcond-home-plan.py /proc/{init}/root{STUB_MOUNT}/{STUB_SOCKET} {init} {remote} "
-             f"{MOUNT} 2>&1 || true", timeout=300)
-    try:
-        summary = json.loads(out.strip().splitlines()[-1])
-    except (ValueError, IndexError):
-        pytest.fail(f"the plan was not written on the device: {out[-2000:]}")
-    assert summary["threads"] == 2 and summary["page_bytes"] >= 64 << 20, summary
-    print(f"read out and planned in {summary['seconds']:.2f} s on the emulated device: "
-          f"{summary['page_bytes'] / 2**20:.1f} MiB; notes: {summary['notes']}")
-    on_the_device = device_lines()
-    last = {role: max(n for n, r, _ in on_the_device if r == role) for role in (0, 1)}
-    sums = {role: {s for _, r, s in on_the_device if r == role} for role in (0, 1)}
-    home = tmp_path / "home"
-    try:
-        arm64_device.adb_pull(remote, home)
-    finally:
-        sh(f"rm -rf {remote}", timeout=120)
-    shutil.copy2(restorer_path(), home / RESTORER)
-    name = f"{on_device}-home"
-    cid = await engine_a.create_container({
-        "Image": emulated_image, "Entrypoint": [f"{MOUNT}/{RESTORER}"], "Cmd": [f"{MOUNT}/{PLAN}"],
-        "Labels": {TEST_LABEL: TEST_RUN}, "HostConfig": {"Binds": [f"{home}:{MOUNT}:ro"], "Init": True}},
-        name=name)
-    try:
-        await engine_a.start_container(cid)
-        at_home: list[tuple[int, int, str]] = []
-        for _ in range(600):
-            at_home = _lines(await engine_a.container_logs(name))
-            if all(sum(1 for _, r, _ in at_home if r == role) >= 3 for role in (0, 1)):
-                break
-            await asyncio.sleep(0.1)
-        else:
-            pytest.fail(f"not counting at home: {(await engine_a.container_logs(name))[-1000:]}")
-        for role in (0, 1):
-            counts = [n for n, r, _ in at_home if r == role]
-            assert counts[0] in (last[role], last[role] + 1), (role, last[role], counts[:3])
-            assert counts == list(range(counts[0], counts[0] + len(counts))), counts
-            assert {s for _, r, s in at_home if r == role} == sums[role], "memory changed on the way home"
-        # Natively: the engine's init runs the restorer itself (which became the program), no emulator.
-        init_pid = (await engine_a.inspect_container(cid))["State"]["Pid"]
-        (child,) = Path(f"/proc/{init_pid}/task/{init_pid}/children").read_text().split()
-        assert os.readlink(f"/proc/{child}/exe").endswith(RESTORER)
-        assert len(os.listdir(f"/proc/{child}/task")) == 2
-    finally:
-        await engine_a.remove_container(cid, force=True)
-
-
 def _fetch_through_adb(device: Arm64Device, port: int) -> str:
     forwarded = subprocess.run([ADB, "-s", device.adb_serial, "forward", "tcp:0", f"tcp:{port}"],
                                capture_output=True, check=True, timeout=60).stdout.decode().strip()
@@ -343,11 +249,11 @@ def _fetch_through_adb(device: Arm64Device, port: int) -> str:
                        capture_output=True, timeout=60, check=False)
 
 
-async def test_an_http_server_keeps_serving_its_state_from_the_device(
-        testbed: TestBed, arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, emulated_image: str,
-        tmp_path: Path, on_device: str) -> None:
-    config = {"Image": emulated_image, "Cmd": ["/bin/http"], "Env": [TUNABLES],
-              "ExposedPorts": {"8080/tcp": {}},
+async def _http_on_device(testbed: TestBed, agent: AgentBed, device: Arm64Device, engine: Engine, image: str,
+                          name: str, directory: Path) -> str:
+    """The http program (port 8080 published as HTTP_PORT) labelled for the arm64 device, asked twice at the
+    source (hits 1 and 2), then moved there: its token."""
+    config = {"Image": image, "Cmd": ["/bin/http"], "Env": [TUNABLES], "ExposedPorts": {"8080/tcp": {}},
               "HostConfig": {"PortBindings": {"8080/tcp": [{"HostPort": str(HTTP_PORT)}]}}}
     answers: list[str] = []
 
@@ -355,13 +261,20 @@ async def test_an_http_server_keeps_serving_its_state_from_the_device(
         if "serving token" not in logs:
             return False
         while len(answers) < 2:  # asked inside the container, on the source
-            answers.append(testbed.engine_a.cli("exec", on_device, "wget", "-qO-", "http://127.0.0.1:8080/"))
+            answers.append(testbed.engine_a.cli("exec", name, "wget", "-qO-", "http://127.0.0.1:8080/"))
         return True
 
-    end, _ = await _move(agent_server, arm64_device, engine_a, config, on_device, tmp_path, served_twice)
+    end, _ = await _move(agent, device, engine, config, name, directory, served_twice)
     assert end["state"] == "done", end.get("detail")
     token = answers[0].split()[3]
     assert answers == [f"hits 1 token {token}\n", f"hits 2 token {token}\n"]
+    return token
+
+
+async def test_an_http_server_keeps_serving_its_state_from_the_device(
+        testbed: TestBed, arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, emulated_image: str,
+        tmp_path: Path, on_device: str) -> None:
+    token = await _http_on_device(testbed, agent_server, arm64_device, engine_a, emulated_image, on_device, tmp_path)
     # From the device's published port: the same process, its memory with it.
     assert _fetch_through_adb(arm64_device, HTTP_PORT) == f"hits 3 token {token}\n"
     assert _fetch_through_adb(arm64_device, HTTP_PORT) == f"hits 4 token {token}\n"

@@ -26,13 +26,14 @@ from ..testbed.emulated import TUNABLES
 from ..testbed.proc import wait_for
 from .arm64_bed import ARM64_MARKS
 from .conftest import AgentBed
-from .daemon_bed import finished, migrate_by_cli, state_of
+from .daemon_bed import finished, killed_at, migrate_by_cli
 from .test_cross_isa_resume import daemon_config
 from .test_emulated_resume import (
     HTTP_PORT,
     _counted,
     _fetch_through_adb,
     _heap,
+    _http_on_device,
     _lines,
     _move,
     emulated_image,
@@ -183,18 +184,7 @@ async def test_the_daemon_killed_on_the_way_home_is_settled_by_its_restart(
     assert end["state"] == "done", end.get("detail")
     there = _on_the_device(arm64_device, on_device)
     config = daemon_config(agent_server, arm64_device, tmp_path)
-    daemon = DaemonProcess(config)
-    asking: asyncio.Task[tuple[int, dict[str, Any]]] | None = None
-    try:
-        await daemon.start()
-        await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
-        asking = asyncio.create_task(migrate_by_cli(config, on_device, "host"))
-        await daemon.wait_for_log(state_of(on_device, state), timeout=120)
-        await daemon.kill()
-    finally:
-        await daemon.kill()
-        if asking is not None:
-            await asyncio.gather(asking, return_exceptions=True)
+    await killed_at(config, on_device, "host", state, timeout=120)
     again = DaemonProcess(config)
     await again.start()
     try:
@@ -238,20 +228,7 @@ async def test_a_server_comes_home_listening_on_its_port_with_its_state(
     """The http program (one listening socket, its hit count in memory): asked twice at the source, once on the
     device, then brought home, where its listening socket is made afresh on the same port and the same process
     answers on — its fourth hit, its token."""
-    config = {"Image": emulated_image, "Cmd": ["/bin/http"], "Env": [TUNABLES], "ExposedPorts": {"8080/tcp": {}},
-              "HostConfig": {"PortBindings": {"8080/tcp": [{"HostPort": str(HTTP_PORT)}]}}}
-    answers: list[str] = []
-
-    def served_twice(logs: str) -> bool:
-        if "serving token" not in logs:
-            return False
-        while len(answers) < 2:  # asked inside the container, on the source
-            answers.append(testbed.engine_a.cli("exec", on_device, "wget", "-qO-", "http://127.0.0.1:8080/"))
-        return True
-
-    end, _ = await _move(agent_server, arm64_device, engine_a, config, on_device, tmp_path, served_twice)
-    assert end["state"] == "done", end.get("detail")
-    token = answers[0].split()[3]
+    token = await _http_on_device(testbed, agent_server, arm64_device, engine_a, emulated_image, on_device, tmp_path)
     assert _fetch_through_adb(arm64_device, HTTP_PORT) == f"hits 3 token {token}\n"
     try:
         code, record = await _home(agent_server, arm64_device, tmp_path, on_device)

@@ -22,7 +22,7 @@ from ..helpers import DaemonProcess, counter_config, start_counting
 from ..testbed.engines import DOCKER_CLI
 from ..testbed.proc import run, wait_for
 from .conftest import AgentBed
-from .daemon_bed import continuous, counting_on, finished, migrate_by_cli, running, state_of, write_daemon_config
+from .daemon_bed import continuous, counting_on, finished, killed_at, migrate_by_cli, running, write_daemon_config
 
 pytestmark = pytest.mark.testbed
 
@@ -181,18 +181,7 @@ async def test_the_daemon_killed_on_the_way_back_is_settled_by_its_restart(
     bed = agent_server.bed
     try:
         config, on_device = await _out_to_the_device(agent_server, engine_a, engine_b, tmp_path, unique_name)
-        daemon = DaemonProcess(config)
-        await daemon.start()
-        asking: asyncio.Task[tuple[int, dict[str, Any]]] | None = None
-        try:
-            await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
-            asking = asyncio.create_task(migrate_by_cli(config, unique_name, "host"))
-            await daemon.wait_for_log(state_of(unique_name, state), timeout=60)
-            await daemon.kill()
-        finally:
-            await daemon.kill()
-            if asking is not None:
-                await asyncio.gather(asking, return_exceptions=True)
+        await killed_at(config, unique_name, "host", state)
         again = DaemonProcess(config)
         await again.start()
         try:

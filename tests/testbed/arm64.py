@@ -752,9 +752,6 @@ class Arm64Device:
     def adb_push(self, local: Path, remote: str, timeout: float = 300) -> None:
         run([ADB, "-s", self.adb_serial, "push", str(local), remote], timeout=timeout)
 
-    def adb_pull(self, remote: str, local: Path, timeout: float = 300) -> None:
-        run([ADB, "-s", self.adb_serial, "pull", remote, str(local)], timeout=timeout)
-
 
 def main() -> None:
     """`python -m tests.testbed.arm64 build|boot DIR`: build the images (full and bare; `--bare`: that one only),
