@@ -70,6 +70,8 @@ def write_plan(state: GuestState, qemu_pid: int, out: Path, *, mount: str, statu
     """The plan (`out`/<PLAN>) and its pages (`out`/guest-pages.img) of the stopped guest; paths in the plan
     under `mount`, where the restorer will find them. `qemu_pid`: in our namespace (guest_state.host_pid);
     `fds`: its descriptors, read while it is frozen (guest_fds.py). Blocking. Raises GuestPlanRefused."""
+    if fds.refused:  # before any page is read
+        raise GuestPlanRefused("; ".join(fds.refused))
     notes = ["the signal mask, signal actions and robust lists are not carried (qemu keeps them)"]
     kept, dropped = _mappings(state)
     if dropped:
@@ -110,8 +112,6 @@ def write_plan(state: GuestState, qemu_pid: int, out: Path, *, mount: str, statu
             records.append(_thread(state, thread, mem, notes))
     if skipped:
         notes.append(f"{skipped} bytes of all-zero anonymous pages not sent (the restorer maps them zero-filled)")
-    if fds.refused:
-        raise GuestPlanRefused("; ".join(fds.refused))
     records += [f.record() for f in fds.files]
     notes += fds.notes
     tmp = out / (PLAN + ".tmp")
