@@ -24,11 +24,9 @@ from ..protocol import restorer_plan as rp
 from ..protocol.emulation import MOUNT, STUB_MOUNT, STUB_SOCKET
 
 O_CLOEXEC = 0o2000000
-O_NONBLOCK = 0o4000
-AF_INET, AF_INET6 = 2, 10
-SOCK_STREAM, SOCK_DGRAM = 1, 2
+O_NONBLOCK, AF_INET, AF_INET6, SOCK_STREAM, SOCK_DGRAM = rp.O_NONBLOCK, rp.AF_INET, rp.AF_INET6, rp.SOCK_STREAM, \
+    rp.SOCK_DGRAM
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
-TCP_LISTEN, TCP_CLOSE = 0x0A, 0x07
 # /proc/net/tcp does not show a listener's backlog: listen() again with the kernel's limit (it clamps to
 # net.core.somaxconn), so no connection the program would have queued is refused for want of room.
 LISTEN_BACKLOG = 4096
@@ -91,7 +89,8 @@ class GuestFds:
 
 
 def _stub_inodes(qemu_pid: int) -> set[str]:
-    """The inodes of the stub's unix sockets (its listener and the connection it accepted share its path)."""
+    """The inodes of the unix sockets bound to the stub's path: its listener (the connection it accepted shows
+    no path here: the caller names that one)."""
     path = f"{STUB_MOUNT}/{STUB_SOCKET}"
     inodes: set[str] = set()
     try:
@@ -132,17 +131,13 @@ def inet_sockets(pid: int) -> dict[str, InetSocket]:
 
 
 def _socket(fd: int, flags: int, sock: InetSocket, notes: list[str]) -> GuestSocket:
-    if sock.type == SOCK_STREAM and sock.state == TCP_LISTEN:
-        return GuestSocket(fd, flags, sock, rp.FD_LISTEN)
-    if sock.type == SOCK_STREAM and sock.state != TCP_CLOSE:
+    kind = rp.socket_kind(sock.type, sock.state, sock.port)
+    if sock.type == SOCK_STREAM and sock.state not in (rp.TCP_CLOSE, rp.TCP_LISTEN):
         notes.append(f"fd {fd}: the {sock.shown} connection (to port {sock.peer_port}) is closed: a fresh "
                      "unconnected socket takes its place")
-        return GuestSocket(fd, flags, sock, rp.FD_SOCKET)
-    if sock.port:
-        if sock.peer_port:
-            notes.append(f"fd {fd}: the {sock.shown} socket is no longer connected to port {sock.peer_port}")
-        return GuestSocket(fd, flags, sock, rp.FD_BOUND)
-    return GuestSocket(fd, flags, sock, rp.FD_SOCKET)
+    elif sock.peer_port:
+        notes.append(f"fd {fd}: the {sock.shown} socket is no longer connected to port {sock.peer_port}")
+    return GuestSocket(fd, flags, sock, kind)
 
 
 def _fdinfo(qemu_pid: int, fd: int) -> tuple[int, int]:
@@ -189,10 +184,11 @@ def guest_fds(qemu_pid: int, stub_connections: frozenset[str] = frozenset()) -> 
         except OSError:
             continue  # closed meanwhile (qemu's own, transient)
         if target.startswith(("socket:[", "pipe:[", "anon_inode:")):
-            if target.startswith("socket:[") and (target[8:-1] in own_sockets or target in stub_connections):
+            inode = target[len("socket:["):-1] if target.startswith("socket:[") else ""
+            if inode and (inode in own_sockets or target in stub_connections):
                 continue  # qemu's gdb stub
-            if target.startswith("socket:[") and target[8:-1] in inet:
-                files.append(_socket(fd, flags, inet[target[8:-1]], notes))
+            if inode in inet:
+                files.append(_socket(fd, flags, inet[inode], notes))
                 continue
             if fd <= 2:
                 notes.append(f"fd {fd} ({target.split(':')[0]}) is the new container's own")

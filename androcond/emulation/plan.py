@@ -21,12 +21,9 @@ from ..images import PE_LAZY, PE_PARENT, Entry, Image, Pagemap, pb, read_image
 from ..protocol import emulation
 from ..protocol import restorer_plan as rp
 from ..protocol.restorer_plan import (
-    FD_BOUND,
     FD_FILE,
     FD_LISTEN,
-    FD_SOCKET,
     R_CWD,
-    R_FD,
     R_PAGES_FILE,
     R_SIGACTION,
     R_STATUS,
@@ -92,10 +89,9 @@ FD_TYPES: Final = {
 FD_REG, FD_PIPE, FD_FIFO, FD_INETSK, FD_TTY = 1, 2, 3, 4, 11
 STDIO_KINDS: Final = {FD_PIPE, FD_FIFO, FD_TTY}
 
-AF_INET, AF_INET6 = 2, 10
-SOCK_STREAM, SOCK_DGRAM = 1, 2
-TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = 1, 7, 10
-O_NONBLOCK: Final = 0o4000
+AF_INET, AF_INET6, SOCK_STREAM, SOCK_DGRAM = rp.AF_INET, rp.AF_INET6, rp.SOCK_STREAM, rp.SOCK_DGRAM
+TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = rp.TCP_ESTABLISHED, rp.TCP_CLOSE, rp.TCP_LISTEN
+O_NONBLOCK = rp.O_NONBLOCK
 SS_DISABLE: Final = 2
 AVX512_XSTATE: Final = 0xE0  # xstate_bv bits 5-7: opmask, ZMM_Hi256, Hi16_ZMM
 SIGNALS: Final = [s for s in range(1, 65) if s not in (9, 19)]  # CRIU dumps every signal but SIGKILL/SIGSTOP
@@ -153,23 +149,12 @@ class _Fd:
     addr: bytes = b""
     path: str = ""
 
-    def pack(self) -> bytes:
-        fixed = struct.pack(
-            "<iIIIQIIIIII16s",
-            self.fd,
-            self.kind,
-            self.flags,
-            self.fdflags,
-            self.pos,
-            self.family,
-            self.type,
-            self.proto,
-            self.port,
-            self.backlog,
-            self.v6only,
-            self.addr,
-        )
-        return fixed + (rp.string(self.path) if self.kind == FD_FILE else b"")
+    def record(self) -> bytes:
+        if self.kind == FD_FILE:
+            return rp.fd_file(self.fd, self.flags, self.fdflags, self.pos, self.path)
+        return rp.fd_socket(self.fd, self.kind, self.flags, self.fdflags, family=self.family, type=self.type,
+                            proto=self.proto, port=self.port, backlog=self.backlog, v6only=self.v6only,
+                            addr=self.addr)
 
 
 def _fxsave(fp: pb.user_x86_fpregs_entry | None) -> bytes:
@@ -248,7 +233,7 @@ def make_plan(images: Path, out: Path, *, mount: str = MOUNT, status: str | None
         records.append(rp.record(R_CWD, rp.string(cwd)))
     records += vmas + page_records
     fds = _fds(dump, files_id, files)
-    records += [rp.record(R_FD, f.pack()) for f in fds]
+    records += [f.record() for f in fds]
     records += _sigactions(dump, pid, cores[pid])
     _check_locks(dump)
     records += [_thread(dump, pid, tid, cores[tid], main_core) for tid in tids]
@@ -428,7 +413,7 @@ def _inet(dump: _Dump, where: str, fd: int, fdflags: int, isk: wire.Fields) -> _
     _, peer = _address(family, wire.get_ints(isk, 12))
     sock = _Fd(
         fd,
-        FD_SOCKET,
+        rp.socket_kind(stype, state, sport),
         wire.get_int(isk, 9) & O_NONBLOCK,
         fdflags,
         family=family,
@@ -440,15 +425,12 @@ def _inet(dump: _Dump, where: str, fd: int, fdflags: int, isk: wire.Fields) -> _
         addr=addr,
     )
     proto_name = "TCP" if stype == SOCK_STREAM else "UDP"
-    if stype == SOCK_STREAM and state == TCP_LISTEN:
-        sock.kind = FD_LISTEN
-    elif stype == SOCK_STREAM and state != TCP_CLOSE:
+    if stype == SOCK_STREAM and state not in (TCP_CLOSE, TCP_LISTEN):
         dump.notes.append(
             f"{where}: the TCP connection {text}:{sport} <-> {peer}:{dport} is closed "
             "(a fresh unconnected socket takes its place)"
         )
     elif sport:
-        sock.kind = FD_BOUND
         if stype == SOCK_DGRAM and dport:
             dump.notes.append(f"{where}: the UDP socket on {text}:{sport} is no longer connected to {peer}:{dport}")
     elif dport:

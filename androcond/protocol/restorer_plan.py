@@ -18,6 +18,12 @@ R_END, R_STATUS, R_PAGES_FILE, R_CWD, R_VMA, R_PAGES, R_FD, R_SIGACTION, R_THREA
 VMA_ANON, VMA_FILE_PRIVATE, VMA_FILE_SHARED, VMA_VDSO, VMA_VVAR = range(5)
 # fd kinds
 FD_FILE, FD_LISTEN, FD_SOCKET, FD_BOUND = 1, 2, 3, 4
+# What an FD record of a socket names, as the kernel does (both sides read them off a socket: a dump's, a
+# readout's /proc/<pid>/net).
+AF_INET, AF_INET6 = 2, 10
+SOCK_STREAM, SOCK_DGRAM = 1, 2
+TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = 1, 7, 10
+O_NONBLOCK: Final = 0o4000
 # The general registers of a THREAD record, in the kernel's sigcontext order (gdb's x86_64 names).
 GP_ORDER: Final = ("r8", "r9", "r10", "r11", "r12", "r13", "r14", "r15", "rdi", "rsi", "rbp", "rbx", "rdx",
                    "rax", "rcx", "rsp", "rip", "eflags")
@@ -55,6 +61,16 @@ def fd_socket(fd: int, kind: int, flags: int, fdflags: int, *, family: int, type
     FD_BOUND (bound) or FD_SOCKET (unbound). `addr`: the address's bytes in network order. `flags`: O_NONBLOCK."""
     fixed = struct.pack(FD_FIXED, fd, kind, flags, fdflags, 0, family, type, proto, port, backlog, v6only, addr)
     return record(R_FD, fixed)
+
+
+def socket_kind(type: int, state: int, port: int) -> int:
+    """How the restorer makes a TCP or UDP socket afresh: a listener listens again; a TCP connection becomes an
+    unconnected socket (its peer is not where the process goes); else bound when it had a port."""
+    if type == SOCK_STREAM and state == TCP_LISTEN:
+        return FD_LISTEN
+    if type == SOCK_STREAM and state != TCP_CLOSE:
+        return FD_SOCKET
+    return FD_BOUND if port else FD_SOCKET
 
 
 def pages(address: int, length: int, offset: int) -> bytes:
