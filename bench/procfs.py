@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 
@@ -14,3 +15,12 @@ def peak_rss(pid: int) -> int:
     except OSError:
         pass
     return 0
+
+
+def machine_cpu() -> tuple[float, float]:
+    """The machine's CPU seconds since boot: (busy, idle), all cores summed (/proc/stat's first line; iowait
+    counts as idle)."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().splitlines()[0].split()[1:8]]
+    user, nice, system, idle, iowait, irq, softirq = fields
+    hz = os.sysconf("SC_CLK_TCK")
+    return (user + nice + system + irq + softirq) / hz, (idle + iowait) / hz

@@ -18,6 +18,7 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
@@ -28,7 +29,7 @@ from androcond.link.ssh import Endpoint
 from androcond.link.transport import AgentConnection
 from androcond.protocol import protocol_pb2 as pb
 from androcond.protocol import ssh
-from bench.procfs import peak_rss
+from bench.procfs import machine_cpu, peak_rss
 from tests.testbed import TestBed
 from tests.testbed.agent import DeviceAgent
 from tests.testbed.images import TEST_IMAGE
@@ -95,6 +96,23 @@ def openssh_once(bed: TestBed, payload: Path, target: str) -> float:
         return time.perf_counter() - started
 
 
+class Run:
+    """One row's samples: the transfer's seconds, and the machine's busy CPU seconds (both ends run here) with
+    the wall seconds they were counted over (the whole run, its set-up included)."""
+
+    def __init__(self) -> None:
+        self.seconds: list[float] = []
+        self.cpu: list[float] = []
+        self.wall: list[float] = []
+
+    def measure(self, once: Callable[[], float]) -> None:
+        """Run `once`, which returns the seconds of its own transfer (set-up left out)."""
+        busy, started = machine_cpu()[0], time.perf_counter()
+        self.seconds.append(once())
+        self.wall.append(time.perf_counter() - started)
+        self.cpu.append(machine_cpu()[0] - busy)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mb", type=int, default=256)
@@ -112,14 +130,20 @@ def main() -> int:
         disk_target = bed.engine_b.data_root / f"bench-{uuid.uuid4().hex}"
         sink = start_sink(bed, Path(work_dir))
         try:
-            ours, plain, to_disk, bare, cipher = [], [], [], [], ""
-            for _ in range(args.runs):  # interleaved, so drift hits all four alike
+            ours, plain, to_disk, bare = Run(), Run(), Run(), Run()
+            ciphers: list[str] = []
+
+            def push() -> float:
                 seconds, cipher = asyncio.run(push_once(endpoint, payload))
-                ours.append(seconds)
-                plain.append(openssh_once(bed, payload, "/dev/null"))
-                to_disk.append(openssh_once(bed, payload, str(disk_target)))
-                bare.append(asyncio.run(bare_asyncssh_once(bed.device.device_ip, SINK_PORT, bed.device.client_key,
-                                                           payload)))
+                ciphers.append(cipher)
+                return seconds
+
+            for _ in range(args.runs):  # interleaved, so drift hits all four alike
+                ours.measure(push)
+                plain.measure(lambda: openssh_once(bed, payload, "/dev/null"))
+                to_disk.measure(lambda: openssh_once(bed, payload, str(disk_target)))
+                bare.measure(lambda: asyncio.run(bare_asyncssh_once(bed.device.device_ip, SINK_PORT,
+                                                                    bed.device.client_key, payload)))
             agent_peak = peak_rss(agent.proc.pid) if agent.proc is not None else 0
         finally:
             disk_target.unlink(missing_ok=True)
@@ -127,15 +151,18 @@ def main() -> int:
             sink.kill()
             sink.wait()
     mb = args.size_mb * 1048576 / 1e6
-    base = statistics.median(plain)
+    base = statistics.median(plain.seconds)
     rows = [("OpenSSH `cat > /dev/null` (baseline)", plain), ("OpenSSH `cat > FILE` (writes to disk)", to_disk),
             ("asyncssh alone → a sink that discards (the same ciphers, window and packets; no protocol)", bare),
-            (f"androcond transport → agent (asyncssh, {cipher}; digest checked on disk)", ours)]
-    print(f"| {args.size_mb} MB over the namespace link, median of {args.runs} | seconds | MB/s | vs baseline |")
-    print("|---|---|---|---|")
-    for name, samples in rows:
-        med = statistics.median(samples)
-        print(f"| {name} | {med:.2f} | {mb / med:.0f} | {base / med:.0%} |")
+            (f"androcond transport → agent (asyncssh, {ciphers[-1]}; digest checked on disk)", ours)]
+    print(f"| {args.size_mb} MB over the namespace link, median of {args.runs} | seconds | MB/s | vs baseline "
+          f"| CPU seconds, set-up included | cores busy (of {os.cpu_count()}) |")
+    print("|---|---|---|---|---|---|")
+    for name, run in rows:
+        med = statistics.median(run.seconds)
+        cpu = statistics.median(run.cpu)
+        busy = statistics.median(c / w for c, w in zip(run.cpu, run.wall, strict=True))
+        print(f"| {name} | {med:.2f} | {mb / med:.0f} | {base / med:.0%} | {cpu:.2f} | {busy:.2f} |")
     print(f"\nthe agent's peak RSS over the run: {agent_peak / 2**20:.0f} MiB")
     return 0
 
