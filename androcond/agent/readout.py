@@ -57,7 +57,7 @@ def blocker(inspect: dict[str, Any], spool: Path | None) -> str:
         return "this agent has no spool directory to keep its readouts in"
     if _used_mark(spool, str(inspect["Id"])).exists():
         return ("it was read out once already (a way home that rolled back): qemu's stub answers one connection "
-                "per run, so it cannot be read out again until its emulator restarts")
+                "per run, and its emulator cannot be restarted (the restorer's files are gone once it ran)")
     emulators = children(int((inspect.get("State") or {}).get("Pid") or 0))
     if len(emulators) == 1:  # the init's one child: the emulator (the readout checks again, frozen)
         refused = guest_fds(emulators[0]).refused
@@ -70,6 +70,26 @@ def forget(spool: Path | None, container_id: str) -> None:
     """The container is gone: its mark goes with it. Blocking."""
     if spool is not None:
         _used_mark(spool, container_id).unlink(missing_ok=True)
+
+
+def _marked(spool: Path) -> list[str]:
+    try:
+        return [entry.name for entry in (spool / READOUTS).iterdir()]
+    except FileNotFoundError:
+        return []
+
+
+async def sweep(engine: Engine, spool: Path) -> list[str]:
+    """Remove the marks of containers the engine no longer has (removed outside androcond after a way home
+    rolled back); the ids swept. A container id is never reused, so a mark without its container is moot."""
+    marked = await asyncio.to_thread(_marked, spool)
+    if not marked:
+        return []
+    present = {str(c.get("Id")) for c in await engine.list_containers(all_states=True)}
+    gone = [cid for cid in marked if cid not in present]
+    for cid in gone:
+        await asyncio.to_thread(forget, spool, cid)
+    return gone
 
 
 async def freeze(engine: Engine, inspect: dict[str, Any], checkpoint_dir: Path, spool: Path) -> GuestPlanSummary:

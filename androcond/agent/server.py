@@ -19,11 +19,12 @@ from typing import Any
 import asyncssh
 
 from ..config import AgentSettings
-from ..engine import Engine
+from ..engine import Engine, EngineError
 from ..logging import get_logger, log_context
 from ..protocol import protocol_pb2 as pb
 from ..protocol import ssh
 from ..protocol.wire import FrameReader, FrameWriter, write_frame
+from . import readout
 from .device import DeviceEngine, gather_facts
 from .errors import ShuttingDown, classify
 from .outcomes import OutcomeStore
@@ -45,6 +46,17 @@ class AgentParts:
 
     session: type[AgentSession] = AgentSession
     device: type[DeviceEngine] = DeviceEngine
+
+
+async def _sweep_readouts(engine: Engine, spool: Path) -> None:
+    """Tidying only: an engine that does not answer now leaves the marks for the next start."""
+    try:
+        swept = await readout.sweep(engine, spool)
+    except (EngineError, OSError) as exc:
+        log.warning("could not sweep the readout marks of removed containers", error=str(exc))
+        return
+    if swept:
+        log.info("swept the readout marks of removed containers", container_ids=swept)
 
 
 class Agent:
@@ -71,6 +83,7 @@ class Agent:
             agent = cls(settings, engine, device, parts)
             # What an agent killed mid-migration left in flight gets its final answer now.
             settled = await settle_all(agent.outcomes, agent.device)
+            await _sweep_readouts(engine, settings.spool_dir)
         except BaseException:
             await engine.close()
             raise

@@ -76,14 +76,14 @@ def _on_the_device(device: Arm64Device, name: str, more_than: Counts | None = No
 
 
 async def _home(agent: AgentBed, device: Arm64Device, directory: Path, name: str,
-                fault: str = "") -> tuple[int, dict[str, Any]]:
+                fault: str = "", to: str = "host") -> tuple[int, dict[str, Any]]:
     config = daemon_config(agent, device, directory)  # its journal: where the move out left it
     env = {**os.environ, "ANDROCOND_INJECT_FAULT": f"{fault}@{name}"} if fault else None
     daemon = DaemonProcess(config, env=env)
     try:
         await daemon.start()
         await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
-        return await migrate_by_cli(config, name, "host")
+        return await migrate_by_cli(config, name, to)
     finally:
         await daemon.kill()
 
@@ -141,6 +141,47 @@ async def test_an_emulated_container_comes_home_and_runs_natively(
             await engine_a.remove_container(on_device, force=True)
         except EngineError:
             pass
+
+
+async def test_an_emulated_container_moves_on_to_an_x86_64_device_natively(
+        testbed: TestBed, arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, emulated_image: str,
+        tmp_path: Path, on_device: str) -> None:
+    """Device to device: from the arm64 device, where it runs emulated, to the x86_64 namespace device `pixel`,
+    whose agent rebuilds it natively with the restorer as the host's does — one file of counts, consecutive
+    from 1 across the three places, the memory unchanged, and nothing left on the arm64 device."""
+    config = {"Image": emulated_image, "Env": [TUNABLES], "Cmd": ["/bin/sh", "-c", f"exec /bin/heap > {LOG}"]}
+
+    def counted_at_source(_logs: str) -> bool:
+        return bool(_counted(3)(testbed.engine_a.cli("exec", on_device, "cat", LOG, check=False)))
+
+    end, _ = await _move(agent_server, arm64_device, engine_a, config, on_device, tmp_path, counted_at_source)
+    assert end["state"] == "done", end.get("detail")
+    there = _on_the_device(arm64_device, on_device, read=_device_file)
+    engine_b = testbed.engine_b
+    try:
+        code, record = await _home(agent_server, arm64_device, tmp_path, on_device, to="pixel")
+        assert code == 0 and record["state"] == "done", (record["state"], record.get("error"))
+        assert (record["from"], record["to"]) == ("arm64", "pixel"), record
+        on_pixel: list[tuple[int, int, str]] = []
+        for _ in range(600):
+            on_pixel = _lines(engine_b.cli("exec", on_device, "cat", LOG, check=False))
+            if all(any(r == role and n >= there[role][0] + 3 for n, r, _ in on_pixel) for role in (0, 1)):
+                break
+            await asyncio.sleep(0.1)
+        else:
+            pytest.fail(f"not counting on pixel: {engine_b.cli('logs', on_device, check=False)[-1000:]}")
+        for role in (0, 1):
+            counts = [n for n, r, _ in on_pixel if r == role]
+            assert counts == list(range(1, len(counts) + 1)), (role, counts)
+            assert {s for _, r, s in on_pixel if r == role} == there[role][1], "memory changed on the way"
+        pid = engine_b.cli("inspect", "-f", "{{.State.Pid}}", on_device).strip()
+        (child,) = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
+        assert os.readlink(f"/proc/{child}/exe").startswith(f"{MOUNT}/{RESTORER}")  # natively: no emulator
+        assert "No such" in _device_state(arm64_device, on_device) or not _device_state(arm64_device, on_device)
+        with pytest.raises(EngineError):  # it passed by the host without landing there
+            await engine_a.inspect_container(on_device)
+    finally:
+        engine_b.cli("rm", "-f", on_device, check=False)
 
 
 @pytest.mark.parametrize("fault", ["commit", "restore-refused"])

@@ -104,3 +104,27 @@ def test_why_a_container_cannot_be_read_out(tmp_path: Path) -> None:
     assert "read out once already" in readout.blocker(with_stub, tmp_path)
     readout.forget(tmp_path, "abc123")  # the container went: so does its mark
     assert readout.blocker(with_stub, tmp_path) == ""
+
+
+class _Listing:
+    """An engine's container listing, all that the sweep asks of it (a fast-tier fake)."""
+
+    def __init__(self, ids: list[str]) -> None:
+        self.ids = ids
+        self.asked: list[bool] = []
+
+    async def list_containers(self, *, all_states: bool = False) -> list[dict[str, Any]]:
+        self.asked.append(all_states)
+        return [{"Id": cid} for cid in self.ids]
+
+
+async def test_the_marks_of_containers_removed_elsewhere_are_swept(tmp_path: Path) -> None:
+    marks = tmp_path / readout.READOUTS
+    assert await readout.sweep(_Listing([]), tmp_path) == []  # type: ignore[arg-type]  # no marks: nothing asked
+    marks.mkdir()
+    for cid in ("kept", "gone", "stopped"):
+        (marks / cid).touch()
+    engine = _Listing(["kept", "stopped", "other"])
+    assert await readout.sweep(engine, tmp_path) == ["gone"]  # type: ignore[arg-type]
+    assert sorted(p.name for p in marks.iterdir()) == ["kept", "stopped"]
+    assert engine.asked == [True]  # stopped containers are listed too: a stopped one keeps its mark
