@@ -26,7 +26,7 @@ from ..testbed.emulated import TUNABLES
 from ..testbed.proc import wait_for
 from .arm64_bed import ARM64_MARKS
 from .conftest import AgentBed
-from .daemon_bed import finished, killed_at, migrate_by_cli
+from .daemon_bed import finished, killed_at, migrate_by_cli, state_of
 from .test_cross_isa_resume import daemon_config
 from .test_emulated_resume import (
     HTTP_PORT,
@@ -255,6 +255,45 @@ async def test_the_daemon_killed_on_the_way_home_is_settled_by_its_restart(
             await engine_a.remove_container(on_device, force=True)
         except EngineError:
             pass
+
+
+def _agent_back(device: Arm64Device) -> None:
+    wait_for(lambda: device.adb_shell("systemctl is-active androcond-agent.service || true").strip() == "active",
+             timeout=60, interval=1, what="the device's agent restarted by systemd")
+
+
+@pytest.mark.parametrize("state", ["checkpointing", "streaming"])
+async def test_the_device_s_agent_killed_on_the_way_home_leaves_it_counting_on_there(
+        arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, emulated_image: str, tmp_path: Path,
+        on_device: str, state: str) -> None:
+    """SIGKILL to the device's agent as the way home enters `state` (`checkpointing`: during the readout, with
+    the guest stopped by the stub or the container paused; `streaming`: its pages going out, which cuts the
+    link). Until systemd has it back nobody can settle the move; then the rollback unpauses the container, which
+    counts on, the same process with the same memory, and nothing of the move is left at home."""
+    end, _ = await _move(agent_server, arm64_device, engine_a, _heap(emulated_image, TUNABLES), on_device,
+                         tmp_path, _counted(3))
+    assert end["state"] == "done", end.get("detail")
+    there = _on_the_device(arm64_device, on_device)
+    config = daemon_config(agent_server, arm64_device, tmp_path)
+    daemon = DaemonProcess(config)
+    try:
+        await daemon.start()
+        await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
+        asking = asyncio.create_task(migrate_by_cli(config, on_device, "host"))
+        await daemon.wait_for_log(state_of(on_device, state), timeout=120)
+        arm64_device.adb_shell("systemctl kill --kill-whom=main -s KILL androcond-agent.service")
+        code, record = await asking
+        assert code != 0 and record["state"] == "rolled-back", (record["state"], record.get("error"))
+        assert daemon.proc is not None and daemon.proc.returncode is None, "the daemon runs on"
+    finally:
+        await daemon.kill()
+        _agent_back(arm64_device)
+    assert _device_state(arm64_device, on_device) == "running"
+    again = _on_the_device(arm64_device, on_device, more_than=there)
+    for role in (0, 1):
+        assert again[role][1] == there[role][1], "memory changed on the device"
+    with pytest.raises(EngineError):  # nothing of the move left at home
+        await engine_a.inspect_container(on_device)
 
 
 def _fetch_at_home() -> str:
