@@ -26,6 +26,7 @@ Run as root:  .venv/bin/python -m bench.migration [--sizes 16,256] [--runs 5] [-
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shlex
 import shutil
@@ -36,10 +37,12 @@ import sys
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from androcond.criu import kdat
 from androcond.criu.leftovers import extractions
 from bench.link import LINKS, shaped
 from bench.procfs import peak_rss
@@ -55,12 +58,13 @@ AGENT_PORT = 8199
 STEPS = ("restore_device_s", "restore_pager_s", "restore_engine_s", "restore_runc_s", "restore_criu_s",
          "restore_answer_s")
 FLOWS = {"seeds": "", "androcond-uncompressed": "raw", "androcond-plain": "plain", "androcond": "pixel",
-         "androcond-lazy": "lazy", "androcond-flat": "flat"}
+         "androcond-lazy": "lazy", "androcond-flat": "flat", "androcond-flat-probing": "flat"}
 LABELS = {"androcond-uncompressed": "androcond, restore in place, compress = none",
           "androcond-plain": "androcond, plain engine restore",
           "androcond": "androcond, engine restore in place (runtime)",
           "androcond-lazy": "androcond, post-copy (lazy = true)",
-          "androcond-flat": "androcond, post-copy from a flat freeze (freeze = \"flat\")"}
+          "androcond-flat": "androcond, post-copy from a flat freeze (freeze = \"flat\")",
+          "androcond-flat-probing": "the same, CRIU probing the kernel on each run (its probe not kept)"}
 CHECK_EVERY = 50  # counts between two reads of the whole memory (5 s)
 TICK_S = 0.1
 LABEL = "androcond-bench"
@@ -127,6 +131,21 @@ def seeds_flow(bed: TestBed, name: str, command: list[str], work: Path, ssh_at: 
     total = time.perf_counter() - started
     tarball.unlink()
     return total
+
+
+@contextlib.contextmanager
+def criu_probe_aside(aside: bool) -> Iterator[None]:
+    """With `aside`, CRIU's kernel probe that the daemon kept (criu/kdat.py) is moved away for the block, so that
+    each CRIU run probes again, as before androcond kept it."""
+    kept = kdat.RUN / kdat.KDAT
+    moved = kdat.RUN / f"{kdat.KDAT}.bench-aside"
+    if aside and kept.exists():
+        kept.rename(moved)
+    try:
+        yield
+    finally:
+        if moved.exists():
+            moved.rename(kept)
 
 
 def androcond_flow(config: Path, name: str, device: str, *, keep_source: bool = True) -> tuple[float, dict[str, float]]:
@@ -213,7 +232,8 @@ known_hosts = "{agent.known_hosts(work / 'known_hosts-plain', host=plain_host, p
                             for leftover in extractions() - before:
                                 shutil.rmtree(leftover, ignore_errors=True)
                         else:
-                            total, timings = androcond_flow(config, name, FLOWS[flow])
+                            with criu_probe_aside(flow.endswith("-probing")):
+                                total, timings = androcond_flow(config, name, FLOWS[flow])
                             row.setdefault("total", []).append(total)
                             for key_name in ("checkpoint_s", "stream_s", "restore_s", *STEPS):
                                 row.setdefault(key_name, []).append(timings.get(key_name, 0.0))
@@ -259,7 +279,8 @@ def print_tables(args: argparse.Namespace, sizes: list[int], flows: list[str],
                   f"{med(ours['last_page_s']):.2f} | {med(ours['downtime']) / med(base['downtime']):.2f}× | "
                   f"{med(ours['total']) / med(base['total']):.2f}× | "
                   f"{med(ours['checkpoint_s']):.2f} | {med(ours['stream_s']):.2f} | {med(ours['restore_s']):.2f} |")
-    broken_down = [f for f in ("androcond", "androcond-lazy", "androcond-flat") if f in flows]
+    broken_down = [f for f in ("androcond", "androcond-lazy", "androcond-flat", "androcond-flat-probing")
+                   if f in flows]
     if not broken_down:
         return
     print(f"\n| touched memory | flow | restore (s) | of it: on the device | pager ready | engine → runtime | "

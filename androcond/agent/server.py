@@ -19,6 +19,7 @@ from typing import Any
 import asyncssh
 
 from ..config import AgentSettings
+from ..criu import kdat
 from ..engine import Engine, EngineError
 from ..logging import get_logger, log_context
 from ..protocol import protocol_pb2 as pb
@@ -84,6 +85,7 @@ class Agent:
             # What an agent killed mid-migration left in flight gets its final answer now.
             settled = await settle_all(agent.outcomes, agent.device)
             await _sweep_readouts(engine, settings.spool_dir)
+            await kdat.keep_probe()  # the device's CRIU then skips its kernel probe on each run of this boot
         except BaseException:
             await engine.close()
             raise

@@ -16,6 +16,7 @@ import sys
 from aiohttp import web
 
 from ..config import DeviceSettings, Settings
+from ..criu import kdat
 from ..engine import Engine
 from ..faults import NO_FAULTS, Faults
 from ..link.adb import AdbClient
@@ -198,6 +199,7 @@ class Daemon:
                                    home=self.engine)
             return HostSource(self.engine, settings.docker, record, settings.timeouts.checkpoint, faults=self.faults)
 
+        await kdat.keep_probe()  # before any checkpoint: each CRIU run of this boot then skips its kernel probe
         try:
             await settle_home(settings.docker.host, settings.daemon.state_dir)
         except Exception as exc:  # each later link to the host's engine settles them too
