@@ -124,9 +124,11 @@ def test_command_of() -> None:
 
 # What the agent may import from outside agent/ and protocol/: the modules both sides share. Anything else
 # is the host's (container_config, transport, the daemon, ...) and would pull the host's code onto the device.
-# The lazy dump (and its freezer hold) is both sides': the host's flat freeze and a device's (post-copy back).
+# The lazy dump (and its freezer hold) is both sides': the host's flat freeze and a device's (post-copy back);
+# so is keeping CRIU's kernel probe (criu/kdat.py).
 SHARED = {"androcond", "androcond.build", "androcond.cli_common", "androcond.config", "androcond.logging",
           "androcond.errors", "androcond.engine", "androcond.criu", "androcond.criu.compat", "androcond.criu.leftovers",
+          "androcond.criu.kdat",
           "androcond.criu.runc", "androcond.criu.lazy_dump", "androcond.criu.freezer", "androcond.criu.page_protocol",
           "androcond.aio", "androcond.popcorn", "androcond.popcorn.notify", "androcond.popcorn.symbols"}
 
