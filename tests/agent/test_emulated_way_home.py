@@ -184,12 +184,13 @@ async def test_an_emulated_container_moves_on_to_an_x86_64_device_natively(
         engine_b.cli("rm", "-f", on_device, check=False)
 
 
-@pytest.mark.parametrize("fault", ["commit", "restore-refused"])
+@pytest.mark.parametrize("fault", ["stream", "commit", "restore-refused"])
 async def test_a_fault_after_the_readout_leaves_it_counting_on_the_device(
         arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, emulated_image: str, tmp_path: Path,
         on_device: str, fault: str) -> None:
-    """`commit`: the daemon fails after the host has every file; `restore-refused`: the host's restorer gets an
-    empty plan and refuses it. Either way the device's container is unpaused and counts on."""
+    """`stream`: the daemon fails as the stream begins, closing the link to the device; `commit`: it fails after
+    the host has every file; `restore-refused`: the host's restorer gets an empty plan and refuses it. Each way
+    the device's container is unpaused and counts on."""
     end, _ = await _move(agent_server, arm64_device, engine_a, _heap(emulated_image, TUNABLES), on_device,
                          tmp_path, _counted(3))
     assert end["state"] == "done", end.get("detail")
