@@ -32,6 +32,9 @@ log = get_logger(__name__)
 RUN = Path("/run")
 KDAT = "criu.kdat"  # CRIU's own name for it (criu/kerndat.c)
 PROBE_S = 30.0
+# Where this androcond was imported from, for the probe's process to import it too: a site's packages, a
+# checkout, or the agent as one file (a zip).
+_IMPORTED_FROM = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 @dataclass(frozen=True)
@@ -116,8 +119,9 @@ async def keep_probe(run_dir: Path = RUN) -> bool:
     if not why:
         return False
     argv = ["unshare", "--mount", "--propagation", "private", sys.executable, "-m", __name__, criu]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, (_IMPORTED_FROM, os.environ.get("PYTHONPATH"))))}
     try:
-        done = await run(argv, timeout_s=PROBE_S, stderr="keep")
+        done = await run(argv, timeout_s=PROBE_S, stderr="keep", env=env)
     except (OSError, CommandTimeout) as exc:
         log.warning("CRIU will probe the kernel on each run", why=why, error=str(exc))
         return False
