@@ -97,8 +97,9 @@ def _state(run_dir: Path) -> str:
 
 
 def _install(run_dir: Path, data: bytes) -> None:
-    """Put the probe in place whole (a CRIU starting now reads the old file or the new one). Blocking."""
-    staged = run_dir / f"{KDAT}.androcond"
+    """Put the probe in place whole (a CRIU starting now reads the old file or the new one; a daemon and an agent
+    starting together each put theirs). Blocking."""
+    staged = run_dir / f"{KDAT}.androcond-{os.getpid()}"
     fd = os.open(staged, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o600)  # as CRIU makes it
     with os.fdopen(fd, "wb") as out:
         out.write(data)
