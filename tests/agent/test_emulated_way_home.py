@@ -23,6 +23,7 @@ from ..helpers import DaemonProcess
 from ..testbed import TestBed
 from ..testbed.arm64 import Arm64Device
 from ..testbed.emulated import TUNABLES
+from ..testbed.engines import DockerEngine
 from ..testbed.proc import wait_for
 from .arm64_bed import ARM64_MARKS
 from .conftest import AgentBed
@@ -88,6 +89,37 @@ async def _home(agent: AgentBed, device: Arm64Device, directory: Path, name: str
         await daemon.kill()
 
 
+async def _out_writing_a_file(testbed: TestBed, agent: AgentBed, device: Arm64Device, engine: Engine, image: str,
+                              name: str, directory: Path) -> Counts:
+    """The heap program, its counts written to LOG in its writable layer, moved out to run emulated on the
+    device; each thread's last count there once it counts on."""
+    config = {"Image": image, "Env": [TUNABLES], "Cmd": ["/bin/sh", "-c", f"exec /bin/heap > {LOG}"]}
+
+    def counted_at_source(_logs: str) -> bool:
+        return bool(_counted(3)(testbed.engine_a.cli("exec", name, "cat", LOG, check=False)))
+
+    end, _ = await _move(agent, device, engine, config, name, directory, counted_at_source)
+    assert end["state"] == "done", end.get("detail")
+    return _on_the_device(device, name, read=_device_file)
+
+
+async def _counting_on_in_the_file(engine: DockerEngine, name: str, there: Counts, where: str) -> None:
+    """LOG, now in `engine`'s container, goes on past what the device wrote: one file from the source's first
+    count on (nothing lost, nothing told twice, nothing overwritten), the memory's checksums unchanged."""
+    lines: list[tuple[int, int, str]] = []
+    for _ in range(600):
+        lines = _lines(engine.cli("exec", name, "cat", LOG, check=False))
+        if all(any(r == role and n >= there[role][0] + 3 for n, r, _ in lines) for role in (0, 1)):
+            break
+        await asyncio.sleep(0.1)
+    else:
+        pytest.fail(f"not counting on {where}: {engine.cli('logs', name, check=False)[-1000:]}")
+    for role in (0, 1):
+        counts = [n for n, r, _ in lines if r == role]
+        assert counts == list(range(1, len(counts) + 1)), (role, counts)
+        assert {s for _, r, s in lines if r == role} == there[role][1], f"memory changed before it counted {where}"
+
+
 def _device_state(device: Arm64Device, name: str) -> str:
     return device.adb_shell(f"docker inspect -f '{{{{.State.Status}}}}' {name} 2>&1 || true", timeout=120).strip()
 
@@ -98,14 +130,8 @@ async def test_an_emulated_container_comes_home_and_runs_natively(
     """The program writes its counts into a file of its writable layer (its stdout, an fd the way home carries):
     started at the source, written on under emulation on the device, written on natively at home — one file,
     each thread's counts consecutive from 1 across the three, the memory's checksums unchanged."""
-    config = {"Image": emulated_image, "Env": [TUNABLES], "Cmd": ["/bin/sh", "-c", f"exec /bin/heap > {LOG}"]}
-
-    def counted_at_source(_logs: str) -> bool:
-        return bool(_counted(3)(testbed.engine_a.cli("exec", on_device, "cat", LOG, check=False)))
-
-    end, _ = await _move(agent_server, arm64_device, engine_a, config, on_device, tmp_path, counted_at_source)
-    assert end["state"] == "done", end.get("detail")
-    there = _on_the_device(arm64_device, on_device, read=_device_file)
+    there = await _out_writing_a_file(testbed, agent_server, arm64_device, engine_a, emulated_image, on_device,
+                                      tmp_path)
     try:
         code, record = await _home(agent_server, arm64_device, tmp_path, on_device)
         assert code == 0 and record["state"] == "done", (record["state"], record.get("error"))
@@ -113,19 +139,7 @@ async def test_an_emulated_container_comes_home_and_runs_natively(
         print(f"home from emulation: {record.get('timings')}; adjusted: {record.get('adjusted')}")
         readout = str((record.get("adjusted") or {}).get("(readout)"))
         assert "signal mask" in readout and "fd 2 (pipe) is the new container's own" in readout, readout
-        at_home: list[tuple[int, int, str]] = []
-        for _ in range(600):
-            at_home = _lines(testbed.engine_a.cli("exec", on_device, "cat", LOG))
-            if all(any(r == role and n >= there[role][0] + 3 for n, r, _ in at_home) for role in (0, 1)):
-                break
-            await asyncio.sleep(0.1)
-        else:
-            pytest.fail(f"not counting on at home: {testbed.engine_a.cli('exec', on_device, 'cat', LOG)[-1000:]}")
-        for role in (0, 1):
-            counts = [n for n, r, _ in at_home if r == role]
-            # One file from the source's first count on: nothing lost, nothing told twice, nothing overwritten.
-            assert counts == list(range(1, len(counts) + 1)), (role, counts)
-            assert {s for _, r, s in at_home if r == role} == there[role][1], "memory changed on the way home"
+        await _counting_on_in_the_file(testbed.engine_a, on_device, there, "at home")
         # Natively: the restorer became the program under the engine's init; no emulator at home.
         inspect = await engine_a.inspect_container(on_device)
         (child,) = Path(f"/proc/{inspect['State']['Pid']}/task/{inspect['State']['Pid']}/children").read_text().split()
@@ -149,31 +163,14 @@ async def test_an_emulated_container_moves_on_to_an_x86_64_device_natively(
     """Device to device: from the arm64 device, where it runs emulated, to the x86_64 namespace device `pixel`,
     whose agent rebuilds it natively with the restorer as the host's does — one file of counts, consecutive
     from 1 across the three places, the memory unchanged, and nothing left on the arm64 device."""
-    config = {"Image": emulated_image, "Env": [TUNABLES], "Cmd": ["/bin/sh", "-c", f"exec /bin/heap > {LOG}"]}
-
-    def counted_at_source(_logs: str) -> bool:
-        return bool(_counted(3)(testbed.engine_a.cli("exec", on_device, "cat", LOG, check=False)))
-
-    end, _ = await _move(agent_server, arm64_device, engine_a, config, on_device, tmp_path, counted_at_source)
-    assert end["state"] == "done", end.get("detail")
-    there = _on_the_device(arm64_device, on_device, read=_device_file)
+    there = await _out_writing_a_file(testbed, agent_server, arm64_device, engine_a, emulated_image, on_device,
+                                      tmp_path)
     engine_b = testbed.engine_b
     try:
         code, record = await _home(agent_server, arm64_device, tmp_path, on_device, to="pixel")
         assert code == 0 and record["state"] == "done", (record["state"], record.get("error"))
         assert (record["from"], record["to"]) == ("arm64", "pixel"), record
-        on_pixel: list[tuple[int, int, str]] = []
-        for _ in range(600):
-            on_pixel = _lines(engine_b.cli("exec", on_device, "cat", LOG, check=False))
-            if all(any(r == role and n >= there[role][0] + 3 for n, r, _ in on_pixel) for role in (0, 1)):
-                break
-            await asyncio.sleep(0.1)
-        else:
-            pytest.fail(f"not counting on pixel: {engine_b.cli('logs', on_device, check=False)[-1000:]}")
-        for role in (0, 1):
-            counts = [n for n, r, _ in on_pixel if r == role]
-            assert counts == list(range(1, len(counts) + 1)), (role, counts)
-            assert {s for _, r, s in on_pixel if r == role} == there[role][1], "memory changed on the way"
+        await _counting_on_in_the_file(engine_b, on_device, there, "on pixel")
         pid = engine_b.cli("inspect", "-f", "{{.State.Pid}}", on_device).strip()
         (child,) = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
         assert os.readlink(f"/proc/{child}/exe").startswith(f"{MOUNT}/{RESTORER}")  # natively: no emulator
