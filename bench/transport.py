@@ -3,7 +3,8 @@
 against asyncssh alone (bench/ssh_sink.py): the ceiling of any transport built on it.
 
 Run as root:  .venv/bin/python -m bench.transport [--size-mb 256] [--runs 5]
-Prints a Markdown table (median of the runs, MB/s, ratio to OpenSSH).
+Prints a Markdown table (median of the runs, MB/s, ratio to OpenSSH, and the machine's busy CPU seconds over
+each run: both ends share this machine's cores, so a transfer's speed is bounded by what it costs them).
 """
 
 from __future__ import annotations
