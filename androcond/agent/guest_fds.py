@@ -22,10 +22,9 @@ from pathlib import Path
 
 from ..protocol import restorer_plan as rp
 from ..protocol.emulation import MOUNT, STUB_MOUNT, STUB_SOCKET
+from ..protocol.restorer_plan import AF_INET, AF_INET6, O_NONBLOCK, SOCK_DGRAM, SOCK_STREAM, TCP_CLOSE, TCP_LISTEN
 
 O_CLOEXEC = 0o2000000
-O_NONBLOCK, AF_INET, AF_INET6, SOCK_STREAM, SOCK_DGRAM = rp.O_NONBLOCK, rp.AF_INET, rp.AF_INET6, rp.SOCK_STREAM, \
-    rp.SOCK_DGRAM
 IPPROTO_TCP, IPPROTO_UDP = 6, 17
 # /proc/net/tcp does not show a listener's backlog: listen() again with the kernel's limit (it clamps to
 # net.core.somaxconn), so no connection the program would have queued is refused for want of room.
@@ -132,7 +131,7 @@ def inet_sockets(pid: int) -> dict[str, InetSocket]:
 
 def _socket(fd: int, flags: int, sock: InetSocket, notes: list[str]) -> GuestSocket:
     kind = rp.socket_kind(sock.type, sock.state, sock.port)
-    if sock.type == SOCK_STREAM and sock.state not in (rp.TCP_CLOSE, rp.TCP_LISTEN):
+    if sock.type == SOCK_STREAM and sock.state not in (TCP_CLOSE, TCP_LISTEN):
         notes.append(f"fd {fd}: the {sock.shown} connection (to port {sock.peer_port}) is closed: a fresh "
                      "unconnected socket takes its place")
     elif sock.peer_port:

@@ -21,13 +21,20 @@ from ..images import PE_LAZY, PE_PARENT, Entry, Image, Pagemap, pb, read_image
 from ..protocol import emulation
 from ..protocol import restorer_plan as rp
 from ..protocol.restorer_plan import (
+    AF_INET,
+    AF_INET6,
     FD_FILE,
     FD_LISTEN,
+    O_NONBLOCK,
     R_CWD,
     R_PAGES_FILE,
     R_SIGACTION,
     R_STATUS,
     R_STUB,
+    SOCK_DGRAM,
+    SOCK_STREAM,
+    TCP_CLOSE,
+    TCP_LISTEN,
     VMA_ANON,
     VMA_FILE_PRIVATE,
     VMA_FILE_SHARED,
@@ -89,9 +96,6 @@ FD_TYPES: Final = {
 FD_REG, FD_PIPE, FD_FIFO, FD_INETSK, FD_TTY = 1, 2, 3, 4, 11
 STDIO_KINDS: Final = {FD_PIPE, FD_FIFO, FD_TTY}
 
-AF_INET, AF_INET6, SOCK_STREAM, SOCK_DGRAM = rp.AF_INET, rp.AF_INET6, rp.SOCK_STREAM, rp.SOCK_DGRAM
-TCP_ESTABLISHED, TCP_CLOSE, TCP_LISTEN = rp.TCP_ESTABLISHED, rp.TCP_CLOSE, rp.TCP_LISTEN
-O_NONBLOCK = rp.O_NONBLOCK
 SS_DISABLE: Final = 2
 AVX512_XSTATE: Final = 0xE0  # xstate_bv bits 5-7: opmask, ZMM_Hi256, Hi16_ZMM
 SIGNALS: Final = [s for s in range(1, 65) if s not in (9, 19)]  # CRIU dumps every signal but SIGKILL/SIGSTOP

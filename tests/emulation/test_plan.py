@@ -96,8 +96,8 @@ def make_dump(
         _reg(1, EXE, 0o100755),
         _reg(2, "/dev/null", 0o20666),
         _reg(3, "/var/log/prog.log", flags=0o2001, pos=1234),
-        _inet(4, P.TCP_LISTEN, 8080),
-        _inet(5, P.TCP_ESTABLISHED, 8080, 50000),
+        _inet(4, RP.TCP_LISTEN, 8080),
+        _inet(5, RP.TCP_ESTABLISHED, 8080, 50000),
         _reg(6, "/srv", 0o40755),
         *extra_files,
     ]
