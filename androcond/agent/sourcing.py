@@ -357,7 +357,7 @@ async def _checkpoint(device: DeviceEngine, outgoing: OutgoingMigration) -> str:
     cid, name = outgoing.container_id, outgoing.request.checkpoint_name
     assert outgoing.checkpoint_dir is not None
     root = await asyncio.to_thread(_runc_root, device.exec_root, cid)
-    if root is not None and await asyncio.to_thread(runc.usable, root, cid, ""):  # its restart policy is lifted
+    if root is not None and await asyncio.to_thread(runc.usable, root, cid):  # its restart policy is lifted
         try:
             await complete(runc.checkpoint(root, cid, outgoing.checkpoint_dir))
         except runc.RuncError as exc:
@@ -378,7 +378,7 @@ async def _freeze_flat(device: DeviceEngine, outgoing: OutgoingMigration) -> str
     cid = outgoing.container_id
     assert outgoing.checkpoint_dir is not None
     root = await asyncio.to_thread(_runc_root, device.exec_root, cid)
-    if root is None or not await asyncio.to_thread(runc.usable, root, cid, ""):
+    if root is None or not await asyncio.to_thread(runc.usable, root, cid):
         raise SourceRefused("the flat freeze needs the container's runc state, which this agent does not find "
                             "(its engine's exec-root: [agent] exec_root)")
     # Marked before the pause: an agent killed at any point of the freeze leaves the mark, and the daemon's

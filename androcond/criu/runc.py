@@ -27,9 +27,10 @@ class RuncError(AndrocondError):
     pass
 
 
-def usable(runc_root: Path, container_id: str, restart_policy: str) -> bool:
-    return restart_policy in ("", "no") and (runc_root / container_id / "state.json").is_file() \
-        and shutil.which("runc", path=RUNC_PATH) is not None
+def usable(runc_root: Path, container_id: str) -> bool:
+    """runc knows the container, and is here. (Its restart policy must be lifted first: once runc's checkpoint
+    stops it, the engine would start it afresh.)"""
+    return (runc_root / container_id / "state.json").is_file() and shutil.which("runc", path=RUNC_PATH) is not None
 
 
 async def checkpoint(runc_root: Path, container_id: str, image_dir: Path) -> None:

@@ -34,6 +34,7 @@ from ..migration.plan import Frozen, SourceFacts
 from ..popcorn import notify as popcorn
 from ..popcorn.notify import PopcornError, Regset
 from ..protocol import protocol_pb2 as pb
+from ..protocol.create_body import PRIVATE_KEY
 from ..protocol.tree import tree_size
 from ..recoder import RecodeRefused, preflight_processes
 from .rootfs import container_root
@@ -217,14 +218,16 @@ class HostSource:
         asked: the host's containers run natively, and preflight says so)."""
         if readout:
             raise Rejected("the host's containers run natively: there is no emulator to read one out of")
-        restart = str(((inspect.get("HostConfig") or {}).get("RestartPolicy") or {}).get("Name") or "")
-        fast = self.docker.checkpoint == "runc" and runc.usable(self.docker.runc_root, self.record.container_id,
-                                                                restart)
+        # Lifted while `checkpointing`: whatever fails from here, the rollback (restore) puts it back.
+        await self._hold_restarts(inspect)
+        # With the restart policy lifted, runc's checkpoint is safe: the engine will not start it afresh.
+        fast = self.docker.checkpoint == "runc" and await asyncio.to_thread(
+            runc.usable, self.docker.runc_root, self.record.container_id)
         at = time.monotonic()
         if flat and fast:
             return await self._freeze_flat(at)
         if flat:
-            log.warning("the flat freeze needs runc (checkpoint = \"runc\", no restart policy): dumping the memory")
+            log.warning("the flat freeze needs runc (checkpoint = \"runc\"): dumping the memory")
         if fast:
             await runc.checkpoint(self.docker.runc_root, self.record.container_id, self.checkpoint_dir())
             # The engine learns of the stop a moment later (0.4 s for a task that frees 1 GiB as it exits); a
@@ -238,6 +241,36 @@ class HostSource:
         # Marks this checkpoint, so a rollback can find containerd's copy of it again (and remove it).
         self._nonce = await asyncio.to_thread(place_nonce, frozen.images)
         return frozen
+
+    def _home_restart_policy(self) -> dict[str, Any]:
+        """The restart policy the container has at home, as the journal kept it before the freeze."""
+        private = self.record.home_config.get(PRIVATE_KEY) or {}
+        return dict(private.get("restart_policy") or {})
+
+    async def _hold_restarts(self, inspect: dict[str, Any]) -> None:
+        """The engine starts a container with a restart policy afresh as soon as a checkpoint has stopped it
+        (Docker does so after `docker checkpoint create`, for on-failure, always and unless-stopped alike): a
+        second copy, counting from the start, while the first is on its way. So the policy is lifted for the
+        move: the target applies it once its restore succeeded, a rollback puts it back here."""
+        policy = (inspect.get("HostConfig") or {}).get("RestartPolicy") or {}
+        if policy.get("Name") in (None, "", "no"):
+            return
+        try:
+            await self.engine.update_container(self.record.container_id, {"RestartPolicy": {"Name": "no"}})
+        except EngineError as exc:
+            raise Rejected(f"cannot lift the container's restart policy for the move: {exc}") from exc
+        log.info("restart policy lifted for the move", policy=policy)
+
+    async def _put_back_restart_policy(self) -> None:
+        """Best effort: the container runs either way, and a failure says so."""
+        policy = self._home_restart_policy()
+        if not policy:
+            return
+        try:
+            await self.engine.update_container(self.record.container_id, {"RestartPolicy": policy})
+        except EngineError as exc:
+            log.error("the container runs at the source again, but its restart policy could not be put back",
+                      policy=policy, error=str(exc))
 
     async def _freeze_flat(self, at: float) -> Frozen:
         """A lazy dump of the paused container, its directory marked before the pause (a daemon killed at any
@@ -314,7 +347,12 @@ class HostSource:
 
     async def restore(self) -> None:
         """Start the container again from its checkpoint (unless it runs: a restore that was already done), or
-        unpause it after a flat freeze (its tasks, held frozen, are the container)."""
+        unpause it after a flat freeze (its tasks, held frozen, are the container); then its restart policy is
+        its own again."""
+        await self._restart()
+        await self._put_back_restart_policy()
+
+    async def _restart(self) -> None:
         await self.end_dump()
         await self.stopped()
         await self._engine_root()
