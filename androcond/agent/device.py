@@ -127,6 +127,9 @@ class TargetContainer:
     # images' path, a nonce); on the plain path the same directory as checkpoint_dir.
     stub_dir: Path | None = None
     nonce: str = ""
+    # androcond's runtime starts it once with the restorer (emulated.start's `once`), the engine keeping the
+    # container's own configuration.
+    started_once: bool = False
 
 
 class DeviceEngine:
@@ -179,8 +182,14 @@ class DeviceEngine:
             await asyncio.to_thread(emulated_dir.mkdir, parents=True, exist_ok=True)
             if emulate:
                 await asyncio.to_thread(emulated.place_emulator, Path(self.facts.emulator), emulated_dir)
-            config = await asyncio.to_thread(emulated.mounted, config, emulated_dir,
-                                             stub=emulate and self.facts.emulator_stub)
+            if native_plan and self.fast_restore:
+                # Home as it was: the runtime mounts the restorer's directory and runs the restorer this once
+                # (start_emulated leaves it the mark); the engine's configuration is the container's own.
+                host = config.get("HostConfig") or {}
+                config = {**config, "HostConfig": {**host, "Runtime": self.facts.runtime}}
+            else:
+                config = await asyncio.to_thread(emulated.mounted, config, emulated_dir,
+                                                 stub=emulate and self.facts.emulator_stub)
         elif self.fast_restore:
             assert self.spool_dir is not None
             criu_conf = await asyncio.to_thread(write_restore_config, self.spool_dir)
@@ -199,7 +208,8 @@ class DeviceEngine:
         try:
             await self._volumes_free(config, cid)
             if emulated_dir is not None:
-                return TargetContainer(cid, emulated_dir, await self._upper_dir(cid))
+                return TargetContainer(cid, emulated_dir, await self._upper_dir(cid),
+                                       started_once=native_plan and self.fast_restore)
             return await self._prepare(cid, checkpoint_name, migration_id, lazy, criu_conf)
         except BaseException as exc:
             await self._remove_quietly(cid)
@@ -288,7 +298,9 @@ class DeviceEngine:
         way home); the seconds until it did. Its files are removed either way: the restorer has read them (or
         will never)."""
         try:
-            return await emulated.start(self.engine, target.container_id, target.checkpoint_dir, native=native)
+            once = emulated.RUNTIME_MARKS / target.container_id if target.started_once else None
+            return await emulated.start(self.engine, target.container_id, target.checkpoint_dir, native=native,
+                                        once=once)
         finally:
             await self.clean_after_restore(target)
 

@@ -2,12 +2,17 @@
 qemu-x86_64 running androcond's restorer on its plan; here the migration's files are mounted at MOUNT, the
 container is started as any container, and the restorer's word is read from a FIFO: "ok" once it has rebuilt
 the process and jumps into it, else what failed. Then a short probation: a process that dies at once (an
-instruction the emulator lacks) is a failed restore, so the container goes back to the source."""
+instruction the emulator lacks) is a failed restore, so the container goes back to the source.
+
+The way home from emulation runs the same restorer natively. Where the engine has androcond's runtime, the
+container keeps its own configuration and the runtime starts it this once with the restorer, as a mark left
+under RUNTIME_MARKS says."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -16,7 +21,7 @@ from typing import Any
 
 from ..engine import Engine, EngineError
 from ..logging import get_logger
-from ..protocol.emulation import EMULATOR, MOUNT, RESTORER, STATUS, STUB_MOUNT, STUB_SOCKET
+from ..protocol.emulation import EMULATOR, MOUNT, RESTORER, STATUS, STUB_MOUNT, STUB_SOCKET, native_argv
 from .errors import RestoreError
 
 log = get_logger(__name__)
@@ -28,6 +33,9 @@ STATUS_DEADLINE_S = 300.0
 PROBATION_S = 2.0
 STATUS_LINE_LIMIT = 4096
 STUB_TMPFS = "mode=1777,size=64k"  # the container's user makes the socket; nothing else goes there
+# Where androcond's runtime (agent/runtime/androcond-runc, which names the same directory) looks, at `create`,
+# for how to start a container once with the restorer: a file named by the container's id, taken as it is read.
+RUNTIME_MARKS = Path("/run/androcond-runc")
 
 
 def mounted(config: dict[str, Any], images_dir: Path, *, stub: bool = False) -> dict[str, Any]:
@@ -57,6 +65,15 @@ def place_emulator(emulator: Path, images_dir: Path) -> None:
         os.link(emulator, placed)
     except OSError:
         shutil.copy2(emulator, placed)
+
+
+def _take(mark: Path) -> bool:
+    """Remove the mark if the runtime did not; whether it was still there."""
+    try:
+        mark.unlink()
+    except FileNotFoundError:
+        return False
+    return True
 
 
 def open_to_all(images_dir: Path) -> None:
@@ -126,14 +143,24 @@ async def _why_stopped(engine: Engine, container_id: str) -> str:
     return f"exit code {state.get('ExitCode')}{said}"
 
 
+def _leave_mark(mark: Path, images_dir: Path) -> None:
+    mark.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+    staged = mark.with_name(f".{mark.name}.{os.getpid()}")
+    staged.write_text(json.dumps({"args": native_argv(), "mount": {"source": str(images_dir), "destination": MOUNT}}))
+    os.replace(staged, mark)  # whole or not at all: the runtime may read it any moment after the start
+
+
 async def start(engine: Engine, container_id: str, images_dir: Path, *,
                 deadline_s: float = STATUS_DEADLINE_S, probation_s: float = PROBATION_S,
-                native: bool = False) -> float:
+                native: bool = False, once: Path | None = None) -> float:
     """Start the emulated container (`native`: the restorer runs natively, the way home from emulation);
     returns the seconds until the restorer said "ok". Raises RestoreError when it did not, or when the
-    container stopped within the probation."""
+    container stopped within the probation. `once`: the container has its own configuration, and androcond's
+    runtime starts it this once with the restorer, as the mark left there (RUNTIME_MARKS/<id>) says."""
     how = "natively" if native else "under emulation"
     await asyncio.to_thread(open_to_all, images_dir)
+    if once is not None:
+        await asyncio.to_thread(_leave_mark, once, images_dir)
     loop = asyncio.get_running_loop()
     with _status_fifo(images_dir / STATUS) as fd:
         started = loop.time()
@@ -141,6 +168,12 @@ async def start(engine: Engine, container_id: str, images_dir: Path, *,
             await engine.start_container(container_id)
         except EngineError as exc:
             raise RestoreError(f"the device engine did not start the emulated container: {exc}") from exc
+        finally:
+            untaken = once is not None and await asyncio.to_thread(_take, once)
+        if untaken:
+            # Its own program runs instead of the restorer: no word would come until the deadline.
+            raise RestoreError(f"the engine did not start the container through androcond's runtime (its mark "
+                               f"{once} was not taken): the restorer did not run")
         exited = asyncio.ensure_future(_exited(engine, container_id))
         status = asyncio.ensure_future(_read_status(fd))
         try:

@@ -252,11 +252,15 @@ class AgentSession(Receiving, PostCopy, Sourcing):
                           f"{free} free (keeping {FREE_SPACE_MARGIN} spare)")
         # Fitted now, before the daemon freezes anything: a host port taken here refuses the migration.
         fitted = await fit(self.device.engine, parse_create_config(begin.create_config_json))
-        by_restorer = begin.emulate or begin.native_plan  # androcond's restorer rebuilds it, not CRIU
-        if self.device.fast_restore and not by_restorer:
+        # androcond's restorer rebuilds it, not CRIU. Natively (home from emulation) through androcond's runtime,
+        # which starts it so once: its configuration stays its own, its restart policy too.
+        by_restorer = begin.emulate or (begin.native_plan and not self.device.fast_restore)
+        if self.device.fast_restore and not begin.emulate:
             fitted.adjusted["HostConfig.Runtime"] = {
                 "from": (fitted.body.get("HostConfig") or {}).get("Runtime"), "to": self.device.facts.runtime,
-                "why": "androcond's runtime restores the images in place (for all else it is runc)"}
+                "why": ("androcond's runtime starts it once with androcond's restorer (for all else it is runc)"
+                        if begin.native_plan else
+                        "androcond's runtime restores the images in place (for all else it is runc)")}
         if by_restorer and fitted.restart_policy:
             # Its entry point rebuilds the process once, from files removed after the restore: started again,
             # it could only fail.

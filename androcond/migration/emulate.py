@@ -16,7 +16,7 @@ from ..emulation.build import restorer_path
 from ..emulation.plan import EmulationRefused, PlanSummary, entrypoint, make_plan
 from ..link.payload import OutgoingFile
 from ..protocol import protocol_pb2 as pb
-from ..protocol.emulation import EMULATOR, MOUNT, PLAN, RESTORER, STATUS, STUB_MOUNT, STUB_SOCKET
+from ..protocol.emulation import EMULATOR, MOUNT, PLAN, RESTORER, STATUS, STUB_MOUNT, STUB_SOCKET, native_argv
 from .container_config import TargetPlan
 from .errors import Rejected
 from .plan import Emulated
@@ -38,7 +38,7 @@ def target_plan(target: TargetPlan, emulated: Emulated) -> TargetPlan:
 
 def native_target_plan(target: TargetPlan) -> TargetPlan:
     """The way home: the container's configuration at home, with the restorer (natively) as the entry point."""
-    return _run_by_restorer(target, [f"{MOUNT}/{RESTORER}", f"{MOUNT}/{PLAN}"], HOME_WHY)
+    return _run_by_restorer(target, native_argv(), HOME_WHY)
 
 
 def restorer_file() -> OutgoingFile:

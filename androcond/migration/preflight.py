@@ -84,7 +84,10 @@ def _home_from_emulation(facts: SourceFacts, device: DeviceSettings, inspect: di
         raise Rejected("post-copy (lazy = true) is not possible: the way home from emulation reads every page "
                        "out before the target resumes it")
     _room(facts, hello)
-    return Plan(inspect=inspect, target=emulate.native_target_plan(target), cross=None, emulated=None,
+    # With androcond's runtime the target starts it once with the restorer and keeps its configuration as it
+    # is; without, the restorer is its entry point.
+    home = target if hello.androcond_runtime else emulate.native_target_plan(target)
+    return Plan(inspect=inspect, target=home, cross=None, emulated=None,
                 recode=RecodeOptions(target=facts.isa), lazy=False, estimate=facts.disk + facts.memory,
                 native_resume=True)
 

@@ -20,6 +20,11 @@ STUB_SOCKET = "gdb.sock"
 STUB_MIN_QEMU = (10, 0)
 
 
+def native_argv() -> list[str]:
+    """The restorer run natively (the way home from emulation): the process it rebuilds is x86_64 already."""
+    return [f"{MOUNT}/{RESTORER}", f"{MOUNT}/{PLAN}"]
+
+
 def stub_supported(emulator_version: str) -> bool:
     """Whether a qemu-x86_64 of this version ("10.0.13") runs its gdb stub without waiting for a debugger."""
     try:

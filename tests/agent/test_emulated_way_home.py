@@ -8,6 +8,7 @@ on; read out once, it cannot be read out again in that qemu's run, and a second 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 from collections.abc import Callable
@@ -46,6 +47,8 @@ __all__ = ["emulated_image", "on_device"]  # the fixtures, shared with the way o
 
 Counts = dict[int, tuple[int, set[str]]]
 LOG = "/tmp/heap.log"
+OWN_CMD = ["/bin/sh", "-c", f"exec /bin/heap > {LOG}"]
+OWN_RESTART = {"Name": "on-failure", "MaximumRetryCount": 2}
 
 
 def _device_logs(device: Arm64Device, name: str) -> str:
@@ -93,7 +96,7 @@ async def _out_writing_a_file(testbed: TestBed, agent: AgentBed, device: Arm64De
                               name: str, directory: Path) -> Counts:
     """The heap program, its counts written to LOG in its writable layer, moved out to run emulated on the
     device; each thread's last count there once it counts on."""
-    config = {"Image": image, "Env": [TUNABLES], "Cmd": ["/bin/sh", "-c", f"exec /bin/heap > {LOG}"]}
+    config = {"Image": image, "Env": [TUNABLES], "Cmd": OWN_CMD, "HostConfig": {"RestartPolicy": OWN_RESTART}}
 
     def counted_at_source(_logs: str) -> bool:
         return bool(_counted(3)(testbed.engine_a.cli("exec", name, "cat", LOG, check=False)))
@@ -120,6 +123,16 @@ async def _counting_on_in_the_file(engine: DockerEngine, name: str, there: Count
         assert {s for _, r, s in lines if r == role} == there[role][1], f"memory changed before it counted {where}"
 
 
+def _home_as_it_was(inspect: dict[str, Any]) -> None:
+    """Its configuration is the one it had at the source: androcond's runtime ran the restorer once, with its
+    directory mounted for that start only (the engine's runtime is the one change, and said so)."""
+    assert inspect["Config"]["Cmd"] == OWN_CMD and not inspect["Config"]["Entrypoint"], inspect["Config"]
+    assert TUNABLES in inspect["Config"]["Env"]
+    host = inspect["HostConfig"]
+    assert not host.get("Init") and not host.get("Binds") and host["RestartPolicy"] == OWN_RESTART, host
+    assert host["Runtime"] == "androcond"
+
+
 def _device_state(device: Arm64Device, name: str) -> str:
     return device.adb_shell(f"docker inspect -f '{{{{.State.Status}}}}' {name} 2>&1 || true", timeout=120).strip()
 
@@ -140,16 +153,23 @@ async def test_an_emulated_container_comes_home_and_runs_natively(
         readout = str((record.get("adjusted") or {}).get("(readout)"))
         assert "signal mask" in readout and "fd 2 (pipe) is the new container's own" in readout, readout
         await _counting_on_in_the_file(testbed.engine_a, on_device, there, "at home")
-        # Natively: the restorer became the program under the engine's init; no emulator at home.
+        # Natively: the restorer became the program (the container's process, as at the source); no emulator.
         inspect = await engine_a.inspect_container(on_device)
-        (child,) = Path(f"/proc/{inspect['State']['Pid']}/task/{inspect['State']['Pid']}/children").read_text().split()
+        pid = inspect["State"]["Pid"]
         # (Its file is gone: the restorer's directory is emptied once it has read it.)
-        assert os.readlink(f"/proc/{child}/exe").startswith(f"{MOUNT}/{RESTORER}")
-        assert len(os.listdir(f"/proc/{child}/task")) == 2
-        assert os.readlink(f"/proc/{child}/fd/1").endswith(LOG)
-        assert TUNABLES in inspect["Config"]["Env"]
+        assert os.readlink(f"/proc/{pid}/exe").startswith(f"{MOUNT}/{RESTORER}")
+        assert len(os.listdir(f"/proc/{pid}/task")) == 2
+        assert os.readlink(f"/proc/{pid}/fd/1").endswith(LOG)
+        _home_as_it_was(inspect)
         # Exactly once: the device's container is gone.
         assert "No such" in _device_state(arm64_device, on_device) or not _device_state(arm64_device, on_device)
+        # Started again by its engine, it runs its own program afresh: the restorer ran that once.
+        testbed.engine_a.cli("restart", "-t", "1", on_device)
+        again = (await engine_a.inspect_container(on_device))["State"]["Pid"]
+        assert again != pid and os.readlink(f"/proc/{again}/exe") == "/bin/heap"
+        wait_for(lambda: bool(_counted(2)(testbed.engine_a.cli("exec", on_device, "cat", LOG, check=False))),
+                 timeout=60, interval=0.5, what="its own program counting afresh")
+        assert min(n for n, _, _ in _lines(testbed.engine_a.cli("exec", on_device, "cat", LOG))) == 1
     finally:
         try:
             await engine_a.remove_container(on_device, force=True)
@@ -171,9 +191,10 @@ async def test_an_emulated_container_moves_on_to_an_x86_64_device_natively(
         assert code == 0 and record["state"] == "done", (record["state"], record.get("error"))
         assert (record["from"], record["to"]) == ("arm64", "pixel"), record
         await _counting_on_in_the_file(engine_b, on_device, there, "on pixel")
-        pid = engine_b.cli("inspect", "-f", "{{.State.Pid}}", on_device).strip()
-        (child,) = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-        assert os.readlink(f"/proc/{child}/exe").startswith(f"{MOUNT}/{RESTORER}")  # natively: no emulator
+        inspect = json.loads(engine_b.cli("inspect", on_device))[0]
+        pid = inspect["State"]["Pid"]
+        assert os.readlink(f"/proc/{pid}/exe").startswith(f"{MOUNT}/{RESTORER}")  # natively: no emulator
+        _home_as_it_was(inspect)
         assert "No such" in _device_state(arm64_device, on_device) or not _device_state(arm64_device, on_device)
         with pytest.raises(EngineError):  # it passed by the host without landing there
             await engine_a.inspect_container(on_device)

@@ -61,6 +61,15 @@ async def test_an_emulated_container_goes_home_read_out_and_rebuilt_natively() -
     assert not needs_recode(plan) and relays(plan)
 
 
+async def test_through_androcond_s_runtime_it_goes_home_with_its_own_configuration() -> None:
+    """A target whose engine has androcond's runtime starts it once with the restorer: the create body is the
+    container's configuration at home, unchanged."""
+    with_runtime = hello()
+    with_runtime.androcond_runtime = True
+    plan = await preflight.plan(Source(), HOST, {"Id": "c"}, with_runtime)  # type: ignore[arg-type]
+    assert plan.native_resume and plan.target.body == HOME_BODY and not plan.target.adjusted
+
+
 async def test_its_network_sockets_go_home_made_afresh() -> None:
     plan = await preflight.plan(Source(replace(FACTS, inet_sockets=2)), HOST, {"Id": "c"},  # type: ignore[arg-type]
                                 hello())

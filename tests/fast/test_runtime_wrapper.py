@@ -10,7 +10,9 @@ from pathlib import Path
 
 import pytest
 
+from androcond.agent import emulated
 from androcond.agent.device import RUNTIME_CRIU_CONFIG, RUNTIME_LAZY, RUNTIME_STUB, runtime_path
+from androcond.protocol.emulation import MOUNT, native_argv
 
 
 @pytest.fixture
@@ -21,8 +23,9 @@ def fake_runc(tmp_path: Path) -> Path:
     return runc
 
 
-def _call(runc: Path, *args: str, python: str = sys.executable) -> list[str]:
-    env = {"ANDROCOND_RUNC": str(runc), "ANDROCOND_PYTHON": python, "PATH": "/usr/bin:/bin"}
+def _call(runc: Path, *args: str, python: str = sys.executable, marks: Path | None = None) -> list[str]:
+    env = {"ANDROCOND_RUNC": str(runc), "ANDROCOND_PYTHON": python, "PATH": "/usr/bin:/bin",
+           **({"ANDROCOND_RUNC_MARKS": str(marks)} if marks else {})}
     out = subprocess.run([str(runtime_path()), *args], env=env,
                          capture_output=True, text=True, check=True, timeout=10)
     return out.stdout.splitlines()
@@ -108,3 +111,54 @@ def test_a_spec_that_has_the_annotation_already_is_left_alone_without_an_interpr
     with pytest.raises(subprocess.CalledProcessError):
         _call(fake_runc, "restore", "--bundle", str(bundle), "--image-path", str(directory), "cid",
               python="/bin/false")
+
+
+def _bundle(tmp_path: Path, args: list[str]) -> Path:
+    bundle = tmp_path / "bundle"
+    bundle.mkdir(exist_ok=True)
+    (bundle / "config.json").write_text(json.dumps({
+        "process": {"args": args, "env": ["A=1"]},
+        "mounts": [{"destination": "/proc", "type": "proc", "source": "proc"}]}))
+    return bundle
+
+
+@pytest.mark.parametrize("init", [False, True])
+def test_a_marked_container_is_created_once_with_the_restorer(fake_runc: Path, tmp_path: Path, init: bool) -> None:
+    """Home from emulation: the agent's mark (emulated.start leaves it) makes this one `create` run the restorer
+    with its directory mounted read-only; the mark is taken, so the next `create` of the same container (a
+    restart) runs the container's own program. Under the engine's init, the init stays."""
+    own = ["/bin/sh", "-c", "exec /bin/heap"]
+    prefix = ["/sbin/docker-init", "--"] if init else []
+    bundle = _bundle(tmp_path, prefix + own)
+    marks, files = tmp_path / "marks", tmp_path / "spool" / "emulated" / "m1"
+    files.mkdir(parents=True)
+    emulated._leave_mark(marks / "cid", files)
+    args = ["--root", "/run/r", "create", "--bundle", str(bundle), "--pid-file", "/p", "cid"]
+    assert _call(fake_runc, *args, marks=marks) == args
+    spec = json.loads((bundle / "config.json").read_text())
+    assert spec["process"] == {"args": prefix + native_argv(), "env": ["A=1"]}
+    assert spec["mounts"][-1] == {"destination": MOUNT, "type": "bind", "source": str(files),
+                                  "options": ["rbind", "ro"]}
+    assert len(spec["mounts"]) == 2 and not (marks / "cid").exists()
+
+    bundle = _bundle(tmp_path, prefix + own)  # started again by its engine
+    _call(fake_runc, *args, marks=marks)
+    assert json.loads((bundle / "config.json").read_text())["process"]["args"] == prefix + own
+
+
+def test_only_the_marked_containers_create_is_changed(fake_runc: Path, tmp_path: Path) -> None:
+    marks = tmp_path / "marks"
+    emulated._leave_mark(marks / "other", tmp_path)
+    bundle = _bundle(tmp_path, ["/bin/app"])
+    before = (bundle / "config.json").read_text()
+    for args in (["create", "--bundle", str(bundle), "cid"], ["start", "other"], ["delete", "other"]):
+        assert _call(fake_runc, *args, marks=marks, python="/bin/false") == args
+    assert (bundle / "config.json").read_text() == before and (marks / "other").exists()
+
+
+def test_a_mark_that_cannot_be_applied_fails_the_create(fake_runc: Path, tmp_path: Path) -> None:
+    """No spec where the bundle should be: runc is not run (the agent sees the start fail and rolls back)."""
+    marks = tmp_path / "marks"
+    emulated._leave_mark(marks / "cid", tmp_path)
+    with pytest.raises(subprocess.CalledProcessError):
+        _call(fake_runc, "create", "--bundle", str(tmp_path / "absent"), "cid", marks=marks)
