@@ -66,6 +66,10 @@ def port_free(host_ip: str, port: int, proto: str) -> bool:
     kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
     family = socket.AF_INET6 if ":" in host_ip else socket.AF_INET
     with socket.socket(family, kind) as probe:
+        # As the engine's own listener does: connections of an earlier server on the port, closing (TIME_WAIT),
+        # do not keep it from listening there; a socket that listens does.
+        if kind == socket.SOCK_STREAM:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             probe.bind((host_ip or "0.0.0.0", port))  # noqa: S104 - Docker publishes on all addresses
         except OSError as exc:
