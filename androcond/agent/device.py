@@ -298,9 +298,17 @@ class DeviceEngine:
         way home); the seconds until it did. Its files are removed either way: the restorer has read them (or
         will never)."""
         try:
-            once = emulated.RUNTIME_MARKS / target.container_id if target.started_once else None
-            return await emulated.start(self.engine, target.container_id, target.checkpoint_dir, native=native,
-                                        once=once)
+            if not target.started_once:
+                return await emulated.start(self.engine, target.container_id, target.checkpoint_dir,
+                                            native=native)
+            await asyncio.to_thread(emulated.place_restorer, target.checkpoint_dir, target.upper_dir)
+            seconds = await emulated.start(self.engine, target.container_id, target.checkpoint_dir, native=native,
+                                           once=emulated.RUNTIME_MARKS / target.container_id)
+            left = await emulated.let_go(self.engine, target.container_id)
+            if left:
+                log.warning("the restored container runs, but cannot be checkpointed until it is restarted",
+                            container_id=target.container_id, why=left)
+            return seconds
         finally:
             await self.clean_after_restore(target)
 

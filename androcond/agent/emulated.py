@@ -19,9 +19,19 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from ..aio import CommandTimeout, run
 from ..engine import Engine, EngineError
 from ..logging import get_logger
-from ..protocol.emulation import EMULATOR, MOUNT, RESTORER, STATUS, STUB_MOUNT, STUB_SOCKET, native_argv
+from ..protocol.emulation import (
+    EMULATOR,
+    MOUNT,
+    RESTORER,
+    ROOTFS_RESTORER,
+    STATUS,
+    STUB_MOUNT,
+    STUB_SOCKET,
+    once_argv,
+)
 from .errors import RestoreError
 
 log = get_logger(__name__)
@@ -146,8 +156,38 @@ async def _why_stopped(engine: Engine, container_id: str) -> str:
 def _leave_mark(mark: Path, images_dir: Path) -> None:
     mark.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
     staged = mark.with_name(f".{mark.name}.{os.getpid()}")
-    staged.write_text(json.dumps({"args": native_argv(), "mount": {"source": str(images_dir), "destination": MOUNT}}))
+    staged.write_text(json.dumps({"args": once_argv(), "mount": {"source": str(images_dir), "destination": MOUNT}}))
     os.replace(staged, mark)  # whole or not at all: the runtime may read it any moment after the start
+
+
+def place_restorer(images_dir: Path, upper_dir: Path) -> None:
+    """The restorer's copy in the container's writable layer, at ROOTFS_RESTORER (written before the start,
+    while the layer is not mounted)."""
+    placed = upper_dir / ROOTFS_RESTORER.lstrip("/")
+    shutil.copyfile(images_dir / RESTORER, placed)
+    placed.chmod(0o755)
+
+
+async def let_go(engine: Engine, container_id: str, *, timeout_s: float = 30.0) -> str:
+    """Once the restorer has become the process: MOUNT unmounted in the container (nothing of it is open or
+    mapped any more) and the restorer's copy removed. What could not be done, '' when all was; the container
+    runs either way, but with MOUNT still there it cannot be checkpointed (the source refuses such a move)."""
+    try:
+        pid = int((await engine.inspect_container(container_id))["State"].get("Pid") or 0)
+    except EngineError as exc:
+        return f"cannot find its process: {exc}"
+    problems = []
+    try:
+        done = await run(["nsenter", f"--target={pid}", "--mount", "umount", MOUNT], timeout_s=timeout_s)
+        if done.returncode != 0:
+            problems.append(f"umount {MOUNT}: {done.text()}")
+    except (OSError, CommandTimeout) as exc:
+        problems.append(f"umount {MOUNT}: {exc}")
+    try:  # through its root: the layer is mounted, and a file under an overlay is removed through it
+        await asyncio.to_thread(os.unlink, f"/proc/{pid}/root{ROOTFS_RESTORER}")
+    except OSError as exc:
+        problems.append(f"removing {ROOTFS_RESTORER}: {exc}")
+    return "; ".join(problems)
 
 
 async def start(engine: Engine, container_id: str, images_dir: Path, *,

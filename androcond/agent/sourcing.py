@@ -40,6 +40,7 @@ from ..engine import EngineError
 from ..logging import get_logger
 from ..popcorn import notify as popcorn
 from ..protocol import protocol_pb2 as pb
+from ..protocol.emulation import RESTORER_MOUNTED, restorer_mounted
 from ..protocol.tree import Entry, TreeError, entries, tree_size
 from ..protocol.wire import CHUNK, ChannelClosed
 from . import readout
@@ -173,6 +174,8 @@ class Sourcing:
             facts.emulated = True
             facts.readout_blocker = await asyncio.to_thread(readout.blocker, inspect, self.device.spool_dir)
         if inspect["State"].get("Running"):
+            if not facts.emulated and await asyncio.to_thread(restorer_mounted, int(inspect["State"]["Pid"])):
+                raise SourceRefused(RESTORER_MOUNTED)
             facts.va_bits, facts.inet_sockets, facts.disk = await asyncio.to_thread(_facts, inspect)
             try:
                 stats = await engine.stats(outgoing.container_id)

@@ -5,6 +5,8 @@ directory, mounts that at MOUNT and reads the restorer's word from the FIFO MOUN
 
 from __future__ import annotations
 
+from pathlib import Path
+
 MOUNT = "/.androcond"  # read-only in the target container; no image uses the name
 PLAN = "androcond-plan"  # the restorer's plan (written by the daemon from the CRIU images)
 RESTORER = "androcond-restorer"  # androcond's x86_64 restorer (no libc), run by qemu-x86_64 as the guest
@@ -23,6 +25,32 @@ STUB_MIN_QEMU = (10, 0)
 def native_argv() -> list[str]:
     """The restorer run natively (the way home from emulation): the process it rebuilds is x86_64 already."""
     return [f"{MOUNT}/{RESTORER}", f"{MOUNT}/{PLAN}"]
+
+
+# Started once by androcond's runtime, the restorer runs from a copy in the container's own root filesystem: the
+# process it becomes keeps its executable as `/proc/self/exe`, and there it holds nothing of MOUNT, which is
+# unmounted once the restorer has read it (a mount the engine does not know would fail every later checkpoint's
+# restore, at home too). The copy is removed then; CRIU carries a removed executable as a ghost file.
+ROOTFS_RESTORER = "/.androcond-restorer"
+
+
+RESTORER_MOUNTED = (f"androcond's restorer rebuilt it, and its directory is still mounted at {MOUNT} (it could not "
+                    "be unmounted then): a checkpoint of it could not be restored, here or elsewhere; restart the "
+                    "container to move it")
+
+
+def restorer_mounted(pid: int, proc: Path = Path("/proc")) -> bool:
+    """Whether MOUNT is (still) mounted in the container of process `pid`. False when the process is gone."""
+    try:
+        mountinfo = (proc / str(pid) / "mountinfo").read_text()
+    except OSError:
+        return False
+    return any(len(fields) > 4 and fields[4] == MOUNT for fields in map(str.split, mountinfo.splitlines()))
+
+
+def once_argv() -> list[str]:
+    """The restorer's argv when androcond's runtime starts the container once with it."""
+    return [ROOTFS_RESTORER, f"{MOUNT}/{PLAN}"]
 
 
 def stub_supported(emulator_version: str) -> bool:

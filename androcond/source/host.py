@@ -35,6 +35,7 @@ from ..popcorn import notify as popcorn
 from ..popcorn.notify import PopcornError, Regset
 from ..protocol import protocol_pb2 as pb
 from ..protocol.create_body import PRIVATE_KEY
+from ..protocol.emulation import RESTORER_MOUNTED, restorer_mounted
 from ..protocol.tree import tree_size
 from ..recoder import RecodeRefused, preflight_processes
 from .rootfs import container_root
@@ -126,7 +127,10 @@ class HostSource:
         return self._root
 
     async def facts(self, inspect: dict[str, Any]) -> SourceFacts:
-        pids = await asyncio.to_thread(criu_compat.task_tree, int(inspect["State"].get("Pid") or 0))
+        pid = int(inspect["State"].get("Pid") or 0)
+        if await asyncio.to_thread(restorer_mounted, pid):
+            raise Rejected(RESTORER_MOUNTED)
+        pids = await asyncio.to_thread(criu_compat.task_tree, pid)
         upper = upper_dir(inspect)
         volumes = [source for _name, source in named_volumes(inspect)]
 

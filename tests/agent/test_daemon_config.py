@@ -14,6 +14,7 @@ from typing import Any
 import pytest
 
 from androcond.engine import Engine
+from androcond.protocol.emulation import MOUNT
 
 from ..helpers import DaemonProcess
 from ..testbed.bed import RUN_FILTER, TEST_LABEL, TEST_RUN
@@ -140,6 +141,9 @@ async def test_what_cannot_move_is_refused_by_name_before_the_freeze(
         # a privileged container at the source to begin with.)
         f"{unique_name}-port": ({"PortBindings": {"8080/tcp": [{"HostPort": str(taken)}]}},
                                 f"host port {taken}/tcp"),
+        # As a container rebuilt by androcond's restorer whose directory could not be unmounted after: its
+        # checkpoint could not be restored anywhere (its engine does not know that mount).
+        f"{unique_name}-restorer": ({"Tmpfs": {MOUNT: ""}}, f"its directory is still mounted at {MOUNT}"),
     }
     for name, (host, _) in cases.items():
         body = serving(name, network, {})

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 
 from androcond.engine import Engine, EngineError
-from androcond.protocol.emulation import MOUNT, RESTORER
+from androcond.protocol.emulation import ROOTFS_RESTORER, restorer_mounted
 
 from ..helpers import DaemonProcess
 from ..testbed import TestBed
@@ -123,6 +123,21 @@ async def _counting_on_in_the_file(engine: DockerEngine, name: str, there: Count
         assert {s for _, r, s in lines if r == role} == there[role][1], f"memory changed before it counted {where}"
 
 
+def _rebuilt_natively(pid: int) -> None:
+    """The restorer became the program: the container's own process (no emulator), its threads and its file at
+    fd 1. It ran from its copy in the container's root, removed since, and its directory is unmounted."""
+    assert os.readlink(f"/proc/{pid}/exe") == f"{ROOTFS_RESTORER} (deleted)"
+    assert len(os.listdir(f"/proc/{pid}/task")) == 2
+    assert os.readlink(f"/proc/{pid}/fd/1").endswith(LOG)
+    assert not restorer_mounted(pid)
+
+
+def _home_counts(engine: DockerEngine, name: str) -> Counts:
+    """Each thread's last count in LOG at home, and the checksums it told."""
+    seen = _lines(engine.cli("exec", name, "cat", LOG))
+    return {role: (max(n for n, r, _ in seen if r == role), {s for _, r, s in seen if r == role}) for role in (0, 1)}
+
+
 def _home_as_it_was(inspect: dict[str, Any]) -> None:
     """Its configuration is the one it had at the source: androcond's runtime ran the restorer once, with its
     directory mounted for that start only (the engine's runtime is the one change, and said so)."""
@@ -155,22 +170,28 @@ async def test_an_emulated_container_comes_home_and_runs_natively(
         await _counting_on_in_the_file(testbed.engine_a, on_device, there, "at home")
         # Natively: the restorer became the program (the container's process, as at the source); no emulator.
         inspect = await engine_a.inspect_container(on_device)
-        pid = inspect["State"]["Pid"]
-        # (Its file is gone: the restorer's directory is emptied once it has read it.)
-        assert os.readlink(f"/proc/{pid}/exe").startswith(f"{MOUNT}/{RESTORER}")
-        assert len(os.listdir(f"/proc/{pid}/task")) == 2
-        assert os.readlink(f"/proc/{pid}/fd/1").endswith(LOG)
+        _rebuilt_natively(inspect["State"]["Pid"])
         _home_as_it_was(inspect)
         # Exactly once: the device's container is gone.
         assert "No such" in _device_state(arm64_device, on_device) or not _device_state(arm64_device, on_device)
+
+        # Nothing of the restorer is left in its way: it moves on (CRIU, same ISA) to the x86_64 device.
+        home = _home_counts(testbed.engine_a, on_device)
+        code, record = await _home(agent_server, arm64_device, tmp_path, on_device, to="pixel")
+        assert code == 0 and record["state"] == "done", (record["state"], record.get("error"))
+        await _counting_on_in_the_file(testbed.engine_b, on_device, home, "on pixel")
+        on_pixel = json.loads(testbed.engine_b.cli("inspect", on_device))[0]
+        _home_as_it_was(on_pixel)
+
         # Started again by its engine, it runs its own program afresh: the restorer ran that once.
-        testbed.engine_a.cli("restart", "-t", "1", on_device)
-        again = (await engine_a.inspect_container(on_device))["State"]["Pid"]
-        assert again != pid and os.readlink(f"/proc/{again}/exe") == "/bin/heap"
-        wait_for(lambda: bool(_counted(2)(testbed.engine_a.cli("exec", on_device, "cat", LOG, check=False))),
+        testbed.engine_b.cli("restart", "-t", "1", on_device)
+        again = json.loads(testbed.engine_b.cli("inspect", on_device))[0]["State"]["Pid"]
+        assert os.readlink(f"/proc/{again}/exe") == "/bin/heap"
+        wait_for(lambda: bool(_counted(2)(testbed.engine_b.cli("exec", on_device, "cat", LOG, check=False))),
                  timeout=60, interval=0.5, what="its own program counting afresh")
-        assert min(n for n, _, _ in _lines(testbed.engine_a.cli("exec", on_device, "cat", LOG))) == 1
+        assert min(n for n, _, _ in _lines(testbed.engine_b.cli("exec", on_device, "cat", LOG))) == 1
     finally:
+        testbed.engine_b.cli("rm", "-f", on_device, check=False)
         try:
             await engine_a.remove_container(on_device, force=True)
         except EngineError:
@@ -192,8 +213,7 @@ async def test_an_emulated_container_moves_on_to_an_x86_64_device_natively(
         assert (record["from"], record["to"]) == ("arm64", "pixel"), record
         await _counting_on_in_the_file(engine_b, on_device, there, "on pixel")
         inspect = json.loads(engine_b.cli("inspect", on_device))[0]
-        pid = inspect["State"]["Pid"]
-        assert os.readlink(f"/proc/{pid}/exe").startswith(f"{MOUNT}/{RESTORER}")  # natively: no emulator
+        _rebuilt_natively(inspect["State"]["Pid"])
         _home_as_it_was(inspect)
         assert "No such" in _device_state(arm64_device, on_device) or not _device_state(arm64_device, on_device)
         with pytest.raises(EngineError):  # it passed by the host without landing there
@@ -347,3 +367,4 @@ async def test_a_server_comes_home_listening_on_its_port_with_its_state(
             await engine_a.remove_container(on_device, force=True)
         except EngineError:
             pass
+

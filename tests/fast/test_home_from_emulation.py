@@ -20,7 +20,7 @@ from androcond.migration.errors import Rejected
 from androcond.migration.plan import SourceFacts
 from androcond.migration.stream import needs_recode, relays
 from androcond.protocol import protocol_pb2 as pb
-from androcond.protocol.emulation import MOUNT, PLAN, RESTORER, STUB_MOUNT
+from androcond.protocol.emulation import MOUNT, PLAN, RESTORER, STUB_MOUNT, restorer_mounted
 
 HOME_BODY = {"Image": "heap:1", "Entrypoint": None, "Cmd": ["/bin/heap"], "Env": ["A=1"],
              "HostConfig": {"Init": False, "RestartPolicy": {"Name": "no"}}}
@@ -137,3 +137,16 @@ async def test_the_marks_of_containers_removed_elsewhere_are_swept(tmp_path: Pat
     assert await readout.sweep(engine, tmp_path) == ["gone"]  # type: ignore[arg-type]
     assert sorted(p.name for p in marks.iterdir()) == ["kept", "stopped"]
     assert engine.asked == [True]  # stopped containers are listed too: a stopped one keeps its mark
+
+
+def test_the_restorers_mount_still_there_is_seen(tmp_path: Path) -> None:
+    """A checkpoint of a process whose container still has MOUNT (an unmount that failed after the restore) could
+    not be restored anywhere, its engine not knowing that mount: the sources refuse it by this."""
+    line = "{n} 1 0:{n} / {at} rw,relatime - overlay overlay rw"
+    (tmp_path / "7").mkdir()
+    (tmp_path / "7" / "mountinfo").write_text("\n".join(line.format(n=n, at=at) for n, at in
+                                                        enumerate(["/", "/proc", MOUNT])) + "\n")
+    assert restorer_mounted(7, proc=tmp_path)
+    (tmp_path / "7" / "mountinfo").write_text(line.format(n=1, at="/") + "\n" + line.format(n=2, at=MOUNT + "x"))
+    assert not restorer_mounted(7, proc=tmp_path)
+    assert not restorer_mounted(8, proc=tmp_path), "a process gone is no reason"

@@ -12,7 +12,7 @@ import pytest
 
 from androcond.agent import emulated
 from androcond.agent.device import RUNTIME_CRIU_CONFIG, RUNTIME_LAZY, RUNTIME_STUB, runtime_path
-from androcond.protocol.emulation import MOUNT, native_argv
+from androcond.protocol.emulation import MOUNT, once_argv
 
 
 @pytest.fixture
@@ -136,7 +136,7 @@ def test_a_marked_container_is_created_once_with_the_restorer(fake_runc: Path, t
     args = ["--root", "/run/r", "create", "--bundle", str(bundle), "--pid-file", "/p", "cid"]
     assert _call(fake_runc, *args, marks=marks) == args
     spec = json.loads((bundle / "config.json").read_text())
-    assert spec["process"] == {"args": prefix + native_argv(), "env": ["A=1"]}
+    assert spec["process"] == {"args": prefix + once_argv(), "env": ["A=1"]}
     assert spec["mounts"][-1] == {"destination": MOUNT, "type": "bind", "source": str(files),
                                   "options": ["rbind", "ro"]}
     assert len(spec["mounts"]) == 2 and not (marks / "cid").exists()
