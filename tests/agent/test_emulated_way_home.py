@@ -368,3 +368,33 @@ async def test_a_server_comes_home_listening_on_its_port_with_its_state(
         except EngineError:
             pass
 
+
+
+
+async def test_it_goes_out_and_comes_home_again(
+        testbed: TestBed, arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, emulated_image: str,
+        tmp_path: Path, on_device: str) -> None:
+    """Twice there and back: the container rebuilt at home by the restorer is checkpointed by CRIU, moved out
+    under emulation again (a plan made from that dump), read out of the emulator again and rebuilt at home
+    again — one file, each thread's counts consecutive from 1 across the five runs, the memory unchanged."""
+    there = await _out_writing_a_file(testbed, agent_server, arm64_device, engine_a, emulated_image, on_device,
+                                      tmp_path)
+    try:
+        for trip in ("first", "second"):
+            code, record = await _home(agent_server, arm64_device, tmp_path, on_device)
+            assert code == 0 and record["state"] == "done", (trip, record["state"], record.get("error"))
+            await _counting_on_in_the_file(testbed.engine_a, on_device, there, f"at home, {trip} time")
+            _rebuilt_natively((await engine_a.inspect_container(on_device))["State"]["Pid"])
+            assert "No such" in _device_state(arm64_device, on_device) or not _device_state(arm64_device, on_device)
+            if trip == "first":
+                home = _home_counts(testbed.engine_a, on_device)
+                code, record = await _home(agent_server, arm64_device, tmp_path, on_device, to="arm64")
+                assert code == 0 and record["state"] == "done", (record["state"], record.get("error"))
+                there = _on_the_device(arm64_device, on_device, more_than=home, read=_device_file)
+                for role in (0, 1):
+                    assert there[role][1] == home[role][1], "memory changed on the way out again"
+    finally:
+        try:
+            await engine_a.remove_container(on_device, force=True)
+        except EngineError:
+            pass
