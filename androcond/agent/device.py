@@ -301,7 +301,10 @@ class DeviceEngine:
             if not target.started_once:
                 return await emulated.start(self.engine, target.container_id, target.checkpoint_dir,
                                             native=native)
-            await asyncio.to_thread(emulated.place_restorer, target.checkpoint_dir, target.upper_dir)
+            try:
+                await asyncio.to_thread(emulated.place_restorer, target.checkpoint_dir, target.upper_dir)
+            except OSError as exc:
+                raise RestoreError(f"cannot place the restorer in the container's layer: {exc}") from exc
             seconds = await emulated.start(self.engine, target.container_id, target.checkpoint_dir, native=native,
                                            once=emulated.RUNTIME_MARKS / target.container_id)
             left = await emulated.let_go(self.engine, target.container_id)

@@ -199,15 +199,17 @@ async def start(engine: Engine, container_id: str, images_dir: Path, *,
     runtime starts it this once with the restorer, as the mark left there (RUNTIME_MARKS/<id>) says."""
     how = "natively" if native else "under emulation"
     await asyncio.to_thread(open_to_all, images_dir)
-    if once is not None:
-        await asyncio.to_thread(_leave_mark, once, images_dir)
     loop = asyncio.get_running_loop()
     with _status_fifo(images_dir / STATUS) as fd:
         started = loop.time()
         try:
+            if once is not None:
+                await asyncio.to_thread(_leave_mark, once, images_dir)
             await engine.start_container(container_id)
         except EngineError as exc:
             raise RestoreError(f"the device engine did not start the emulated container: {exc}") from exc
+        except OSError as exc:
+            raise RestoreError(f"cannot leave androcond's runtime its mark {once}: {exc}") from exc
         finally:
             untaken = once is not None and await asyncio.to_thread(_take, once)
         if untaken:

@@ -32,11 +32,14 @@ def native_argv() -> list[str]:
 # unmounted once the restorer has read it (a mount the engine does not know would fail every later checkpoint's
 # restore, at home too). The copy is removed then; CRIU carries a removed executable as a ghost file.
 ROOTFS_RESTORER = "/.androcond-restorer"
-
-
 RESTORER_MOUNTED = (f"androcond's restorer rebuilt it, and its directory is still mounted at {MOUNT} (it could not "
                     "be unmounted then): a checkpoint of it could not be restored, here or elsewhere; restart the "
                     "container to move it")
+
+
+def once_argv() -> list[str]:
+    """The restorer's argv when androcond's runtime starts the container once with it."""
+    return [ROOTFS_RESTORER, f"{MOUNT}/{PLAN}"]
 
 
 def restorer_mounted(pid: int, proc: Path = Path("/proc")) -> bool:
@@ -46,11 +49,6 @@ def restorer_mounted(pid: int, proc: Path = Path("/proc")) -> bool:
     except OSError:
         return False
     return any(len(fields) > 4 and fields[4] == MOUNT for fields in map(str.split, mountinfo.splitlines()))
-
-
-def once_argv() -> list[str]:
-    """The restorer's argv when androcond's runtime starts the container once with it."""
-    return [ROOTFS_RESTORER, f"{MOUNT}/{PLAN}"]
 
 
 def stub_supported(emulator_version: str) -> bool:
