@@ -245,6 +245,11 @@ def main() -> int:
             bed.engine_b.remove_containers(f"{LABEL}=1")
         left = leftovers(bed, work / "state", before)
     print(f"outcomes: {outcomes}")
+    return report(samples, left, violations)
+
+
+def report(samples: dict[str, list[int]], left: list[str], violations: list[str]) -> int:
+    """A soak's summary (memory over the fault-free moves, what was left, each violation); its exit status."""
     for who, sampled in samples.items():
         values = [v for v in sampled if v]
         if len(values) >= 2:

@@ -344,16 +344,19 @@ class DeviceEngine:
         assert self.spool_dir is not None
         return self.spool_dir / "images" / migration_id
 
-    async def remove_spooled(self, migration_id: str) -> bool:
-        """The images a migration spooled here (settling it after the agent died: no TargetContainer is left
-        to say where they are). True if there were some."""
+    async def remove_spooled(self, migration_id: str, container_id: str = "") -> bool:
+        """The images a migration spooled here, or the restorer's directory (settling it after the agent died:
+        no TargetContainer is left to say where they are), and a runtime's mark the container's start did not
+        take. True if there were some."""
+        if container_id:
+            await asyncio.to_thread((emulated.RUNTIME_MARKS / container_id).unlink, missing_ok=True)
         if self.spool_dir is None:
             return False
-        images = self._spooled_images(migration_id)
-        if not images.exists():
-            return False
-        await asyncio.to_thread(shutil.rmtree, images, True)
-        return True
+        spooled = [d for d in (self._spooled_images(migration_id), self.spool_dir / "emulated" / migration_id)
+                   if d.exists()]
+        for directory in spooled:
+            await asyncio.to_thread(shutil.rmtree, directory, True)
+        return bool(spooled)
 
     async def apply_restart_policy(self, container_id: str, policy: dict[str, Any]) -> None:
         """After a successful restore; a failure leaves the container running without it, and says so."""

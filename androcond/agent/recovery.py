@@ -53,9 +53,9 @@ async def settle_if_stale(store: OutcomeStore, device: DeviceEngine, record: Out
             settled = OutcomeRecord(record.migration_id, OutcomeState.ABORTED, error=RECEIVE_DIED + removed,
                                     bytes_received=record.bytes_received)
     await store.put(settled)
-    # Whatever the answer, the spooled images are of no more use (CRIU read them, or never will), nor is
-    # containerd's extraction of the checkpoint, which it never removes and whose nonce died with the agent.
-    await device.remove_spooled(record.migration_id)
+    # Whatever the answer, the spooled images are of no more use (CRIU or the restorer read them, or never will),
+    # nor is containerd's extraction of the checkpoint, which it never removes and whose nonce died with the agent.
+    await device.remove_spooled(record.migration_id, cid)
     extracted = await asyncio.to_thread(remove_extractions_of, record.migration_id)
     if extracted:
         log.info("removed containerd's copy of the checkpoint", migration_id=record.migration_id,

@@ -23,6 +23,7 @@ from androcond.protocol.emulation import ROOTFS_RESTORER, restorer_mounted
 from ..helpers import DaemonProcess
 from ..testbed import TestBed
 from ..testbed.arm64 import Arm64Device
+from ..testbed.device import ADB
 from ..testbed.emulated import TUNABLES
 from ..testbed.engines import DockerEngine
 from ..testbed.proc import wait_for
@@ -327,6 +328,52 @@ async def test_the_device_s_agent_killed_on_the_way_home_leaves_it_counting_on_t
     finally:
         await daemon.kill()
         _agent_back(arm64_device)
+    assert _device_state(arm64_device, on_device) == "running"
+    again = _on_the_device(arm64_device, on_device, more_than=there)
+    for role in (0, 1):
+        assert again[role][1] == there[role][1], "memory changed on the device"
+    with pytest.raises(EngineError):  # nothing of the move left at home
+        await engine_a.inspect_container(on_device)
+
+
+def _unplugged(device: Arm64Device) -> None:
+    """The link cut by itself, as a phone's cable pulled: adb drops the device (every connection through it
+    ends), then it is plugged in again."""
+    subprocess.run([ADB, "disconnect", device.adb_serial], capture_output=True, timeout=30, check=True)
+    wait_for(lambda: device.adb_serial not in subprocess.run([ADB, "devices"], capture_output=True, timeout=30,
+                                                             check=True).stdout.decode(),
+             timeout=30, interval=0.2, what="the device gone from adb")
+    wait_for(lambda: subprocess.run([ADB, "connect", device.adb_serial], capture_output=True, timeout=30,
+                                    check=False).returncode == 0 and
+             subprocess.run([ADB, "-s", device.adb_serial, "get-state"], capture_output=True, timeout=30,
+                            check=False).stdout.decode().strip() == "device",
+             timeout=60, interval=1, what="the device back on adb")
+
+
+@pytest.mark.parametrize("state", ["checkpointing", "streaming"])
+async def test_the_link_cut_on_the_way_home_leaves_it_counting_on_the_device(
+        arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, emulated_image: str, tmp_path: Path,
+        on_device: str, state: str) -> None:
+    """The adb link cut as the way home enters `state` (the readout; its pages going out), the agent alive: the
+    move fails where it is, and once the device is back the rollback unpauses the container there — the same
+    process with the same memory, counting on — and nothing of the move is left at home."""
+    end, _ = await _move(agent_server, arm64_device, engine_a, _heap(emulated_image, TUNABLES), on_device,
+                         tmp_path, _counted(3))
+    assert end["state"] == "done", end.get("detail")
+    there = _on_the_device(arm64_device, on_device)
+    config = daemon_config(agent_server, arm64_device, tmp_path)
+    daemon = DaemonProcess(config)
+    try:
+        await daemon.start()
+        await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
+        asking = asyncio.create_task(migrate_by_cli(config, on_device, "host"))
+        await daemon.wait_for_log(state_of(on_device, state), timeout=120)
+        await asyncio.to_thread(_unplugged, arm64_device)
+        code, record = await asking
+        assert code != 0 and record["state"] == "rolled-back", (record["state"], record.get("error"))
+        assert daemon.proc is not None and daemon.proc.returncode is None, "the daemon runs on"
+    finally:
+        await daemon.kill()
     assert _device_state(arm64_device, on_device) == "running"
     again = _on_the_device(arm64_device, on_device, more_than=there)
     for role in (0, 1):

@@ -143,3 +143,18 @@ def test_concurrent_creates_each_write_the_restore_config_whole(tmp_path: Path) 
     assert set(paths) == {tmp_path / "criu-restore.conf"}
     assert paths[0].read_text().endswith("tcp-close\nmanage-cgroups=ignore\n")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["criu-restore.conf", "runc.conf"], "no temporaries left"
+
+
+async def test_settling_after_the_agent_died_removes_what_the_migration_spooled(engine: RecordingEngine,
+                                                                               tmp_path: Path) -> None:
+    """Its spooled images, or the restorer's directory of a move home from emulation: nothing else of the spool."""
+    spool = tmp_path / "spool"
+    device = DeviceEngine(engine, DeviceFacts(isa="x86_64", page_size=4096, criu_version="4.1",
+                                              engine_version="26.1", data_root=tmp_path), spool)
+    for kind in ("images", "emulated"):
+        (spool / kind / "m1").mkdir(parents=True)
+        (spool / kind / "m1" / "pages-1.img").write_bytes(b"\0" * 4096)
+        (spool / kind / "m2").mkdir()
+    assert await device.remove_spooled("m1")
+    assert sorted(str(p.relative_to(spool)) for p in spool.glob("*/*")) == ["emulated/m2", "images/m2"]
+    assert not await device.remove_spooled("m1")
