@@ -186,11 +186,11 @@ async def test_an_emulated_container_comes_home_and_runs_natively(
 
         # Started again by its engine, it runs its own program afresh: the restorer ran that once.
         testbed.engine_b.cli("restart", "-t", "1", on_device)
-        again = json.loads(testbed.engine_b.cli("inspect", on_device))[0]["State"]["Pid"]
-        assert os.readlink(f"/proc/{again}/exe") == "/bin/heap"
         wait_for(lambda: bool(_counted(2)(testbed.engine_b.cli("exec", on_device, "cat", LOG, check=False))),
                  timeout=60, interval=0.5, what="its own program counting afresh")
         assert min(n for n, _, _ in _lines(testbed.engine_b.cli("exec", on_device, "cat", LOG))) == 1
+        again = json.loads(testbed.engine_b.cli("inspect", on_device))[0]["State"]["Pid"]
+        assert os.readlink(f"/proc/{again}/exe") == "/bin/heap"  # (its shell exec'd it before it counted)
     finally:
         testbed.engine_b.cli("rm", "-f", on_device, check=False)
         try:
