@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -28,6 +29,13 @@ if os.environ.get("CI"):
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     classify(items)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # Started in the background by a shell without job control, the tests inherit SIGINT ignored, and so would
+    # the CLIs they run: the tests of Ctrl-C need it delivered, as from a terminal.
+    if signal.getsignal(signal.SIGINT) == signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 # containerd never removes its copy of a checkpoint it restored (androcond/criu/leftovers.py), and a process killed
