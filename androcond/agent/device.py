@@ -127,9 +127,6 @@ class TargetContainer:
     # images' path, a nonce); on the plain path the same directory as checkpoint_dir.
     stub_dir: Path | None = None
     nonce: str = ""
-    # androcond's runtime starts it once with the restorer (emulated.start's `once`), the engine keeping the
-    # container's own configuration.
-    started_once: bool = False
 
 
 class DeviceEngine:
@@ -154,6 +151,10 @@ class DeviceEngine:
     @property
     def fast_restore(self) -> bool:
         return bool(self.facts.runtime) and self.spool_dir is not None
+
+    def _started_once(self, native_plan: bool) -> bool:
+        """Home from emulation with androcond's runtime: it starts the container once with the restorer."""
+        return native_plan and self.fast_restore
 
     @property
     def post_copy(self) -> bool:
@@ -182,7 +183,7 @@ class DeviceEngine:
             await asyncio.to_thread(emulated_dir.mkdir, parents=True, exist_ok=True)
             if emulate:
                 await asyncio.to_thread(emulated.place_emulator, Path(self.facts.emulator), emulated_dir)
-            if native_plan and self.fast_restore:
+            if self._started_once(native_plan):
                 # Home as it was: the runtime mounts the restorer's directory and runs the restorer this once
                 # (start_emulated leaves it the mark); the engine's configuration is the container's own.
                 host = config.get("HostConfig") or {}
@@ -208,8 +209,7 @@ class DeviceEngine:
         try:
             await self._volumes_free(config, cid)
             if emulated_dir is not None:
-                return TargetContainer(cid, emulated_dir, await self._upper_dir(cid),
-                                       started_once=native_plan and self.fast_restore)
+                return TargetContainer(cid, emulated_dir, await self._upper_dir(cid))
             return await self._prepare(cid, checkpoint_name, migration_id, lazy, criu_conf)
         except BaseException as exc:
             await self._remove_quietly(cid)
@@ -298,7 +298,7 @@ class DeviceEngine:
         way home); the seconds until it did. Its files are removed either way: the restorer has read them (or
         will never)."""
         try:
-            if not target.started_once:
+            if not self._started_once(native):
                 return await emulated.start(self.engine, target.container_id, target.checkpoint_dir,
                                             native=native)
             try:

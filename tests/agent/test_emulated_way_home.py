@@ -302,6 +302,36 @@ def _agent_back(device: Arm64Device) -> None:
              timeout=60, interval=1, what="the device's agent restarted by systemd")
 
 
+async def _home_cut_short(agent: AgentBed, device: Arm64Device, engine_a: Engine, image: str, directory: Path,
+                          name: str, state: str, cut: Callable[[], None]) -> None:
+    """The heap program out on the device, then `cut` (blocking: run in a thread) as its way home enters `state`:
+    rolled back, the daemon still up; the container runs on the device and counts on, the same process with
+    the same memory, and nothing of the move is left at home."""
+    end, _ = await _move(agent, device, engine_a, _heap(image, TUNABLES), name, directory, _counted(3))
+    assert end["state"] == "done", end.get("detail")
+    there = _on_the_device(device, name)
+    config = daemon_config(agent, device, directory)
+    daemon = DaemonProcess(config)
+    try:
+        await daemon.start()
+        await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
+        asking = asyncio.create_task(migrate_by_cli(config, name, "host"))
+        await daemon.wait_for_log(state_of(name, state), timeout=120)
+        await asyncio.to_thread(cut)
+        code, record = await asking
+        assert code != 0 and record["state"] == "rolled-back", (record["state"], record.get("error"))
+        assert daemon.proc is not None and daemon.proc.returncode is None, "the daemon runs on"
+    finally:
+        await daemon.kill()
+        _agent_back(device)
+    assert _device_state(device, name) == "running"
+    again = _on_the_device(device, name, more_than=there)
+    for role in (0, 1):
+        assert again[role][1] == there[role][1], "memory changed on the device"
+    with pytest.raises(EngineError):  # nothing of the move left at home
+        await engine_a.inspect_container(name)
+
+
 @pytest.mark.parametrize("state", ["checkpointing", "streaming"])
 async def test_the_device_s_agent_killed_on_the_way_home_leaves_it_counting_on_there(
         arm64_device: Arm64Device, agent_server: AgentBed, engine_a: Engine, emulated_image: str, tmp_path: Path,
@@ -310,30 +340,10 @@ async def test_the_device_s_agent_killed_on_the_way_home_leaves_it_counting_on_t
     the guest stopped by the stub or the container paused; `streaming`: its pages going out, which cuts the
     link). Until systemd has it back nobody can settle the move; then the rollback unpauses the container, which
     counts on, the same process with the same memory, and nothing of the move is left at home."""
-    end, _ = await _move(agent_server, arm64_device, engine_a, _heap(emulated_image, TUNABLES), on_device,
-                         tmp_path, _counted(3))
-    assert end["state"] == "done", end.get("detail")
-    there = _on_the_device(arm64_device, on_device)
-    config = daemon_config(agent_server, arm64_device, tmp_path)
-    daemon = DaemonProcess(config)
-    try:
-        await daemon.start()
-        await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
-        asking = asyncio.create_task(migrate_by_cli(config, on_device, "host"))
-        await daemon.wait_for_log(state_of(on_device, state), timeout=120)
+    def killed() -> None:
         arm64_device.adb_shell("systemctl kill --kill-whom=main -s KILL androcond-agent.service")
-        code, record = await asking
-        assert code != 0 and record["state"] == "rolled-back", (record["state"], record.get("error"))
-        assert daemon.proc is not None and daemon.proc.returncode is None, "the daemon runs on"
-    finally:
-        await daemon.kill()
-        _agent_back(arm64_device)
-    assert _device_state(arm64_device, on_device) == "running"
-    again = _on_the_device(arm64_device, on_device, more_than=there)
-    for role in (0, 1):
-        assert again[role][1] == there[role][1], "memory changed on the device"
-    with pytest.raises(EngineError):  # nothing of the move left at home
-        await engine_a.inspect_container(on_device)
+
+    await _home_cut_short(agent_server, arm64_device, engine_a, emulated_image, tmp_path, on_device, state, killed)
 
 
 def _unplugged(device: Arm64Device) -> None:
@@ -357,29 +367,8 @@ async def test_the_link_cut_on_the_way_home_leaves_it_counting_on_the_device(
     """The adb link cut as the way home enters `state` (the readout; its pages going out), the agent alive: the
     move fails where it is, and once the device is back the rollback unpauses the container there — the same
     process with the same memory, counting on — and nothing of the move is left at home."""
-    end, _ = await _move(agent_server, arm64_device, engine_a, _heap(emulated_image, TUNABLES), on_device,
-                         tmp_path, _counted(3))
-    assert end["state"] == "done", end.get("detail")
-    there = _on_the_device(arm64_device, on_device)
-    config = daemon_config(agent_server, arm64_device, tmp_path)
-    daemon = DaemonProcess(config)
-    try:
-        await daemon.start()
-        await daemon.wait_for_log(lambda e: e.get("msg") == "ready")
-        asking = asyncio.create_task(migrate_by_cli(config, on_device, "host"))
-        await daemon.wait_for_log(state_of(on_device, state), timeout=120)
-        await asyncio.to_thread(_unplugged, arm64_device)
-        code, record = await asking
-        assert code != 0 and record["state"] == "rolled-back", (record["state"], record.get("error"))
-        assert daemon.proc is not None and daemon.proc.returncode is None, "the daemon runs on"
-    finally:
-        await daemon.kill()
-    assert _device_state(arm64_device, on_device) == "running"
-    again = _on_the_device(arm64_device, on_device, more_than=there)
-    for role in (0, 1):
-        assert again[role][1] == there[role][1], "memory changed on the device"
-    with pytest.raises(EngineError):  # nothing of the move left at home
-        await engine_a.inspect_container(on_device)
+    await _home_cut_short(agent_server, arm64_device, engine_a, emulated_image, tmp_path, on_device, state,
+                          lambda: _unplugged(arm64_device))
 
 
 def _fetch_at_home() -> str:
