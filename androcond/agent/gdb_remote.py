@@ -4,7 +4,7 @@ An emulated container's qemu-x86_64 runs with its gdb stub on a unix socket (pro
 guest's registers live in qemu's CPU state, not in the kernel, so ptrace on qemu cannot give them: the stub is
 the way in. Written by hand because no maintained asyncio client of the protocol exists (pygdbmi drives a gdb
 binary, which a phone does not have), and the part needed is small: framing, threads, registers, memory,
-host I/O, detach and kill.
+host I/O, single steps, detach and kill.
 
 qemu-user's stub (verified with qemu 10.0) stops every guest thread when a client connects, takes one connection
 per run, and no longer reads the socket once the guest runs again: one stop per run.
@@ -211,6 +211,31 @@ class GdbRemote:
                 raise GdbRemoteError(f"the stub returned no memory at {address + len(out):#x}")
             out += chunk
         return bytes(out)
+
+    async def write_memory(self, address: int, data: bytes) -> None:
+        step = max(16, (self.packet_size - 32) // 2)
+        for at in range(0, len(data), step):
+            piece = data[at:at + step]
+            if await self.request(f"M{address + at:x},{len(piece):x}:{piece.hex()}") != b"OK":
+                raise GdbRemoteError(f"the stub did not write memory at {address + at:#x}")
+
+    async def write_registers(self, thread: int, raw: bytes) -> None:
+        """One thread's registers (`G`: as `registers` gave them)."""
+        if await self.request(f"Hg{thread:x}") != b"OK":
+            raise GdbRemoteError(f"the stub cannot select thread {thread}")
+        if await self.request(b"G" + raw.hex().encode()) != b"OK":
+            raise GdbRemoteError(f"the stub did not write the registers of thread {thread}")
+
+    async def write_register(self, number: int, value: bytes) -> None:
+        """One register of the thread `registers` or `write_registers` selected last (`P` packet)."""
+        if await self.request(f"P{number:x}={value.hex()}") != b"OK":
+            raise GdbRemoteError(f"the stub did not write register {number}")
+
+    async def step(self, pid: int, thread: int, signal: int | None = None) -> StopReply:
+        """One instruction of `thread` (with `signal`, gdb's number, delivered first), and its stop. qemu-user
+        lets the other threads run meanwhile."""
+        action = "s" if signal is None else f"S{signal:02x}"
+        return parse_stop(await self.request(f"vCont;{action}:p{pid:x}.{thread:x}"))
 
     async def transfer(self, obj: str, annex: str, limit: int = PACKET_LIMIT) -> bytes:
         """A `qXfer:<obj>:read:<annex>` object, read in pieces until its end (at most `limit` bytes)."""

@@ -4,9 +4,9 @@ plan as it ran under qemu here: no CRIU image is written.
 
 What goes into the plan: every guest mapping below x86_64's user-space top with its memory (read from
 /proc/<qemu>/mem), every thread with its registers, fs_base and FXSAVE image (x87/SSE), where glibc or musl keep
-its TID, the working directory, and its descriptors (guest_fds.py: files reopened, TCP and UDP sockets made
-afresh). What does not, said in the summary's notes: the signal mask, signal actions and robust lists (qemu
-keeps them in its own memory). Mappings qemu placed above the user-space top (its start-up pages) cannot exist
+its TID, the working directory, its descriptors (guest_fds.py: files reopened, TCP and UDP sockets made
+afresh), its signal actions and each thread's signal mask (guest_signals.py). Robust lists: qemu has none to
+give (guest_signals.py). Mappings qemu placed above the user-space top (its start-up pages) cannot exist
 natively and are left out, unless a thread's registers point into one: then the plan is refused.
 """
 
@@ -22,6 +22,7 @@ from ..protocol import restorer_plan as rp
 from ..protocol.emulation import PLAN
 from .errors import AgentError
 from .guest_fds import GuestFds
+from .guest_signals import MASK_SWAPPING, guest_mask, thread_masks
 from .guest_state import GuestMapping, GuestState, GuestThread
 
 USER_TOP = 1 << 47  # x86_64's user space with 4-level paging: what a native process can map
@@ -66,13 +67,21 @@ NO_FDS = GuestFds((), ("descriptors above stdio are not carried",), ())
 
 
 def write_plan(state: GuestState, qemu_pid: int, out: Path, *, mount: str, status: str | None = None,
-               fds: GuestFds = NO_FDS) -> GuestPlanSummary:
+               fds: GuestFds = NO_FDS, masks_before: dict[int, int] | None = None) -> GuestPlanSummary:
     """The plan (`out`/<PLAN>) and its pages (`out`/guest-pages.img) of the stopped guest; paths in the plan
     under `mount`, where the restorer will find them. `qemu_pid`: in our namespace (guest_state.host_pid);
-    `fds`: its descriptors, read while it is frozen (guest_fds.py). Blocking. Raises GuestPlanRefused."""
+    `fds`: its descriptors, read while it is frozen (guest_fds.py); `masks_before`: its threads' host masks
+    (guest_signals.thread_masks) read before the stub stopped it, for the stopped thread's when the guest was
+    not asked. Blocking. Raises GuestPlanRefused."""
     if fds.refused:  # before any page is read
         raise GuestPlanRefused("; ".join(fds.refused))
-    notes = ["the signal mask, signal actions and robust lists are not carried (qemu keeps them)"]
+    notes = []
+    if state.signals is None:
+        notes.append("the signal actions are not carried: "
+                     f"{state.signals_unread or 'they were not asked for'} (qemu keeps them)")
+    elif state.signals.redelivered:
+        notes.append(f"{len(state.signals.redelivered)} signal(s) that fell due while its signal state was "
+                     "asked for were delivered afterwards")
     kept, dropped = _mappings(state)
     if dropped:
         notes.append(f"{len(dropped)} mapping(s) qemu placed above the x86_64 user space are left out")
@@ -108,8 +117,12 @@ def write_plan(state: GuestState, qemu_pid: int, out: Path, *, mount: str, statu
                 page_bytes += carried
                 skipped += len(chunk) - carried
                 left -= len(chunk)
+        masks = thread_masks(qemu_pid)
         for thread in state.threads:
-            records.append(_thread(state, thread, mem, notes))
+            records.append(_thread(state, thread, mem, notes, _mask(state, thread, masks, masks_before, notes)))
+    if state.signals is not None:
+        records += [rp.sigaction(a.signo, a.handler, a.flags, a.restorer, a.mask)
+                    for a in state.signals.actions if not a.default()]
     if skipped:
         notes.append(f"{skipped} bytes of all-zero anonymous pages not sent (the restorer maps them zero-filled)")
     records += [f.record() for f in fds.files]
@@ -171,7 +184,24 @@ def _prot(perms: str) -> int:
     return sum(bit for flag, bit in _PROT.items() if flag in perms[:3])
 
 
-def _thread(state: GuestState, thread: GuestThread, mem: io.FileIO, notes: list[str]) -> bytes:
+def _mask(state: GuestState, thread: GuestThread, masks: dict[int, int], masks_before: dict[int, int] | None,
+          notes: list[str]) -> int:
+    """The thread's signal mask: as the guest said it (the thread that was asked); else from its host mask,
+    which qemu keeps equal to the guest's (`masks`: now, by the ids the stub names) — but the stopped thread's
+    shows every signal blocked while the stub holds it, so its mask is the one it had before (`masks_before`)."""
+    if state.signals is not None and thread.tid == state.signals.thread:
+        return state.signals.mask
+    host = (masks_before or {}).get(thread.tid) if thread.tid == state.stopped else masks.get(thread.tid)
+    if host is None:
+        notes.append(f"thread {thread.tid}: its signal mask could not be read (it is carried empty)")
+        return 0
+    if "orig_rax" in thread.registers and thread.value("rax") == thread.value("orig_rax") in MASK_SWAPPING:
+        notes.append(f"thread {thread.tid} waits in syscall {thread.value('orig_rax')} with a mask of its own: "
+                     "that mask is carried as its signal mask")
+    return guest_mask(host)
+
+
+def _thread(state: GuestState, thread: GuestThread, mem: io.FileIO, notes: list[str], sigmask: int) -> bytes:
     fs_base = thread.value("fs_base")
     tid_address = 0
     for offset in (GLIBC_TID_OFFSET, MUSL_TID_OFFSET):
@@ -186,7 +216,7 @@ def _thread(state: GuestState, thread: GuestThread, mem: io.FileIO, notes: list[
         # Stopped inside a syscall that has not returned (qemu writes rax only on its return): it runs again
         # natively, as the kernel restarts an interrupted one. Ambiguous when a syscall returned its own number.
         gp["rip"] -= len(SYSCALL)
-    return rp.Thread(thread.tid, thread.tid == state.pid, clear_tid, 0, fs_base, thread.value("gs_base"), 0, 0,
+    return rp.Thread(thread.tid, thread.tid == state.pid, clear_tid, sigmask, fs_base, thread.value("gs_base"), 0, 0,
                      tid_address, [gp[name] for name in rp.GP_ORDER], fxsave(thread)).pack()
 
 

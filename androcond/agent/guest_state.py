@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -55,12 +56,41 @@ class GuestThread:
 
 
 @dataclass(frozen=True)
+class SigAction:
+    signo: int
+    handler: int
+    flags: int
+    restorer: int
+    mask: int
+
+    def default(self) -> bool:
+        return self.handler == self.flags == self.mask == 0
+
+
+@dataclass(frozen=True)
+class GuestSignals:
+    """What the guest said of its signals (guest_signals.py)."""
+
+    thread: int  # the thread whose mask was asked for (the others' come from the host)
+    mask: int
+    actions: tuple[SigAction, ...]  # every signal's but SIGKILL's and SIGSTOP's
+    redelivered: tuple[int, ...]  # signals (gdb's numbers) held while it stepped, delivered again
+
+
+@dataclass(frozen=True)
 class GuestState:
     pid: int  # qemu's, as the container sees it (the guest's getpid() is the same under qemu-user): host_pid
     exe: str  # the guest's program as it sees it
     threads: tuple[GuestThread, ...]  # the main thread (tid == pid) first
     maps: tuple[GuestMapping, ...]
     cwd: str  # the guest's working directory, as it sees it
+    signals: GuestSignals | None = None
+    signals_unread: str = ""  # why `signals` is None, when it was asked for
+    stopped: int = 0  # the thread the stub stopped (0: unknown)
+
+
+# Asked between the stop and the threads' registers: (stub, pid, the stopped thread, register layout, maps).
+SignalReader = Callable[[GdbRemote, int, int, list[Register], tuple[GuestMapping, ...]], Awaitable[GuestSignals]]
 
 
 def register_layout(describe: dict[str, bytes], top: str = "target.xml") -> list[Register]:
@@ -129,11 +159,16 @@ def parse_maps(text: str) -> list[GuestMapping]:
     return out
 
 
-async def read_out(stub: GdbRemote) -> GuestState:
-    """The stopped guest's threads, registers, program and memory map. The caller ends the connection
-    (stub.detach or stub.kill) and reads the memory from /proc/<pid>/mem meanwhile."""
+class SignalsUnread(GdbRemoteError):
+    """The guest's signal state could not be asked for, and nothing was done to it: the readout goes on."""
+
+
+async def read_out(stub: GdbRemote, signals: SignalReader | None = None) -> GuestState:
+    """The stopped guest's threads, registers, program and memory map, and with `signals` its signal state.
+    The caller ends the connection (stub.detach or stub.kill) and reads the memory from /proc/<pid>/mem
+    meanwhile."""
     await stub.handshake()
-    await stub.stop_reason()  # connected: every thread is stopped
+    stop = await stub.stop_reason()  # connected: every thread is stopped
     pid = await stub.process()
     describe: dict[str, bytes] = {}
     pending = ["target.xml"]
@@ -144,8 +179,19 @@ async def read_out(stub: GdbRemote) -> GuestState:
         describe[name] = await stub.transfer("features", name, limit=TARGET_XML_LIMIT)
         pending += includes(describe[name])
     layout = register_layout(describe)
+    maps = parse_maps((await stub.read_file(f"/proc/{pid}/maps", limit=MAPS_LIMIT)).decode(errors="replace"))
+    tids = await stub.threads()
+    said, unread = None, ""
+    if signals is not None and len(tids) > 1:
+        # Each step of the asked thread lets every other thread run on, and the stub cannot stop them again.
+        unread = f"it has {len(tids)} threads, and asking the guest would let the others run during the readout"
+    elif signals is not None:
+        try:
+            said = await signals(stub, pid, stop.thread or pid, layout, tuple(maps))
+        except SignalsUnread as exc:
+            unread = str(exc)
     threads = []
-    for tid in await stub.threads():
+    for tid in tids:
         registers = split_registers(await stub.registers(tid), layout)
         for reg in layout:  # what `g` leaves out (qemu: orig_rax, the number of the syscall last entered)
             if reg.name not in registers:
@@ -153,8 +199,8 @@ async def read_out(stub: GdbRemote) -> GuestState:
         threads.append(GuestThread(tid, registers))
     threads.sort(key=lambda thread: thread.tid != pid)
     exe = (await stub.transfer("exec-file", f"{pid:x}")).decode(errors="replace")
-    maps = parse_maps((await stub.read_file(f"/proc/{pid}/maps", limit=MAPS_LIMIT)).decode(errors="replace"))
-    return GuestState(pid, exe, tuple(threads), tuple(maps), await stub.readlink(f"/proc/{pid}/cwd"))
+    return GuestState(pid, exe, tuple(threads), tuple(maps), await stub.readlink(f"/proc/{pid}/cwd"), said, unread,
+                      stop.thread or pid)
 
 
 def host_pid(ns_pid: int, beside: int) -> int:

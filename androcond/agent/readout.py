@@ -25,8 +25,9 @@ from .emulated import stub_socket
 from .errors import AgentError
 from .gdb_remote import GdbRemote, GdbRemoteError
 from .guest_fds import children, guest_fds, sockets
-from .guest_plan import GuestPlanRefused, GuestPlanSummary, write_plan
-from .guest_state import host_pid, read_out
+from .guest_plan import USER_TOP, GuestPlanRefused, GuestPlanSummary, write_plan
+from .guest_signals import read_signals, thread_masks
+from .guest_state import GuestMapping, GuestSignals, Register, host_pid, read_out
 
 log = get_logger(__name__)
 READOUTS = "readouts"  # beneath the spool: one empty file per container whose stub was used
@@ -103,12 +104,20 @@ async def freeze(engine: Engine, inspect: dict[str, Any], checkpoint_dir: Path, 
     stub: GdbRemote | None = None
     emulators = await asyncio.to_thread(children, init_pid)
     try:
-        # The sockets qemu holds before the agent connects: the one it accepts then is the stub's.
+        # The sockets qemu holds before the agent connects: the one it accepts then is the stub's. Its threads'
+        # masks too: the thread the stub stops shows every signal blocked until it runs again.
         before = await asyncio.to_thread(sockets, emulators[0]) if len(emulators) == 1 else set()
+        masks_before = await asyncio.to_thread(thread_masks, emulators[0]) if len(emulators) == 1 else {}
         await asyncio.to_thread(mark.parent.mkdir, parents=True, exist_ok=True)
         await asyncio.to_thread(mark.touch)  # before connecting: an attempt may use the stub's one connection up
         stub = await GdbRemote.connect(stub_socket(init_pid))
-        state = await read_out(stub)  # every guest thread stopped from here
+
+        async def signals(stub: GdbRemote, pid: int, tid: int, layout: list[Register],
+                          maps: tuple[GuestMapping, ...]) -> GuestSignals:
+            qemu = await asyncio.to_thread(host_pid, pid, init_pid)
+            return await read_signals(stub, pid, tid, layout, maps, qemu_pid=qemu, top=USER_TOP)
+
+        state = await read_out(stub, signals)  # every guest thread stopped from here
         # Paused before the stub lets go: the guest must not run between its registers and its memory. A
         # frozen qemu cannot answer the stub, so nothing more is asked of it; closing the connection tells it
         # to go on once it is thawed (gdbstub: end of file, no signal).
@@ -122,7 +131,7 @@ async def freeze(engine: Engine, inspect: dict[str, Any], checkpoint_dir: Path, 
         accepted = frozenset(await asyncio.to_thread(sockets, qemu)) - before
         fds = await asyncio.to_thread(guest_fds, qemu, accepted)
         summary = await asyncio.to_thread(write_plan, state, qemu, checkpoint_dir, mount=MOUNT,
-                                          status=f"{MOUNT}/{STATUS}", fds=fds)
+                                          status=f"{MOUNT}/{STATUS}", fds=fds, masks_before=masks_before)
     except (ReadoutError, GdbRemoteError, GuestPlanRefused, EngineError, OSError) as exc:
         if stub is not None:
             await stub.close()

@@ -28,7 +28,6 @@ from ..protocol.restorer_plan import (
     O_NONBLOCK,
     R_CWD,
     R_PAGES_FILE,
-    R_SIGACTION,
     R_STATUS,
     R_STUB,
     SOCK_DGRAM,
@@ -453,7 +452,7 @@ def _sigactions(dump: _Dump, pid: int, core: Entry) -> list[bytes]:
             continue
         if handler == flags == mask == 0:
             continue  # SIG_DFL with nothing else: the default already
-        records.append(rp.record(R_SIGACTION, struct.pack("<IIQQQQ", signo, 0, handler, flags, restorer, mask)))
+        records.append(rp.sigaction(signo, handler, flags, restorer, mask))
     _check_pending(dump, f"process {pid}", wire.get_message(tc, 10))
     timers = wire.get_message(tc, 7) or {}
     itimers = [wire.get_ints(t, n) for n in (1, 2, 3) for t in wire.get_messages(timers, n)]

@@ -73,6 +73,11 @@ def socket_kind(type: int, state: int, port: int) -> int:
     return FD_BOUND if port else FD_SOCKET
 
 
+def sigaction(signo: int, handler: int, flags: int, restorer: int, mask: int) -> bytes:
+    """A SIGACTION record: the kernel's x86_64 k_sigaction of signal `signo`, which the restorer installs."""
+    return record(R_SIGACTION, struct.pack("<IIQQQQ", signo, 0, handler, flags, restorer, mask))
+
+
 def pages(address: int, length: int, offset: int) -> bytes:
     return record(R_PAGES, struct.pack("<QQQ", address, length, offset))
 

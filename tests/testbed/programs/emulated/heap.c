@@ -1,8 +1,10 @@
 /* For the emulated move: a dynamically linked program with two threads and a 64 MB heap (or as many MB as its
    argument says). Role 0 (the main thread) prints its count and the heap's checksum; role 1 (a second thread) its count and the checksum of its
    own stack buffer. Every line is "count N role R sum S"; a move that lost or changed memory shows in S, one
-   that restarted the program shows as count 1 again. */
+   that restarted the program shows as count 1 again.
+   Its signal masks, which a move must carry: SIGUSR2 is blocked in both threads, SIGUSR1 in the second. */
 #include <pthread.h>
+#include <signal.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -24,6 +26,10 @@ static void tick(void) {
 
 static void *second(void *arg) {
     (void)arg;
+    sigset_t usr1;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    pthread_sigmask(SIG_BLOCK, &usr1, NULL);
     uint64_t own[512];
     for (size_t i = 0; i < 512; i++) own[i] = i * 2654435761ULL;
     for (unsigned long n = 1;; n++) {
@@ -43,6 +49,10 @@ int main(int argc, char **argv) {
         x ^= x << 13; x ^= x >> 7; x ^= x << 17;
         heap[i] = x;
     }
+    sigset_t usr2;
+    sigemptyset(&usr2);
+    sigaddset(&usr2, SIGUSR2);
+    pthread_sigmask(SIG_BLOCK, &usr2, NULL);  /* before the second thread starts: it inherits the mask */
     pthread_t thread;
     if (pthread_create(&thread, NULL, second, NULL) != 0) return 2;
     for (unsigned long n = 1;; n++) {

@@ -1,14 +1,30 @@
 /* For the emulated move: an HTTP server on port 8080 that keeps its state in memory. Every answer is
    "hits N token T": N counts the requests it has answered (so a restart shows as hits 1 again), T is drawn once
-   at start-up. One thread, one listening socket, one connection at a time. */
+   at start-up. One thread, one listening socket, one connection at a time. Its signal state, which a move must
+   carry: SIGUSR1 runs a handler that writes "signal usr1" (accept restarts after it), SIGUSR2 is blocked. */
 #include <netinet/in.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <time.h>
 #include <unistd.h>
 
+static void on_usr1(int signo) {
+    static const char line[] = "signal usr1\n";
+    (void)signo;
+    if (write(1, line, sizeof line - 1) < 0) _exit(3);
+}
+
 int main(void) {
+    struct sigaction action = {0};
+    action.sa_handler = on_usr1;
+    action.sa_flags = SA_RESTART;
+    sigaction(SIGUSR1, &action, NULL);
+    sigset_t usr2;
+    sigemptyset(&usr2);
+    sigaddset(&usr2, SIGUSR2);
+    sigprocmask(SIG_BLOCK, &usr2, NULL);
     unsigned long token = (unsigned long)time(NULL) * 2654435761UL ^ (unsigned long)getpid();
     int one = 1;
     int server = socket(AF_INET, SOCK_STREAM, 0);
