@@ -28,10 +28,11 @@ from ..criu import compat as criu_compat
 from ..criu.leftovers import place_nonce, remove_extractions
 from ..engine import Engine, EngineError
 from ..logging import get_logger
-from ..protocol.emulation import stub_supported
-from . import emulated, restore_steps
+from ..protocol.emulation import restorer_mounted, stub_supported
+from . import emulated, readout, restore_steps
 from .emulator import find_emulator
 from .errors import RestoreError
+from .guest_signals import host_mask
 
 log = get_logger(__name__)
 
@@ -376,6 +377,32 @@ class DeviceEngine:
             raise
         return bool(state.get("Running"))
 
+    async def release_restorer(self, container_id: str) -> str:
+        """A running container that androcond's runtime started once with the restorer, whose agent stopped
+        before letting it go (settled as running): its restorer's directory is unmounted and its copy removed
+        now, or it could never be checkpointed. An emulated container keeps its directory (its emulator runs
+        from there: the engine binds it, the runtime does not). What could not be done, '' when all was or
+        nothing was to do.
+
+        The restorer is never cut short by this: it blocks every signal until the process it rebuilt runs with
+        its own mask, so a container whose process still blocks them all is left as it is (and said so)."""
+        try:
+            inspect = await self.engine.inspect_container(container_id)
+        except EngineError as exc:
+            return f"cannot inspect it: {exc}"
+        pid = int((inspect.get("State") or {}).get("Pid") or 0)
+        if not pid or readout.emulated(inspect):
+            return ""
+        if not await asyncio.to_thread(restorer_mounted, pid):
+            return ""
+        blocked = await asyncio.to_thread(host_mask, pid, pid)
+        if blocked is None or blocked | UNBLOCKABLE == ALL_SIGNALS:
+            return "its process blocks every signal, as the restorer does while it runs: it may not be done yet"
+        left = await emulated.let_go(self.engine, container_id)
+        log.info("let go of the restorer of a container settled as running", container_id=container_id,
+                 left=left or None)
+        return left
+
     async def discard(self, container_id: str) -> None:
         try:
             await self.engine.remove_container(container_id, force=True)
@@ -384,6 +411,8 @@ class DeviceEngine:
                 raise
 
 
+ALL_SIGNALS = (1 << 64) - 1
+UNBLOCKABLE = 1 << 8 | 1 << 18  # SIGKILL's and SIGSTOP's bits: the kernel never shows them blocked
 RUNTIME_NAME = "androcond"
 RUNTIME_STUB = "androcond-images"  # in the stub: the directory where the images are (read by androcond-runc)
 RUNTIME_LAZY = "androcond-lazy"  # in the stub: androcond-runc restores with --lazy-pages

@@ -42,6 +42,10 @@ async def settle_if_stale(store: OutcomeStore, device: DeviceEngine, record: Out
                                 bytes_received=record.bytes_received)
     elif before == OutcomeState.RESTORING and cid and await device.is_running(cid):
         settled = OutcomeRecord(record.migration_id, OutcomeState.RUNNING, cid, bytes_received=record.bytes_received)
+        left = await device.release_restorer(cid)  # a restorer's start the dead agent did not finish
+        if left:
+            log.warning("the settled container runs, but cannot be checkpointed until it is restarted",
+                        container_id=cid, why=left)
     else:
         if cid:
             await device.discard(cid)
