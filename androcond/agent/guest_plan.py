@@ -5,9 +5,10 @@ plan as it ran under qemu here: no CRIU image is written.
 What goes into the plan: every guest mapping below x86_64's user-space top with its memory (read from
 /proc/<qemu>/mem), every thread with its registers, fs_base and FXSAVE image (x87/SSE), where glibc or musl keep
 its TID, the working directory, its descriptors (guest_fds.py: files reopened, TCP and UDP sockets made
-afresh), its signal actions and each thread's signal mask (guest_signals.py). Robust lists: qemu has none to
-give (guest_signals.py). Mappings qemu placed above the user-space top (its start-up pages) cannot exist
-natively and are left out, unless a thread's registers point into one: then the plan is refused.
+afresh), each thread's signal mask and, for a process with one thread, its signal actions (guest_signals.py;
+the notes say when they are not carried). Robust lists: qemu has none to give. Mappings qemu placed above the
+user-space top (its start-up pages) cannot exist natively and are left out, unless a thread's registers point
+into one: then the plan is refused.
 """
 
 from __future__ import annotations
