@@ -11,10 +11,9 @@ for byte. Only a guest with one thread is asked (guest_state.read_out): qemu's s
 step and does not stop the others again (seen with qemu 10.0.13), so their registers would be read while they
 run.
 
-A guest signal that falls due while it steps is shown to the stub before it is delivered. In that thread (at
-the call's registers) the next step drops it: it is remembered and delivered once the thread has its own
-registers back, as if it had come just before the stop. In another thread it is handed back to that thread
-with the next step.
+A guest signal that falls due while it steps is shown to the stub before it is delivered, and at the call's
+registers the next step drops it: it is remembered and delivered once the thread has its own registers back,
+as if it had come just before the stop.
 
 The masks of a guest that is not asked come from the host: qemu keeps each guest thread's host mask equal to
 its guest mask, in host numbers, and `guest_mask` maps them back (seen with qemu 10.0.13: the guest's SIGABRT is
@@ -138,7 +137,6 @@ class _Thread:
         self.answer = self.frame + 16
         self.held: list[int] = []  # gdb's numbers
         self.redelivered: list[int] = []
-        self.foreign: int | None = None
 
     def _value(self, raw: bytes, name: str) -> int:
         reg = self.layout[name]
@@ -150,18 +148,12 @@ class _Thread:
             raw[reg.offset:reg.offset + reg.size] = (value & ((1 << 8 * reg.size) - 1)).to_bytes(reg.size, "little")
 
     async def _step(self, signal: int | None = None) -> None:
-        """One step of this thread. A guest signal falls due and is shown to the stub before its delivery: in
-        this thread it is held (at the call's registers it must not run its handler; the step after drops
-        it), in another it is handed back to that one with the next step (the thread the stub holds gets the
-        signal a resume names), delivered there in its own context."""
-        if signal is None:
-            signal, self.foreign = self.foreign, None
+        """One step of this thread (the guest's only one). A guest signal that falls due is shown to the stub
+        before its delivery: it is held (at the call's registers it must not run its handler; the step after
+        drops it) and delivered by put_back."""
         stop = await self.stub.step(self.pid, self.tid, signal)
         if stop.signal != GDB_SIGTRAP:
-            if stop.thread in (None, self.tid):
-                self.held.append(stop.signal)
-            else:
-                self.foreign = stop.signal
+            self.held.append(stop.signal)
 
     async def call(self, nr: int, *args: int) -> int:
         """Run syscall `nr` with up to four arguments in this thread; its result (negative: -errno). It is
@@ -181,21 +173,16 @@ class _Thread:
         raise GdbRemoteError(f"thread {self.tid} did not finish syscall {nr} in {STEPS_PER_CALL} steps")
 
     async def put_back(self) -> None:
-        """Its own registers again, then each signal held meanwhile delivered there (and another thread's
-        handed back): steps of its own code now, which a signal may interrupt in its own context."""
+        """Its own registers again, then each signal held meanwhile delivered there: a step of its own code,
+        which the signal interrupts in its own context."""
         await self.stub.write_registers(self.tid, self.own)
         if self.orig_rax is not None:
             await self.stub.write_register(self.layout["orig_rax"].number, self.orig_rax)
-        delivered = 0
-        while (self.held or self.foreign is not None) and delivered < STEPS_PER_CALL:
-            if self.foreign is not None:
-                await self._step()
-            else:
-                self.redelivered.append(self.held.pop(0))
-                await self._step(self.redelivered[-1])
-            delivered += 1
-        if self.held or self.foreign is not None:
-            raise GdbRemoteError(f"signals kept falling due while thread {self.tid} was given them back")
+        while self.held:
+            if len(self.redelivered) >= STEPS_PER_CALL:
+                raise GdbRemoteError(f"signals kept falling due while thread {self.tid} was given them back")
+            self.redelivered.append(self.held.pop(0))
+            await self._step(self.redelivered[-1])
 
 
 async def read_signals(stub: GdbRemote, pid: int, tid: int, layout: list[Register], maps: tuple[GuestMapping, ...],

@@ -173,7 +173,7 @@ def maps_for(code: int, stack: int) -> tuple[GuestMapping, ...]:
 
 
 STACK = 0x7FF000000000
-TID, OTHER = 77, 78
+TID = 77
 USR1 = 30  # gdb's number
 
 
@@ -201,13 +201,6 @@ async def test_a_signal_that_fell_due_in_the_asked_thread_is_delivered_at_its_ow
     said = await ask(stub, code)
     assert said.redelivered == (USR1,)
     assert stub.delivered == [(TID, USR1, own)], "not delivered, or at the call's registers"
-
-
-async def test_another_thread_s_signal_is_handed_back_to_it(code: int) -> None:
-    stub = StubStandIn(code + 100, STACK, {}, 0, signals={3: (USR1, OTHER)})
-    said = await ask(stub, code)
-    assert said.redelivered == ()
-    assert [(thread, signal) for thread, signal, _ in stub.delivered] == [(OTHER, USR1)]
 
 
 async def test_no_syscall_site_leaves_the_guest_untouched(code: int) -> None:
