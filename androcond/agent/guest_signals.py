@@ -68,20 +68,18 @@ def guest_mask(host: int) -> int:
     return guest
 
 
+def _status(path: Path) -> dict[str, str]:
+    """A task's status file as its fields. Blocking; raises OSError."""
+    return dict(line.split(":", 1) for line in path.read_text().splitlines() if ":" in line)
+
+
 def host_mask(pid: int, tid: int, proc: Path = Path("/proc")) -> int | None:
     """The blocked set of thread `tid` of process `pid` (its status's SigBlk; bit n-1: signal n), None when it
     cannot be read. Blocking."""
     try:
-        status = (proc / str(pid) / "task" / str(tid) / "status").read_text()
-    except OSError:
+        return int(_status(proc / str(pid) / "task" / str(tid) / "status")["SigBlk"].split()[0], 16)
+    except (OSError, KeyError, IndexError, ValueError):
         return None
-    for line in status.splitlines():
-        if line.startswith("SigBlk:"):
-            try:
-                return int(line.split()[1], 16)
-            except (IndexError, ValueError):
-                return None
-    return None
 
 
 def thread_masks(pid: int, proc: Path = Path("/proc")) -> dict[int, int]:
@@ -94,8 +92,7 @@ def thread_masks(pid: int, proc: Path = Path("/proc")) -> dict[int, int]:
         return masks
     for task in tasks:
         try:
-            fields = dict(line.split(":", 1) for line in task.joinpath("status").read_text().splitlines()
-                          if ":" in line)
+            fields = _status(task / "status")
             masks[int(fields["NSpid"].split()[-1])] = int(fields["SigBlk"].split()[0], 16)
         except (OSError, KeyError, IndexError, ValueError):
             continue  # ended meanwhile

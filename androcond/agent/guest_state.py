@@ -170,6 +170,7 @@ async def read_out(stub: GdbRemote, signals: SignalReader | None = None) -> Gues
     await stub.handshake()
     stop = await stub.stop_reason()  # connected: every thread is stopped
     pid = await stub.process()
+    stopped = stop.thread or pid
     describe: dict[str, bytes] = {}
     pending = ["target.xml"]
     while pending:
@@ -187,7 +188,7 @@ async def read_out(stub: GdbRemote, signals: SignalReader | None = None) -> Gues
         unread = f"it has {len(tids)} threads, and asking the guest would let the others run during the readout"
     elif signals is not None:
         try:
-            said = await signals(stub, pid, stop.thread or pid, layout, tuple(maps))
+            said = await signals(stub, pid, stopped, layout, tuple(maps))
         except SignalsUnread as exc:
             unread = str(exc)
     threads = []
@@ -200,7 +201,7 @@ async def read_out(stub: GdbRemote, signals: SignalReader | None = None) -> Gues
     threads.sort(key=lambda thread: thread.tid != pid)
     exe = (await stub.transfer("exec-file", f"{pid:x}")).decode(errors="replace")
     return GuestState(pid, exe, tuple(threads), tuple(maps), await stub.readlink(f"/proc/{pid}/cwd"), said, unread,
-                      stop.thread or pid)
+                      stopped)
 
 
 def host_pid(ns_pid: int, beside: int) -> int:

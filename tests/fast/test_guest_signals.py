@@ -12,7 +12,6 @@ import os
 import signal
 import struct
 import threading
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -41,9 +40,10 @@ from androcond.agent.guest_state import (
 from androcond.protocol import restorer_plan as rp
 from androcond.protocol.emulation import PLAN
 
-from .test_guest_plan import records, thread
+from .test_guest_plan import memory, records, thread
 
 PAGE = mmap.PAGESIZE
+__all__ = ["memory"]  # the fixture, shared with the plan's tests
 
 
 def bit(signo: int) -> int:
@@ -82,17 +82,11 @@ def test_thread_masks_go_by_the_ids_the_stub_names(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def code() -> Iterator[int]:
+def code(memory: tuple[mmap.mmap, int]) -> int:
     """A page of this process holding a `syscall; ret`, standing for the guest's code."""
-    area = mmap.mmap(-1, PAGE)
+    area, address = memory
     area[100:100 + len(SYSCALL_RET)] = SYSCALL_RET
-    view = ctypes.c_char.from_buffer(area)
-    address = ctypes.addressof(view)
-    del view
-    try:
-        yield address
-    finally:
-        area.close()
+    return address
 
 
 LAYOUT = [Register(name, 8 * i, 8, i) for i, name in enumerate(("rax", "rdi", "rsi", "rdx", "r10", "rsp", "rip"))]
@@ -212,11 +206,15 @@ async def test_no_syscall_site_leaves_the_guest_untouched(code: int) -> None:
     assert stub.raw() == own and stub.steps == 0 and not stub.memory
 
 
-def test_the_plan_carries_the_actions_and_each_thread_s_mask(tmp_path: Path) -> None:
-    area = mmap.mmap(-1, PAGE)
-    view = ctypes.c_char.from_buffer(area)
-    base = ctypes.addressof(view)
-    del view
+def thread_masks_in(plan: bytes) -> dict[int, int]:
+    """The signal mask of each THREAD record, by its tid."""
+    return {struct.unpack_from("<I", body)[0]: struct.unpack_from("<Q", body, 16)[0]
+            for kind, body in records(plan) if kind == rp.R_THREAD}
+
+
+def test_the_plan_carries_the_actions_and_each_thread_s_mask(tmp_path: Path,
+                                                             memory: tuple[mmap.mmap, int]) -> None:
+    _area, base = memory
     asked, other = 4321, threading.get_native_id()  # the other thread's mask is read off this one
     maps = (GuestMapping(base, base + PAGE, "rw-p", 0, ""),)
     threads = (thread(asked, rip=base, rsp=base + 64), thread(other, rip=base, rsp=base + 128))
@@ -228,24 +226,20 @@ def test_the_plan_carries_the_actions_and_each_thread_s_mask(tmp_path: Path) -> 
                              mount="/m")
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        area.close()
-    recs = records((tmp_path / PLAN).read_bytes())
-    carried = [struct.unpack_from("<IIQQQQ", body) for kind, body in recs if kind == rp.R_SIGACTION]
+    plan = (tmp_path / PLAN).read_bytes()
+    carried = [struct.unpack_from("<IIQQQQ", body) for kind, body in records(plan) if kind == rp.R_SIGACTION]
     assert carried == [(10, 0, 0x401000, 0x14000000, 0x7F0000001000, bit(15)), (13, 0, 1, 0, 0, 0)]
-    masks = {struct.unpack_from("<I", body)[0]: struct.unpack_from("<Q", body, 16)[0]
-             for kind, body in recs if kind == rp.R_THREAD}
+    masks = thread_masks_in(plan)
     assert masks[asked] == bit(12)
     assert masks[other] & (bit(10) | bit(36)) == bit(10) | bit(36)  # host 40 is the guest's 36
     assert not any("signal" in note for note in summary.notes)
 
 
-def test_the_stopped_thread_s_mask_is_the_one_it_had_before_the_stop(tmp_path: Path) -> None:
+def test_the_stopped_thread_s_mask_is_the_one_it_had_before_the_stop(tmp_path: Path,
+                                                                     memory: tuple[mmap.mmap, int]) -> None:
     """Not asked (more than one thread): the stopped thread's mask from before the stop (its host mask is all
     blocked while the stub holds it), the others' as the host shows them now."""
-    area = mmap.mmap(-1, PAGE)
-    view = ctypes.c_char.from_buffer(area)
-    base = ctypes.addressof(view)
-    del view
+    _area, base = memory
     stopped, other = 4321, threading.get_native_id()
     state = GuestState(stopped, "", (thread(stopped, rip=base, rsp=base + 64), thread(other, rip=base, rsp=base)),
                        (GuestMapping(base, base + PAGE, "rw-p", 0, ""),), "/", None, "it has 2 threads", stopped)
@@ -254,24 +248,16 @@ def test_the_stopped_thread_s_mask_is_the_one_it_had_before_the_stop(tmp_path: P
         summary = write_plan(state, os.getpid(), tmp_path, mount="/m", masks_before={stopped: bit(12) | bit(35)})
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
-        area.close()
-    masks = {struct.unpack_from("<I", body)[0]: struct.unpack_from("<Q", body, 16)[0]
-             for kind, body in records((tmp_path / PLAN).read_bytes()) if kind == rp.R_THREAD}
+    masks = thread_masks_in((tmp_path / PLAN).read_bytes())
     assert masks[stopped] == bit(12) | bit(6)  # the host's 35 is the guest's SIGABRT
     assert masks[other] & bit(10)
     assert any("signal actions are not carried: it has 2 threads" in note for note in summary.notes)
 
 
-def test_a_plan_without_the_signal_state_says_why(tmp_path: Path) -> None:
-    area = mmap.mmap(-1, PAGE)
-    view = ctypes.c_char.from_buffer(area)
-    base = ctypes.addressof(view)
-    del view
-    try:
-        state = GuestState(4321, "", (thread(4321, rip=base, rsp=base + 64),), (GuestMapping(base, base + PAGE,
-                           "rw-p", 0, ""),), "/", None, "no `syscall; ret` in the guest's code")
-        summary = write_plan(state, os.getpid(), tmp_path, mount="/m")
-    finally:
-        area.close()
+def test_a_plan_without_the_signal_state_says_why(tmp_path: Path, memory: tuple[mmap.mmap, int]) -> None:
+    _area, base = memory
+    state = GuestState(4321, "", (thread(4321, rip=base, rsp=base + 64),), (GuestMapping(base, base + PAGE,
+                       "rw-p", 0, ""),), "/", None, "no `syscall; ret` in the guest's code")
+    summary = write_plan(state, os.getpid(), tmp_path, mount="/m")
     assert any("signal actions are not carried: no `syscall; ret`" in note for note in summary.notes)
     assert not any(kind == rp.R_SIGACTION for kind, _ in records((tmp_path / PLAN).read_bytes()))
