@@ -5,6 +5,11 @@ against asyncssh alone (bench/ssh_sink.py): the ceiling of any transport built o
 Run as root:  .venv/bin/python -m bench.transport [--size-mb 256] [--runs 5]
 Prints a Markdown table (median of the runs, MB/s, ratio to OpenSSH, and the machine's busy CPU seconds over
 each run: both ends share this machine's cores, so a transfer's speed is bounded by what it costs them).
+
+Each row runs twice in a row: first once the VM has handed its freed memory back to the hypervisor (touching
+such memory again costs a fault on the host, and a transfer that lands on disk touches its size in new page
+cache), then at once on the memory the first run just freed. Without that, a row that writes to disk measures
+whatever memory the row before it left behind.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from androcond.link.ssh import Endpoint
 from androcond.link.transport import AgentConnection
 from androcond.protocol import protocol_pb2 as pb
 from androcond.protocol import ssh
-from bench.procfs import machine_cpu, peak_rss
+from bench.procfs import machine_cpu, peak_rss, settle_freed_memory
 from tests.testbed import TestBed
 from tests.testbed.agent import DeviceAgent
 from tests.testbed.images import TEST_IMAGE
@@ -114,6 +119,15 @@ class Run:
         self.cpu.append(machine_cpu()[0] - busy)
 
 
+def local_copy_once(payload: Path, target: Path) -> float:
+    """The device's disk alone: `cat` from tmpfs into a new file on the same disk, no link (the writes' own
+    cost, which every row that lands on disk pays)."""
+    with payload.open("rb") as f, target.open("wb") as out:
+        started = time.perf_counter()
+        subprocess.run(["cat"], stdin=f, stdout=out, check=True)
+        return time.perf_counter() - started
+
+
 def main() -> int:
     parser = argparse.ArgumentParser()
     parser.add_argument("--size-mb", type=int, default=256)
@@ -130,21 +144,43 @@ def main() -> int:
                             agent.known_hosts(Path(work_dir) / "known_hosts"))
         disk_target = bed.engine_b.data_root / f"bench-{uuid.uuid4().hex}"
         sink = start_sink(bed, Path(work_dir))
+        ciphers: list[str] = []
+
+        def push() -> float:
+            seconds, cipher = asyncio.run(push_once(endpoint, payload))
+            ciphers.append(cipher)
+            return seconds
+
+        def to_disk(once: Callable[[], float]) -> Callable[[], float]:
+            """A new file each time, as the agent writes: a file overwritten in place would get back the pages
+            it just freed."""
+            def run() -> float:
+                disk_target.unlink(missing_ok=True)
+                return once()
+            return run
+
+        rows: list[tuple[str, Callable[[], float]]] = [
+            ("OpenSSH `cat > /dev/null` (baseline)", lambda: openssh_once(bed, payload, "/dev/null")),
+            ("OpenSSH `cat > FILE` (a new file on the device's disk)",
+             to_disk(lambda: openssh_once(bed, payload, str(disk_target)))),
+            ("asyncssh alone → a sink that discards (the same ciphers, window and packets; no protocol)",
+             lambda: asyncio.run(bare_asyncssh_once(bed.device.device_ip, SINK_PORT, bed.device.client_key,
+                                                    payload))),
+            ("androcond transport → agent (digest checked on disk)", push),
+            ("no link: `cat` from tmpfs into a new file on the device's disk", to_disk(
+                lambda: local_copy_once(payload, disk_target))),
+        ]
+        fresh = {name: Run() for name, _ in rows}
+        reused = {name: Run() for name, _ in rows}
         try:
-            ours, plain, to_disk, bare = Run(), Run(), Run(), Run()
-            ciphers: list[str] = []
-
-            def push() -> float:
-                seconds, cipher = asyncio.run(push_once(endpoint, payload))
-                ciphers.append(cipher)
-                return seconds
-
-            for _ in range(args.runs):  # interleaved, so drift hits all four alike
-                ours.measure(push)
-                plain.measure(lambda: openssh_once(bed, payload, "/dev/null"))
-                to_disk.measure(lambda: openssh_once(bed, payload, str(disk_target)))
-                bare.measure(lambda: asyncio.run(bare_asyncssh_once(bed.device.device_ip, SINK_PORT,
-                                                                    bed.device.client_key, payload)))
+            for _ in range(args.runs):  # interleaved, so drift hits every row alike
+                for name, once in rows:
+                    # Each row twice in a row: first on memory the VM has handed back (its first touch costs a
+                    # fault on the host), then at once again, on the memory the first one just freed.
+                    disk_target.unlink(missing_ok=True)
+                    settle_freed_memory()
+                    fresh[name].measure(once)
+                    reused[name].measure(once)
             agent_peak = peak_rss(agent.proc.pid) if agent.proc is not None else 0
         finally:
             disk_target.unlink(missing_ok=True)
@@ -152,18 +188,18 @@ def main() -> int:
             sink.kill()
             sink.wait()
     mb = args.size_mb * 1048576 / 1e6
-    base = statistics.median(plain.seconds)
-    rows = [("OpenSSH `cat > /dev/null` (baseline)", plain), ("OpenSSH `cat > FILE` (writes to disk)", to_disk),
-            ("asyncssh alone → a sink that discards (the same ciphers, window and packets; no protocol)", bare),
-            (f"androcond transport → agent (asyncssh, {ciphers[-1]}; digest checked on disk)", ours)]
-    print(f"| {args.size_mb} MB over the namespace link, median of {args.runs} | seconds | MB/s | vs baseline "
-          f"| CPU seconds, set-up included | cores busy (of {os.cpu_count()}) |")
-    print("|---|---|---|---|---|---|")
-    for name, run in rows:
-        med = statistics.median(run.seconds)
-        cpu = statistics.median(run.cpu)
-        busy = statistics.median(c / w for c, w in zip(run.cpu, run.wall, strict=True))
-        print(f"| {name} | {med:.2f} | {mb / med:.0f} | {base / med:.0%} | {cpu:.2f} | {busy:.2f} |")
+    print(f"androcond's cipher: {ciphers[-1]}; {os.cpu_count()} cores; median of {args.runs}\n")
+    print(f"| {args.size_mb} MB over the namespace link | memory | seconds | MB/s | vs baseline "
+          "| CPU seconds, set-up included | cores busy |")
+    print("|---|---|---|---|---|---|---|")
+    for memory, runs in (("handed back", fresh), ("just freed", reused)):
+        base = statistics.median(runs[rows[0][0]].seconds)
+        for name, _ in rows:
+            run = runs[name]
+            med = statistics.median(run.seconds)
+            cpu = statistics.median(run.cpu)
+            busy = statistics.median(c / w for c, w in zip(run.cpu, run.wall, strict=True))
+            print(f"| {name} | {memory} | {med:.2f} | {mb / med:.0f} | {base / med:.0%} | {cpu:.2f} | {busy:.2f} |")
     print(f"\nthe agent's peak RSS over the run: {agent_peak / 2**20:.0f} MiB")
     return 0
 
