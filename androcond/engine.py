@@ -51,6 +51,17 @@ class EngineTimeout(EngineUnreachable, TimeoutError):
 Json = dict[str, Any]
 
 
+def restart_policy(inspect: Json) -> Json | None:
+    """The restart policy of an inspected container, None when it has none.
+
+    The engine starts a container with one afresh as soon as a checkpoint has stopped it (Docker does so after
+    `docker checkpoint create`, for on-failure, always and unless-stopped alike): a second copy, counting from
+    the start, while the first is on its way. So whichever side is the source lifts it for the move; the target
+    applies it once its restore succeeded, and a rollback puts it back at the source."""
+    policy = (inspect.get("HostConfig") or {}).get("RestartPolicy") or {}
+    return None if policy.get("Name") in (None, "", "no") else dict(policy)
+
+
 class Engine:
     def __init__(self, host: str, call_timeout: aiohttp.ClientTimeout = CALL_TIMEOUT) -> None:
         self.host = host
@@ -285,6 +296,10 @@ class Engine:
     async def update_container(self, ref: str, update: Json) -> None:
         """`docker update` (restart policy, resources) of an existing container."""
         await self._call(self._container(ref, "update"), "POST", data=update)
+
+    async def lift_restart_policy(self, ref: str) -> None:
+        """Leave the container without a restart policy for a move (see `restart_policy`)."""
+        await self.update_container(ref, {"RestartPolicy": {"Name": "no"}})
 
     async def inspect_network(self, name: str) -> Json:
         return await self._object(self._path("networks", name))

@@ -36,7 +36,7 @@ from ..criu import compat as criu_compat
 from ..criu import runc
 from ..criu.lazy_dump import LAZY_DUMP, LazyDump, LazyDumpError
 from ..criu.leftovers import FLAT_FILE, is_own, mark_flat, place_nonce, remove_extractions
-from ..engine import EngineError
+from ..engine import EngineError, restart_policy
 from ..logging import get_logger
 from ..popcorn import notify as popcorn
 from ..protocol import protocol_pb2 as pb
@@ -273,15 +273,14 @@ class Sourcing:
             executables=executables, regsets=[pb.Regset(pid=r.pid, regs=r.regs, tls=r.tls) for r in regsets])))
 
     async def _hold_restarts(self: SourcePort, outgoing: OutgoingMigration, inspect: dict[str, Any]) -> None:
-        """The engine restarts a container with a restart policy afresh once its checkpoint stopped it (seen on
-        the bed: a second copy, counting from 1, while the first is on its way): the policy is lifted for the
-        move, kept in the spool (a rollback in a later session puts it back), and goes home in the config."""
-        policy = (inspect.get("HostConfig") or {}).get("RestartPolicy") or {}
-        if policy.get("Name") in (None, "", "no"):
+        """Lift the restart policy for the move (`engine.restart_policy` says why), kept in the spool first (a
+        rollback in a later session puts it back); it goes home in the config."""
+        policy = restart_policy(inspect)
+        if policy is None:
             return
         await asyncio.to_thread(_keep_policy, self.device.spool_dir, outgoing.request.migration_id, policy)
         try:
-            await self.device.engine.update_container(outgoing.container_id, {"RestartPolicy": {"Name": "no"}})
+            await self.device.engine.lift_restart_policy(outgoing.container_id)
         except EngineError as exc:
             raise SourceRefused(f"cannot lift the container's restart policy for the move: {exc}") from exc
 

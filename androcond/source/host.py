@@ -21,7 +21,7 @@ from ..criu.lazy_dump import LAZY_DUMP, LazyDump, LazyDumpError
 from ..criu.leftovers import FLAT_FILE, NONCE_FILE, mark_flat, place_nonce, remove_extractions
 from ..emulation.cpu import cpu_fit, read_source_cpu
 from ..emulation.live import live_refusals
-from ..engine import Engine, EngineError
+from ..engine import Engine, EngineError, restart_policy
 from ..faults import NO_FAULTS, Faults
 from ..link.layer import tree_files
 from ..link.payload import OutgoingFile
@@ -252,15 +252,12 @@ class HostSource:
         return dict(private.get("restart_policy") or {})
 
     async def _hold_restarts(self, inspect: dict[str, Any]) -> None:
-        """The engine starts a container with a restart policy afresh as soon as a checkpoint has stopped it
-        (Docker does so after `docker checkpoint create`, for on-failure, always and unless-stopped alike): a
-        second copy, counting from the start, while the first is on its way. So the policy is lifted for the
-        move: the target applies it once its restore succeeded, a rollback puts it back here."""
-        policy = (inspect.get("HostConfig") or {}).get("RestartPolicy") or {}
-        if policy.get("Name") in (None, "", "no"):
+        """Lift the restart policy for the move (`engine.restart_policy` says why); the record keeps it."""
+        policy = restart_policy(inspect)
+        if policy is None:
             return
         try:
-            await self.engine.update_container(self.record.container_id, {"RestartPolicy": {"Name": "no"}})
+            await self.engine.lift_restart_policy(self.record.container_id)
         except EngineError as exc:
             raise Rejected(f"cannot lift the container's restart policy for the move: {exc}") from exc
         log.info("restart policy lifted for the move", policy=policy)
