@@ -196,7 +196,8 @@ def _mask(state: GuestState, thread: GuestThread, masks: dict[int, int], masks_b
     if host is None:
         notes.append(f"thread {thread.tid}: its signal mask could not be read (it is carried empty)")
         return 0
-    if "orig_rax" in thread.registers and thread.value("rax") == thread.value("orig_rax") in MASK_SWAPPING:
+    if not thread.returned and "orig_rax" in thread.registers \
+            and thread.value("rax") == thread.value("orig_rax") in MASK_SWAPPING:
         notes.append(f"thread {thread.tid} waits in syscall {thread.value('orig_rax')} with a mask of its own: "
                      "that mask is carried as its signal mask")
     return guest_mask(host)
@@ -213,9 +214,12 @@ def _thread(state: GuestState, thread: GuestThread, mem: io.FileIO, notes: list[
         notes.append(f"thread {thread.tid}: its libc's copy of its TID was not found")
     clear_tid = tid_address if tid_address == fs_base + GLIBC_TID_OFFSET else 0
     gp = {name: thread.value(name) for name in rp.GP_ORDER}
-    if _in_syscall(thread, mem):
+    if thread.returned:
+        notes.append(f"thread {thread.tid}: its syscall ended after the stop, and it was read again")
+    elif _in_syscall(thread, mem):
         # Stopped inside a syscall that has not returned (qemu writes rax only on its return): it runs again
-        # natively, as the kernel restarts an interrupted one. Ambiguous when a syscall returned its own number.
+        # natively, as the kernel restarts an interrupted one. Ambiguous when a syscall returned its own number
+        # before the stop (one that ended after it is `returned`: guest_window.py).
         gp["rip"] -= len(SYSCALL)
     return rp.Thread(thread.tid, thread.tid == state.pid, clear_tid, sigmask, fs_base, thread.value("gs_base"), 0, 0,
                      tid_address, [gp[name] for name in rp.GP_ORDER], fxsave(thread)).pack()

@@ -32,7 +32,7 @@ import struct
 from pathlib import Path
 
 from .gdb_remote import GdbRemote, GdbRemoteError
-from .guest_state import GuestMapping, GuestSignals, Register, SigAction, SignalsUnread
+from .guest_state import GuestMapping, GuestSignals, Register, SigAction, SignalsUnread, guest_tasks, task_status
 
 SYSCALL_RET = b"\x0f\x05\xc3"  # syscall; ret
 SITE_SEARCH_LIMIT = 64 << 20  # bytes of executable memory searched for SYSCALL_RET
@@ -68,16 +68,11 @@ def guest_mask(host: int) -> int:
     return guest
 
 
-def _status(path: Path) -> dict[str, str]:
-    """A task's status file as its fields. Blocking; raises OSError."""
-    return dict(line.split(":", 1) for line in path.read_text().splitlines() if ":" in line)
-
-
 def host_mask(pid: int, tid: int, proc: Path = Path("/proc")) -> int | None:
     """The blocked set of thread `tid` of process `pid` (its status's SigBlk; bit n-1: signal n), None when it
     cannot be read. Blocking."""
     try:
-        return int(_status(proc / str(pid) / "task" / str(tid) / "status")["SigBlk"].split()[0], 16)
+        return int(task_status(proc / str(pid) / "task" / str(tid) / "status")["SigBlk"].split()[0], 16)
     except (OSError, KeyError, IndexError, ValueError):
         return None
 
@@ -86,14 +81,9 @@ def thread_masks(pid: int, proc: Path = Path("/proc")) -> dict[int, int]:
     """Each thread's blocked set (SigBlk) of process `pid`, by its id in the process's own pid namespace (the
     ids the stub names: NSpid's last), read off the host. Blocking."""
     masks: dict[int, int] = {}
-    try:
-        tasks = list((proc / str(pid) / "task").iterdir())
-    except OSError:
-        return masks
-    for task in tasks:
+    for tid, task in guest_tasks(pid, proc).items():
         try:
-            fields = _status(task / "status")
-            masks[int(fields["NSpid"].split()[-1])] = int(fields["SigBlk"].split()[0], 16)
+            masks[tid] = int(task_status(task / "status")["SigBlk"].split()[0], 16)
         except (OSError, KeyError, IndexError, ValueError):
             continue  # ended meanwhile
     return masks

@@ -8,16 +8,17 @@ guest_base 0 a guest address is a host address, so /proc/<qemu>/mem gives it at 
 stub's speed (16 MiB in 7 ms against 2.7 s, measured with qemu 10.0).
 
 Stopped is not frozen: a thread inside a blocking host syscall finishes it (and may write guest memory) while
-the guest is stopped, and the thread the stub signals to stop sees its syscall end with EINTR. The readout
-ends with the guest either detached (running on) or killed; the stub takes no second connection in a run.
+the guest is stopped (guest_window.py reads such a thread again once the container is frozen), and the thread
+the stub signals to stop sees its syscall end with EINTR. The readout ends with the guest either detached
+(running on) or killed; the stub takes no second connection in a run.
 """
 
 from __future__ import annotations
 
 import os
 import re
-from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from .gdb_remote import GdbRemote, GdbRemoteError
@@ -50,6 +51,9 @@ class GuestMapping:
 class GuestThread:
     tid: int
     registers: dict[str, bytes]  # by the target description's names (little-endian, as the stub sends them)
+    # Its syscall was seen to end after the stop and its registers were read again (guest_window.py): rax is
+    # that syscall's result, even when it equals the syscall's own number.
+    returned: bool = False
 
     def value(self, name: str) -> int:
         return int.from_bytes(self.registers[name], "little")
@@ -87,10 +91,15 @@ class GuestState:
     signals: GuestSignals | None = None
     signals_unread: str = ""  # why `signals` is None, when it was asked for
     stopped: int = 0  # the thread the stub stopped (0: unknown)
+    layout: tuple[Register, ...] = ()  # the `g` packet's registers, to read a thread again
+    # Each thread's host syscall right after the stop (guest_window.py), by its id in the container.
+    at_stop: Mapping[int, str] = field(default_factory=dict)
 
 
 # Asked between the stop and the threads' registers: (stub, pid, the stopped thread, register layout, maps).
 SignalReader = Callable[[GdbRemote, int, int, list[Register], tuple[GuestMapping, ...]], Awaitable[GuestSignals]]
+# Asked right after the stop, with the guest's pid: each thread's host syscall (guest_window.syscall_lines).
+SyscallReader = Callable[[int], Awaitable[Mapping[int, str]]]
 
 
 def register_layout(describe: dict[str, bytes], top: str = "target.xml") -> list[Register]:
@@ -139,7 +148,7 @@ def _tags(text: bytes) -> list[tuple[str, dict[str, str]]]:
     return [(m["tag"], dict(_ATTR.findall(m["attrs"]))) for m in _TAG.finditer(body)]
 
 
-def split_registers(raw: bytes, layout: list[Register]) -> dict[str, bytes]:
+def split_registers(raw: bytes, layout: Sequence[Register]) -> dict[str, bytes]:
     """A `g` packet's bytes by register name; the stub may leave the last registers out (qemu: orig_rax)."""
     return {reg.name: raw[reg.offset:reg.offset + reg.size] for reg in layout if reg.offset + reg.size <= len(raw)}
 
@@ -163,13 +172,16 @@ class SignalsUnread(GdbRemoteError):
     """The guest's signal state could not be asked for, and nothing was done to it: the readout goes on."""
 
 
-async def read_out(stub: GdbRemote, signals: SignalReader | None = None) -> GuestState:
-    """The stopped guest's threads, registers, program and memory map, and with `signals` its signal state.
-    The caller ends the connection (stub.detach or stub.kill) and reads the memory from /proc/<pid>/mem
-    meanwhile."""
+async def read_out(stub: GdbRemote, signals: SignalReader | None = None,
+                   syscalls: SyscallReader | None = None) -> GuestState:
+    """The stopped guest's threads, registers, program and memory map, with `signals` its signal state, and
+    with `syscalls` each thread's host syscall at the stop. The caller ends the connection (stub.detach or
+    stub.kill) and reads the memory from /proc/<pid>/mem meanwhile."""
     await stub.handshake()
-    stop = await stub.stop_reason()  # connected: every thread is stopped
+    stop = await stub.stop_reason()  # connected: every thread that runs guest code is stopped
     pid = await stub.process()
+    # Before any register is read: a thread inside a host syscall now can only leave it for qemu's wait.
+    at_stop = await syscalls(pid) if syscalls is not None else {}
     stopped = stop.thread or pid
     describe: dict[str, bytes] = {}
     pending = ["target.xml"]
@@ -191,17 +203,20 @@ async def read_out(stub: GdbRemote, signals: SignalReader | None = None) -> Gues
             said = await signals(stub, pid, stopped, layout, tuple(maps))
         except SignalsUnread as exc:
             unread = str(exc)
-    threads = []
-    for tid in tids:
-        registers = split_registers(await stub.registers(tid), layout)
-        for reg in layout:  # what `g` leaves out (qemu: orig_rax, the number of the syscall last entered)
-            if reg.name not in registers:
-                registers[reg.name] = await stub.register(reg.number, reg.size)
-        threads.append(GuestThread(tid, registers))
+    threads = [await read_thread(stub, tid, layout) for tid in tids]
     threads.sort(key=lambda thread: thread.tid != pid)
     exe = (await stub.transfer("exec-file", f"{pid:x}")).decode(errors="replace")
     return GuestState(pid, exe, tuple(threads), tuple(maps), await stub.readlink(f"/proc/{pid}/cwd"), said, unread,
-                      stopped)
+                      stopped, tuple(layout), at_stop)
+
+
+async def read_thread(stub: GdbRemote, tid: int, layout: Sequence[Register]) -> GuestThread:
+    """One stopped thread's registers."""
+    registers = split_registers(await stub.registers(tid), layout)
+    for reg in layout:  # what `g` leaves out (qemu: orig_rax, the number of the syscall last entered)
+        if reg.name not in registers:
+            registers[reg.name] = await stub.register(reg.number, reg.size)
+    return GuestThread(tid, registers)
 
 
 def host_pid(ns_pid: int, beside: int) -> int:
@@ -224,6 +239,27 @@ def host_pid(ns_pid: int, beside: int) -> int:
             if line.startswith("NSpid:") and line.split()[-1] == str(ns_pid):
                 return int(entry.name)
     raise GdbRemoteError(f"no process {ns_pid} in the pid namespace of process {beside}")
+
+
+def task_status(path: Path) -> dict[str, str]:
+    """A task's status file as its fields. Blocking; raises OSError."""
+    return dict(line.split(":", 1) for line in path.read_text().splitlines() if ":" in line)
+
+
+def guest_tasks(pid: int, proc: Path = Path("/proc")) -> dict[int, Path]:
+    """The task directories of process `pid` (in our namespace), by each thread's id in the process's own pid
+    namespace (NSpid's last: the ids the stub names). Blocking; a thread that ends meanwhile is left out."""
+    found: dict[int, Path] = {}
+    try:
+        tasks = list((proc / str(pid) / "task").iterdir())
+    except OSError:
+        return found
+    for task in tasks:
+        try:
+            found[int(task_status(task / "status")["NSpid"].split()[-1])] = task
+        except (OSError, KeyError, IndexError, ValueError):
+            continue
+    return found
 
 
 def read_memory(pid: int, mapping: GuestMapping, length: int | None = None) -> bytes:

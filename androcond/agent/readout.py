@@ -1,9 +1,10 @@
 """The freeze of an emulated container on the way home: it is read out of its emulator instead of being dumped
 by CRIU (whose images would describe qemu, not the x86_64 program). qemu's gdb stub stops every guest thread
 and gives their registers, the guest's memory map and working directory (guest_state.py); the container is
-paused right after (its cgroup's freezer: nothing runs while its memory is read); the stub's connection is
-closed, which qemu reads as "go on" once it runs again; then the restorer's plan and the guest's pages are
-written into the checkpoint directory (guest_plan.py), and go to the daemon like a checkpoint.
+paused right after (its cgroup's freezer: nothing runs while its memory is read), and a thread whose syscall
+ended in between is read again (guest_window.py); the stub's connection is closed, which qemu reads as "go on"
+once it runs again; then the restorer's plan and the guest's pages are written into the checkpoint directory
+(guest_plan.py), and go to the daemon like a checkpoint.
 
 From then on the container is paused, as a flat freeze's tasks are (marked the same way, criu/leftovers.py):
 the daemon's word unpauses it (the rollback: the guest runs on where it stopped) or removes it. qemu's stub
@@ -28,6 +29,7 @@ from .guest_fds import children, guest_fds, sockets
 from .guest_plan import USER_TOP, GuestPlanRefused, GuestPlanSummary, write_plan
 from .guest_signals import read_signals, thread_masks
 from .guest_state import GuestMapping, GuestSignals, Register, host_pid, read_out
+from .guest_window import close_window, syscall_lines
 
 log = get_logger(__name__)
 READOUTS = "readouts"  # beneath the spool: one empty file per container whose stub was used
@@ -117,17 +119,34 @@ async def freeze(engine: Engine, inspect: dict[str, Any], checkpoint_dir: Path, 
             qemu = await asyncio.to_thread(host_pid, pid, init_pid)
             return await read_signals(stub, pid, tid, layout, maps, qemu_pid=qemu, top=USER_TOP)
 
-        state = await read_out(stub, signals)  # every guest thread stopped from here
+        async def syscalls(pid: int) -> dict[int, str]:
+            # While the guest is held: its one emulator as seen before connecting (checked against the pid the
+            # stub names below) spares a walk through /proc.
+            qemu = emulators[0] if len(emulators) == 1 else await asyncio.to_thread(host_pid, pid, init_pid)
+            return await asyncio.to_thread(syscall_lines, qemu)
+
+        async def pause() -> None:
+            nonlocal paused
+            await engine.pause(cid)
+            paused = True
+
+        async def unpause() -> None:
+            nonlocal paused
+            await engine.unpause(cid)
+            paused = False
+
+        state = await read_out(stub, signals, syscalls)  # every guest thread stopped from here
         # Paused before the stub lets go: the guest must not run between its registers and its memory. A
-        # frozen qemu cannot answer the stub, so nothing more is asked of it; closing the connection tells it
-        # to go on once it is thawed (gdbstub: end of file, no signal).
-        await engine.pause(cid)
-        paused = True
-        await stub.close()
-        stub = None
+        # thread whose syscall ended after the stop is read again (thawed for that: guest_window.py). A frozen
+        # qemu cannot answer the stub, so nothing more is asked of it; closing the connection tells it to go on
+        # once it is thawed (gdbstub: end of file, no signal).
+        await pause()
         qemu = await asyncio.to_thread(host_pid, state.pid, init_pid)
         if emulators != [qemu]:
             raise ReadoutError(f"the emulator is process {qemu}, not the container's init's one child {emulators}")
+        state = await close_window(stub, state, qemu, freeze=pause, thaw=unpause)
+        await stub.close()
+        stub = None
         accepted = frozenset(await asyncio.to_thread(sockets, qemu)) - before
         fds = await asyncio.to_thread(guest_fds, qemu, accepted)
         summary = await asyncio.to_thread(write_plan, state, qemu, checkpoint_dir, mount=MOUNT,
