@@ -252,7 +252,8 @@ class HostSource:
         return dict(private.get("restart_policy") or {})
 
     async def _hold_restarts(self, inspect: dict[str, Any]) -> None:
-        """Lift the restart policy for the move (`engine.restart_policy` says why); the record keeps it."""
+        """Lift the restart policy for the move (`engine.restart_policy` says why). The move's config carries
+        it: the target applies it, a rollback puts it back from there (`_put_back_restart_policy`)."""
         policy = restart_policy(inspect)
         if policy is None:
             return
