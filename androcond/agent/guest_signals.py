@@ -68,11 +68,16 @@ def guest_mask(host: int) -> int:
     return guest
 
 
+def _blocked(task: Path) -> int:
+    """A task's blocked set, from its status's SigBlk. Blocking; raises OSError, KeyError, IndexError, ValueError."""
+    return int(task_status(task / "status")["SigBlk"].split()[0], 16)
+
+
 def host_mask(pid: int, tid: int, proc: Path = Path("/proc")) -> int | None:
     """The blocked set of thread `tid` of process `pid` (its status's SigBlk; bit n-1: signal n), None when it
     cannot be read. Blocking."""
     try:
-        return int(task_status(proc / str(pid) / "task" / str(tid) / "status")["SigBlk"].split()[0], 16)
+        return _blocked(proc / str(pid) / "task" / str(tid))
     except (OSError, KeyError, IndexError, ValueError):
         return None
 
@@ -83,7 +88,7 @@ def thread_masks(pid: int, proc: Path = Path("/proc")) -> dict[int, int]:
     masks: dict[int, int] = {}
     for tid, task in guest_tasks(pid, proc).items():
         try:
-            masks[tid] = int(task_status(task / "status")["SigBlk"].split()[0], 16)
+            masks[tid] = _blocked(task)
         except (OSError, KeyError, IndexError, ValueError):
             continue  # ended meanwhile
     return masks

@@ -232,12 +232,11 @@ def host_pid(ns_pid: int, beside: int) -> int:
         try:
             if os.readlink(entry / "ns" / "pid") != namespace:
                 continue
-            status = (entry / "status").read_text()
+            ids = task_status(entry / "status").get("NSpid", "").split()
         except OSError:
             continue  # ended meanwhile, or not ours to see
-        for line in status.splitlines():
-            if line.startswith("NSpid:") and line.split()[-1] == str(ns_pid):
-                return int(entry.name)
+        if ids[-1:] == [str(ns_pid)]:
+            return int(entry.name)
     raise GdbRemoteError(f"no process {ns_pid} in the pid namespace of process {beside}")
 
 

@@ -17,7 +17,7 @@ import pytest
 
 from androcond.agent.gdb_remote import GdbRemote
 from androcond.agent.guest_plan import write_plan
-from androcond.agent.guest_state import GuestMapping, GuestState, Register
+from androcond.agent.guest_state import GuestMapping, GuestState, GuestThread, Register
 from androcond.agent.guest_window import close_window, syscall_lines
 from androcond.protocol import restorer_plan as rp
 from androcond.protocol.emulation import PLAN
@@ -63,8 +63,15 @@ class Stub:
         raise AssertionError("every register is in `g` here")
 
 
-def regs(rax: int, orig: int) -> dict[str, bytes]:
-    return {"rax": rax.to_bytes(8, "little"), "orig_rax": orig.to_bytes(8, "little")}
+Bed = tuple[Tasks, Stub, GuestState, list[str]]
+
+
+def stopped_guest(tasks: Tasks, stub: Stub) -> GuestState:
+    """The guest as read out at the stop: its threads' registers from `stub`, their syscalls from `tasks`."""
+    threads = tuple(GuestThread(tid, {"rax": rax.to_bytes(8, "little"), "orig_rax": orig.to_bytes(8, "little")})
+                    for tid, (rax, orig) in stub.regs.items())
+    return GuestState(STOPPED, "/bin/prog", threads, (), "/", stopped=STOPPED, layout=LAYOUT,
+                      at_stop=syscall_lines(QEMU, tasks.root))
 
 
 @pytest.fixture
@@ -76,13 +83,7 @@ def bed(tmp_path: Path) -> Bed:
     tasks.set(READER, READ_LINE)
     tasks.set(SLEEPER, SLEEP_LINE)
     stub.regs = {STOPPED: (2**64 - 4, 230), READER: (0, 0), SLEEPER: (230, 230)}
-    threads = tuple(replace(thread(tid), registers=regs(*stub.regs[tid])) for tid in (STOPPED, READER, SLEEPER))
-    state = GuestState(STOPPED, "/bin/prog", threads, (), "/", stopped=STOPPED, layout=LAYOUT,
-                       at_stop=syscall_lines(QEMU, tmp_path))
-    return tasks, stub, state, []
-
-
-Bed = tuple[Tasks, Stub, GuestState, list[str]]
+    return tasks, stub, stopped_guest(tasks, stub), []
 
 
 async def close(bed: Bed, *, on_thaw: Callable[[], None] | None = None) -> GuestState:
@@ -175,9 +176,7 @@ async def test_a_thread_seen_running_at_the_stop_is_not_watched(tmp_path: Path) 
     tasks.set(STOPPED, "0 0x4 0x7a00 0x100 0x0 0x0 0x0 0x7a10 0x4200")
     tasks.set(READER, "running")  # on its way into its syscall, or into qemu's wait: no place to compare
     stub.regs = {STOPPED: (2**64 - 4, 230), READER: (0, 0)}
-    threads = tuple(replace(thread(tid), registers=regs(*stub.regs[tid])) for tid in (STOPPED, READER))
-    state = GuestState(STOPPED, "", threads, (), "/", stopped=STOPPED, layout=LAYOUT,
-                       at_stop=syscall_lines(QEMU, tmp_path))
+    state = stopped_guest(tasks, stub)
     tasks.set(READER, PARKED_LINE)
     after = await close((tasks, stub, state, steps))
     assert steps == [] and not any(t.returned for t in after.threads), "read as before: by its registers alone"
